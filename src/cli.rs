@@ -1,1 +1,303 @@
-//! TODO
+//! Command-line flags (clap derive) and their resolution into a [`Config`]: node name
+//! (`--name`/`--sname`), cookie (`--cookie`, `ERLANG_COOKIE`, `~/.erlang.cookie`), ports.
+
+use crate::config::{Config, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PROCESS_NAME};
+use clap::Parser;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// kvnode: a Rust Erlang node serving `DistributedExample.KVStore` to Elixir and Erlang nodes.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kvnode",
+    version,
+    after_help = "Examples:\n  \
+      kvnode --name kv@127.0.0.1 --cookie secret\n  \
+      kvnode --sname kv --cookie secret --port 9100\n  \
+      ERL_EPMD_PORT=4400 kvnode --name kv@127.0.0.1\n\n\
+    Then, from Elixir:\n  \
+      iex --name me@127.0.0.1 --cookie secret\n  \
+      iex> GenServer.call({DistributedExample.KVStore, :\"kv@127.0.0.1\"}, {:get, :message})\n\n\
+    Logs go to stderr; RUST_LOG controls them (default: info), e.g. RUST_LOG=kvnode=debug."
+)]
+pub struct Cli {
+    /// Long node name `name@host`, as `erl -name` (e.g. `--name kv@127.0.0.1`).
+    /// Default when neither --name nor --sname is given: kv@127.0.0.1.
+    #[arg(long, value_name = "NAME@HOST", conflicts_with = "sname")]
+    pub name: Option<String>,
+
+    /// Short node name, as `erl -sname`: the host is this machine's short hostname
+    /// (e.g. `--sname kv` becomes kv@myhost).
+    #[arg(long, value_name = "NAME")]
+    pub sname: Option<String>,
+
+    /// The cluster cookie (e.g. `--cookie secret`). Without it: the ERLANG_COOKIE environment
+    /// variable, else ~/.erlang.cookie (created with a random cookie and mode 0400 when missing,
+    /// as erl does).
+    #[arg(long, value_name = "COOKIE")]
+    pub cookie: Option<String>,
+
+    /// Port of the distribution listener; 0 picks any free port (e.g. `--port 9100`).
+    #[arg(long, default_value_t = 0, value_name = "PORT")]
+    pub port: u16,
+
+    /// Address the distribution listener binds to (e.g. `--bind 127.0.0.1`).
+    #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
+    pub bind: IpAddr,
+
+    /// EPMD port (e.g. `--epmd-port 4400`). Default: ERL_EPMD_PORT, else 4369. When no EPMD
+    /// answers there, kvnode serves EPMD itself on that port.
+    #[arg(long, env = "ERL_EPMD_PORT", default_value_t = 4369, value_name = "PORT")]
+    pub epmd_port: u16,
+
+    /// Registered name of the key-value GenServer, as an atom
+    /// (e.g. `--process-name Elixir.MyApp.Cache`).
+    #[arg(long, default_value = DEFAULT_PROCESS_NAME, value_name = "ATOM")]
+    pub process_name: String,
+
+    /// Largest distribution message accepted from a peer, in bytes; a bigger one closes only
+    /// that peer's connection (e.g. `--max-message-size 268435456`).
+    #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_SIZE, value_name = "BYTES")]
+    pub max_message_size: usize,
+
+    /// Seconds a connecting peer has to finish the handshake (e.g. `--handshake-timeout 5`).
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub handshake_timeout: u64,
+
+    /// OTP's net_ticktime in seconds: kvnode ticks every quarter of it when idle and drops a
+    /// peer silent for that long (e.g. `--net-ticktime 60`).
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub net_ticktime: u64,
+}
+
+/// Errors turning flags into a [`Config`].
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// `--name` without a host part.
+    #[error("--name needs the form name@host (for example --name kv@127.0.0.1), got {name:?}")]
+    NameWithoutHost {
+        /// What was given.
+        name: String,
+    },
+    /// A node name erl would refuse.
+    #[error("invalid node name {name:?}: {reason}")]
+    InvalidName {
+        /// What was given.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// The hostname for `--sname` could not be read.
+    #[error("cannot read this machine's hostname for --sname: {0}")]
+    Hostname(std::io::Error),
+    /// The cookie file could not be read or created.
+    #[error("cookie file {path}: {source}")]
+    CookieFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The cookie file is readable by others.
+    #[error(
+        "cookie file {path} must be accessible by owner only (it has mode {mode:o}); run: chmod 400 {path}"
+    )]
+    CookieFileMode {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// No home directory to look for `.erlang.cookie` in.
+    #[error("no --cookie, no ERLANG_COOKIE and no HOME to find ~/.erlang.cookie in")]
+    NoHome,
+    /// An empty cookie.
+    #[error("the cookie is empty")]
+    EmptyCookie,
+}
+
+impl Cli {
+    /// Resolves the flags (and the environment) into a [`Config`].
+    pub fn into_config(self) -> Result<Config, CliError> {
+        let node_name = match (&self.name, &self.sname) {
+            (Some(name), _) => {
+                if !name.contains('@') {
+                    return Err(CliError::NameWithoutHost { name: name.clone() });
+                }
+                name.clone()
+            }
+            (None, Some(sname)) => {
+                if sname.contains('@') {
+                    sname.clone()
+                } else {
+                    format!("{sname}@{}", short_hostname()?)
+                }
+            }
+            (None, None) => "kv@127.0.0.1".to_owned(),
+        };
+        validate_node_name(&node_name)?;
+        let cookie = match self.cookie {
+            Some(c) => c,
+            None => match std::env::var("ERLANG_COOKIE") {
+                Ok(c) if !c.is_empty() => c,
+                _ => {
+                    let home = std::env::var_os("HOME").ok_or(CliError::NoHome)?;
+                    read_or_create_cookie(&Path::new(&home).join(".erlang.cookie"))?
+                }
+            },
+        };
+        if cookie.is_empty() {
+            return Err(CliError::EmptyCookie);
+        }
+        let mut config = Config::new(node_name, cookie);
+        config.dist_port = self.port;
+        config.bind = self.bind;
+        config.epmd_port = self.epmd_port;
+        config.process_name = self.process_name;
+        config.max_message_size = self.max_message_size;
+        config.handshake_timeout = Duration::from_secs(self.handshake_timeout.max(1));
+        config.net_ticktime = Duration::from_secs(self.net_ticktime.max(4));
+        Ok(config)
+    }
+}
+
+fn validate_node_name(name: &str) -> Result<(), CliError> {
+    let invalid = |reason| {
+        Err(CliError::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    let Some((alive, host)) = name.split_once('@') else {
+        return invalid("missing '@'");
+    };
+    if alive.is_empty() {
+        return invalid("the part before '@' is empty");
+    }
+    if host.is_empty() || host.contains('@') {
+        return invalid("the host part is empty or has another '@'");
+    }
+    if name.len() > 255 {
+        return invalid("longer than 255 bytes");
+    }
+    if !alive
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return invalid("the part before '@' may hold only letters, digits, '_' and '-'");
+    }
+    Ok(())
+}
+
+fn short_hostname() -> Result<String, CliError> {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for buf.len() bytes; gethostname NUL-terminates within that length
+    // on success (or truncates, which we handle by searching for NUL with a fallback).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return Err(CliError::Hostname(std::io::Error::last_os_error()));
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let host = String::from_utf8_lossy(&buf[..end]).into_owned();
+    Ok(host.split('.').next().unwrap_or(&host).to_owned())
+}
+
+/// Reads `~/.erlang.cookie`, or creates it as erl does (20 random uppercase letters, mode 0400).
+pub fn read_or_create_cookie(path: &Path) -> Result<String, CliError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |source| CliError::CookieFile {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(CliError::CookieFileMode {
+                    path: path.to_owned(),
+                    mode,
+                });
+            }
+            let text = std::fs::read_to_string(path).map_err(err)?;
+            Ok(text.trim().to_owned())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use rand::Rng;
+            let mut rng = rand::rng();
+            let cookie: String = (0..20)
+                .map(|_| char::from(b'A' + rng.random_range(0..26u8)))
+                .collect();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o400)
+                .open(path)
+                .map_err(err)?;
+            file.write_all(cookie.as_bytes()).map_err(err)?;
+            Ok(cookie)
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, CliError> {
+        let mut all = vec!["kvnode"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).expect("flags parse").into_config()
+    }
+
+    #[test]
+    fn name_and_cookie() {
+        let c = parse(&["--name", "kv@127.0.0.1", "--cookie", "s"]).expect("config");
+        assert_eq!(c.node_name, "kv@127.0.0.1");
+        assert_eq!(c.cookie, "s");
+        assert_eq!(c.alive_name(), "kv");
+        assert_eq!(c.process_name, "Elixir.DistributedExample.KVStore");
+    }
+
+    #[test]
+    fn name_without_host_is_refused() {
+        assert!(matches!(
+            parse(&["--name", "kv", "--cookie", "s"]),
+            Err(CliError::NameWithoutHost { .. })
+        ));
+        assert!(matches!(
+            parse(&["--name", "k v@h", "--cookie", "s"]),
+            Err(CliError::InvalidName { .. })
+        ));
+    }
+
+    #[test]
+    fn sname_uses_short_hostname() {
+        let c = parse(&["--sname", "kv", "--cookie", "s"]).expect("config");
+        let host = short_hostname().expect("hostname");
+        assert_eq!(c.node_name, format!("kv@{host}"));
+        assert!(!c.node_name.split('@').nth(1).unwrap_or("").contains('.'));
+    }
+
+    #[test]
+    fn cookie_file_created_then_read_and_mode_checked() {
+        let dir = std::env::temp_dir().join(format!("kvnode-cookie-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join(".erlang.cookie");
+        let made = read_or_create_cookie(&path).expect("create");
+        assert_eq!(made.len(), 20);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o400);
+        assert_eq!(read_or_create_cookie(&path).expect("read"), made);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(matches!(
+            read_or_create_cookie(&path),
+            Err(CliError::CookieFileMode { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,1 +1,75 @@
-//! TODO
+//! The resolved run-time configuration of a kvnode (what the CLI flags, environment and
+//! `~/.erlang.cookie` boil down to). Tests build one directly.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Everything [`crate::run`] needs to start a node.
+#[derive(Clone)]
+pub struct Config {
+    /// Full node name, `name@host`, exactly as peers will dial it.
+    pub node_name: String,
+    /// The shared secret of the cluster. Never logged.
+    pub cookie: String,
+    /// Port of the distribution listener (0 = any free port).
+    pub dist_port: u16,
+    /// Address the distribution listener binds to.
+    pub bind: IpAddr,
+    /// Port of EPMD (a system one, or the embedded one kvnode starts when none answers).
+    pub epmd_port: u16,
+    /// Registered name of the key-value GenServer.
+    pub process_name: String,
+    /// Largest distribution frame accepted from a peer, in bytes.
+    pub max_message_size: usize,
+    /// Time a peer gets to complete the handshake.
+    pub handshake_timeout: Duration,
+    /// OTP's `net_ticktime`: ticks are sent every quarter of it, a silent peer is dropped after it.
+    pub net_ticktime: Duration,
+    /// Largest nesting depth of a term accepted from a peer.
+    pub max_term_depth: usize,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("node_name", &self.node_name)
+            .field("cookie", &"<redacted>")
+            .field("dist_port", &self.dist_port)
+            .field("bind", &self.bind)
+            .field("epmd_port", &self.epmd_port)
+            .field("process_name", &self.process_name)
+            .field("max_message_size", &self.max_message_size)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("net_ticktime", &self.net_ticktime)
+            .field("max_term_depth", &self.max_term_depth)
+            .finish()
+    }
+}
+
+/// The default registered name: what `DistributedExample.KVStore` is as an atom.
+pub const DEFAULT_PROCESS_NAME: &str = "Elixir.DistributedExample.KVStore";
+/// Default `--max-message-size`: 128 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 128 * 1024 * 1024;
+
+impl Config {
+    /// A configuration with the defaults for everything but the name and cookie.
+    pub fn new(node_name: impl Into<String>, cookie: impl Into<String>) -> Self {
+        Config {
+            node_name: node_name.into(),
+            cookie: cookie.into(),
+            dist_port: 0,
+            bind: IpAddr::from([0, 0, 0, 0]),
+            epmd_port: 4369,
+            process_name: DEFAULT_PROCESS_NAME.to_owned(),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            handshake_timeout: Duration::from_secs(10),
+            net_ticktime: Duration::from_secs(60),
+            max_term_depth: crate::term::Limits::default().max_depth,
+        }
+    }
+
+    /// The part of the node name before `@` (what EPMD registers).
+    pub fn alive_name(&self) -> &str {
+        self.node_name.split('@').next().unwrap_or(&self.node_name)
+    }
+}

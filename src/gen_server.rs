@@ -1,1 +1,236 @@
-//! TODO
+//! The GenServer protocol on the kvnode side: a trait for servers and the loop that turns
+//! mailbox signals into `handle_call` / `handle_cast` / `handle_info` / `handle_down`.
+//!
+//! Wire shapes (`gen.erl`): a call is `{:"$gen_call", {pid, tag}, request}` and is answered
+//! with `{tag, reply}`, the tag echoed verbatim (since OTP 24 usually the improper list
+//! `[:alias | ref]`, never to be decoded as a plain reference). When the tag carries an alias
+//! and the peer negotiated DFLAG_ALIAS, the reply goes by ALIAS_SEND, so a reply arriving after
+//! the caller's timeout is dropped by the caller's runtime instead of left in its mailbox.
+//! A cast is `{:"$gen_cast", request}`; anything else is an info message.
+
+use crate::node::{Mailbox, Node, Signal};
+use erl_dist::DistributionFlags;
+use erl_dist::message::Message;
+use erl_dist::term::{Atom, List, Pid, Reference, Term, Tuple};
+use tokio::sync::mpsc;
+
+/// Who made a call, and the tag to echo.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The calling process.
+    pub pid: Pid,
+    /// The call's tag, echoed verbatim in the reply.
+    pub tag: Term,
+}
+
+/// A server hosted on the node.
+pub trait GenServer: Send + 'static {
+    /// A `GenServer.call`. Return `Some(reply)` to answer now, `None` to answer later with
+    /// [`Ctx::reply`].
+    fn handle_call(&mut self, ctx: &mut Ctx, from: &Caller, request: Term) -> Option<Term>;
+    /// A `GenServer.cast`.
+    fn handle_cast(&mut self, ctx: &mut Ctx, request: Term) {
+        let _ = ctx;
+        tracing::debug!(%request, "cast ignored");
+    }
+    /// Any other message.
+    fn handle_info(&mut self, ctx: &mut Ctx, message: Term) {
+        let _ = ctx;
+        tracing::debug!(%message, "info message ignored");
+    }
+    /// A monitor placed with [`Ctx::monitor`] fired.
+    fn handle_down(&mut self, ctx: &mut Ctx, reference: Reference, pid: Pid, reason: Term) {
+        let _ = (ctx, reference, pid, reason);
+    }
+}
+
+/// What a server can do while handling a message.
+pub struct Ctx {
+    node: Node,
+    mailbox: Mailbox,
+}
+
+impl Ctx {
+    /// The node the server runs on.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The server's own pid.
+    pub fn self_pid(&self) -> &Pid {
+        &self.mailbox.pid
+    }
+
+    /// Sends `message` to `to` without waiting (a full local mailbox drops it, with a log).
+    pub fn send(&self, to: &Pid, message: Term) {
+        if self.node.is_local(to) {
+            if let Some(mb) = self.node.lookup_pid(to) {
+                if mb.try_deliver(Signal::Message(message)).is_err() {
+                    tracing::warn!(%to, "local mailbox full or gone: message dropped");
+                }
+            }
+            return;
+        }
+        let peer = to.node.name.as_str();
+        let msg = Message::send(to.clone(), message);
+        self.node.send_to_node(peer, msg);
+    }
+
+    /// Answers a call made earlier (for servers that returned `None` from `handle_call`).
+    pub fn reply(&self, to: &Caller, reply: Term) {
+        let message: Term = Tuple::from(vec![to.tag.clone(), reply]).into();
+        if !self.node.is_local(&to.pid) {
+            let peer = to.pid.node.name.as_str();
+            if let Some(alias) = alias_of(&to.tag)
+                && self.node.peer_has(peer, DistributionFlags::ALIAS)
+            {
+                let msg = Message::alias_send(self.mailbox.pid.clone(), alias.clone(), message);
+                self.node.send_to_node(peer, msg);
+                return;
+            }
+        }
+        self.send(&to.pid, message);
+    }
+
+    /// Monitors a remote pid; [`GenServer::handle_down`] runs when it exits or its node goes
+    /// down.
+    pub fn monitor(&self, pid: &Pid) -> Reference {
+        self.node.monitor_remote(&self.mailbox, pid)
+    }
+
+    /// Removes a monitor.
+    pub fn demonitor(&self, pid: &Pid, reference: &Reference) {
+        self.node
+            .demonitor_remote(&self.mailbox.pid, pid, reference);
+    }
+}
+
+/// The alias reference in a `[:alias | ref]` (or `[[:alias | ref] | _]`) call tag.
+pub fn alias_of(tag: &Term) -> Option<&Reference> {
+    let Term::ImproperList(l) = tag else {
+        if let Term::List(List { elements }) = tag {
+            return elements.first().and_then(alias_of);
+        }
+        return None;
+    };
+    match (l.elements.as_slice(), l.tail.as_ref()) {
+        ([Term::Atom(a)], Term::Reference(r)) if a.name == "alias" => Some(r),
+        ([first, ..], _) => alias_of(first),
+        _ => None,
+    }
+}
+
+/// Spawns `server` as a process, registered under `name` when given. Returns its mailbox.
+pub fn spawn<S: GenServer>(node: &Node, name: Option<&str>, server: S) -> Mailbox {
+    let (mailbox, rx) = node.spawn_process(name);
+    let ctx = Ctx {
+        node: node.clone(),
+        mailbox: mailbox.clone(),
+    };
+    node.tracker().spawn(run(ctx, rx, server));
+    mailbox
+}
+
+async fn run<S: GenServer>(mut ctx: Ctx, mut rx: mpsc::Receiver<Signal>, mut server: S) {
+    let shutdown = ctx.node.shutdown_token().clone();
+    loop {
+        let signal = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            s = rx.recv() => match s {
+                Some(s) => s,
+                None => break,
+            },
+        };
+        dispatch(&mut ctx, &mut server, signal);
+    }
+    ctx.node.remove_process(&ctx.mailbox.pid);
+}
+
+fn dispatch<S: GenServer>(ctx: &mut Ctx, server: &mut S, signal: Signal) {
+    match signal {
+        Signal::Message(term) => match classify(term) {
+            Incoming::Call(caller, request) => {
+                if let Some(reply) = server.handle_call(ctx, &caller, request) {
+                    ctx.reply(&caller, reply);
+                }
+            }
+            Incoming::Cast(request) => server.handle_cast(ctx, request),
+            Incoming::Info(message) => server.handle_info(ctx, message),
+        },
+        Signal::Down {
+            reference,
+            pid,
+            reason,
+        } => server.handle_down(ctx, reference, pid, reason),
+        Signal::Call { request, reply } => {
+            let caller = Caller {
+                pid: ctx.mailbox.pid.clone(),
+                tag: List::nil().into(),
+            };
+            if let Some(answer) = server.handle_call(ctx, &caller, request) {
+                let _ = reply.send(answer);
+            }
+        }
+    }
+}
+
+enum Incoming {
+    Call(Caller, Term),
+    Cast(Term),
+    Info(Term),
+}
+
+fn is_atom(t: &Term, name: &str) -> bool {
+    matches!(t, Term::Atom(Atom { name: n }) if n == name)
+}
+
+fn classify(term: Term) -> Incoming {
+    let Term::Tuple(Tuple { elements }) = term else {
+        return Incoming::Info(term);
+    };
+    match elements.len() {
+        3 if is_atom(&elements[0], "$gen_call")
+            && matches!(&elements[1], Term::Tuple(t) if t.elements.len() == 2 && matches!(t.elements[0], Term::Pid(_))) =>
+        {
+            let mut it = elements.into_iter();
+            let (_, from, request) = match (it.next(), it.next(), it.next()) {
+                (Some(a), Some(b), Some(c)) => (a, b, c),
+                _ => unreachable!("length checked above"), // ok: len == 3 checked
+            };
+            let Term::Tuple(Tuple { elements: from }) = from else {
+                unreachable!("shape checked above") // ok: matched as a 2-tuple above
+            };
+            let mut from = from.into_iter();
+            match (from.next(), from.next()) {
+                (Some(Term::Pid(pid)), Some(tag)) => Incoming::Call(Caller { pid, tag }, request),
+                _ => unreachable!("shape checked above"), // ok: matched above
+            }
+        }
+        2 if is_atom(&elements[0], "$gen_cast") => {
+            let request = elements.into_iter().nth(1).unwrap_or_else(|| List::nil().into());
+            Incoming::Cast(request)
+        }
+        _ => Incoming::Info(Tuple { elements }.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use erl_dist::term::ImproperList;
+
+    #[test]
+    fn alias_tags() {
+        let r = Reference {
+            node: Atom::from("a@h"),
+            id: vec![1, 2, 3],
+            creation: 7,
+        };
+        let tag: Term = ImproperList::from((vec![Atom::from("alias").into()], r.clone().into())).into();
+        assert_eq!(alias_of(&tag), Some(&r));
+        let nested: Term = ImproperList::from((vec![tag.clone()], Atom::from("x").into())).into();
+        assert_eq!(alias_of(&nested), Some(&r));
+        let plain: Term = r.clone().into();
+        assert_eq!(alias_of(&plain), None);
+    }
+}

@@ -1,1 +1,236 @@
-//! TODO
+//! The distribution protocol: [`handshake`], framing and ticks ([`connection`]), and the
+//! [`manager`] that maps peer node names to connections and dials on demand.
+//!
+//! Frames after the handshake are `u32` length + body; a zero length is a tick. Without
+//! DIST_HDR_ATOM_CACHE (which kvnode does not advertise) every body is `112` (pass-through),
+//! then the control tuple and, for message-carrying operations, the message, each a
+//! version-prefixed external term. Spec:
+//! <https://www.erlang.org/doc/apps/erts/erl_dist_protocol.html#protocol-between-connected-nodes>
+
+pub mod connection;
+pub mod handshake;
+pub mod manager;
+
+use crate::node::Node;
+use erl_dist::message::Message;
+use erl_dist::node::NodeName;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+/// An encoded frame, its 4-byte length prefix included, ready for the socket.
+pub type Frame = Vec<u8>;
+
+/// The pass-through type byte that starts every frame body without a distribution header.
+pub const PASS_THROUGH: u8 = 112;
+
+/// Encodes a control message (and its payload) as a complete frame.
+pub fn encode_frame(message: Message) -> Result<Frame, erl_dist::channel::SendError> {
+    let mut frame = Vec::with_capacity(64);
+    frame.extend_from_slice(&[0, 0, 0, 0, PASS_THROUGH]);
+    message.write_into(&mut frame)?;
+    let len = u32::try_from(frame.len() - 4).map_err(|_| {
+        erl_dist::channel::SendError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "message larger than 4 GiB",
+        ))
+    })?;
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(frame)
+}
+
+/// Errors dialing a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The node name is not `name@host`.
+    #[error("not a node name: {0}")]
+    BadName(String),
+    /// The host did not resolve.
+    #[error("cannot resolve host {host}: {source}")]
+    Resolve {
+        /// The host part of the name.
+        host: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// EPMD on the peer's host does not know the name.
+    #[error("{name} is not registered with the EPMD at {epmd}")]
+    NotRegistered {
+        /// The alive name.
+        name: String,
+        /// The EPMD asked.
+        epmd: SocketAddr,
+    },
+    /// EPMD could not be asked.
+    #[error("EPMD lookup failed: {0}")]
+    Epmd(#[from] crate::epmd::EpmdError),
+    /// TCP connect failed or timed out.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The handshake failed.
+    #[error("handshake: {0}")]
+    Handshake(#[from] handshake::Error),
+    /// The peer answered with another name than the one we dialed.
+    #[error("dialed {dialed} but the peer calls itself {answered}")]
+    NameMismatch {
+        /// What we dialed.
+        dialed: String,
+        /// What it said.
+        answered: String,
+    },
+}
+
+async fn try_dial(node: &Node, peer: &str) -> Result<(TcpStream, erl_dist::node::PeerNode), DialError> {
+    let cfg = node.config();
+    let peer_name: NodeName = peer.parse().map_err(|_| DialError::BadName(peer.to_owned()))?;
+    let host = peer_name.host().to_owned();
+    let epmd = tokio::net::lookup_host((host.as_str(), cfg.epmd_port))
+        .await
+        .map_err(|source| DialError::Resolve {
+            host: host.clone(),
+            source,
+        })?
+        .find(|a| a.is_ipv4())
+        .ok_or_else(|| DialError::Resolve {
+            host: host.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no IPv4 address"),
+        })?;
+    let info = crate::epmd::client::port_please(epmd, peer_name.name())
+        .await?
+        .ok_or_else(|| DialError::NotRegistered {
+            name: peer_name.name().to_owned(),
+            epmd,
+        })?;
+    let addr = SocketAddr::new(epmd.ip(), info.port);
+    let stream = tokio::time::timeout(cfg.handshake_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| DialError::Connect {
+            addr,
+            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+        })?
+        .map_err(|source| DialError::Connect { addr, source })?;
+    let _ = stream.set_nodelay(true);
+    let local: NodeName = cfg
+        .node_name
+        .parse()
+        .map_err(|_| DialError::BadName(cfg.node_name.clone()))?;
+    let (stream, peer_node) = handshake::connect(
+        stream,
+        &local,
+        node.creation(),
+        &cfg.cookie,
+        cfg.handshake_timeout,
+    )
+    .await?;
+    if peer_node.name.to_string() != peer {
+        return Err(DialError::NameMismatch {
+            dialed: peer.to_owned(),
+            answered: peer_node.name.to_string(),
+        });
+    }
+    Ok((stream, peer_node))
+}
+
+/// Dials `peer` (the caller holds the [`manager::DialTicket`]) and serves the connection.
+/// Frames queued meanwhile are sent first. On failure they are dropped and monitors on that
+/// node fire `noconnection`.
+pub async fn dial(node: Node, peer: String, _ticket: manager::DialTicket) {
+    let span = tracing::info_span!("conn", peer = %peer, dir = "out");
+    async move {
+        match try_dial(&node, &peer).await {
+            Ok((stream, peer_node)) => {
+                let flags = handshake::negotiated(peer_node.flags);
+                connection::serve(node, stream, peer, flags).await;
+            }
+            Err(DialError::Handshake(handshake::Error::Simultaneous)) => {
+                // The peer is dialing us and wins: wait for its connection to arrive.
+                node.manager().stop_dialing(&peer);
+                let deadline = tokio::time::Instant::now() + node.config().handshake_timeout;
+                loop {
+                    let changed = node.manager().changed();
+                    tokio::pin!(changed);
+                    changed.as_mut().enable();
+                    if node.manager().is_up(&peer) {
+                        return;
+                    }
+                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                        break;
+                    }
+                }
+                if node.manager().dial_failed(&peer) {
+                    tracing::warn!("simultaneous connect: the peer's connection never came");
+                    node.node_down(&peer).await;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot connect");
+                if node.manager().dial_failed(&peer) {
+                    node.node_down(&peer).await;
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Runs the acceptor side for one inbound TCP connection: handshake under a timeout, then
+/// serve. Spawned per connection, so a slow peer never holds up the accept loop.
+pub async fn accept(node: Node, stream: TcpStream, addr: SocketAddr) {
+    let span = tracing::info_span!("conn", %addr, peer = tracing::field::Empty, dir = "in");
+    async move {
+        let _ = stream.set_nodelay(true);
+        let cfg = node.config();
+        let local: NodeName = match cfg.node_name.parse() {
+            Ok(n) => n,
+            Err(_) => return,
+        };
+        let local_str = cfg.node_name.clone();
+        let manager = node.manager();
+        let result = handshake::accept(
+            stream,
+            &local,
+            node.creation(),
+            &cfg.cookie,
+            cfg.handshake_timeout,
+            |peer| match manager.admit(&local_str, &peer.to_string()) {
+                manager::Admission::Ok => erl_dist::handshake::HandshakeStatus::Ok,
+                manager::Admission::OkSimultaneous => {
+                    erl_dist::handshake::HandshakeStatus::OkSimultaneous
+                }
+                manager::Admission::Nok => erl_dist::handshake::HandshakeStatus::Nok,
+            },
+        )
+        .await;
+        match result {
+            Ok((stream, peer_node)) => {
+                let peer = peer_node.name.to_string();
+                tracing::Span::current().record("peer", tracing::field::display(&peer));
+                let flags = handshake::negotiated(peer_node.flags);
+                connection::serve(node, stream, peer, flags).await;
+            }
+            Err(handshake::Error::WrongCookie) => {
+                tracing::warn!(%addr, "handshake rejected: the peer has a different cookie");
+            }
+            Err(handshake::Error::Simultaneous) => {
+                tracing::debug!("simultaneous connect: keeping our own attempt");
+            }
+            Err(error) => {
+                tracing::info!(%addr, %error, "handshake failed");
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Default tick interval for a `net_ticktime`: a quarter of it.
+pub fn tick_interval(net_ticktime: Duration) -> Duration {
+    net_ticktime / 4
+}

@@ -1,0 +1,97 @@
+//! Routes one inbound control message: messages to mailboxes (by pid or registered name),
+//! monitors (MONITOR_P on a missing process answers `noproc` at once), link bookkeeping, exit
+//! signals, and SPAWN_REQUEST to the rpc service.
+
+use super::{Node, Signal};
+use erl_dist::message::Message;
+use erl_dist::term::{Atom, Pid, Term};
+
+fn noproc() -> Term {
+    Atom::from("noproc").into()
+}
+
+async fn deliver_to_pid(node: &Node, to: &Pid, message: Term) {
+    match node.lookup_pid(to) {
+        Some(mb) => {
+            mb.deliver(Signal::Message(message)).await;
+        }
+        None => tracing::debug!(%to, "message to a pid that does not exist here: dropped"),
+    }
+}
+
+async fn deliver_to_name(node: &Node, name: &Atom, message: Term) {
+    match node.whereis(&name.name) {
+        Some(mb) => {
+            mb.deliver(Signal::Message(message)).await;
+        }
+        None => tracing::debug!(name = %name.name, "message to an unregistered name: dropped"),
+    }
+}
+
+/// Handles one control message from `peer`.
+pub async fn handle(node: &Node, peer: &str, message: Message) {
+    match message {
+        Message::Send(m) => deliver_to_pid(node, &m.to_pid, m.message).await,
+        Message::SendTt(m) => deliver_to_pid(node, &m.to_pid, m.message).await,
+        Message::SendSender(m) => deliver_to_pid(node, &m.to_pid, m.message).await,
+        Message::SendSenderTt(m) => deliver_to_pid(node, &m.to_pid, m.message).await,
+        Message::RegSend(m) => deliver_to_name(node, &m.to_name, m.message).await,
+        Message::RegSendTt(m) => deliver_to_name(node, &m.to_name, m.message).await,
+        Message::AliasSend(_) | Message::AliasSendTt(_) => {
+            tracing::debug!("alias send to an alias this node never created: dropped");
+        }
+        Message::MonitorP(m) => {
+            // Built-in processes live as long as the node: nothing to record (see module doc
+            // of `node`). A missing one answers at once, so `GenServer.call` exits `:noproc`.
+            if !node.process_exists(&m.to_proc) {
+                node.send_to_node(
+                    peer,
+                    Message::monitor_p_exit(m.to_proc, m.from_pid, m.reference, noproc()),
+                );
+            }
+        }
+        Message::DemonitorP(_) => {}
+        Message::MonitorPExit(m) => node.remote_monitor_fired(peer, &m.reference, m.reason).await,
+        Message::PayloadMonitorPExit(m) => {
+            node.remote_monitor_fired(peer, &m.reference, m.reason).await
+        }
+        Message::Link(m) => {
+            if node.lookup_pid(&m.to_pid).is_none() {
+                node.send_to_node(peer, Message::exit(m.to_pid, m.from_pid, noproc()));
+            }
+        }
+        Message::UnlinkId(m) => {
+            node.send_to_node(peer, Message::unlink_id_ack(m.id, m.to_pid, m.from_pid));
+        }
+        Message::SpawnRequest(m) => crate::services::rpc::spawn_request(node, peer, m),
+        Message::SpawnRequestTt(m) => crate::services::rpc::spawn_request(
+            node,
+            peer,
+            erl_dist::message::SpawnRequest {
+                req_id: m.req_id,
+                from_pid: m.from_pid,
+                group_leader: m.group_leader,
+                mfa: m.mfa,
+                opt_list: m.opt_list,
+                arg_list: m.arg_list,
+            },
+        ),
+        Message::Exit(_)
+        | Message::ExitTt(_)
+        | Message::Exit2(_)
+        | Message::Exit2Tt(_)
+        | Message::PayloadExit(_)
+        | Message::PayloadExitTt(_)
+        | Message::PayloadExit2(_)
+        | Message::PayloadExit2Tt(_) => {
+            tracing::debug!("exit signal to a built-in process: ignored (they trap exits)");
+        }
+        Message::Unlink(_)
+        | Message::UnlinkIdAck(_)
+        | Message::NodeLink(_)
+        | Message::GroupLeader(_)
+        | Message::SpawnReply(_)
+        | Message::SpawnReplyTt(_)
+        | Message::Tick => {}
+    }
+}
