@@ -1,1 +1,4 @@
 //! TODO
+
+pub mod key;
+pub mod store;

@@ -1,0 +1,684 @@
+//! Canonical store keys: one byte string per Erlang term, equal iff the terms are `=:=`.
+//!
+//! `eetf::Term` cannot be used as a `HashMap` key directly (see PROTOCOL.md §9):
+//! - `Map`'s `Hash` walks a `HashMap` in arbitrary order while its `Eq` is order-independent,
+//!   so two equal maps can hash differently;
+//! - `ByteList` (STRING_EXT) and a `List` of the same small integers are one Erlang term but two
+//!   different `eetf` values;
+//! - `FixInteger(5)` and `BigInteger(5)` are one Erlang integer;
+//! - `Float`'s `Eq` says `0.0 == -0.0`, which OTP 27+ `=:=` does not.
+//!
+//! [`Key::from_term`] maps every term to a self-delimiting canonical byte encoding. Two terms get
+//! the same [`Key`] exactly when they are equal under `=:=` (i.e. as Elixir map keys):
+//!
+//! - **integers** are encoded by value, whatever their `eetf` representation; an integer is never
+//!   equal to a float (`1` and `1.0` are different keys);
+//! - **floats** are encoded by their IEEE-754 bit pattern, so `0.0` and `-0.0` are *different*
+//!   keys. This follows OTP 27+ `=:=` semantics (OTP 25/26 treated them as equal);
+//! - **lists** are flattened into cons cells: `ByteList`, `List` and chains of `ImproperList`
+//!   spelling the same cells give the same key, and an empty `ImproperList` is just its tail;
+//! - **maps** are encoded with their entries sorted by canonical key bytes, so iteration and
+//!   insertion order do not matter;
+//! - **atoms** by their UTF-8 name; **pids, ports and references** by node name, every id field
+//!   and creation;
+//! - **bitstrings** by their exact bit content: a `BitBinary` whose `tail_bits_size` is 8 is the
+//!   same key as the `Binary` of the same bytes (a `tail_bits_size` of 0 means the last byte holds
+//!   no bits; values above 8 are treated as 8);
+//! - **tuples** by arity and elements; **funs** by all of their fields (deterministic, though
+//!   Erlang's own fun equality is not specified beyond that).
+//!
+//! The ordering of keys as byte strings is *not* Erlang term order; only equality is meaningful.
+//!
+//! Encoding is plain recursion over the term; callers bound term depth (about 1000 levels), and
+//! list tails are walked iteratively, so long improper chains do not recurse.
+
+use eetf::{BigInteger, BitBinary, InternalFun, Pid, Term};
+use num_bigint::Sign;
+use num_traits::ToPrimitive;
+
+/// Tag bytes of the canonical encoding. Each encoded term starts with exactly one of these, and
+/// every form is self-delimiting, which makes concatenations of encodings unambiguous.
+mod tag {
+    /// An integer in `0..=255`, followed by one byte.
+    pub const BYTE: u8 = 1;
+    /// Any other integer that fits an `i64`, followed by its zigzag LEB128 varint.
+    pub const INT: u8 = 2;
+    /// An integer outside `i64`: sign byte (0 negative, 1 positive), varint length, magnitude BE.
+    pub const BIG: u8 = 3;
+    /// A float: 8 bytes, little-endian IEEE-754 bits.
+    pub const FLOAT: u8 = 4;
+    /// An atom: varint length, UTF-8 name.
+    pub const ATOM: u8 = 5;
+    /// A pid: node atom, varint id, serial, creation.
+    pub const PID: u8 = 6;
+    /// A port: node atom, varint id, creation.
+    pub const PORT: u8 = 7;
+    /// A reference: node atom, varint creation, varint word count, varint words.
+    pub const REF: u8 = 8;
+    /// `fun M:F/A`: module atom, function atom, arity byte.
+    pub const EXPORT_FUN: u8 = 9;
+    /// Old-style local fun.
+    pub const OLD_FUN: u8 = 10;
+    /// New-style local fun.
+    pub const NEW_FUN: u8 = 11;
+    /// A bitstring: varint whole-byte count, bytes, tail bit count (0..=7), tail bits if any.
+    pub const BITS: u8 = 12;
+    /// A non-empty list: varint cell count, the heads, then the tail (`NIL` if proper).
+    pub const LIST: u8 = 13;
+    /// The empty list `[]`.
+    pub const NIL: u8 = 14;
+    /// A tuple: varint arity, elements.
+    pub const TUPLE: u8 = 15;
+    /// A map: varint size, entries (key then value) sorted by encoded key bytes.
+    pub const MAP: u8 = 16;
+}
+
+/// A canonical, hashable identity for an Erlang term: two terms have equal keys iff they are
+/// exactly equal (`=:=`). See the module docs for the precise rules.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct Key(Box<[u8]>);
+
+impl Key {
+    /// Builds the canonical key of `term`. Never fails; every `eetf` term has a key.
+    pub fn from_term(term: &Term) -> Key {
+        let mut out = Vec::new();
+        encode(term, &mut out);
+        Key(out.into_boxed_slice())
+    }
+
+    /// The canonical encoding bytes (stable within one build of kvnode; not a wire format).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<&Term> for Key {
+    fn from(term: &Term) -> Self {
+        Key::from_term(term)
+    }
+}
+
+/// Appends `v` as unsigned LEB128.
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Appends a length-prefixed byte string.
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// Appends an integer that fits an `i64` in its one canonical form.
+fn put_i64(out: &mut Vec<u8>, v: i64) {
+    if let Ok(b) = u8::try_from(v) {
+        out.push(tag::BYTE);
+        out.push(b);
+    } else {
+        out.push(tag::INT);
+        put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
+    }
+}
+
+fn put_big(out: &mut Vec<u8>, big: &BigInteger) {
+    match big.value.to_i64() {
+        Some(v) => put_i64(out, v),
+        None => {
+            let (sign, magnitude) = big.value.to_bytes_be();
+            out.push(tag::BIG);
+            out.push(u8::from(sign != Sign::Minus));
+            put_bytes(out, &magnitude);
+        }
+    }
+}
+
+fn put_atom(out: &mut Vec<u8>, name: &str) {
+    out.push(tag::ATOM);
+    put_bytes(out, name.as_bytes());
+}
+
+fn put_pid(out: &mut Vec<u8>, pid: &Pid) {
+    out.push(tag::PID);
+    put_atom(out, &pid.node.name);
+    put_varint(out, u64::from(pid.id));
+    put_varint(out, u64::from(pid.serial));
+    put_varint(out, u64::from(pid.creation));
+}
+
+fn put_bit_binary(out: &mut Vec<u8>, bits: &BitBinary) {
+    let Some((last, whole)) = bits.bytes.split_last() else {
+        put_bitstring(out, &[], 0, 0);
+        return;
+    };
+    match bits.tail_bits_size {
+        0 => put_bitstring(out, whole, 0, 0),
+        n @ 1..=7 => put_bitstring(out, whole, n, last & ((1u8 << n) - 1)),
+        // 8 is a whole byte; larger values are invalid and treated the same way.
+        _ => put_bitstring(out, &bits.bytes, 0, 0),
+    }
+}
+
+/// Appends a bitstring: `whole` full bytes then `tail_bits` (0..=7) low bits of `tail`.
+fn put_bitstring(out: &mut Vec<u8>, whole: &[u8], tail_bits: u8, tail: u8) {
+    out.push(tag::BITS);
+    put_bytes(out, whole);
+    out.push(tail_bits);
+    if tail_bits > 0 {
+        out.push(tail);
+    }
+}
+
+/// One cons-cell head of a (possibly improper) list, as `eetf` may spell it.
+enum Head<'a> {
+    Term(&'a Term),
+    Byte(u8),
+}
+
+/// Walks the cons cells of a list-like term, calling `f` on each head, and returns the final
+/// tail: `None` for a proper list, `Some(tail)` for an improper one. Iterative over tails.
+fn walk_list<'a>(mut term: &'a Term, mut f: impl FnMut(Head<'a>)) -> Option<&'a Term> {
+    loop {
+        match term {
+            Term::List(list) => {
+                list.elements.iter().for_each(|e| f(Head::Term(e)));
+                return None;
+            }
+            Term::ByteList(list) => {
+                list.bytes.iter().for_each(|&b| f(Head::Byte(b)));
+                return None;
+            }
+            Term::ImproperList(list) => {
+                list.elements.iter().for_each(|e| f(Head::Term(e)));
+                term = &list.last;
+            }
+            other => return Some(other),
+        }
+    }
+}
+
+fn put_list(out: &mut Vec<u8>, term: &Term) {
+    let mut cells: u64 = 0;
+    let tail = walk_list(term, |_| cells += 1);
+    if cells == 0 {
+        match tail {
+            None => out.push(tag::NIL),
+            // `[ | T]` with no heads is just `T` (only reachable via an empty ImproperList).
+            Some(t) => encode(t, out),
+        }
+        return;
+    }
+    out.push(tag::LIST);
+    put_varint(out, cells);
+    walk_list(term, |head| match head {
+        Head::Term(t) => encode(t, out),
+        Head::Byte(b) => put_i64(out, i64::from(b)),
+    });
+    match tail {
+        None => out.push(tag::NIL),
+        Some(t) => encode(t, out),
+    }
+}
+
+fn put_terms(out: &mut Vec<u8>, terms: &[Term]) {
+    put_varint(out, terms.len() as u64);
+    for t in terms {
+        encode(t, out);
+    }
+}
+
+fn put_internal_fun(out: &mut Vec<u8>, fun: &InternalFun) {
+    match fun {
+        InternalFun::Old {
+            module,
+            pid,
+            free_vars,
+            index,
+            uniq,
+        } => {
+            out.push(tag::OLD_FUN);
+            put_atom(out, &module.name);
+            put_pid(out, pid);
+            out.extend_from_slice(&index.to_le_bytes());
+            out.extend_from_slice(&uniq.to_le_bytes());
+            put_terms(out, free_vars);
+        }
+        InternalFun::New {
+            module,
+            arity,
+            pid,
+            free_vars,
+            index,
+            uniq,
+            old_index,
+            old_uniq,
+        } => {
+            out.push(tag::NEW_FUN);
+            put_atom(out, &module.name);
+            out.push(*arity);
+            put_pid(out, pid);
+            out.extend_from_slice(&index.to_le_bytes());
+            out.extend_from_slice(uniq);
+            out.extend_from_slice(&old_index.to_le_bytes());
+            out.extend_from_slice(&old_uniq.to_le_bytes());
+            put_terms(out, free_vars);
+        }
+    }
+}
+
+/// Appends the canonical encoding of `term` to `out`.
+fn encode(term: &Term, out: &mut Vec<u8>) {
+    match term {
+        Term::Atom(a) => put_atom(out, &a.name),
+        Term::FixInteger(i) => put_i64(out, i64::from(i.value)),
+        Term::BigInteger(b) => put_big(out, b),
+        Term::Float(f) => {
+            out.push(tag::FLOAT);
+            out.extend_from_slice(&f.value.to_bits().to_le_bytes());
+        }
+        Term::Pid(p) => put_pid(out, p),
+        Term::Port(p) => {
+            out.push(tag::PORT);
+            put_atom(out, &p.node.name);
+            put_varint(out, p.id);
+            put_varint(out, u64::from(p.creation));
+        }
+        Term::Reference(r) => {
+            out.push(tag::REF);
+            put_atom(out, &r.node.name);
+            put_varint(out, u64::from(r.creation));
+            put_varint(out, r.id.len() as u64);
+            for &w in &r.id {
+                put_varint(out, u64::from(w));
+            }
+        }
+        Term::ExternalFun(f) => {
+            out.push(tag::EXPORT_FUN);
+            put_atom(out, &f.module.name);
+            put_atom(out, &f.function.name);
+            out.push(f.arity);
+        }
+        Term::InternalFun(f) => put_internal_fun(out, f),
+        Term::Binary(b) => put_bitstring(out, &b.bytes, 0, 0),
+        Term::BitBinary(b) => put_bit_binary(out, b),
+        Term::ByteList(_) | Term::List(_) | Term::ImproperList(_) => put_list(out, term),
+        Term::Tuple(t) => {
+            out.push(tag::TUPLE);
+            put_terms(out, &t.elements);
+        }
+        Term::Map(m) => {
+            let mut entries: Vec<(Vec<u8>, Vec<u8>)> = m
+                .map
+                .iter()
+                .map(|(k, v)| {
+                    let mut kb = Vec::new();
+                    encode(k, &mut kb);
+                    let mut vb = Vec::new();
+                    encode(v, &mut vb);
+                    (kb, vb)
+                })
+                .collect();
+            // Sorting by (key, value) keeps even a malformed map with two `=:=` keys
+            // deterministic; a decoded Erlang map never has duplicates.
+            entries.sort_unstable();
+            out.push(tag::MAP);
+            put_varint(out, entries.len() as u64);
+            for (k, v) in entries {
+                out.extend_from_slice(&k);
+                out.extend_from_slice(&v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eetf::{
+        Atom, Binary, ByteList, ExternalFun, FixInteger, Float, ImproperList, List, Map, Port,
+        Reference, Tuple,
+    };
+    use num_bigint::BigInt;
+    use std::collections::HashMap;
+
+    fn atom(name: &str) -> Term {
+        Term::from(Atom::from(name))
+    }
+    fn int(v: i32) -> Term {
+        Term::from(FixInteger::from(v))
+    }
+    fn big(v: impl Into<BigInt>) -> Term {
+        Term::from(BigInteger { value: v.into() })
+    }
+    fn float(v: f64) -> Term {
+        Term::from(Float { value: v })
+    }
+    fn bin(b: &[u8]) -> Term {
+        Term::from(Binary::from(b))
+    }
+    fn list(v: Vec<Term>) -> Term {
+        Term::from(List::from(v))
+    }
+    fn bytelist(b: &[u8]) -> Term {
+        Term::from(ByteList::from(b.to_vec()))
+    }
+    fn improper(v: Vec<Term>, last: Term) -> Term {
+        Term::from(ImproperList::from((v, last)))
+    }
+    fn tuple(v: Vec<Term>) -> Term {
+        Term::from(Tuple::from(v))
+    }
+    fn map(entries: Vec<(Term, Term)>) -> Term {
+        Term::from(Map {
+            map: entries.into_iter().collect(),
+        })
+    }
+    fn key(t: &Term) -> Key {
+        Key::from_term(t)
+    }
+    fn same(a: &Term, b: &Term) {
+        assert_eq!(key(a), key(b), "{a} and {b} should be the same key");
+    }
+    fn differ(a: &Term, b: &Term) {
+        assert_ne!(key(a), key(b), "{a} and {b} should be different keys");
+    }
+
+    #[test]
+    fn fix_and_big_integers_of_same_value_are_equal() {
+        for v in [0, 1, -1, 255, 256, -256, i32::MAX, i32::MIN] {
+            same(&int(v), &big(v));
+        }
+        same(&big(i64::MAX), &big(i64::MAX));
+        same(&big(i64::MIN), &big(BigInt::from(i64::MIN)));
+        let huge: BigInt = BigInt::from(u64::MAX) * 1000u32;
+        same(&big(huge.clone()), &big(huge.clone()));
+        differ(&big(huge.clone()), &big(-huge.clone()));
+        differ(&big(huge.clone()), &big(huge + 1u32));
+        differ(&big(i64::MAX), &big(BigInt::from(i64::MAX) + 1u32));
+        differ(&big(i64::MIN), &big(BigInt::from(i64::MIN) - 1u32));
+        differ(&int(1), &int(-1));
+        differ(&int(255), &int(256));
+    }
+
+    #[test]
+    fn integers_and_floats_differ() {
+        differ(&int(1), &float(1.0));
+        differ(&big(0), &float(0.0));
+        same(&float(1.5), &float(1.5));
+        differ(&float(1.5), &float(2.5));
+    }
+
+    #[test]
+    fn signed_zeros_are_different_keys_per_otp27() {
+        differ(&float(0.0), &float(-0.0));
+        same(&float(-0.0), &float(-0.0));
+    }
+
+    #[test]
+    fn bytelist_equals_list_of_small_integers() {
+        same(&bytelist(b"hi"), &list(vec![int(104), int(105)]));
+        same(&bytelist(b"hi"), &list(vec![big(104), int(105)]));
+        differ(&bytelist(b"hi"), &list(vec![int(104), int(106)]));
+        differ(&bytelist(b"hi"), &list(vec![int(104)]));
+        differ(&bytelist(b"hi"), &bin(b"hi"));
+        differ(&bytelist(b"hi"), &list(vec![int(104), float(105.0)]));
+    }
+
+    #[test]
+    fn all_spellings_of_nil_are_equal() {
+        let nil = list(vec![]);
+        same(&nil, &bytelist(b""));
+        same(&nil, &Term::from(List::nil()));
+        same(&nil, &improper(vec![], list(vec![])));
+        differ(&nil, &tuple(vec![]));
+        differ(&nil, &bin(b""));
+        differ(&nil, &atom("nil"));
+        differ(&nil, &atom("[]"));
+    }
+
+    #[test]
+    fn improper_lists_are_flattened_canonically() {
+        // [1, 2 | 3] spelled two ways.
+        same(
+            &improper(vec![int(1), int(2)], int(3)),
+            &improper(vec![int(1)], improper(vec![int(2)], int(3))),
+        );
+        // [1 | [2]] is the proper list [1, 2].
+        same(
+            &improper(vec![int(1)], list(vec![int(2)])),
+            &list(vec![int(1), int(2)]),
+        );
+        same(&improper(vec![int(104)], bytelist(b"i")), &bytelist(b"hi"));
+        // An ImproperList without heads is just its tail.
+        same(&improper(vec![], atom("x")), &atom("x"));
+        differ(
+            &improper(vec![int(1), int(2)], int(3)),
+            &list(vec![int(1), int(2), int(3)]),
+        );
+        differ(
+            &improper(vec![int(1)], int(2)),
+            &improper(vec![int(1)], float(2.0)),
+        );
+    }
+
+    #[test]
+    fn alias_tag_shape_round_trips_as_key() {
+        let r = Term::from(Reference::from(("a@h", vec![1, 2, 3])));
+        same(
+            &improper(vec![atom("alias")], r.clone()),
+            &improper(vec![atom("alias")], r),
+        );
+    }
+
+    #[test]
+    fn maps_ignore_insertion_order() {
+        let entries: Vec<(Term, Term)> = (0..200)
+            .map(|i| (int(i), bin(format!("v{i}").as_bytes())))
+            .collect();
+        let a = map(entries.clone());
+        let b = map(entries.into_iter().rev().collect());
+        same(&a, &b);
+        // Different HashMap instances (distinct random seeds) iterate differently.
+        let mut h1 = HashMap::new();
+        let mut h2 = HashMap::new();
+        for i in 0..50 {
+            h1.insert(atom(&format!("k{i}")), int(i));
+        }
+        for i in (0..50).rev() {
+            h2.insert(atom(&format!("k{i}")), int(i));
+        }
+        same(&Term::from(Map { map: h1 }), &Term::from(Map { map: h2 }));
+    }
+
+    #[test]
+    fn map_keys_and_values_are_canonicalised_too() {
+        same(
+            &map(vec![(bytelist(b"ab"), int(1))]),
+            &map(vec![(list(vec![int(97), int(98)]), big(1))]),
+        );
+        differ(
+            &map(vec![(int(1), int(1))]),
+            &map(vec![(float(1.0), int(1))]),
+        );
+        differ(&map(vec![(int(1), int(1))]), &map(vec![(int(1), int(2))]));
+        differ(&map(vec![]), &list(vec![]));
+        differ(&map(vec![(int(1), int(2))]), &tuple(vec![int(1), int(2)]));
+    }
+
+    #[test]
+    fn atoms_by_name() {
+        same(&atom("ok"), &atom("ok"));
+        same(
+            &atom("héllo"),
+            &Term::from(Atom::from(String::from("héllo"))),
+        );
+        differ(&atom("ok"), &atom("Ok"));
+        differ(&atom("ok"), &bin(b"ok"));
+        differ(&atom("ok"), &bytelist(b"ok"));
+        differ(&atom("nil"), &list(vec![]));
+    }
+
+    #[test]
+    fn pids_ports_refs_use_every_field() {
+        let pid = |n: &str, id, serial, creation| Term::from(Pid::new(n, id, serial, creation));
+        same(&pid("a@h", 1, 2, 3), &pid("a@h", 1, 2, 3));
+        differ(&pid("a@h", 1, 2, 3), &pid("b@h", 1, 2, 3));
+        differ(&pid("a@h", 1, 2, 3), &pid("a@h", 9, 2, 3));
+        differ(&pid("a@h", 1, 2, 3), &pid("a@h", 1, 9, 3));
+        differ(&pid("a@h", 1, 2, 3), &pid("a@h", 1, 2, 9));
+        differ(&pid("a@h", u32::MAX, 0, 0), &pid("a@h", 0, u32::MAX, 0));
+
+        let port = |id, creation| {
+            Term::from(Port {
+                node: Atom::from("a@h"),
+                id,
+                creation,
+            })
+        };
+        same(&port(7, 1), &port(7, 1));
+        differ(&port(7, 1), &port(8, 1));
+        differ(&port(7, 1), &port(7, 2));
+
+        let r = |ids: Vec<u32>, creation| {
+            Term::from(Reference {
+                node: Atom::from("a@h"),
+                id: ids,
+                creation,
+            })
+        };
+        same(&r(vec![1, 2, 3], 4), &r(vec![1, 2, 3], 4));
+        differ(&r(vec![1, 2, 3], 4), &r(vec![1, 2, 3], 5));
+        differ(&r(vec![1, 2, 3], 4), &r(vec![1, 2, 4], 4));
+        differ(&r(vec![1, 2, 3], 4), &r(vec![1, 2, 3, 0, 0], 4));
+        differ(&r(vec![1, 2, 3], 4), &pid("a@h", 1, 2, 3));
+    }
+
+    #[test]
+    fn bitstrings() {
+        let bits = |b: &[u8], t| Term::from(BitBinary::from((b.to_vec(), t)));
+        same(&bin(b"abc"), &bits(b"abc", 8));
+        same(&bin(b""), &bits(b"", 3));
+        same(&bin(b"ab"), &bits(b"abc", 0));
+        // Only the low `tail_bits_size` bits of the last byte count (eetf stores them shifted).
+        same(&bits(&[1, 0b101], 3), &bits(&[1, 0b1111_0101], 3));
+        differ(&bits(&[1, 0b101], 3), &bits(&[1, 0b101], 4));
+        differ(&bits(&[1, 0b101], 3), &bits(&[1, 0b100], 3));
+        differ(&bits(&[1, 0b101], 3), &bin(&[1, 0b101]));
+        differ(&bin(b"abc"), &bin(b"abd"));
+        differ(&bin(b""), &bits(&[0], 1));
+    }
+
+    #[test]
+    fn tuples_and_funs() {
+        same(
+            &tuple(vec![int(1), bytelist(b"x")]),
+            &tuple(vec![big(1), list(vec![int(120)])]),
+        );
+        differ(&tuple(vec![int(1)]), &tuple(vec![int(1), int(1)]));
+        differ(&tuple(vec![int(1), int(2)]), &list(vec![int(1), int(2)]));
+        differ(&tuple(vec![]), &tuple(vec![tuple(vec![])]));
+
+        let export = |m, f, a| Term::from(ExternalFun::from((m, f, a)));
+        same(&export("m", "f", 1), &export("m", "f", 1));
+        differ(&export("m", "f", 1), &export("m", "f", 2));
+        differ(&export("m", "f", 1), &export("m", "g", 1));
+
+        let local = |free: Vec<Term>| {
+            Term::from(InternalFun::New {
+                module: Atom::from("m"),
+                arity: 1,
+                pid: Pid::new("a@h", 1, 0, 0),
+                free_vars: free,
+                index: 3,
+                uniq: [7; 16],
+                old_index: 3,
+                old_uniq: 9,
+            })
+        };
+        same(
+            &local(vec![bytelist(b"a")]),
+            &local(vec![list(vec![int(97)])]),
+        );
+        differ(&local(vec![]), &local(vec![int(1)]));
+        let old = Term::from(InternalFun::Old {
+            module: Atom::from("m"),
+            pid: Pid::new("a@h", 1, 0, 0),
+            free_vars: vec![],
+            index: 3,
+            uniq: 9,
+        });
+        same(&old, &old.clone());
+        differ(&old, &local(vec![]));
+    }
+
+    /// Encodings are self-delimiting: structurally different terms never collide, including
+    /// ones whose naive concatenations would (e.g. `{[1], [2]}` vs `{[1, 2], []}`).
+    #[test]
+    fn distinct_terms_get_distinct_keys() {
+        let terms = vec![
+            int(0),
+            int(1),
+            int(-1),
+            int(300),
+            big(BigInt::from(u64::MAX)),
+            big(-BigInt::from(u64::MAX)),
+            float(0.0),
+            float(-0.0),
+            float(1.0),
+            atom(""),
+            atom("a"),
+            atom("ab"),
+            bin(b""),
+            bin(b"a"),
+            bin(b"ab"),
+            list(vec![]),
+            list(vec![int(1)]),
+            list(vec![int(1), int(2)]),
+            list(vec![list(vec![int(1)]), list(vec![int(2)])]),
+            list(vec![list(vec![int(1), int(2)]), list(vec![])]),
+            improper(vec![int(1)], int(2)),
+            improper(vec![int(1)], bin(b"")),
+            tuple(vec![]),
+            tuple(vec![list(vec![int(1)]), list(vec![int(2)])]),
+            tuple(vec![list(vec![int(1), int(2)]), list(vec![])]),
+            tuple(vec![atom("a"), atom("b")]),
+            tuple(vec![atom("ab"), atom("")]),
+            map(vec![]),
+            map(vec![(atom("a"), atom("b"))]),
+            map(vec![(atom("b"), atom("a"))]),
+            map(vec![(atom("a"), atom("b")), (atom("c"), atom("d"))]),
+            map(vec![(atom("a"), atom("d")), (atom("c"), atom("b"))]),
+            Term::from(Pid::new("a@h", 0, 0, 0)),
+        ];
+        for (i, a) in terms.iter().enumerate() {
+            for b in &terms[i + 1..] {
+                differ(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn long_improper_chain_does_not_recurse_on_tails() {
+        let mut t = atom("end");
+        for i in 0..10_000 {
+            t = improper(vec![int(i)], t);
+        }
+        let flat = improper((0..10_000).rev().map(int).collect(), atom("end"));
+        same(&t, &flat);
+        // Drop the nested chain without overflowing the stack in the test harness either.
+        let mut cur = t;
+        while let Term::ImproperList(l) = cur {
+            cur = *l.last;
+        }
+    }
+
+    #[test]
+    fn small_keys_are_compact() {
+        assert_eq!(key(&int(5)).as_bytes().len(), 2);
+        assert_eq!(key(&atom("message")).as_bytes().len(), 9);
+        assert_eq!(key(&bytelist(b"hi")).as_bytes().len(), 1 + 1 + 2 * 2 + 1);
+    }
+}

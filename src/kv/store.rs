@@ -1,0 +1,1130 @@
+//! The pure key-value store behind `DistributedExample.KVStore`, and its request/reply shapes.
+//!
+//! No I/O and no async: the GenServer (in `kv::server`) decodes a `$gen_call`/`$gen_cast`
+//! payload with [`Request::from_term`] (or [`Request::parse`]), hands data requests to
+//! [`Store::apply`], sends the reply term back, and fans any [`Event`] out to subscribers as
+//! [`event_message`]. Subscription requests ([`Request::Subscribe`], [`Request::Unsubscribe`],
+//! [`Request::Subscribers`]) are not store operations and are left to the server, which is why
+//! [`Request`] splits them from [`DataRequest`].
+//!
+//! Keys are compared with Erlang's exact equality (`=:=`), via [`Key`]: `1` and `1.0` are
+//! different keys, `0.0` and `-0.0` are different keys (OTP 27+ semantics), a charlist is the
+//! same key however it was encoded, and maps are equal regardless of entry order.
+//!
+//! Wire shapes (Elixir syntax; `nil` is the atom `nil`):
+//!
+//! | request                       | reply                                                 |
+//! |-------------------------------|-------------------------------------------------------|
+//! | `{:get, k}` / `{:get, k, d}`  | the value, or `d` (default `nil`) when absent         |
+//! | `{:put, k, v}`                | `:ok`                                                 |
+//! | `{:put_new, k, v}`            | `:ok` \| `{:error, :exists}`                          |
+//! | `{:delete, k}`                | `:ok` (whether or not `k` existed)                    |
+//! | `{:cas, k, expected, new}`    | `:ok` \| `{:error, {:mismatch, current}}`             |
+//! | `{:incr, k}` / `{:incr, k, n}`| the new integer \| `{:error, :not_integer}`           |
+//! | `:keys`                       | list of keys (unspecified order)                      |
+//! | `:size`                       | number of keys                                        |
+//! | `{:subscribe, k \| :all}`     | handled by the server                                 |
+//! | `{:unsubscribe, k \| :all}`   | handled by the server                                 |
+//! | `:subscribers`                | handled by the server                                 |
+//! | anything else                 | [`unknown_request_reply`]: `{:error, {:unknown_request, req}}` |
+//!
+//! For `cas`, an `expected` of `nil` also matches an absent key, and `current` is `nil` when the
+//! key is absent. `incr` treats an absent key as `0`. Change events are
+//! `{:kv_event, k, {:put, v}}` and `{:kv_event, k, :delete}`.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use eetf::{Atom, BigInteger, FixInteger, List, Term, Tuple};
+use num_bigint::BigInt;
+use num_traits::ToPrimitive;
+use thiserror::Error;
+
+use super::key::Key;
+
+/// Atom names used on the wire, one constant per protocol tag.
+pub mod atoms {
+    /// `:get`
+    pub const GET: &str = "get";
+    /// `:put`
+    pub const PUT: &str = "put";
+    /// `:put_new`
+    pub const PUT_NEW: &str = "put_new";
+    /// `:delete`
+    pub const DELETE: &str = "delete";
+    /// `:cas`
+    pub const CAS: &str = "cas";
+    /// `:incr`
+    pub const INCR: &str = "incr";
+    /// `:keys`
+    pub const KEYS: &str = "keys";
+    /// `:size`
+    pub const SIZE: &str = "size";
+    /// `:subscribe`
+    pub const SUBSCRIBE: &str = "subscribe";
+    /// `:unsubscribe`
+    pub const UNSUBSCRIBE: &str = "unsubscribe";
+    /// `:subscribers`
+    pub const SUBSCRIBERS: &str = "subscribers";
+    /// `:all` (subscription topic meaning every key)
+    pub const ALL: &str = "all";
+    /// `nil`
+    pub const NIL: &str = "nil";
+    /// `:ok`
+    pub const OK: &str = "ok";
+    /// `:error`
+    pub const ERROR: &str = "error";
+    /// `:exists`
+    pub const EXISTS: &str = "exists";
+    /// `:mismatch`
+    pub const MISMATCH: &str = "mismatch";
+    /// `:not_integer`
+    pub const NOT_INTEGER: &str = "not_integer";
+    /// `:unknown_request`
+    pub const UNKNOWN_REQUEST: &str = "unknown_request";
+    /// `:kv_event`
+    pub const KV_EVENT: &str = "kv_event";
+}
+
+/// Why [`Store::incr`] refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum IncrError {
+    /// The amount, or the value currently stored under the key, is not an integer.
+    #[error("value or increment is not an integer")]
+    NotInteger,
+}
+
+/// A change to the store, to be sent to subscribers via [`event_message`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// `key` now maps to `value` (put, successful put_new, cas or incr).
+    Put {
+        /// The key as the client sent it.
+        key: Term,
+        /// The new value.
+        value: Term,
+    },
+    /// `key` was removed (only emitted when it existed).
+    Delete {
+        /// The key as it was stored.
+        key: Term,
+    },
+}
+
+impl Event {
+    /// The key this event is about.
+    pub fn key(&self) -> &Term {
+        match self {
+            Event::Put { key, .. } | Event::Delete { key } => key,
+        }
+    }
+}
+
+/// A subscription topic: one key, or every key.
+///
+/// `{:subscribe, :all}` always means [`Topic::All`], so the atom key `:all` cannot be
+/// subscribed to individually (an `:all` subscription covers it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Topic {
+    /// Changes to this key only.
+    Key(Term),
+    /// Changes to any key.
+    All,
+}
+
+/// A request that reads or changes the store; see [`Store::apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataRequest {
+    /// `{:get, k}` (default `nil`) or `{:get, k, default}`.
+    Get {
+        /// The key.
+        key: Term,
+        /// Returned when the key is absent.
+        default: Term,
+    },
+    /// `{:put, k, v}`: insert or overwrite.
+    Put {
+        /// The key.
+        key: Term,
+        /// The value.
+        value: Term,
+    },
+    /// `{:put_new, k, v}`: insert only if absent.
+    PutNew {
+        /// The key.
+        key: Term,
+        /// The value.
+        value: Term,
+    },
+    /// `{:delete, k}`.
+    Delete {
+        /// The key.
+        key: Term,
+    },
+    /// `{:cas, k, expected, new}`: compare-and-swap.
+    Cas {
+        /// The key.
+        key: Term,
+        /// The value the key must hold (`nil` also matches an absent key).
+        expected: Term,
+        /// The value to store on a match.
+        new: Term,
+    },
+    /// `{:incr, k}` (amount 1) or `{:incr, k, amount}`.
+    Incr {
+        /// The key.
+        key: Term,
+        /// The integer to add.
+        amount: Term,
+    },
+    /// `:keys`.
+    Keys,
+    /// `:size`.
+    Size,
+}
+
+/// A decoded KV request (the payload of a `$gen_call` or `$gen_cast`).
+///
+/// Data requests go to [`Store::apply`]; the subscription variants are the server's to handle.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// A store operation.
+    Data(DataRequest),
+    /// `{:subscribe, k}` or `{:subscribe, :all}`.
+    Subscribe(Topic),
+    /// `{:unsubscribe, k}` or `{:unsubscribe, :all}`.
+    Unsubscribe(Topic),
+    /// `:subscribers`.
+    Subscribers,
+}
+
+impl Request {
+    /// Decodes a request, or `None` if it has no known shape (reply with
+    /// [`unknown_request_reply`]). Clones the parts it keeps; prefer [`Request::from_term`]
+    /// when the term is owned.
+    pub fn parse(term: &Term) -> Option<Request> {
+        // Check the shape first so an unknown request (possibly large) is never cloned.
+        if !Self::is_known_shape(term) {
+            return None;
+        }
+        Self::from_term(term.clone()).ok()
+    }
+
+    fn is_known_shape(term: &Term) -> bool {
+        match term {
+            Term::Atom(a) => matches!(
+                a.name.as_str(),
+                atoms::KEYS | atoms::SIZE | atoms::SUBSCRIBERS
+            ),
+            Term::Tuple(t) => match t.elements.split_first() {
+                Some((Term::Atom(tag), rest)) => matches!(
+                    (tag.name.as_str(), rest.len()),
+                    (atoms::GET, 1 | 2)
+                        | (atoms::PUT | atoms::PUT_NEW, 2)
+                        | (atoms::DELETE, 1)
+                        | (atoms::CAS, 3)
+                        | (atoms::INCR, 1 | 2)
+                        | (atoms::SUBSCRIBE | atoms::UNSUBSCRIBE, 1)
+                ),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// Decodes an owned request term without cloning; on an unknown shape the term is handed
+    /// back unchanged (for [`unknown_request_reply`]).
+    pub fn from_term(term: Term) -> Result<Request, Term> {
+        if !Self::is_known_shape(&term) {
+            return Err(term);
+        }
+        let (tag, mut args) = match term {
+            Term::Atom(a) => {
+                return match a.name.as_str() {
+                    atoms::KEYS => Ok(Request::Data(DataRequest::Keys)),
+                    atoms::SIZE => Ok(Request::Data(DataRequest::Size)),
+                    atoms::SUBSCRIBERS => Ok(Request::Subscribers),
+                    _ => Err(Term::Atom(a)),
+                };
+            }
+            Term::Tuple(t) => {
+                let mut elements = t.elements.into_iter();
+                match elements.next() {
+                    Some(Term::Atom(tag)) => (tag, elements),
+                    // Unreachable after `is_known_shape`; stay total rather than panic.
+                    first => {
+                        return Err(Term::from(Tuple::from(
+                            first.into_iter().chain(elements).collect::<Vec<_>>(),
+                        )));
+                    }
+                }
+            }
+            other => return Err(other),
+        };
+        let arity = args.len();
+        // `is_known_shape` fixed the arity, so `next` never runs dry; `nil` keeps it total.
+        let mut next = || args.next().unwrap_or_else(nil);
+        let data = match (tag.name.as_str(), arity) {
+            (atoms::GET, 1) => DataRequest::Get {
+                key: next(),
+                default: nil(),
+            },
+            (atoms::GET, _) => DataRequest::Get {
+                key: next(),
+                default: next(),
+            },
+            (atoms::PUT, _) => DataRequest::Put {
+                key: next(),
+                value: next(),
+            },
+            (atoms::PUT_NEW, _) => DataRequest::PutNew {
+                key: next(),
+                value: next(),
+            },
+            (atoms::DELETE, _) => DataRequest::Delete { key: next() },
+            (atoms::CAS, _) => DataRequest::Cas {
+                key: next(),
+                expected: next(),
+                new: next(),
+            },
+            (atoms::INCR, 1) => DataRequest::Incr {
+                key: next(),
+                amount: Term::from(FixInteger::from(1)),
+            },
+            (atoms::INCR, _) => DataRequest::Incr {
+                key: next(),
+                amount: next(),
+            },
+            (atoms::SUBSCRIBE, _) => return Ok(Request::Subscribe(topic_of(next()))),
+            (atoms::UNSUBSCRIBE, _) => return Ok(Request::Unsubscribe(topic_of(next()))),
+            _ => {
+                let rest: Vec<Term> = args.collect();
+                return Err(retuple(tag, rest));
+            }
+        };
+        Ok(Request::Data(data))
+    }
+}
+
+/// Rebuilds a tuple `{tag, rest...}` (for handing back an unknown request).
+fn retuple(tag: Atom, rest: Vec<Term>) -> Term {
+    let mut all = Vec::with_capacity(rest.len() + 1);
+    all.push(Term::Atom(tag));
+    all.extend(rest);
+    Term::from(Tuple::from(all))
+}
+
+fn topic_of(term: Term) -> Topic {
+    match term {
+        Term::Atom(a) if a.name == atoms::ALL => Topic::All,
+        other => Topic::Key(other),
+    }
+}
+
+fn atom(name: &str) -> Term {
+    Term::from(Atom::from(name))
+}
+
+fn nil() -> Term {
+    atom(atoms::NIL)
+}
+
+fn is_nil(term: &Term) -> bool {
+    matches!(term, Term::Atom(a) if a.name == atoms::NIL)
+}
+
+fn tuple(elements: Vec<Term>) -> Term {
+    Term::from(Tuple::from(elements))
+}
+
+fn error(reason: Term) -> Term {
+    tuple(vec![atom(atoms::ERROR), reason])
+}
+
+/// An integer term in canonical `eetf` form: `FixInteger` when it fits `i32`, else `BigInteger`.
+fn int_from_big(value: BigInt) -> Term {
+    match value.to_i32() {
+        Some(v) => Term::from(FixInteger::from(v)),
+        None => Term::from(BigInteger { value }),
+    }
+}
+
+fn int_from_i64(value: i64) -> Term {
+    match i32::try_from(value) {
+        Ok(v) => Term::from(FixInteger::from(v)),
+        Err(_) => Term::from(BigInteger::from(value)),
+    }
+}
+
+/// Adds two integer terms; `None` if either is not an integer.
+fn add_integers(a: &Term, b: &Term) -> Option<Term> {
+    match (a, b) {
+        (Term::FixInteger(x), Term::FixInteger(y)) => {
+            Some(int_from_i64(i64::from(x.value) + i64::from(y.value)))
+        }
+        (Term::FixInteger(x), Term::BigInteger(y)) | (Term::BigInteger(y), Term::FixInteger(x)) => {
+            Some(int_from_big(&y.value + x.value))
+        }
+        (Term::BigInteger(x), Term::BigInteger(y)) => Some(int_from_big(&x.value + &y.value)),
+        _ => None,
+    }
+}
+
+fn is_integer(term: &Term) -> bool {
+    matches!(term, Term::FixInteger(_) | Term::BigInteger(_))
+}
+
+/// The store: canonical key -> (key as first written, value).
+///
+/// The original key term is kept so `:keys` and events return what clients sent; the
+/// canonical [`Key`] bytes are the only other per-key copy.
+#[derive(Debug, Clone, Default)]
+pub struct Store {
+    entries: HashMap<Key, (Term, Term)>,
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The value under `key`, if any.
+    pub fn get(&self, key: &Term) -> Option<&Term> {
+        self.entries.get(&Key::from_term(key)).map(|(_, v)| v)
+    }
+
+    /// Stores `value` under `key`, overwriting any previous value.
+    pub fn put(&mut self, key: Term, value: Term) {
+        self.entries.insert(Key::from_term(&key), (key, value));
+    }
+
+    /// Stores `value` under `key` only if the key is absent; returns whether it was stored.
+    pub fn put_new(&mut self, key: Term, value: Term) -> bool {
+        match self.entries.entry(Key::from_term(&key)) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(slot) => {
+                slot.insert((key, value));
+                true
+            }
+        }
+    }
+
+    /// Removes `key`; returns whether it existed.
+    pub fn delete(&mut self, key: &Term) -> bool {
+        self.remove(key).is_some()
+    }
+
+    /// Removes `key`, returning the stored (original key, value) pair.
+    fn remove(&mut self, key: &Term) -> Option<(Term, Term)> {
+        self.entries.remove(&Key::from_term(key))
+    }
+
+    /// Compare-and-swap: stores `new` if the current value is exactly `expected` (`=:=`), or if
+    /// the key is absent and `expected` is the atom `nil`.
+    ///
+    /// On a mismatch returns `Err(current)`, where `None` means the key is absent.
+    pub fn cas(&mut self, key: Term, expected: &Term, new: Term) -> Result<(), Option<Term>> {
+        match self.entries.entry(Key::from_term(&key)) {
+            Entry::Vacant(slot) => {
+                if is_nil(expected) {
+                    slot.insert((key, new));
+                    Ok(())
+                } else {
+                    Err(None)
+                }
+            }
+            Entry::Occupied(mut slot) => {
+                let current = &mut slot.get_mut().1;
+                if Key::from_term(current) == Key::from_term(expected) {
+                    *current = new;
+                    Ok(())
+                } else {
+                    Err(Some(current.clone()))
+                }
+            }
+        }
+    }
+
+    /// Adds the integer `amount` to the integer under `key` (absent counts as 0) and returns
+    /// the new value, as `FixInteger` when it fits `i32` and `BigInteger` otherwise.
+    pub fn incr(&mut self, key: Term, amount: &Term) -> Result<Term, IncrError> {
+        if !is_integer(amount) {
+            return Err(IncrError::NotInteger);
+        }
+        match self.entries.entry(Key::from_term(&key)) {
+            Entry::Vacant(slot) => {
+                let zero = Term::from(FixInteger::from(0));
+                let new = add_integers(&zero, amount).ok_or(IncrError::NotInteger)?;
+                slot.insert((key, new.clone()));
+                Ok(new)
+            }
+            Entry::Occupied(mut slot) => {
+                let current = &mut slot.get_mut().1;
+                let new = add_integers(current, amount).ok_or(IncrError::NotInteger)?;
+                *current = new.clone();
+                Ok(new)
+            }
+        }
+    }
+
+    /// The keys, as originally written, in unspecified order.
+    pub fn keys(&self) -> Vec<Term> {
+        self.entries.values().map(|(k, _)| k.clone()).collect()
+    }
+
+    /// The number of keys.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the store has no keys.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Applies a data request and returns the reply term plus the change event, if any.
+    ///
+    /// Replies are listed in the module docs. Events: put always; put_new, cas and incr only
+    /// on success; delete only when the key existed; get, keys and size never.
+    pub fn apply(&mut self, req: DataRequest) -> (Term, Option<Event>) {
+        self.apply_with(req, true)
+    }
+
+    /// Like [`Store::apply`], but with `emit_events == false` never builds an event (saving the
+    /// key/value clones when nobody is subscribed).
+    pub fn apply_with(&mut self, req: DataRequest, emit_events: bool) -> (Term, Option<Event>) {
+        let event = |key: &Term, value: &Term| {
+            emit_events.then(|| Event::Put {
+                key: key.clone(),
+                value: value.clone(),
+            })
+        };
+        match req {
+            DataRequest::Get { key, default } => (self.get(&key).cloned().unwrap_or(default), None),
+            DataRequest::Put { key, value } => {
+                let ev = event(&key, &value);
+                self.put(key, value);
+                (atom(atoms::OK), ev)
+            }
+            DataRequest::PutNew { key, value } => {
+                let ev = event(&key, &value);
+                if self.put_new(key, value) {
+                    (atom(atoms::OK), ev)
+                } else {
+                    (error(atom(atoms::EXISTS)), None)
+                }
+            }
+            DataRequest::Delete { key } => {
+                let ev = self
+                    .remove(&key)
+                    .filter(|_| emit_events)
+                    .map(|(key, _)| Event::Delete { key });
+                (atom(atoms::OK), ev)
+            }
+            DataRequest::Cas { key, expected, new } => {
+                let ev = event(&key, &new);
+                match self.cas(key, &expected, new) {
+                    Ok(()) => (atom(atoms::OK), ev),
+                    Err(current) => {
+                        let current = current.unwrap_or_else(nil);
+                        (error(tuple(vec![atom(atoms::MISMATCH), current])), None)
+                    }
+                }
+            }
+            DataRequest::Incr { key, amount } => {
+                let ev_key = emit_events.then(|| key.clone());
+                match self.incr(key, &amount) {
+                    Ok(new) => {
+                        let ev = ev_key.map(|key| Event::Put {
+                            key,
+                            value: new.clone(),
+                        });
+                        (new, ev)
+                    }
+                    Err(IncrError::NotInteger) => (error(atom(atoms::NOT_INTEGER)), None),
+                }
+            }
+            DataRequest::Keys => (Term::from(List::from(self.keys())), None),
+            DataRequest::Size => (int_from_i64(self.len() as i64), None),
+        }
+    }
+}
+
+/// The message sent to subscribers: `{:kv_event, k, {:put, v}}` or `{:kv_event, k, :delete}`.
+pub fn event_message(event: &Event) -> Term {
+    let (key, change) = match event {
+        Event::Put { key, value } => (key, tuple(vec![atom(atoms::PUT), value.clone()])),
+        Event::Delete { key } => (key, atom(atoms::DELETE)),
+    };
+    tuple(vec![atom(atoms::KV_EVENT), key.clone(), change])
+}
+
+/// The reply to an unrecognised request: `{:error, {:unknown_request, req}}`.
+pub fn unknown_request_reply(req: &Term) -> Term {
+    error(tuple(vec![atom(atoms::UNKNOWN_REQUEST), req.clone()]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eetf::{Binary, ByteList, Float, Map, Pid};
+
+    fn a(name: &str) -> Term {
+        atom(name)
+    }
+    fn int(v: i32) -> Term {
+        Term::from(FixInteger::from(v))
+    }
+    fn big(v: impl Into<BigInt>) -> Term {
+        Term::from(BigInteger { value: v.into() })
+    }
+    fn float(v: f64) -> Term {
+        Term::from(Float { value: v })
+    }
+    fn bin(s: &str) -> Term {
+        Term::from(Binary::from(s.as_bytes()))
+    }
+    fn t(elements: Vec<Term>) -> Term {
+        tuple(elements)
+    }
+    fn list(elements: Vec<Term>) -> Term {
+        Term::from(List::from(elements))
+    }
+    fn map(entries: Vec<(Term, Term)>) -> Term {
+        Term::from(Map {
+            map: entries.into_iter().collect(),
+        })
+    }
+    fn ok() -> Term {
+        a("ok")
+    }
+    fn parse(term: Term) -> Option<Request> {
+        let by_ref = Request::parse(&term);
+        let owned = Request::from_term(term.clone());
+        match &owned {
+            Ok(req) => assert_eq!(Some(req), by_ref.as_ref()),
+            Err(back) => {
+                assert_eq!(back, &term, "from_term must hand the term back unchanged");
+                assert!(by_ref.is_none());
+            }
+        }
+        by_ref
+    }
+    fn data(term: Term) -> DataRequest {
+        match parse(term) {
+            Some(Request::Data(d)) => d,
+            other => panic!("expected a data request, got {other:?}"),
+        }
+    }
+
+    // ---- parsing ----
+
+    #[test]
+    fn parses_every_request_shape() {
+        assert_eq!(
+            data(t(vec![a("get"), bin("k")])),
+            DataRequest::Get {
+                key: bin("k"),
+                default: a("nil")
+            }
+        );
+        assert_eq!(
+            data(t(vec![a("get"), bin("k"), int(7)])),
+            DataRequest::Get {
+                key: bin("k"),
+                default: int(7)
+            }
+        );
+        assert_eq!(
+            data(t(vec![a("put"), a("message"), bin("hello")])),
+            DataRequest::Put {
+                key: a("message"),
+                value: bin("hello")
+            }
+        );
+        assert_eq!(
+            data(t(vec![a("put_new"), int(1), int(2)])),
+            DataRequest::PutNew {
+                key: int(1),
+                value: int(2)
+            }
+        );
+        assert_eq!(
+            data(t(vec![a("delete"), int(1)])),
+            DataRequest::Delete { key: int(1) }
+        );
+        assert_eq!(
+            data(t(vec![a("cas"), int(1), a("nil"), int(3)])),
+            DataRequest::Cas {
+                key: int(1),
+                expected: a("nil"),
+                new: int(3)
+            }
+        );
+        assert_eq!(
+            data(t(vec![a("incr"), bin("c"), int(5)])),
+            DataRequest::Incr {
+                key: bin("c"),
+                amount: int(5)
+            }
+        );
+        assert_eq!(
+            data(t(vec![a("incr"), bin("c")])),
+            DataRequest::Incr {
+                key: bin("c"),
+                amount: int(1)
+            }
+        );
+        assert_eq!(data(a("keys")), DataRequest::Keys);
+        assert_eq!(data(a("size")), DataRequest::Size);
+        assert_eq!(
+            parse(t(vec![a("subscribe"), bin("k")])),
+            Some(Request::Subscribe(Topic::Key(bin("k"))))
+        );
+        assert_eq!(
+            parse(t(vec![a("subscribe"), a("all")])),
+            Some(Request::Subscribe(Topic::All))
+        );
+        assert_eq!(
+            parse(t(vec![a("unsubscribe"), bin("k")])),
+            Some(Request::Unsubscribe(Topic::Key(bin("k"))))
+        );
+        assert_eq!(
+            parse(t(vec![a("unsubscribe"), a("all")])),
+            Some(Request::Unsubscribe(Topic::All))
+        );
+        assert_eq!(parse(a("subscribers")), Some(Request::Subscribers));
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        let bad = vec![
+            t(vec![a("get")]),
+            t(vec![a("get"), int(1), int(2), int(3)]),
+            t(vec![a("put"), int(1)]),
+            t(vec![a("put"), int(1), int(2), int(3)]),
+            t(vec![a("put_new"), int(1)]),
+            t(vec![a("delete")]),
+            t(vec![a("delete"), int(1), int(2)]),
+            t(vec![a("cas"), int(1), int(2)]),
+            t(vec![a("cas"), int(1), int(2), int(3), int(4)]),
+            t(vec![a("incr")]),
+            t(vec![a("incr"), int(1), int(2), int(3)]),
+            t(vec![a("subscribe")]),
+            t(vec![a("subscribe"), int(1), int(2)]),
+            t(vec![a("unsubscribe")]),
+            t(vec![a("keys")]),
+            t(vec![a("size")]),
+            t(vec![a("subscribers")]),
+            t(vec![a("frobnicate"), int(1)]),
+            t(vec![bin("get"), int(1)]),
+            t(vec![int(1), int(2)]),
+            t(vec![]),
+            a("get"),
+            a("put"),
+            a("nil"),
+            a("Keys"),
+            bin("keys"),
+            list(vec![a("get"), int(1)]),
+            Term::from(ByteList::from("keys")),
+            int(1),
+            map(vec![(a("get"), int(1))]),
+        ];
+        for term in bad {
+            assert_eq!(parse(term.clone()), None, "{term} should not parse");
+        }
+    }
+
+    #[test]
+    fn unknown_request_reply_shape() {
+        let req = t(vec![a("frobnicate"), int(1)]);
+        assert_eq!(
+            unknown_request_reply(&req),
+            t(vec![a("error"), t(vec![a("unknown_request"), req.clone()])])
+        );
+    }
+
+    // ---- store semantics ----
+
+    #[test]
+    fn put_get_overwrite_delete() {
+        let mut s = Store::new();
+        assert!(s.is_empty());
+        assert_eq!(s.get(&a("k")), None);
+        s.put(a("k"), int(1));
+        assert_eq!(s.get(&a("k")), Some(&int(1)));
+        s.put(a("k"), int(2));
+        assert_eq!(s.get(&a("k")), Some(&int(2)));
+        assert_eq!(s.len(), 1);
+        assert!(s.delete(&a("k")));
+        assert!(!s.delete(&a("k")));
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn put_new_only_inserts_once() {
+        let mut s = Store::new();
+        assert!(s.put_new(bin("k"), int(1)));
+        assert!(!s.put_new(bin("k"), int(2)));
+        assert_eq!(s.get(&bin("k")), Some(&int(1)));
+    }
+
+    #[test]
+    fn integer_and_float_keys_are_distinct() {
+        let mut s = Store::new();
+        s.put(int(1), a("int"));
+        s.put(float(1.0), a("float"));
+        s.put(big(1), a("big"));
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.get(&int(1)), Some(&a("big")));
+        assert_eq!(s.get(&float(1.0)), Some(&a("float")));
+        s.put(float(0.0), a("pos"));
+        s.put(float(-0.0), a("neg"));
+        assert_eq!(s.get(&float(0.0)), Some(&a("pos")));
+        assert_eq!(s.get(&float(-0.0)), Some(&a("neg")));
+    }
+
+    #[test]
+    fn bytelist_and_list_keys_are_the_same() {
+        let mut s = Store::new();
+        s.put(Term::from(ByteList::from("hi")), int(1));
+        assert_eq!(s.get(&list(vec![int(104), int(105)])), Some(&int(1)));
+        assert_eq!(s.get(&bin("hi")), None);
+        s.put(list(vec![]), a("empty"));
+        assert_eq!(s.get(&Term::from(ByteList::from(""))), Some(&a("empty")));
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn map_keys_ignore_insertion_order() {
+        let entries: Vec<(Term, Term)> = (0..64).map(|i| (int(i), bin(&i.to_string()))).collect();
+        let forward = map(entries.clone());
+        let backward = map(entries.into_iter().rev().collect());
+        let mut s = Store::new();
+        s.put(forward, a("v1"));
+        assert_eq!(s.get(&backward), Some(&a("v1")));
+        s.put(backward, a("v2"));
+        assert_eq!(s.len(), 1);
+        let nested_a = map(vec![
+            (a("x"), map(vec![(a("p"), int(1)), (a("q"), int(2))])),
+            (a("y"), Term::from(ByteList::from("s"))),
+        ]);
+        let nested_b = map(vec![
+            (a("y"), list(vec![int(115)])),
+            (a("x"), map(vec![(a("q"), int(2)), (a("p"), big(1))])),
+        ]);
+        s.put(nested_a, int(9));
+        assert_eq!(s.get(&nested_b), Some(&int(9)));
+    }
+
+    #[test]
+    fn atom_keys() {
+        let mut s = Store::new();
+        s.put(a("message"), bin("hello"));
+        assert_eq!(s.get(&a("message")), Some(&bin("hello")));
+        assert_eq!(s.get(&bin("message")), None);
+        s.put(a("nil"), int(0));
+        assert_eq!(s.get(&a("nil")), Some(&int(0)));
+        assert_eq!(s.get(&list(vec![])), None);
+    }
+
+    #[test]
+    fn pid_keys() {
+        let mut s = Store::new();
+        let p = Term::from(Pid::new("a@h", 1, 0, 5));
+        s.put(p.clone(), int(1));
+        assert_eq!(s.get(&p), Some(&int(1)));
+        assert_eq!(s.get(&Term::from(Pid::new("a@h", 1, 0, 6))), None);
+    }
+
+    #[test]
+    fn keys_returns_original_terms() {
+        let mut s = Store::new();
+        s.put(Term::from(ByteList::from("ab")), int(1));
+        s.put(a("x"), int(2));
+        let mut keys = s.keys();
+        keys.sort_by_key(|k| format!("{k}"));
+        assert_eq!(keys.len(), 2);
+        assert!(keys.contains(&a("x")));
+        assert!(keys.contains(&Term::from(ByteList::from("ab"))));
+    }
+
+    #[test]
+    fn cas_semantics() {
+        let mut s = Store::new();
+        // nil matches an absent key.
+        assert_eq!(s.cas(a("k"), &a("nil"), int(1)), Ok(()));
+        assert_eq!(s.get(&a("k")), Some(&int(1)));
+        // Absent key, non-nil expected: mismatch with current None.
+        assert_eq!(s.cas(a("other"), &int(1), int(2)), Err(None));
+        assert_eq!(s.get(&a("other")), None);
+        // Exact match.
+        assert_eq!(s.cas(a("k"), &int(1), int(2)), Ok(()));
+        // 2.0 is not 2.
+        assert_eq!(s.cas(a("k"), &float(2.0), int(3)), Err(Some(int(2))));
+        // A BigInteger of the same value does match.
+        assert_eq!(s.cas(a("k"), &big(2), int(3)), Ok(()));
+        // nil does not match a present non-nil value.
+        assert_eq!(s.cas(a("k"), &a("nil"), int(4)), Err(Some(int(3))));
+        // A stored nil matches expected nil.
+        s.put(a("n"), a("nil"));
+        assert_eq!(s.cas(a("n"), &a("nil"), int(5)), Ok(()));
+        assert_eq!(s.get(&a("n")), Some(&int(5)));
+        // Signed zero: OTP 27+ semantics.
+        s.put(a("z"), float(0.0));
+        assert_eq!(s.cas(a("z"), &float(-0.0), int(1)), Err(Some(float(0.0))));
+        // Charlist values compare canonically.
+        s.put(a("s"), Term::from(ByteList::from("hi")));
+        assert_eq!(
+            s.cas(a("s"), &list(vec![int(104), int(105)]), int(1)),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn incr_semantics() {
+        let mut s = Store::new();
+        assert_eq!(s.incr(a("c"), &int(5)), Ok(int(5)));
+        assert_eq!(s.incr(a("c"), &int(-7)), Ok(int(-2)));
+        assert_eq!(s.incr(a("c"), &big(2)), Ok(int(0)));
+        assert_eq!(s.incr(a("c"), &float(1.0)), Err(IncrError::NotInteger));
+        assert_eq!(s.incr(a("c"), &bin("1")), Err(IncrError::NotInteger));
+        assert_eq!(s.get(&a("c")), Some(&int(0)));
+        s.put(a("s"), bin("x"));
+        assert_eq!(s.incr(a("s"), &int(1)), Err(IncrError::NotInteger));
+        assert_eq!(s.get(&a("s")), Some(&bin("x")));
+        s.put(a("f"), float(1.0));
+        assert_eq!(s.incr(a("f"), &int(1)), Err(IncrError::NotInteger));
+        // A failed incr on an absent key does not create it.
+        assert_eq!(s.incr(a("none"), &a("x")), Err(IncrError::NotInteger));
+        assert_eq!(s.get(&a("none")), None);
+    }
+
+    #[test]
+    fn incr_crosses_i32_bounds_both_ways() {
+        let mut s = Store::new();
+        let max = i64::from(i32::MAX);
+        let min = i64::from(i32::MIN);
+        s.put(a("c"), int(i32::MAX));
+        let up = s.incr(a("c"), &int(1));
+        assert_eq!(up, Ok(big(max + 1)));
+        assert!(matches!(up, Ok(Term::BigInteger(_))));
+        let down = s.incr(a("c"), &int(-1));
+        assert_eq!(down, Ok(int(i32::MAX)));
+        assert!(matches!(down, Ok(Term::FixInteger(_))));
+
+        s.put(a("m"), int(i32::MIN));
+        assert_eq!(s.incr(a("m"), &int(-1)), Ok(big(min - 1)));
+        assert_eq!(s.incr(a("m"), &int(1)), Ok(int(i32::MIN)));
+
+        // Big + big, far beyond i64, and back down to a fix integer.
+        let huge = BigInt::from(u64::MAX) * 4u32;
+        s.put(a("h"), big(huge.clone()));
+        assert_eq!(s.incr(a("h"), &big(huge.clone())), Ok(big(&huge * 2u32)));
+        assert_eq!(s.incr(a("h"), &big(-(&huge * 2u32) + 3)), Ok(int(3)));
+        // A non-normalised BigInteger amount on an absent key is normalised.
+        assert_eq!(s.incr(a("n"), &big(42)), Ok(int(42)));
+        assert!(matches!(s.get(&a("n")), Some(Term::FixInteger(_))));
+        // Fix + fix overflowing i32 in the negative direction.
+        s.put(a("neg"), int(i32::MIN));
+        assert_eq!(s.incr(a("neg"), &int(i32::MIN)), Ok(big(min * 2)));
+    }
+
+    // ---- apply: replies and events ----
+
+    #[test]
+    fn apply_replies_and_events() {
+        let mut s = Store::new();
+        let put = |k: Term, v: Term| DataRequest::Put { key: k, value: v };
+
+        assert_eq!(
+            s.apply(DataRequest::Get {
+                key: a("k"),
+                default: a("nil")
+            }),
+            (a("nil"), None)
+        );
+        assert_eq!(
+            s.apply(DataRequest::Get {
+                key: a("k"),
+                default: int(0)
+            }),
+            (int(0), None)
+        );
+        assert_eq!(
+            s.apply(put(a("k"), bin("v"))),
+            (
+                ok(),
+                Some(Event::Put {
+                    key: a("k"),
+                    value: bin("v")
+                })
+            )
+        );
+        assert_eq!(
+            s.apply(DataRequest::Get {
+                key: a("k"),
+                default: int(0)
+            }),
+            (bin("v"), None)
+        );
+        assert_eq!(
+            s.apply(DataRequest::PutNew {
+                key: a("k"),
+                value: int(1)
+            }),
+            (t(vec![a("error"), a("exists")]), None)
+        );
+        assert_eq!(
+            s.apply(DataRequest::PutNew {
+                key: a("k2"),
+                value: int(1)
+            }),
+            (
+                ok(),
+                Some(Event::Put {
+                    key: a("k2"),
+                    value: int(1)
+                })
+            )
+        );
+        assert_eq!(s.apply(DataRequest::Size), (int(2), None));
+        let (keys, ev) = s.apply(DataRequest::Keys);
+        assert_eq!(ev, None);
+        match keys {
+            Term::List(l) => {
+                assert_eq!(l.elements.len(), 2);
+                assert!(l.elements.contains(&a("k")) && l.elements.contains(&a("k2")));
+            }
+            other => panic!("keys reply should be a list, got {other}"),
+        }
+        assert_eq!(
+            s.apply(DataRequest::Delete { key: a("k2") }),
+            (ok(), Some(Event::Delete { key: a("k2") }))
+        );
+        assert_eq!(s.apply(DataRequest::Delete { key: a("k2") }), (ok(), None));
+
+        // cas
+        assert_eq!(
+            s.apply(DataRequest::Cas {
+                key: a("k"),
+                expected: bin("wrong"),
+                new: int(1)
+            }),
+            (t(vec![a("error"), t(vec![a("mismatch"), bin("v")])]), None)
+        );
+        assert_eq!(
+            s.apply(DataRequest::Cas {
+                key: a("absent"),
+                expected: int(1),
+                new: int(1)
+            }),
+            (t(vec![a("error"), t(vec![a("mismatch"), a("nil")])]), None)
+        );
+        assert_eq!(
+            s.apply(DataRequest::Cas {
+                key: a("k"),
+                expected: bin("v"),
+                new: int(1)
+            }),
+            (
+                ok(),
+                Some(Event::Put {
+                    key: a("k"),
+                    value: int(1)
+                })
+            )
+        );
+
+        // incr
+        assert_eq!(
+            s.apply(DataRequest::Incr {
+                key: a("k"),
+                amount: int(2)
+            }),
+            (
+                int(3),
+                Some(Event::Put {
+                    key: a("k"),
+                    value: int(3)
+                })
+            )
+        );
+        assert_eq!(
+            s.apply(DataRequest::Incr {
+                key: a("k"),
+                amount: bin("x")
+            }),
+            (t(vec![a("error"), a("not_integer")]), None)
+        );
+        assert_eq!(s.apply(DataRequest::Size), (int(1), None));
+    }
+
+    #[test]
+    fn apply_with_events_disabled_builds_none() {
+        let mut s = Store::new();
+        let reqs = vec![
+            DataRequest::Put {
+                key: a("k"),
+                value: int(1),
+            },
+            DataRequest::PutNew {
+                key: a("j"),
+                value: int(1),
+            },
+            DataRequest::Cas {
+                key: a("k"),
+                expected: int(1),
+                new: int(2),
+            },
+            DataRequest::Incr {
+                key: a("k"),
+                amount: int(1),
+            },
+            DataRequest::Delete { key: a("k") },
+        ];
+        for req in reqs {
+            let (reply, ev) = s.apply_with(req, false);
+            assert_ne!(reply, a("error"));
+            assert_eq!(ev, None);
+        }
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn parse_then_apply_end_to_end() {
+        let mut s = Store::new();
+        let mut call = |req: Term| match Request::from_term(req) {
+            Ok(Request::Data(d)) => s.apply(d).0,
+            Ok(other) => panic!("not a data request: {other:?}"),
+            Err(req) => unknown_request_reply(&req),
+        };
+        assert_eq!(call(t(vec![a("put"), a("message"), bin("hello")])), ok());
+        assert_eq!(call(t(vec![a("get"), a("message")])), bin("hello"));
+        assert_eq!(call(t(vec![a("incr"), a("n")])), int(1));
+        assert_eq!(call(t(vec![a("incr"), a("n")])), int(2));
+        assert_eq!(call(a("size")), int(2));
+        let bad = t(vec![a("put"), a("x")]);
+        assert_eq!(
+            call(bad.clone()),
+            t(vec![a("error"), t(vec![a("unknown_request"), bad])])
+        );
+    }
+
+    #[test]
+    fn event_messages() {
+        assert_eq!(
+            event_message(&Event::Put {
+                key: a("k"),
+                value: int(1)
+            }),
+            t(vec![a("kv_event"), a("k"), t(vec![a("put"), int(1)])])
+        );
+        assert_eq!(
+            event_message(&Event::Delete { key: bin("k") }),
+            t(vec![a("kv_event"), bin("k"), a("delete")])
+        );
+        assert_eq!(Event::Delete { key: bin("k") }.key(), &bin("k"));
+    }
+}
