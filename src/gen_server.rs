@@ -113,8 +113,8 @@ pub fn alias_of(tag: &Term) -> Option<&Reference> {
         }
         return None;
     };
-    match (l.elements.as_slice(), l.tail.as_ref()) {
-        ([Term::Atom(a)], Term::Reference(r)) if a.name == "alias" => Some(r),
+    match (l.elements.as_slice(), l.last.as_ref()) {
+        ([Term::Atom(a)], Term::Reference(r)) if a.name == "alias" => Some(&**r),
         ([first, ..], _) => alias_of(first),
         _ => None,
     }

@@ -1,4 +1,6 @@
-//! kvnode: a Rust program that is a real Erlang node.
+//! kvnode: a Rust program that is a real Erlang node. It speaks the Erlang distribution
+//! protocol and EPMD, so unmodified Elixir and Erlang nodes connect to it and call the
+//! `DistributedExample.KVStore` GenServer it hosts.
 //!
 //! Module map (data flows top to bottom):
 //! - [`cli`]: command-line flags -> [`config::Config`].
@@ -6,9 +8,15 @@
 //! - [`dist`]: the distribution protocol: handshake, framing and ticks, per-peer connections,
 //!   the connection manager (peer name -> connection, dial on demand).
 //! - [`node`]: the local node: pids, refs, registered names, mailboxes, monitors, routing.
+//! - [`term`]: validation of untrusted external-term bytes before decoding.
 //! - [`gen_server`]: the GenServer trait and its run loop (`$gen_call`, `$gen_cast`, info).
 //! - [`kv`]: the `DistributedExample.KVStore` server and its wire interface.
 //! - [`services`]: built-in node services (`net_kernel`, rpc via SPAWN_REQUEST).
+//!
+//! Accept -> handshake (in the connection's own task, under a timeout) -> reader -> router ->
+//! mailbox -> GenServer -> the peer's bounded writer queue -> socket.
+
+#![warn(missing_docs)]
 
 pub mod cli;
 pub mod config;
@@ -19,3 +27,136 @@ pub mod kv;
 pub mod node;
 pub mod services;
 pub mod term;
+
+use config::Config;
+use node::Node;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Errors that stop a node from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The distribution listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// EPMD registration failed (for example: the name is taken).
+    #[error(transparent)]
+    Epmd(#[from] epmd::EpmdError),
+}
+
+/// A started node. Dropping it does not stop it; call [`Running::stop`].
+pub struct Running {
+    /// The node.
+    pub node: Node,
+    /// The bound distribution port.
+    pub dist_port: u16,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Running {
+    /// Stops accepting, closes peer connections, unregisters from EPMD and waits (up to a few
+    /// seconds) for every task to finish.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.node.manager().close_all();
+        self.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some tasks did not stop within 5 s");
+        }
+    }
+}
+
+/// Starts a node: binds the distribution port, registers with EPMD (or serves EPMD itself),
+/// starts the built-in processes and the accept loop.
+pub async fn start(config: Config) -> Result<Running, Error> {
+    let addr = SocketAddr::new(config.bind, config.dist_port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen { addr, source })?;
+    let dist_port = listener
+        .local_addr()
+        .map_err(|source| Error::Listen { addr, source })?
+        .port();
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let epmd = epmd::start(
+        config.epmd_port,
+        config.alive_name(),
+        dist_port,
+        true,
+        shutdown.clone(),
+        &tracker,
+    )
+    .await?;
+    let node = Node::new(config, epmd.creation, shutdown.clone(), tracker.clone());
+    let process_name = node.config().process_name.clone();
+    gen_server::spawn(&node, Some(&process_name), kv::server::KvServer::new());
+    gen_server::spawn(
+        &node,
+        Some(services::net_kernel::NAME),
+        services::net_kernel::NetKernel,
+    );
+    tracker.spawn(accept_loop(node.clone(), listener, shutdown.clone()));
+    tracing::info!(
+        node = %node.name().name,
+        port = dist_port,
+        epmd = %epmd.mode,
+        process = %process_name,
+        creation = epmd.creation,
+        "kvnode ready"
+    );
+    Ok(Running {
+        node,
+        dist_port,
+        shutdown,
+        tracker,
+    })
+}
+
+/// Runs a node until `shutdown` resolves, then stops it gracefully.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let running = start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    running.stop().await;
+    Ok(())
+}
+
+async fn accept_loop(node: Node, listener: TcpListener, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, addr)) => {
+                backoff = Duration::from_millis(10);
+                node.tracker()
+                    .spawn(dist::accept(node.clone(), stream, addr));
+            }
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}

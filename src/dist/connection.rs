@@ -121,9 +121,10 @@ async fn read_loop(
         }
         body.clear();
         // Grow the buffer as bytes arrive rather than trusting the announced length up front.
+        let mut limited = (&mut rd).take(len as u64);
         let read = tokio::select! {
             _ = cancel.cancelled() => return Err(Error::Shutdown),
-            r = tokio::time::timeout(silence, (&mut rd).take(len as u64).read_to_end(&mut body)) => match r {
+            r = tokio::time::timeout(silence, limited.read_to_end(&mut body)) => match r {
                 Err(_) => return Err(Error::TickTimeout(silence)),
                 Ok(r) => r?,
             },

@@ -9,7 +9,7 @@ use erl_dist::handshake::{ClientSideHandshake, HandshakeError, HandshakeStatus, 
 use erl_dist::node::{Creation, LocalNode, NodeName, PeerNode};
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tokio_util::compat::TokioAsyncReadCompatExt;
 
 /// The OTP 26 mandatory set plus DIST_MONITOR, DIST_MONITOR_NAME and ALIAS (`0xC_0307_0FBC`).
 pub const BASE_FLAGS: u64 = 0xC_0307_0FBC;

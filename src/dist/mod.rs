@@ -26,12 +26,12 @@ pub type Frame = Vec<u8>;
 pub const PASS_THROUGH: u8 = 112;
 
 /// Encodes a control message (and its payload) as a complete frame.
-pub fn encode_frame(message: Message) -> Result<Frame, erl_dist::channel::SendError> {
+pub fn encode_frame(message: Message) -> Result<Frame, erl_dist::message::SendError> {
     let mut frame = Vec::with_capacity(64);
     frame.extend_from_slice(&[0, 0, 0, 0, PASS_THROUGH]);
     message.write_into(&mut frame)?;
     let len = u32::try_from(frame.len() - 4).map_err(|_| {
-        erl_dist::channel::SendError::Io(std::io::Error::new(
+        erl_dist::message::SendError::Io(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "message larger than 4 GiB",
         ))

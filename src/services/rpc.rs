@@ -14,7 +14,8 @@
 
 use crate::node::{Node, Signal};
 use erl_dist::message::{Message, SpawnRequest};
-use erl_dist::term::{Atom, BigInteger, ByteList, FixInteger, List, Pid, PidOrAtom, Term, Tuple};
+use eetf::ByteList;
+use erl_dist::term::{Atom, BigInteger, FixInteger, List, Pid, PidOrAtom, Term, Tuple};
 use tokio::sync::oneshot;
 
 fn atom(s: &str) -> Term {

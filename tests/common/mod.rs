@@ -1,0 +1,307 @@
+//! Test support: start real kvnode binaries and real Elixir/Erlang nodes, each with its own
+//! names and EPMD port, and kill exactly the processes a test started (on Drop, so also when
+//! the test fails). Waiting is always polling against a deadline.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on loopback (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A node name prefix unique to this test process and call.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+/// Kills the child (by its own pid) when dropped.
+pub struct ChildGuard {
+    pub child: Child,
+    pub what: String,
+}
+
+impl ChildGuard {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running kvnode binary.
+pub struct KvNode {
+    pub guard: ChildGuard,
+    pub name: String,
+    pub cookie: String,
+    pub epmd_port: u16,
+    pub logs: Arc<Mutex<String>>,
+}
+
+pub fn kvnode_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kvnode"))
+}
+
+impl KvNode {
+    /// Starts kvnode as `<alive>@127.0.0.1` with `cookie` on `epmd_port` and waits until it
+    /// logs that it is ready.
+    pub fn start(alive: &str, cookie: &str, epmd_port: u16) -> KvNode {
+        Self::start_with(alive, cookie, epmd_port, &[])
+    }
+
+    pub fn start_with(alive: &str, cookie: &str, epmd_port: u16, extra: &[&str]) -> KvNode {
+        let name = format!("{alive}@127.0.0.1");
+        let mut cmd = Command::new(kvnode_bin());
+        cmd.args(["--name", &name, "--cookie", cookie])
+            .args(["--epmd-port", &epmd_port.to_string()])
+            .args(extra)
+            .env("RUST_LOG", std::env::var("KVNODE_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env_remove("ERL_EPMD_PORT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn kvnode");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let logs2 = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("KVNODE_TEST_ECHO").is_some() {
+                    eprintln!("[kvnode] {line}");
+                }
+                let mut l = logs2.lock().unwrap_or_else(|e| e.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut node = KvNode {
+            guard: ChildGuard {
+                child,
+                what: name.clone(),
+            },
+            name,
+            cookie: cookie.to_owned(),
+            epmd_port,
+            logs,
+        };
+        let logs = node.logs.clone();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if logs.lock().unwrap_or_else(|e| e.into_inner()).contains("kvnode ready") {
+                break;
+            }
+            if let Ok(Some(status)) = node.guard.child.try_wait() {
+                panic!("kvnode exited early ({status}); logs:\n{}", node.logs());
+            }
+            if Instant::now() > deadline {
+                panic!("kvnode not ready after 20 s; logs:\n{}", node.logs());
+            }
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+        node
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until the logs contain `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        wait_for(&format!("kvnode log line {needle:?}"), timeout, || {
+            self.logs().contains(needle).then_some(())
+        });
+    }
+
+    /// The distribution port kvnode logged.
+    pub fn dist_port(&self) -> u16 {
+        let logs = self.logs();
+        let line = logs
+            .lines()
+            .find(|l| l.contains("kvnode ready"))
+            .expect("ready line");
+        let at = line.find("port=").expect("port= in ready line") + 5;
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port number")
+    }
+}
+
+/// Where the Erlang/Elixir executables come from. `KVNODE_OTP_ROOT` points at a chroot (the
+/// interop matrix); otherwise the host's.
+pub fn beam_command(program: &str) -> Command {
+    match std::env::var("KVNODE_OTP_ROOT") {
+        Ok(root) if !root.is_empty() => {
+            let mut c = Command::new("chroot");
+            c.arg(root).arg(program);
+            c
+        }
+        _ => Command::new(program),
+    }
+}
+
+/// Output of a finished Elixir script.
+pub struct ScriptOutput {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs an Elixir script on a fresh node `<alive>@127.0.0.1` (with `-start_epmd false`, so it
+/// only talks to the EPMD on `epmd_port`). `KV_NODE` holds the kvnode's name. Fails the test
+/// (with the script's output) when it does not exit 0 within `timeout`.
+pub fn elixir(kv: &KvNode, alive: &str, cookie: &str, script: &str) -> String {
+    let out = elixir_raw(&kv.name, kv.epmd_port, alive, cookie, script, Duration::from_secs(60));
+    if !out.status.success() {
+        panic!(
+            "elixir script failed ({}):\n--- stdout\n{}\n--- stderr\n{}\n--- kvnode logs\n{}",
+            out.status,
+            out.stdout,
+            out.stderr,
+            kv.logs()
+        );
+    }
+    out.stdout
+}
+
+pub fn elixir_raw(
+    kv_name: &str,
+    epmd_port: u16,
+    alive: &str,
+    cookie: &str,
+    script: &str,
+    timeout: Duration,
+) -> ScriptOutput {
+    let dir = std::env::temp_dir().join(unique("kvnode_exs"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let path = dir.join("t.exs");
+    std::fs::write(&path, script).expect("write script");
+    // Scripts run inside a chroot must find the file there too.
+    let script_arg = match std::env::var("KVNODE_OTP_ROOT") {
+        Ok(root) if !root.is_empty() => {
+            let inside = PathBuf::from(&root).join("tmp").join(unique("kvnode_exs"));
+            std::fs::create_dir_all(&inside).expect("mkdir in root");
+            std::fs::write(inside.join("t.exs"), script).expect("write script in root");
+            PathBuf::from("/tmp")
+                .join(inside.file_name().expect("name"))
+                .join("t.exs")
+        }
+        _ => path.clone(),
+    };
+    let mut cmd = beam_command("elixir");
+    cmd.args(["--name", &format!("{alive}@127.0.0.1"), "--cookie", cookie])
+        .args([
+            "--erl",
+            &format!("-epmd_port {epmd_port} -start_epmd false"),
+        ])
+        .arg(&script_arg)
+        .env("KV_NODE", kv_name)
+        .env("ERL_EPMD_PORT", epmd_port.to_string())
+        .env("LANG", "C.UTF-8")
+        .env("LC_ALL", "C.UTF-8")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut guard = ChildGuard {
+        child: cmd.spawn().expect("spawn elixir (is Elixir installed?)"),
+        what: alive.to_owned(),
+    };
+    let mut stdout = guard.child.stdout.take().expect("stdout");
+    let mut stderr = guard.child.stderr.take().expect("stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Ok(Some(status)) = guard.child.try_wait() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = guard.child.kill();
+            let status = guard.child.wait().expect("wait");
+            let stdout = out_t.join().unwrap_or_default();
+            let stderr = err_t.join().unwrap_or_default();
+            panic!("elixir script timed out after {timeout:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr} ({status})");
+        }
+        std::thread::park_timeout(Duration::from_millis(20));
+    };
+    let stdout = out_t.join().unwrap_or_default();
+    let stderr = err_t.join().unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    ScriptOutput {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// A long-running Elixir node (`--no-halt`), killed on Drop.
+pub struct BeamNode {
+    pub guard: ChildGuard,
+    pub name: String,
+}
+
+impl BeamNode {
+    /// Starts `elixir --name <alive>@127.0.0.1 --no-halt -e <boot>` against `epmd_port`.
+    pub fn start(alive: &str, cookie: &str, epmd_port: u16, boot: &str) -> BeamNode {
+        let name = format!("{alive}@127.0.0.1");
+        let mut cmd = beam_command("elixir");
+        cmd.args(["--name", &name, "--cookie", cookie])
+            .args([
+                "--erl",
+                &format!("-epmd_port {epmd_port} -start_epmd false"),
+            ])
+            .args(["--no-halt", "-e", boot])
+            .env("ERL_EPMD_PORT", epmd_port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let guard = ChildGuard {
+            child: cmd.spawn().expect("spawn elixir"),
+            what: name.clone(),
+        };
+        BeamNode { guard, name }
+    }
+}

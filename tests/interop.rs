@@ -1,0 +1,294 @@
+//! kvnode against real Elixir nodes: the README's iex session, the KV interface with edge
+//! terms, ping, noproc, rpc, cookies, late replies, subscriptions.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const PRELUDE: &str = r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+store = {DistributedExample.KVStore, kv}
+true = Node.connect(kv)
+"#;
+
+fn script(body: &str) -> String {
+    format!("{PRELUDE}\n{body}\nIO.puts(\"SCRIPT-OK\")\n")
+}
+
+fn setup(tag: &str) -> (KvNode, String) {
+    let cookie = unique("cookie");
+    let kv = KvNode::start(&unique(tag), &cookie, free_port());
+    (kv, cookie)
+}
+
+#[test]
+fn readme_iex_session() {
+    let (kv, cookie) = setup("kv_readme");
+    let out = elixir(
+        &kv,
+        &unique("me"),
+        &cookie,
+        &script(
+            r#"
+:ok = GenServer.cast(store, {:put, :message, "Hello, world!"})
+"Hello, world!" = GenServer.call(store, {:get, :message})
+:pong = Node.ping(kv)
+true = kv in Node.list(:hidden)
+false = kv in Node.list()
+"#,
+        ),
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+}
+
+#[test]
+fn every_kv_operation_with_edge_terms() {
+    let (kv, cookie) = setup("kv_ops");
+    let out = elixir(
+        &kv,
+        &unique("ops"),
+        &cookie,
+        &script(
+            r#"
+c = fn req -> GenServer.call(store, req) end
+nil = c.({:get, :missing})
+:dflt = c.({:get, :missing, :dflt})
+:ok = c.({:put, 1, :int})
+:ok = c.({:put, 1.0, :float})
+:int = c.({:get, 1})
+:float = c.({:get, 1.0})
+:ok = c.({:put, 0.0, :pos_zero})
+big = 123456789012345678901234567890
+:ok = c.({:put, big, -big})
+^big = -c.({:get, big})
+:ok = c.({:put, :"ünïcødé_атом", "значение"})
+"значение" = c.({:get, :"ünïcødé_атом"})
+k1 = %{a: 1, b: %{c: [1, 2, 3]}, d: {1, "x"}}
+k2 = Map.new(Enum.reverse(Map.to_list(k1)))
+:ok = c.({:put, k1, :map_value})
+:map_value = c.({:get, k2})
+:ok = c.({:put, :me, self()})
+me = self()
+^me = c.({:get, :me})
+:ok = c.({:put, ~c"abc", :charlist})
+:charlist = c.({:get, [?a, ?b, ?c]})
+big_bin = :binary.copy(<<7>>, 8 * 1024 * 1024)
+:ok = c.({:put, :big, big_bin})
+^big_bin = c.({:get, :big})
+{:error, :exists} = c.({:put_new, 1, :again})
+:ok = c.({:put_new, :fresh, 1})
+:ok = c.({:cas, :fresh, 1, 2})
+{:error, {:mismatch, 2}} = c.({:cas, :fresh, 1, 3})
+{:error, {:mismatch, nil}} = c.({:cas, :absent, 1, 3})
+:ok = c.({:cas, :absent, nil, :now})
+5 = c.({:incr, :counter, 5})
+7 = c.({:incr, :counter, 2})
+n = 2_147_483_647
+m = n + 7
+^m = c.({:incr, :counter, n})
+{:error, :not_integer} = c.({:incr, :big, 1})
+:ok = c.({:delete, :counter})
+nil = c.({:get, :counter})
+:ok = c.({:delete, :never_there})
+keys = c.(:keys)
+true = is_list(keys) and big in keys and k1 in keys
+size = c.(:size)
+^size = length(keys)
+{:error, {:unknown_request, {:frobnicate, 1}}} = c.({:frobnicate, 1})
+GenServer.cast(store, {:delete, 1})
+GenServer.cast(store, {:put, :after_cast, :seen})
+:seen = c.({:get, :after_cast})
+nil = c.({:get, 1})
+"#,
+        ),
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+}
+
+#[test]
+fn missing_name_exits_noproc_at_once_and_ping_pongs() {
+    let (kv, cookie) = setup("kv_noproc");
+    let out = elixir(
+        &kv,
+        &unique("np"),
+        &cookie,
+        &script(
+            r#"
+{t, res} = :timer.tc(fn ->
+  try do
+    GenServer.call({:no_such_process, kv}, :hello, 10_000)
+  catch
+    :exit, reason -> reason
+  end
+end)
+{:noproc, {GenServer, :call, _}} = res
+true = t < 2_000_000
+:pong = Node.ping(kv)
+:pong = :net_adm.ping(kv)
+"#,
+        ),
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+}
+
+#[test]
+fn rpc_supported_and_unsupported_like_a_beam_node() {
+    let (kv, cookie) = setup("kv_rpc");
+    // A plain BEAM node answers the unsupported call, for comparison.
+    let beam_alive = unique("beamref");
+    let _beam = BeamNode::start(&beam_alive, &cookie, kv.epmd_port, "");
+    let beam = format!("{beam_alive}@127.0.0.1");
+    let out = elixir(
+        &kv,
+        &unique("rpc"),
+        &cookie,
+        &script(&format!(
+            r#"
+beam = :"{beam}"
+^kv = :rpc.call(kv, :erlang, :node, [])
+pid = :rpc.call(kv, :os, :getpid, [])
+true = is_list(pid) and List.to_integer(pid) > 0
+mem = :rpc.call(kv, :erlang, :memory, [])
+true = Keyword.fetch!(mem, :total) > 0
+[] = :rpc.call(kv, :erlang, :nodes, [])
+:ok = :rpc.call(kv, DistributedExample.KVStore, :put, [:via_rpc, 42])
+42 = :rpc.call(kv, DistributedExample.KVStore, :get, [:via_rpc])
+42 = GenServer.call(store, {{:get, :via_rpc}} |> elem(0))
+:ok = :rpc.call(kv, DistributedExample.KVStore, :delete, [:via_rpc])
+nil = :rpc.call(kv, DistributedExample.KVStore, :get, [:via_rpc])
+^kv = :erpc.call(kv, :erlang, :node, [])
+# wait for the reference node
+true = Enum.any?(1..250, fn _ -> Node.connect(beam) || (Process.sleep(20); false) end)
+theirs = :rpc.call(beam, :no_such_module, :no_such_fun, [1, "two"])
+ours = :rpc.call(kv, :no_such_module, :no_such_fun, [1, "two"])
+IO.inspect({{theirs, ours}})
+^theirs = ours
+{{:badrpc, {{:EXIT, {{:undef, _}}}}}} = ours
+theirs2 = :rpc.call(beam, :erlang, :no_such_fun, [])
+^theirs2 = :rpc.call(kv, :erlang, :no_such_fun, [])
+"#
+        )),
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+}
+
+#[test]
+fn wrong_cookie_is_rejected_and_service_goes_on() {
+    let (kv, cookie) = setup("kv_cookie");
+    let out = elixir(
+        &kv,
+        &unique("bad"),
+        "not-the-cookie",
+        r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+false = Node.connect(kv)
+IO.puts("SCRIPT-OK")
+"#,
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+    kv.wait_log("different cookie", Duration::from_secs(10));
+    assert!(!kv.logs().contains("not-the-cookie"));
+    assert!(!kv.logs().contains(&cookie), "the cookie must never be logged");
+    let out = elixir(
+        &kv,
+        &unique("good"),
+        &cookie,
+        &script(":pong = Node.ping(kv)"),
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+}
+
+#[test]
+fn late_replies_after_timeouts_do_not_corrupt_later_calls() {
+    let (kv, cookie) = setup("kv_late");
+    let out = elixir(
+        &kv,
+        &unique("late"),
+        &cookie,
+        &script(
+            r#"
+:ok = GenServer.call(store, {:put, :k, 1})
+timeouts = Enum.count(1..200, fn i ->
+  try do
+    GenServer.call(store, {:put, {:late, i}, :binary.copy("x", 10_000)}, 0)
+    false
+  catch
+    :exit, {:timeout, _} -> true
+  end
+end)
+IO.puts("timeouts: #{timeouts}")
+for i <- 1..200 do
+  ^i = GenServer.call(store, {:incr, :n, 1})
+end
+1 = GenServer.call(store, {:get, :k})
+# replies that arrived after their timeout must not sit in the mailbox (ALIAS_SEND)
+{:messages, msgs} = Process.info(self(), :messages)
+[] = msgs
+"#,
+        ),
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+}
+
+#[test]
+fn subscriptions_and_subscriber_death() {
+    let (kv, cookie) = setup("kv_subs");
+    let out = elixir(
+        &kv,
+        &unique("subs"),
+        &cookie,
+        &script(
+            r#"
+:ok = GenServer.call(store, {:subscribe, :watched})
+:ok = GenServer.call(store, {:subscribe, :all})
+1 + 1 = GenServer.call(store, :subscribers)
+:ok = GenServer.call(store, {:put, :watched, 1})
+receive do {:kv_event, :watched, {:put, 1}} -> :ok after 5_000 -> raise "no put event" end
+receive do {:kv_event, :watched, _} -> raise "duplicate event" after 200 -> :ok end
+:ok = GenServer.call(store, {:delete, :watched})
+receive do {:kv_event, :watched, :delete} -> :ok after 5_000 -> raise "no delete event" end
+:ok = GenServer.call(store, {:unsubscribe, :all})
+:ok = GenServer.call(store, {:unsubscribe, :watched})
+0 = GenServer.call(store, :subscribers)
+# a subscriber that dies is dropped
+parent = self()
+pid = spawn(fn ->
+  :ok = GenServer.call(store, {:subscribe, :all})
+  send(parent, :subscribed)
+  receive do :stop -> :ok end
+end)
+receive do :subscribed -> :ok after 5_000 -> raise "no subscribe" end
+1 = GenServer.call(store, :subscribers)
+send(pid, :stop)
+dropped = Enum.any?(1..250, fn _ ->
+  GenServer.call(store, :subscribers) == 0 || (Process.sleep(20); false)
+end)
+true = dropped
+"#,
+        ),
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+    // A subscriber whose node goes away is dropped too.
+    let out = elixir(
+        &kv,
+        &unique("subs2"),
+        &cookie,
+        &script(":ok = GenServer.call(store, {:subscribe, :all})"),
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+    let out = elixir(
+        &kv,
+        &unique("subs3"),
+        &cookie,
+        &script(
+            r#"
+dropped = Enum.any?(1..500, fn _ ->
+  GenServer.call(store, :subscribers) == 0 || (Process.sleep(20); false)
+end)
+true = dropped
+"#,
+        ),
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+}
