@@ -532,6 +532,23 @@ async fn interop_epmd_names_and_erl() {
         "{stdout}"
     );
 
+    // So does `epmd -dump`, in epmd's own format.
+    let output = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new("epmd")
+            .args(["-port", &port.to_string(), "-dump"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!("active name     <{ours}> at port 4711")),
+        "{stdout}"
+    );
+
     // A real node registers with our server.
     let erl_name = unique("epmdtest");
     let _erl = spawn_guarded(Command::new("erl").args([
@@ -563,9 +580,11 @@ async fn interop_epmd_names_and_erl() {
     assert_eq!(info.node_type, NODE_TYPE_NORMAL);
     assert_eq!(info.highest_version, 6);
 
-    // erl resolves a name we registered.
-    let script =
-        format!("io:format(\"~p~n\",[erl_epmd:port_please(\"{ours}\",\"127.0.0.1\")]), halt().");
+    // erl resolves a name we registered, and `net_adm:names/1` lists it.
+    let script = format!(
+        "io:format(\"~p~n~p~n\", [erl_epmd:port_please(\"{ours}\", \"127.0.0.1\"), \
+         net_adm:names(\"127.0.0.1\")]), halt()."
+    );
     let output = tokio::time::timeout(
         Duration::from_secs(30),
         tokio::process::Command::new("erl")
@@ -585,10 +604,16 @@ async fn interop_epmd_names_and_erl() {
     .unwrap()
     .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut lines = stdout.lines();
     assert_eq!(
-        stdout.trim(),
-        "{port,4711,6}",
-        "stderr: {}",
+        lines.next(),
+        Some("{port,4711,6}"),
+        "stdout: {stdout} stderr: {}",
         String::from_utf8_lossy(&output.stderr)
+    );
+    let names_line = lines.next().unwrap_or_default();
+    assert!(
+        names_line.starts_with("{ok,[") && names_line.contains(&format!("{{\"{ours}\",4711}}")),
+        "{stdout}"
     );
 }
