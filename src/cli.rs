@@ -48,7 +48,12 @@ pub struct Cli {
 
     /// EPMD port (e.g. `--epmd-port 4400`). Default: ERL_EPMD_PORT, else 4369. When no EPMD
     /// answers there, kvnode serves EPMD itself on that port.
-    #[arg(long, env = "ERL_EPMD_PORT", default_value_t = 4369, value_name = "PORT")]
+    #[arg(
+        long,
+        env = "ERL_EPMD_PORT",
+        default_value_t = 4369,
+        value_name = "PORT"
+    )]
     pub epmd_port: u16,
 
     /// Registered name of the key-value GenServer, as an atom

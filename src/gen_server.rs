@@ -207,7 +207,10 @@ fn classify(term: Term) -> Incoming {
             }
         }
         2 if is_atom(&elements[0], "$gen_cast") => {
-            let request = elements.into_iter().nth(1).unwrap_or_else(|| List::nil().into());
+            let request = elements
+                .into_iter()
+                .nth(1)
+                .unwrap_or_else(|| List::nil().into());
             Incoming::Cast(request)
         }
         _ => Incoming::Info(Tuple { elements }.into()),
@@ -226,7 +229,8 @@ mod tests {
             id: vec![1, 2, 3],
             creation: 7,
         };
-        let tag: Term = ImproperList::from((vec![Atom::from("alias").into()], r.clone().into())).into();
+        let tag: Term =
+            ImproperList::from((vec![Atom::from("alias").into()], r.clone().into())).into();
         assert_eq!(alias_of(&tag), Some(&r));
         let nested: Term = ImproperList::from((vec![tag.clone()], Atom::from("x").into())).into();
         assert_eq!(alias_of(&nested), Some(&r));

@@ -113,7 +113,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     tracing::info!(
         node = %node.name().name,
         port = dist_port,
-        epmd = %epmd.mode,
+        epmd = %epmd,
         process = %process_name,
         creation = epmd.creation,
         "kvnode ready"

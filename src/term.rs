@@ -8,7 +8,10 @@ pub struct Limits {
 }
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_depth: 512, max_atoms: 1_000_000 }
+        Limits {
+            max_depth: 512,
+            max_atoms: 1_000_000,
+        }
     }
 }
 #[derive(Debug, thiserror::Error)]

@@ -154,7 +154,7 @@ true = Keyword.fetch!(mem, :total) > 0
 [] = :rpc.call(kv, :erlang, :nodes, [])
 :ok = :rpc.call(kv, DistributedExample.KVStore, :put, [:via_rpc, 42])
 42 = :rpc.call(kv, DistributedExample.KVStore, :get, [:via_rpc])
-42 = GenServer.call(store, {{:get, :via_rpc}} |> elem(0))
+42 = GenServer.call(store, {{:get, :via_rpc}})
 :ok = :rpc.call(kv, DistributedExample.KVStore, :delete, [:via_rpc])
 nil = :rpc.call(kv, DistributedExample.KVStore, :get, [:via_rpc])
 ^kv = :erpc.call(kv, :erlang, :node, [])
@@ -189,7 +189,10 @@ IO.puts("SCRIPT-OK")
     assert!(out.contains("SCRIPT-OK"), "{out}");
     kv.wait_log("different cookie", Duration::from_secs(10));
     assert!(!kv.logs().contains("not-the-cookie"));
-    assert!(!kv.logs().contains(&cookie), "the cookie must never be logged");
+    assert!(
+        !kv.logs().contains(&cookie),
+        "the cookie must never be logged"
+    );
     let out = elixir(
         &kv,
         &unique("good"),
@@ -242,7 +245,7 @@ fn subscriptions_and_subscriber_death() {
             r#"
 :ok = GenServer.call(store, {:subscribe, :watched})
 :ok = GenServer.call(store, {:subscribe, :all})
-1 + 1 = GenServer.call(store, :subscribers)
+2 = GenServer.call(store, :subscribers)
 :ok = GenServer.call(store, {:put, :watched, 1})
 receive do {:kv_event, :watched, {:put, 1}} -> :ok after 5_000 -> raise "no put event" end
 receive do {:kv_event, :watched, _} -> raise "duplicate event" after 200 -> :ok end

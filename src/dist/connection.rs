@@ -79,7 +79,9 @@ pub async fn serve(node: Node, stream: TcpStream, peer: String, flags: Distribut
     cancel.cancel();
     let _ = writer.await;
     match &result {
-        Err(Error::Closed) | Err(Error::Shutdown) => tracing::info!(reason = %result.as_ref().err().map(|e| e.to_string()).unwrap_or_default(), "disconnected"),
+        Err(Error::Closed) | Err(Error::Shutdown) => {
+            tracing::info!(reason = %result.as_ref().err().map(|e| e.to_string()).unwrap_or_default(), "disconnected")
+        }
         Err(e) => tracing::warn!(reason = %e, "disconnected"),
         Ok(()) => tracing::info!("disconnected"),
     }
@@ -220,7 +222,11 @@ async fn write_loop(
     }
 }
 
-async fn write_frame(wr: &mut OwnedWriteHalf, batch: &mut Vec<u8>, frame: Frame) -> std::io::Result<()> {
+async fn write_frame(
+    wr: &mut OwnedWriteHalf,
+    batch: &mut Vec<u8>,
+    frame: Frame,
+) -> std::io::Result<()> {
     if batch.len() + frame.len() > BATCH_BYTES {
         if !batch.is_empty() {
             wr.write_all(batch).await?;

@@ -5,7 +5,9 @@
 //! Spec: <https://www.erlang.org/doc/apps/erts/erl_dist_protocol.html#distribution-handshake>
 
 use erl_dist::DistributionFlags;
-use erl_dist::handshake::{ClientSideHandshake, HandshakeError, HandshakeStatus, ServerSideHandshake};
+use erl_dist::handshake::{
+    ClientSideHandshake, HandshakeError, HandshakeStatus, ServerSideHandshake,
+};
 use erl_dist::node::{Creation, LocalNode, NodeName, PeerNode};
 use std::time::Duration;
 use tokio::net::TcpStream;

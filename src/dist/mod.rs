@@ -86,9 +86,14 @@ pub enum DialError {
     },
 }
 
-async fn try_dial(node: &Node, peer: &str) -> Result<(TcpStream, erl_dist::node::PeerNode), DialError> {
+async fn try_dial(
+    node: &Node,
+    peer: &str,
+) -> Result<(TcpStream, erl_dist::node::PeerNode), DialError> {
     let cfg = node.config();
-    let peer_name: NodeName = peer.parse().map_err(|_| DialError::BadName(peer.to_owned()))?;
+    let peer_name: NodeName = peer
+        .parse()
+        .map_err(|_| DialError::BadName(peer.to_owned()))?;
     let host = peer_name.host().to_owned();
     let epmd = tokio::net::lookup_host((host.as_str(), cfg.epmd_port))
         .await

@@ -191,7 +191,8 @@ impl Node {
             tx,
         };
         let mut reg = self.0.registry.write().unwrap_or_else(|e| e.into_inner());
-        reg.pids.insert(mailbox.pid.id | (mailbox.pid.serial << 15), mailbox.clone());
+        reg.pids
+            .insert(mailbox.pid.id | (mailbox.pid.serial << 15), mailbox.clone());
         if let Some(name) = name {
             reg.names.insert(name.to_owned(), mailbox.clone());
         }
@@ -321,7 +322,12 @@ impl Node {
     }
 
     /// A peer reported that a pid we monitor exited.
-    pub(crate) async fn remote_monitor_fired(&self, peer: &str, reference: &Reference, reason: Term) {
+    pub(crate) async fn remote_monitor_fired(
+        &self,
+        peer: &str,
+        reference: &Reference,
+        reason: Term,
+    ) {
         let mon = {
             let mut mons = self.0.monitors.lock().unwrap_or_else(|e| e.into_inner());
             mons.get_mut(peer).and_then(|m| m.remove(&reference.id))

@@ -51,9 +51,13 @@ pub async fn handle(node: &Node, peer: &str, message: Message) {
             }
         }
         Message::DemonitorP(_) => {}
-        Message::MonitorPExit(m) => node.remote_monitor_fired(peer, &m.reference, m.reason).await,
+        Message::MonitorPExit(m) => {
+            node.remote_monitor_fired(peer, &m.reference, m.reason)
+                .await
+        }
         Message::PayloadMonitorPExit(m) => {
-            node.remote_monitor_fired(peer, &m.reference, m.reason).await
+            node.remote_monitor_fired(peer, &m.reference, m.reason)
+                .await
         }
         Message::Link(m) => {
             if node.lookup_pid(&m.to_pid).is_none() {

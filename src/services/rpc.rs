@@ -13,8 +13,8 @@
 //! default) `get/1`, `get/2`, `put/2`, `delete/1`, `keys/0`, `size/0`.
 
 use crate::node::{Node, Signal};
-use erl_dist::message::{Message, SpawnRequest};
 use eetf::ByteList;
+use erl_dist::message::{Message, SpawnRequest};
 use erl_dist::term::{Atom, BigInteger, FixInteger, List, Pid, PidOrAtom, Term, Tuple};
 use tokio::sync::oneshot;
 
@@ -44,7 +44,8 @@ enum Outcome {
 pub fn spawn_request(node: &Node, peer: &str, req: SpawnRequest) {
     let node2 = node.clone();
     let peer = peer.to_owned();
-    node.tracker().spawn(async move { serve(node2, peer, req).await });
+    node.tracker()
+        .spawn(async move { serve(node2, peer, req).await });
 }
 
 async fn serve(node: Node, peer: String, req: SpawnRequest) {
@@ -104,7 +105,11 @@ async fn serve(node: Node, peer: String, req: SpawnRequest) {
         }
         (m, f, _) => {
             // We cannot run arbitrary code: the new process dies as an undefined function does.
-            tracing::debug!(module = m, function = f, "spawn of an unknown function: undef");
+            tracing::debug!(
+                module = m,
+                function = f,
+                "spawn of an unknown function: undef"
+            );
             tuple(vec![
                 atom("undef"),
                 List::from(vec![tuple(vec![
@@ -181,7 +186,9 @@ async fn call(node: &Node, m: &Term, f: &Term, args: Term) -> Outcome {
         ("erlang", "nodes", [which]) => nodes(node, which)
             .map(Outcome::Return)
             .unwrap_or_else(|| Outcome::Error(atom("badarg"), List::nil().into())),
-        ("os", "getpid", []) => Outcome::Return(ByteList::from(std::process::id().to_string().into_bytes()).into()),
+        ("os", "getpid", []) => {
+            Outcome::Return(ByteList::from(std::process::id().to_string().into_bytes()).into())
+        }
         ("erlang", "memory", []) => Outcome::Return(memory()),
         ("erlang", "memory", [Term::Atom(key)]) => {
             let all = memory();

@@ -88,7 +88,10 @@ impl KvNode {
         cmd.args(["--name", &name, "--cookie", cookie])
             .args(["--epmd-port", &epmd_port.to_string()])
             .args(extra)
-            .env("RUST_LOG", std::env::var("KVNODE_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("KVNODE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("ERL_EPMD_PORT")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -121,7 +124,11 @@ impl KvNode {
         let logs = node.logs.clone();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if logs.lock().unwrap_or_else(|e| e.into_inner()).contains("kvnode ready") {
+            if logs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains("kvnode ready")
+            {
                 break;
             }
             if let Ok(Some(status)) = node.guard.child.try_wait() {
@@ -186,7 +193,14 @@ pub struct ScriptOutput {
 /// only talks to the EPMD on `epmd_port`). `KV_NODE` holds the kvnode's name. Fails the test
 /// (with the script's output) when it does not exit 0 within `timeout`.
 pub fn elixir(kv: &KvNode, alive: &str, cookie: &str, script: &str) -> String {
-    let out = elixir_raw(&kv.name, kv.epmd_port, alive, cookie, script, Duration::from_secs(60));
+    let out = elixir_raw(
+        &kv.name,
+        kv.epmd_port,
+        alive,
+        cookie,
+        script,
+        Duration::from_secs(60),
+    );
     if !out.status.success() {
         panic!(
             "elixir script failed ({}):\n--- stdout\n{}\n--- stderr\n{}\n--- kvnode logs\n{}",
@@ -263,7 +277,9 @@ pub fn elixir_raw(
             let status = guard.child.wait().expect("wait");
             let stdout = out_t.join().unwrap_or_default();
             let stderr = err_t.join().unwrap_or_default();
-            panic!("elixir script timed out after {timeout:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr} ({status})");
+            panic!(
+                "elixir script timed out after {timeout:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr} ({status})"
+            );
         }
         std::thread::park_timeout(Duration::from_millis(20));
     };
