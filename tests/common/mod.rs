@@ -226,14 +226,17 @@ pub fn elixir_raw(
     let path = dir.join("t.exs");
     std::fs::write(&path, script).expect("write script");
     // Scripts run inside a chroot must find the file there too.
+    let mut inside_dir = None;
     let script_arg = match std::env::var("KVNODE_OTP_ROOT") {
         Ok(root) if !root.is_empty() => {
             let inside = PathBuf::from(&root).join("tmp").join(unique("kvnode_exs"));
             std::fs::create_dir_all(&inside).expect("mkdir in root");
             std::fs::write(inside.join("t.exs"), script).expect("write script in root");
-            PathBuf::from("/tmp")
+            let arg = PathBuf::from("/tmp")
                 .join(inside.file_name().expect("name"))
-                .join("t.exs")
+                .join("t.exs");
+            inside_dir = Some(inside);
+            arg
         }
         _ => path.clone(),
     };
@@ -286,6 +289,9 @@ pub fn elixir_raw(
     let stdout = out_t.join().unwrap_or_default();
     let stderr = err_t.join().unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
+    if let Some(inside) = inside_dir {
+        let _ = std::fs::remove_dir_all(inside);
+    }
     ScriptOutput {
         status,
         stdout,
@@ -311,6 +317,8 @@ impl BeamNode {
             ])
             .args(["--no-halt", "-e", boot])
             .env("ERL_EPMD_PORT", epmd_port.to_string())
+            .env("LANG", "C.UTF-8")
+            .env("LC_ALL", "C.UTF-8")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
