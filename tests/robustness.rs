@@ -183,3 +183,40 @@ fn garbage_on_the_epmd_port_then_normal_service() {
     }
     still_serves(&kv, &cookie);
 }
+
+#[test]
+fn ticks_keep_an_idle_connection_up_and_a_silent_peer_is_dropped() {
+    let cookie = unique("cookie");
+    // kvnode on the default 60 s net_ticktime ticks every 15 s by itself; an Elixir node with
+    // a 2 s net_ticktime stays connected through 6 s of idleness because kvnode answers its
+    // ticks.
+    let kv = KvNode::start(&unique("kv_ticks"), &cookie, free_port());
+    let out = elixir_raw_with_erl_args(
+        &kv,
+        &unique("idle"),
+        &cookie,
+        "-kernel net_ticktime 2",
+        r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+true = Node.connect(kv)
+:ok = :net_kernel.monitor_nodes(true, node_type: :all)
+receive do {:nodedown, ^kv, _} -> raise "kvnode dropped" after 6_000 -> :ok end
+true = kv in Node.list(:hidden)
+:pong = Node.ping(kv)
+IO.puts("SCRIPT-OK")
+"#,
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+    // A peer that never ticks is dropped after net_ticktime (4 s here).
+    let kv = KvNode::start_with(
+        &unique("kv_ticks4"),
+        &cookie,
+        free_port(),
+        &["--net-ticktime", "4"],
+    );
+    let mut s = handshaken(&kv);
+    let started = Instant::now();
+    assert!(closed_by_peer(&mut s, Duration::from_secs(15)));
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    kv.wait_log("tick timeout", Duration::from_secs(5));
+}
