@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Frames waiting for the writer; a peer that lets more pile up is disconnected.
 pub const OUTBOUND_QUEUE: usize = 65_536;
+/// A tick from the peer is answered with one when we have not written for this long.
+const PEER_TICK_ANSWER_AFTER: Duration = Duration::from_millis(500);
 /// Small frames are gathered into one write up to this size.
 const BATCH_BYTES: usize = 256 * 1024;
 
@@ -74,8 +76,11 @@ pub async fn serve(node: Node, stream: TcpStream, peer: String, flags: Distribut
     tracing::info!(flags = format_args!("{:#x}", flags.bits()), "connected");
     let (rd, wr) = stream.into_split();
     let tick = super::tick_interval(node.config().net_ticktime);
-    let writer = tokio::spawn(write_loop(wr, rx, cancel.clone(), tick));
-    let result = read_loop(&node, rd, &peer, cancel.clone()).await;
+    // The reader tells the writer when the peer ticks, so a peer with a shorter net_ticktime
+    // than ours still hears from us in time.
+    let (ticked_tx, ticked_rx) = mpsc::channel::<()>(1);
+    let writer = tokio::spawn(write_loop(wr, rx, ticked_rx, cancel.clone(), tick));
+    let result = read_loop(&node, rd, &peer, ticked_tx, cancel.clone()).await;
     cancel.cancel();
     let _ = writer.await;
     match &result {
@@ -94,6 +99,7 @@ async fn read_loop(
     node: &Node,
     rd: OwnedReadHalf,
     peer: &str,
+    ticked: mpsc::Sender<()>,
     cancel: CancellationToken,
 ) -> Result<(), Error> {
     let cfg = node.config();
@@ -116,7 +122,8 @@ async fn read_loop(
             },
         };
         if len == 0 {
-            continue; // tick
+            let _ = ticked.try_send(());
+            continue;
         }
         if len > max {
             return Err(Error::TooLarge { len, max });
@@ -167,6 +174,7 @@ pub fn decode_frame(body: &[u8], limits: &Limits) -> Result<Message, Error> {
 async fn write_loop(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Frame>,
+    mut ticked: mpsc::Receiver<()>,
     cancel: CancellationToken,
     tick: Duration,
 ) {
@@ -208,6 +216,16 @@ async fn write_loop(
                     return;
                 }
                 last_write = Instant::now();
+            }
+            Some(()) = ticked.recv() => {
+                // Answer a tick unless we wrote recently.
+                if last_write.elapsed() >= PEER_TICK_ANSWER_AFTER {
+                    if wr.write_all(&[0, 0, 0, 0]).await.is_err() {
+                        cancel.cancel();
+                        return;
+                    }
+                    last_write = Instant::now();
+                }
             }
             _ = ticker.tick() => {
                 if last_write.elapsed() >= tick {

@@ -213,11 +213,52 @@ pub fn elixir(kv: &KvNode, alive: &str, cookie: &str, script: &str) -> String {
     out.stdout
 }
 
+/// Like [`elixir`], with extra `erl` flags for the Elixir node.
+pub fn elixir_raw_with_erl_args(
+    kv: &KvNode,
+    alive: &str,
+    cookie: &str,
+    erl: &str,
+    script: &str,
+) -> String {
+    let out = elixir_inner(
+        &kv.name,
+        kv.epmd_port,
+        alive,
+        cookie,
+        erl,
+        script,
+        Duration::from_secs(60),
+    );
+    if !out.status.success() {
+        panic!(
+            "elixir script failed ({}):\n--- stdout\n{}\n--- stderr\n{}\n--- kvnode logs\n{}",
+            out.status,
+            out.stdout,
+            out.stderr,
+            kv.logs()
+        );
+    }
+    out.stdout
+}
+
 pub fn elixir_raw(
     kv_name: &str,
     epmd_port: u16,
     alive: &str,
     cookie: &str,
+    script: &str,
+    timeout: Duration,
+) -> ScriptOutput {
+    elixir_inner(kv_name, epmd_port, alive, cookie, "", script, timeout)
+}
+
+fn elixir_inner(
+    kv_name: &str,
+    epmd_port: u16,
+    alive: &str,
+    cookie: &str,
+    erl: &str,
     script: &str,
     timeout: Duration,
 ) -> ScriptOutput {
@@ -244,7 +285,7 @@ pub fn elixir_raw(
     cmd.args(["--name", &format!("{alive}@127.0.0.1"), "--cookie", cookie])
         .args([
             "--erl",
-            &format!("-epmd_port {epmd_port} -start_epmd false"),
+            &format!("-epmd_port {epmd_port} -start_epmd false {erl}"),
         ])
         .arg(&script_arg)
         .env("KV_NODE", kv_name)

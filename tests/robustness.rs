@@ -1,0 +1,222 @@
+//! Bad input costs only the sender's own connection: garbage before and after the handshake,
+//! oversized and malformed frames, garbage on the EPMD port, half-open connections. After each,
+//! a real Elixir node is still served.
+
+mod common;
+
+use common::*;
+use erl_dist::node::NodeName;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// Reads until EOF (the peer closed) or the deadline; true if closed.
+fn closed_by_peer(stream: &mut TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        stream
+            .set_read_timeout(Some(left.min(Duration::from_millis(200))))
+            .expect("timeout");
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue, // ticks and the like
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                continue;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+fn still_serves(kv: &KvNode, cookie: &str) {
+    let out = elixir(
+        kv,
+        &unique("after"),
+        cookie,
+        r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+:ok = GenServer.call({DistributedExample.KVStore, kv}, {:put, :alive, true})
+true = GenServer.call({DistributedExample.KVStore, kv}, {:get, :alive})
+IO.puts("SCRIPT-OK")
+"#,
+    );
+    assert!(out.contains("SCRIPT-OK"));
+}
+
+/// Completes a real handshake with kvnode as a fake node and returns the raw socket.
+fn handshaken(kv: &KvNode) -> TcpStream {
+    let port = kv.dist_port();
+    let cookie = kv.cookie.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stream = rt.block_on(async move {
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let me: NodeName = format!("{}@127.0.0.1", unique("fake"))
+            .parse()
+            .expect("name");
+        let (s, _) = kvnode::dist::handshake::connect(s, &me, 7, &cookie, Duration::from_secs(10))
+            .await
+            .expect("handshake");
+        s.into_std().expect("into_std")
+    });
+    stream.set_nonblocking(false).expect("blocking");
+    stream
+}
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+#[test]
+fn garbage_and_half_open_connections_before_the_handshake() {
+    let cookie = unique("cookie");
+    let kv = KvNode::start_with(
+        &unique("kv_garbage"),
+        &cookie,
+        free_port(),
+        &["--handshake-timeout", "1"],
+    );
+    let port = kv.dist_port();
+    // Random bytes instead of a handshake.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\xff\xfe\x00\x01")
+        .expect("write");
+    assert!(closed_by_peer(&mut s, Duration::from_secs(5)));
+    // A handshake length prefix that promises more than ever comes.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(&[0xff, 0xff, b'N']).expect("write");
+    // Half-open connections are dropped by the handshake timeout (1 s here).
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    assert!(closed_by_peer(&mut s, Duration::from_secs(5)));
+    assert!(closed_by_peer(&mut idle, Duration::from_secs(5)));
+    still_serves(&kv, &cookie);
+}
+
+#[test]
+fn bad_frames_after_the_handshake_cost_only_that_connection() {
+    let cookie = unique("cookie");
+    let kv = KvNode::start_with(
+        &unique("kv_frames"),
+        &cookie,
+        free_port(),
+        &["--max-message-size", "1048576"],
+    );
+    // Oversized: announced 2 GiB.
+    let mut s = handshaken(&kv);
+    s.write_all(&0x7fff_ffffu32.to_be_bytes()).expect("write");
+    assert!(closed_by_peer(&mut s, Duration::from_secs(5)));
+    kv.wait_log("exceeds the maximum", Duration::from_secs(5));
+
+    // Not a pass-through frame (atom-cache header we never negotiated).
+    let mut s = handshaken(&kv);
+    s.write_all(&frame(&[131, 68, 0])).expect("write");
+    assert!(closed_by_peer(&mut s, Duration::from_secs(5)));
+    kv.wait_log("unsupported frame type", Duration::from_secs(5));
+
+    // Pass-through with an undecodable term: an atom-cache reference (tag 82) inside.
+    let mut s = handshaken(&kv);
+    s.write_all(&frame(&[112, 131, 104, 2, 97, 6, 82, 0]))
+        .expect("write");
+    assert!(closed_by_peer(&mut s, Duration::from_secs(5)));
+    kv.wait_log("malformed term", Duration::from_secs(5));
+
+    // A list that claims 4 billion elements.
+    let mut s = handshaken(&kv);
+    s.write_all(&frame(&[112, 131, 108, 0xff, 0xff, 0xff, 0xff, 106]))
+        .expect("write");
+    assert!(closed_by_peer(&mut s, Duration::from_secs(5)));
+
+    // Deeply nested tuple (hostile nesting).
+    let mut body = vec![112, 131];
+    for _ in 0..100_000 {
+        body.extend_from_slice(&[104, 1]);
+    }
+    body.push(106);
+    let mut s = handshaken(&kv);
+    s.write_all(&frame(&body)).expect("write");
+    assert!(closed_by_peer(&mut s, Duration::from_secs(5)));
+
+    // A well-formed control message with an operation we do not know.
+    let mut s = handshaken(&kv);
+    s.write_all(&frame(&[112, 131, 104, 1, 97, 99]))
+        .expect("write");
+    assert!(closed_by_peer(&mut s, Duration::from_secs(5)));
+    kv.wait_log("bad control message", Duration::from_secs(5));
+
+    // Truncated frame then close.
+    let mut s = handshaken(&kv);
+    s.write_all(&[0, 0, 0, 50, 112, 131]).expect("write");
+    drop(s);
+
+    still_serves(&kv, &cookie);
+}
+
+#[test]
+fn garbage_on_the_epmd_port_then_normal_service() {
+    let cookie = unique("cookie");
+    let epmd_port = free_port();
+    let kv = KvNode::start(&unique("kv_epmdjunk"), &cookie, epmd_port);
+    for junk in [
+        &b"\x00\x05\xffjunk"[..],
+        &b"\xff\xff"[..],
+        &b"\x00\x01z"[..],
+        &b"hello world, not epmd"[..],
+    ] {
+        let mut s = TcpStream::connect(("127.0.0.1", epmd_port)).expect("connect");
+        let _ = s.write_all(junk);
+        assert!(closed_by_peer(&mut s, Duration::from_secs(15)));
+    }
+    still_serves(&kv, &cookie);
+}
+
+#[test]
+fn ticks_keep_an_idle_connection_up_and_a_silent_peer_is_dropped() {
+    let cookie = unique("cookie");
+    // kvnode on the default 60 s net_ticktime ticks every 15 s by itself; an Elixir node with
+    // a 2 s net_ticktime stays connected through 6 s of idleness because kvnode answers its
+    // ticks.
+    let kv = KvNode::start(&unique("kv_ticks"), &cookie, free_port());
+    let out = elixir_raw_with_erl_args(
+        &kv,
+        &unique("idle"),
+        &cookie,
+        "-kernel net_ticktime 2",
+        r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+true = Node.connect(kv)
+:ok = :net_kernel.monitor_nodes(true, node_type: :all)
+receive do {:nodedown, ^kv, _} -> raise "kvnode dropped" after 6_000 -> :ok end
+true = kv in Node.list(:hidden)
+:pong = Node.ping(kv)
+IO.puts("SCRIPT-OK")
+"#,
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+    // A peer that never ticks is dropped after net_ticktime (4 s here).
+    let kv = KvNode::start_with(
+        &unique("kv_ticks4"),
+        &cookie,
+        free_port(),
+        &["--net-ticktime", "4"],
+    );
+    let mut s = handshaken(&kv);
+    let started = Instant::now();
+    assert!(closed_by_peer(&mut s, Duration::from_secs(15)));
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    kv.wait_log("tick timeout", Duration::from_secs(5));
+}
