@@ -14,10 +14,14 @@ OTP_ROOT_PACKAGES=erlang-nox,elixir
 log() { printf '%s\n' "$*" >&2; }
 die() { printf 'interop-matrix: ERROR: %s\n' "$*" >&2; exit 1; }
 
-# The Debian mirror the host uses (first deb.debian.org-style "debian" URI in its apt sources),
+# The Debian mirror: $KVNODE_OTP_MIRROR, else the one the host uses (first deb.debian.org-style "debian" URI in its apt sources),
 # falling back to Debian's default.
 otp_root_mirror() {
     local m
+    if [ -n "${KVNODE_OTP_MIRROR:-}" ]; then
+        printf '%s\n' "$KVNODE_OTP_MIRROR"
+        return
+    fi
     m=$(
         cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources \
             2>/dev/null |
@@ -46,7 +50,9 @@ otp_root_remove() {
     *) die "refusing to delete $dir: not under $KVNODE_OTP_CACHE" ;;
     esac
     if otp_root_has_mounts "$dir"; then
-        findmnt -R -- "$(readlink -f -- "$dir")" >&2 || true
+        local d
+        d=$(readlink -f -- "$dir")
+        awk -v d="$d" '$2 == d || index($2, d "/") == 1 { print "   mounted: " $2 }' /proc/self/mounts >&2
         die "refusing to delete $dir: something is still mounted inside it (see above); unmount it first"
     fi
     rm -rf --one-file-system -- "$dir"
