@@ -64,10 +64,10 @@ impl Ctx {
     /// Sends `message` to `to` without waiting (a full local mailbox drops it, with a log).
     pub fn send(&self, to: &Pid, message: Term) {
         if self.node.is_local(to) {
-            if let Some(mb) = self.node.lookup_pid(to) {
-                if mb.try_deliver(Signal::Message(message)).is_err() {
-                    tracing::warn!(%to, "local mailbox full or gone: message dropped");
-                }
+            if let Some(mb) = self.node.lookup_pid(to)
+                && !mb.try_deliver(Signal::Message(message))
+            {
+                tracing::warn!(%to, "local mailbox full or gone: message dropped");
             }
             return;
         }

@@ -63,9 +63,9 @@ impl Mailbox {
         self.tx.send(signal).await.is_ok()
     }
 
-    /// Delivers a signal if there is room now.
-    pub fn try_deliver(&self, signal: Signal) -> Result<(), Signal> {
-        self.tx.try_send(signal).map_err(|e| e.into_inner())
+    /// Delivers a signal if there is room now; false if the mailbox is full or gone.
+    pub fn try_deliver(&self, signal: Signal) -> bool {
+        self.tx.try_send(signal).is_ok()
     }
 }
 
