@@ -127,18 +127,27 @@ defmodule KVClient do
     cond do
       not Node.alive?() -> {:error, :not_alive}
       node == node() -> :ok
+      split_node(node) == :error -> {:error, :unreachable}
       Node.connect(node) == true -> :ok
       true -> diagnose(node)
     end
   end
 
+  # "Not registered with EPMD" is certain; "registered but the handshake
+  # failed" is, in practice, a cookie mismatch.
   defp diagnose(node) do
-    with [name, host] <- node |> Atom.to_string() |> String.split("@", parts: 2),
-         {:port, _port, _version} <-
-           epmd_module().port_please(String.to_charlist(name), String.to_charlist(host)) do
-      {:error, :bad_cookie_or_unreachable}
-    else
-      _ -> {:error, :unreachable}
+    {:ok, name, host} = split_node(node)
+
+    case epmd_module().port_please(String.to_charlist(name), String.to_charlist(host)) do
+      {:port, _port, _version} -> {:error, :bad_cookie_or_unreachable}
+      _noport_or_error -> {:error, :unreachable}
+    end
+  end
+
+  defp split_node(node) do
+    case node |> Atom.to_string() |> String.split("@") do
+      [name, host] when name != "" and host != "" -> {:ok, name, host}
+      _ -> :error
     end
   end
 

@@ -225,7 +225,10 @@ defmodule KVClient.Test.Cluster do
 
   defp start_distribution(state) do
     result =
-      if Node.alive?(), do: {:ok, :already_alive}, else: Node.start(state.self_name, :longnames)
+      if Node.alive?(),
+        do: {:ok, :already_alive},
+        # The map form (OTP 24.3+) is the one OTP and Elixir keep undeprecated.
+        else: :net_kernel.start(state.self_name, %{name_domain: :longnames})
 
     case result do
       {:ok, _} ->
