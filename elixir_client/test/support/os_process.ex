@@ -115,11 +115,17 @@ defmodule KVClient.Test.OSProcess do
   end
 
   defp await_exit(port, timeout_ms) do
+    do_await_exit(port, System.monotonic_time(:millisecond) + timeout_ms)
+  end
+
+  defp do_await_exit(port, deadline) do
+    left = max(deadline - System.monotonic_time(:millisecond), 0)
+
     receive do
       {^port, {:exit_status, status}} -> {:ok, status}
-      {^port, {:data, _}} -> await_exit(port, timeout_ms)
+      {^port, {:data, _}} -> do_await_exit(port, deadline)
     after
-      timeout_ms -> :timeout
+      left -> :timeout
     end
   end
 
