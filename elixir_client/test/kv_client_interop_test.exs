@@ -114,6 +114,44 @@ defmodule KVClientInteropTest do
       Enum.each(rest, &Process.exit(&1, :kill))
       Wait.until(fn -> KVClient.subscribers(kv) == base end, message: "all subscribers dropped")
     end
+
+    test "subscribers on a node that dies are dropped", %{kv: kv} do
+      info = Cluster.info()
+      ebin = KVClient |> :code.which() |> List.to_string() |> Path.dirname()
+
+      args = [
+        "-epmd_port",
+        Integer.to_string(info.epmd_port),
+        "-setcookie",
+        info.cookie,
+        "-pa",
+        ebin
+      ]
+
+      {:ok, peer, peer_node} =
+        :peer.start(%{
+          name: String.to_charlist("kvsub_#{System.unique_integer([:positive])}"),
+          host: String.to_charlist("127.0.0.1"),
+          longnames: true,
+          args: Enum.map(args, &String.to_charlist/1)
+        })
+
+      base = KVClient.subscribers(kv)
+
+      for key <- [:all, {__MODULE__, :remote}] do
+        :erpc.call(peer_node, KVClient.Test.RemoteSubscriber, :start, [kv, key])
+      end
+
+      assert KVClient.subscribers(kv) == base + 2
+
+      # Kill the peer's VM outright: kvnode only sees its connection drop.
+      os_pid = :erpc.call(peer_node, :os, :getpid, [])
+      {_, 0} = System.cmd("kill", ["-KILL", List.to_string(os_pid)])
+
+      Wait.until(fn -> KVClient.subscribers(kv) == base end, message: "remote subscribers dropped")
+
+      catch_exit(:peer.stop(peer))
+    end
   end
 
   test "1,000 concurrent clients", %{kv: kv} do

@@ -56,7 +56,62 @@ defmodule KVClientTest do
 
       big_map = Map.new(1..40, &{&1, &1})
       :ok = KVClient.put(kv, {test, big_map}, :map)
-      assert KVClient.get(kv, {test, Map.new(40..1, &{&1, &1})}) == :map
+      assert KVClient.get(kv, {test, Map.new(40..1//-1, &{&1, &1})}) == :map
+    end
+  end
+
+  describe "term fidelity" do
+    test "values and keys of every external term kind round-trip exactly",
+         %{kv: kv, key: key} do
+      terms = [
+        :"ключ_✓",
+        String.to_atom(String.duplicate("a", 255)),
+        <<1::3>>,
+        <<255, 7::5>>,
+        [1, 2 | 3],
+        List.to_tuple(Enum.to_list(1..300)),
+        Enum.map(1..70_000, &rem(&1, 200)),
+        -(2 ** 300),
+        2 ** 3000,
+        -2_147_483_648,
+        2_147_483_648,
+        3.141592653589793,
+        -0.0,
+        fn x -> x + 1 end,
+        &Enum.map/2,
+        self(),
+        make_ref(),
+        hd(Port.list()),
+        %{%{a: 1} => [b: 2], "k" => {1, 2}},
+        {[], %{}, {}, ""}
+      ]
+
+      for {term, n} <- Enum.with_index(terms) do
+        :ok = KVClient.put(kv, key.(n), term)
+        assert KVClient.get(kv, key.(n)) === term
+        :ok = KVClient.put(kv, {key.(n), term}, n)
+        assert KVClient.get(kv, {key.(n), term}) === n
+      end
+
+      :ok = KVClient.put(kv, {key.(:zero), 0.0}, :positive)
+      assert KVClient.get(kv, {key.(:zero), -0.0}) == nil
+    end
+
+    test "other caller shapes: {:incr, k}, :infinity, multi_call, a plain-ref tag",
+         %{kv: kv, key: key} do
+      server = {DistributedExample.KVStore, kv}
+      assert GenServer.call(server, {:incr, key.(1)}) == 1
+      assert GenServer.call(server, {:get, key.(1)}, :infinity) == 1
+
+      assert {[{^kv, size}], []} =
+               GenServer.multi_call([kv], DistributedExample.KVStore, :size, 5_000)
+
+      assert is_integer(size)
+
+      # Pre-OTP-24 callers and ei/JInterface clients tag calls with a plain ref.
+      ref = make_ref()
+      send(server, {:"$gen_call", {self(), ref}, {:get, key.(1)}})
+      assert_receive {^ref, 1}
     end
   end
 
