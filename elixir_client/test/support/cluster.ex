@@ -26,7 +26,7 @@ defmodule KVClient.Test.Cluster do
 
   use GenServer
 
-  alias KVClient.Test.OSProcess
+  alias KVClient.Test.{OSProcess, Wait}
 
   @ready_timeout 30_000
 
@@ -143,9 +143,40 @@ defmodule KVClient.Test.Cluster do
   defp cleanup(state) do
     if state.kv, do: OSProcess.stop(state.kv)
     if Node.alive?(), do: Node.stop()
-    if state.epmd, do: OSProcess.stop(state.epmd)
+    if state.epmd, do: stop_epmd(state)
     :ok
   end
+
+  # Our EPMD may have been adopted by other nodes meanwhile (say, a second
+  # `mix test` sharing port 4369). Killing it would unregister them, so leave
+  # it running for them, as `erl -name` leaves its `epmd -daemon`.
+  defp stop_epmd(state) do
+    ours = [state.kvnode, state.self_name] |> Enum.map(&(&1 |> Atom.to_string() |> alive_part()))
+
+    # Our own registrations go away asynchronously once their connections close.
+    names = fn ->
+      case epmd_names(state.epmd_port) do
+        {:ok, names} -> names
+        :error -> []
+      end
+    end
+
+    Wait.until(fn -> not Enum.any?(ours, &(&1 in names.())) end, timeout: 1_000, raise: false)
+    foreign = names.() -- ours
+
+    if foreign == [] do
+      OSProcess.stop(state.epmd)
+    else
+      IO.puts(
+        :stderr,
+        "leaving epmd on port #{state.epmd_port} running: #{Enum.join(foreign, ", ")} still use it"
+      )
+
+      OSProcess.detach(state.epmd)
+    end
+  end
+
+  defp alive_part(node_name), do: node_name |> String.split("@") |> hd()
 
   ## Steps
 
@@ -166,7 +197,12 @@ defmodule KVClient.Test.Cluster do
       {:ok, state}
     else
       exe = find_epmd() || raise "cannot find the epmd executable"
-      epmd = OSProcess.start("epmd", exe, ["-port", Integer.to_string(state.epmd_port)])
+
+      epmd =
+        OSProcess.start("epmd", exe, ["-port", Integer.to_string(state.epmd_port)], [],
+          discard_output: true
+        )
+
       state = %{state | epmd: epmd}
 
       if wait_for(fn -> epmd_answers?(state.epmd_port) end, 10_000),
@@ -175,17 +211,38 @@ defmodule KVClient.Test.Cluster do
     end
   end
 
-  defp epmd_answers?(port) do
-    # NAMES_REQ: a real EPMD answers with its own port number first.
-    case :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false], 1_000) do
-      {:ok, socket} ->
-        :ok = :gen_tcp.send(socket, <<1::16, ?n>>)
-        reply = :gen_tcp.recv(socket, 4, 1_000)
-        :gen_tcp.close(socket)
-        match?({:ok, <<^port::32>>}, reply)
+  defp epmd_answers?(port), do: epmd_names(port) != :error
 
-      {:error, _} ->
-        false
+  # NAMES_REQ: an EPMD answers with its own port number, then lines
+  # "name NAME at port N", and closes.
+  defp epmd_names(port) do
+    with {:ok, socket} <-
+           :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false], 1_000),
+         :ok <- :gen_tcp.send(socket, <<1::16, ?n>>),
+         {:ok, <<^port::32, rest::binary>>} <- recv_all(socket, <<>>) do
+      names =
+        for line <- String.split(rest, "\n", trim: true),
+            [_, name] <- [Regex.run(~r/^name (\S+) at port/, line)],
+            do: name
+
+      {:ok, names}
+    else
+      _ -> :error
+    end
+  end
+
+  defp recv_all(socket, acc) do
+    case :gen_tcp.recv(socket, 0, 1_000) do
+      {:ok, data} ->
+        recv_all(socket, acc <> data)
+
+      {:error, :closed} ->
+        :gen_tcp.close(socket)
+        {:ok, acc}
+
+      {:error, _} = error ->
+        :gen_tcp.close(socket)
+        error
     end
   end
 
@@ -241,6 +298,6 @@ defmodule KVClient.Test.Cluster do
   end
 
   defp wait_for(fun, timeout_ms) do
-    KVClient.Test.Wait.until(fun, timeout: timeout_ms, raise: false)
+    Wait.until(fun, timeout: timeout_ms, raise: false)
   end
 end

@@ -6,7 +6,8 @@ defmodule KVClient.Test.OSProcess do
   The program is started through a tiny `sh` wrapper:
 
       exec 3<&0
-      ( read -r _ <&3; kill -TERM $$ ) </dev/null >/dev/null 2>&1 &
+      ( if read -r l <&3 && [ "$l" = detach ]; then exit 0; fi; kill -TERM $$ ) \
+        </dev/null >/dev/null 2>&1 &
       exec "$@" </dev/null 3<&-
 
   The shell keeps the Port's stdin (fd 3) in a background watcher and then
@@ -15,14 +16,16 @@ defmodule KVClient.Test.OSProcess do
   When the VM closes the Port or dies (even with SIGKILL), the pipe closes,
   `read` returns and the watcher sends SIGTERM to the program. Normal
   shutdown sends SIGTERM by pid (`kill -TERM <os_pid>`) and waits for the
-  Port's `:exit_status`, escalating to SIGKILL after a deadline.
+  Port's `:exit_status`, escalating to SIGKILL after a deadline. `detach/1`
+  writes `detach` first, which makes the watcher leave the program running.
 
   All functions must be called by the process that owns the Port.
   """
 
   @wrapper ~S"""
   exec 3<&0
-  ( read -r _ <&3; kill -TERM $$ ) </dev/null >/dev/null 2>&1 &
+  ( if read -r l <&3 && [ "$l" = detach ]; then exit 0; fi; kill -TERM $$ ) </dev/null >/dev/null 2>&1 &
+  if [ "$KVTEST_DISCARD_OUTPUT" = 1 ]; then exec "$@" </dev/null >/dev/null 2>&1 3<&-; fi
   exec "$@" </dev/null 3<&-
   """
 
@@ -35,10 +38,16 @@ defmodule KVClient.Test.OSProcess do
           lines: [String.t()]
         }
 
-  @doc "Starts `exe args` with extra environment `env` (a list of `{name, value}` strings)."
-  @spec start(String.t(), Path.t(), [String.t()], [{String.t(), String.t()}]) :: t()
-  def start(name, exe, args, env \\ []) do
+  @doc """
+  Starts `exe args` with extra environment `env` (a list of `{name, value}`
+  strings). With `discard_output: true` the program's output goes to
+  `/dev/null` instead of the Port (needed for programs that may be detached).
+  """
+  @spec start(String.t(), Path.t(), [String.t()], [{String.t(), String.t()}], keyword()) :: t()
+  def start(name, exe, args, env \\ [], opts \\ []) do
     sh = System.find_executable("sh") || raise "no sh on PATH"
+    discard = if Keyword.get(opts, :discard_output, false), do: "1", else: "0"
+    env = [{"KVTEST_DISCARD_OUTPUT", discard} | env]
 
     port =
       Port.open({:spawn_executable, sh}, [
@@ -112,6 +121,19 @@ defmodule KVClient.Test.OSProcess do
         close(port)
         :killed
     end
+  end
+
+  @doc """
+  Leaves the program running on its own and closes the Port: the watcher
+  exits without signalling it. For an EPMD that other nodes still use.
+  """
+  @spec detach(t()) :: :ok
+  def detach(%__MODULE__{port: nil}), do: :ok
+
+  def detach(%__MODULE__{port: port}) do
+    Port.command(port, "detach\n")
+    close(port)
+    :ok
   end
 
   defp await_exit(port, timeout_ms) do
