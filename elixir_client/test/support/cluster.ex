@@ -14,11 +14,13 @@ defmodule KVClient.Test.Cluster do
     * `ERL_EPMD_PORT=4400 mix test`: 4400, fully isolated from other nodes.
 
   If no EPMD answers on that port, the suite starts a standalone
-  `epmd -port P` for the whole run (and stops it afterwards); if one answers
-  (a system epmd), it is shared, which is safe because every node name is
-  unique. A standalone EPMD rather than kvnode's embedded one keeps this VM's
-  registration alive while the restart test stops kvnode: the registration
-  lives only as long as the TCP connection to the EPMD.
+  `epmd -port P` for the whole run (and stops it afterwards, unless other
+  nodes registered with it meanwhile: then it is left running for them); if
+  one answers (a system epmd, another run's), it is shared, which is safe
+  because every node name is unique. A standalone EPMD rather than kvnode's
+  embedded one keeps this VM's registration alive while the restart test
+  stops kvnode: the registration lives only as long as the TCP connection to
+  the EPMD (OTP 25's `erl_epmd` retries every 2 s after losing it).
 
   kvnode runs as `kvtest_<random>@127.0.0.1` with a random cookie, and this
   VM as `kvclient_test_<random>@127.0.0.1`.
