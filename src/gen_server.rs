@@ -21,6 +21,21 @@ pub struct Caller {
     pub pid: Pid,
     /// The call's tag, echoed verbatim in the reply.
     pub tag: Term,
+    /// For in-node calls ([`Signal::Call`]): where the reply goes instead of a message.
+    local: Option<LocalReply>,
+}
+
+type LocalReply = std::sync::Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Term>>>>;
+
+impl Caller {
+    /// A remote (or local-process) caller: the reply is the message `{tag, reply}` to `pid`.
+    pub fn new(pid: Pid, tag: Term) -> Self {
+        Caller {
+            pid,
+            tag,
+            local: None,
+        }
+    }
 }
 
 /// A server hosted on the node.
@@ -63,33 +78,21 @@ impl Ctx {
 
     /// Sends `message` to `to` without waiting (a full local mailbox drops it, with a log).
     pub fn send(&self, to: &Pid, message: Term) {
-        if self.node.is_local(to) {
-            if let Some(mb) = self.node.lookup_pid(to) {
-                if mb.try_deliver(Signal::Message(message)).is_err() {
-                    tracing::warn!(%to, "local mailbox full or gone: message dropped");
-                }
-            }
-            return;
-        }
-        let peer = to.node.name.as_str();
-        let msg = Message::send(to.clone(), message);
-        self.node.send_to_node(peer, msg);
+        send(&self.node, to, message);
     }
 
     /// Answers a call made earlier (for servers that returned `None` from `handle_call`).
     pub fn reply(&self, to: &Caller, reply: Term) {
-        let message: Term = Tuple::from(vec![to.tag.clone(), reply]).into();
-        if !self.node.is_local(&to.pid) {
-            let peer = to.pid.node.name.as_str();
-            if let Some(alias) = alias_of(&to.tag)
-                && self.node.peer_has(peer, DistributionFlags::ALIAS)
-            {
-                let msg = Message::alias_send(self.mailbox.pid.clone(), alias.clone(), message);
-                self.node.send_to_node(peer, msg);
-                return;
-            }
+        self.replier().reply(to, reply);
+    }
+
+    /// A handle that can answer calls from any thread, after `handle_call` returned `None`
+    /// (for example once a write is durable).
+    pub fn replier(&self) -> Replier {
+        Replier {
+            node: self.node.clone(),
+            server: self.mailbox.pid.clone(),
         }
-        self.send(&to.pid, message);
     }
 
     /// Monitors a remote pid; [`GenServer::handle_down`] runs when it exits or its node goes
@@ -102,6 +105,53 @@ impl Ctx {
     pub fn demonitor(&self, pid: &Pid, reference: &Reference) {
         self.node
             .demonitor_remote(&self.mailbox.pid, pid, reference);
+    }
+}
+
+/// Sends `message` to `to` without waiting, from any thread (a full local mailbox drops it,
+/// with a log).
+pub fn send(node: &Node, to: &Pid, message: Term) {
+    if node.is_local(to) {
+        if let Some(mb) = node.lookup_pid(to)
+            && !mb.try_deliver(Signal::Message(message))
+        {
+            tracing::warn!(%to, "local mailbox full or gone: message dropped");
+        }
+        return;
+    }
+    let peer = to.node.name.as_str();
+    node.send_to_node(peer, Message::send(to.clone(), message));
+}
+
+/// Answers calls on behalf of a server; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct Replier {
+    node: Node,
+    server: Pid,
+}
+
+impl Replier {
+    /// Sends `{tag, reply}` to the caller: by ALIAS_SEND when the tag is an alias and the peer
+    /// supports it (a late reply is then dropped by the caller's runtime), else to its pid.
+    pub fn reply(&self, to: &Caller, reply: Term) {
+        if let Some(local) = &to.local {
+            if let Some(tx) = local.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = tx.send(reply);
+            }
+            return;
+        }
+        let message: Term = Tuple::from(vec![to.tag.clone(), reply]).into();
+        if !self.node.is_local(&to.pid) {
+            let peer = to.pid.node.name.as_str();
+            if let Some(alias) = alias_of(&to.tag)
+                && self.node.peer_has(peer, DistributionFlags::ALIAS)
+            {
+                let msg = Message::alias_send(self.server.clone(), alias.clone(), message);
+                self.node.send_to_node(peer, msg);
+                return;
+            }
+        }
+        send(&self.node, &to.pid, message);
     }
 }
 
@@ -166,9 +216,10 @@ fn dispatch<S: GenServer>(ctx: &mut Ctx, server: &mut S, signal: Signal) {
             let caller = Caller {
                 pid: ctx.mailbox.pid.clone(),
                 tag: List::nil().into(),
+                local: Some(std::sync::Arc::new(std::sync::Mutex::new(Some(reply)))),
             };
             if let Some(answer) = server.handle_call(ctx, &caller, request) {
-                let _ = reply.send(answer);
+                ctx.reply(&caller, answer);
             }
         }
     }
@@ -202,7 +253,7 @@ fn classify(term: Term) -> Incoming {
             };
             let mut from = from.into_iter();
             match (from.next(), from.next()) {
-                (Some(Term::Pid(pid)), Some(tag)) => Incoming::Call(Caller { pid, tag }, request),
+                (Some(Term::Pid(pid)), Some(tag)) => Incoming::Call(Caller::new(pid, tag), request),
                 _ => unreachable!("shape checked above"), // ok: matched above
             }
         }

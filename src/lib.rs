@@ -3,7 +3,7 @@
 //! `DistributedExample.KVStore` GenServer it hosts.
 //!
 //! Module map (data flows top to bottom):
-//! - [`cli`]: command-line flags -> [`config::Config`].
+//! - [`cli`]: command-line flags -> [`config`]`::Config`.
 //! - [`epmd`]: EPMD client (register, keep the registration) and the embedded EPMD server.
 //! - [`dist`]: the distribution protocol: handshake, framing and ticks, per-peer connections,
 //!   the connection manager (peer name -> connection, dial on demand).

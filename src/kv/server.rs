@@ -93,12 +93,12 @@ impl KvServer {
                 }
             }
         }
-        if !sub.all && sub.keys.is_empty() {
-            if let Some(sub) = self.subscribers.remove(pid)
-                && let Some(r) = sub.monitor
-            {
-                ctx.demonitor(pid, &r);
-            }
+        if !sub.all
+            && sub.keys.is_empty()
+            && let Some(sub) = self.subscribers.remove(pid)
+            && let Some(r) = sub.monitor
+        {
+            ctx.demonitor(pid, &r);
         }
     }
 

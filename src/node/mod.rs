@@ -63,9 +63,9 @@ impl Mailbox {
         self.tx.send(signal).await.is_ok()
     }
 
-    /// Delivers a signal if there is room now.
-    pub fn try_deliver(&self, signal: Signal) -> Result<(), Signal> {
-        self.tx.try_send(signal).map_err(|e| e.into_inner())
+    /// Delivers a signal if there is room now; false if the mailbox is full or gone.
+    pub fn try_deliver(&self, signal: Signal) -> bool {
+        self.tx.try_send(signal).is_ok()
     }
 }
 
@@ -98,10 +98,12 @@ struct Inner {
     manager: Manager,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    runtime: tokio::runtime::Handle,
 }
 
 impl Node {
-    /// Creates the node state. `creation` is the value EPMD handed out.
+    /// Creates the node state. `creation` is the value EPMD handed out. Must be called inside
+    /// a tokio runtime: the node spawns its tasks there, also when asked from other threads.
     pub fn new(
         config: Config,
         creation: u32,
@@ -119,6 +121,7 @@ impl Node {
             manager: Manager::default(),
             shutdown,
             tracker,
+            runtime: tokio::runtime::Handle::current(),
         }))
     }
 
@@ -242,9 +245,10 @@ impl Node {
         if let Some(dial) = self.0.manager.send(peer, frame) {
             let node = self.clone();
             let peer = peer.to_owned();
-            self.0.tracker.spawn(async move {
-                dist::dial(node, peer, dial).await;
-            });
+            // Through the runtime handle: this may run on a non-tokio thread (storage commits).
+            self.0
+                .runtime
+                .spawn(self.0.tracker.track_future(dist::dial(node, peer, dial)));
         }
     }
 

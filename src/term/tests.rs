@@ -1,0 +1,744 @@
+//! Tests for the ETF validator: round trips, hostile inputs, mutation fuzzing, a corpus from
+//! a real Erlang VM, and the stack budget behind [`Limits::default`].
+
+use super::*;
+use eetf::{
+    Atom, BigInteger, Binary, BitBinary, ByteList, ExternalFun, FixInteger, Float, ImproperList,
+    InternalFun, List, Map, Pid, Port, Reference, Term, Tuple,
+};
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn encode(term: &Term) -> Vec<u8> {
+    let mut out = Vec::new();
+    term.encode(&mut out).expect("eetf encodes sample terms");
+    out
+}
+
+fn atom(name: &str) -> Term {
+    Term::from(Atom::from(name))
+}
+
+fn int(v: i32) -> Term {
+    Term::from(FixInteger::from(v))
+}
+
+fn pid() -> Pid {
+    Pid::new("kv@host", 42, 7, 3)
+}
+
+/// Sample terms covering every kind eetf encodes. Lists of small integers are avoided
+/// because eetf encodes them as `STRING_EXT`, which decodes as a `ByteList`.
+fn samples() -> Vec<Term> {
+    let mut map = HashMap::new();
+    map.insert(atom("key"), Term::from(Binary::from(&b"value"[..])));
+    map.insert(
+        int(-5),
+        Term::from(Tuple::from(vec![atom("a"), int(100_000)])),
+    );
+    map.insert(
+        Term::from(Map::from(HashMap::<Term, Term>::new())),
+        Term::from(List::nil()),
+    );
+    let fun = InternalFun::New {
+        module: Atom::from("erl_eval"),
+        arity: 1,
+        pid: pid(),
+        free_vars: vec![int(5), Term::from(Map::from(map.clone()))],
+        index: 42,
+        uniq: [7; 16],
+        old_index: 1,
+        old_uniq: 123_456_789,
+    };
+    let old_fun = InternalFun::Old {
+        module: Atom::from("m"),
+        pid: pid(),
+        free_vars: vec![atom("x")],
+        index: 1,
+        uniq: -2,
+    };
+    vec![
+        atom("ok"),
+        atom("héllo_wörld_😀"),
+        atom(&"a".repeat(300)),
+        int(0),
+        int(255),
+        int(256),
+        int(-1),
+        int(i32::MIN),
+        Term::from(BigInteger::from(i64::MAX)),
+        Term::from(BigInteger {
+            value: -(num_bigint::BigInt::from(1) << 3000usize),
+        }),
+        Term::from(Float::try_from(3.25).unwrap()),
+        Term::from(Float::try_from(-0.0).unwrap()),
+        Term::from(pid()),
+        Term::from(Port {
+            node: Atom::from("kv@host"),
+            id: 9,
+            creation: 1,
+        }),
+        Term::from(Port {
+            node: Atom::from("kv@host"),
+            id: 1 << 40,
+            creation: 1,
+        }),
+        Term::from(Reference::from(("kv@host", vec![1, 2, 3]))),
+        Term::from(Reference::from(("kv@host", vec![1, 2, 3, 4, 5]))),
+        Term::from(ExternalFun::from(("lists", "map", 2))),
+        Term::from(fun),
+        Term::from(old_fun),
+        Term::from(Binary::from(&b""[..])),
+        Term::from(Binary::from(&b"\x00\xff binary"[..])),
+        Term::from(BitBinary::from((vec![1, 2, 5], 3))),
+        Term::from(BitBinary::from((vec![1], 8))),
+        Term::from(ByteList::from("a string")),
+        Term::from(List::nil()),
+        Term::from(List::from(vec![
+            atom("a"),
+            int(1000),
+            Term::from(List::nil()),
+        ])),
+        Term::from(ImproperList::from((
+            vec![int(1000), atom("b")],
+            atom("tail"),
+        ))),
+        Term::from(ImproperList::from((
+            vec![int(1000)],
+            Term::from(ImproperList::from((vec![int(2000)], int(3)))),
+        ))),
+        Term::from(Tuple::from(vec![])),
+        Term::from(Tuple::from(
+            (0..300).map(|i| int(i * 1000)).collect::<Vec<_>>(),
+        )),
+        Term::from(Map::from(map)),
+        Term::from(Tuple::from(vec![
+            atom("$gen_call"),
+            Term::from(Tuple::from(vec![
+                Term::from(pid()),
+                Term::from(List::from(vec![
+                    atom("alias"),
+                    Term::from(Reference::from(("kv@host", vec![1, 2, 3]))),
+                ])),
+            ])),
+            Term::from(Tuple::from(vec![
+                atom("put"),
+                Term::from(Binary::from(&b"k"[..])),
+                Term::from(ByteList::from("v")),
+            ])),
+        ])),
+    ]
+}
+
+#[test]
+fn eetf_round_trip() {
+    let limits = Limits::default();
+    for term in samples() {
+        let bytes = encode(&term);
+        assert_eq!(validate_versioned(&bytes, &limits).unwrap(), bytes.len());
+        assert_eq!(
+            validate_term(&bytes[1..], &limits).unwrap(),
+            bytes.len() - 1
+        );
+        let (decoded, used) = decode(&bytes, &limits).unwrap();
+        assert_eq!(used, bytes.len());
+        assert_eq!(decoded, term);
+
+        // Trailing bytes are neither consumed nor rejected, except by decode_exact.
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&[131, 97, 1, 0xff]);
+        assert_eq!(validate_versioned(&longer, &limits).unwrap(), bytes.len());
+        let (again, used) = decode(&longer, &limits).unwrap();
+        assert_eq!((again, used), (term.clone(), bytes.len()));
+        assert!(matches!(
+            decode_exact(&longer, &limits),
+            Err(TermError::TrailingBytes { extra: 4, .. })
+        ));
+        assert_eq!(decode_exact(&bytes, &limits).unwrap(), term);
+    }
+}
+
+/// A complex term: every proper prefix of it must be rejected, never panic.
+#[test]
+fn every_truncation_is_an_error() {
+    let limits = Limits::default();
+    let term = Term::from(Tuple::from(samples()));
+    let bytes = encode(&term);
+    assert_eq!(validate_versioned(&bytes, &limits).unwrap(), bytes.len());
+    for cut in 0..bytes.len() {
+        let prefix = &bytes[..cut];
+        match validate_versioned(prefix, &limits) {
+            Err(TermError::Truncated { offset, needed }) => {
+                assert!(offset <= cut && needed > 0, "cut {cut}");
+            }
+            // A count that the bytes left cannot hold is caught before the elements.
+            Err(TermError::BadLength { remaining, .. }) => assert!(remaining < cut),
+            other => panic!("prefix of {cut} bytes: {other:?}"),
+        }
+        assert!(decode(prefix, &limits).is_err());
+    }
+}
+
+#[test]
+fn hostile_inputs_are_rejected() {
+    let limits = Limits::default();
+    let check = |bytes: &[u8]| validate_versioned(bytes, &limits).unwrap_err();
+
+    assert!(matches!(
+        check(&[131, 82, 0]),
+        TermError::AtomCacheRef { offset: 1 }
+    ));
+    // An atom cache ref where a pid's node atom belongs.
+    assert!(matches!(
+        check(&[131, 88, 82, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        TermError::AtomCacheRef { offset: 2 }
+    ));
+    assert!(matches!(
+        check(&[131, 108, 0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
+        TermError::BadLength {
+            what: "list",
+            count: 0x1_0000_0000,
+            remaining: 3,
+            ..
+        }
+    ));
+    assert!(matches!(
+        check(&[131, 105, 0xff, 0xff, 0xff, 0xff, 106]),
+        TermError::BadLength { what: "tuple", .. }
+    ));
+    assert!(matches!(
+        check(&[131, 116, 0, 0, 0, 2, 106, 106, 106]),
+        TermError::BadLength {
+            what: "map",
+            count: 4,
+            ..
+        }
+    ));
+    assert!(matches!(
+        check(&[131, 109, 0xff, 0xff, 0xff, 0xff, 1]),
+        TermError::Truncated { offset: 6, .. }
+    ));
+    assert!(matches!(
+        check(&[131, 80, 0, 0, 0, 10, 0x78, 0x9c]),
+        TermError::Compressed { offset: 1 }
+    ));
+    for tag in [0, 68, 69, 75, 81, 83, 121, 122, 130, 131, 255] {
+        assert!(
+            matches!(check(&[131, tag, 0, 0, 0, 0]), TermError::UnknownTag { tag: t, offset: 1 } if t == tag),
+            "tag {tag}"
+        );
+    }
+    assert!(matches!(
+        check(&[131, 119, 2, 0xc3, 0x28]),
+        TermError::InvalidUtf8Atom { offset: 1 }
+    ));
+    assert!(matches!(
+        check(&[131, 118, 0, 1, 0xff]),
+        TermError::InvalidUtf8Atom { offset: 1 }
+    ));
+    // Latin-1 'é': eetf would read it as (invalid) UTF-8.
+    assert!(matches!(
+        check(&[131, 100, 0, 1, 0xe9]),
+        TermError::Latin1Atom { offset: 1 }
+    ));
+    assert!(matches!(
+        check(&[131, 110, 1, 2, 7]),
+        TermError::BadSign { sign: 2, .. }
+    ));
+    // Tail bits must be 1..=8 for a non-empty bitstring (eetf shifts by 8 - bits).
+    for bits in [0, 9, 255] {
+        assert!(matches!(
+            check(&[131, 77, 0, 0, 0, 1, bits, 0xff]),
+            TermError::BadBitBinary { .. }
+        ));
+    }
+    assert!(matches!(
+        check(&[131, 77, 0, 0, 0, 0, 3]),
+        TermError::BadBitBinary { .. }
+    ));
+    assert!(matches!(
+        check(&[131, 70, 0x7f, 0xf8, 0, 0, 0, 0, 0, 0]),
+        TermError::BadFloat { .. }
+    ));
+    let mut float_ext = vec![131, 99];
+    float_ext.extend_from_slice(&[b'x'; 31]);
+    assert!(matches!(check(&float_ext), TermError::BadFloat { .. }));
+    // A pid whose node is not an atom.
+    assert!(matches!(
+        check(&[131, 88, 97, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        TermError::UnexpectedTag {
+            expected: "atom",
+            ..
+        }
+    ));
+    assert!(matches!(
+        check(&[131, 7]),
+        TermError::UnknownTag { tag: 7, .. }
+    ));
+    assert!(matches!(
+        check(&[130, 106]),
+        TermError::BadVersion { found: 130 }
+    ));
+    assert!(matches!(check(&[]), TermError::Truncated { offset: 0, .. }));
+    assert!(matches!(
+        validate_term(&[], &limits),
+        Err(TermError::Truncated { offset: 0, .. })
+    ));
+}
+
+#[test]
+fn new_fun_size_must_match() {
+    let limits = Limits::default();
+    let fun = samples()
+        .into_iter()
+        .find(|t| matches!(t, Term::InternalFun(f) if matches!(**f, InternalFun::New { .. })))
+        .unwrap();
+    let mut bytes = encode(&fun);
+    assert_eq!(bytes[1], NEW_FUN_EXT);
+    validate_versioned(&bytes, &limits).unwrap();
+    bytes[5] ^= 1;
+    assert!(matches!(
+        validate_versioned(&bytes, &limits),
+        Err(TermError::FunSizeMismatch { offset: 1, .. })
+    ));
+}
+
+#[test]
+fn atom_limit() {
+    let term = Term::from(List::from(vec![atom("a"); 10]));
+    let bytes = encode(&term);
+    let limits = |max_atoms| Limits {
+        max_atoms,
+        ..Limits::default()
+    };
+    validate_versioned(&bytes, &limits(10)).unwrap();
+    assert!(matches!(
+        validate_versioned(&bytes, &limits(9)),
+        Err(TermError::TooManyAtoms { max: 9 })
+    ));
+    // A pid's node name counts too.
+    let bytes = encode(&Term::from(pid()));
+    assert!(matches!(
+        validate_versioned(&bytes, &limits(0)),
+        Err(TermError::TooManyAtoms { max: 0 })
+    ));
+}
+
+/// Nesting shapes that make eetf recurse, one `decode_term` level per step.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    /// `[[[...]]]`
+    List,
+    /// `[1|[2|[3|...]]]` nesting through improper tails.
+    Tail,
+    /// `{{{...}}}`
+    Tuple,
+    /// `#{0 => #{0 => ...}}`
+    MapValue,
+    /// `#{#{... => []} => []}`: eetf hashes each key recursively on insert.
+    MapKey,
+    /// A `NEW_FUN_EXT` whose free variable is the next fun.
+    Fun,
+}
+
+const SHAPES: [Shape; 6] = [
+    Shape::List,
+    Shape::Tail,
+    Shape::Tuple,
+    Shape::MapValue,
+    Shape::MapKey,
+    Shape::Fun,
+];
+
+impl Shape {
+    fn parse(name: &str) -> Option<Shape> {
+        SHAPES.into_iter().find(|s| format!("{s:?}") == name)
+    }
+
+    /// How much deeper than `levels` the validator counts (the innermost `[]`, and for funs
+    /// the node atom of the innermost fun's pid).
+    fn extra_depth(self) -> usize {
+        match self {
+            Shape::Fun => 2,
+            _ => 1,
+        }
+    }
+
+    /// A versioned term with `levels` nested levels, built without recursion.
+    fn build(self, levels: usize) -> Vec<u8> {
+        let (prefix, suffix): (Vec<u8>, &[u8]) = match self {
+            Shape::List => (vec![LIST_EXT, 0, 0, 0, 1], &[NIL_EXT]),
+            Shape::Tail => (vec![LIST_EXT, 0, 0, 0, 1, SMALL_INTEGER_EXT, 1], &[]),
+            Shape::Tuple => (vec![SMALL_TUPLE_EXT, 1], &[]),
+            Shape::MapValue => (vec![MAP_EXT, 0, 0, 0, 1, SMALL_INTEGER_EXT, 0], &[]),
+            Shape::MapKey => (vec![MAP_EXT, 0, 0, 0, 1], &[NIL_EXT]),
+            Shape::Fun => (fun_prefix(), &[]),
+        };
+        let mut out = Vec::with_capacity(1 + levels * (prefix.len() + suffix.len()) + 1);
+        out.push(VERSION_MAGIC);
+        for level in 0..levels {
+            let at = out.len();
+            out.extend_from_slice(&prefix);
+            if let Shape::Fun = self {
+                // Size = everything after the tag: the rest of this prefix, the deeper
+                // levels' prefixes and the innermost `[]`.
+                let size = (levels - level) * prefix.len();
+                out[at + 1..at + 5].copy_from_slice(&(size as u32).to_be_bytes());
+            }
+        }
+        out.push(NIL_EXT);
+        for _ in 0..levels {
+            out.extend_from_slice(suffix);
+        }
+        out
+    }
+}
+
+/// Everything of a one-free-variable `NEW_FUN_EXT` before its free variable (size left 0).
+fn fun_prefix() -> Vec<u8> {
+    let mut p = vec![NEW_FUN_EXT, 0, 0, 0, 0, 1];
+    p.extend_from_slice(&[9; 16]);
+    p.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
+    p.extend_from_slice(&[SMALL_ATOM_UTF8_EXT, 1, b'm']);
+    p.extend_from_slice(&[SMALL_INTEGER_EXT, 0, SMALL_INTEGER_EXT, 0]);
+    p.extend_from_slice(&[NEW_PID_EXT, SMALL_ATOM_UTF8_EXT, 1, b'n']);
+    p.extend_from_slice(&[0; 12]);
+    p
+}
+
+/// Everything kvnode may do to a decoded term: decode, compare, display, encode and drop it.
+fn exercise_eetf(bytes: &[u8]) {
+    let term = Term::decode(bytes).expect("eetf decodes the nested term");
+    let copy = term.clone();
+    assert!(term == copy);
+    let shown = term.to_string();
+    assert!(!shown.is_empty());
+    let debugged = format!("{term:?}");
+    assert!(!debugged.is_empty());
+    let mut out = Vec::with_capacity(bytes.len());
+    term.encode(&mut out).expect("eetf encodes the nested term");
+    drop(copy);
+    drop(term);
+}
+
+fn on_thread_with_stack<F: FnOnce() + Send + 'static>(stack: usize, f: F) {
+    std::thread::Builder::new()
+        .stack_size(stack)
+        .spawn(f)
+        .expect("spawn test thread")
+        .join()
+        .expect("test thread succeeded");
+}
+
+#[test]
+fn depth_limit_is_exact_and_default_fits_in_a_quarter_of_the_stack() {
+    let limits = Limits::default();
+    for shape in SHAPES {
+        let levels = limits.max_depth - shape.extra_depth();
+        let ok = shape.build(levels);
+        assert_eq!(
+            validate_versioned(&ok, &limits).unwrap(),
+            ok.len(),
+            "{shape:?}"
+        );
+        let deep = shape.build(levels + 1);
+        assert!(
+            matches!(
+                validate_versioned(&deep, &limits),
+                Err(TermError::TooDeep { max: 256 })
+            ),
+            "{shape:?}"
+        );
+        // kvnode's workers get 8 MiB; the default must fit with room to spare.
+        on_thread_with_stack(2 << 20, move || {
+            let (_, used) = decode(&ok, &Limits::default()).unwrap();
+            assert_eq!(used, ok.len());
+            exercise_eetf(&ok);
+        });
+    }
+}
+
+#[test]
+fn validator_is_iterative() {
+    // Far deeper than any stack could take recursively, with a generous limit.
+    let limits = Limits {
+        max_depth: usize::MAX,
+        ..Limits::default()
+    };
+    for shape in [Shape::List, Shape::Tail, Shape::Fun] {
+        let bytes = shape.build(200_000);
+        on_thread_with_stack(64 << 10, move || {
+            assert_eq!(validate_versioned(&bytes, &limits).unwrap(), bytes.len());
+        });
+    }
+}
+
+/// Subprocess body for [`measure_stack_depth`]: runs eetf on a nested term on a thread
+/// with a given stack, configured by `KVNODE_STACK_PROBE=<shape>:<levels>:<stack bytes>`
+/// (append `:decode` to only decode and drop).
+#[test]
+#[ignore = "subprocess helper for measure_stack_depth"]
+fn stack_probe() {
+    let Ok(spec) = std::env::var("KVNODE_STACK_PROBE") else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(':').collect();
+    let shape = Shape::parse(parts[0]).expect("shape name");
+    let levels: usize = parts[1].parse().expect("levels");
+    let stack: usize = parts[2].parse().expect("stack size");
+    let bytes = shape.build(levels);
+    if parts.get(3) == Some(&"decode") {
+        on_thread_with_stack(stack, move || {
+            drop(Term::decode(&bytes[..]).expect("decodes"))
+        });
+    } else {
+        on_thread_with_stack(stack, move || exercise_eetf(&bytes));
+    }
+}
+
+/// Measures how deep eetf can go on an 8 MiB stack, per shape (see the module docs). A
+/// stack overflow aborts the process, so every attempt runs in a subprocess.
+#[test]
+#[ignore = "slow measurement; run with --ignored --nocapture"]
+fn measure_stack_depth() {
+    let exe = std::env::current_exe().expect("test binary path");
+    let stack = 8 << 20;
+    let survives = |shape: Shape, levels: usize, ops: &str| {
+        Command::new(&exe)
+            .args(["--exact", "term::tests::stack_probe", "--ignored"])
+            .env(
+                "KVNODE_STACK_PROBE",
+                format!("{shape:?}:{levels}:{stack}:{ops}"),
+            )
+            .output()
+            .expect("run probe")
+            .status
+            .success()
+    };
+    for ops in ["decode", "all"] {
+        for shape in SHAPES {
+            let (mut good, mut bad) = (64, 128);
+            while survives(shape, bad, ops) {
+                (good, bad) = (bad, bad * 2);
+            }
+            while bad - good > good / 100 {
+                let mid = (good + bad) / 2;
+                if survives(shape, mid, ops) {
+                    good = mid;
+                } else {
+                    bad = mid;
+                }
+            }
+            println!("{shape:?} ({ops}): eetf survives ~{good} levels on an 8 MiB stack");
+        }
+    }
+}
+
+/// xorshift64: deterministic, dependency-free randomness for mutation tests.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Encodings captured from OTP 25 (`term_to_binary(T, [{minor_version, 2}])` unless noted).
+const OTP_SAMPLES: &[&[u8]] = &[
+    // self()
+    &[
+        131, 88, 119, 13, 110, 111, 110, 111, 100, 101, 64, 110, 111, 104, 111, 115, 116, 0, 0, 0,
+        9, 0, 0, 0, 0, 0, 0, 0, 0,
+    ],
+    // make_ref()
+    &[
+        131, 90, 0, 3, 119, 13, 110, 111, 110, 111, 100, 101, 64, 110, 111, 104, 111, 115, 116, 0,
+        0, 0, 0, 0, 3, 86, 199, 35, 8, 0, 2, 124, 17, 5, 187,
+    ],
+    // fun lists:map/2
+    &[
+        131, 113, 119, 5, 108, 105, 115, 116, 115, 119, 3, 109, 97, 112, 97, 2,
+    ],
+    // <<1:3>>
+    &[131, 77, 0, 0, 0, 1, 3, 32],
+    // a port
+    &[
+        131, 89, 119, 13, 110, 111, 110, 111, 100, 101, 64, 110, 111, 104, 111, 115, 116, 0, 0, 0,
+        0, 0, 0, 0, 0,
+    ],
+    // [1|2]
+    &[131, 108, 0, 0, 0, 1, 97, 1, 97, 2],
+    // 3.5 with minor_version 0 (FLOAT_EXT)
+    &[
+        131, 99, 51, 46, 53, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48, 48,
+        48, 48, 101, 43, 48, 48, 0, 0, 0, 0, 0,
+    ],
+];
+
+#[test]
+fn mutated_inputs_never_panic() {
+    let limits = Limits::default();
+    let mut corpus: Vec<Vec<u8>> = samples().iter().map(encode).collect();
+    corpus.extend(OTP_SAMPLES.iter().map(|s| s.to_vec()));
+    corpus.push(Shape::Fun.build(3));
+    corpus.push(Shape::MapKey.build(4));
+    corpus.push(encode(&Term::from(Tuple::from(samples()))));
+    // Bytes that steer decoding into interesting places.
+    const SPICY: &[u8] = &[
+        0, 1, 2, 8, 9, 0x7f, 0x80, 0xff, 70, 77, 80, 82, 88, 89, 90, 97, 98, 99, 100, 101, 103,
+        104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 116, 117, 118, 119, 120, 121,
+    ];
+
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut accepted = 0;
+    for case in 0..20_000 {
+        let mut bytes = corpus[rng.below(corpus.len())].clone();
+        for _ in 0..=rng.below(3) {
+            let at = rng.below(bytes.len());
+            match rng.below(4) {
+                0 => bytes[at] = rng.next() as u8,
+                1 => bytes[at] = SPICY[rng.below(SPICY.len())],
+                2 => bytes.truncate(at.max(1)),
+                _ => bytes.insert(at.max(1), SPICY[rng.below(SPICY.len())]),
+            }
+        }
+        let outcome = catch_unwind(AssertUnwindSafe(|| match decode(&bytes, &limits) {
+            Ok((term, used)) => {
+                assert!(used <= bytes.len());
+                let _ = term.to_string();
+                let mut out = Vec::new();
+                let _ = term.encode(&mut out);
+                true
+            }
+            // The validator mirrors eetf: eetf must never reject what it accepted.
+            Err(TermError::Decode(e)) => panic!("eetf rejected a validated term: {e}"),
+            Err(_) => false,
+        }));
+        match outcome {
+            Ok(ok) => accepted += usize::from(ok),
+            Err(_) => panic!("case {case} panicked on input {bytes:?}"),
+        }
+    }
+    // Sanity: the mutations are not all trivially fatal.
+    assert!(accepted > 1000, "only {accepted} mutants decoded");
+}
+
+/// Erlang expression producing `[{Expect, Label, Binary}]`, printed one per line as
+/// `expect label hex`.
+const ERL_CORPUS: &str = r#"
+V2 = fun(T) -> term_to_binary(T, [{minor_version, 2}]) end,
+X = erlang:unique_integer([positive]),
+Closure = fun(Y) -> X + Y end,
+Deep = lists:foldl(fun(_, A) -> [A] end, [], lists:seq(1, 200)),
+DeepMap = lists:foldl(fun(I, A) -> #{I => [A], {t, I} => I} end, #{}, lists:seq(1, 100)),
+Cases = [
+    {ok, pid, V2(self())},
+    {ok, ref, V2(make_ref())},
+    {ok, export, V2(fun lists:map/2)},
+    {ok, closure, V2(Closure)},
+    {ok, closure_in_tuple, V2({Closure, fun() -> Closure end})},
+    {ok, port, V2(hd(erlang:ports()))},
+    {ok, map, V2(#{a => 1, <<"k">> => [1, 2, 3], {t} => #{}, 1.5 => self()})},
+    {ok, big_ints, V2([1 bsl 64, -(1 bsl 100), 1 bsl 3000, -(1 bsl 3000), -1, 2147483648, -2147483649])},
+    {ok, floats, V2([3.14, -0.0, 1.0e300, -2.5e-300])},
+    {ok, float_ext, term_to_binary([3.5, -1.25], [{minor_version, 0}])},
+    {ok, unicode_atoms, V2(['h\x{e9}llo', '\x{65E5}\x{672C}', '\x{1F600}', ''])},
+    {ok, long_atom, V2(list_to_atom(lists:duplicate(255, $x)))},
+    {ok, bitstrings, V2([<<1:3>>, <<1, 2, 3, 4:4>>, <<255:8>>, <<>>, <<"bin">>])},
+    {ok, improper, V2([[1, 2 | 3], [a | b], [[] | []]])},
+    {ok, strings, V2(["string", "", lists:seq(1, 300), lists:duplicate(70000, $a)])},
+    {ok, large_tuple, V2(list_to_tuple(lists:seq(1, 300)))},
+    {ok, empty, V2({[], {}, #{}, <<>>})},
+    {ok, deep_list, V2(Deep)},
+    {ok, deep_map, V2(DeepMap)},
+    {ok, gen_call, V2({'$gen_call', {self(), [alias | make_ref()]}, {put, <<"k">>, "v"}})},
+    {ok, ascii_latin1_atoms, term_to_binary({foo, bar, self(), make_ref()})},
+    {latin1, latin1_atom, term_to_binary('\x{e9}')},
+    {compressed, compressed, term_to_binary(lists:duplicate(1000, foo), [compressed])}
+],
+lists:foreach(fun({E, L, B}) -> io:format("~s ~s ~s~n", [E, L, binary:encode_hex(B)]) end, Cases),
+halt().
+"#;
+
+/// Runs `erl -noshell -eval <expr>` and returns its standard output, failing loudly if `erl`
+/// is missing, fails, or does not finish within `timeout`.
+fn run_erl(expr: &str, timeout: Duration) -> String {
+    let out_path = std::env::temp_dir().join(format!("kvnode-term-erl-{}.out", std::process::id()));
+    let out_file = std::fs::File::create(&out_path).expect("create temp file for erl output");
+    let mut child = Command::new("erl")
+        .args(["-noshell", "-eval", expr])
+        .stdout(out_file)
+        .spawn()
+        .expect("`erl` (Erlang/OTP) must be on PATH to run this test");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for erl") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("erl did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = std::fs::read_to_string(&out_path).expect("read erl output");
+    let _ = std::fs::remove_file(&out_path);
+    assert!(status.success(), "erl failed ({status}): {stdout}");
+    stdout
+}
+
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex from erl"))
+        .collect()
+}
+
+#[test]
+fn real_erlang_terms_validate_and_decode() {
+    let stdout = run_erl(ERL_CORPUS, Duration::from_secs(60));
+    let limits = Limits::default();
+    let mut seen = 0;
+    for line in stdout.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let [expect, label, hex] = fields[..] else {
+            panic!("unexpected erl output line: {line}");
+        };
+        let bytes = unhex(hex);
+        let result = decode(&bytes, &limits);
+        match expect {
+            "ok" => {
+                let (term, used) = result.unwrap_or_else(|e| panic!("{label}: {e}"));
+                assert_eq!(used, bytes.len(), "{label}");
+                // eetf's own encoding of the decoded term validates too.
+                let again = encode(&term);
+                assert_eq!(
+                    validate_versioned(&again, &limits).unwrap(),
+                    again.len(),
+                    "{label}"
+                );
+            }
+            "latin1" => assert!(
+                matches!(result, Err(TermError::Latin1Atom { .. })),
+                "{label}: {result:?}"
+            ),
+            "compressed" => assert!(
+                matches!(result, Err(TermError::Compressed { offset: 1 })),
+                "{label}: {result:?}"
+            ),
+            other => panic!("unknown expectation {other}"),
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 23, "erl printed: {stdout}");
+}
