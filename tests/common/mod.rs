@@ -191,26 +191,20 @@ pub struct ScriptOutput {
 
 /// Runs an Elixir script on a fresh node `<alive>@127.0.0.1` (with `-start_epmd false`, so it
 /// only talks to the EPMD on `epmd_port`). `KV_NODE` holds the kvnode's name. Fails the test
-/// (with the script's output) when it does not exit 0 within `timeout`.
+/// (with the script's output and kvnode's logs) when it does not exit 0 within 120 s.
 pub fn elixir(kv: &KvNode, alive: &str, cookie: &str, script: &str) -> String {
-    let out = elixir_raw(
-        &kv.name,
-        kv.epmd_port,
-        alive,
-        cookie,
-        script,
-        Duration::from_secs(60),
-    );
-    if !out.status.success() {
-        panic!(
-            "elixir script failed ({}):\n--- stdout\n{}\n--- stderr\n{}\n--- kvnode logs\n{}",
-            out.status,
-            out.stdout,
-            out.stderr,
-            kv.logs()
-        );
-    }
-    out.stdout
+    elixir_with(kv, alive, cookie, "", &[], script)
+}
+
+/// Like [`elixir`], with extra environment variables for the script.
+pub fn elixir_env(
+    kv: &KvNode,
+    alive: &str,
+    cookie: &str,
+    script: &str,
+    envs: &[(&str, String)],
+) -> String {
+    elixir_with(kv, alive, cookie, "", envs, script)
 }
 
 /// Like [`elixir`], with extra `erl` flags for the Elixir node.
@@ -221,14 +215,26 @@ pub fn elixir_raw_with_erl_args(
     erl: &str,
     script: &str,
 ) -> String {
+    elixir_with(kv, alive, cookie, erl, &[], script)
+}
+
+fn elixir_with(
+    kv: &KvNode,
+    alive: &str,
+    cookie: &str,
+    erl: &str,
+    envs: &[(&str, String)],
+    script: &str,
+) -> String {
     let out = elixir_inner(
         &kv.name,
         kv.epmd_port,
         alive,
         cookie,
         erl,
+        envs,
         script,
-        Duration::from_secs(60),
+        Duration::from_secs(120),
     );
     if !out.status.success() {
         panic!(
@@ -242,6 +248,7 @@ pub fn elixir_raw_with_erl_args(
     out.stdout
 }
 
+/// Runs a script without failing the test on a non-zero exit.
 pub fn elixir_raw(
     kv_name: &str,
     epmd_port: u16,
@@ -250,15 +257,17 @@ pub fn elixir_raw(
     script: &str,
     timeout: Duration,
 ) -> ScriptOutput {
-    elixir_inner(kv_name, epmd_port, alive, cookie, "", script, timeout)
+    elixir_inner(kv_name, epmd_port, alive, cookie, "", &[], script, timeout)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn elixir_inner(
     kv_name: &str,
     epmd_port: u16,
     alive: &str,
     cookie: &str,
     erl: &str,
+    envs: &[(&str, String)],
     script: &str,
     timeout: Duration,
 ) -> ScriptOutput {
@@ -289,6 +298,7 @@ fn elixir_inner(
         ])
         .arg(&script_arg)
         .env("KV_NODE", kv_name)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .env("ERL_EPMD_PORT", epmd_port.to_string())
         .env("LANG", "C.UTF-8")
         .env("LC_ALL", "C.UTF-8")

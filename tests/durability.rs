@@ -1,0 +1,406 @@
+//! `--data-dir`: acknowledged writes survive SIGKILL, torn tails are cut with a log line,
+//! a second kvnode on the same directory is refused, storage errors become
+//! `{:error, :storage_unavailable}` and reads go on.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+fn data_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(unique(tag));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+struct DirGuard(PathBuf);
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start(alive: &str, cookie: &str, epmd: u16, dir: &Path) -> KvNode {
+    KvNode::start_with(
+        alive,
+        cookie,
+        epmd,
+        &["--data-dir", dir.to_str().expect("utf-8 path")],
+    )
+}
+
+/// Parses lines `ACK <i> <last_put_seq> <incrs>` printed by a load round.
+fn parse_acks(out: &str) -> HashMap<u32, (i64, u64)> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("ACK "))
+        .filter_map(|l| {
+            let mut it = l.split_whitespace().map(|x| x.parse::<i64>());
+            match (it.next(), it.next(), it.next()) {
+                (Some(Ok(i)), Some(Ok(p)), Some(Ok(n))) => Some((i as u32, (p, n as u64))),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn acknowledged_writes_survive_sigkill_at_different_moments() {
+    const CALLERS: u32 = 64;
+    const ROUNDS: u32 = 5;
+    let cookie = unique("cookie");
+    let epmd = free_port();
+    let alive = unique("kv_crash");
+    let dir = data_dir("kvnode_crash");
+    let _cleanup = DirGuard(dir.clone());
+    // Per round and caller: the last acknowledged put's sequence number.
+    let mut puts: Vec<HashMap<u32, i64>> = Vec::new();
+    // Per caller: acknowledged incrs over all rounds.
+    let mut incrs: HashMap<u32, u64> = HashMap::new();
+    for round in 0..=ROUNDS {
+        let kv = start(&alive, &cookie, epmd, &dir);
+        if round > 0 {
+            kv.wait_log("recovered", Duration::from_secs(5));
+        }
+        // Verify everything acknowledged so far.
+        let mut checks = String::new();
+        for (r, acked) in puts.iter().enumerate() {
+            for (i, last) in acked {
+                if *last >= 0 {
+                    checks.push_str(&format!("{{{r}, {i}, {last}}},"));
+                }
+            }
+        }
+        let mut counters = String::new();
+        for i in 0..CALLERS {
+            counters.push_str(&format!("{{{i}, {}}},", incrs.get(&i).copied().unwrap_or(0)));
+        }
+        let kill_after_ms = 150 + 250 * round;
+        let script = format!(
+            r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+store = {{DistributedExample.KVStore, kv}}
+true = Node.connect(kv)
+for {{r, i, last}} <- [{checks}] do
+  for s <- 0..last do
+    case GenServer.call(store, {{:get, {{:p, r, i, s}}}}) do
+      ^s -> :ok
+      other -> raise "lost acknowledged put #{{inspect({{r, i, s}})}}: #{{inspect(other)}}"
+    end
+  end
+end
+for {{i, acked}} <- [{counters}] do
+  n = GenServer.call(store, {{:get, {{:c, i}}, 0}})
+  if n < acked or n > acked + 1 do
+    raise "counter #{{i}} is #{{n}}, acknowledged #{{acked}}: the only allowed extra is the call in flight at the crash"
+  end
+  # Start this round from the recovered value, so bounds stay exact.
+  :ok = GenServer.call(store, {{:put, {{:c, i}}, acked}})
+end
+IO.puts("VERIFIED")
+if {last_round} do
+  IO.puts("SCRIPT-OK")
+else
+  parent = self()
+  for i <- 0..({callers} - 1) do
+    spawn(fn ->
+      loop = fn loop, seq, last_put, n ->
+        res =
+          try do
+            :ok = GenServer.call(store, {{:put, {{:p, {round}, i, seq}}, seq}})
+            try do
+              GenServer.call(store, {{:incr, {{:c, i}}, 1}})
+              {{:cont, seq, n + 1}}
+            catch
+              :exit, _ -> {{:stop, seq, n}}
+            end
+          catch
+            :exit, _ -> {{:stop, last_put, n}}
+          end
+        case res do
+          {{:cont, s, n2}} -> loop.(loop, seq + 1, s, n2)
+          {{:stop, s, n2}} -> send(parent, {{:done, i, s, n2}})
+        end
+      end
+      loop.(loop, 0, -1, 0)
+    end)
+  end
+  # Choose the moment of the crash: this round kills after {kill_after_ms} ms of load.
+  receive do after {kill_after_ms} -> :ok end
+  {{_, 0}} = System.cmd("kill", ["-9", System.fetch_env!("KV_OS_PID")])
+  for _ <- 1..{callers} do
+    receive do
+      {{:done, i, s, n}} -> IO.puts("ACK #{{i}} #{{s}} #{{n}}")
+    after 30_000 -> raise "a caller never stopped"
+    end
+  end
+  IO.puts("SCRIPT-OK")
+end
+"#,
+            callers = CALLERS,
+            last_round = round == ROUNDS,
+        );
+        let out = elixir_env(
+            &kv,
+            &unique("load"),
+            &cookie,
+            &script,
+            &[("KV_OS_PID", kv.guard.pid().to_string())],
+        );
+        assert!(out.contains("VERIFIED"), "{out}");
+        assert!(out.contains("SCRIPT-OK"), "{out}");
+        if round == ROUNDS {
+            break;
+        }
+        let acks = parse_acks(&out);
+        assert_eq!(acks.len(), CALLERS as usize, "{out}");
+        let total: i64 = acks.values().map(|(p, _)| p + 1).sum();
+        assert!(total > 0, "no acknowledged writes before the kill in round {round}");
+        for (i, (_, n)) in &acks {
+            *incrs.entry(*i).or_default() += n;
+        }
+        puts.push(acks.into_iter().map(|(i, (p, _))| (i, p)).collect());
+        let mut kv = kv;
+        let _ = wait_for("killed kvnode to exit", Duration::from_secs(10), || {
+            kv.guard.child.try_wait().ok().flatten()
+        });
+    }
+}
+
+/// Newest `wal-*.log` in `dir`.
+fn newest_segment(dir: &Path) -> PathBuf {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("read data dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("wal-") && n.ends_with(".log"))
+        })
+        .collect();
+    segs.sort();
+    segs.pop().expect("a wal segment")
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_everything_before_it_kept() {
+    let cookie = unique("cookie");
+    let epmd = free_port();
+    let alive = unique("kv_torn");
+    let dir = data_dir("kvnode_torn");
+    let _cleanup = DirGuard(dir.clone());
+    {
+        let kv = start(&alive, &cookie, epmd, &dir);
+        elixir(
+            &kv,
+            &unique("w"),
+            &cookie,
+            r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+for i <- 1..200, do: :ok = GenServer.call({DistributedExample.KVStore, kv}, {:put, i, :binary.copy("v", 100)})
+"#,
+        );
+    }
+    let seg = newest_segment(&dir);
+    let full = std::fs::metadata(&seg).expect("segment").len();
+    // Cut at several places inside the last records: each time the node starts, reports what it
+    // dropped, and keeps a prefix of the writes (1..n with no gaps).
+    for cut in [1u64, 7, 60, 150, 400] {
+        let len = std::fs::metadata(&seg).expect("segment").len();
+        if len <= cut + 24 {
+            break;
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .expect("open segment");
+        f.set_len(len - cut).expect("truncate");
+        drop(f);
+        let kv = start(&alive, &cookie, epmd, &dir);
+        kv.wait_log("recovered", Duration::from_secs(5));
+        let out = elixir(
+            &kv,
+            &unique("r"),
+            &cookie,
+            r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+store = {DistributedExample.KVStore, kv}
+present = Enum.filter(1..200, fn i -> GenServer.call(store, {:get, i}) != nil end)
+n = length(present)
+^present = Enum.to_list(1..n) |> Enum.take(n)
+IO.puts("PRESENT #{n}")
+"#,
+        );
+        let n: u32 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("PRESENT "))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("count");
+        assert!(n < 200 && n > 150, "cut {cut}: {n} keys kept");
+        assert!(kv.logs().contains("dropped"), "{}", kv.logs());
+    }
+    assert!(full > 0);
+}
+
+#[test]
+fn corruption_in_the_middle_is_a_startup_error() {
+    let cookie = unique("cookie");
+    let epmd = free_port();
+    let alive = unique("kv_corrupt");
+    let dir = data_dir("kvnode_corrupt");
+    let _cleanup = DirGuard(dir.clone());
+    {
+        let kv = start(&alive, &cookie, epmd, &dir);
+        elixir(
+            &kv,
+            &unique("w"),
+            &cookie,
+            r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+for i <- 1..100, do: :ok = GenServer.call({DistributedExample.KVStore, kv}, {:put, i, i})
+"#,
+        );
+    }
+    let seg = newest_segment(&dir);
+    let mut bytes = std::fs::read(&seg).expect("read");
+    let at = 24 + 40; // inside the first record's payload
+    bytes[at] ^= 0xff;
+    std::fs::write(&seg, &bytes).expect("write");
+    let out = Command::new(kvnode_bin())
+        .args(["--name", &format!("{alive}@127.0.0.1"), "--cookie", &cookie])
+        .args(["--epmd-port", &epmd.to_string()])
+        .args(["--data-dir", dir.to_str().expect("utf-8")])
+        .env_remove("ERL_EPMD_PORT")
+        .output()
+        .expect("run kvnode");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("corrupt"), "{err}");
+}
+
+#[test]
+fn a_second_kvnode_on_the_same_directory_is_refused() {
+    let cookie = unique("cookie");
+    let epmd = free_port();
+    let dir = data_dir("kvnode_lock");
+    let _cleanup = DirGuard(dir.clone());
+    let _kv = start(&unique("kv_lock1"), &cookie, epmd, &dir);
+    let out = Command::new(kvnode_bin())
+        .args(["--name", &format!("{}@127.0.0.1", unique("kv_lock2"))])
+        .args(["--cookie", &cookie, "--epmd-port", &epmd.to_string()])
+        .args(["--data-dir", dir.to_str().expect("utf-8")])
+        .env_remove("ERL_EPMD_PORT")
+        .output()
+        .expect("run kvnode");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lock") || err.contains("in use"), "{err}");
+}
+
+/// A tmpfs mounted by the test, unmounted on Drop.
+struct Mount(PathBuf);
+impl Mount {
+    fn tmpfs(tag: &str, size: &str) -> Mount {
+        let dir = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir_all(&dir).expect("mkdir mountpoint");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mounting a tmpfs needs root; this test cannot run without it");
+        Mount(dir)
+    }
+    fn remount(&self, opts: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,{opts}")])
+            .arg(&self.0)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "remount {opts}");
+    }
+}
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_full_or_read_only_disk_refuses_writes_and_keeps_serving_reads() {
+    let mount = Mount::tmpfs("kvnode_tmpfs", "4m");
+    let dir = mount.0.join("data");
+    let cookie = unique("cookie");
+    let epmd = free_port();
+    let alive = unique("kv_full");
+    let check = r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+store = {DistributedExample.KVStore, kv}
+:ok = GenServer.call(store, {:put, :small, 1})
+big = :binary.copy("x", 1_000_000)
+results = for i <- 1..8, do: {i, GenServer.call(store, {:put, {:big, i}, big})}
+IO.inspect(results, label: "results")
+true = Enum.any?(results, fn {_, r} -> r == {:error, :storage_unavailable} end)
+true = Enum.all?(results, fn {_, r} -> r in [:ok, {:error, :storage_unavailable}] end)
+acked = for {i, :ok} <- results, do: i
+IO.puts("ACKED #{Enum.join(acked, ",")}")
+# reads go on
+1 = GenServer.call(store, {:get, :small})
+true = is_integer(GenServer.call(store, :size))
+IO.puts("SCRIPT-OK")
+"#;
+    let acked: Vec<String> = {
+        let kv = start(&alive, &cookie, epmd, &dir);
+        let out = elixir(&kv, &unique("full"), &cookie, check);
+        assert!(out.contains("SCRIPT-OK"), "{out}");
+        out.lines()
+            .find_map(|l| l.strip_prefix("ACKED "))
+            .map(|l| l.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    // Every acknowledged write is there after a restart.
+    {
+        let kv = start(&alive, &cookie, epmd, &dir);
+        let out = elixir(
+            &kv,
+            &unique("after"),
+            &cookie,
+            &format!(
+                r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+store = {{DistributedExample.KVStore, kv}}
+1 = GenServer.call(store, {{:get, :small}})
+for i <- [{}] do
+  1_000_000 = byte_size(GenServer.call(store, {{:get, {{:big, i}}}}))
+end
+# free space, then writes work again
+for i <- 1..8, do: :ok = GenServer.call(store, {{:delete, {{:big, i}}}})
+IO.puts("SCRIPT-OK")
+"#,
+                acked.join(",")
+            ),
+        );
+        assert!(out.contains("SCRIPT-OK"), "{out}");
+        // Read-only: writes are refused, reads served.
+        mount.remount("ro");
+        let out = elixir(
+            &kv,
+            &unique("ro"),
+            &cookie,
+            r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+store = {DistributedExample.KVStore, kv}
+{:error, :storage_unavailable} = GenServer.call(store, {:put, :ro, 1})
+{:error, :storage_unavailable} = GenServer.call(store, {:incr, :ro_counter, 1})
+1 = GenServer.call(store, {:get, :small})
+IO.puts("SCRIPT-OK")
+"#,
+        );
+        assert!(out.contains("SCRIPT-OK"), "{out}");
+        mount.remount("rw");
+        drop(kv);
+    }
+}
