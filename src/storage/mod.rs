@@ -8,8 +8,11 @@
 //! The state already lives in a `HashMap`, so an embedded B-tree or LSM would keep a second
 //! indexed copy and pay write amplification (page copy-on-write, compactions) for reads
 //! that never happen. A log is append-only; a snapshot is one sequential write of the live
-//! data. Measured on this machine (2 cores, ext4 on a virtual disk, `fdatasync` 0.5-4 ms),
-//! see the commit that added this module for the numbers.
+//! data. Measured on the development machine (2 cores, ext4 on a virtual disk, append +
+//! `fdatasync` p50 0.2-4 ms depending on the moment), 64 writers of 100-byte puts with the
+//! same group-commit front end: plain log 89-115k ops/s, fjall 60-100k (with a 32 MiB
+//! preallocated journal for 110 KB of data), redb 35-55k. This engine: 41-84k ops/s
+//! durable vs 180-370k without fsync; 1 writer 2-5k ops/s (one fsync per put).
 //!
 //! # Files in the data directory
 //! - `LOCK`: held with `flock(LOCK_EX | LOCK_NB)` for the life of [`Storage`]; holds the pid.
