@@ -26,6 +26,7 @@ pub mod gen_server;
 pub mod kv;
 pub mod node;
 pub mod services;
+pub mod storage;
 pub mod term;
 
 use config::Config;
