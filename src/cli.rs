@@ -74,6 +74,12 @@ pub struct Cli {
     /// peer silent for that long (e.g. `--net-ticktime 60`).
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub net_ticktime: u64,
+
+    /// Persist the KV state in DIR: every acknowledged write is fsync'd before its reply, and
+    /// the state is recovered at start (e.g. `--data-dir /var/lib/kvnode`). Without it the
+    /// store lives in memory only.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Errors turning flags into a [`Config`].
@@ -163,6 +169,7 @@ impl Cli {
         config.max_message_size = self.max_message_size;
         config.handshake_timeout = Duration::from_secs(self.handshake_timeout.max(1));
         config.net_ticktime = Duration::from_secs(self.net_ticktime.max(4));
+        config.data_dir = self.data_dir;
         Ok(config)
     }
 }

@@ -27,6 +27,8 @@ pub struct Config {
     pub net_ticktime: Duration,
     /// Largest nesting depth of a term accepted from a peer.
     pub max_term_depth: usize,
+    /// Where the KV state is persisted; None keeps it in memory only.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Config {
@@ -42,6 +44,7 @@ impl std::fmt::Debug for Config {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("net_ticktime", &self.net_ticktime)
             .field("max_term_depth", &self.max_term_depth)
+            .field("data_dir", &self.data_dir)
             .finish()
     }
 }
@@ -65,6 +68,7 @@ impl Config {
             handshake_timeout: Duration::from_secs(10),
             net_ticktime: Duration::from_secs(60),
             max_term_depth: crate::term::Limits::default().max_depth,
+            data_dir: None,
         }
     }
 

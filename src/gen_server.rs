@@ -172,11 +172,22 @@ pub fn alias_of(tag: &Term) -> Option<&Reference> {
 
 /// Spawns `server` as a process, registered under `name` when given. Returns its mailbox.
 pub fn spawn<S: GenServer>(node: &Node, name: Option<&str>, server: S) -> Mailbox {
+    spawn_with(node, name, |_| server)
+}
+
+/// Like [`spawn`], building the server from its context (for servers that need their own
+/// pid or a [`Replier`] up front).
+pub fn spawn_with<S: GenServer>(
+    node: &Node,
+    name: Option<&str>,
+    make: impl FnOnce(&Ctx) -> S,
+) -> Mailbox {
     let (mailbox, rx) = node.spawn_process(name);
     let ctx = Ctx {
         node: node.clone(),
         mailbox: mailbox.clone(),
     };
+    let server = make(&ctx);
     node.tracker().spawn(run(ctx, rx, server));
     mailbox
 }

@@ -52,6 +52,9 @@ pub enum Error {
     /// EPMD registration failed (for example: the name is taken).
     #[error(transparent)]
     Epmd(#[from] epmd::EpmdError),
+    /// The data directory could not be opened or recovered.
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
 }
 
 /// A started node. Dropping it does not stop it; call [`Running::stop`].
@@ -91,6 +94,11 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .local_addr()
         .map_err(|source| Error::Listen { addr, source })?
         .port();
+    // Recover the state before anyone can find us through EPMD.
+    let recovered = match config.data_dir.clone() {
+        Some(dir) => Some(open_storage(dir).await?),
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let epmd = epmd::start(
@@ -104,7 +112,19 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     .await?;
     let node = Node::new(config, epmd.creation, shutdown.clone(), tracker.clone());
     let process_name = node.config().process_name.clone();
-    gen_server::spawn(&node, Some(&process_name), kv::server::KvServer::new());
+    match recovered {
+        Some((storage, entries)) => {
+            gen_server::spawn_with(&node, Some(&process_name), move |ctx| {
+                kv::server::KvServer::with_storage(
+                    kv::durable::Durable::new(storage, ctx.replier()),
+                    entries,
+                )
+            });
+        }
+        None => {
+            gen_server::spawn(&node, Some(&process_name), kv::server::KvServer::new());
+        }
+    }
     gen_server::spawn(
         &node,
         Some(services::net_kernel::NAME),
@@ -125,6 +145,37 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         shutdown,
         tracker,
     })
+}
+
+async fn open_storage(
+    dir: std::path::PathBuf,
+) -> Result<(storage::Storage, Vec<(Vec<u8>, Vec<u8>)>), Error> {
+    let shown = dir.display().to_string();
+    let (storage, recovered) = tokio::task::spawn_blocking(move || storage::Storage::open(&dir))
+        .await
+        .map_err(|e| storage::StorageError::Unavailable {
+            reason: format!("recovery task failed: {e}"),
+        })??;
+    tracing::info!(
+        dir = %shown,
+        keys = recovered.entries.len(),
+        snapshot_entries = recovered.snapshot_entries,
+        records_replayed = recovered.records_replayed,
+        ms = recovered.elapsed.as_millis() as u64,
+        "recovered {} keys in {} ms",
+        recovered.entries.len(),
+        recovered.elapsed.as_millis()
+    );
+    if let Some(tail) = &recovered.dropped_tail {
+        tracing::warn!(
+            file = %tail.file.display(),
+            offset = tail.offset,
+            bytes = tail.bytes,
+            reason = %tail.reason,
+            "dropped a torn tail of the log"
+        );
+    }
+    Ok((storage, recovered.entries))
 }
 
 /// Runs a node until `shutdown` resolves, then stops it gracefully.

@@ -75,7 +75,10 @@ fn acknowledged_writes_survive_sigkill_at_different_moments() {
         }
         let mut counters = String::new();
         for i in 0..CALLERS {
-            counters.push_str(&format!("{{{i}, {}}},", incrs.get(&i).copied().unwrap_or(0)));
+            counters.push_str(&format!(
+                "{{{i}, {}}},",
+                incrs.get(&i).copied().unwrap_or(0)
+            ));
         }
         let kill_after_ms = 150 + 250 * round;
         let script = format!(
@@ -157,7 +160,10 @@ end
         let acks = parse_acks(&out);
         assert_eq!(acks.len(), CALLERS as usize, "{out}");
         let total: i64 = acks.values().map(|(p, _)| p + 1).sum();
-        assert!(total > 0, "no acknowledged writes before the kill in round {round}");
+        assert!(
+            total > 0,
+            "no acknowledged writes before the kill in round {round}"
+        );
         for (i, (_, n)) in &acks {
             *incrs.entry(*i).or_default() += n;
         }
@@ -310,7 +316,10 @@ impl Mount {
             .arg(&dir)
             .status()
             .expect("run mount");
-        assert!(st.success(), "mounting a tmpfs needs root; this test cannot run without it");
+        assert!(
+            st.success(),
+            "mounting a tmpfs needs root; this test cannot run without it"
+        );
         Mount(dir)
     }
     fn remount(&self, opts: &str) {
@@ -358,7 +367,12 @@ IO.puts("SCRIPT-OK")
         assert!(out.contains("SCRIPT-OK"), "{out}");
         out.lines()
             .find_map(|l| l.strip_prefix("ACKED "))
-            .map(|l| l.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            .map(|l| {
+                l.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default()
     };
     // Every acknowledged write is there after a restart.
@@ -384,23 +398,22 @@ IO.puts("SCRIPT-OK")
             ),
         );
         assert!(out.contains("SCRIPT-OK"), "{out}");
-        // Read-only: writes are refused, reads served.
-        mount.remount("ro");
-        let out = elixir(
-            &kv,
-            &unique("ro"),
-            &cookie,
-            r#"
-kv = String.to_atom(System.fetch_env!("KV_NODE"))
-store = {DistributedExample.KVStore, kv}
-{:error, :storage_unavailable} = GenServer.call(store, {:put, :ro, 1})
-{:error, :storage_unavailable} = GenServer.call(store, {:incr, :ro_counter, 1})
-1 = GenServer.call(store, {:get, :small})
-IO.puts("SCRIPT-OK")
-"#,
-        );
-        assert!(out.contains("SCRIPT-OK"), "{out}");
-        mount.remount("rw");
         drop(kv);
     }
+    // A read-only data directory is a clear startup error.
+    mount.remount("ro");
+    let out = Command::new(kvnode_bin())
+        .args(["--name", &format!("{alive}@127.0.0.1"), "--cookie", &cookie])
+        .args(["--epmd-port", &epmd.to_string()])
+        .args(["--data-dir", dir.to_str().expect("utf-8")])
+        .env_remove("ERL_EPMD_PORT")
+        .output()
+        .expect("run kvnode");
+    mount.remount("rw");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not writable") || err.contains("read-only"),
+        "{err}"
+    );
 }

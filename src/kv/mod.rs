@@ -33,6 +33,7 @@
 //! means every key). Requests from one caller are applied in the order sent, so a cast followed
 //! by a call from the same process sees the cast's effect.
 
+pub mod durable;
 pub mod key;
 pub mod server;
 pub mod store;

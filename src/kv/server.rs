@@ -1,8 +1,10 @@
 //! The KV GenServer: the [`Store`] plus subscriptions (monitored subscriber pids).
 
+use super::durable::{self, Durable};
 use super::key::Key;
 use super::store::{self, Event, Request, Store, Topic};
 use crate::gen_server::{Caller, Ctx, GenServer};
+use crate::storage::Op;
 use erl_dist::term::{Atom, BigInteger, FixInteger, Pid, Reference, Term};
 use std::collections::{HashMap, HashSet};
 
@@ -16,6 +18,7 @@ struct Subscriber {
 #[derive(Default)]
 pub struct KvServer {
     store: Store,
+    durable: Option<Durable>,
     subscribers: HashMap<Pid, Subscriber>,
     by_key: HashMap<Key, HashSet<Pid>>,
     all: HashSet<Pid>,
@@ -34,9 +37,33 @@ fn count(n: usize) -> Term {
 }
 
 impl KvServer {
-    /// An empty store.
+    /// An empty, in-memory store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store with the recovered `entries` (external-term-encoded key/value pairs) that
+    /// persists every change through `durable`. Undecodable entries are skipped with an error
+    /// log (they passed the log's checksums, so only a bug could produce them).
+    pub fn with_storage(durable: Durable, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
+        let limits = crate::term::Limits::default();
+        let mut store = Store::new();
+        for (k, v) in entries {
+            match (
+                crate::term::decode_exact(&k, &limits),
+                crate::term::decode_exact(&v, &limits),
+            ) {
+                (Ok(k), Ok(v)) => store.put(k, v),
+                (Err(error), _) | (_, Err(error)) => {
+                    tracing::error!(%error, "skipping an undecodable recovered entry");
+                }
+            }
+        }
+        KvServer {
+            store,
+            durable: Some(durable),
+            ..Self::default()
+        }
     }
 
     fn subscribe(&mut self, ctx: &Ctx, pid: &Pid, topic: Topic) {
@@ -134,13 +161,54 @@ impl KvServer {
         }
     }
 
-    fn data(&mut self, ctx: &Ctx, req: store::DataRequest) -> Term {
-        let emit = self.subscriptions > 0;
-        let (reply, event) = self.store.apply_with(req, emit);
-        if let Some(event) = event {
-            self.publish(ctx, &event);
+    /// Applies a data request. Returns the reply to send now, or None when the reply was
+    /// handed to the durability layer (it goes out once the log holds what it depends on).
+    fn data(
+        &mut self,
+        ctx: &Ctx,
+        req: store::DataRequest,
+        caller: Option<&Caller>,
+    ) -> Option<Term> {
+        let Some(durable) = &self.durable else {
+            let emit = self.subscriptions > 0;
+            let (reply, event) = self.store.apply_with(req, emit);
+            if let Some(event) = event {
+                self.publish(ctx, &event);
+            }
+            return Some(reply);
+        };
+        let (reply, event) = self.store.apply_with(req, true);
+        match event {
+            Some(event) => {
+                if self.subscriptions > 0 {
+                    self.publish(ctx, &event);
+                }
+                let op = match &event {
+                    Event::Put { key, value } => Op::Put {
+                        key: durable::encode(key),
+                        value: durable::encode(value),
+                    },
+                    Event::Delete { key } => Op::Delete {
+                        key: durable::encode(key),
+                    },
+                };
+                durable.write(vec![op], caller.map(|c| (c.clone(), reply)));
+                if durable.storage().wants_compaction() {
+                    let live = self
+                        .store
+                        .iter()
+                        .map(|(k, v)| (durable::encode(k), durable::encode(v)))
+                        .collect();
+                    durable.storage().compact(live);
+                }
+            }
+            None => {
+                if let Some(caller) = caller {
+                    durable.reply_after_pending(caller, reply);
+                }
+            }
         }
-        reply
+        None
     }
 
     /// Number of keys (for tests and logs).
@@ -157,7 +225,7 @@ impl KvServer {
 impl GenServer for KvServer {
     fn handle_call(&mut self, ctx: &mut Ctx, from: &Caller, request: Term) -> Option<Term> {
         let reply = match Request::from_term(request) {
-            Ok(Request::Data(req)) => self.data(ctx, req),
+            Ok(Request::Data(req)) => return self.data(ctx, req, Some(from)),
             Ok(Request::Subscribe(topic)) => {
                 self.subscribe(ctx, &from.pid, topic);
                 ok()
@@ -178,7 +246,7 @@ impl GenServer for KvServer {
     fn handle_cast(&mut self, ctx: &mut Ctx, request: Term) {
         match Request::from_term(request) {
             Ok(Request::Data(req)) => {
-                self.data(ctx, req);
+                self.data(ctx, req, None);
             }
             Ok(_) => tracing::debug!("subscription requests need a call, not a cast: ignored"),
             Err(request) => tracing::debug!(%request, "unknown cast: ignored"),

@@ -473,6 +473,11 @@ impl Store {
         self.entries.values().map(|(k, _)| k.clone()).collect()
     }
 
+    /// Every `(key, value)` pair, in unspecified order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Term, &Term)> {
+        self.entries.values().map(|(k, v)| (k, v))
+    }
+
     /// The number of keys.
     pub fn len(&self) -> usize {
         self.entries.len()
