@@ -587,6 +587,9 @@ fn open_err(op: &'static str, dir: &Path, path: &Path, e: io::Error) -> StorageE
     }
 }
 
+/// How long a busy lock is retried before [`StorageError::Locked`].
+const LOCK_RETRY: Duration = Duration::from_millis(300);
+
 /// Creates `dir` if needed and takes `dir/LOCK`.
 fn take_lock(dir: &Path) -> Result<File, StorageError> {
     std::fs::create_dir_all(dir).map_err(|e| open_err("create directory", dir, dir, e))?;
@@ -598,11 +601,23 @@ fn take_lock(dir: &Path) -> Result<File, StorageError> {
         .truncate(false)
         .open(&path)
         .map_err(|e| open_err("open lock file", dir, &path, e))?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
+    // A child forked by this process between its fork and exec briefly shares every open
+    // file description, and with it a lock we just released: retry for a moment before
+    // calling the directory taken.
+    let deadline = Instant::now() + LOCK_RETRY;
+    loop {
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            break;
+        }
         let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        let busy = e.raw_os_error() == Some(libc::EWOULDBLOCK);
+        if busy && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        if busy {
             let holder = std::fs::read_to_string(&path)
                 .ok()
                 .map(|s| s.trim().to_string())
