@@ -12,6 +12,7 @@
 //! - [`gen_server`]: the GenServer trait and its run loop (`$gen_call`, `$gen_cast`, info).
 //! - [`kv`]: the `DistributedExample.KVStore` server and its wire interface.
 //! - [`services`]: built-in node services (`net_kernel`, rpc via SPAWN_REQUEST).
+//! - [`storage`]: the write-ahead log and snapshots behind `--data-dir`.
 //!
 //! Accept -> handshake (in the connection's own task, under a timeout) -> reader -> router ->
 //! mailbox -> GenServer -> the peer's bounded writer queue -> socket.
