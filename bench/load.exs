@@ -237,6 +237,22 @@
     end
   end
 
+  # {busy, total} jiffies of the whole machine (all cores), from /proc/stat.
+  def machine_ticks do
+    case File.read("/proc/stat") do
+      {:ok, s} ->
+        ["cpu" | f] = s |> String.split("\n") |> hd() |> String.split()
+        v = Enum.map(f, &String.to_integer/1)
+        # user nice system idle iowait irq softirq steal (guest is already in user)
+        [_u, _n, _s, idle, iowait | _] = v
+        total = v |> Enum.take(8) |> Enum.sum()
+        {total - idle - iowait, total}
+
+      _ ->
+        nil
+    end
+  end
+
   def rss_kb(pid) do
     case File.read("/proc/#{pid}/status") do
       {:ok, s} ->
@@ -394,11 +410,13 @@ defmodule Bench.Main do
     Load.sleep_until(t0 - :erlang.time_offset())
     c0 = Load.cpu_ticks(spid)
     cc0 = Enum.map(client_pids, &Load.cpu_ticks/1)
+    m0 = Load.machine_ticks()
     w0 = :erlang.monotonic_time()
     results = Task.await_many(tasks, :infinity)
     w1 = :erlang.monotonic_time()
     c1 = Load.cpu_ticks(spid)
     cc1 = Enum.map(client_pids, &Load.cpu_ticks/1)
+    m1 = Load.machine_ticks()
 
     # The window: from t0 to when the last client finished (its last call returned).
     elapsed = System.convert_time_unit(w1 - w0, :native, :microsecond) / 1.0e6
@@ -427,6 +445,20 @@ defmodule Bench.Main do
       |> Kernel.*(us_per_tick)
 
     rss = Load.rss_kb(spid)
+    # The cores /proc/stat sums over.
+    cores =
+      case File.read("/proc/stat") do
+        {:ok, st} -> length(Regex.scan(~r/^cpu\d+ /m, st))
+        _ -> 1
+      end
+
+    # Whole-machine CPU over the window, in % of one core (up to 100 × cores); what neither the
+    # server nor the load nodes used is other processes' (noise).
+    machine_pct =
+      case {m0, m1} do
+        {{b0, t0}, {b1, t1}} when t1 > t0 -> Float.round((b1 - b0) / (t1 - t0) * 100 * cores, 1)
+        _ -> nil
+      end
 
     size =
       case Load.safe_call({DistributedExample.KVStore, target}, :size, 60_000) do
@@ -451,6 +483,11 @@ defmodule Bench.Main do
         if(server_cpu_us && main_ops > 0, do: Float.round(server_cpu_us / main_ops, 2)),
       server_cpu_pct: server_cpu_us && Float.round(server_cpu_us / elapsed / 1.0e4, 1),
       client_cpu_pct: Float.round(client_cpu_us / elapsed / 1.0e4, 1),
+      machine_cpu_pct: machine_pct,
+      other_cpu_pct:
+        machine_pct && server_cpu_us &&
+          Float.round(max(machine_pct - server_cpu_us / elapsed / 1.0e4 - client_cpu_us / elapsed / 1.0e4, 0.0), 1),
+      cores: cores,
       client_nodes: length(nodes),
       rss_mb: rss && Float.round(rss / 1024, 1),
       size: size,
@@ -476,7 +513,8 @@ defmodule Bench.Main do
       :stderr,
       "  #{cell} #{o[:server]} run #{r.run}: #{r.ops_per_s} ops/s p50 #{p50 && round(p50)} " <>
         "p99 #{p99 && round(p99)} us, server CPU #{r.cpu_us_per_op} us/op " <>
-        "(#{r.server_cpu_pct}%), RSS #{r.rss_mb} MB" <>
+        "(#{r.server_cpu_pct}%; clients #{r.client_cpu_pct}%, machine #{machine_pct}% of " <>
+        "#{cores * 100}%), RSS #{r.rss_mb} MB" <>
         if(errors > 0, do: ", #{errors} ERRORS (first: #{r.first_error})", else: "")
     )
   end

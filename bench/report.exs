@@ -44,6 +44,7 @@ defmodule Bench.Report do
   # ---- aggregation --------------------------------------------------------------------------
 
   @fields [:ops_per_s, :p50_us, :p99_us, :cpu_us_per_op, :server_cpu_pct, :client_cpu_pct,
+           :machine_cpu_pct, :other_cpu_pct,
            :rss_mb, :mib_per_s, :put_mib_per_s, :duration_s]
 
   defp aggregate(runs) do
@@ -148,8 +149,8 @@ defmodule Bench.Report do
 
     if sc != [] do
       IO.puts("Scaling: 64 `get` callers spread over N client nodes (one connection each)\n")
-      IO.puts("| client nodes | kvnode ops/s | kvnode server CPU % | kvnode p99 µs | BEAM ops/s | BEAM server CPU % | BEAM p99 µs | ratio |")
-      IO.puts("|--:|--:|--:|--:|--:|--:|--:|--:|")
+      IO.puts("| client nodes | kvnode ops/s | kvnode server CPU % | kvnode p99 µs | clients CPU % | BEAM ops/s | BEAM server CPU % | BEAM p99 µs | clients CPU % | ratio |")
+      IO.puts("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 
       for c <- sc do
         "scale" <> n = c
@@ -158,12 +159,13 @@ defmodule Bench.Report do
 
         IO.puts(
           "| #{n} | #{num(k.ops_per_s)} | #{num(k.server_cpu_pct)} | #{num(k.p99_us)} | " <>
-            "#{num(b.ops_per_s)} | #{num(b.server_cpu_pct)} | #{num(b.p99_us)} | " <>
+            "#{num(k.client_cpu_pct)} | #{num(b.ops_per_s)} | #{num(b.server_cpu_pct)} | " <>
+            "#{num(b.p99_us)} | #{num(b.client_cpu_pct)} | " <>
             "#{ratio(k.ops_per_s, b.ops_per_s)} |"
         )
       end
 
-      IO.puts("\n(server CPU % is of one core: above 100 means more than one core in use)\n")
+      IO.puts("\n(CPU % is of one core: above 100 means more than one core in use; clients CPU % is the load nodes' total, on the same machine)\n")
     end
   end
 
@@ -235,6 +237,19 @@ defmodule Bench.Report do
 
           acc ++ Enum.map(failed ++ errs ++ size, &"- #{c} #{s}: #{&1}")
       end
+
+    noisy =
+      for c <- cells, s <- @servers, r <- Map.get(by, {c, s}, []), is_number(Map.get(r, :other_cpu_pct)),
+          r.other_cpu_pct > 25,
+          do: "#{c} #{s} run #{r.run} (#{r.other_cpu_pct}%)"
+
+    if noisy != [] do
+      IO.puts(
+        "Noise: other processes used more than 25% of a core during #{length(noisy)} measurement(s): " <>
+          Enum.join(noisy, ", ") <>
+          ". (A busy machine also keeps idle cores awake, which makes single-caller latency look better.)\n"
+      )
+    end
 
     if lines != [] do
       IO.puts("PROBLEMS:\n")
