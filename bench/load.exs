@@ -253,6 +253,34 @@
     end
   end
 
+  # utime + stime of every user-space process (not kernel threads) except `except`:
+  # %{pid => ticks}. What other processes on the machine used during a window (noise).
+  def others_ticks(except) do
+    case File.ls("/proc") do
+      {:ok, names} ->
+        for name <- names, Integer.parse(name) != :error, pid = String.to_integer(name),
+            pid not in except, pid != 2, t = user_ticks(pid), into: %{}, do: {pid, t}
+
+      _ ->
+        %{}
+    end
+  end
+
+  defp user_ticks(pid) do
+    with {:ok, s} <- File.read("/proc/#{pid}/stat"),
+         [_, rest] <- String.split(s, ") ", parts: 2),
+         f = String.split(rest, " "),
+         ppid when ppid != "2" <- Enum.at(f, 1) do
+      String.to_integer(Enum.at(f, 11)) + String.to_integer(Enum.at(f, 12))
+    else
+      _ -> nil
+    end
+  end
+
+  def others_delta(a, b) do
+    Enum.reduce(b, 0, fn {pid, t}, acc -> acc + max(t - Map.get(a, pid, 0), 0) end)
+  end
+
   def rss_kb(pid) do
     case File.read("/proc/#{pid}/status") do
       {:ok, s} ->
@@ -411,12 +439,15 @@ defmodule Bench.Main do
     c0 = Load.cpu_ticks(spid)
     cc0 = Enum.map(client_pids, &Load.cpu_ticks/1)
     m0 = Load.machine_ticks()
+    except = [spid, String.to_integer(System.pid()) | Enum.map(client_pids, &String.to_integer/1)]
+    o0 = Load.others_ticks(except)
     w0 = :erlang.monotonic_time()
     results = Task.await_many(tasks, :infinity)
     w1 = :erlang.monotonic_time()
     c1 = Load.cpu_ticks(spid)
     cc1 = Enum.map(client_pids, &Load.cpu_ticks/1)
     m1 = Load.machine_ticks()
+    o1 = Load.others_ticks(except)
 
     # The window: from t0 to when the last client finished (its last call returned).
     elapsed = System.convert_time_unit(w1 - w0, :native, :microsecond) / 1.0e6
@@ -484,9 +515,7 @@ defmodule Bench.Main do
       server_cpu_pct: server_cpu_us && Float.round(server_cpu_us / elapsed / 1.0e4, 1),
       client_cpu_pct: Float.round(client_cpu_us / elapsed / 1.0e4, 1),
       machine_cpu_pct: machine_pct,
-      other_cpu_pct:
-        machine_pct && server_cpu_us &&
-          Float.round(max(machine_pct - server_cpu_us / elapsed / 1.0e4 - client_cpu_us / elapsed / 1.0e4, 0.0), 1),
+      other_cpu_pct: Float.round(Load.others_delta(o0, o1) * us_per_tick / elapsed / 1.0e4, 1),
       cores: cores,
       client_nodes: length(nodes),
       rss_mb: rss && Float.round(rss / 1024, 1),
@@ -514,7 +543,7 @@ defmodule Bench.Main do
       "  #{cell} #{o[:server]} run #{r.run}: #{r.ops_per_s} ops/s p50 #{p50 && round(p50)} " <>
         "p99 #{p99 && round(p99)} us, server CPU #{r.cpu_us_per_op} us/op " <>
         "(#{r.server_cpu_pct}%; clients #{r.client_cpu_pct}%, machine #{machine_pct}% of " <>
-        "#{cores * 100}%), RSS #{r.rss_mb} MB" <>
+        "#{cores * 100}%, other processes #{r.other_cpu_pct}%), RSS #{r.rss_mb} MB" <>
         if(errors > 0, do: ", #{errors} ERRORS (first: #{r.first_error})", else: "")
     )
   end

@@ -245,7 +245,8 @@ defmodule Bench.Report do
 
     if noisy != [] do
       IO.puts(
-        "Noise: other processes used more than 25% of a core during #{length(noisy)} measurement(s): " <>
+        "Noise: other user-space processes on the machine used more than 25% of a core during " <>
+          "#{length(noisy)} measurement(s): " <>
           Enum.join(noisy, ", ") <>
           ". (A busy machine also keeps idle cores awake, which makes single-caller latency look better.)\n"
       )
