@@ -8,11 +8,12 @@
 //! the caller's timeout is dropped by the caller's runtime instead of left in its mailbox.
 //! A cast is `{:"$gen_cast", request}`; anything else is an info message.
 
-use crate::node::{Mailbox, Node, Signal};
+use crate::node::{Dispatch, Mailbox, Node, Signal};
 use erl_dist::DistributionFlags;
 use erl_dist::message::Message;
 use erl_dist::term::{Atom, List, Pid, Reference, Term, Tuple};
-use tokio::sync::mpsc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 /// Who made a call, and the tag to echo.
 #[derive(Debug, Clone)]
@@ -60,25 +61,25 @@ pub trait GenServer: Send + 'static {
 }
 
 /// What a server can do while handling a message.
-pub struct Ctx {
-    node: Node,
-    mailbox: Mailbox,
+pub struct Ctx<'a> {
+    node: &'a Node,
+    pid: &'a Pid,
 }
 
-impl Ctx {
+impl Ctx<'_> {
     /// The node the server runs on.
     pub fn node(&self) -> &Node {
-        &self.node
+        self.node
     }
 
     /// The server's own pid.
     pub fn self_pid(&self) -> &Pid {
-        &self.mailbox.pid
+        self.pid
     }
 
     /// Sends `message` to `to` without waiting (a full local mailbox drops it, with a log).
     pub fn send(&self, to: &Pid, message: Term) {
-        send(&self.node, to, message);
+        send(self.node, to, message);
     }
 
     /// Answers a call made earlier (for servers that returned `None` from `handle_call`).
@@ -91,20 +92,19 @@ impl Ctx {
     pub fn replier(&self) -> Replier {
         Replier {
             node: self.node.clone(),
-            server: self.mailbox.pid.clone(),
+            server: self.pid.clone(),
         }
     }
 
     /// Monitors a remote pid; [`GenServer::handle_down`] runs when it exits or its node goes
     /// down.
     pub fn monitor(&self, pid: &Pid) -> Reference {
-        self.node.monitor_remote(&self.mailbox, pid)
+        self.node.monitor_remote(self.pid, pid)
     }
 
     /// Removes a monitor.
     pub fn demonitor(&self, pid: &Pid, reference: &Reference) {
-        self.node
-            .demonitor_remote(&self.mailbox.pid, pid, reference);
+        self.node.demonitor_remote(self.pid, pid, reference);
     }
 }
 
@@ -112,10 +112,8 @@ impl Ctx {
 /// with a log).
 pub fn send(node: &Node, to: &Pid, message: Term) {
     if node.is_local(to) {
-        if let Some(mb) = node.lookup_pid(to)
-            && !mb.try_deliver(Signal::Message(message))
-        {
-            tracing::warn!(%to, "local mailbox full or gone: message dropped");
+        if let Some(mb) = node.lookup_pid(to) {
+            mb.deliver(node, Signal::Message(message));
         }
         return;
     }
@@ -182,29 +180,58 @@ pub fn spawn_with<S: GenServer>(
     name: Option<&str>,
     make: impl FnOnce(&Ctx) -> S,
 ) -> Mailbox {
-    let (mailbox, rx) = node.spawn_process(name);
-    let ctx = Ctx {
-        node: node.clone(),
-        mailbox: mailbox.clone(),
-    };
-    let server = make(&ctx);
-    node.tracker().spawn(run(ctx, rx, server));
-    mailbox
+    node.spawn_process(name, |pid| {
+        let server = make(&Ctx { node, pid });
+        Arc::new(Host {
+            pid: pid.clone(),
+            server: Mutex::new(server),
+            pending: Mutex::new(VecDeque::new()),
+        }) as Arc<dyn Dispatch>
+    })
 }
 
-async fn run<S: GenServer>(mut ctx: Ctx, mut rx: mpsc::Receiver<Signal>, mut server: S) {
-    let shutdown = ctx.node.shutdown_token().clone();
-    loop {
-        let signal = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            s = rx.recv() => match s {
-                Some(s) => s,
-                None => break,
-            },
-        };
-        dispatch(&mut ctx, &mut server, signal);
+/// Hosts a server: whoever delivers a signal runs the handler in its own thread (no task hop,
+/// no context switch per message). A thread that finds the server busy queues the signal and
+/// returns at once; the thread inside the handler runs everything queued before it lets go.
+/// So signals from one sender are handled in the order sent, the handler never runs twice at
+/// once, and a handler that sends to itself does not deadlock.
+struct Host<S> {
+    pid: Pid,
+    server: Mutex<S>,
+    pending: Mutex<VecDeque<Signal>>,
+}
+
+impl<S: GenServer> Dispatch for Host<S> {
+    fn dispatch(&self, node: &Node, signal: Signal) {
+        lock(&self.pending).push_back(signal);
+        loop {
+            let mut server = match self.server.try_lock() {
+                Ok(guard) => guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                // The thread inside the handler will run our signal before it lets go.
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
+            let mut ctx = Ctx {
+                node,
+                pid: &self.pid,
+            };
+            loop {
+                let next = lock(&self.pending).pop_front();
+                let Some(signal) = next else { break };
+                dispatch(&mut ctx, &mut *server, signal);
+            }
+            drop(server);
+            // A signal queued after our last look but before we let go would wait for the next
+            // delivery: look again now that the server is free.
+            if lock(&self.pending).is_empty() {
+                return;
+            }
+        }
     }
-    ctx.node.remove_process(&ctx.mailbox.pid);
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn dispatch<S: GenServer>(ctx: &mut Ctx, server: &mut S, signal: Signal) {
@@ -225,7 +252,7 @@ fn dispatch<S: GenServer>(ctx: &mut Ctx, server: &mut S, signal: Signal) {
         } => server.handle_down(ctx, reference, pid, reason),
         Signal::Call { request, reply } => {
             let caller = Caller {
-                pid: ctx.mailbox.pid.clone(),
+                pid: ctx.pid.clone(),
                 tag: List::nil().into(),
                 local: Some(std::sync::Arc::new(std::sync::Mutex::new(Some(reply)))),
             };

@@ -11,7 +11,7 @@ use crate::term::{self, Limits};
 use erl_dist::DistributionFlags;
 use erl_dist::message::Message;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
@@ -22,6 +22,12 @@ use tokio_util::sync::CancellationToken;
 pub const OUTBOUND_QUEUE: usize = 65_536;
 /// A tick from the peer is answered with one when we have not written for this long.
 const PEER_TICK_ANSWER_AFTER: Duration = Duration::from_millis(500);
+/// The read buffer's normal size.
+const READ_CHUNK: usize = 64 * 1024;
+/// The most the read buffer grows by at once while a big frame arrives.
+const GROW_CHUNK: usize = 1024 * 1024;
+/// A read buffer above this is shrunk back once it is drained.
+const BIG_BUFFER: usize = 4 * 1024 * 1024;
 /// Small frames are gathered into one write up to this size.
 const BATCH_BYTES: usize = 256 * 1024;
 
@@ -71,7 +77,7 @@ pub async fn serve(node: Node, stream: TcpStream, peer: String, flags: Distribut
     if let Some(old) = replaced {
         tracing::info!("peer reconnected: replacing its old connection");
         old.close();
-        node.node_down(&peer).await;
+        node.node_down(&peer);
     }
     tracing::info!(flags = format_args!("{:#x}", flags.bits()), "connected");
     let (rd, wr) = stream.into_split();
@@ -91,13 +97,13 @@ pub async fn serve(node: Node, stream: TcpStream, peer: String, flags: Distribut
         Ok(()) => tracing::info!("disconnected"),
     }
     if node.manager().unregister(&peer, handle.id) {
-        node.node_down(&peer).await;
+        node.node_down(&peer);
     }
 }
 
 async fn read_loop(
     node: &Node,
-    rd: OwnedReadHalf,
+    mut rd: OwnedReadHalf,
     peer: &str,
     ticked: mpsc::Sender<()>,
     cancel: CancellationToken,
@@ -109,43 +115,63 @@ async fn read_loop(
         max_depth: cfg.max_term_depth,
         ..Limits::default()
     };
-    let mut rd = BufReader::with_capacity(64 * 1024, rd);
-    let mut body: Vec<u8> = Vec::new();
+    // One buffer; every read takes whatever the socket has (often many frames), and every
+    // complete frame in it is handled before the next read. The tick deadline and the
+    // cancellation future live across iterations, so a frame costs no timer or waker setup.
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut start = 0usize;
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
+    let deadline = tokio::time::sleep(silence);
+    tokio::pin!(deadline);
     loop {
-        let len = tokio::select! {
-            _ = cancel.cancelled() => return Err(Error::Shutdown),
-            r = tokio::time::timeout(silence, rd.read_u32()) => match r {
-                Err(_) => return Err(Error::TickTimeout(silence)),
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(Error::Closed),
-                Ok(Err(e)) => return Err(Error::Io(e)),
-                Ok(Ok(len)) => len as usize,
-            },
-        };
-        if len == 0 {
-            let _ = ticked.try_send(());
-            continue;
+        // Handle every complete frame in the buffer.
+        let need;
+        loop {
+            let avail = &buf[start..];
+            if avail.len() < 4 {
+                need = 4 - avail.len();
+                break;
+            }
+            let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+            if len == 0 {
+                start += 4;
+                let _ = ticked.try_send(());
+                continue;
+            }
+            if len > max {
+                return Err(Error::TooLarge { len, max });
+            }
+            if avail.len() < 4 + len {
+                need = 4 + len - avail.len();
+                break;
+            }
+            let message = decode_frame(&avail[4..4 + len], &limits)?;
+            start += 4 + len;
+            router::handle(node, peer, message);
         }
-        if len > max {
-            return Err(Error::TooLarge { len, max });
+        // Keep the unread bytes at the front; never keep a big buffer after a big message.
+        if start > 0 {
+            buf.drain(..start);
+            start = 0;
         }
-        body.clear();
-        // Grow the buffer as bytes arrive rather than trusting the announced length up front.
-        let mut limited = (&mut rd).take(len as u64);
+        if buf.capacity() > BIG_BUFFER && buf.len() < READ_CHUNK {
+            buf.shrink_to(READ_CHUNK.max(buf.len()));
+        }
+        // Grow toward what the next frame needs, a chunk at a time: an announced length is not
+        // trusted with memory before its bytes arrive.
+        buf.reserve(need.clamp(READ_CHUNK, GROW_CHUNK));
         let read = tokio::select! {
-            _ = cancel.cancelled() => return Err(Error::Shutdown),
-            r = tokio::time::timeout(silence, limited.read_to_end(&mut body)) => match r {
-                Err(_) => return Err(Error::TickTimeout(silence)),
-                Ok(r) => r?,
-            },
+            _ = &mut cancelled => return Err(Error::Shutdown),
+            _ = &mut deadline => return Err(Error::TickTimeout(silence)),
+            r = rd.read_buf(&mut buf) => r?,
         };
-        if read < len {
+        if read == 0 {
             return Err(Error::Closed);
         }
-        let message = decode_frame(&body, &limits)?;
-        router::handle(node, peer, message).await;
-        if body.capacity() > 1024 * 1024 {
-            body = Vec::new(); // do not keep a big buffer around after a big message
-        }
+        deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + silence);
     }
 }
 

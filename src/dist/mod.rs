@@ -170,13 +170,13 @@ pub async fn dial(node: Node, peer: String, _ticket: manager::DialTicket) {
                 }
                 if node.manager().dial_failed(&peer) {
                     tracing::warn!("simultaneous connect: the peer's connection never came");
-                    node.node_down(&peer).await;
+                    node.node_down(&peer);
                 }
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot connect");
                 if node.manager().dial_failed(&peer) {
-                    node.node_down(&peer).await;
+                    node.node_down(&peer);
                 }
             }
         }

@@ -2,7 +2,8 @@
 //! hands out, the mailboxes of its processes, the monitors its processes hold on remote pids,
 //! and the routing of inbound control messages ([`router`]) to them.
 //!
-//! kvnode's processes are tokio tasks with a bounded mailbox ([`Mailbox`]). The built-in ones
+//! kvnode's processes are GenServers whose handlers run in the thread that delivers a signal
+//! ([`Mailbox`], [`Dispatch`]): no task hop per message. The built-in ones
 //! (the KV server, `net_kernel`) live as long as the node, so monitors that peers place on them
 //! need no bookkeeping: DEMONITOR_P is a no-op, and a lost connection already gives the peer's
 //! monitors `noconnection`. Monitors that *our* processes place on remote pids are kept per peer
@@ -18,13 +19,9 @@ use erl_dist::term::{Atom, Pid, PidOrAtom, Reference, Term};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Capacity of a process mailbox. A full mailbox makes the sending connection's reader wait,
-/// which pushes back on that peer only.
-pub const MAILBOX_CAPACITY: usize = 4096;
 
 /// What a process receives.
 #[derive(Debug)]
@@ -49,23 +46,33 @@ pub enum Signal {
     },
 }
 
-/// A process's address: its pid and the sending side of its mailbox.
-#[derive(Debug, Clone)]
+/// Runs signals for one process. Implemented by [`crate::gen_server`]'s host, which runs the
+/// handler in the delivering thread (no task hop) and queues signals that arrive while
+/// another thread is inside the handler.
+pub trait Dispatch: Send + Sync {
+    /// Handles (or queues) one signal.
+    fn dispatch(&self, node: &Node, signal: Signal);
+}
+
+/// A process's address: its pid and what runs its signals.
+#[derive(Clone)]
 pub struct Mailbox {
     /// The process's pid.
     pub pid: Pid,
-    tx: mpsc::Sender<Signal>,
+    target: Arc<dyn Dispatch>,
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailbox").field("pid", &self.pid).finish()
+    }
 }
 
 impl Mailbox {
-    /// Delivers a signal, waiting while the mailbox is full. Returns false if the process is gone.
-    pub async fn deliver(&self, signal: Signal) -> bool {
-        self.tx.send(signal).await.is_ok()
-    }
-
-    /// Delivers a signal if there is room now; false if the mailbox is full or gone.
-    pub fn try_deliver(&self, signal: Signal) -> bool {
-        self.tx.try_send(signal).is_ok()
+    /// Delivers a signal. Never blocks on other processes: if the process is busy in another
+    /// thread, the signal is queued and that thread runs it before letting go.
+    pub fn deliver(&self, node: &Node, signal: Signal) {
+        self.target.dispatch(node, signal);
     }
 }
 
@@ -77,7 +84,7 @@ struct Registry {
 
 /// A monitor held by a local process on a remote pid.
 struct RemoteMonitor {
-    watcher: Mailbox,
+    watcher: Pid,
     target: Pid,
     reference: Reference,
 }
@@ -185,21 +192,23 @@ impl Node {
         pid.node == self.0.name
     }
 
-    /// Creates a process: a fresh pid and a mailbox, optionally registered under `name`.
-    /// Returns the mailbox (to address it) and the receiving end (for the process's loop).
-    pub fn spawn_process(&self, name: Option<&str>) -> (Mailbox, mpsc::Receiver<Signal>) {
-        let (tx, rx) = mpsc::channel(MAILBOX_CAPACITY);
-        let mailbox = Mailbox {
-            pid: self.new_pid(),
-            tx,
-        };
+    /// Registers a process: `make` gets its fresh pid and returns what runs its signals.
+    /// Registered under `name` when given.
+    pub fn spawn_process(
+        &self,
+        name: Option<&str>,
+        make: impl FnOnce(&Pid) -> Arc<dyn Dispatch>,
+    ) -> Mailbox {
+        let pid = self.new_pid();
+        let target = make(&pid);
+        let mailbox = Mailbox { pid, target };
         let mut reg = self.0.registry.write().unwrap_or_else(|e| e.into_inner());
         reg.pids
             .insert(mailbox.pid.id | (mailbox.pid.serial << 15), mailbox.clone());
         if let Some(name) = name {
             reg.names.insert(name.to_owned(), mailbox.clone());
         }
-        (mailbox, rx)
+        mailbox
     }
 
     /// Removes a process (and its registered name) from the registry.
@@ -252,23 +261,6 @@ impl Node {
         }
     }
 
-    /// Sends `message` to `to`: delivered locally or sent to the pid's node.
-    pub async fn send(&self, from: &Pid, to: &Pid, message: Term) {
-        if self.is_local(to) {
-            if let Some(mb) = self.lookup_pid(to) {
-                mb.deliver(Signal::Message(message)).await;
-            }
-            return;
-        }
-        let peer = to.node.name.clone();
-        let msg = if self.peer_has(&peer, erl_dist::DistributionFlags::SEND_SENDER) {
-            Message::send_sender(from.clone(), to.clone(), message)
-        } else {
-            Message::send(to.clone(), message)
-        };
-        self.send_to_node(&peer, msg);
-    }
-
     /// Whether the connected peer negotiated `flag` (false when not connected).
     pub fn peer_has(&self, peer: &str, flag: erl_dist::DistributionFlags) -> bool {
         self.0
@@ -279,7 +271,7 @@ impl Node {
 
     /// Monitors a remote pid on behalf of `watcher`. The monitor fires as a
     /// [`Signal::Down`] when the peer reports the pid's exit or the connection goes down.
-    pub fn monitor_remote(&self, watcher: &Mailbox, target: &Pid) -> Reference {
+    pub fn monitor_remote(&self, watcher: &Pid, target: &Pid) -> Reference {
         let reference = self.new_ref();
         let peer = target.node.name.clone();
         {
@@ -296,7 +288,7 @@ impl Node {
         self.send_to_node(
             &peer,
             Message::monitor_p(
-                watcher.pid.clone(),
+                watcher.clone(),
                 PidOrAtom::Pid(target.clone()),
                 reference.clone(),
             ),
@@ -326,30 +318,28 @@ impl Node {
     }
 
     /// A peer reported that a pid we monitor exited.
-    pub(crate) async fn remote_monitor_fired(
-        &self,
-        peer: &str,
-        reference: &Reference,
-        reason: Term,
-    ) {
+    pub(crate) fn remote_monitor_fired(&self, peer: &str, reference: &Reference, reason: Term) {
         let mon = {
             let mut mons = self.0.monitors.lock().unwrap_or_else(|e| e.into_inner());
             mons.get_mut(peer).and_then(|m| m.remove(&reference.id))
         };
-        if let Some(mon) = mon {
-            mon.watcher
-                .deliver(Signal::Down {
+        if let Some(mon) = mon
+            && let Some(watcher) = self.lookup_pid(&mon.watcher)
+        {
+            watcher.deliver(
+                self,
+                Signal::Down {
                     reference: mon.reference,
                     pid: mon.target,
                     reason,
-                })
-                .await;
+                },
+            );
         }
     }
 
     /// The connection to `peer` went down (or could not be made): every monitor our processes
     /// hold on that node fires with `noconnection`.
-    pub(crate) async fn node_down(&self, peer: &str) {
+    pub(crate) fn node_down(&self, peer: &str) {
         let fired: Vec<RemoteMonitor> = {
             let mut mons = self.0.monitors.lock().unwrap_or_else(|e| e.into_inner());
             mons.remove(peer)
@@ -360,13 +350,17 @@ impl Node {
             tracing::debug!(%peer, monitors = fired.len(), "node down: firing monitors");
         }
         for mon in fired {
-            mon.watcher
-                .deliver(Signal::Down {
+            let Some(watcher) = self.lookup_pid(&mon.watcher) else {
+                continue;
+            };
+            watcher.deliver(
+                self,
+                Signal::Down {
                     reference: mon.reference,
                     pid: mon.target,
                     reason: Atom::from("noconnection").into(),
-                })
-                .await;
+                },
+            );
         }
     }
 

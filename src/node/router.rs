@@ -10,33 +10,33 @@ fn noproc() -> Term {
     Atom::from("noproc").into()
 }
 
-async fn deliver_to_pid(node: &Node, to: &Pid, message: Term) {
+fn deliver_to_pid(node: &Node, to: &Pid, message: Term) {
     match node.lookup_pid(to) {
         Some(mb) => {
-            mb.deliver(Signal::Message(message)).await;
+            mb.deliver(node, Signal::Message(message));
         }
         None => tracing::debug!(%to, "message to a pid that does not exist here: dropped"),
     }
 }
 
-async fn deliver_to_name(node: &Node, name: &Atom, message: Term) {
+fn deliver_to_name(node: &Node, name: &Atom, message: Term) {
     match node.whereis(&name.name) {
         Some(mb) => {
-            mb.deliver(Signal::Message(message)).await;
+            mb.deliver(node, Signal::Message(message));
         }
         None => tracing::debug!(name = %name.name, "message to an unregistered name: dropped"),
     }
 }
 
 /// Handles one control message from `peer`.
-pub async fn handle(node: &Node, peer: &str, message: Message) {
+pub fn handle(node: &Node, peer: &str, message: Message) {
     match message {
-        Message::Send(m) => deliver_to_pid(node, &m.to_pid, m.message).await,
-        Message::SendTt(m) => deliver_to_pid(node, &m.to_pid, m.message).await,
-        Message::SendSender(m) => deliver_to_pid(node, &m.to_pid, m.message).await,
-        Message::SendSenderTt(m) => deliver_to_pid(node, &m.to_pid, m.message).await,
-        Message::RegSend(m) => deliver_to_name(node, &m.to_name, m.message).await,
-        Message::RegSendTt(m) => deliver_to_name(node, &m.to_name, m.message).await,
+        Message::Send(m) => deliver_to_pid(node, &m.to_pid, m.message),
+        Message::SendTt(m) => deliver_to_pid(node, &m.to_pid, m.message),
+        Message::SendSender(m) => deliver_to_pid(node, &m.to_pid, m.message),
+        Message::SendSenderTt(m) => deliver_to_pid(node, &m.to_pid, m.message),
+        Message::RegSend(m) => deliver_to_name(node, &m.to_name, m.message),
+        Message::RegSendTt(m) => deliver_to_name(node, &m.to_name, m.message),
         Message::AliasSend(_) | Message::AliasSendTt(_) => {
             tracing::debug!("alias send to an alias this node never created: dropped");
         }
@@ -51,14 +51,8 @@ pub async fn handle(node: &Node, peer: &str, message: Message) {
             }
         }
         Message::DemonitorP(_) => {}
-        Message::MonitorPExit(m) => {
-            node.remote_monitor_fired(peer, &m.reference, m.reason)
-                .await
-        }
-        Message::PayloadMonitorPExit(m) => {
-            node.remote_monitor_fired(peer, &m.reference, m.reason)
-                .await
-        }
+        Message::MonitorPExit(m) => node.remote_monitor_fired(peer, &m.reference, m.reason),
+        Message::PayloadMonitorPExit(m) => node.remote_monitor_fired(peer, &m.reference, m.reason),
         Message::Link(m) => {
             if node.lookup_pid(&m.to_pid).is_none() {
                 node.send_to_node(peer, Message::exit(m.to_pid, m.from_pid, noproc()));

@@ -285,9 +285,7 @@ async fn kv(node: &Node, request: Term) -> Outcome {
         return Outcome::Exit(atom("noproc"));
     };
     let (tx, rx) = oneshot::channel();
-    if !mb.deliver(Signal::Call { request, reply: tx }).await {
-        return Outcome::Exit(atom("noproc"));
-    }
+    mb.deliver(node, Signal::Call { request, reply: tx });
     match rx.await {
         Ok(v) => Outcome::Return(v),
         Err(_) => Outcome::Exit(atom("noproc")),
