@@ -92,6 +92,18 @@ impl Key {
     }
 }
 
+impl std::borrow::Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Appends the canonical key bytes of `term` to `out` (what [`Key::from_term`] holds), for
+/// lookups that should not allocate.
+pub fn encode_into(term: &Term, out: &mut Vec<u8>) {
+    encode(term, out);
+}
+
 impl From<&Term> for Key {
     fn from(term: &Term) -> Self {
         Key::from_term(term)

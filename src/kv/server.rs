@@ -196,8 +196,8 @@ impl KvServer {
                 if durable.storage().wants_compaction() {
                     let live = self
                         .store
-                        .iter()
-                        .map(|(k, v)| (durable::encode(k), durable::encode(v)))
+                        .iter_encoded()
+                        .map(|(k, v)| (k.to_vec(), v.to_vec()))
                         .collect();
                     durable.storage().compact(live);
                 }

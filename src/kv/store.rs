@@ -374,13 +374,54 @@ fn is_integer(term: &Term) -> bool {
     matches!(term, Term::FixInteger(_) | Term::BigInteger(_))
 }
 
-/// The store: canonical key -> (key as first written, value).
+/// The store: canonical key -> one packed allocation holding the key as first written and
+/// the value, both in external term format.
 ///
-/// The original key term is kept so `:keys` and events return what clients sent; the
-/// canonical [`Key`] bytes are the only other per-key copy.
+/// Keeping encoded terms (not `eetf::Term` trees) keeps a small entry near 100 bytes: the
+/// canonical [`Key`] bytes plus one blob `[u32 key length][key ETF][value ETF]`. The original
+/// key is kept so `:keys` and events return what clients sent.
 #[derive(Debug, Clone, Default)]
 pub struct Store {
-    entries: HashMap<Key, (Term, Term)>,
+    entries: HashMap<Key, Box<[u8]>, foldhash::fast::RandomState>,
+}
+
+thread_local! {
+    /// Scratch space for canonical keys of lookups (no allocation per `get`).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn encode_etf(term: &Term, out: &mut Vec<u8>) {
+    // Encoding into a Vec has no I/O to fail; eetf can encode every term it can decode.
+    if let Err(error) = term.encode(&mut *out) {
+        tracing::error!(%error, "cannot encode a stored term");
+    }
+}
+
+fn pack(key: &Term, value: &Term) -> Box<[u8]> {
+    let mut blob = vec![0u8; 4];
+    encode_etf(key, &mut blob);
+    let key_len = (blob.len() - 4) as u32;
+    blob[..4].copy_from_slice(&key_len.to_le_bytes());
+    encode_etf(value, &mut blob);
+    blob.into_boxed_slice()
+}
+
+/// The key and value ETF bytes of a packed entry.
+fn unpack(blob: &[u8]) -> (&[u8], &[u8]) {
+    let key_len = blob
+        .get(..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .unwrap_or(0);
+    let key_end = (4 + key_len).min(blob.len());
+    (&blob[4.min(blob.len())..key_end], &blob[key_end..])
+}
+
+fn decode_stored(bytes: &[u8]) -> Term {
+    // Only bytes this module encoded are decoded here.
+    Term::decode(bytes).unwrap_or_else(|error| {
+        tracing::error!(%error, "cannot decode a stored term");
+        nil()
+    })
 }
 
 impl Store {
@@ -389,14 +430,32 @@ impl Store {
         Self::default()
     }
 
+    fn with_key<R>(key: &Term, f: impl FnOnce(&[u8]) -> R) -> R {
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => {
+                buf.clear();
+                super::key::encode_into(key, &mut buf);
+                let r = f(&buf);
+                if buf.capacity() > 64 * 1024 {
+                    *buf = Vec::new();
+                }
+                r
+            }
+            Err(_) => f(Key::from_term(key).as_bytes()),
+        })
+    }
+
     /// The value under `key`, if any.
-    pub fn get(&self, key: &Term) -> Option<&Term> {
-        self.entries.get(&Key::from_term(key)).map(|(_, v)| v)
+    pub fn get(&self, key: &Term) -> Option<Term> {
+        Self::with_key(key, |k| {
+            self.entries.get(k).map(|b| decode_stored(unpack(b).1))
+        })
     }
 
     /// Stores `value` under `key`, overwriting any previous value.
     pub fn put(&mut self, key: Term, value: Term) {
-        self.entries.insert(Key::from_term(&key), (key, value));
+        self.entries
+            .insert(Key::from_term(&key), pack(&key, &value));
     }
 
     /// Stores `value` under `key` only if the key is absent; returns whether it was stored.
@@ -404,7 +463,7 @@ impl Store {
         match self.entries.entry(Key::from_term(&key)) {
             Entry::Occupied(_) => false,
             Entry::Vacant(slot) => {
-                slot.insert((key, value));
+                slot.insert(pack(&key, &value));
                 true
             }
         }
@@ -415,9 +474,9 @@ impl Store {
         self.remove(key).is_some()
     }
 
-    /// Removes `key`, returning the stored (original key, value) pair.
-    fn remove(&mut self, key: &Term) -> Option<(Term, Term)> {
-        self.entries.remove(&Key::from_term(key))
+    /// Removes `key`, returning the stored key as first written.
+    fn remove(&mut self, key: &Term) -> Option<Term> {
+        Self::with_key(key, |k| self.entries.remove(k)).map(|b| decode_stored(unpack(&b).0))
     }
 
     /// Compare-and-swap: stores `new` if the current value is exactly `expected` (`=:=`), or if
@@ -428,19 +487,21 @@ impl Store {
         match self.entries.entry(Key::from_term(&key)) {
             Entry::Vacant(slot) => {
                 if is_nil(expected) {
-                    slot.insert((key, new));
+                    slot.insert(pack(&key, &new));
                     Ok(())
                 } else {
                     Err(None)
                 }
             }
             Entry::Occupied(mut slot) => {
-                let current = &mut slot.get_mut().1;
-                if Key::from_term(current) == Key::from_term(expected) {
-                    *current = new;
+                let (stored_key, current) = unpack(slot.get());
+                let current = decode_stored(current);
+                if Key::from_term(&current) == Key::from_term(expected) {
+                    let stored_key = decode_stored(stored_key);
+                    *slot.get_mut() = pack(&stored_key, &new);
                     Ok(())
                 } else {
-                    Err(Some(current.clone()))
+                    Err(Some(current))
                 }
             }
         }
@@ -456,13 +517,15 @@ impl Store {
             Entry::Vacant(slot) => {
                 let zero = Term::from(FixInteger::from(0));
                 let new = add_integers(&zero, amount).ok_or(IncrError::NotInteger)?;
-                slot.insert((key, new.clone()));
+                slot.insert(pack(&key, &new));
                 Ok(new)
             }
             Entry::Occupied(mut slot) => {
-                let current = &mut slot.get_mut().1;
-                let new = add_integers(current, amount).ok_or(IncrError::NotInteger)?;
-                *current = new.clone();
+                let (stored_key, current) = unpack(slot.get());
+                let current = decode_stored(current);
+                let new = add_integers(&current, amount).ok_or(IncrError::NotInteger)?;
+                let stored_key = decode_stored(stored_key);
+                *slot.get_mut() = pack(&stored_key, &new);
                 Ok(new)
             }
         }
@@ -470,12 +533,16 @@ impl Store {
 
     /// The keys, as originally written, in unspecified order.
     pub fn keys(&self) -> Vec<Term> {
-        self.entries.values().map(|(k, _)| k.clone()).collect()
+        self.entries
+            .values()
+            .map(|b| decode_stored(unpack(b).0))
+            .collect()
     }
 
-    /// Every `(key, value)` pair, in unspecified order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Term, &Term)> {
-        self.entries.values().map(|(k, v)| (k, v))
+    /// Every `(key, value)` pair as external term format bytes, in unspecified order (what a
+    /// snapshot writes; no decoding or re-encoding).
+    pub fn iter_encoded(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.entries.values().map(|b| unpack(b))
     }
 
     /// The number of keys.
@@ -506,7 +573,7 @@ impl Store {
             })
         };
         match req {
-            DataRequest::Get { key, default } => (self.get(&key).cloned().unwrap_or(default), None),
+            DataRequest::Get { key, default } => (self.get(&key).unwrap_or(default), None),
             DataRequest::Put { key, value } => {
                 let ev = event(&key, &value);
                 self.put(key, value);
@@ -524,7 +591,7 @@ impl Store {
                 let ev = self
                     .remove(&key)
                     .filter(|_| emit_events)
-                    .map(|(key, _)| Event::Delete { key });
+                    .map(|key| Event::Delete { key });
                 (atom(atoms::OK), ev)
             }
             DataRequest::Cas { key, expected, new } => {
@@ -756,11 +823,11 @@ mod tests {
     fn put_get_overwrite_delete() {
         let mut s = Store::new();
         assert!(s.is_empty());
-        assert_eq!(s.get(&a("k")), None);
+        assert_eq!(s.get(&a("k")).as_ref(), None);
         s.put(a("k"), int(1));
-        assert_eq!(s.get(&a("k")), Some(&int(1)));
+        assert_eq!(s.get(&a("k")).as_ref(), Some(&int(1)));
         s.put(a("k"), int(2));
-        assert_eq!(s.get(&a("k")), Some(&int(2)));
+        assert_eq!(s.get(&a("k")).as_ref(), Some(&int(2)));
         assert_eq!(s.len(), 1);
         assert!(s.delete(&a("k")));
         assert!(!s.delete(&a("k")));
@@ -772,7 +839,7 @@ mod tests {
         let mut s = Store::new();
         assert!(s.put_new(bin("k"), int(1)));
         assert!(!s.put_new(bin("k"), int(2)));
-        assert_eq!(s.get(&bin("k")), Some(&int(1)));
+        assert_eq!(s.get(&bin("k")).as_ref(), Some(&int(1)));
     }
 
     #[test]
@@ -782,22 +849,28 @@ mod tests {
         s.put(float(1.0), a("float"));
         s.put(big(1), a("big"));
         assert_eq!(s.len(), 2);
-        assert_eq!(s.get(&int(1)), Some(&a("big")));
-        assert_eq!(s.get(&float(1.0)), Some(&a("float")));
+        assert_eq!(s.get(&int(1)).as_ref(), Some(&a("big")));
+        assert_eq!(s.get(&float(1.0)).as_ref(), Some(&a("float")));
         s.put(float(0.0), a("pos"));
         s.put(float(-0.0), a("neg"));
-        assert_eq!(s.get(&float(0.0)), Some(&a("pos")));
-        assert_eq!(s.get(&float(-0.0)), Some(&a("neg")));
+        assert_eq!(s.get(&float(0.0)).as_ref(), Some(&a("pos")));
+        assert_eq!(s.get(&float(-0.0)).as_ref(), Some(&a("neg")));
     }
 
     #[test]
     fn bytelist_and_list_keys_are_the_same() {
         let mut s = Store::new();
         s.put(Term::from(ByteList::from("hi")), int(1));
-        assert_eq!(s.get(&list(vec![int(104), int(105)])), Some(&int(1)));
-        assert_eq!(s.get(&bin("hi")), None);
+        assert_eq!(
+            s.get(&list(vec![int(104), int(105)])).as_ref(),
+            Some(&int(1))
+        );
+        assert_eq!(s.get(&bin("hi")).as_ref(), None);
         s.put(list(vec![]), a("empty"));
-        assert_eq!(s.get(&Term::from(ByteList::from(""))), Some(&a("empty")));
+        assert_eq!(
+            s.get(&Term::from(ByteList::from(""))).as_ref(),
+            Some(&a("empty"))
+        );
         assert_eq!(s.len(), 2);
     }
 
@@ -808,7 +881,7 @@ mod tests {
         let backward = map(entries.into_iter().rev().collect());
         let mut s = Store::new();
         s.put(forward, a("v1"));
-        assert_eq!(s.get(&backward), Some(&a("v1")));
+        assert_eq!(s.get(&backward).as_ref(), Some(&a("v1")));
         s.put(backward, a("v2"));
         assert_eq!(s.len(), 1);
         let nested_a = map(vec![
@@ -820,18 +893,18 @@ mod tests {
             (a("x"), map(vec![(a("q"), int(2)), (a("p"), big(1))])),
         ]);
         s.put(nested_a, int(9));
-        assert_eq!(s.get(&nested_b), Some(&int(9)));
+        assert_eq!(s.get(&nested_b).as_ref(), Some(&int(9)));
     }
 
     #[test]
     fn atom_keys() {
         let mut s = Store::new();
         s.put(a("message"), bin("hello"));
-        assert_eq!(s.get(&a("message")), Some(&bin("hello")));
-        assert_eq!(s.get(&bin("message")), None);
+        assert_eq!(s.get(&a("message")).as_ref(), Some(&bin("hello")));
+        assert_eq!(s.get(&bin("message")).as_ref(), None);
         s.put(a("nil"), int(0));
-        assert_eq!(s.get(&a("nil")), Some(&int(0)));
-        assert_eq!(s.get(&list(vec![])), None);
+        assert_eq!(s.get(&a("nil")).as_ref(), Some(&int(0)));
+        assert_eq!(s.get(&list(vec![])).as_ref(), None);
     }
 
     #[test]
@@ -839,7 +912,7 @@ mod tests {
         let mut s = Store::new();
         let p = Term::from(Pid::new("a@h", 1, 0, 5));
         s.put(p.clone(), int(1));
-        assert_eq!(s.get(&p), Some(&int(1)));
+        assert_eq!(s.get(&p).as_ref(), Some(&int(1)));
         assert_eq!(s.get(&Term::from(Pid::new("a@h", 1, 0, 6))), None);
     }
 
@@ -860,10 +933,10 @@ mod tests {
         let mut s = Store::new();
         // nil matches an absent key.
         assert_eq!(s.cas(a("k"), &a("nil"), int(1)), Ok(()));
-        assert_eq!(s.get(&a("k")), Some(&int(1)));
+        assert_eq!(s.get(&a("k")).as_ref(), Some(&int(1)));
         // Absent key, non-nil expected: mismatch with current None.
         assert_eq!(s.cas(a("other"), &int(1), int(2)), Err(None));
-        assert_eq!(s.get(&a("other")), None);
+        assert_eq!(s.get(&a("other")).as_ref(), None);
         // Exact match.
         assert_eq!(s.cas(a("k"), &int(1), int(2)), Ok(()));
         // 2.0 is not 2.
@@ -875,7 +948,7 @@ mod tests {
         // A stored nil matches expected nil.
         s.put(a("n"), a("nil"));
         assert_eq!(s.cas(a("n"), &a("nil"), int(5)), Ok(()));
-        assert_eq!(s.get(&a("n")), Some(&int(5)));
+        assert_eq!(s.get(&a("n")).as_ref(), Some(&int(5)));
         // Signed zero: OTP 27+ semantics.
         s.put(a("z"), float(0.0));
         assert_eq!(s.cas(a("z"), &float(-0.0), int(1)), Err(Some(float(0.0))));
@@ -895,15 +968,15 @@ mod tests {
         assert_eq!(s.incr(a("c"), &big(2)), Ok(int(0)));
         assert_eq!(s.incr(a("c"), &float(1.0)), Err(IncrError::NotInteger));
         assert_eq!(s.incr(a("c"), &bin("1")), Err(IncrError::NotInteger));
-        assert_eq!(s.get(&a("c")), Some(&int(0)));
+        assert_eq!(s.get(&a("c")).as_ref(), Some(&int(0)));
         s.put(a("s"), bin("x"));
         assert_eq!(s.incr(a("s"), &int(1)), Err(IncrError::NotInteger));
-        assert_eq!(s.get(&a("s")), Some(&bin("x")));
+        assert_eq!(s.get(&a("s")).as_ref(), Some(&bin("x")));
         s.put(a("f"), float(1.0));
         assert_eq!(s.incr(a("f"), &int(1)), Err(IncrError::NotInteger));
         // A failed incr on an absent key does not create it.
         assert_eq!(s.incr(a("none"), &a("x")), Err(IncrError::NotInteger));
-        assert_eq!(s.get(&a("none")), None);
+        assert_eq!(s.get(&a("none")).as_ref(), None);
     }
 
     #[test]
