@@ -5,6 +5,7 @@
 //! frame) when it wrote nothing for a quarter of it. Any bad frame (oversized, undecodable,
 //! unsupported) closes this connection only, with one log line saying why.
 
+use super::fast::Fast;
 use super::{Frame, PASS_THROUGH};
 use crate::node::{Node, router};
 use crate::term::{self, Limits};
@@ -146,9 +147,8 @@ async fn read_loop(
                 need = 4 + len - avail.len();
                 break;
             }
-            let message = decode_frame(&avail[4..4 + len], &limits)?;
+            handle_frame(node, peer, &avail[4..4 + len], &limits)?;
             start += 4 + len;
-            router::handle(node, peer, message);
         }
         // Keep the unread bytes at the front; never keep a big buffer after a big message.
         if start > 0 {
@@ -175,20 +175,48 @@ async fn read_loop(
     }
 }
 
-/// Decodes a frame body (after the length): pass-through byte, control message, payload.
-pub fn decode_frame(body: &[u8], limits: &Limits) -> Result<Message, Error> {
+/// Validates a frame body and handles it: the common `GenServer.call` messages through
+/// [`super::fast`], everything else through the full decoder and the router.
+fn handle_frame(node: &Node, peer: &str, body: &[u8], limits: &Limits) -> Result<(), Error> {
+    let (ctrl_len, rest) = validate_frame(body, limits)?;
+    match super::fast::classify(rest, ctrl_len, limits) {
+        Fast::Demonitor => Ok(()),
+        Fast::MonitorName(name) if node.whereis(name).is_some() => Ok(()),
+        Fast::RegSend { name, message } => {
+            let (message, _) = term::decode(message, limits)?;
+            router::deliver_to_name(node, name, message);
+            Ok(())
+        }
+        _ => {
+            router::handle(node, peer, decode_frame(body, limits)?);
+            Ok(())
+        }
+    }
+}
+
+/// Checks a frame body: the pass-through byte, then a valid control term and at most one
+/// valid payload term, nothing after. Returns the control term's length and the bytes after
+/// the pass-through byte.
+fn validate_frame<'a>(body: &'a [u8], limits: &Limits) -> Result<(usize, &'a [u8]), Error> {
     let (&kind, rest) = body.split_first().ok_or(Error::Closed)?;
     if kind != PASS_THROUGH {
         return Err(Error::FrameType(kind));
     }
     // Validate everything before eetf sees it: eetf panics or over-allocates on hostile bytes.
-    let mut used = term::validate_versioned(rest, limits)?;
+    let ctrl_len = term::validate_versioned(rest, limits)?;
+    let mut used = ctrl_len;
     if used < rest.len() {
         used += term::validate_versioned(&rest[used..], limits)?;
     }
     if used != rest.len() {
         return Err(Error::Trailing(rest.len() - used));
     }
+    Ok((ctrl_len, rest))
+}
+
+/// Decodes a frame body (after the length): pass-through byte, control message, payload.
+pub fn decode_frame(body: &[u8], limits: &Limits) -> Result<Message, Error> {
+    let (_, rest) = validate_frame(body, limits)?;
     let mut reader = rest;
     let message = Message::read_from(&mut reader).map_err(|e| Error::Control(e.to_string()))?;
     if !reader.is_empty() {

@@ -8,6 +8,7 @@
 //! <https://www.erlang.org/doc/apps/erts/erl_dist_protocol.html#protocol-between-connected-nodes>
 
 pub mod connection;
+pub mod fast;
 pub mod handshake;
 pub mod manager;
 

@@ -19,12 +19,13 @@ fn deliver_to_pid(node: &Node, to: &Pid, message: Term) {
     }
 }
 
-fn deliver_to_name(node: &Node, name: &Atom, message: Term) {
-    match node.whereis(&name.name) {
+/// Delivers `message` to the process registered as `name` (dropped when there is none).
+pub fn deliver_to_name(node: &Node, name: &str, message: Term) {
+    match node.whereis(name) {
         Some(mb) => {
             mb.deliver(node, Signal::Message(message));
         }
-        None => tracing::debug!(name = %name.name, "message to an unregistered name: dropped"),
+        None => tracing::debug!(%name, "message to an unregistered name: dropped"),
     }
 }
 
@@ -35,8 +36,8 @@ pub fn handle(node: &Node, peer: &str, message: Message) {
         Message::SendTt(m) => deliver_to_pid(node, &m.to_pid, m.message),
         Message::SendSender(m) => deliver_to_pid(node, &m.to_pid, m.message),
         Message::SendSenderTt(m) => deliver_to_pid(node, &m.to_pid, m.message),
-        Message::RegSend(m) => deliver_to_name(node, &m.to_name, m.message),
-        Message::RegSendTt(m) => deliver_to_name(node, &m.to_name, m.message),
+        Message::RegSend(m) => deliver_to_name(node, &m.to_name.name, m.message),
+        Message::RegSendTt(m) => deliver_to_name(node, &m.to_name.name, m.message),
         Message::AliasSend(_) | Message::AliasSendTt(_) => {
             tracing::debug!("alias send to an alias this node never created: dropped");
         }
