@@ -1,26 +1,25 @@
-//! One established connection: a reader (frames -> [`crate::node::router`]) and a writer
-//! (the peer's bounded queue -> socket, many frames per write, ticks when idle).
+//! One established connection: a reader (frames -> [`crate::node::router`], then one write of
+//! the replies they produced) and a writer task (frames from elsewhere, the rest of writes the
+//! socket could not take at once, ticks when idle), sharing the peer's bounded [`Outbox`].
 //!
 //! The reader drops a peer silent for `net_ticktime`; the writer writes a tick (a zero-length
 //! frame) when it wrote nothing for a quarter of it. Any bad frame (oversized, undecodable,
 //! unsupported) closes this connection only, with one log line saying why.
 
+use super::PASS_THROUGH;
 use super::fast::Fast;
-use super::{Frame, PASS_THROUGH};
+use super::manager::ConnHandle;
+use super::outbox::{self, Outbox};
 use crate::node::{Node, router};
 use crate::term::{self, Limits};
 use erl_dist::DistributionFlags;
 use erl_dist::message::Message;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Frames waiting for the writer; a peer that lets more pile up is disconnected.
-pub const OUTBOUND_QUEUE: usize = 65_536;
 /// A tick from the peer is answered with one when we have not written for this long.
 const PEER_TICK_ANSWER_AFTER: Duration = Duration::from_millis(500);
 /// The read buffer's normal size.
@@ -29,8 +28,6 @@ const READ_CHUNK: usize = 64 * 1024;
 const GROW_CHUNK: usize = 1024 * 1024;
 /// A read buffer above this is shrunk back once it is drained.
 const BIG_BUFFER: usize = 4 * 1024 * 1024;
-/// Small frames are gathered into one write up to this size.
-const BATCH_BYTES: usize = 256 * 1024;
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -72,22 +69,35 @@ pub enum Error {
 /// Registers the connection with the manager and serves it until it ends; then runs the
 /// node-down cleanup.
 pub async fn serve(node: Node, stream: TcpStream, peer: String, flags: DistributionFlags) {
-    let (tx, rx) = mpsc::channel::<Frame>(OUTBOUND_QUEUE);
     let cancel = node.shutdown_token().child_token();
-    let (handle, replaced) = node.manager().register(&peer, flags, tx, cancel.clone());
+    // Room for two of the largest messages plus slack: a reply may carry a value that big.
+    let max_out = node
+        .config()
+        .max_message_size
+        .saturating_mul(2)
+        .saturating_add(1 << 20);
+    let (handle, replaced) = node
+        .manager()
+        .register(&peer, flags, max_out, cancel.clone());
     if let Some(old) = replaced {
         tracing::info!("peer reconnected: replacing its old connection");
         old.close();
         node.node_down(&peer);
     }
     tracing::info!(flags = format_args!("{:#x}", flags.bits()), "connected");
-    let (rd, wr) = stream.into_split();
+    let stream = Arc::new(stream);
     let tick = super::tick_interval(node.config().net_ticktime);
     // The reader tells the writer when the peer ticks, so a peer with a shorter net_ticktime
     // than ours still hears from us in time.
     let (ticked_tx, ticked_rx) = mpsc::channel::<()>(1);
-    let writer = tokio::spawn(write_loop(wr, rx, ticked_rx, cancel.clone(), tick));
-    let result = read_loop(&node, rd, &peer, ticked_tx, cancel.clone()).await;
+    let writer = tokio::spawn(write_loop(
+        handle.outbox.clone(),
+        stream.clone(),
+        ticked_rx,
+        cancel.clone(),
+        tick,
+    ));
+    let result = read_loop(&node, &stream, &handle, &peer, ticked_tx, cancel.clone()).await;
     cancel.cancel();
     let _ = writer.await;
     match &result {
@@ -104,7 +114,8 @@ pub async fn serve(node: Node, stream: TcpStream, peer: String, flags: Distribut
 
 async fn read_loop(
     node: &Node,
-    mut rd: OwnedReadHalf,
+    stream: &TcpStream,
+    conn: &ConnHandle,
     peer: &str,
     ticked: mpsc::Sender<()>,
     cancel: CancellationToken,
@@ -126,29 +137,36 @@ async fn read_loop(
     let deadline = tokio::time::sleep(silence);
     tokio::pin!(deadline);
     loop {
-        // Handle every complete frame in the buffer.
+        // Handle every complete frame in the buffer; replies to this peer collect in its
+        // outbox and go out in one write below.
         let need;
-        loop {
-            let avail = &buf[start..];
-            if avail.len() < 4 {
-                need = 4 - avail.len();
-                break;
+        {
+            let _reading = outbox::reading(conn.id);
+            loop {
+                let avail = &buf[start..];
+                if avail.len() < 4 {
+                    need = 4 - avail.len();
+                    break;
+                }
+                let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+                if len == 0 {
+                    start += 4;
+                    let _ = ticked.try_send(());
+                    continue;
+                }
+                if len > max {
+                    return Err(Error::TooLarge { len, max });
+                }
+                if avail.len() < 4 + len {
+                    need = 4 + len - avail.len();
+                    break;
+                }
+                handle_frame(node, peer, &avail[4..4 + len], &limits)?;
+                start += 4 + len;
             }
-            let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
-            if len == 0 {
-                start += 4;
-                let _ = ticked.try_send(());
-                continue;
-            }
-            if len > max {
-                return Err(Error::TooLarge { len, max });
-            }
-            if avail.len() < 4 + len {
-                need = 4 + len - avail.len();
-                break;
-            }
-            handle_frame(node, peer, &avail[4..4 + len], &limits)?;
-            start += 4 + len;
+        }
+        if conn.outbox.has_data() && !conn.outbox.flush_now(stream)? {
+            conn.outbox.notify(); // the writer task finishes what the socket did not take
         }
         // Keep the unread bytes at the front; never keep a big buffer after a big message.
         if start > 0 {
@@ -161,10 +179,17 @@ async fn read_loop(
         // Grow toward what the next frame needs, a chunk at a time: an announced length is not
         // trusted with memory before its bytes arrive.
         buf.reserve(need.clamp(READ_CHUNK, GROW_CHUNK));
-        let read = tokio::select! {
-            _ = &mut cancelled => return Err(Error::Shutdown),
-            _ = &mut deadline => return Err(Error::TickTimeout(silence)),
-            r = rd.read_buf(&mut buf) => r?,
+        let read = loop {
+            tokio::select! {
+                _ = &mut cancelled => return Err(Error::Shutdown),
+                _ = &mut deadline => return Err(Error::TickTimeout(silence)),
+                r = stream.readable() => r?,
+            };
+            match stream.try_read_buf(&mut buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(Error::Io(e)),
+            }
         };
         if read == 0 {
             return Err(Error::Closed);
@@ -226,88 +251,49 @@ pub fn decode_frame(body: &[u8], limits: &Limits) -> Result<Message, Error> {
 }
 
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Frame>,
+    outbox: Arc<Outbox>,
+    stream: Arc<TcpStream>,
     mut ticked: mpsc::Receiver<()>,
     cancel: CancellationToken,
     tick: Duration,
 ) {
-    let mut last_write = Instant::now();
-    let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let result = tokio::select! {
             _ = cancel.cancelled() => {
-                // Best effort: flush what is queued (replies already computed) before closing.
-                rx.close();
-                let drain = async {
-                    while let Some(frame) = rx.recv().await {
-                        wr.write_all(&frame).await?;
-                    }
-                    wr.flush().await
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
-                let _ = wr.shutdown().await;
+                // Best effort: write what is queued (replies already computed) before closing.
+                let _ = tokio::time::timeout(Duration::from_secs(2), outbox.flush_all(&stream)).await;
                 return;
             }
-            frame = rx.recv() => {
-                let Some(frame) = frame else { return };
-                let result = async {
-                    write_frame(&mut wr, &mut batch, frame).await?;
-                    while let Ok(frame) = rx.try_recv() {
-                        write_frame(&mut wr, &mut batch, frame).await?;
-                    }
-                    if !batch.is_empty() {
-                        wr.write_all(&batch).await?;
-                        batch.clear();
-                    }
-                    Ok::<(), std::io::Error>(())
-                }.await;
-                if let Err(error) = result {
-                    tracing::debug!(%error, "write failed");
-                    cancel.cancel();
-                    return;
-                }
-                last_write = Instant::now();
-            }
+            _ = outbox.woken() => outbox.flush_all(&stream).await,
             Some(()) = ticked.recv() => {
                 // Answer a tick unless we wrote recently.
-                if last_write.elapsed() >= PEER_TICK_ANSWER_AFTER {
-                    if wr.write_all(&[0, 0, 0, 0]).await.is_err() {
-                        cancel.cancel();
-                        return;
-                    }
-                    last_write = Instant::now();
+                if outbox.idle_for() >= PEER_TICK_ANSWER_AFTER && !outbox.has_data() {
+                    write_tick(&outbox, &stream).await
+                } else {
+                    Ok(())
                 }
             }
             _ = ticker.tick() => {
-                if last_write.elapsed() >= tick {
-                    if wr.write_all(&[0, 0, 0, 0]).await.is_err() {
-                        cancel.cancel();
-                        return;
-                    }
-                    last_write = Instant::now();
+                if outbox.idle_for() >= tick && !outbox.has_data() {
+                    write_tick(&outbox, &stream).await
+                } else {
+                    Ok(())
                 }
             }
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, "write failed");
+            cancel.cancel();
+            return;
         }
     }
 }
 
-async fn write_frame(
-    wr: &mut OwnedWriteHalf,
-    batch: &mut Vec<u8>,
-    frame: Frame,
-) -> std::io::Result<()> {
-    if batch.len() + frame.len() > BATCH_BYTES {
-        if !batch.is_empty() {
-            wr.write_all(batch).await?;
-            batch.clear();
-        }
-        if frame.len() > BATCH_BYTES {
-            return wr.write_all(&frame).await;
-        }
+async fn write_tick(outbox: &Outbox, stream: &TcpStream) -> std::io::Result<()> {
+    if outbox.push(&[0, 0, 0, 0]).is_err() {
+        return Err(std::io::ErrorKind::WriteZero.into());
     }
-    batch.extend_from_slice(&frame);
-    Ok(())
+    outbox.flush_all(stream).await
 }

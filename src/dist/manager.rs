@@ -3,27 +3,30 @@
 //!
 //! One `std::sync::Mutex` guards the table; it is held only for map operations, never across
 //! an `.await` or a socket write (frames are handed to the connection's bounded writer queue
-//! with `try_send`).
+//! by appending them to its bounded [`Outbox`]).
 
 use super::Frame;
+use super::outbox::Outbox;
 use erl_dist::DistributionFlags;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Frames queued for a peer that is not connected yet are capped at this many; more are dropped.
 pub const MAX_PENDING_FRAMES: usize = 65_536;
 
 /// The sending side of an established connection.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnHandle {
     /// Unique id of this connection (a reconnect gets a new one).
     pub id: u64,
     /// Flags both sides agreed on.
     pub flags: DistributionFlags,
-    tx: mpsc::Sender<Frame>,
+    /// Its outbound bytes.
+    pub outbox: Arc<Outbox>,
     cancel: CancellationToken,
 }
 
@@ -69,15 +72,9 @@ impl Manager {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         match slots.get_mut(peer) {
             Some(Slot::Up(conn)) => {
-                match conn.tx.try_send(frame) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        tracing::warn!(%peer, "peer is not reading: its outbound queue is full, disconnecting it");
-                        conn.cancel.cancel();
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        tracing::debug!(%peer, "dropping a message for a connection that is closing");
-                    }
+                if conn.outbox.push(&frame).is_err() {
+                    tracing::warn!(%peer, "peer is not reading: its outbound buffer is full, disconnecting it");
+                    conn.cancel.cancel();
                 }
                 None
             }
@@ -149,13 +146,14 @@ impl Manager {
         &self,
         peer: &str,
         flags: DistributionFlags,
-        tx: mpsc::Sender<Frame>,
+        max_outbound_bytes: usize,
         cancel: CancellationToken,
     ) -> (ConnHandle, Option<ConnHandle>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let handle = ConnHandle {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            id,
             flags,
-            tx,
+            outbox: Arc::new(Outbox::new(id, max_outbound_bytes)),
             cancel,
         };
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
@@ -163,8 +161,8 @@ impl Manager {
         let replaced = match old {
             Some(Slot::Pending { queue, .. }) => {
                 for frame in queue {
-                    if handle.tx.try_send(frame).is_err() {
-                        tracing::warn!(%peer, "outbound queue full while flushing queued messages");
+                    if handle.outbox.push(&frame).is_err() {
+                        tracing::warn!(%peer, "outbound buffer full while flushing queued messages");
                         break;
                     }
                 }

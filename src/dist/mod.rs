@@ -11,6 +11,7 @@ pub mod connection;
 pub mod fast;
 pub mod handshake;
 pub mod manager;
+pub mod outbox;
 
 use crate::node::Node;
 use erl_dist::message::Message;
