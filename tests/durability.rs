@@ -32,6 +32,19 @@ fn start(alive: &str, cookie: &str, epmd: u16, dir: &Path) -> KvNode {
     )
 }
 
+/// Runs kvnode on `dir` expecting it to refuse to start; returns its stderr.
+fn refused_start(alive: &str, cookie: &str, epmd: u16, dir: &Path) -> String {
+    let out = Command::new(kvnode_bin())
+        .args(["--name", &format!("{alive}@127.0.0.1"), "--cookie", cookie])
+        .args(["--epmd-port", &epmd.to_string()])
+        .args(["--data-dir", dir.to_str().expect("utf-8 path")])
+        .env_remove("ERL_EPMD_PORT")
+        .output()
+        .expect("run kvnode");
+    assert!(!out.status.success(), "kvnode started on {}", dir.display());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Parses lines `ACK <i> <last_put_seq> <incrs>` printed by a load round.
 fn parse_acks(out: &str) -> HashMap<u32, (i64, u64)> {
     out.lines()
@@ -274,15 +287,7 @@ for i <- 1..100, do: :ok = GenServer.call({DistributedExample.KVStore, kv}, {:pu
     let at = 24 + 40; // inside the first record's payload
     bytes[at] ^= 0xff;
     std::fs::write(&seg, &bytes).expect("write");
-    let out = Command::new(kvnode_bin())
-        .args(["--name", &format!("{alive}@127.0.0.1"), "--cookie", &cookie])
-        .args(["--epmd-port", &epmd.to_string()])
-        .args(["--data-dir", dir.to_str().expect("utf-8")])
-        .env_remove("ERL_EPMD_PORT")
-        .output()
-        .expect("run kvnode");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(&alive, &cookie, epmd, &dir);
     assert!(err.contains("corrupt"), "{err}");
 }
 
@@ -293,15 +298,7 @@ fn a_second_kvnode_on_the_same_directory_is_refused() {
     let dir = data_dir("kvnode_lock");
     let _cleanup = DirGuard(dir.clone());
     let _kv = start(&unique("kv_lock1"), &cookie, epmd, &dir);
-    let out = Command::new(kvnode_bin())
-        .args(["--name", &format!("{}@127.0.0.1", unique("kv_lock2"))])
-        .args(["--cookie", &cookie, "--epmd-port", &epmd.to_string()])
-        .args(["--data-dir", dir.to_str().expect("utf-8")])
-        .env_remove("ERL_EPMD_PORT")
-        .output()
-        .expect("run kvnode");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(&unique("kv_lock2"), &cookie, epmd, &dir);
     assert!(err.contains("lock") || err.contains("in use"), "{err}");
 }
 
@@ -402,16 +399,8 @@ IO.puts("SCRIPT-OK")
     }
     // A read-only data directory is a clear startup error.
     mount.remount("ro");
-    let out = Command::new(kvnode_bin())
-        .args(["--name", &format!("{alive}@127.0.0.1"), "--cookie", &cookie])
-        .args(["--epmd-port", &epmd.to_string()])
-        .args(["--data-dir", dir.to_str().expect("utf-8")])
-        .env_remove("ERL_EPMD_PORT")
-        .output()
-        .expect("run kvnode");
+    let err = refused_start(&alive, &cookie, epmd, &dir);
     mount.remount("rw");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("not writable") || err.contains("read-only"),
         "{err}"

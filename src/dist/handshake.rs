@@ -11,7 +11,7 @@ use erl_dist::handshake::{
 use erl_dist::node::{Creation, LocalNode, NodeName, PeerNode};
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio_util::compat::TokioAsyncReadCompatExt;
+use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
 /// The OTP 26 mandatory set plus DIST_MONITOR, DIST_MONITOR_NAME and ALIAS (`0xC_0307_0FBC`).
 pub const BASE_FLAGS: u64 = 0xC_0307_0FBC;
@@ -127,13 +127,28 @@ pub async fn accept(
             let _ = hs.execute_rest(HandshakeStatus::Nok).await;
             return Err(Error::Simultaneous);
         }
-        let (conn, peer) = hs.execute_rest(status).await.map_err(|e| match e {
-            HandshakeError::CookieMismatch => Error::WrongCookie,
-            e => Error::Protocol(e),
-        })?;
-        check_peer(&peer, name)?;
-        Ok((conn.into_inner(), peer))
+        finish(hs.execute_rest(status).await, name)
     };
+    with_timeout(timeout, work).await
+}
+
+/// The end of both directions: map a wrong cookie, check the peer, unwrap the stream.
+fn finish(
+    result: Result<(Compat<TcpStream>, PeerNode), HandshakeError>,
+    name: &NodeName,
+) -> Result<(TcpStream, PeerNode), Error> {
+    let (conn, peer) = result.map_err(|e| match e {
+        HandshakeError::CookieMismatch => Error::WrongCookie,
+        e => Error::Protocol(e),
+    })?;
+    check_peer(&peer, name)?;
+    Ok((conn.into_inner(), peer))
+}
+
+async fn with_timeout<T>(
+    timeout: Duration,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| Error::Timeout(timeout))?
@@ -164,14 +179,7 @@ pub async fn connect(
                 }));
             }
         }
-        let (conn, peer) = hs.execute_rest(true).await.map_err(|e| match e {
-            HandshakeError::CookieMismatch => Error::WrongCookie,
-            e => Error::Protocol(e),
-        })?;
-        check_peer(&peer, name)?;
-        Ok((conn.into_inner(), peer))
+        finish(hs.execute_rest(true).await, name)
     };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| Error::Timeout(timeout))?
+    with_timeout(timeout, work).await
 }
