@@ -12,7 +12,11 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(Some(body)) = parse_request(data) {
         let len = 2 + body.len();
-        assert!(body.len() <= 4096, "request body of {} bytes accepted", body.len());
+        assert!(
+            body.len() <= 4096,
+            "request body of {} bytes accepted",
+            body.len()
+        );
         assert_eq!(&data[2..len], body);
         // Any split of the request into segments: each prefix must ask for more bytes.
         for cut in [0, 1, 2, len / 2, len - 1] {
