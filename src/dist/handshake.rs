@@ -10,7 +10,7 @@ use erl_dist::handshake::{
 };
 use erl_dist::node::{Creation, LocalNode, NodeName, PeerNode};
 use std::time::Duration;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
 /// The OTP 26 mandatory set plus DIST_MONITOR, DIST_MONITOR_NAME and ALIAS (`0xC_0307_0FBC`).
@@ -103,14 +103,17 @@ fn local_node(name: &NodeName, creation: u32) -> LocalNode {
 }
 
 /// Accepts a handshake. `decide` gets the peer's name and says what to answer.
-pub async fn accept(
-    stream: TcpStream,
+///
+/// Generic over the stream (kvnode passes a `TcpStream`) so the fuzzer can drive it over an
+/// in-memory `tokio::io::duplex`.
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     name: &NodeName,
     creation: u32,
     cookie: &str,
     timeout: Duration,
     decide: impl FnOnce(&NodeName) -> HandshakeStatus,
-) -> Result<(TcpStream, PeerNode), Error> {
+) -> Result<(S, PeerNode), Error> {
     let work = async {
         let mut hs = ServerSideHandshake::new(stream.compat(), local_node(name, creation), cookie);
         let Some(peer_name) = hs.execute_recv_name().await? else {
@@ -133,10 +136,10 @@ pub async fn accept(
 }
 
 /// The end of both directions: map a wrong cookie, check the peer, unwrap the stream.
-fn finish(
-    result: Result<(Compat<TcpStream>, PeerNode), HandshakeError>,
+fn finish<S>(
+    result: Result<(Compat<S>, PeerNode), HandshakeError>,
     name: &NodeName,
-) -> Result<(TcpStream, PeerNode), Error> {
+) -> Result<(S, PeerNode), Error> {
     let (conn, peer) = result.map_err(|e| match e {
         HandshakeError::CookieMismatch => Error::WrongCookie,
         e => Error::Protocol(e),
@@ -154,14 +157,15 @@ async fn with_timeout<T>(
         .map_err(|_| Error::Timeout(timeout))?
 }
 
-/// Dials: runs the initiator side of the handshake on a connected stream.
-pub async fn connect(
-    stream: TcpStream,
+/// Dials: runs the initiator side of the handshake on a connected stream (generic for the
+/// fuzzer, like [`accept`]).
+pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     name: &NodeName,
     creation: u32,
     cookie: &str,
     timeout: Duration,
-) -> Result<(TcpStream, PeerNode), Error> {
+) -> Result<(S, PeerNode), Error> {
     let work = async {
         let mut hs = ClientSideHandshake::new(stream.compat(), local_node(name, creation), cookie);
         let status = hs.execute_send_name(6).await?;

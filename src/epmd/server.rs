@@ -513,16 +513,7 @@ impl Connection {
         stream: &mut TcpStream,
         body: &[u8],
     ) -> Result<(), ConnectionError> {
-        // epmd tolerates a trailing NUL terminator.
-        let name = match body {
-            [_, name @ .., 0] => name,
-            [_, name @ ..] => name,
-            [] => &[][..],
-        };
-        check_name(name).map_err(|reason| ConnectionError::Malformed {
-            request: "PORT_PLEASE2_REQ",
-            reason,
-        })?;
+        let name = port_please_name(body)?;
         let reply = match self.registry.lookup(name) {
             None => vec![PORT2_RESP, RESULT_ERROR],
             Some(node) => {
@@ -562,7 +553,15 @@ async fn read_request(stream: &mut TcpStream) -> Result<Option<Vec<u8>>, Connect
         return Ok(None);
     }
     stream.read_exact(&mut len[1..]).await?;
-    let len = usize::from(u16::from_be_bytes(len));
+    let len = check_request_len(u16::from_be_bytes(len))?;
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    Ok(Some(body))
+}
+
+/// Checks a request's `u16` length prefix: not empty, at most [`MAX_REQUEST_LEN`].
+fn check_request_len(len: u16) -> Result<usize, ConnectionError> {
+    let len = usize::from(len);
     if len == 0 {
         return Err(ConnectionError::EmptyRequest);
     }
@@ -572,8 +571,57 @@ async fn read_request(stream: &mut TcpStream) -> Result<Option<Vec<u8>>, Connect
             max: MAX_REQUEST_LEN,
         });
     }
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await?;
+    Ok(len)
+}
+
+/// The node name of a `PORT_PLEASE2_REQ` body (tag included), checked with [`check_name`].
+fn port_please_name(body: &[u8]) -> Result<&[u8], ConnectionError> {
+    // epmd tolerates a trailing NUL terminator.
+    let name = match body {
+        [_, name @ .., 0] => name,
+        [_, name @ ..] => name,
+        [] => &[][..],
+    };
+    check_name(name).map_err(|reason| ConnectionError::Malformed {
+        request: "PORT_PLEASE2_REQ",
+        reason,
+    })?;
+    Ok(name)
+}
+
+/// Parses the first request in `buf` (the bytes a connection has buffered so far) without a
+/// socket or a registry: the `u16` length prefix and the body's fields, with the same checks
+/// (and the same functions) a connection applies before acting on a request.
+///
+/// Returns `Ok(None)` while the request is incomplete ("need more bytes" is not an error),
+/// else the request body (its first byte is the tag); the request occupied `2 + body.len()`
+/// bytes of `buf`. An invalid name in an `ALIVE2_REQ` is not an error here: the server answers
+/// it with a refused registration. The refusals that depend on the peer's address (local-only
+/// requests) are not applied. Used by the fuzzer (`fuzz/fuzz_targets/epmd_request.rs`).
+pub fn parse_request(buf: &[u8]) -> Result<Option<&[u8]>, ConnectionError> {
+    let [hi, lo, rest @ ..] = buf else {
+        return Ok(None);
+    };
+    let len = check_request_len(u16::from_be_bytes([*hi, *lo]))?;
+    let Some(body) = rest.get(..len) else {
+        return Ok(None);
+    };
+    // ok (index 0): check_request_len refuses an empty body.
+    match body[0] {
+        ALIVE2_REQ => {
+            Alive2::parse(body)?;
+        }
+        PORT_PLEASE2_REQ => {
+            port_please_name(body)?;
+        }
+        NAMES_REQ | DUMP_REQ | KILL_REQ => {}
+        STOP_REQ => {
+            return Err(ConnectionError::Refused {
+                request: "STOP_REQ",
+            });
+        }
+        tag => return Err(ConnectionError::UnknownRequest { tag }),
+    }
     Ok(Some(body))
 }
 

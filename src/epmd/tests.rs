@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::client::{self, NodeInfo};
 use super::proto::*;
-use super::server::{EpmdServer, REQUEST_TIMEOUT};
+use super::server::{ConnectionError, EpmdServer, REQUEST_TIMEOUT, parse_request};
 use super::{EpmdError, EpmdMode, start};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -277,6 +277,57 @@ async fn garbage_closes_only_that_connection() {
     let info = client::port_please(server.addr, "holder").await.unwrap();
     assert_eq!(info.map(|i| i.port), Some(7000));
     drop(holder);
+}
+
+/// The pure parser the fuzzer drives (`fuzz/fuzz_targets/epmd_request.rs`): "need more" for
+/// every prefix of a request, the body once complete, and the connection's refusals.
+#[test]
+fn parse_request_buffers_then_validates() {
+    let alive = frame(&alive2_body("kv", 4321, 6));
+    for cut in 0..alive.len() {
+        assert!(
+            matches!(parse_request(&alive[..cut]), Ok(None)),
+            "cut {cut}"
+        );
+    }
+    let mut two = alive.clone();
+    two.extend_from_slice(&frame(&[NAMES_REQ]));
+    assert_eq!(parse_request(&two).unwrap(), Some(&alive[2..]));
+    assert_eq!(
+        parse_request(&frame(b"zkv\0")).unwrap(),
+        Some(&b"zkv\0"[..])
+    );
+    // An invalid name is answered by a refused registration, not a parse error.
+    assert!(
+        parse_request(&frame(&alive2_body("a\0b", 1, 6)))
+            .unwrap()
+            .is_some()
+    );
+
+    let err = |bytes: &[u8]| parse_request(bytes).unwrap_err();
+    assert!(matches!(err(&[0, 0]), ConnectionError::EmptyRequest));
+    assert!(matches!(
+        err(&[0xff, 0xff]),
+        ConnectionError::RequestTooLong { len: 65535, .. }
+    ));
+    assert!(matches!(
+        err(&[0, 3, 200, 1, 2]),
+        ConnectionError::UnknownRequest { tag: 200 }
+    ));
+    assert!(matches!(
+        err(&frame(&[STOP_REQ])),
+        ConnectionError::Refused { .. }
+    ));
+    assert!(matches!(
+        err(&frame(b"z")),
+        ConnectionError::Malformed { .. }
+    ));
+    assert!(matches!(
+        err(&frame(&[
+            ALIVE2_REQ, 0, 1, 77, 0, 0, 6, 0, 5, 0xff, 0xff, b'a', 0, 0
+        ])),
+        ConnectionError::Malformed { .. }
+    ));
 }
 
 #[tokio::test]
