@@ -1,5 +1,7 @@
 //! Tests for the EPMD client, the embedded server and [`super::start`]: in-process on port 0,
 //! then against real OTP (`epmd`, `erl`) processes behind kill-on-drop guards.
+//!
+//! Test-only code: the parent declares this module under `#[cfg(test)]`.
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -1,5 +1,7 @@
 //! Tests of the storage engine: round trips, torn tails, corruption, locking, compaction,
 //! disk-full and read-only behaviour, and (ignored by default) throughput measurements.
+//!
+//! Test-only code: the parent declares this module under `#[cfg(test)]`.
 
 use super::*;
 use std::process::Command;

@@ -1,5 +1,7 @@
 //! Tests for the ETF validator: round trips, hostile inputs, mutation fuzzing, a corpus from
 //! a real Erlang VM, and the stack budget behind [`Limits::default`].
+//!
+//! Test-only code: the parent declares this module under `#[cfg(test)]`.
 
 use super::*;
 use eetf::{
