@@ -1,7 +1,9 @@
 //! Command-line flags (clap derive) and their resolution into a [`Config`]: node name
 //! (`--name`/`--sname`), cookie (`--cookie`, `ERLANG_COOKIE`, `~/.erlang.cookie`), ports.
 
-use crate::config::{Config, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PROCESS_NAME};
+use crate::config::{
+    Config, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PROCESS_NAME,
+};
 use clap::Parser;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -80,6 +82,11 @@ pub struct Cli {
     /// store lives in memory only.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// Most inbound distribution connections at once, handshaking or established; more are
+    /// closed at once with a log line (e.g. `--max-connections 256`).
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    pub max_connections: usize,
 }
 
 /// Errors turning flags into a [`Config`].
@@ -170,6 +177,7 @@ impl Cli {
         config.handshake_timeout = Duration::from_secs(self.handshake_timeout.max(1));
         config.net_ticktime = Duration::from_secs(self.net_ticktime.max(4));
         config.data_dir = self.data_dir;
+        config.max_connections = self.max_connections.max(1);
         Ok(config)
     }
 }

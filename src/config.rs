@@ -29,6 +29,8 @@ pub struct Config {
     pub max_term_depth: usize,
     /// Where the KV state is persisted; None keeps it in memory only.
     pub data_dir: Option<std::path::PathBuf>,
+    /// Most distribution connections (inbound, handshaking or established) at once.
+    pub max_connections: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -45,12 +47,15 @@ impl std::fmt::Debug for Config {
             .field("net_ticktime", &self.net_ticktime)
             .field("max_term_depth", &self.max_term_depth)
             .field("data_dir", &self.data_dir)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
 
 /// The default registered name: what `DistributedExample.KVStore` is as an atom.
 pub const DEFAULT_PROCESS_NAME: &str = "Elixir.DistributedExample.KVStore";
+/// Default `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Default `--max-message-size`: 128 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 128 * 1024 * 1024;
 
@@ -69,6 +74,7 @@ impl Config {
             net_ticktime: Duration::from_secs(60),
             max_term_depth: crate::term::Limits::default().max_depth,
             data_dir: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 

@@ -190,6 +190,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
 async fn accept_loop(node: Node, listener: TcpListener, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(10);
+    let limit = node.config().max_connections;
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(limit));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -198,8 +200,16 @@ async fn accept_loop(node: Node, listener: TcpListener, shutdown: CancellationTo
         match accepted {
             Ok((stream, addr)) => {
                 backoff = Duration::from_millis(10);
-                node.tracker()
-                    .spawn(dist::accept(node.clone(), stream, addr));
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    tracing::warn!(%addr, limit, "too many connections (--max-connections): closing this one");
+                    drop(stream);
+                    continue;
+                };
+                let node2 = node.clone();
+                node.tracker().spawn(async move {
+                    dist::accept(node2, stream, addr).await;
+                    drop(permit);
+                });
             }
             Err(error) => {
                 // EMFILE and friends: back off instead of spinning.

@@ -220,3 +220,31 @@ IO.puts("SCRIPT-OK")
     assert!(started.elapsed() >= Duration::from_secs(3));
     kv.wait_log("tick timeout", Duration::from_secs(5));
 }
+
+#[test]
+fn connections_over_the_limit_are_closed_and_service_resumes() {
+    let cookie = unique("cookie");
+    let kv = KvNode::start_with(
+        &unique("kv_maxconn"),
+        &cookie,
+        free_port(),
+        &["--max-connections", "2", "--handshake-timeout", "30"],
+    );
+    let port = kv.dist_port();
+    let idle1 = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let idle2 = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    // The third is closed at once, long before any handshake timeout.
+    let mut third = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let started = Instant::now();
+    assert!(closed_by_peer(&mut third, Duration::from_secs(10)));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    kv.wait_log("too many connections", Duration::from_secs(5));
+    drop((idle1, idle2));
+    // Both idle connections end (each logs its failed handshake) and free their places.
+    wait_for(
+        "the idle connections to be released",
+        Duration::from_secs(10),
+        || (kv.logs().matches("handshake failed").count() >= 2).then_some(()),
+    );
+    still_serves(&kv, &cookie);
+}
