@@ -32,8 +32,8 @@
 //! key is absent. `incr` treats an absent key as `0`. Change events are
 //! `{:kv_event, k, {:put, v}}` and `{:kv_event, k, :delete}`.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use hashbrown::HashTable;
+use std::hash::BuildHasher;
 
 use eetf::{Atom, BigInteger, FixInteger, List, Term, Tuple};
 use num_bigint::BigInt;
@@ -374,15 +374,25 @@ fn is_integer(term: &Term) -> bool {
     matches!(term, Term::FixInteger(_) | Term::BigInteger(_))
 }
 
-/// The store: canonical key -> one packed allocation holding the key as first written and
-/// the value, both in external term format.
+/// The store: one packed allocation per entry, found by its canonical key.
 ///
-/// Keeping encoded terms (not `eetf::Term` trees) keeps a small entry near 100 bytes: the
-/// canonical [`Key`] bytes plus one blob `[u32 key length][key ETF][value ETF]`. The original
-/// key is kept so `:keys` and events return what clients sent.
-#[derive(Debug, Clone, Default)]
+/// An entry is `[u32 canonical length][canonical key][u32 key length][key ETF][value ETF]`:
+/// the canonical [`Key`] bytes (what lookups compare), the key as first written and the value,
+/// both in external term format. Keeping encoded terms in one allocation (not `eetf::Term`
+/// trees, not a map of separate boxes) keeps a small entry near 80 bytes including the table.
+/// The original key is kept so `:keys` and events return what clients sent.
+#[derive(Clone, Default)]
 pub struct Store {
-    entries: HashMap<Key, Box<[u8]>, foldhash::fast::RandomState>,
+    table: HashTable<Box<[u8]>>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("len", &self.table.len())
+            .finish()
+    }
 }
 
 thread_local! {
@@ -397,23 +407,44 @@ fn encode_etf(term: &Term, out: &mut Vec<u8>) {
     }
 }
 
-fn pack(key: &Term, value: &Term) -> Box<[u8]> {
-    let mut blob = vec![0u8; 4];
+fn put_len(blob: &mut [u8], at: usize, len: usize) {
+    blob[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
+}
+
+fn pack(canon: &[u8], key: &Term, value: &Term) -> Box<[u8]> {
+    let mut blob = Vec::with_capacity(8 + canon.len() + 32);
+    blob.extend_from_slice(&[0; 4]);
+    blob.extend_from_slice(canon);
+    put_len(&mut blob, 0, canon.len());
+    let key_at = blob.len();
+    blob.extend_from_slice(&[0; 4]);
     encode_etf(key, &mut blob);
-    let key_len = (blob.len() - 4) as u32;
-    blob[..4].copy_from_slice(&key_len.to_le_bytes());
+    let key_len = blob.len() - key_at - 4;
+    put_len(&mut blob, key_at, key_len);
     encode_etf(value, &mut blob);
     blob.into_boxed_slice()
 }
 
-/// The key and value ETF bytes of a packed entry.
-fn unpack(blob: &[u8]) -> (&[u8], &[u8]) {
-    let key_len = blob
-        .get(..4)
+/// A length-prefixed section of a packed entry starting at `at`, and where the next begins.
+fn section(blob: &[u8], at: usize) -> (&[u8], usize) {
+    let len = blob
+        .get(at..at + 4)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
         .unwrap_or(0);
-    let key_end = (4 + key_len).min(blob.len());
-    (&blob[4.min(blob.len())..key_end], &blob[key_end..])
+    let start = (at + 4).min(blob.len());
+    let end = (start + len).min(blob.len());
+    (&blob[start..end], end)
+}
+
+/// The canonical key, key ETF and value ETF bytes of a packed entry.
+fn unpack(blob: &[u8]) -> (&[u8], &[u8], &[u8]) {
+    let (canon, next) = section(blob, 0);
+    let (key, next) = section(blob, next);
+    (canon, key, &blob[next..])
+}
+
+fn canon_of(blob: &[u8]) -> &[u8] {
+    section(blob, 0).0
 }
 
 fn decode_stored(bytes: &[u8]) -> Term {
@@ -428,6 +459,10 @@ impl Store {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn hash(&self, canon: &[u8]) -> u64 {
+        self.hasher.hash_one(canon)
     }
 
     fn with_key<R>(key: &Term, f: impl FnOnce(&[u8]) -> R) -> R {
@@ -445,28 +480,48 @@ impl Store {
         })
     }
 
+    fn find(&self, canon: &[u8]) -> Option<&[u8]> {
+        self.table
+            .find(self.hash(canon), |b| canon_of(b) == canon)
+            .map(|b| &**b)
+    }
+
+    /// Inserts or replaces the entry whose canonical key is `canon`.
+    fn upsert(&mut self, canon: &[u8], blob: Box<[u8]>) {
+        let hasher = &self.hasher;
+        match self.table.entry(
+            hasher.hash_one(canon),
+            |b| canon_of(b) == canon,
+            |b| hasher.hash_one(canon_of(b)),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = blob,
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(blob);
+            }
+        }
+    }
+
     /// The value under `key`, if any.
     pub fn get(&self, key: &Term) -> Option<Term> {
-        Self::with_key(key, |k| {
-            self.entries.get(k).map(|b| decode_stored(unpack(b).1))
-        })
+        Self::with_key(key, |k| self.find(k).map(|b| decode_stored(unpack(b).2)))
     }
 
     /// Stores `value` under `key`, overwriting any previous value.
     pub fn put(&mut self, key: Term, value: Term) {
-        self.entries
-            .insert(Key::from_term(&key), pack(&key, &value));
+        let canon = Key::from_term(&key);
+        let blob = pack(canon.as_bytes(), &key, &value);
+        self.upsert(canon.as_bytes(), blob);
     }
 
     /// Stores `value` under `key` only if the key is absent; returns whether it was stored.
     pub fn put_new(&mut self, key: Term, value: Term) -> bool {
-        match self.entries.entry(Key::from_term(&key)) {
-            Entry::Occupied(_) => false,
-            Entry::Vacant(slot) => {
-                slot.insert(pack(&key, &value));
-                true
-            }
+        let canon = Key::from_term(&key);
+        if self.find(canon.as_bytes()).is_some() {
+            return false;
         }
+        let blob = pack(canon.as_bytes(), &key, &value);
+        self.upsert(canon.as_bytes(), blob);
+        true
     }
 
     /// Removes `key`; returns whether it existed.
@@ -476,7 +531,17 @@ impl Store {
 
     /// Removes `key`, returning the stored key as first written.
     fn remove(&mut self, key: &Term) -> Option<Term> {
-        Self::with_key(key, |k| self.entries.remove(k)).map(|b| decode_stored(unpack(&b).0))
+        let hasher = &self.hasher;
+        let blob = Self::with_key(key, |k| {
+            match self
+                .table
+                .find_entry(hasher.hash_one(k), |b| canon_of(b) == k)
+            {
+                Ok(e) => Some(e.remove().0),
+                Err(_) => None,
+            }
+        })?;
+        Some(decode_stored(unpack(&blob).1))
     }
 
     /// Compare-and-swap: stores `new` if the current value is exactly `expected` (`=:=`), or if
@@ -484,21 +549,24 @@ impl Store {
     ///
     /// On a mismatch returns `Err(current)`, where `None` means the key is absent.
     pub fn cas(&mut self, key: Term, expected: &Term, new: Term) -> Result<(), Option<Term>> {
-        match self.entries.entry(Key::from_term(&key)) {
-            Entry::Vacant(slot) => {
+        let canon = Key::from_term(&key);
+        match self.find(canon.as_bytes()) {
+            None => {
                 if is_nil(expected) {
-                    slot.insert(pack(&key, &new));
+                    let blob = pack(canon.as_bytes(), &key, &new);
+                    self.upsert(canon.as_bytes(), blob);
                     Ok(())
                 } else {
                     Err(None)
                 }
             }
-            Entry::Occupied(mut slot) => {
-                let (stored_key, current) = unpack(slot.get());
+            Some(blob) => {
+                let (_, stored_key, current) = unpack(blob);
                 let current = decode_stored(current);
                 if Key::from_term(&current) == Key::from_term(expected) {
                     let stored_key = decode_stored(stored_key);
-                    *slot.get_mut() = pack(&stored_key, &new);
+                    let blob = pack(canon.as_bytes(), &stored_key, &new);
+                    self.upsert(canon.as_bytes(), blob);
                     Ok(())
                 } else {
                     Err(Some(current))
@@ -513,46 +581,52 @@ impl Store {
         if !is_integer(amount) {
             return Err(IncrError::NotInteger);
         }
-        match self.entries.entry(Key::from_term(&key)) {
-            Entry::Vacant(slot) => {
+        let canon = Key::from_term(&key);
+        let (stored_key, new) = match self.find(canon.as_bytes()) {
+            None => {
                 let zero = Term::from(FixInteger::from(0));
-                let new = add_integers(&zero, amount).ok_or(IncrError::NotInteger)?;
-                slot.insert(pack(&key, &new));
-                Ok(new)
+                (
+                    key,
+                    add_integers(&zero, amount).ok_or(IncrError::NotInteger)?,
+                )
             }
-            Entry::Occupied(mut slot) => {
-                let (stored_key, current) = unpack(slot.get());
+            Some(blob) => {
+                let (_, stored_key, current) = unpack(blob);
                 let current = decode_stored(current);
                 let new = add_integers(&current, amount).ok_or(IncrError::NotInteger)?;
-                let stored_key = decode_stored(stored_key);
-                *slot.get_mut() = pack(&stored_key, &new);
-                Ok(new)
+                (decode_stored(stored_key), new)
             }
-        }
+        };
+        let blob = pack(canon.as_bytes(), &stored_key, &new);
+        self.upsert(canon.as_bytes(), blob);
+        Ok(new)
     }
 
     /// The keys, as originally written, in unspecified order.
     pub fn keys(&self) -> Vec<Term> {
-        self.entries
-            .values()
-            .map(|b| decode_stored(unpack(b).0))
+        self.table
+            .iter()
+            .map(|b| decode_stored(unpack(b).1))
             .collect()
     }
 
     /// Every `(key, value)` pair as external term format bytes, in unspecified order (what a
     /// snapshot writes; no decoding or re-encoding).
     pub fn iter_encoded(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.entries.values().map(|b| unpack(b))
+        self.table.iter().map(|b| {
+            let (_, k, v) = unpack(b);
+            (k, v)
+        })
     }
 
     /// The number of keys.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.table.len()
     }
 
     /// Whether the store has no keys.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.table.is_empty()
     }
 
     /// Applies a data request and returns the reply term plus the change event, if any.
