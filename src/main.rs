@@ -1,6 +1,9 @@
 //! The `kvnode` binary: parse flags, set up logging, run the node until SIGINT/SIGTERM.
 
 use clap::Parser;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use kvnode::cli::Cli;
 use std::process::ExitCode;
 
