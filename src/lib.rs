@@ -157,6 +157,7 @@ async fn open_storage(
         .map_err(|e| storage::StorageError::Unavailable {
             reason: format!("recovery task failed: {e}"),
         })??;
+    // The storage already warned about a dropped torn tail, with file, offset and bytes.
     tracing::info!(
         dir = %shown,
         keys = recovered.entries.len(),
@@ -167,15 +168,6 @@ async fn open_storage(
         recovered.entries.len(),
         recovered.elapsed.as_millis()
     );
-    if let Some(tail) = &recovered.dropped_tail {
-        tracing::warn!(
-            file = %tail.file.display(),
-            offset = tail.offset,
-            bytes = tail.bytes,
-            reason = %tail.reason,
-            "dropped a torn tail of the log"
-        );
-    }
     Ok((storage, recovered.entries))
 }
 

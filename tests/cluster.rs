@@ -22,7 +22,7 @@ fn embedded_epmd_serves_elixir_nodes_that_then_find_each_other() {
         &format!(
             r#"
 a = :"{a}@127.0.0.1"
-true = Enum.any?(1..500, fn _ -> Node.connect(a) || (receive do after 20 -> false end) end)
+TestWait.until(fn -> Node.connect(a) end)
 :pong = Node.ping(a)
 {{:ok, names}} = :net_adm.names(~c"127.0.0.1")
 true = Enum.any?(names, fn {{n, _}} -> List.to_string(n) == "{a}" end)
@@ -135,14 +135,12 @@ Process.register(spawn(fn -> Relay.loop(nil) end), :relay)
 kv = String.to_atom(System.fetch_env!("KV_NODE"))
 store = {{DistributedExample.KVStore, kv}}
 b = :"{b}@127.0.0.1"
-true = Enum.any?(1..500, fn _ -> Node.connect(b) || (receive do after 20 -> false end) end)
+TestWait.until(fn -> Node.connect(b) end)
 true = Node.connect(kv)
 false = b in :rpc.call(kv, :erlang, :nodes, [:connected])
 parent = self()
 # The relay process on b (registered by its boot code) reports what it receives.
-far = Enum.find_value(1..500, fn _ ->
-  :rpc.call(b, Process, :whereis, [:relay]) || (receive do after 20 -> nil end)
-end)
+far = TestWait.until(fn -> :rpc.call(b, Process, :whereis, [:relay]) end)
 true = is_pid(far)
 send(far, {{:report_to, parent}})
 # A call whose reply must go to `far`: kvnode has to dial b.
@@ -155,7 +153,7 @@ true = b in :rpc.call(kv, :erlang, :nodes, [:connected])
 receive do {{:far_got, {{:kv_event, :far_key, {{:put, 42}}}}}} -> :ok after 10_000 -> raise "no event" end
 # The far node goes down: its subscription is dropped.
 :rpc.call(b, :erlang, :halt, [])
-true = Enum.any?(1..500, fn _ -> GenServer.call(store, :subscribers) == 0 || (receive do after 20 -> false end) end)
+TestWait.until(fn -> GenServer.call(store, :subscribers) == 0 end)
 IO.puts("SCRIPT-OK")
 "#
         ),

@@ -45,6 +45,23 @@ fn refused_start(alive: &str, cookie: &str, epmd: u16, dir: &Path) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Starts kvnode on `dir`, writes keys `1..=n` (each value from `value`, an Elixir expression
+/// of `i`) with acknowledged calls, and stops it.
+fn fill(alive: &str, cookie: &str, epmd: u16, dir: &Path, n: u32, value: &str) {
+    let kv = start(alive, cookie, epmd, dir);
+    elixir(
+        &kv,
+        &unique("w"),
+        cookie,
+        &format!(
+            r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+for i <- 1..{n}, do: :ok = GenServer.call({{DistributedExample.KVStore, kv}}, {{:put, i, {value}}})
+"#
+        ),
+    );
+}
+
 /// Parses lines `ACK <i> <last_put_seq> <incrs>` printed by a load round.
 fn parse_acks(out: &str) -> HashMap<u32, (i64, u64)> {
     out.lines()
@@ -210,18 +227,14 @@ fn a_torn_tail_is_cut_and_everything_before_it_kept() {
     let alive = unique("kv_torn");
     let dir = data_dir("kvnode_torn");
     let _cleanup = DirGuard(dir.clone());
-    {
-        let kv = start(&alive, &cookie, epmd, &dir);
-        elixir(
-            &kv,
-            &unique("w"),
-            &cookie,
-            r#"
-kv = String.to_atom(System.fetch_env!("KV_NODE"))
-for i <- 1..200, do: :ok = GenServer.call({DistributedExample.KVStore, kv}, {:put, i, :binary.copy("v", 100)})
-"#,
-        );
-    }
+    fill(
+        &alive,
+        &cookie,
+        epmd,
+        &dir,
+        200,
+        r#":binary.copy("v", 100)"#,
+    );
     let seg = newest_segment(&dir);
     let full = std::fs::metadata(&seg).expect("segment").len();
     // Cut at several places inside the last records: each time the node starts, reports what it
@@ -270,18 +283,7 @@ fn corruption_in_the_middle_is_a_startup_error() {
     let alive = unique("kv_corrupt");
     let dir = data_dir("kvnode_corrupt");
     let _cleanup = DirGuard(dir.clone());
-    {
-        let kv = start(&alive, &cookie, epmd, &dir);
-        elixir(
-            &kv,
-            &unique("w"),
-            &cookie,
-            r#"
-kv = String.to_atom(System.fetch_env!("KV_NODE"))
-for i <- 1..100, do: :ok = GenServer.call({DistributedExample.KVStore, kv}, {:put, i, i})
-"#,
-        );
-    }
+    fill(&alive, &cookie, epmd, &dir, 100, "i");
     let seg = newest_segment(&dir);
     let mut bytes = std::fs::read(&seg).expect("read");
     let at = 24 + 40; // inside the first record's payload

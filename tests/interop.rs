@@ -159,7 +159,7 @@ true = Keyword.fetch!(mem, :total) > 0
 nil = :rpc.call(kv, DistributedExample.KVStore, :get, [:via_rpc])
 ^kv = :erpc.call(kv, :erlang, :node, [])
 # wait for the reference node
-true = Enum.any?(1..250, fn _ -> Node.connect(beam) || (Process.sleep(20); false) end)
+TestWait.until(fn -> Node.connect(beam) end)
 theirs = :rpc.call(beam, :no_such_module, :no_such_fun, [1, "two"])
 ours = :rpc.call(kv, :no_such_module, :no_such_fun, [1, "two"])
 IO.inspect({{theirs, ours}})
@@ -264,10 +264,7 @@ end)
 receive do :subscribed -> :ok after 5_000 -> raise "no subscribe" end
 1 = GenServer.call(store, :subscribers)
 send(pid, :stop)
-dropped = Enum.any?(1..250, fn _ ->
-  GenServer.call(store, :subscribers) == 0 || (Process.sleep(20); false)
-end)
-true = dropped
+TestWait.until(fn -> GenServer.call(store, :subscribers) == 0 end)
 "#,
         ),
     );
@@ -286,10 +283,7 @@ true = dropped
         &cookie,
         &script(
             r#"
-dropped = Enum.any?(1..500, fn _ ->
-  GenServer.call(store, :subscribers) == 0 || (Process.sleep(20); false)
-end)
-true = dropped
+TestWait.until(fn -> GenServer.call(store, :subscribers) == 0 end)
 "#,
         ),
     );

@@ -454,14 +454,7 @@ impl Storage {
             elapsed: started.elapsed(),
             entries,
         };
-        tracing::info!(
-            dir = %dir.display(),
-            keys = recovered.entries.len(),
-            snapshot_entries,
-            records_replayed = records,
-            elapsed_ms = recovered.elapsed.as_secs_f64() * 1e3,
-            "storage recovered"
-        );
+        // The caller logs the recovery (keys, time): one line for the user, not two.
         Ok((
             Storage {
                 shared,

@@ -182,6 +182,27 @@ pub fn beam_command(program: &str) -> Command {
     }
 }
 
+/// Prepended to every test script: the one place scripts wait, by polling with a deadline.
+/// `TestWait.until(fun, ms)` calls `fun` every 10 ms until it returns a truthy value (which it
+/// returns) and raises when `ms` pass first.
+const SCRIPT_HELPERS: &str = r#"
+defmodule TestWait do
+  def until(fun, ms \\ 10_000) do
+    poll(fun, System.monotonic_time(:millisecond) + ms, ms)
+  end
+
+  defp poll(fun, deadline, ms) do
+    case fun.() do
+      v when v not in [nil, false] -> v
+      _ ->
+        if System.monotonic_time(:millisecond) > deadline, do: raise("condition not met within #{ms} ms")
+        receive do after 10 -> :ok end
+        poll(fun, deadline, ms)
+    end
+  end
+end
+"#;
+
 /// Output of a finished Elixir script.
 pub struct ScriptOutput {
     pub status: std::process::ExitStatus,
@@ -274,14 +295,15 @@ fn elixir_inner(
     let dir = std::env::temp_dir().join(unique("kvnode_exs"));
     std::fs::create_dir_all(&dir).expect("mkdir");
     let path = dir.join("t.exs");
-    std::fs::write(&path, script).expect("write script");
+    let script = format!("{SCRIPT_HELPERS}\n{script}");
+    std::fs::write(&path, &script).expect("write script");
     // Scripts run inside a chroot must find the file there too.
     let mut inside_dir = None;
     let script_arg = match std::env::var("KVNODE_OTP_ROOT") {
         Ok(root) if !root.is_empty() => {
             let inside = PathBuf::from(&root).join("tmp").join(unique("kvnode_exs"));
             std::fs::create_dir_all(&inside).expect("mkdir in root");
-            std::fs::write(inside.join("t.exs"), script).expect("write script in root");
+            std::fs::write(inside.join("t.exs"), &script).expect("write script in root");
             let arg = PathBuf::from("/tmp")
                 .join(inside.file_name().expect("name"))
                 .join("t.exs");
