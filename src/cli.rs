@@ -83,6 +83,13 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// Most terms (list elements, tuple elements, map keys and values, atoms, ...) in one
+    /// message from a peer; more closes only that peer's connection. Bounds the memory one
+    /// decoded message takes: each term costs ~56 bytes once decoded, so a 128 MiB message
+    /// of `[]`s would otherwise take 7.5 GB (e.g. `--max-terms-per-message 1000000`).
+    #[arg(long, default_value_t = crate::term::DEFAULT_MAX_TERMS, value_name = "N")]
+    pub max_terms_per_message: usize,
+
     /// Most inbound distribution connections at once, handshaking or established; more are
     /// closed at once with a log line (e.g. `--max-connections 256`).
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
@@ -178,6 +185,7 @@ impl Cli {
         config.net_ticktime = Duration::from_secs(self.net_ticktime.max(4));
         config.data_dir = self.data_dir;
         config.max_connections = self.max_connections.max(1);
+        config.max_terms_per_message = self.max_terms_per_message.max(1);
         Ok(config)
     }
 }

@@ -27,6 +27,8 @@ pub struct Config {
     pub net_ticktime: Duration,
     /// Largest nesting depth of a term accepted from a peer.
     pub max_term_depth: usize,
+    /// Most terms in one external term (a message or a control tuple) accepted from a peer.
+    pub max_terms_per_message: usize,
     /// Where the KV state is persisted; None keeps it in memory only.
     pub data_dir: Option<std::path::PathBuf>,
     /// Most distribution connections (inbound, handshaking or established) at once.
@@ -46,6 +48,7 @@ impl std::fmt::Debug for Config {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("net_ticktime", &self.net_ticktime)
             .field("max_term_depth", &self.max_term_depth)
+            .field("max_terms_per_message", &self.max_terms_per_message)
             .field("data_dir", &self.data_dir)
             .field("max_connections", &self.max_connections)
             .finish()
@@ -73,6 +76,7 @@ impl Config {
             handshake_timeout: Duration::from_secs(10),
             net_ticktime: Duration::from_secs(60),
             max_term_depth: crate::term::Limits::default().max_depth,
+            max_terms_per_message: crate::term::DEFAULT_MAX_TERMS,
             data_dir: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
         }

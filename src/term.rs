@@ -15,7 +15,9 @@
 //!   but `[]` becomes ~56 MiB of terms (up to ~3× that, briefly, for map pairs while eetf's
 //!   `HashMap` grows). Callers must still cap the frame size;
 //! - nest at most [`Limits::max_depth`] `decode_term` calls deep, which also bounds the
-//!   recursion of eetf's encoder, `Drop`, `Hash`, `PartialEq` and `Display` on the result.
+//!   recursion of eetf's encoder, `Drop`, `Hash`, `PartialEq` and `Display` on the result;
+//! - hold at most [`Limits::max_terms`] terms (`decode_term` calls), which caps that
+//!   amplification in absolute terms whatever the frame size: see [`DEFAULT_MAX_TERMS`].
 //!
 //! The validator itself is iterative: its stack is a heap `Vec` bounded by `max_depth`.
 //!
@@ -84,6 +86,17 @@ const V4_PORT_EXT: u8 = 120;
 /// Length of the fixed-width decimal string in `FLOAT_EXT`.
 const FLOAT_EXT_LEN: usize = 31;
 
+/// Default [`Limits::max_terms`]: 4 000 000 terms in one external term.
+///
+/// Every term eetf decodes is a 56-byte `eetf::Term` (x86_64, eetf 0.11; checked by the
+/// test `term_size_behind_the_default_term_limit`) plus whatever it owns, so without this
+/// limit a 128 MiB frame (the default `--max-message-size`) of one-byte `[]`s would become
+/// 134 M terms, ~7.5 GB. At 4 M terms the decoded form of one term is at most ~224 MB (up to
+/// ~3× that for a moment while eetf's `HashMap` of a huge map grows). A legitimate message
+/// with 4 M small terms (e.g. `Enum.to_list(1..4_000_000)`, 20 MB on the wire) still passes;
+/// bulk data belongs in binaries, which count as one term whatever their size.
+pub const DEFAULT_MAX_TERMS: usize = 4_000_000;
+
 /// Resource limits enforced by the validator on top of the structural checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -91,16 +104,21 @@ pub struct Limits {
     pub max_depth: usize,
     /// Maximum number of atoms in one term, node names of pids, ports and refs included.
     pub max_atoms: usize,
+    /// Maximum number of terms (eetf `decode_term` calls: every list element and tail, tuple
+    /// element, map key and value, and the atoms, pids and integers inside pids, ports,
+    /// references and funs) in one term.
+    pub max_terms: usize,
 }
 
 impl Default for Limits {
     /// 256 levels (a 10× margin below what eetf survives on an 8 MiB stack even in a debug
-    /// build; see the module docs) and 1 000 000 atoms (each costs a `String` in eetf; real
-    /// messages carry a handful).
+    /// build; see the module docs), 1 000 000 atoms (each costs a `String` in eetf; real
+    /// messages carry a handful) and [`DEFAULT_MAX_TERMS`] terms.
     fn default() -> Self {
         Limits {
             max_depth: 256,
             max_atoms: 1_000_000,
+            max_terms: DEFAULT_MAX_TERMS,
         }
     }
 }
@@ -151,6 +169,12 @@ pub enum TermError {
     /// More atoms than [`Limits::max_atoms`].
     #[error("term contains more than {max} atoms")]
     TooManyAtoms {
+        /// The limit that was exceeded.
+        max: usize,
+    },
+    /// More terms than [`Limits::max_terms`].
+    #[error("term holds more than {max} terms (--max-terms-per-message)")]
+    TooManyTerms {
         /// The limit that was exceeded.
         max: usize,
     },
@@ -292,6 +316,7 @@ struct Validator<'a> {
     pos: usize,
     limits: &'a Limits,
     atoms: usize,
+    terms: usize,
     stack: Vec<Frame>,
 }
 
@@ -302,6 +327,7 @@ impl<'a> Validator<'a> {
             pos: start,
             limits,
             atoms: 0,
+            terms: 0,
             stack: Vec::new(),
         }
     }
@@ -382,9 +408,16 @@ impl<'a> Validator<'a> {
         Ok(())
     }
 
-    /// Reads a tag for a term at `depth`.
+    /// Reads a tag for a term at `depth`. Every term eetf decodes passes here once, so this
+    /// is where terms are counted.
     fn tag(&mut self, depth: usize) -> Result<(usize, u8), TermError> {
         self.enter(depth)?;
+        self.terms += 1;
+        if self.terms > self.limits.max_terms {
+            return Err(TermError::TooManyTerms {
+                max: self.limits.max_terms,
+            });
+        }
         let offset = self.pos;
         let tag = self.u8()?;
         match tag {

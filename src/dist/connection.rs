@@ -125,6 +125,7 @@ async fn read_loop(
     let silence = cfg.net_ticktime;
     let limits = Limits {
         max_depth: cfg.max_term_depth,
+        max_terms: cfg.max_terms_per_message,
         ..Limits::default()
     };
     // One buffer; every read takes whatever the socket has (often many frames), and every

@@ -46,7 +46,12 @@ impl KvServer {
     /// persists every change through `durable`. Undecodable entries are skipped with an error
     /// log (they passed the log's checksums, so only a bug could produce them).
     pub fn with_storage(durable: Durable, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
-        let limits = crate::term::Limits::default();
+        // Recovered entries passed the log's checksums: no term-count limit, so a value
+        // accepted under a larger --max-terms-per-message is never dropped after a restart.
+        let limits = crate::term::Limits {
+            max_terms: usize::MAX,
+            ..crate::term::Limits::default()
+        };
         let mut store = Store::new();
         for (k, v) in entries {
             match (

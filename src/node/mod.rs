@@ -233,6 +233,12 @@ impl Node {
         reg.pids.get(&(pid.id | (pid.serial << 15))).cloned()
     }
 
+    /// How many local processes are alive, and how many of them have a registered name.
+    pub fn process_counts(&self) -> (usize, usize) {
+        let reg = self.0.registry.read().unwrap_or_else(|e| e.into_inner());
+        (reg.pids.len(), reg.names.len())
+    }
+
     /// Does the process (pid or registered name) exist here?
     pub fn process_exists(&self, proc_: &PidOrAtom) -> bool {
         match proc_ {

@@ -9,13 +9,14 @@
 //! `:rpc.call` returns `{:badrpc, {:EXIT, {:undef, [{m, f, args, []}]}}}`. No caller waits.
 //!
 //! Known functions: `erlang:node/0`, `erlang:nodes/0,1`, `os:getpid/0`, `erlang:memory/0,1`,
-//! and on the KV module (the `--process-name` atom, `Elixir.DistributedExample.KVStore` by
+//! `kvnode:info/0` (the node's own counters, see [`info`]), and on the KV module (the `--process-name` atom, `Elixir.DistributedExample.KVStore` by
 //! default) `get/1`, `get/2`, `put/2`, `delete/1`, `keys/0`, `size/0`.
 
 use crate::node::{Node, Signal};
 use eetf::ByteList;
 use erl_dist::message::{Message, SpawnRequest};
-use erl_dist::term::{Atom, BigInteger, FixInteger, List, Pid, PidOrAtom, Term, Tuple};
+use erl_dist::term::{Atom, BigInteger, FixInteger, List, Map, Pid, PidOrAtom, Term, Tuple};
+use std::collections::HashMap;
 use tokio::sync::oneshot;
 
 fn atom(s: &str) -> Term {
@@ -205,6 +206,7 @@ async fn call(node: &Node, m: &Term, f: &Term, args: Term) -> Outcome {
                 .map(Outcome::Return)
                 .unwrap_or_else(|| Outcome::Error(atom("badarg"), List::nil().into()))
         }
+        ("kvnode", "info", []) => info(node).await,
         (m, "get", [k]) if m == kv_module => kv(node, tuple(vec![atom("get"), k.clone()])).await,
         (m, "get", [k, d]) if m == kv_module => {
             kv(node, tuple(vec![atom("get"), k.clone(), d.clone()])).await
@@ -269,6 +271,48 @@ fn memory() -> Term {
         entry("ets", 0),
     ])
     .into()
+}
+
+/// `kvnode:info/0`: a map of the counters a soak test watches for leaks.
+///
+/// - `connections`: connected peers (established distribution connections);
+/// - `monitors`: monitors kvnode's processes hold on remote pids (one per subscribed pid);
+/// - `subscriptions`: the KV server's subscriptions (as `:subscribers` answers);
+/// - `keys`: keys in the store;
+/// - `rss_bytes`: resident set size; `open_fds`: entries in `/proc/self/fd`;
+/// - `processes`: local mailboxes (pids) alive; `registered`: registered names.
+async fn info(node: &Node) -> Outcome {
+    let keys = match kv(node, atom("size")).await {
+        Outcome::Return(v) => v,
+        other => return other,
+    };
+    let subscriptions = match kv(node, atom("subscribers")).await {
+        Outcome::Return(v) => v,
+        other => return other,
+    };
+    let count = |n: usize| int(n as u64);
+    let (processes, registered) = node.process_counts();
+    let entries: HashMap<Term, Term> = [
+        ("connections", count(node.manager().connected().len())),
+        ("monitors", count(node.remote_monitor_count())),
+        ("subscriptions", subscriptions),
+        ("keys", keys),
+        ("rss_bytes", int(resident_bytes().unwrap_or(0))),
+        ("open_fds", count(open_fds().unwrap_or(0))),
+        ("processes", count(processes)),
+        ("registered", count(registered)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (atom(k), v))
+    .collect();
+    Outcome::Return(Map::from(entries).into())
+}
+
+/// Number of open file descriptors of this process (entries of `/proc/self/fd`, minus the one
+/// reading the directory holds).
+pub fn open_fds() -> Option<usize> {
+    let n = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    Some(n.saturating_sub(1))
 }
 
 /// Resident set size of this process in bytes (from `/proc/self/statm`).

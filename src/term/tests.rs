@@ -328,6 +328,71 @@ fn atom_limit() {
     ));
 }
 
+#[test]
+fn term_limit_counts_every_decoded_term() {
+    let limits = |max_terms| Limits {
+        max_terms,
+        ..Limits::default()
+    };
+    // A proper list of 10 integers: the list, 10 elements and the `[]` tail. (Integers above
+    // 255, or eetf would encode a `STRING_EXT`, which is one term.)
+    let bytes = encode(&Term::from(List::from(vec![int(1000); 10])));
+    assert_eq!(
+        validate_versioned(&bytes, &limits(12)).unwrap(),
+        bytes.len()
+    );
+    assert!(matches!(
+        validate_versioned(&bytes, &limits(11)),
+        Err(TermError::TooManyTerms { max: 11 })
+    ));
+    // A pid is two: itself and its node atom. A tuple of two pids is five.
+    let bytes = encode(&Term::from(Tuple::from(vec![pid().into(), pid().into()])));
+    validate_versioned(&bytes, &limits(5)).unwrap();
+    assert!(matches!(
+        validate_versioned(&bytes, &limits(4)),
+        Err(TermError::TooManyTerms { max: 4 })
+    ));
+    // A binary or string is one term whatever its length.
+    let bytes = encode(&Term::from(Binary::from(vec![7u8; 100_000])));
+    validate_versioned(&bytes, &limits(1)).unwrap();
+    let bytes = encode(&Term::from(List::from(vec![int(1); 1000])));
+    validate_versioned(&bytes, &limits(1)).unwrap();
+    // The limit is per term: validating two terms from one buffer counts each on its own.
+    let one = encode(&Term::from(List::from(vec![int(1000); 3])));
+    let both = [one.clone(), one].concat();
+    let first = validate_versioned(&both, &limits(5)).unwrap();
+    validate_versioned(&both[first..], &limits(5)).unwrap();
+}
+
+#[test]
+fn a_max_size_frame_of_nils_is_refused_at_the_default_limit_without_allocating() {
+    // The amplification worst case: `[[], [], ...]`, one byte per element. One past the
+    // default is refused before anything is decoded.
+    let n = DEFAULT_MAX_TERMS;
+    let mut bytes = vec![VERSION_MAGIC, LIST_EXT];
+    bytes.extend_from_slice(&(n as u32).to_be_bytes());
+    bytes.resize(bytes.len() + n, NIL_EXT);
+    bytes.push(NIL_EXT);
+    // n elements + tail + the list itself = n + 2 terms.
+    assert!(matches!(
+        validate_versioned(&bytes, &Limits::default()),
+        Err(TermError::TooManyTerms { max }) if max == DEFAULT_MAX_TERMS
+    ));
+    let fits = Limits {
+        max_terms: n + 2,
+        ..Limits::default()
+    };
+    assert_eq!(validate_versioned(&bytes, &fits).unwrap(), bytes.len());
+}
+
+#[test]
+fn term_size_behind_the_default_term_limit() {
+    // DEFAULT_MAX_TERMS's justification assumes 56-byte terms (x86_64).
+    if cfg!(target_pointer_width = "64") {
+        assert_eq!(std::mem::size_of::<Term>(), 56);
+    }
+}
+
 /// Nesting shapes that make eetf recurse, one `decode_term` level per step.
 #[derive(Debug, Clone, Copy)]
 enum Shape {
