@@ -140,7 +140,7 @@ impl EpmdServer {
         addr: SocketAddr,
         max_connections: usize,
     ) -> io::Result<EpmdServer> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = crate::listen(addr)?;
         let local_addr = listener.local_addr()?;
         Ok(EpmdServer {
             listener,

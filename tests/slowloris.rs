@@ -1,0 +1,347 @@
+//! Floods of half-open and byte-at-a-time (slowloris) connections, against kvnode's
+//! distribution port and its embedded EPMD: while 1,000 of them are open a real Elixir node is
+//! still served; the handshake (or EPMD request) timeout, a deadline for the whole exchange and
+//! not per read, closes every one of them; kvnode's RSS stays bounded during and after; beyond
+//! `--max-connections` connections are refused at once, and a real peer arriving after the
+//! flood clears is served.
+//!
+//! The RSS figures are printed (`cargo test --release --test slowloris -- --nocapture`).
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const FLOOD: usize = 1_000;
+const MIB: u64 = 1024 * 1024;
+/// How far above its baseline kvnode's RSS may go while flooded.
+const RSS_BOUND: u64 = 64 * MIB;
+
+/// Raises this process's soft fd limit to its hard limit (children inherit it).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for getrlimit/setrlimit to read and write.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    // SAFETY: as above.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    assert!(
+        lim.rlim_cur >= 4 * FLOOD as u64,
+        "need at least {} file descriptors, have {}",
+        4 * FLOOD,
+        lim.rlim_cur
+    );
+}
+
+/// kvnode's resident set size in bytes, from /proc/PID/status.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / MIB as f64)
+}
+
+/// True when the peer has closed `s` (EOF or reset); false while it is open and silent.
+fn is_closed(s: &TcpStream) -> bool {
+    let mut buf = [0u8; 256];
+    let mut reader = s;
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Opens `n` connections to `port`: even ones stay silent, odd ones are handed to the
+/// slowloris writer.
+fn open_flood(port: u16, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|i| {
+            let s = TcpStream::connect(("127.0.0.1", port))
+                .unwrap_or_else(|e| panic!("connection {i} of the flood: {e}"));
+            s.set_nonblocking(true).expect("nonblocking");
+            s
+        })
+        .collect()
+}
+
+/// Sends `message` one byte every 200 ms on every odd connection until `stop` is set or the
+/// connection fails: each read kvnode makes gets a byte well within any per-read timeout.
+fn slowloris(socks: Vec<TcpStream>, message: Vec<u8>, stop: Arc<AtomicBool>) {
+    let mut at = vec![0usize; socks.len()];
+    let mut alive: Vec<bool> = (0..socks.len()).map(|i| i % 2 == 1).collect();
+    let mut socks = socks;
+    while !stop.load(Ordering::Relaxed) && alive.iter().any(|a| *a) {
+        for (i, s) in socks.iter_mut().enumerate() {
+            if alive[i] {
+                let byte = message[at[i] % message.len()];
+                match s.write(&[byte]) {
+                    Ok(1) => at[i] += 1,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => alive[i] = false,
+                }
+            }
+        }
+        // The attacker's pace, not a wait for a condition.
+        std::thread::park_timeout(Duration::from_millis(200));
+    }
+}
+
+/// Waits until every flood connection is closed by kvnode; returns how long that took.
+fn wait_all_closed(socks: &[TcpStream], within: Duration) -> Duration {
+    let started = Instant::now();
+    let mut open: Vec<usize> = (0..socks.len()).collect();
+    wait_for("kvnode to close every flood connection", within, || {
+        open.retain(|&i| !is_closed(&socks[i]));
+        open.is_empty().then_some(())
+    });
+    started.elapsed()
+}
+
+/// Starts an Elixir node that creates `ready` once booted, waits for `go` to exist, then
+/// connects to the kvnode, calls it, and creates `done`.
+fn triggered_peer(
+    kv: &KvNode,
+    cookie: &str,
+    [ready, go, done]: [&Path; 3],
+) -> std::thread::JoinHandle<ScriptOutput> {
+    let script = format!(
+        r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+File.write!({ready:?}, "")
+TestWait.until(fn -> File.exists?({go:?}) end, 120_000)
+t = System.monotonic_time(:millisecond)
+true = Node.connect(kv)
+:ok = GenServer.call({{DistributedExample.KVStore, kv}}, {{:put, :flooded, true}})
+true = GenServer.call({{DistributedExample.KVStore, kv}}, {{:get, :flooded}})
+File.write!({done:?}, "")
+IO.puts("SCRIPT-OK served in #{{System.monotonic_time(:millisecond) - t}} ms")
+"#
+    );
+    let (name, port, alive, cookie) = (
+        kv.name.clone(),
+        kv.epmd_port,
+        unique("flooded"),
+        cookie.to_owned(),
+    );
+    std::thread::spawn(move || {
+        elixir_raw(
+            &name,
+            port,
+            &alive,
+            &cookie,
+            &script,
+            Duration::from_secs(180),
+        )
+    })
+}
+
+fn tmp_path(what: &str) -> PathBuf {
+    std::env::temp_dir().join(unique(what))
+}
+
+/// The first message of a v6 handshake (`N`, flags, creation, name), which the slowloris
+/// connections trickle.
+fn send_name_message() -> Vec<u8> {
+    let name = b"slow@127.0.0.1";
+    let mut body = vec![b'N'];
+    body.extend_from_slice(&0x0d_0307_0fbc_u64.to_be_bytes());
+    body.extend_from_slice(&7u32.to_be_bytes());
+    body.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    body.extend_from_slice(name);
+    let mut msg = (body.len() as u16).to_be_bytes().to_vec();
+    msg.extend_from_slice(&body);
+    msg
+}
+
+/// Floods `port` with [`FLOOD`] connections while a real Elixir node calls `kv`; checks RSS
+/// and that `timeout` closes them all. Returns (baseline, during, after) RSS.
+fn flood_while_served(
+    kv: &KvNode,
+    cookie: &str,
+    port: u16,
+    message: Vec<u8>,
+    timeout: Duration,
+) -> (u64, u64, u64) {
+    let pid = kv.guard.pid();
+    let [ready, go, done] = ["ready", "go", "done"].map(tmp_path);
+    let peer = triggered_peer(kv, cookie, [&ready, &go, &done]);
+    wait_for("the Elixir node to boot", Duration::from_secs(120), || {
+        ready.exists().then_some(())
+    });
+    let baseline = rss(pid);
+
+    let started = Instant::now();
+    let socks = open_flood(port, FLOOD);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let clones = socks
+            .iter()
+            .map(|s| s.try_clone().expect("clone"))
+            .collect();
+        let stop = stop.clone();
+        std::thread::spawn(move || slowloris(clones, message, stop))
+    };
+    let opened_in = started.elapsed();
+    // While all of them are open, the real node connects and is served.
+    std::fs::write(&go, b"").expect("go");
+    wait_for(
+        "the Elixir node to be served",
+        Duration::from_secs(120),
+        || done.exists().then_some(()),
+    );
+    let served_after = started.elapsed();
+    let still_open = socks.iter().filter(|s| !is_closed(s)).count();
+    let during = rss(pid);
+    let out = peer.join().expect("peer thread");
+    assert!(
+        out.status.success(),
+        "Elixir node failed while flooded:\n{}\n{}\n--- kvnode\n{}",
+        out.stdout,
+        out.stderr,
+        kv.logs()
+    );
+    assert!(
+        served_after < timeout,
+        "the peer was served only after {served_after:?}, when the flood had timed out"
+    );
+    assert_eq!(
+        still_open, FLOOD,
+        "flood connections closed before the timeout"
+    );
+
+    // The timeout closes every one of them, slowloris ones included: it is a deadline for
+    // the whole exchange, not per read.
+    let took = wait_all_closed(&socks, timeout + Duration::from_secs(30));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < timeout + Duration::from_secs(10),
+        "flood took {elapsed:?} to clear with a {timeout:?} timeout"
+    );
+    drop(socks);
+    let after = rss(pid);
+    println!(
+        "flood of {FLOOD} on port {port} (opened in {opened_in:?}): RSS baseline {}, during {}, \
+         after {}; peer served {served_after:?} into the flood ({}); all closed {took:?} later ({elapsed:?} after \
+         the flood began, timeout {timeout:?})",
+        mib(baseline),
+        mib(during),
+        mib(after),
+        out.stdout.trim(),
+    );
+    assert!(
+        during < baseline + RSS_BOUND,
+        "RSS during the flood {} > {} + 64 MiB",
+        mib(during),
+        mib(baseline)
+    );
+    assert!(
+        after < baseline + RSS_BOUND,
+        "RSS after the flood {} > {} + 64 MiB",
+        mib(after),
+        mib(baseline)
+    );
+    for file in [ready, go, done] {
+        let _ = std::fs::remove_file(file);
+    }
+    (baseline, during, after)
+}
+
+#[test]
+fn a_thousand_half_open_and_slowloris_connections_on_the_distribution_port() {
+    raise_fd_limit();
+    let cookie = unique("cookie");
+    let timeout = Duration::from_secs(3);
+    let kv = KvNode::start_with(
+        &unique("kv_slowloris"),
+        &cookie,
+        free_port(),
+        &[
+            "--handshake-timeout",
+            "3",
+            "--max-connections",
+            "1100",
+            "--bind",
+            "127.0.0.1",
+        ],
+    );
+    let port = kv.dist_port();
+    flood_while_served(&kv, &cookie, port, send_name_message(), timeout);
+    kv.wait_log("handshake timed out after 3s", Duration::from_secs(5));
+
+    // Fill every place (--max-connections 1100), then more: those are refused at once, long
+    // before any handshake timeout.
+    let full = open_flood(port, 1100);
+    let refused_at = Instant::now();
+    let extra = open_flood(port, 20);
+    wait_for(
+        "connections over --max-connections to be closed",
+        Duration::from_secs(10),
+        || extra.iter().all(is_closed).then_some(()),
+    );
+    let refused_in = refused_at.elapsed();
+    assert!(
+        refused_in < timeout,
+        "refusal took {refused_in:?}, as long as a handshake timeout"
+    );
+    kv.wait_log("too many connections", Duration::from_secs(5));
+    wait_all_closed(&full, timeout + Duration::from_secs(30));
+    drop(full);
+    println!("over --max-connections: 20 extra connections refused within {refused_in:?}");
+    // A real peer arriving after the flood cleared is served.
+    let out = elixir(
+        &kv,
+        &unique("after"),
+        &cookie,
+        r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+true = GenServer.call({DistributedExample.KVStore, kv}, {:get, :flooded})
+IO.puts("SCRIPT-OK")
+"#,
+    );
+    assert!(out.contains("SCRIPT-OK"));
+}
+
+#[test]
+fn a_thousand_half_open_and_slowloris_connections_on_the_epmd_port() {
+    raise_fd_limit();
+    let cookie = unique("cookie");
+    let epmd_port = free_port();
+    let kv = KvNode::start(&unique("kv_epmdflood"), &cookie, epmd_port);
+    // A PORT_PLEASE2_REQ that announces a 4094-byte name (under the server's 4096-byte cap)
+    // and trickles it one byte at a time: at 5 bytes a second it would take 13 minutes.
+    let request = vec![0x0f, 0xff, 122, b'k', b'v'];
+    flood_while_served(
+        &kv,
+        &cookie,
+        epmd_port,
+        request,
+        kvnode::epmd::server::REQUEST_TIMEOUT,
+    );
+}
