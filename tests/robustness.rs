@@ -248,3 +248,103 @@ fn connections_over_the_limit_are_closed_and_service_resumes() {
     );
     still_serves(&kv, &cookie);
 }
+
+/// A field of /proc/PID/status in bytes (VmRSS, VmHWM).
+fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("status field");
+    kib * 1024
+}
+
+#[test]
+fn a_message_over_the_term_limit_costs_only_that_connection() {
+    let cookie = unique("cookie");
+    let kv = KvNode::start_with(
+        &unique("kv_terms"),
+        &cookie,
+        free_port(),
+        &["--max-terms-per-message", "1000"],
+    );
+    // Integers above 255, so the lists travel as lists (LIST_EXT), not as strings.
+    let out = elixir(
+        &kv,
+        &unique("terms"),
+        &cookie,
+        r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+store = {DistributedExample.KVStore, kv}
+true = Node.connect(kv)
+:ok = :net_kernel.monitor_nodes(true, node_type: :all)
+:ok = GenServer.call(store, {:put, :small, Enum.to_list(1000..1900)})
+GenServer.cast(store, {:put, :big, Enum.to_list(1000..3000)})
+receive do
+  {:nodedown, ^kv, _} -> :ok
+after
+  10_000 -> raise "kvnode kept the connection"
+end
+# The same node reconnects and is served; the refused message was never applied.
+901 = length(GenServer.call(store, {:get, :small}))
+nil = GenServer.call(store, {:get, :big})
+IO.puts("SCRIPT-OK")
+"#,
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+    kv.wait_log(
+        "term holds more than 1000 terms (--max-terms-per-message)",
+        Duration::from_secs(5),
+    );
+    still_serves(&kv, &cookie);
+}
+
+#[test]
+fn a_message_of_the_most_terms_allowed_by_default_is_served_with_bounded_memory() {
+    let cookie = unique("cookie");
+    let kv = KvNode::start(&unique("kv_maxterms"), &cookie, free_port());
+    let pid = kv.guard.pid();
+    let before = proc_status_bytes(pid, "VmRSS");
+    // `{:"$gen_cast", {:put, :big, list}}` is the list's elements plus 7 terms: the tuples,
+    // the atoms, the list and its tail. One more element is over the default limit.
+    let n = kvnode::term::DEFAULT_MAX_TERMS - 7;
+    let out = elixir_env(
+        &kv,
+        &unique("maxterms"),
+        &cookie,
+        r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+store = {DistributedExample.KVStore, kv}
+n = String.to_integer(System.fetch_env!("N"))
+true = Node.connect(kv)
+:ok = :net_kernel.monitor_nodes(true, node_type: :all)
+GenServer.cast(store, {:put, :big, List.duplicate([], n)})
+^n = length(GenServer.call(store, {:get, :big}, 120_000))
+GenServer.cast(store, {:put, :big, List.duplicate([], n + 1)})
+receive do
+  {:nodedown, ^kv, _} -> :ok
+after
+  30_000 -> raise "kvnode kept the connection"
+end
+IO.puts("SCRIPT-OK")
+"#,
+        &[("N", n.to_string())],
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+    kv.wait_log("term holds more than", Duration::from_secs(5));
+    let peak = proc_status_bytes(pid, "VmHWM");
+    let after = proc_status_bytes(pid, "VmRSS");
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "{n} [] in one message ({} MB on the wire): kvnode RSS {:.1} MiB before, peak \
+         {:.1} MiB, {:.1} MiB after",
+        (n + 20) / 1_000_000,
+        mib(before),
+        mib(peak),
+        mib(after)
+    );
+    // 56 bytes a decoded term, and the encoded copies: well under 1 GiB.
+    assert!(peak < before + 1024 * 1024 * 1024, "peak RSS {peak}");
+}
