@@ -27,7 +27,7 @@ pub struct Config {
     pub net_ticktime: Duration,
     /// Largest nesting depth of a term accepted from a peer.
     pub max_term_depth: usize,
-    /// Most terms in one external term (a message or a control tuple) accepted from a peer.
+    /// Most terms in one message (control tuple and payload together) accepted from a peer.
     pub max_terms_per_message: usize,
     /// Where the KV state is persisted; None keeps it in memory only.
     pub data_dir: Option<std::path::PathBuf>,

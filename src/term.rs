@@ -106,7 +106,8 @@ pub struct Limits {
     pub max_atoms: usize,
     /// Maximum number of terms (eetf `decode_term` calls: every list element and tail, tuple
     /// element, map key and value, and the atoms, pids and integers inside pids, ports,
-    /// references and funs) in one term.
+    /// references and funs) in one term, or in the terms of one message when they are
+    /// validated with [`validate_versioned_counted`].
     pub max_terms: usize,
 }
 
@@ -265,7 +266,7 @@ pub enum TermError {
 /// Validates one term starting at `buf[0]` (the tag byte; no version byte) and returns the
 /// number of bytes it occupies. Bytes after the term are ignored.
 pub fn validate_term(buf: &[u8], limits: &Limits) -> Result<usize, TermError> {
-    Validator::new(buf, 0, limits).run()
+    Validator::new(buf, 0, limits, 0).run().map(|(len, _)| len)
 }
 
 /// Validates a version-prefixed term (`131`, then the term) and returns its length including
@@ -276,7 +277,29 @@ pub fn validate_versioned(buf: &[u8], limits: &Limits) -> Result<usize, TermErro
             offset: 0,
             needed: 1,
         }),
-        Some(&VERSION_MAGIC) => Validator::new(buf, 1, limits).run(),
+        Some(&VERSION_MAGIC) => Validator::new(buf, 1, limits, 0).run().map(|(len, _)| len),
+        Some(&found) => Err(TermError::BadVersion { found }),
+    }
+}
+
+/// Like [`validate_versioned`], for one of several terms that share [`Limits::max_terms`]
+/// (a frame's control tuple and message): counting starts at `*terms`, which is then
+/// advanced by this term's count.
+pub fn validate_versioned_counted(
+    buf: &[u8],
+    limits: &Limits,
+    terms: &mut usize,
+) -> Result<usize, TermError> {
+    match buf.first() {
+        None => Err(TermError::Truncated {
+            offset: 0,
+            needed: 1,
+        }),
+        Some(&VERSION_MAGIC) => {
+            let (len, counted) = Validator::new(buf, 1, limits, *terms).run()?;
+            *terms = counted;
+            Ok(len)
+        }
         Some(&found) => Err(TermError::BadVersion { found }),
     }
 }
@@ -321,20 +344,20 @@ struct Validator<'a> {
 }
 
 impl<'a> Validator<'a> {
-    fn new(buf: &'a [u8], start: usize, limits: &'a Limits) -> Self {
+    fn new(buf: &'a [u8], start: usize, limits: &'a Limits, terms: usize) -> Self {
         Validator {
             buf,
             pos: start,
             limits,
             atoms: 0,
-            terms: 0,
+            terms,
             stack: Vec::new(),
         }
     }
 
     /// Validates the term at `pos` and returns the position just past it, relative to the
-    /// start of the buffer.
-    fn run(mut self) -> Result<usize, TermError> {
+    /// start of the buffer, and the term count (including any the validator started with).
+    fn run(mut self) -> Result<(usize, usize), TermError> {
         self.term(1)?;
         while let Some(frame) = self.stack.last_mut() {
             match frame {
@@ -362,7 +385,7 @@ impl<'a> Validator<'a> {
                 }
             }
         }
-        Ok(self.pos)
+        Ok((self.pos, self.terms))
     }
 
     fn remaining(&self) -> usize {

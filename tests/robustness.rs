@@ -307,9 +307,10 @@ fn a_message_of_the_most_terms_allowed_by_default_is_served_with_bounded_memory(
     let kv = KvNode::start(&unique("kv_maxterms"), &cookie, free_port());
     let pid = kv.guard.pid();
     let before = proc_status_bytes(pid, "VmRSS");
-    // `{:"$gen_cast", {:put, :big, list}}` is the list's elements plus 7 terms: the tuples,
-    // the atoms, the list and its tail. One more element is over the default limit.
-    let n = kvnode::term::DEFAULT_MAX_TERMS - 7;
+    // The frame is the control tuple `{6, from_pid, :"", name}` (6 terms, the pid's node atom
+    // included) and `{:"$gen_cast", {:put, :big, list}}`: the list's elements plus 7 (the
+    // tuples, the atoms, the list and its tail). One more element is over the default limit.
+    let n = kvnode::term::DEFAULT_MAX_TERMS - 13;
     let out = elixir_env(
         &kv,
         &unique("maxterms"),

@@ -229,10 +229,12 @@ fn validate_frame<'a>(body: &'a [u8], limits: &Limits) -> Result<(usize, &'a [u8
         return Err(Error::FrameType(kind));
     }
     // Validate everything before eetf sees it: eetf panics or over-allocates on hostile bytes.
-    let ctrl_len = term::validate_versioned(rest, limits)?;
+    // The control tuple and the message share one term budget (--max-terms-per-message).
+    let mut terms = 0;
+    let ctrl_len = term::validate_versioned_counted(rest, limits, &mut terms)?;
     let mut used = ctrl_len;
     if used < rest.len() {
-        used += term::validate_versioned(&rest[used..], limits)?;
+        used += term::validate_versioned_counted(&rest[used..], limits, &mut terms)?;
     }
     if used != rest.len() {
         return Err(Error::Trailing(rest.len() - used));

@@ -357,11 +357,22 @@ fn term_limit_counts_every_decoded_term() {
     validate_versioned(&bytes, &limits(1)).unwrap();
     let bytes = encode(&Term::from(List::from(vec![int(1); 1000])));
     validate_versioned(&bytes, &limits(1)).unwrap();
-    // The limit is per term: validating two terms from one buffer counts each on its own.
+    // Two terms of one message share the budget when counted together.
     let one = encode(&Term::from(List::from(vec![int(1000); 3])));
     let both = [one.clone(), one].concat();
     let first = validate_versioned(&both, &limits(5)).unwrap();
     validate_versioned(&both[first..], &limits(5)).unwrap();
+    let mut terms = 0;
+    validate_versioned_counted(&both, &limits(10), &mut terms).unwrap();
+    assert_eq!(terms, 5);
+    validate_versioned_counted(&both[first..], &limits(10), &mut terms).unwrap();
+    assert_eq!(terms, 10);
+    let mut terms = 0;
+    validate_versioned_counted(&both, &limits(9), &mut terms).unwrap();
+    assert!(matches!(
+        validate_versioned_counted(&both[first..], &limits(9), &mut terms),
+        Err(TermError::TooManyTerms { max: 9 })
+    ));
 }
 
 #[test]
