@@ -12,7 +12,7 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -127,7 +127,7 @@ fn wait_all_closed(socks: &[TcpStream], within: Duration) -> Duration {
 fn triggered_peer(
     kv: &KvNode,
     cookie: &str,
-    [ready, go, done]: [&Path; 3],
+    [ready, go, done]: [&str; 3],
 ) -> std::thread::JoinHandle<ScriptOutput> {
     let script = format!(
         r#"
@@ -160,8 +160,22 @@ IO.puts("SCRIPT-OK served in #{{System.monotonic_time(:millisecond) - t}} ms")
     })
 }
 
-fn tmp_path(what: &str) -> PathBuf {
-    std::env::temp_dir().join(unique(what))
+/// A fresh file path as this test sees it and as the Elixir script sees it: under the OTP
+/// root's /tmp when scripts run in a chroot (`KVNODE_OTP_ROOT`, the interop matrix), else in
+/// the temp dir.
+fn shared_path(what: &str) -> (PathBuf, String) {
+    let name = unique(what);
+    match std::env::var("KVNODE_OTP_ROOT") {
+        Ok(root) if !root.is_empty() => (
+            PathBuf::from(root).join("tmp").join(&name),
+            format!("/tmp/{name}"),
+        ),
+        _ => {
+            let path = std::env::temp_dir().join(&name);
+            let inside = path.display().to_string();
+            (path, inside)
+        }
+    }
 }
 
 /// The first message of a v6 handshake (`N`, flags, creation, name), which the slowloris
@@ -188,8 +202,9 @@ fn flood_while_served(
     timeout: Duration,
 ) -> (u64, u64, u64) {
     let pid = kv.guard.pid();
-    let [ready, go, done] = ["ready", "go", "done"].map(tmp_path);
-    let peer = triggered_peer(kv, cookie, [&ready, &go, &done]);
+    let [(ready, ready_in), (go, go_in), (done, done_in)] =
+        ["ready", "go", "done"].map(shared_path);
+    let peer = triggered_peer(kv, cookie, [&ready_in, &go_in, &done_in]);
     wait_for("the Elixir node to boot", Duration::from_secs(120), || {
         ready.exists().then_some(())
     });
