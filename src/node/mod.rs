@@ -52,6 +52,27 @@ pub enum Signal {
 pub trait Dispatch: Send + Sync {
     /// Handles (or queues) one signal.
     fn dispatch(&self, node: &Node, signal: Signal);
+
+    /// Handles a message still in external format, if the process can do so right now
+    /// without decoding it. False: nothing happened; the caller decodes the message and uses
+    /// [`Dispatch::dispatch`].
+    fn dispatch_raw(&self, node: &Node, raw: &RawMessage) -> bool {
+        let _ = (node, raw);
+        false
+    }
+}
+
+/// A message for a local process as it arrived: validated external-format bytes, and the
+/// connection it came on (where a reply to its sender goes).
+pub struct RawMessage<'a> {
+    /// The peer node's name.
+    pub peer: &'a str,
+    /// The connection the message came on.
+    pub conn: &'a dist::manager::ConnHandle,
+    /// The message, version byte included.
+    pub message: &'a [u8],
+    /// The limits it was validated with.
+    pub limits: &'a crate::term::Limits,
 }
 
 /// A process's address: its pid and what runs its signals.
@@ -222,6 +243,19 @@ impl Node {
     pub fn whereis(&self, name: &str) -> Option<Mailbox> {
         let reg = self.0.registry.read().unwrap_or_else(|e| e.into_inner());
         reg.names.get(name).cloned()
+    }
+
+    /// What runs the signals of the process registered under `name` (cheaper than
+    /// [`Node::whereis`]: no pid is cloned).
+    pub fn whereis_target(&self, name: &str) -> Option<Arc<dyn Dispatch>> {
+        let reg = self.0.registry.read().unwrap_or_else(|e| e.into_inner());
+        reg.names.get(name).map(|m| m.target.clone())
+    }
+
+    /// Whether a process is registered under `name`.
+    pub fn is_registered(&self, name: &str) -> bool {
+        let reg = self.0.registry.read().unwrap_or_else(|e| e.into_inner());
+        reg.names.contains_key(name)
     }
 
     /// The mailbox of a local pid (None for other nodes, other incarnations, dead pids).
