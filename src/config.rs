@@ -31,6 +31,8 @@ pub struct Config {
     pub data_dir: Option<std::path::PathBuf>,
     /// Most distribution connections (inbound, handshaking or established) at once.
     pub max_connections: usize,
+    /// Connection threads (`--threads`): each connection runs on one of them.
+    pub threads: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -48,6 +50,7 @@ impl std::fmt::Debug for Config {
             .field("max_term_depth", &self.max_term_depth)
             .field("data_dir", &self.data_dir)
             .field("max_connections", &self.max_connections)
+            .field("threads", &self.threads)
             .finish()
     }
 }
@@ -56,6 +59,11 @@ impl std::fmt::Debug for Config {
 pub const DEFAULT_PROCESS_NAME: &str = "Elixir.DistributedExample.KVStore";
 /// Default `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// Default `--threads`: one connection thread per CPU core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 /// Default `--max-message-size`: 128 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 128 * 1024 * 1024;
 
@@ -75,6 +83,7 @@ impl Config {
             max_term_depth: crate::term::Limits::default().max_depth,
             data_dir: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            threads: default_threads(),
         }
     }
 

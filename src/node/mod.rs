@@ -126,17 +126,18 @@ struct Inner {
     manager: Manager,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    runtime: tokio::runtime::Handle,
+    threads: dist::threads::Threads,
 }
 
 impl Node {
-    /// Creates the node state. `creation` is the value EPMD handed out. Must be called inside
-    /// a tokio runtime: the node spawns its tasks there, also when asked from other threads.
+    /// Creates the node state. `creation` is the value EPMD handed out; connections (accepted
+    /// or dialed, also when asked from non-tokio threads) run on `threads`.
     pub fn new(
         config: Config,
         creation: u32,
         shutdown: CancellationToken,
         tracker: TaskTracker,
+        threads: dist::threads::Threads,
     ) -> Self {
         Node(Arc::new(Inner {
             name: Atom::from(config.node_name.as_str()),
@@ -149,7 +150,7 @@ impl Node {
             manager: Manager::default(),
             shutdown,
             tracker,
-            runtime: tokio::runtime::Handle::current(),
+            threads,
         }))
     }
 
@@ -181,6 +182,11 @@ impl Node {
     /// The tracker every node task is spawned on (so shutdown can wait for them).
     pub fn tracker(&self) -> &TaskTracker {
         &self.0.tracker
+    }
+
+    /// The connection threads.
+    pub fn threads(&self) -> &dist::threads::Threads {
+        &self.0.threads
     }
 
     /// Mints a fresh local pid.
@@ -288,10 +294,13 @@ impl Node {
         if let Some(dial) = self.0.manager.send(peer, frame) {
             let node = self.clone();
             let peer = peer.to_owned();
-            // Through the runtime handle: this may run on a non-tokio thread (storage commits).
-            self.0
-                .runtime
-                .spawn(self.0.tracker.track_future(dist::dial(node, peer, dial)));
+            // On a connection thread, like accepted connections: the dialed connection lives
+            // there. Through a runtime handle, as this may run on a non-tokio thread (storage).
+            let (runtime, placement) = self.0.threads.place();
+            runtime.spawn(self.0.tracker.track_future(async move {
+                let _placement = placement;
+                dist::dial(node, peer, dial).await;
+            }));
         }
     }
 
