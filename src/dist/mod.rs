@@ -12,6 +12,7 @@ pub mod fast;
 pub mod handshake;
 pub mod manager;
 pub mod outbox;
+pub mod threads;
 
 use crate::node::Node;
 use erl_dist::message::Message;
