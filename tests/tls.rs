@@ -227,31 +227,37 @@ fn verify_peer_refuses_foreign_ca_missing_certificate_and_plain_tcp_and_keeps_se
     let pki = Pki::new();
     let cookie = unique("cookie");
     let kv = start_tls_kvnode(&pki, &unique("kv_tls_refuse"), &cookie, true);
+    let refusals = |kv: &KvNode| {
+        kv.logs()
+            .lines()
+            .filter(|l| l.contains("TLS handshake failed"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    // Each refused node must cost one log line with the reason.
+    let refused = |optfile: Option<&str>, prefix: &str| -> String {
+        let before = refusals(&kv).len();
+        let erl = optfile.map(|f| pki.erl(f)).unwrap_or_default();
+        let out = elixir_raw_with_erl_args(&kv, &unique(prefix), &cookie, &erl, REFUSED_SCRIPT);
+        assert!(out.contains("REFUSED-OK"), "{out}");
+        wait_for("a refusal log line", Duration::from_secs(10), || {
+            refusals(&kv).get(before).cloned()
+        })
+    };
     // A certificate from another CA (the rogue node trusts kvnode's CA, so the refusal is
-    // kvnode's doing).
-    let out = elixir_raw_with_erl_args(
-        &kv,
-        &unique("rogue"),
-        &cookie,
-        &pki.erl(ROGUE_TRUSTING_BOTH),
-        REFUSED_SCRIPT,
+    // kvnode's doing). OTP 25 presents it anyway (UnknownIssuer); OTP 29 sees that it does
+    // not match the CA names kvnode asks for and presents none.
+    let line = refused(Some(ROGUE_TRUSTING_BOTH), "rogue");
+    assert!(
+        line.contains("UnknownIssuer") || line.contains("peer sent no certificates"),
+        "{line}"
     );
-    assert!(out.contains("REFUSED-OK"), "{out}");
-    kv.wait_log("UnknownIssuer", Duration::from_secs(10));
     // TLS without a client certificate.
-    let out = elixir_raw_with_erl_args(
-        &kv,
-        &unique("nocert"),
-        &cookie,
-        &pki.erl(NO_CLIENT_CERT),
-        REFUSED_SCRIPT,
-    );
-    assert!(out.contains("REFUSED-OK"), "{out}");
-    kv.wait_log("peer sent no certificates", Duration::from_secs(10));
+    let line = refused(Some(NO_CLIENT_CERT), "nocert");
+    assert!(line.contains("peer sent no certificates"), "{line}");
     // Plain TCP distribution.
-    let out = elixir_raw_with_erl_args(&kv, &unique("plain"), &cookie, "", REFUSED_SCRIPT);
-    assert!(out.contains("REFUSED-OK"), "{out}");
-    kv.wait_log("corrupt message", Duration::from_secs(10));
+    let line = refused(None, "plain");
+    assert!(line.contains("corrupt message"), "{line}");
     assert!(
         !kv.logs().contains("connected flags"),
         "a refused peer got connected:\n{}",
@@ -266,16 +272,8 @@ fn verify_peer_refuses_foreign_ca_missing_certificate_and_plain_tcp_and_keeps_se
         CALL_SCRIPT,
     );
     assert!(out.contains("SCRIPT-OK"), "{out}");
-    let refusals = kv
-        .logs()
-        .lines()
-        .filter(|l| l.contains("TLS handshake failed"))
-        .count();
-    assert!(
-        refusals >= 3,
-        "one log line per refused peer:\n{}",
-        kv.logs()
-    );
+    // Node.connect and Node.ping each dial: two lines per refused node.
+    assert_eq!(refusals(&kv).len(), 6, "{}", kv.logs());
     assert!(!kv.logs().contains("PRIVATE KEY"), "{}", kv.logs());
 }
 
