@@ -102,7 +102,7 @@ pub enum DialError {
 enum Established {
     Plain(TcpStream),
     Tls(
-        tokio_rustls::TlsStream<TcpStream>,
+        Box<tokio_rustls::TlsStream<TcpStream>>,
         (tokio::net::UnixStream, tokio::net::UnixStream),
     ),
 }
@@ -190,7 +190,7 @@ async fn try_dial(
             )
             .await?;
             (
-                Established::Tls(stream.into_inner().into(), pair),
+                Established::Tls(Box::new(stream.into_inner().into()), pair),
                 peer_node,
             )
         }
@@ -311,7 +311,7 @@ pub async fn accept(node: Node, stream: TcpStream, addr: SocketAddr) {
                 .await
                 .map(|(stream, peer_node)| {
                     (
-                        Established::Tls(stream.into_inner().into(), pair),
+                        Established::Tls(Box::new(stream.into_inner().into()), pair),
                         peer_node,
                     )
                 })
