@@ -211,13 +211,23 @@ fn elixir_calls_kvnode_over_tls_with_verify_peer() {
     let cookie = unique("cookie");
     let kv = start_tls_kvnode(&pki, &unique("kv_tls"), &cookie, true);
     assert!(kv.logs().contains("verify-peer"), "{}", kv.logs());
-    let out = elixir_raw_with_erl_args(
-        &kv,
-        &unique("tls_caller"),
-        &cookie,
-        &pki.erl(GOOD),
-        CALL_SCRIPT,
+    // Besides the basics: an 8 MiB value both ways and many concurrent calls, through the
+    // TLS pump with back-pressure.
+    let script = format!(
+        r#"{CALL_SCRIPT}
+big = :binary.copy("0123456789abcdef", 512 * 1024)
+:ok = GenServer.call(store, {{:put, :big, big}}, 30_000)
+^big = GenServer.call(store, {{:get, :big}}, 30_000)
+1..200
+|> Enum.map(fn i -> Task.async(fn -> :ok = GenServer.call(store, {{:put, i, i}}) end) end)
+|> Enum.each(&Task.await(&1, 30_000))
+202 = GenServer.call(store, :size)
+IO.puts("BIG-OK")
+"#
     );
+    let out =
+        elixir_raw_with_erl_args(&kv, &unique("tls_caller"), &cookie, &pki.erl(GOOD), &script);
+    assert!(out.contains("BIG-OK"), "{out}");
     assert!(out.contains("SCRIPT-OK"), "{out}");
     kv.wait_log("connected", Duration::from_secs(10));
 }
@@ -447,4 +457,26 @@ fn tls_startup_errors_are_clear() {
     assert!(err.contains("--tls-key"), "{err}");
     let err = run(&["--tls-verify-peer"]);
     assert!(err.contains("--tls-cacert"), "{err}");
+}
+
+#[test]
+fn a_peer_that_never_starts_tls_is_dropped_after_the_handshake_timeout() {
+    let pki = Pki::new();
+    let cookie = unique("cookie");
+    let mut flags = pki.kv_flags(true);
+    flags.extend(["--handshake-timeout".into(), "1".into()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let kv = KvNode::start_with(&unique("kv_tls_silent"), &cookie, free_port(), &flags);
+    let silent =
+        std::net::TcpStream::connect(("127.0.0.1", kv.dist_port())).expect("connect to kvnode");
+    kv.wait_log("TLS handshake timed out", Duration::from_secs(10));
+    drop(silent);
+    let out = elixir_raw_with_erl_args(
+        &kv,
+        &unique("after_silent"),
+        &cookie,
+        &pki.erl(GOOD),
+        CALL_SCRIPT,
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
 }

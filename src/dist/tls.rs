@@ -228,8 +228,9 @@ impl Tls {
     }
 }
 
-/// Serves an established TLS connection: bridges it to `local`'s pair end `remote` with a pump
-/// and runs [`connection::serve`] on `local`. Returns when both are done.
+/// Serves an established TLS connection: a pump copies between `tls` and `remote`, and
+/// [`connection::serve`] runs on `local`, the other end of the same `UnixStream` pair (made
+/// before the handshake, so running out of descriptors fails there). Returns when both ended.
 pub async fn serve<T>(
     node: Node,
     tls: T,
