@@ -451,7 +451,12 @@ fn tls_startup_errors_are_clear() {
         "--tls-cacert",
         &ca,
     ]);
-    assert!(err.contains("--tls-cert/--tls-key"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "--tls-key {other} is not the private key of --tls-cert {cert}"
+        )),
+        "{err}"
+    );
     // The three go together.
     let err = run(&["--tls-cert", &cert]);
     assert!(err.contains("--tls-key"), "{err}");

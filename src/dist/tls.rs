@@ -88,6 +88,14 @@ pub enum TlsError {
         /// rustls' reason.
         source: rustls::Error,
     },
+    /// The key is not the one of the certificate.
+    #[error("--tls-key {key} is not the private key of --tls-cert {cert}")]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
     /// The client-certificate verifier could not be built from the CA.
     #[error("--tls-cacert: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
@@ -167,7 +175,15 @@ impl Tls {
         }
         let roots = Arc::new(roots);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let rustls_err = |what| move |source| TlsError::Rustls { what, source };
+        let rustls_err = |what| {
+            move |source| match source {
+                rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch {
+                    cert: opts.cert.clone(),
+                    key: opts.key.clone(),
+                },
+                source => TlsError::Rustls { what, source },
+            }
+        };
 
         let server = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
