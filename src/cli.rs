@@ -59,6 +59,12 @@ pub struct Cli {
     )]
     pub epmd_port: u16,
 
+    /// Connection threads (e.g. `--threads 4`). Each peer connection runs on one of them, the
+    /// least busy when it connects, so one client node costs no cross-thread wake-ups and
+    /// several client nodes use several cores. Default: one per CPU core.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+
     /// Registered name of the key-value GenServer, as an atom
     /// (e.g. `--process-name Elixir.MyApp.Cache`).
     #[arg(long, default_value = DEFAULT_PROCESS_NAME, value_name = "ATOM")]
@@ -214,6 +220,9 @@ impl Cli {
                     verify_peer: self.tls_verify_peer,
                 },
             )?);
+        }
+        if let Some(n) = self.threads {
+            config.threads = usize::from(n);
         }
         Ok(config)
     }

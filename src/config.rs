@@ -33,6 +33,8 @@ pub struct Config {
     pub max_connections: usize,
     /// TLS distribution (`inet_tls_dist`); None is plain TCP.
     pub tls: Option<crate::dist::tls::Tls>,
+    /// Connection threads (`--threads`): each connection runs on one of them.
+    pub threads: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -51,6 +53,7 @@ impl std::fmt::Debug for Config {
             .field("data_dir", &self.data_dir)
             .field("max_connections", &self.max_connections)
             .field("tls", &self.tls)
+            .field("threads", &self.threads)
             .finish()
     }
 }
@@ -59,6 +62,11 @@ impl std::fmt::Debug for Config {
 pub const DEFAULT_PROCESS_NAME: &str = "Elixir.DistributedExample.KVStore";
 /// Default `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// Default `--threads`: one connection thread per CPU core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 /// Default `--max-message-size`: 128 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 128 * 1024 * 1024;
 
@@ -79,6 +87,7 @@ impl Config {
             data_dir: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             tls: None,
+            threads: default_threads(),
         }
     }
 

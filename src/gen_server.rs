@@ -8,7 +8,7 @@
 //! the caller's timeout is dropped by the caller's runtime instead of left in its mailbox.
 //! A cast is `{:"$gen_cast", request}`; anything else is an info message.
 
-use crate::node::{Dispatch, Mailbox, Node, Signal};
+use crate::node::{Dispatch, Mailbox, Node, RawMessage, Signal};
 use erl_dist::DistributionFlags;
 use erl_dist::message::Message;
 use erl_dist::term::{Atom, List, Pid, Reference, Term, Tuple};
@@ -53,6 +53,14 @@ pub trait GenServer: Send + 'static {
     fn handle_info(&mut self, ctx: &mut Ctx, message: Term) {
         let _ = ctx;
         tracing::debug!(%message, "info message ignored");
+    }
+    /// A message still in external format (see [`crate::node::RawMessage`]), offered before
+    /// it is decoded, when the server is idle. Return true if it was handled completely
+    /// (replies included); false leaves the message untouched for the decoding path
+    /// (`handle_call` and friends). The default handles nothing.
+    fn handle_raw(&mut self, ctx: &mut Ctx, raw: &RawMessage) -> bool {
+        let _ = (ctx, raw);
+        false
     }
     /// A monitor placed with [`Ctx::monitor`] fired.
     fn handle_down(&mut self, ctx: &mut Ctx, reference: Reference, pid: Pid, reason: Term) {
@@ -201,9 +209,9 @@ struct Host<S> {
     pending: Mutex<VecDeque<Signal>>,
 }
 
-impl<S: GenServer> Dispatch for Host<S> {
-    fn dispatch(&self, node: &Node, signal: Signal) {
-        lock(&self.pending).push_back(signal);
+impl<S: GenServer> Host<S> {
+    /// Runs queued signals until the queue is empty and the server free.
+    fn run_pending(&self, node: &Node) {
         loop {
             let mut server = match self.server.try_lock() {
                 Ok(guard) => guard,
@@ -227,6 +235,40 @@ impl<S: GenServer> Dispatch for Host<S> {
                 return;
             }
         }
+    }
+}
+
+impl<S: GenServer> Dispatch for Host<S> {
+    fn dispatch(&self, node: &Node, signal: Signal) {
+        lock(&self.pending).push_back(signal);
+        self.run_pending(node);
+    }
+
+    fn dispatch_raw(&self, node: &Node, raw: &RawMessage) -> bool {
+        let mut server = match self.server.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
+        // Signals queued earlier go first: run them, and leave this one to the decoding path.
+        if !lock(&self.pending).is_empty() {
+            drop(server);
+            self.run_pending(node);
+            return false;
+        }
+        let handled = server.handle_raw(
+            &mut Ctx {
+                node,
+                pid: &self.pid,
+            },
+            raw,
+        );
+        drop(server);
+        // Others may have queued signals while we held the server.
+        if !lock(&self.pending).is_empty() {
+            self.run_pending(node);
+        }
+        handled
     }
 }
 

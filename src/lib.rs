@@ -35,7 +35,7 @@ use node::Node;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -53,6 +53,9 @@ pub enum Error {
     /// EPMD registration failed (for example: the name is taken).
     #[error(transparent)]
     Epmd(#[from] epmd::EpmdError),
+    /// The connection threads could not be started.
+    #[error("cannot start the connection threads: {0}")]
+    Threads(std::io::Error),
     /// The data directory could not be opened or recovered.
     #[error(transparent)]
     Storage(#[from] storage::StorageError),
@@ -81,6 +84,7 @@ impl Running {
         {
             tracing::warn!("some tasks did not stop within 5 s");
         }
+        self.node.threads().stop();
     }
 }
 
@@ -111,7 +115,14 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         &tracker,
     )
     .await?;
-    let node = Node::new(config, epmd.creation, shutdown.clone(), tracker.clone());
+    let threads = dist::threads::Threads::start(config.threads).map_err(Error::Threads)?;
+    let node = Node::new(
+        config,
+        epmd.creation,
+        shutdown.clone(),
+        tracker.clone(),
+        threads,
+    );
     let process_name = node.config().process_name.clone();
     match recovered {
         Some((storage, entries)) => {
@@ -203,11 +214,27 @@ async fn accept_loop(node: Node, listener: TcpListener, shutdown: CancellationTo
                     drop(stream);
                     continue;
                 };
+                // The connection lives on one connection thread: hand the socket over as a std
+                // socket and register it with that thread's runtime there.
+                let stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(error) => {
+                        tracing::warn!(%addr, %error, "cannot hand the connection over");
+                        continue;
+                    }
+                };
+                let (runtime, placement) = node.threads().place();
                 let node2 = node.clone();
-                node.tracker().spawn(async move {
-                    dist::accept(node2, stream, addr).await;
+                runtime.spawn(node.tracker().track_future(async move {
+                    let _placement = placement;
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => dist::accept(node2, stream, addr).await,
+                        Err(error) => {
+                            tracing::warn!(%addr, %error, "cannot register the connection")
+                        }
+                    }
                     drop(permit);
-                });
+                }));
             }
             Err(error) => {
                 // EMFILE and friends: back off instead of spinning.

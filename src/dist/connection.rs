@@ -11,7 +11,7 @@ use super::fast::Fast;
 use super::manager::ConnHandle;
 use super::outbox::{self, Outbox};
 use super::stream::RawStream;
-use crate::node::{Node, router};
+use crate::node::{Node, RawMessage, router};
 use crate::term::{self, Limits};
 use erl_dist::DistributionFlags;
 use erl_dist::message::Message;
@@ -161,7 +161,7 @@ async fn read_loop<S: RawStream>(
                     need = 4 + len - avail.len();
                     break;
                 }
-                handle_frame(node, peer, &avail[4..4 + len], &limits)?;
+                handle_frame(node, peer, conn, &avail[4..4 + len], &limits)?;
                 start += 4 + len;
             }
         }
@@ -202,12 +202,29 @@ async fn read_loop<S: RawStream>(
 
 /// Validates a frame body and handles it: the common `GenServer.call` messages through
 /// [`super::fast`], everything else through the full decoder and the router.
-fn handle_frame(node: &Node, peer: &str, body: &[u8], limits: &Limits) -> Result<(), Error> {
+fn handle_frame(
+    node: &Node,
+    peer: &str,
+    conn: &ConnHandle,
+    body: &[u8],
+    limits: &Limits,
+) -> Result<(), Error> {
     let (ctrl_len, rest) = validate_frame(body, limits)?;
     match super::fast::classify(rest, ctrl_len, limits) {
         Fast::Demonitor => Ok(()),
-        Fast::MonitorName(name) if node.whereis(name).is_some() => Ok(()),
+        Fast::MonitorName(name) if node.is_registered(name) => Ok(()),
         Fast::RegSend { name, message } => {
+            if let Some(target) = node.whereis_target(name) {
+                let raw = RawMessage {
+                    peer,
+                    conn,
+                    message,
+                    limits,
+                };
+                if target.dispatch_raw(node, &raw) {
+                    return Ok(());
+                }
+            }
             let (message, _) = term::decode(message, limits)?;
             router::deliver_to_name(node, name, message);
             Ok(())

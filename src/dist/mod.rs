@@ -13,6 +13,7 @@ pub mod handshake;
 pub mod manager;
 pub mod outbox;
 pub mod stream;
+pub mod threads;
 pub mod tls;
 
 use crate::node::Node;

@@ -90,6 +90,24 @@ impl Outbox {
         Ok(())
     }
 
+    /// Queues the frames that `write` appends to the buffer (encoding in place, no copy).
+    /// Over the bound, what `write` appended is taken back.
+    pub fn push_with(&self, write: impl FnOnce(&mut Vec<u8>)) -> Result<(), Full> {
+        {
+            let mut st = self.lock();
+            let before = st.buf.len();
+            write(&mut st.buf);
+            if st.buf.len() - st.sent > self.max_bytes {
+                st.buf.truncate(before);
+                return Err(Full);
+            }
+        }
+        if READER.with(|r| r.get()) != self.id {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
     /// Whether bytes are waiting.
     pub fn has_data(&self) -> bool {
         let st = self.lock();

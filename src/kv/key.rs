@@ -346,6 +346,85 @@ fn encode(term: &Term, out: &mut Vec<u8>) {
     }
 }
 
+/// Appends the canonical key bytes of a term still in external format (tag first, no version
+/// byte), without decoding it, for the kinds keys usually are: atoms, binaries, integers that
+/// fit 32 bits, and small tuples of those. Returns false, with `out` as it was, for any other
+/// kind (the caller then decodes the term and uses [`encode_into`]) or for bytes that are not
+/// exactly one such term. For every term it accepts, the bytes equal [`Key::from_term`]'s.
+pub fn encode_etf_into(etf: &[u8], out: &mut Vec<u8>) -> bool {
+    let start = out.len();
+    let ok = encode_etf(etf, out, 0) == Some(etf.len());
+    if !ok {
+        out.truncate(start);
+    }
+    ok
+}
+
+/// External term format tags that [`encode_etf_into`] reads.
+mod etf {
+    pub const SMALL_INTEGER: u8 = 97;
+    pub const INTEGER: u8 = 98;
+    pub const ATOM: u8 = 100;
+    pub const SMALL_TUPLE: u8 = 104;
+    pub const BINARY: u8 = 109;
+    pub const SMALL_ATOM: u8 = 115;
+    pub const ATOM_UTF8: u8 = 118;
+    pub const SMALL_ATOM_UTF8: u8 = 119;
+}
+
+/// Tuples nest at most this deep in [`encode_etf_into`]; deeper keys take the decoding path.
+const MAX_RAW_DEPTH: u32 = 4;
+
+fn encode_etf(b: &[u8], out: &mut Vec<u8>, depth: u32) -> Option<usize> {
+    let (&tag, rest) = b.split_first()?;
+    match tag {
+        etf::SMALL_INTEGER => {
+            put_i64(out, i64::from(*rest.first()?));
+            Some(2)
+        }
+        etf::INTEGER => {
+            let v = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+            put_i64(out, i64::from(v));
+            Some(5)
+        }
+        etf::ATOM | etf::ATOM_UTF8 | etf::SMALL_ATOM | etf::SMALL_ATOM_UTF8 => {
+            let (len, skip) = if tag == etf::ATOM || tag == etf::ATOM_UTF8 {
+                (
+                    u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize,
+                    2,
+                )
+            } else {
+                (*rest.first()? as usize, 1)
+            };
+            let name = rest.get(skip..skip + len)?;
+            // Latin-1 atoms are only read here when ASCII (then they equal their UTF-8 name).
+            let latin1 = tag == etf::ATOM || tag == etf::SMALL_ATOM;
+            if (latin1 && !name.is_ascii()) || std::str::from_utf8(name).is_err() {
+                return None;
+            }
+            out.push(tag::ATOM);
+            put_bytes(out, name);
+            Some(1 + skip + len)
+        }
+        etf::BINARY => {
+            let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+            put_bitstring(out, rest.get(4..4 + len)?, 0, 0);
+            Some(5 + len)
+        }
+        etf::SMALL_TUPLE if depth < MAX_RAW_DEPTH => {
+            let arity = *rest.first()?;
+            out.push(tag::TUPLE);
+            put_varint(out, u64::from(arity));
+            let mut pos = 2;
+            for _ in 0..arity {
+                pos += encode_etf(b.get(pos..)?, out, depth + 1)?;
+            }
+            Some(pos)
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -692,5 +771,63 @@ mod tests {
         assert_eq!(key(&int(5)).as_bytes().len(), 2);
         assert_eq!(key(&atom("message")).as_bytes().len(), 9);
         assert_eq!(key(&bytelist(b"hi")).as_bytes().len(), 1 + 1 + 2 * 2 + 1);
+    }
+
+    fn etf_of(t: &Term) -> Vec<u8> {
+        let mut v = Vec::new();
+        t.encode(&mut v).expect("encode");
+        v.split_off(1)
+    }
+
+    #[test]
+    fn keys_read_from_external_format_equal_decoded_keys() {
+        let terms = vec![
+            atom("message"),
+            atom(""),
+            atom("ünïcødé"),
+            int(0),
+            int(255),
+            int(256),
+            int(-1),
+            int(i32::MIN),
+            int(i32::MAX),
+            bin(b""),
+            bin(b"hello"),
+            bin(&[0u8; 300]),
+            Term::from(Tuple::from(vec![atom("user"), int(42)])),
+            Term::from(Tuple::from(vec![])),
+            Term::from(Tuple::from(vec![Term::from(Tuple::from(vec![
+                bin(b"x"),
+                atom("y"),
+            ]))])),
+        ];
+        for t in &terms {
+            let mut raw = Vec::new();
+            assert!(encode_etf_into(&etf_of(t), &mut raw), "{t}");
+            assert_eq!(raw, key(t).as_bytes(), "{t}");
+        }
+        // Latin-1 ATOM_EXT / SMALL_ATOM_EXT spellings of an ASCII atom are the same key.
+        let mut raw = Vec::new();
+        assert!(encode_etf_into(&[100, 0, 2, b'o', b'k'], &mut raw));
+        assert_eq!(raw, key(&atom("ok")).as_bytes());
+        raw.clear();
+        assert!(encode_etf_into(&[115, 2, b'o', b'k'], &mut raw));
+        assert_eq!(raw, key(&atom("ok")).as_bytes());
+        // Other kinds, trailing bytes and truncation are declined, leaving `out` untouched.
+        let mut out = vec![7u8];
+        for t in [
+            float(1.5),
+            list(vec![int(1)]),
+            bytelist(b"ab"),
+            big(1u64 << 40),
+        ] {
+            assert!(!encode_etf_into(&etf_of(&t), &mut out), "{t}");
+        }
+        let mut extra = etf_of(&int(1));
+        extra.push(0);
+        assert!(!encode_etf_into(&extra, &mut out));
+        assert!(!encode_etf_into(&etf_of(&bin(b"hello"))[..4], &mut out));
+        assert!(!encode_etf_into(&[115, 1, 0xe9], &mut out));
+        assert_eq!(out, vec![7u8]);
     }
 }

@@ -35,5 +35,6 @@
 
 pub mod durable;
 pub mod key;
+pub mod raw;
 pub mod server;
 pub mod store;

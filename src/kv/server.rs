@@ -2,8 +2,10 @@
 
 use super::durable::{self, Durable};
 use super::key::Key;
+use super::raw;
 use super::store::{self, Event, Request, Store, Topic};
 use crate::gen_server::{Caller, Ctx, GenServer};
+use crate::node::RawMessage;
 use crate::storage::Op;
 use erl_dist::term::{Atom, BigInteger, FixInteger, Pid, Reference, Term};
 use std::collections::{HashMap, HashSet};
@@ -23,6 +25,8 @@ pub struct KvServer {
     by_key: HashMap<Key, HashSet<Pid>>,
     all: HashSet<Pid>,
     subscriptions: usize,
+    /// The server's own pid in external format (for raw replies), made on first use.
+    self_etf: Vec<u8>,
 }
 
 fn ok() -> Term {
@@ -33,6 +37,29 @@ fn count(n: usize) -> Term {
     match i32::try_from(n) {
         Ok(v) => FixInteger::from(v).into(),
         Err(_) => BigInteger::from(n as u64).into(),
+    }
+}
+
+thread_local! {
+    /// Scratch space for the canonical key of a raw request.
+    static RAW_KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The canonical key of a key in external format: read directly for the usual kinds of key,
+/// else decoded first.
+fn raw_canonical_key(key: &[u8], limits: &crate::term::Limits, out: &mut Vec<u8>) -> bool {
+    if super::key::encode_etf_into(key, out) {
+        return true;
+    }
+    let mut versioned = Vec::with_capacity(key.len() + 1);
+    versioned.push(131);
+    versioned.extend_from_slice(key);
+    match crate::term::decode_exact(&versioned, limits) {
+        Ok(term) => {
+            super::key::encode_into(&term, out);
+            true
+        }
+        Err(_) => false,
     }
 }
 
@@ -251,6 +278,83 @@ impl GenServer for KvServer {
             Ok(_) => tracing::debug!("subscription requests need a call, not a cast: ignored"),
             Err(request) => tracing::debug!(%request, "unknown cast: ignored"),
         }
+    }
+
+    /// `get`, `put` and `delete` from their bytes (see [`raw`]) when nothing else needs the
+    /// terms: no durability (replies wait for the log) and, for changes, no subscribers
+    /// (events carry the terms). The reply goes by ALIAS_SEND on the connection the call came
+    /// on, exactly as [`crate::gen_server::Replier`] would send it.
+    fn handle_raw(&mut self, ctx: &mut Ctx, raw: &RawMessage) -> bool {
+        if self.durable.is_some() {
+            return false;
+        }
+        let Some(message) = raw::parse(raw.message, raw.limits) else {
+            return false;
+        };
+        if message.request.mutates() && self.subscriptions > 0 {
+            return false;
+        }
+        let reply_to = match &message.from {
+            None => None,
+            Some(from) => {
+                let Some(alias) = raw::alias_of(from.tag, raw.limits) else {
+                    return false;
+                };
+                if !raw.conn.flags.contains(erl_dist::DistributionFlags::ALIAS)
+                    || raw::pid_node(from.pid) != Some(raw.peer.as_bytes())
+                {
+                    return false;
+                }
+                Some((from.tag, alias))
+            }
+        };
+        if self.self_etf.is_empty() {
+            let mut pid = Vec::new();
+            if Term::from(ctx.self_pid().clone()).encode(&mut pid).is_err() || pid.len() < 2 {
+                return false;
+            }
+            pid.remove(0);
+            self.self_etf = pid;
+        }
+        RAW_KEY.with(|cell| {
+            let Ok(mut canon) = cell.try_borrow_mut() else {
+                return false;
+            };
+            canon.clear();
+            if !raw_canonical_key(message.request.key(), raw.limits, &mut canon) {
+                return false;
+            }
+            let reply: &[u8] = match message.request {
+                raw::Request::Get { default, .. } => match self.store.get_encoded(&canon) {
+                    Some(value) => value.get(1..).unwrap_or(raw::NIL),
+                    None => default.unwrap_or(raw::NIL),
+                },
+                raw::Request::Put { key, value } => {
+                    self.store.put_encoded(&canon, key, value);
+                    raw::OK
+                }
+                raw::Request::Delete { .. } => {
+                    self.store.delete_encoded(&canon);
+                    raw::OK
+                }
+            };
+            if let Some((tag, alias)) = reply_to {
+                let pushed = raw.conn.outbox.push_with(|out| {
+                    raw::alias_reply_frame(out, &self.self_etf, alias, tag, &[reply]);
+                });
+                if pushed.is_err() {
+                    tracing::warn!(
+                        peer = raw.peer,
+                        "peer is not reading: its outbound buffer is full, disconnecting it"
+                    );
+                    raw.conn.close();
+                }
+            }
+            if canon.capacity() > 64 * 1024 {
+                *canon = Vec::new();
+            }
+            true
+        })
     }
 
     fn handle_down(&mut self, _ctx: &mut Ctx, _reference: Reference, pid: Pid, reason: Term) {

@@ -524,6 +524,36 @@ impl Store {
         true
     }
 
+    /// The stored value (external format, version byte included) under the canonical key
+    /// `canon` (see [`super::key`]), without decoding anything.
+    pub fn get_encoded(&self, canon: &[u8]) -> Option<&[u8]> {
+        self.find(canon).map(|b| unpack(b).2)
+    }
+
+    /// Stores a key and value given in external format without their version bytes (as they
+    /// sit inside a message) under the canonical key `canon`, overwriting any previous value.
+    /// The caller guarantees that `canon` is the canonical key of `key_etf`.
+    pub fn put_encoded(&mut self, canon: &[u8], key_etf: &[u8], value_etf: &[u8]) {
+        let mut blob = Vec::with_capacity(10 + canon.len() + key_etf.len() + value_etf.len());
+        blob.extend_from_slice(&(canon.len() as u32).to_le_bytes());
+        blob.extend_from_slice(canon);
+        blob.extend_from_slice(&(key_etf.len() as u32 + 1).to_le_bytes());
+        blob.push(131);
+        blob.extend_from_slice(key_etf);
+        blob.push(131);
+        blob.extend_from_slice(value_etf);
+        self.upsert(canon, blob.into_boxed_slice());
+    }
+
+    /// Removes the entry under the canonical key `canon`; returns whether it existed.
+    pub fn delete_encoded(&mut self, canon: &[u8]) -> bool {
+        let hasher = &self.hasher;
+        self.table
+            .find_entry(hasher.hash_one(canon), |b| canon_of(b) == canon)
+            .map(|e| e.remove())
+            .is_ok()
+    }
+
     /// Removes `key`; returns whether it existed.
     pub fn delete(&mut self, key: &Term) -> bool {
         self.remove(key).is_some()

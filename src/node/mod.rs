@@ -52,6 +52,27 @@ pub enum Signal {
 pub trait Dispatch: Send + Sync {
     /// Handles (or queues) one signal.
     fn dispatch(&self, node: &Node, signal: Signal);
+
+    /// Handles a message still in external format, if the process can do so right now
+    /// without decoding it. False: nothing happened; the caller decodes the message and uses
+    /// [`Dispatch::dispatch`].
+    fn dispatch_raw(&self, node: &Node, raw: &RawMessage) -> bool {
+        let _ = (node, raw);
+        false
+    }
+}
+
+/// A message for a local process as it arrived: validated external-format bytes, and the
+/// connection it came on (where a reply to its sender goes).
+pub struct RawMessage<'a> {
+    /// The peer node's name.
+    pub peer: &'a str,
+    /// The connection the message came on.
+    pub conn: &'a dist::manager::ConnHandle,
+    /// The message, version byte included.
+    pub message: &'a [u8],
+    /// The limits it was validated with.
+    pub limits: &'a crate::term::Limits,
 }
 
 /// A process's address: its pid and what runs its signals.
@@ -105,17 +126,18 @@ struct Inner {
     manager: Manager,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    runtime: tokio::runtime::Handle,
+    threads: dist::threads::Threads,
 }
 
 impl Node {
-    /// Creates the node state. `creation` is the value EPMD handed out. Must be called inside
-    /// a tokio runtime: the node spawns its tasks there, also when asked from other threads.
+    /// Creates the node state. `creation` is the value EPMD handed out; connections (accepted
+    /// or dialed, also when asked from non-tokio threads) run on `threads`.
     pub fn new(
         config: Config,
         creation: u32,
         shutdown: CancellationToken,
         tracker: TaskTracker,
+        threads: dist::threads::Threads,
     ) -> Self {
         Node(Arc::new(Inner {
             name: Atom::from(config.node_name.as_str()),
@@ -128,7 +150,7 @@ impl Node {
             manager: Manager::default(),
             shutdown,
             tracker,
-            runtime: tokio::runtime::Handle::current(),
+            threads,
         }))
     }
 
@@ -160,6 +182,11 @@ impl Node {
     /// The tracker every node task is spawned on (so shutdown can wait for them).
     pub fn tracker(&self) -> &TaskTracker {
         &self.0.tracker
+    }
+
+    /// The connection threads.
+    pub fn threads(&self) -> &dist::threads::Threads {
+        &self.0.threads
     }
 
     /// Mints a fresh local pid.
@@ -224,6 +251,19 @@ impl Node {
         reg.names.get(name).cloned()
     }
 
+    /// What runs the signals of the process registered under `name` (cheaper than
+    /// [`Node::whereis`]: no pid is cloned).
+    pub fn whereis_target(&self, name: &str) -> Option<Arc<dyn Dispatch>> {
+        let reg = self.0.registry.read().unwrap_or_else(|e| e.into_inner());
+        reg.names.get(name).map(|m| m.target.clone())
+    }
+
+    /// Whether a process is registered under `name`.
+    pub fn is_registered(&self, name: &str) -> bool {
+        let reg = self.0.registry.read().unwrap_or_else(|e| e.into_inner());
+        reg.names.contains_key(name)
+    }
+
     /// The mailbox of a local pid (None for other nodes, other incarnations, dead pids).
     pub fn lookup_pid(&self, pid: &Pid) -> Option<Mailbox> {
         if !self.is_local(pid) || pid.creation != self.0.creation {
@@ -254,10 +294,13 @@ impl Node {
         if let Some(dial) = self.0.manager.send(peer, frame) {
             let node = self.clone();
             let peer = peer.to_owned();
-            // Through the runtime handle: this may run on a non-tokio thread (storage commits).
-            self.0
-                .runtime
-                .spawn(self.0.tracker.track_future(dist::dial(node, peer, dial)));
+            // On a connection thread, like accepted connections: the dialed connection lives
+            // there. Through a runtime handle, as this may run on a non-tokio thread (storage).
+            let (runtime, placement) = self.0.threads.place();
+            runtime.spawn(self.0.tracker.track_future(async move {
+                let _placement = placement;
+                dist::dial(node, peer, dial).await;
+            }));
         }
     }
 

