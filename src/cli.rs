@@ -17,7 +17,8 @@ use std::time::Duration;
     after_help = "Examples:\n  \
       kvnode --name kv@127.0.0.1 --cookie secret\n  \
       kvnode --sname kv --cookie secret --port 9100\n  \
-      ERL_EPMD_PORT=4400 kvnode --name kv@127.0.0.1\n\n\
+      ERL_EPMD_PORT=4400 kvnode --name kv@127.0.0.1\n  \
+      kvnode --name kv@127.0.0.1 --tls-cert kv.pem --tls-key kv-key.pem --tls-cacert ca.pem --tls-verify-peer\n\n\
     Then, from Elixir:\n  \
       iex --name me@127.0.0.1 --cookie secret\n  \
       iex> GenServer.call({DistributedExample.KVStore, :\"kv@127.0.0.1\"}, {:get, :message})\n\n\
@@ -100,6 +101,27 @@ pub struct Cli {
     /// closed at once with a log line (e.g. `--max-connections 256`).
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
     pub max_connections: usize,
+
+    /// TLS distribution, as OTP's `-proto_dist inet_tls`: this node's certificate, PEM
+    /// (e.g. `--tls-cert kv.pem`). Needs --tls-key and --tls-cacert; every peer must then use
+    /// TLS too.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_cacert"])]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert, PEM (e.g. `--tls-key kv-key.pem`).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_cacert"])]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificate(s), PEM, that peers' certificates must chain to: always checked when
+    /// kvnode dials a peer (with the host of its node name), and for inbound peers with
+    /// --tls-verify-peer (e.g. `--tls-cacert ca.pem`).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_cacert: Option<PathBuf>,
+
+    /// Require every inbound peer to present a certificate signed by --tls-cacert, as OTP's
+    /// `{verify, verify_peer}, {fail_if_no_peer_cert, true}`; others are refused.
+    #[arg(long, requires = "tls_cacert")]
+    pub tls_verify_peer: bool,
 }
 
 /// Errors turning flags into a [`Config`].
@@ -146,6 +168,9 @@ pub enum CliError {
     /// An empty cookie.
     #[error("the cookie is empty")]
     EmptyCookie,
+    /// The TLS certificates or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::dist::tls::TlsError),
 }
 
 impl Cli {
@@ -192,6 +217,18 @@ impl Cli {
         config.data_dir = self.data_dir;
         config.max_connections = self.max_connections.max(1);
         config.max_terms_per_message = self.max_terms_per_message.max(1);
+        if let (Some(cert), Some(key), Some(cacert)) =
+            (self.tls_cert, self.tls_key, self.tls_cacert)
+        {
+            config.tls = Some(crate::dist::tls::Tls::load(
+                &crate::dist::tls::TlsOptions {
+                    cert,
+                    key,
+                    cacert,
+                    verify_peer: self.tls_verify_peer,
+                },
+            )?);
+        }
         if let Some(n) = self.threads {
             config.threads = usize::from(n);
         }

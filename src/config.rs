@@ -33,6 +33,8 @@ pub struct Config {
     pub data_dir: Option<std::path::PathBuf>,
     /// Most distribution connections (inbound, handshaking or established) at once.
     pub max_connections: usize,
+    /// TLS distribution (`inet_tls_dist`); None is plain TCP.
+    pub tls: Option<crate::dist::tls::Tls>,
     /// Connection threads (`--threads`): each connection runs on one of them.
     pub threads: usize,
 }
@@ -53,6 +55,7 @@ impl std::fmt::Debug for Config {
             .field("max_terms_per_message", &self.max_terms_per_message)
             .field("data_dir", &self.data_dir)
             .field("max_connections", &self.max_connections)
+            .field("tls", &self.tls)
             .field("threads", &self.threads)
             .finish()
     }
@@ -87,6 +90,7 @@ impl Config {
             max_terms_per_message: crate::term::DEFAULT_MAX_TERMS,
             data_dir: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            tls: None,
             threads: default_threads(),
         }
     }

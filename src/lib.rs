@@ -161,12 +161,18 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         services::net_kernel::NetKernel,
     );
     tracker.spawn(accept_loop(node.clone(), listener, shutdown.clone()));
+    let tls = match &node.config().tls {
+        None => "off",
+        Some(tls) if tls.verify_peer() => "on, verify-peer",
+        Some(_) => "on",
+    };
     tracing::info!(
         node = %node.name().name,
         port = dist_port,
         epmd = %epmd,
         process = %process_name,
         creation = epmd.creation,
+        tls,
         "kvnode ready"
     );
     Ok(Running {

@@ -10,13 +10,13 @@ use super::PASS_THROUGH;
 use super::fast::Fast;
 use super::manager::ConnHandle;
 use super::outbox::{self, Outbox};
+use super::stream::RawStream;
 use crate::node::{Node, RawMessage, router};
 use crate::term::{self, Limits};
 use erl_dist::DistributionFlags;
 use erl_dist::message::Message;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -68,7 +68,7 @@ pub enum Error {
 
 /// Registers the connection with the manager and serves it until it ends; then runs the
 /// node-down cleanup.
-pub async fn serve(node: Node, stream: TcpStream, peer: String, flags: DistributionFlags) {
+pub async fn serve<S: RawStream>(node: Node, stream: S, peer: String, flags: DistributionFlags) {
     let cancel = node.shutdown_token().child_token();
     // Room for two of the largest messages plus slack: a reply may carry a value that big.
     let max_out = node
@@ -112,9 +112,9 @@ pub async fn serve(node: Node, stream: TcpStream, peer: String, flags: Distribut
     }
 }
 
-async fn read_loop(
+async fn read_loop<S: RawStream>(
     node: &Node,
-    stream: &TcpStream,
+    stream: &S,
     conn: &ConnHandle,
     peer: &str,
     ticked: mpsc::Sender<()>,
@@ -270,9 +270,9 @@ pub fn decode_frame(body: &[u8], limits: &Limits) -> Result<Message, Error> {
     Ok(message)
 }
 
-async fn write_loop(
+async fn write_loop<S: RawStream>(
     outbox: Arc<Outbox>,
-    stream: Arc<TcpStream>,
+    stream: Arc<S>,
     mut ticked: mpsc::Receiver<()>,
     cancel: CancellationToken,
     tick: Duration,
@@ -311,7 +311,7 @@ async fn write_loop(
     }
 }
 
-async fn write_tick(outbox: &Outbox, stream: &TcpStream) -> std::io::Result<()> {
+async fn write_tick<S: RawStream>(outbox: &Outbox, stream: &S) -> std::io::Result<()> {
     if outbox.push(&[0, 0, 0, 0]).is_err() {
         return Err(std::io::ErrorKind::WriteZero.into());
     }

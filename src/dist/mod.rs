@@ -12,7 +12,9 @@ pub mod fast;
 pub mod handshake;
 pub mod manager;
 pub mod outbox;
+pub mod stream;
 pub mod threads;
+pub mod tls;
 
 use crate::node::Node;
 use erl_dist::message::Message;
@@ -76,6 +78,14 @@ pub enum DialError {
         /// Why.
         source: std::io::Error,
     },
+    /// The TLS handshake failed or timed out (TLS distribution).
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls {
+        /// Where.
+        addr: SocketAddr,
+        /// Why (rustls' reason, e.g. an unknown issuer).
+        source: std::io::Error,
+    },
     /// The handshake failed.
     #[error("handshake: {0}")]
     Handshake(#[from] handshake::Error),
@@ -89,10 +99,29 @@ pub enum DialError {
     },
 }
 
+/// A connection after the distribution handshake, on plain TCP or inside TLS.
+enum Established {
+    Plain(TcpStream),
+    Tls(
+        Box<tokio_rustls::TlsStream<TcpStream>>,
+        (tokio::net::UnixStream, tokio::net::UnixStream),
+    ),
+}
+
+impl Established {
+    /// Serves the connection until it ends (see [`connection::serve`]).
+    async fn serve(self, node: Node, peer: String, flags: erl_dist::DistributionFlags) {
+        match self {
+            Established::Plain(stream) => connection::serve(node, stream, peer, flags).await,
+            Established::Tls(stream, pair) => tls::serve(node, stream, pair, peer, flags).await,
+        }
+    }
+}
+
 async fn try_dial(
     node: &Node,
     peer: &str,
-) -> Result<(TcpStream, erl_dist::node::PeerNode), DialError> {
+) -> Result<(Established, erl_dist::node::PeerNode), DialError> {
     let cfg = node.config();
     let peer_name: NodeName = peer
         .parse()
@@ -116,6 +145,7 @@ async fn try_dial(
             epmd,
         })?;
     let addr = SocketAddr::new(epmd.ip(), info.port);
+    let deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
     let stream = tokio::time::timeout(cfg.handshake_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| DialError::Connect {
@@ -128,14 +158,44 @@ async fn try_dial(
         .node_name
         .parse()
         .map_err(|_| DialError::BadName(cfg.node_name.clone()))?;
-    let (stream, peer_node) = handshake::connect(
-        stream,
-        &local,
-        node.creation(),
-        &cfg.cookie,
-        cfg.handshake_timeout,
-    )
-    .await?;
+    let (stream, peer_node) = match &cfg.tls {
+        None => {
+            let (stream, peer_node) = handshake::connect(
+                stream,
+                &local,
+                node.creation(),
+                &cfg.cookie,
+                cfg.handshake_timeout,
+            )
+            .await?;
+            (Established::Plain(stream), peer_node)
+        }
+        Some(tls) => {
+            let tls_err = |source| DialError::Tls { addr, source };
+            let pair = tokio::net::UnixStream::pair().map_err(tls_err)?;
+            let stream = tokio::time::timeout_at(deadline, tls.connect(&host, stream))
+                .await
+                .map_err(|_| {
+                    tls_err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "TLS handshake timed out",
+                    ))
+                })?
+                .map_err(tls_err)?;
+            let (stream, peer_node) = handshake::connect(
+                tls::Packet4::new(stream),
+                &local,
+                node.creation(),
+                &cfg.cookie,
+                remaining(deadline),
+            )
+            .await?;
+            (
+                Established::Tls(Box::new(stream.into_inner().into()), pair),
+                peer_node,
+            )
+        }
+    };
     if peer_node.name.to_string() != peer {
         return Err(DialError::NameMismatch {
             dialed: peer.to_owned(),
@@ -154,7 +214,7 @@ pub async fn dial(node: Node, peer: String, _ticket: manager::DialTicket) {
         match try_dial(&node, &peer).await {
             Ok((stream, peer_node)) => {
                 let flags = handshake::negotiated(peer_node.flags);
-                connection::serve(node, stream, peer, flags).await;
+                stream.serve(node, peer, flags).await;
             }
             Err(DialError::Handshake(handshake::Error::Simultaneous)) => {
                 // The peer is dialing us and wins: wait for its connection to arrive.
@@ -201,27 +261,69 @@ pub async fn accept(node: Node, stream: TcpStream, addr: SocketAddr) {
         };
         let local_str = cfg.node_name.clone();
         let manager = node.manager();
-        let result = handshake::accept(
-            stream,
-            &local,
-            node.creation(),
-            &cfg.cookie,
-            cfg.handshake_timeout,
-            |peer| match manager.admit(&local_str, &peer.to_string()) {
-                manager::Admission::Ok => erl_dist::handshake::HandshakeStatus::Ok,
-                manager::Admission::OkSimultaneous => {
-                    erl_dist::handshake::HandshakeStatus::OkSimultaneous
-                }
-                manager::Admission::Nok => erl_dist::handshake::HandshakeStatus::Nok,
-            },
-        )
-        .await;
+        let decide = |peer: &NodeName| match manager.admit(&local_str, &peer.to_string()) {
+            manager::Admission::Ok => erl_dist::handshake::HandshakeStatus::Ok,
+            manager::Admission::OkSimultaneous => {
+                erl_dist::handshake::HandshakeStatus::OkSimultaneous
+            }
+            manager::Admission::Nok => erl_dist::handshake::HandshakeStatus::Nok,
+        };
+        let (creation, cookie) = (node.creation(), cfg.cookie.as_str());
+        let result = match &cfg.tls {
+            None => handshake::accept(
+                stream,
+                &local,
+                creation,
+                cookie,
+                cfg.handshake_timeout,
+                decide,
+            )
+            .await
+            .map(|(stream, peer_node)| (Established::Plain(stream), peer_node)),
+            Some(tls) => {
+                let deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
+                let pair = match tokio::net::UnixStream::pair() {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        tracing::warn!(%addr, %error, "cannot bridge a TLS connection");
+                        return;
+                    }
+                };
+                let stream = match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        // A plain-TCP peer, an unknown CA, no client certificate, ...
+                        tracing::info!(%addr, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(%addr, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                handshake::accept(
+                    tls::Packet4::new(stream),
+                    &local,
+                    creation,
+                    cookie,
+                    remaining(deadline),
+                    decide,
+                )
+                .await
+                .map(|(stream, peer_node)| {
+                    (
+                        Established::Tls(Box::new(stream.into_inner().into()), pair),
+                        peer_node,
+                    )
+                })
+            }
+        };
         match result {
             Ok((stream, peer_node)) => {
                 let peer = peer_node.name.to_string();
                 tracing::Span::current().record("peer", tracing::field::display(&peer));
                 let flags = handshake::negotiated(peer_node.flags);
-                connection::serve(node, stream, peer, flags).await;
+                stream.serve(node, peer, flags).await;
             }
             Err(handshake::Error::WrongCookie) => {
                 tracing::warn!(%addr, "handshake rejected: the peer has a different cookie");
@@ -236,6 +338,13 @@ pub async fn accept(node: Node, stream: TcpStream, addr: SocketAddr) {
     }
     .instrument(span)
     .await
+}
+
+/// Time left until `deadline` (at least 1 ms, so an expired deadline still times out cleanly).
+fn remaining(deadline: tokio::time::Instant) -> Duration {
+    deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(Duration::from_millis(1))
 }
 
 /// Default tick interval for a `net_ticktime`: a quarter of it.

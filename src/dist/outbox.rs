@@ -8,10 +8,10 @@
 //! peer that stops reading fills the buffer up to its bound and is disconnected rather than
 //! growing memory.
 
+use super::stream::RawStream;
 use std::cell::Cell;
 use std::sync::Mutex;
 use std::time::Instant;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 thread_local! {
@@ -120,7 +120,7 @@ impl Outbox {
     }
 
     /// Writes what the socket takes now. Ok(true): everything is written.
-    pub fn flush_now(&self, stream: &TcpStream) -> std::io::Result<bool> {
+    pub fn flush_now<S: RawStream>(&self, stream: &S) -> std::io::Result<bool> {
         let mut st = self.lock();
         while st.sent < st.buf.len() {
             let from = st.sent;
@@ -143,7 +143,7 @@ impl Outbox {
     }
 
     /// Writes everything, waiting for the socket as needed.
-    pub async fn flush_all(&self, stream: &TcpStream) -> std::io::Result<()> {
+    pub async fn flush_all<S: RawStream>(&self, stream: &S) -> std::io::Result<()> {
         while !self.flush_now(stream)? {
             stream.writable().await?;
         }

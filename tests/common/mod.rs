@@ -381,12 +381,23 @@ pub struct BeamNode {
 impl BeamNode {
     /// Starts `elixir --name <alive>@127.0.0.1 --no-halt -e <boot>` against `epmd_port`.
     pub fn start(alive: &str, cookie: &str, epmd_port: u16, boot: &str) -> BeamNode {
+        Self::start_with_erl(alive, cookie, epmd_port, "", boot)
+    }
+
+    /// Like [`BeamNode::start`], with extra `erl` flags (e.g. `-proto_dist inet_tls ...`).
+    pub fn start_with_erl(
+        alive: &str,
+        cookie: &str,
+        epmd_port: u16,
+        erl: &str,
+        boot: &str,
+    ) -> BeamNode {
         let name = format!("{alive}@127.0.0.1");
         let mut cmd = beam_command("elixir");
         cmd.args(["--name", &name, "--cookie", cookie])
             .args([
                 "--erl",
-                &format!("-epmd_port {epmd_port} -start_epmd false"),
+                &format!("-epmd_port {epmd_port} -start_epmd false {erl}"),
             ])
             .args(["--no-halt", "-e", boot])
             .env("ERL_EPMD_PORT", epmd_port.to_string())
