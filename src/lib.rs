@@ -81,6 +81,37 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// File descriptors kvnode may need beyond one per inbound connection: the embedded EPMD's
+/// connection cap ([`epmd::server::DEFAULT_MAX_CONNECTIONS`]) and some slack for listeners,
+/// logs, storage files, dialed peers and TLS bridges.
+const FD_OVERHEAD: u64 = epmd::server::DEFAULT_MAX_CONNECTIONS as u64 + 64;
+
+/// Raises the soft limit on open files to the hard limit (as Go's runtime does), so
+/// `--max-connections` is reached before EMFILE is: a common soft limit is 1024, the default
+/// `--max-connections`. Returns the soft limit now in force.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit; only the soft limit changes, within the hard one.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        lim = raised;
+    }
+    Ok(lim.rlim_cur as u64)
+}
+
 /// A started node. Dropping it does not stop it; call [`Running::stop`].
 pub struct Running {
     /// The node.
@@ -111,6 +142,15 @@ impl Running {
 /// Starts a node: binds the distribution port, registers with EPMD (or serves EPMD itself),
 /// starts the built-in processes and the accept loop.
 pub async fn start(config: Config) -> Result<Running, Error> {
+    match raise_fd_limit() {
+        Ok(limit) if limit < config.max_connections as u64 + FD_OVERHEAD => tracing::warn!(
+            limit,
+            max_connections = config.max_connections,
+            "the open-file limit (ulimit -n) is low for --max-connections: connections may fail with EMFILE before the limit"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read or raise the open-file limit"),
+    }
     let addr = SocketAddr::new(config.bind, config.dist_port);
     let listener = listen(addr).map_err(|source| Error::Listen { addr, source })?;
     let dist_port = listener

@@ -485,3 +485,74 @@ fn a_peer_that_never_starts_tls_is_dropped_after_the_handshake_timeout() {
     );
     assert!(out.contains("SCRIPT-OK"), "{out}");
 }
+
+#[test]
+fn a_thousand_half_open_tls_connections_cost_one_fd_each_and_time_out() {
+    let pki = Pki::new();
+    let cookie = unique("cookie");
+    let mut flags = pki.kv_flags(true);
+    flags.extend(["--max-connections".into(), "1100".into()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let kv = KvNode::start_with(&unique("kv_tls_flood"), &cookie, free_port(), &flags);
+    let pid = kv.guard.pid();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let rss = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            / 1024
+    };
+    let (fds_before, rss_before) = (fds(), rss());
+    let started = std::time::Instant::now();
+    let flood: Vec<std::net::TcpStream> = (0..1000)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", kv.dist_port())).expect("connect"))
+        .collect();
+    // Every one accepted, each holding one descriptor (the TLS bridge comes only once TLS is
+    // up), not three.
+    let fds_during = wait_for(
+        "kvnode to accept the flood",
+        Duration::from_secs(10),
+        || {
+            let n = fds();
+            (n >= fds_before + 1000).then_some(n)
+        },
+    );
+    assert!(
+        fds_during < fds_before + 1000 + 50,
+        "{fds_during} fds for 1,000 half-open connections (from {fds_before})"
+    );
+    let rss_during = rss();
+    // A real TLS node is served meanwhile, well within the default 10 s handshake timeout.
+    let out = elixir_raw_with_erl_args(
+        &kv,
+        &unique("tls_flooded"),
+        &cookie,
+        &pki.erl(GOOD),
+        CALL_SCRIPT,
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+    let served = started.elapsed();
+    assert!(served < Duration::from_secs(10), "served after {served:?}");
+    wait_for(
+        "the handshake timeout to close the flood",
+        Duration::from_secs(40),
+        || (fds() <= fds_before + 5).then_some(()),
+    );
+    println!(
+        "1,000 half-open TLS connections: kvnode fds {fds_before} -> {fds_during}, RSS \
+         {rss_before} -> {rss_during} MiB (-> {} MiB after); a TLS peer served {served:?} into \
+         the flood; all closed {:?} after it began",
+        rss(),
+        started.elapsed()
+    );
+    drop(flood);
+}

@@ -282,13 +282,6 @@ pub async fn accept(node: Node, stream: TcpStream, addr: SocketAddr) {
             .map(|(stream, peer_node)| (Established::Plain(stream), peer_node)),
             Some(tls) => {
                 let deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
-                let pair = match tokio::net::UnixStream::pair() {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        tracing::warn!(%addr, %error, "cannot bridge a TLS connection");
-                        return;
-                    }
-                };
                 let stream = match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(error)) => {
@@ -298,6 +291,14 @@ pub async fn accept(node: Node, stream: TcpStream, addr: SocketAddr) {
                     }
                     Err(_) => {
                         tracing::info!(%addr, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                // Only once TLS is up: a peer that never finishes it costs one fd, not three.
+                let pair = match tokio::net::UnixStream::pair() {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        tracing::warn!(%addr, %error, "cannot bridge a TLS connection");
                         return;
                     }
                 };
