@@ -109,6 +109,7 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
         }
         lim = raised;
     }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is u64 here, but 32 bits on some targets
     Ok(lim.rlim_cur as u64)
 }
 
