@@ -1,6 +1,7 @@
 # The driver of scripts/soak (read that script first). Environment: KV_NODE (kvnode's node
-# name), KV_PID (its OS pid, for /proc), SOAK_SECONDS, SOAK_COOKIE, ERL_EPMD_PORT.
-# Standard library only. Prints a table of samples and a verdict; exits 1 on a leak.
+# name), KV_PID (its OS pid, for /proc), SOAK_SECONDS, SOAK_COOKIE, ERL_EPMD_PORT; SOAK_DEBUG
+# prints each churn round's subscription count. Standard library only. Prints a table of
+# samples and a verdict; exits 1 on a leak.
 
 defmodule Soak do
   @kvs DistributedExample.KVStore
@@ -222,13 +223,13 @@ workers = Soak.start_workers(kv, calls)
 churn = Soak.start_churn(0, churn_bin)
 deadline = t0 + seconds * 1000
 
-{churn, rounds, peak_subs, samples} =
+{churn, rounds, peak_subs} =
   Stream.iterate(0, &(&1 + 1))
-  |> Enum.reduce_while({churn, 0, 0, [base], t0 + 30_000}, fn _, {{peer, node} = churn, rounds, peak, samples, next_sample} ->
+  |> Enum.reduce_while({churn, 0, 0, t0 + 30_000}, fn _, {{peer, node} = churn, rounds, peak, next_sample} ->
     now = System.monotonic_time(:millisecond)
 
     if now >= deadline do
-      {:halt, {churn, rounds, peak, Enum.reverse(samples)}}
+      {:halt, {churn, rounds, peak}}
     else
       started = now
       subs = :erpc.call(node, SoakChurn, :round, [kv, rounds], 30_000)
@@ -243,19 +244,18 @@ deadline = t0 + seconds * 1000
           churn
         end
 
-      {samples, next_sample} =
+      next_sample =
         if System.monotonic_time(:millisecond) >= next_sample do
-          s = Soak.sample(kv, kv_pid, "churn", t0, calls, rounds)
-          Soak.row(s)
-          {[s | samples], next_sample + 30_000}
+          Soak.row(Soak.sample(kv, kv_pid, "churn", t0, calls, rounds))
+          next_sample + 30_000
         else
-          {samples, next_sample}
+          next_sample
         end
 
       # One round per second: the rest of the second is idle time for the churn loop.
       left = 1000 - (System.monotonic_time(:millisecond) - started)
       if left > 0, do: Process.sleep(left)
-      {:cont, {churn, rounds, max(peak, subs), samples, next_sample}}
+      {:cont, {churn, rounds, max(peak, subs), next_sample}}
     end
   end)
 
@@ -291,7 +291,6 @@ settled =
   end
 
 Soak.row(settled)
-_ = samples
 
 mib = 1024 * 1024
 rss_allowed = base.vmrss + max(16 * mib, div(base.vmrss, 4))
