@@ -9,7 +9,7 @@
 //! `:rpc.call` returns `{:badrpc, {:EXIT, {:undef, [{m, f, args, []}]}}}`. No caller waits.
 //!
 //! Known functions: `erlang:node/0`, `erlang:nodes/0,1`, `os:getpid/0`, `erlang:memory/0,1`,
-//! `kvnode:info/0` (the node's own counters, see [`info`]), and on the KV module (the
+//! `kvnode:info/0` (the node's own counters, see `info` below), and on the KV module (the
 //! `--process-name` atom, `Elixir.DistributedExample.KVStore` by default) `get/1`, `get/2`,
 //! `put/2`, `delete/1`, `keys/0`, `size/0`.
 
