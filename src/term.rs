@@ -643,5 +643,7 @@ impl<'a> Validator<'a> {
     }
 }
 
+pub mod skip;
+
 #[cfg(test)]
 mod tests;

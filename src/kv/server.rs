@@ -326,8 +326,8 @@ impl GenServer for KvServer {
             }
             let reply: &[u8] = match message.request {
                 raw::Request::Get { default, .. } => match self.store.get_encoded(&canon) {
-                    Some(value) => value.get(1..).unwrap_or(raw::NIL),
-                    None => default.unwrap_or(raw::NIL),
+                    Some(value) => value.get(1..).unwrap_or(raw::NIL_ATOM),
+                    None => default.unwrap_or(raw::NIL_ATOM),
                 },
                 raw::Request::Put { key, value } => {
                     self.store.put_encoded(&canon, key, value);
