@@ -213,6 +213,8 @@ pub fn alias_reply_frame(
     reply: &[&[u8]],
 ) {
     let start = out.len();
+    let pieces: usize = reply.iter().map(|p| p.len()).sum();
+    out.reserve(13 + server_pid.len() + alias.len() + tag.len() + pieces);
     out.extend_from_slice(&[0, 0, 0, 0, crate::dist::PASS_THROUGH]);
     out.extend_from_slice(&[VERSION, SMALL_TUPLE, 3, SMALL_INTEGER, ALIAS_SEND]);
     out.extend_from_slice(server_pid);

@@ -339,7 +339,8 @@ impl GenServer for KvServer {
                 }
             };
             if let Some((tag, alias)) = reply_to {
-                let pushed = raw.conn.outbox.push_with(|out| {
+                let size = 32 + self.self_etf.len() + alias.len() + tag.len() + reply.len();
+                let pushed = raw.conn.outbox.push_with(size, |out| {
                     raw::alias_reply_frame(out, &self.self_etf, alias, tag, &[reply]);
                 });
                 if pushed.is_err() {
