@@ -699,5 +699,7 @@ impl<'a> Validator<'a> {
     }
 }
 
+pub mod skip;
+
 #[cfg(test)]
 mod tests;

@@ -226,3 +226,51 @@ fn rust_drives_an_elixir_node_with_erl_rpc() {
         handle.terminate();
     });
 }
+
+#[test]
+fn client_nodes_spread_over_connection_threads() {
+    let cookie = unique("cookie");
+    let kv = KvNode::start_with(
+        &unique("kv_threads"),
+        &cookie,
+        free_port(),
+        &["--threads", "2"],
+    );
+    // One node stays connected (its connection takes one thread); a second one then lands on
+    // the other, and both are served.
+    let a = unique("node_a");
+    let _a = BeamNode::start(&a, &cookie, kv.epmd_port, "");
+    let out = elixir(
+        &kv,
+        &unique("node_b"),
+        &cookie,
+        &format!(
+            r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+a = :"{a}@127.0.0.1"
+TestWait.until(fn -> Node.connect(a) end)
+:ok = :erpc.call(a, GenServer, :call, [{{DistributedExample.KVStore, kv}}, {{:put, :from_a, 1}}])
+true = Node.connect(kv)
+1 = GenServer.call({{DistributedExample.KVStore, kv}}, {{:get, :from_a}})
+IO.puts("SCRIPT-OK")
+"#
+        ),
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+    let logs = kv.logs();
+    for thread in ["kvnode-conn-0", "kvnode-conn-1"] {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("connected") && l.contains(thread)),
+            "no connection on {thread}:\n{logs}"
+        );
+    }
+    // Zero threads is refused with a clear message.
+    let out = Command::new(kvnode_bin())
+        .args(["--threads", "0", "--cookie", &cookie])
+        .output()
+        .expect("run kvnode");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--threads"), "{err}");
+}

@@ -84,7 +84,11 @@ pub async fn serve<S: RawStream>(node: Node, stream: S, peer: String, flags: Dis
         old.close();
         node.node_down(&peer);
     }
-    tracing::info!(flags = format_args!("{:#x}", flags.bits()), "connected");
+    tracing::info!(
+        flags = format_args!("{:#x}", flags.bits()),
+        thread = std::thread::current().name().unwrap_or("?"),
+        "connected"
+    );
     let stream = Arc::new(stream);
     let tick = super::tick_interval(node.config().net_ticktime);
     // The reader tells the writer when the peer ticks, so a peer with a shorter net_ticktime

@@ -69,7 +69,11 @@ pub fn classify<'a>(rest: &'a [u8], ctrl_len: usize, limits: &Limits) -> Fast<'a
     };
     let mut pos = 5;
     let skip = |pos: &mut usize| -> Option<()> {
-        *pos += term::validate_term(ctrl.get(*pos..)?, limits).ok()?;
+        let rest = ctrl.get(*pos..)?;
+        *pos += match term::skip::skip(rest) {
+            Some(len) => len,
+            None => term::validate_term(rest, limits).ok()?,
+        };
         Some(())
     };
     match (op, arity) {

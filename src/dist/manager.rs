@@ -72,7 +72,7 @@ impl Manager {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         match slots.get_mut(peer) {
             Some(Slot::Up(conn)) => {
-                if conn.outbox.push(&frame).is_err() {
+                if conn.outbox.push_owned(frame).is_err() {
                     tracing::warn!(%peer, "peer is not reading: its outbound buffer is full, disconnecting it");
                     conn.cancel.cancel();
                 }
@@ -161,7 +161,7 @@ impl Manager {
         let replaced = match old {
             Some(Slot::Pending { queue, .. }) => {
                 for frame in queue {
-                    if handle.outbox.push(&frame).is_err() {
+                    if handle.outbox.push_owned(frame).is_err() {
                         tracing::warn!(%peer, "outbound buffer full while flushing queued messages");
                         break;
                     }

@@ -12,9 +12,6 @@ use crate::term::{self, Limits};
 const VERSION: u8 = 131;
 const SMALL_TUPLE: u8 = 104;
 const LIST: u8 = 108;
-const ATOM: u8 = 100;
-const SMALL_ATOM: u8 = 115;
-const ATOM_UTF8: u8 = 118;
 const SMALL_ATOM_UTF8: u8 = 119;
 const PID: u8 = 103;
 const NEW_PID: u8 = 88;
@@ -25,7 +22,7 @@ const ALIAS_SEND: u8 = 33;
 const SMALL_INTEGER: u8 = 97;
 
 /// The atom `nil` in external format (the reply of a `get` on an absent key).
-pub const NIL: &[u8] = &[SMALL_ATOM_UTF8, 3, b'n', b'i', b'l'];
+pub const NIL_ATOM: &[u8] = &[SMALL_ATOM_UTF8, 3, b'n', b'i', b'l'];
 /// The atom `ok` in external format.
 pub const OK: &[u8] = &[SMALL_ATOM_UTF8, 2, b'o', b'k'];
 
@@ -86,19 +83,7 @@ pub struct Message<'a> {
     pub request: Request<'a>,
 }
 
-/// An atom at the start of `buf`: its name and encoded length.
-fn atom(buf: &[u8]) -> Option<(&[u8], usize)> {
-    let (&tag, rest) = buf.split_first()?;
-    let (len, skip) = match tag {
-        ATOM_UTF8 | ATOM => (
-            u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize,
-            2,
-        ),
-        SMALL_ATOM_UTF8 | SMALL_ATOM => (*rest.first()? as usize, 1),
-        _ => return None,
-    };
-    Some((rest.get(skip..skip + len)?, 1 + skip + len))
-}
+use crate::term::skip::atom;
 
 /// Reads terms one after another from a buffer.
 struct Cursor<'a, 'l> {
@@ -111,7 +96,10 @@ impl<'a> Cursor<'a, '_> {
     /// The next term's bytes.
     fn term(&mut self) -> Option<&'a [u8]> {
         let rest = self.buf.get(self.pos..)?;
-        let len = term::validate_term(rest, self.limits).ok()?;
+        let len = match term::skip::skip(rest) {
+            Some(len) => len,
+            None => term::validate_term(rest, self.limits).ok()?,
+        };
         self.pos += len;
         rest.get(..len)
     }
@@ -199,7 +187,11 @@ pub fn alias_of<'a>(tag: &'a [u8], limits: &Limits) -> Option<&'a [u8]> {
     if !matches!(reference.first(), Some(&(NEWER_REFERENCE | NEW_REFERENCE))) {
         return None;
     }
-    (term::validate_term(reference, limits).ok()? == reference.len()).then_some(reference)
+    let len = match term::skip::skip(reference) {
+        Some(len) => len,
+        None => term::validate_term(reference, limits).ok()?,
+    };
+    (len == reference.len()).then_some(reference)
 }
 
 /// The node name in a pid (external format).
@@ -221,6 +213,8 @@ pub fn alias_reply_frame(
     reply: &[&[u8]],
 ) {
     let start = out.len();
+    let pieces: usize = reply.iter().map(|p| p.len()).sum();
+    out.reserve(13 + server_pid.len() + alias.len() + tag.len() + pieces);
     out.extend_from_slice(&[0, 0, 0, 0, crate::dist::PASS_THROUGH]);
     out.extend_from_slice(&[VERSION, SMALL_TUPLE, 3, SMALL_INTEGER, ALIAS_SEND]);
     out.extend_from_slice(server_pid);
@@ -345,6 +339,53 @@ mod tests {
         assert_eq!(alias_of(&body(&reference().into()), &limits), None);
         let list_tag: Term = List::from(vec![atom_t("alias")]).into();
         assert_eq!(alias_of(&body(&list_tag), &limits), None);
+    }
+
+    #[test]
+    fn skip_measures_terms_as_the_validator_does() {
+        let limits = Limits::default();
+        let big_ref = Reference {
+            node: Atom::from("n@h"),
+            id: vec![1, 2, 3, 4, 5],
+            creation: 0x1234_5678,
+        };
+        let terms = vec![
+            pid(),
+            Pid::new("n@h", 1 << 20, 7, 0x0102_0304).into(),
+            reference().into(),
+            big_ref.into(),
+            alias_tag(),
+            atom_t("ok"),
+            FixInteger::from(3).into(),
+            FixInteger::from(-70_000).into(),
+            Binary::from(vec![7u8; 1000]).into(),
+            List::nil().into(),
+            List::from(vec![atom_t("a"), pid()]).into(),
+            tuple(vec![
+                pid(),
+                alias_tag(),
+                tuple(vec![atom_t("get"), atom_t("k")]),
+            ]),
+        ];
+        for t in &terms {
+            let b = body(t);
+            let mut padded = b.clone();
+            padded.extend_from_slice(&[1, 2, 3]);
+            assert_eq!(term::skip::skip(&padded), Some(b.len()), "{t}");
+            assert_eq!(term::validate_term(&padded, &limits).ok(), Some(b.len()));
+            // Truncated bytes are never measured past their end.
+            for cut in 0..b.len() {
+                assert!(
+                    term::skip::skip(&b[..cut]).is_none_or(|n| n <= cut),
+                    "{t} cut at {cut}"
+                );
+            }
+        }
+        // Kinds it does not know are left to the validator.
+        assert_eq!(
+            term::skip::skip(&body(&erl_dist::term::Float { value: 1.5 }.into())),
+            None
+        );
     }
 
     #[test]

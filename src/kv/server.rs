@@ -331,8 +331,8 @@ impl GenServer for KvServer {
             }
             let reply: &[u8] = match message.request {
                 raw::Request::Get { default, .. } => match self.store.get_encoded(&canon) {
-                    Some(value) => value.get(1..).unwrap_or(raw::NIL),
-                    None => default.unwrap_or(raw::NIL),
+                    Some(value) => value.get(1..).unwrap_or(raw::NIL_ATOM),
+                    None => default.unwrap_or(raw::NIL_ATOM),
                 },
                 raw::Request::Put { key, value } => {
                     self.store.put_encoded(&canon, key, value);
@@ -344,7 +344,8 @@ impl GenServer for KvServer {
                 }
             };
             if let Some((tag, alias)) = reply_to {
-                let pushed = raw.conn.outbox.push_with(|out| {
+                let size = 32 + self.self_etf.len() + alias.len() + tag.len() + reply.len();
+                let pushed = raw.conn.outbox.push_with(size, |out| {
                     raw::alias_reply_frame(out, &self.self_etf, alias, tag, &[reply]);
                 });
                 if pushed.is_err() {

@@ -99,8 +99,10 @@ impl Mailbox {
 
 #[derive(Default)]
 struct Registry {
-    names: HashMap<String, Mailbox>,
-    pids: HashMap<u32, Mailbox>,
+    // Looked up on every incoming call: a fast hash (names and pids are not peer-chosen keys
+    // in any number: only registered processes are stored).
+    names: HashMap<String, Mailbox, foldhash::fast::RandomState>,
+    pids: HashMap<u32, Mailbox, foldhash::fast::RandomState>,
 }
 
 /// A monitor held by a local process on a remote pid.
