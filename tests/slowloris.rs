@@ -2,8 +2,8 @@
 //! distribution port and its embedded EPMD: while 1,000 of them are open a real Elixir node is
 //! still served; the handshake (or EPMD request) timeout, a deadline for the whole exchange and
 //! not per read, closes every one of them; kvnode's RSS stays bounded during and after; beyond
-//! `--max-connections` connections are refused at once, and a real peer arriving after the
-//! flood clears is served.
+//! `--max-connections` connections are refused at once, a second flood does not add to the
+//! memory the first left, and a real peer arriving after the flood clears is served.
 //!
 //! The RSS figures are printed (`cargo test --release --test slowloris -- --nocapture`).
 
@@ -307,7 +307,7 @@ fn a_thousand_half_open_and_slowloris_connections_on_the_distribution_port() {
         ],
     );
     let port = kv.dist_port();
-    flood_while_served(&kv, &cookie, port, send_name_message(), timeout);
+    let (_, _, after_first) = flood_while_served(&kv, &cookie, port, send_name_message(), timeout);
     kv.wait_log("handshake timed out after 3s", Duration::from_secs(5));
 
     // Fill every place (--max-connections 1100), then more: those are refused at once, long
@@ -328,7 +328,20 @@ fn a_thousand_half_open_and_slowloris_connections_on_the_distribution_port() {
     kv.wait_log("too many connections", Duration::from_secs(5));
     wait_all_closed(&full, timeout + Duration::from_secs(30));
     drop(full);
-    println!("over --max-connections: 20 extra connections refused within {refused_in:?}");
+    // Memory a flood leaves behind is reused by the next one, not added to.
+    let after_second = rss(kv.guard.pid());
+    println!(
+        "over --max-connections: 20 extra connections refused within {refused_in:?}; RSS after \
+         this second flood {} (after the first: {})",
+        mib(after_second),
+        mib(after_first)
+    );
+    assert!(
+        after_second < after_first + 16 * MIB,
+        "a second flood grew RSS from {} to {}",
+        mib(after_first),
+        mib(after_second)
+    );
     // A real peer arriving after the flood cleared is served.
     let out = elixir(
         &kv,
