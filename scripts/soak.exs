@@ -41,7 +41,11 @@ defmodule Soak do
       end
 
     status = File.read!("/proc/#{kv_pid}/status")
-    kib = fn field -> String.to_integer(Regex.run(~r/#{field}:\s+(\d+) kB/, status) |> List.last()) end
+
+    kib = fn field ->
+      String.to_integer(Regex.run(~r/#{field}:\s+(\d+) kB/, status) |> List.last())
+    end
+
     fds = length(File.ls!("/proc/#{kv_pid}/fd"))
 
     Map.merge(info, %{
@@ -101,7 +105,12 @@ defmodule Soak do
               held
 
             n when n <= 7 ->
-              :ok = GenServer.call({@kvs, kv}, {:put, key, :crypto.strong_rand_bytes(:rand.uniform(200))})
+              :ok =
+                GenServer.call(
+                  {@kvs, kv},
+                  {:put, key, :crypto.strong_rand_bytes(:rand.uniform(200))}
+                )
+
               held
 
             8 ->
@@ -149,10 +158,21 @@ defmodule Soak do
         name: ~c"soakc_#{System.pid()}_#{n}",
         host: ~c"127.0.0.1",
         longnames: true,
-        args: [~c"-setcookie", cookie, ~c"-epmd_port", port, ~c"-start_epmd", ~c"false", ~c"-pa", ebin]
+        args: [
+          ~c"-setcookie",
+          cookie,
+          ~c"-epmd_port",
+          port,
+          ~c"-start_epmd",
+          ~c"false",
+          ~c"-pa",
+          ebin
+        ]
       })
 
-    {:module, SoakChurn} = :erpc.call(node, :code, :load_binary, [SoakChurn, ~c"soak_churn", churn_bin])
+    {:module, SoakChurn} =
+      :erpc.call(node, :code, :load_binary, [SoakChurn, ~c"soak_churn", churn_bin])
+
     {peer, node}
   end
 end
@@ -225,7 +245,9 @@ deadline = t0 + seconds * 1000
 
 {churn, rounds, peak_subs} =
   Stream.iterate(0, &(&1 + 1))
-  |> Enum.reduce_while({churn, 0, 0, t0 + 30_000}, fn _, {{peer, node} = churn, rounds, peak, next_sample} ->
+  |> Enum.reduce_while({churn, 0, 0, t0 + 30_000}, fn _,
+                                                      {{peer, node} = churn, rounds, peak,
+                                                       next_sample} ->
     now = System.monotonic_time(:millisecond)
 
     if now >= deadline do
@@ -233,7 +255,10 @@ deadline = t0 + seconds * 1000
     else
       started = now
       subs = :erpc.call(node, SoakChurn, :round, [kv, rounds], 30_000)
-      if System.get_env("SOAK_DEBUG"), do: IO.puts(:stderr, "round #{rounds}: #{subs} subscriptions")
+
+      if System.get_env("SOAK_DEBUG"),
+        do: IO.puts(:stderr, "round #{rounds}: #{subs} subscriptions")
+
       rounds = rounds + 1
 
       churn =
@@ -297,11 +322,14 @@ rss_allowed = base.vmrss + max(16 * mib, div(base.vmrss, 4))
 
 failures =
   [
-    {settled.connections != base.connections, "connections #{settled.connections} != baseline #{base.connections}"},
-    {settled.monitors != base.monitors, "monitors #{settled.monitors} != baseline #{base.monitors}"},
+    {settled.connections != base.connections,
+     "connections #{settled.connections} != baseline #{base.connections}"},
+    {settled.monitors != base.monitors,
+     "monitors #{settled.monitors} != baseline #{base.monitors}"},
     {settled.subscriptions != base.subscriptions,
      "subscriptions #{settled.subscriptions} != baseline #{base.subscriptions}"},
-    {settled.open_fds > base.open_fds + 5, "open fds #{settled.open_fds} > baseline #{base.open_fds} + 5"},
+    {settled.open_fds > base.open_fds + 5,
+     "open fds #{settled.open_fds} > baseline #{base.open_fds} + 5"},
     {settled.vmrss > rss_allowed,
      "RSS #{settled.vmrss} > baseline #{base.vmrss} + max(16 MiB, 25%) = #{rss_allowed}"},
     {rounds < div(seconds, 2), "only #{rounds} churn rounds in #{seconds} s"},
