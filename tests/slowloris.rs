@@ -75,8 +75,8 @@ fn is_closed(s: &TcpStream) -> bool {
     }
 }
 
-/// Opens `n` connections to `port`: even ones stay silent, odd ones are handed to the
-/// slowloris writer.
+/// Opens `n` non-blocking connections to `port` that send nothing (see [`slowloris`] for
+/// the ones that trickle).
 fn open_flood(port: u16, n: usize) -> Vec<TcpStream> {
     (0..n)
         .map(|i| {
@@ -88,8 +88,9 @@ fn open_flood(port: u16, n: usize) -> Vec<TcpStream> {
         .collect()
 }
 
-/// Sends `message` one byte every 200 ms on every odd connection until `stop` is set or the
-/// connection fails: each read kvnode makes gets a byte well within any per-read timeout.
+/// Sends `message` one byte every 200 ms on every odd connection (the even ones stay silent)
+/// until `stop` is set or the connection fails: each read kvnode makes gets a byte well
+/// within any per-read timeout.
 fn slowloris(socks: Vec<TcpStream>, message: Vec<u8>, stop: Arc<AtomicBool>) {
     let mut at = vec![0usize; socks.len()];
     let mut alive: Vec<bool> = (0..socks.len()).map(|i| i % 2 == 1).collect();
