@@ -91,10 +91,13 @@ const FLOAT_EXT_LEN: usize = 31;
 /// Every term eetf decodes is a 56-byte `eetf::Term` (x86_64, eetf 0.11; checked by the
 /// test `term_size_behind_the_default_term_limit`) plus whatever it owns, so without this
 /// limit a 128 MiB frame (the default `--max-message-size`) of one-byte `[]`s would become
-/// 134 M terms, ~7.5 GB. At 4 M terms the decoded form of one term is at most ~224 MB (up to
-/// ~3× that for a moment while eetf's `HashMap` of a huge map grows). A legitimate message
-/// with 4 M small terms (e.g. `Enum.to_list(1..4_000_000)`, 20 MB on the wire) still passes;
-/// bulk data belongs in binaries, which count as one term whatever their size.
+/// 134 M terms, ~7.5 GB. At 4 M terms the `Term`s of one message take at most ~224 MB (up to
+/// ~3× that for a moment while eetf's `HashMap` of a huge map grows), plus what they own
+/// (binaries, atom names, bignums: the frame's bytes again, plus one allocation each).
+/// Measured worst case at the defaults (README, "Floods and big messages"): a 124 MB
+/// message of 4 M 26-byte binaries peaks at 773 MiB RSS. A legitimate message with 4 M small
+/// terms (e.g. `Enum.to_list(1..4_000_000)`, 20 MB on the wire) still passes; bulk data
+/// belongs in binaries, which count as one term whatever their size.
 pub const DEFAULT_MAX_TERMS: usize = 4_000_000;
 
 /// Resource limits enforced by the validator on top of the structural checks.
