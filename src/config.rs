@@ -35,6 +35,9 @@ pub struct Config {
     pub tls: Option<crate::dist::tls::Tls>,
     /// Connection threads (`--threads`): each connection runs on one of them.
     pub threads: usize,
+    /// How long a connection with hot traffic polls for its next bytes before sleeping
+    /// (`--busy-wait-us`; zero: never).
+    pub busy_wait: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -54,6 +57,7 @@ impl std::fmt::Debug for Config {
             .field("max_connections", &self.max_connections)
             .field("tls", &self.tls)
             .field("threads", &self.threads)
+            .field("busy_wait", &self.busy_wait)
             .finish()
     }
 }
@@ -88,6 +92,7 @@ impl Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             tls: None,
             threads: default_threads(),
+            busy_wait: Duration::ZERO,
         }
     }
 
