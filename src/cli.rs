@@ -2,7 +2,8 @@
 //! (`--name`/`--sname`), cookie (`--cookie`, `ERLANG_COOKIE`, `~/.erlang.cookie`), ports.
 
 use crate::config::{
-    Config, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PROCESS_NAME,
+    Config, DEFAULT_BUSY_WAIT_US, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_PROCESS_NAME,
 };
 use clap::Parser;
 use std::net::IpAddr;
@@ -68,9 +69,9 @@ pub struct Cli {
     /// Microseconds a connection whose traffic is hot (its last bytes came sooner than this)
     /// polls for its next bytes before its thread sleeps, as BEAM schedulers busy-wait
     /// (`+sbwt`). On a VM, sleeping and being woken costs more than a call: polling lowers
-    /// latency and raises throughput, at the price of CPU time spent polling. 0 (the default)
-    /// never polls (e.g. `--busy-wait-us 50`).
-    #[arg(long, default_value_t = 0, value_name = "MICROSECONDS")]
+    /// latency and raises throughput, at the price of CPU time spent polling while traffic
+    /// is hot; 0 never polls (e.g. `--busy-wait-us 0`).
+    #[arg(long, default_value_t = DEFAULT_BUSY_WAIT_US, value_name = "MICROSECONDS")]
     pub busy_wait_us: u64,
 
     /// Registered name of the key-value GenServer, as an atom

