@@ -229,12 +229,13 @@ fn rust_drives_an_elixir_node_with_erl_rpc() {
 
 #[test]
 fn client_nodes_spread_over_connection_threads() {
+    // With busy-waiting off (it is on by default), so that path serves real traffic too.
     let cookie = unique("cookie");
     let kv = KvNode::start_with(
         &unique("kv_threads"),
         &cookie,
         free_port(),
-        &["--threads", "2"],
+        &["--threads", "2", "--busy-wait-us", "0"],
     );
     // One node stays connected (its connection takes one thread); a second one then lands on
     // the other, and both are served.

@@ -141,6 +141,8 @@ async fn read_loop<S: RawStream>(
     tokio::pin!(cancelled);
     let deadline = tokio::time::sleep(silence);
     tokio::pin!(deadline);
+    let busy_wait = cfg.busy_wait;
+    let mut hot = false;
     loop {
         // Handle every complete frame in the buffer; replies to this peer collect in its
         // outbox and go out in one write below.
@@ -184,18 +186,40 @@ async fn read_loop<S: RawStream>(
         // Grow toward what the next frame needs, a chunk at a time: an announced length is not
         // trusted with memory before its bytes arrive.
         buf.reserve(need.clamp(READ_CHUNK, GROW_CHUNK));
-        let read = loop {
-            tokio::select! {
-                _ = &mut cancelled => return Err(Error::Shutdown),
-                _ = &mut deadline => return Err(Error::TickTimeout(silence)),
-                r = stream.readable() => r?,
-            };
-            match stream.try_read_buf(&mut buf) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(Error::Io(e)),
+        let waiting_since = std::time::Instant::now();
+        let read = 'read: {
+            // While traffic is hot, poll for the next bytes a little before sleeping: on a VM
+            // going to sleep and being woken costs more than a call (`--busy-wait-us`).
+            if hot {
+                loop {
+                    match stream.try_read_buf(&mut buf) {
+                        Ok(n) => break 'read n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(Error::Io(e)),
+                    }
+                    if waiting_since.elapsed() >= busy_wait {
+                        break;
+                    }
+                    // Lets the thread's other connections run meanwhile.
+                    tokio::task::yield_now().await;
+                }
+            }
+            loop {
+                tokio::select! {
+                    _ = &mut cancelled => return Err(Error::Shutdown),
+                    _ = &mut deadline => return Err(Error::TickTimeout(silence)),
+                    r = stream.readable() => r?,
+                };
+                match stream.try_read_buf(&mut buf) {
+                    Ok(n) => break 'read n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(Error::Io(e)),
+                }
             }
         };
+        // Hot: the bytes came sooner than the busy-wait budget, so polling would have caught
+        // them without a sleep. A connection with gaps longer than that never polls.
+        hot = !busy_wait.is_zero() && waiting_since.elapsed() < busy_wait;
         if read == 0 {
             return Err(Error::Closed);
         }
