@@ -114,18 +114,7 @@ fn replies_and_events_dial_out_to_nodes_kvnode_is_not_connected_to() {
     let cookie = unique("cookie");
     let kv = KvNode::start(&unique("kv_out"), &cookie, free_port());
     let b = unique("node_far");
-    let relay = r#"
-defmodule Relay do
-  def loop(to) do
-    receive do
-      {:report_to, pid} -> loop(pid)
-      msg -> if to, do: send(to, {:far_got, msg}); loop(to)
-    end
-  end
-end
-Process.register(spawn(fn -> Relay.loop(nil) end), :relay)
-"#;
-    let _b = BeamNode::start(&b, &cookie, kv.epmd_port, relay);
+    let _b = BeamNode::start(&b, &cookie, kv.epmd_port, RELAY);
     let out = elixir(
         &kv,
         &unique("driver"),

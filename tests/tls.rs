@@ -302,19 +302,6 @@ fn without_verify_peer_a_client_without_certificate_is_served() {
     assert!(out.contains("SCRIPT-OK"), "{out}");
 }
 
-/// The far node's relay: reports to a registered-by-message pid what it receives.
-const RELAY: &str = r#"
-defmodule Relay do
-  def loop(to) do
-    receive do
-      {:report_to, pid} -> loop(pid)
-      msg -> if to, do: send(to, {:far_got, msg}); loop(to)
-    end
-  end
-end
-Process.register(spawn(fn -> Relay.loop(nil) end), :relay)
-"#;
-
 /// Makes kvnode send a reply and an event to the relay on `b`, a node kvnode is not connected
 /// to, so kvnode must dial it. `expect_delivery` false: the dial must fail instead.
 fn dial_script(b: &str, expect_delivery: bool) -> String {

@@ -10,11 +10,6 @@ use crate::term::{self, Limits};
 const SMALL_TUPLE: u8 = 104;
 /// `SMALL_INTEGER_EXT`.
 const SMALL_INTEGER: u8 = 97;
-/// `ATOM_UTF8_EXT`, `SMALL_ATOM_UTF8_EXT`, `ATOM_EXT`, `SMALL_ATOM_EXT`.
-const ATOM_UTF8: u8 = 118;
-const SMALL_ATOM_UTF8: u8 = 119;
-const ATOM: u8 = 100;
-const SMALL_ATOM: u8 = 115;
 /// The version byte of an external term.
 const VERSION: u8 = 131;
 
@@ -43,19 +38,9 @@ pub enum Fast<'a> {
 
 /// An atom at the start of `buf` (validated bytes): its name and encoded length.
 fn atom(buf: &[u8]) -> Option<(&str, usize)> {
-    let (&tag, rest) = buf.split_first()?;
-    let (len, skip) = match tag {
-        ATOM_UTF8 | ATOM => (
-            u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize,
-            2,
-        ),
-        SMALL_ATOM_UTF8 | SMALL_ATOM => (*rest.first()? as usize, 1),
-        _ => return None,
-    };
-    let bytes = rest.get(skip..skip + len)?;
+    let (name, len) = term::skip::atom(buf)?;
     // Latin-1 atoms with bytes >= 128 are rejected by the validator, so UTF-8 covers all.
-    let name = std::str::from_utf8(bytes).ok()?;
-    Some((name, 1 + skip + len))
+    Some((std::str::from_utf8(name).ok()?, len))
 }
 
 /// Classifies a frame body after the pass-through byte. `ctrl_len` is the validated length of

@@ -428,45 +428,12 @@ fn encode_etf(b: &[u8], out: &mut Vec<u8>, depth: u32) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use eetf::{
-        Atom, Binary, ByteList, ExternalFun, FixInteger, Float, ImproperList, List, Map, Port,
-        Reference, Tuple,
-    };
+    use eetf::{Atom, ExternalFun, List, Map, Port, Reference, Tuple};
     use num_bigint::BigInt;
     use std::collections::HashMap;
 
-    fn atom(name: &str) -> Term {
-        Term::from(Atom::from(name))
-    }
-    fn int(v: i32) -> Term {
-        Term::from(FixInteger::from(v))
-    }
-    fn big(v: impl Into<BigInt>) -> Term {
-        Term::from(BigInteger { value: v.into() })
-    }
-    fn float(v: f64) -> Term {
-        Term::from(Float { value: v })
-    }
-    fn bin(b: &[u8]) -> Term {
-        Term::from(Binary::from(b))
-    }
-    fn list(v: Vec<Term>) -> Term {
-        Term::from(List::from(v))
-    }
-    fn bytelist(b: &[u8]) -> Term {
-        Term::from(ByteList::from(b.to_vec()))
-    }
-    fn improper(v: Vec<Term>, last: Term) -> Term {
-        Term::from(ImproperList::from((v, last)))
-    }
-    fn tuple(v: Vec<Term>) -> Term {
-        Term::from(Tuple::from(v))
-    }
-    fn map(entries: Vec<(Term, Term)>) -> Term {
-        Term::from(Map {
-            map: entries.into_iter().collect(),
-        })
-    }
+    use crate::kv::test_terms::*;
+
     fn key(t: &Term) -> Key {
         Key::from_term(t)
     }

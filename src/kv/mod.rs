@@ -38,3 +38,5 @@ pub mod key;
 pub mod raw;
 pub mod server;
 pub mod store;
+#[cfg(test)]
+mod test_terms;

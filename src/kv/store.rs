@@ -744,33 +744,14 @@ pub fn unknown_request_reply(req: &Term) -> Term {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use eetf::{Binary, ByteList, Float, Map, Pid};
+    use crate::kv::test_terms::{big, bin, float, int, list, map};
+    use eetf::{ByteList, Pid};
 
     fn a(name: &str) -> Term {
         atom(name)
     }
-    fn int(v: i32) -> Term {
-        Term::from(FixInteger::from(v))
-    }
-    fn big(v: impl Into<BigInt>) -> Term {
-        Term::from(BigInteger { value: v.into() })
-    }
-    fn float(v: f64) -> Term {
-        Term::from(Float { value: v })
-    }
-    fn bin(s: &str) -> Term {
-        Term::from(Binary::from(s.as_bytes()))
-    }
     fn t(elements: Vec<Term>) -> Term {
         tuple(elements)
-    }
-    fn list(elements: Vec<Term>) -> Term {
-        Term::from(List::from(elements))
-    }
-    fn map(entries: Vec<(Term, Term)>) -> Term {
-        Term::from(Map {
-            map: entries.into_iter().collect(),
-        })
     }
     fn ok() -> Term {
         a("ok")

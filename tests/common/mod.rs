@@ -413,3 +413,17 @@ impl BeamNode {
         BeamNode { guard, name }
     }
 }
+
+/// Elixir boot code for a far node: a process registered as `:relay` that forwards what it
+/// receives, as `{:far_got, msg}`, to the pid last sent to it as `{:report_to, pid}`.
+pub const RELAY: &str = r#"
+defmodule Relay do
+  def loop(to) do
+    receive do
+      {:report_to, pid} -> loop(pid)
+      msg -> if to, do: send(to, {:far_got, msg}); loop(to)
+    end
+  end
+end
+Process.register(spawn(fn -> Relay.loop(nil) end), :relay)
+"#;
