@@ -11,7 +11,7 @@ use super::fast::Fast;
 use super::manager::ConnHandle;
 use super::outbox::{self, Outbox};
 use super::stream::RawStream;
-use crate::node::{Node, RawMessage, router};
+use crate::node::{Node, RawMessage, Signal, router};
 use crate::term::{self, Limits};
 use erl_dist::DistributionFlags;
 use erl_dist::message::Message;
@@ -243,19 +243,21 @@ fn handle_frame(
         Fast::Demonitor => Ok(()),
         Fast::MonitorName(name) if node.is_registered(name) => Ok(()),
         Fast::RegSend { name, message } => {
-            if let Some(target) = node.whereis_target(name) {
-                let raw = RawMessage {
-                    peer,
-                    conn,
-                    message,
-                    limits,
-                };
-                if target.dispatch_raw(node, &raw) {
-                    return Ok(());
-                }
+            let Some(target) = node.whereis_target(name) else {
+                tracing::debug!(%name, "message to an unregistered name: dropped");
+                return Ok(());
+            };
+            let raw = RawMessage {
+                peer,
+                conn,
+                message,
+                limits,
+            };
+            if !target.dispatch_raw(node, &raw) {
+                // The process could not take it as bytes: decode it and deliver it as a term.
+                let (message, _) = term::decode(message, limits)?;
+                target.dispatch(node, Signal::Message(message));
             }
-            let (message, _) = term::decode(message, limits)?;
-            router::deliver_to_name(node, name, message);
             Ok(())
         }
         _ => {

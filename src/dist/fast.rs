@@ -4,14 +4,10 @@
 //! is needed. This module reads just enough of an already *validated* frame to handle those
 //! cases; everything else goes through the full decoder.
 
-use crate::term::{self, Limits};
-
-/// `SMALL_TUPLE_EXT`.
-const SMALL_TUPLE: u8 = 104;
-/// `SMALL_INTEGER_EXT`.
-const SMALL_INTEGER: u8 = 97;
-/// The version byte of an external term.
-const VERSION: u8 = 131;
+use crate::term::{
+    self, Limits, SMALL_INTEGER_EXT as SMALL_INTEGER, SMALL_TUPLE_EXT as SMALL_TUPLE,
+    VERSION_MAGIC as VERSION,
+};
 
 /// Operation codes handled here.
 const REG_SEND: u8 = 6;

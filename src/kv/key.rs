@@ -362,14 +362,11 @@ pub fn encode_etf_into(etf: &[u8], out: &mut Vec<u8>) -> bool {
 
 /// External term format tags that [`encode_etf_into`] reads.
 mod etf {
-    pub const SMALL_INTEGER: u8 = 97;
-    pub const INTEGER: u8 = 98;
-    pub const ATOM: u8 = 100;
-    pub const SMALL_TUPLE: u8 = 104;
-    pub const BINARY: u8 = 109;
-    pub const SMALL_ATOM: u8 = 115;
-    pub const ATOM_UTF8: u8 = 118;
-    pub const SMALL_ATOM_UTF8: u8 = 119;
+    pub(super) use crate::term::{
+        ATOM_EXT as ATOM, ATOM_UTF8_EXT as ATOM_UTF8, BINARY_EXT as BINARY, INTEGER_EXT as INTEGER,
+        SMALL_ATOM_EXT as SMALL_ATOM, SMALL_ATOM_UTF8_EXT as SMALL_ATOM_UTF8,
+        SMALL_INTEGER_EXT as SMALL_INTEGER, SMALL_TUPLE_EXT as SMALL_TUPLE,
+    };
 }
 
 /// Tuples nest at most this deep in [`encode_etf_into`]; deeper keys take the decoding path.

@@ -7,19 +7,14 @@
 //! has been validated by [`crate::term`] before it gets here, so the readers below only need
 //! to locate terms, not to distrust them; they still never index out of bounds.
 
-use crate::term::{self, Limits};
+use crate::term::{
+    self, LIST_EXT as LIST, Limits, NEW_PID_EXT as NEW_PID, NEW_REFERENCE_EXT as NEW_REFERENCE,
+    NEWER_REFERENCE_EXT as NEWER_REFERENCE, PID_EXT as PID, SMALL_ATOM_UTF8_EXT as SMALL_ATOM_UTF8,
+    SMALL_INTEGER_EXT as SMALL_INTEGER, SMALL_TUPLE_EXT as SMALL_TUPLE, VERSION_MAGIC as VERSION,
+};
 
-const VERSION: u8 = 131;
-const SMALL_TUPLE: u8 = 104;
-const LIST: u8 = 108;
-const SMALL_ATOM_UTF8: u8 = 119;
-const PID: u8 = 103;
-const NEW_PID: u8 = 88;
-const NEW_REFERENCE: u8 = 114;
-const NEWER_REFERENCE: u8 = 90;
 /// `ALIAS_SEND` operation code: `{33, FromPid, Alias}`.
 const ALIAS_SEND: u8 = 33;
-const SMALL_INTEGER: u8 = 97;
 
 /// The atom `nil` in external format (the reply of a `get` on an absent key).
 pub const NIL_ATOM: &[u8] = &[SMALL_ATOM_UTF8, 3, b'n', b'i', b'l'];

@@ -20,7 +20,7 @@ fn deliver_to_pid(node: &Node, to: &Pid, message: Term) {
 }
 
 /// Delivers `message` to the process registered as `name` (dropped when there is none).
-pub fn deliver_to_name(node: &Node, name: &str, message: Term) {
+fn deliver_to_name(node: &Node, name: &str, message: Term) {
     match node.whereis(name) {
         Some(mb) => {
             mb.deliver(node, Signal::Message(message));

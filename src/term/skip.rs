@@ -2,20 +2,13 @@
 //! validating them again: the hot path locates the parts of a call (pids, tags, requests) many
 //! times per message, and re-running the validator for each was a visible share of a call.
 
-const SMALL_INTEGER: u8 = 97;
-const INTEGER: u8 = 98;
-const ATOM: u8 = 100;
-const PID: u8 = 103;
-const SMALL_TUPLE: u8 = 104;
-const NIL: u8 = 106;
-const LIST: u8 = 108;
-const BINARY: u8 = 109;
-const NEW_REFERENCE: u8 = 114;
-const SMALL_ATOM: u8 = 115;
-const ATOM_UTF8: u8 = 118;
-const SMALL_ATOM_UTF8: u8 = 119;
-const NEW_PID: u8 = 88;
-const NEWER_REFERENCE: u8 = 90;
+use super::{
+    ATOM_EXT as ATOM, ATOM_UTF8_EXT as ATOM_UTF8, BINARY_EXT as BINARY, INTEGER_EXT as INTEGER,
+    LIST_EXT as LIST, NEW_PID_EXT as NEW_PID, NEW_REFERENCE_EXT as NEW_REFERENCE,
+    NEWER_REFERENCE_EXT as NEWER_REFERENCE, NIL_EXT as NIL, PID_EXT as PID,
+    SMALL_ATOM_EXT as SMALL_ATOM, SMALL_ATOM_UTF8_EXT as SMALL_ATOM_UTF8,
+    SMALL_INTEGER_EXT as SMALL_INTEGER, SMALL_TUPLE_EXT as SMALL_TUPLE,
+};
 
 /// The name of the atom at the start of `buf`, and its encoded length.
 pub fn atom(buf: &[u8]) -> Option<(&[u8], usize)> {
