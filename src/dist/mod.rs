@@ -207,11 +207,20 @@ async fn try_dial(
 
 /// Dials `peer` (the caller holds the [`manager::DialTicket`]) and serves the connection.
 /// Frames queued meanwhile are sent first. On failure they are dropped and monitors on that
-/// node fire `noconnection`.
-pub async fn dial(node: Node, peer: String, _ticket: manager::DialTicket) {
+/// node fire `noconnection`. The ticket counts against `--max-dials` until the handshake is
+/// over (or, after a lost simultaneous connect, until the peer's own connection came).
+pub async fn dial(node: Node, peer: String, ticket: manager::DialTicket) {
     let span = tracing::info_span!("conn", peer = %peer, dir = "out");
     async move {
-        match try_dial(&node, &peer).await {
+        let dialed = try_dial(&node, &peer).await;
+        let ticket = match dialed {
+            Err(DialError::Handshake(handshake::Error::Simultaneous)) => Some(ticket),
+            _ => {
+                drop(ticket);
+                None
+            }
+        };
+        match dialed {
             Ok((stream, peer_node)) => {
                 let flags = handshake::negotiated(peer_node.flags);
                 stream.serve(node, peer, flags).await;
@@ -235,6 +244,7 @@ pub async fn dial(node: Node, peer: String, _ticket: manager::DialTicket) {
                     tracing::warn!("simultaneous connect: the peer's connection never came");
                     node.node_down(&peer);
                 }
+                drop(ticket);
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot connect");
