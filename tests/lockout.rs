@@ -525,15 +525,15 @@ IO.puts("SCRIPT-OK")
         mib(stored),
         mib(after)
     );
-    kv.wait_log(
-        "dropping a message for a node being dialed",
-        Duration::from_secs(5),
-    );
     assert!(
         after < stored + 160 * MIB,
         "RSS grew from {} to {} for replies waiting for a silent node",
         mib(stored),
         mib(after)
+    );
+    kv.wait_log(
+        "dropping a message for a node being dialed",
+        Duration::from_secs(5),
     );
     for f in files {
         let _ = std::fs::remove_file(f);
