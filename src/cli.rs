@@ -106,8 +106,10 @@ pub struct Cli {
     #[arg(long, default_value_t = crate::term::DEFAULT_MAX_TERMS, value_name = "N")]
     pub max_terms_per_message: usize,
 
-    /// Most inbound distribution connections at once, handshaking or established; more are
-    /// closed at once with a log line (e.g. `--max-connections 256`).
+    /// Most inbound distribution connections at once that have completed the handshake
+    /// (authenticated); one more is closed right after its handshake, with a log line.
+    /// Connections still in the handshake count against --max-handshakes instead, so they
+    /// never take these places (e.g. `--max-connections 256`).
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
     pub max_connections: usize,
 

@@ -31,7 +31,8 @@ pub struct Config {
     pub max_terms_per_message: usize,
     /// Where the KV state is persisted; None keeps it in memory only.
     pub data_dir: Option<std::path::PathBuf>,
-    /// Most distribution connections (inbound, handshaking or established) at once.
+    /// Most inbound distribution connections that have completed the handshake, at once
+    /// (handshaking ones count against `max_handshakes`).
     pub max_connections: usize,
     /// TLS distribution (`inet_tls_dist`); None is plain TCP.
     pub tls: Option<crate::dist::tls::Tls>,

@@ -235,10 +235,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for FlagGate<S> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = result {
-            if !this.target_done {
-                this.scan(&buf.filled()[before..]);
-            }
+        if let Poll::Ready(Ok(())) = result
+            && !this.target_done
+        {
+            this.scan(&buf.filled()[before..]);
         }
         result
     }
@@ -380,4 +380,62 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         finish(result, name)
     };
     with_timeout(timeout, work).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_finds_the_flags_however_the_bytes_are_split() {
+        // A status message, then a v6 challenge lacking UTF8_ATOMS.
+        let mut bytes = vec![0, 3, b's', b'o', b'k'];
+        let flags = (BASE_FLAGS | FLAG_SPAWN) & !0x10000;
+        let mut challenge = vec![b'N'];
+        challenge.extend_from_slice(&flags.to_be_bytes());
+        challenge.extend_from_slice(&[0; 8]);
+        challenge.extend_from_slice(b"\0\x03a@b");
+        bytes.extend_from_slice(&(challenge.len() as u16).to_be_bytes());
+        bytes.extend_from_slice(&challenge);
+        for piece in [1, 2, 7, bytes.len()] {
+            let mut gate = FlagGate::new((), 1, true);
+            for chunk in bytes.chunks(piece) {
+                gate.scan(chunk);
+            }
+            assert!(gate.target_done, "split in {piece}");
+            assert_eq!(gate.seen.missing(), Some(vec!["UTF8_ATOMS"]));
+        }
+        // The v5 layout ('n', version, 32-bit flags) of a complete peer.
+        let mut gate = FlagGate::new((), 0, false);
+        let mut name = vec![b'n', 0, 5];
+        name.extend_from_slice(&(BASE_FLAGS as u32).to_be_bytes());
+        name.extend_from_slice(b"a@b");
+        gate.scan(&(name.len() as u16).to_be_bytes());
+        gate.scan(&name);
+        assert!(gate.target_done);
+        assert_eq!(gate.seen.missing(), None);
+    }
+
+    #[tokio::test]
+    async fn an_initiator_lacking_flags_gets_not_allowed_before_any_challenge() {
+        let (ours, theirs) = tokio::io::duplex(4096);
+        let name: NodeName = "kv@127.0.0.1".parse().expect("name");
+        let server = tokio::spawn(async move {
+            accept(ours, &name, 1, "c", Duration::from_secs(5), |_| {
+                HandshakeStatus::Ok
+            })
+            .await
+            .map(|_| ())
+        });
+        let mut peer = local_node(&"old@127.0.0.1".parse().expect("name"), 2);
+        peer.flags = DistributionFlags::from_bits_truncate((BASE_FLAGS | FLAG_SPAWN) & !0x40000);
+        let mut hs = ClientSideHandshake::new(theirs.compat(), peer, "c");
+        let status = hs.execute_send_name(6).await.expect("a status");
+        assert_eq!(status, HandshakeStatus::NotAllowed);
+        let result = server.await.expect("server task");
+        assert!(
+            matches!(&result, Err(Error::MissingFlags { missing }) if missing == &["BIG_CREATION"]),
+            "{result:?}"
+        );
+    }
 }
