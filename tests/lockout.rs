@@ -539,3 +539,53 @@ IO.puts("SCRIPT-OK")
         let _ = std::fs::remove_file(f);
     }
 }
+
+#[test]
+fn a_dial_over_max_dials_counts_as_a_down_node_at_once() {
+    let cookie = unique("cookie");
+    let epmd_port = free_port();
+    let kv = KvNode::start_with(
+        &unique("kv_dials"),
+        &cookie,
+        epmd_port,
+        &["--max-dials", "1", "--handshake-timeout", "3"],
+    );
+    // Two registered-but-silent nodes.
+    let (la, lb) = (
+        TcpListener::bind("127.0.0.1:0").expect("listen"),
+        TcpListener::bind("127.0.0.1:0").expect("listen"),
+    );
+    let (a, b) = (unique("silent_a"), unique("silent_b"));
+    let _ra = register_fake(epmd_port, &a, la.local_addr().expect("addr").port());
+    let _rb = register_fake(epmd_port, &b, lb.local_addr().expect("addr").port());
+    let out = elixir_env(
+        &kv,
+        &unique("subscriber"),
+        &cookie,
+        &format!(
+            r#"{REMOTE_PID}
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+store = {{DistributedExample.KVStore, kv}}
+subscribers = fn -> GenServer.call(store, :subscribers) end
+# kvnode monitors each subscriber: a's monitor dials a (the one dial allowed), b's finds no
+# dial left, so b's node is down at once and its subscription goes.
+send(store, {{:"$gen_call", {{remote_pid.(System.fetch_env!("A")), make_ref()}}, {{:subscribe, :all}}}})
+send(store, {{:"$gen_call", {{remote_pid.(System.fetch_env!("B")), make_ref()}}, {{:subscribe, :all}}}})
+t = System.monotonic_time(:millisecond)
+TestWait.until(fn -> subscribers.() == 1 end, 2_000)
+IO.puts("b dropped after #{{System.monotonic_time(:millisecond) - t}} ms")
+# a's dial fails at the handshake timeout: its node is down too.
+TestWait.until(fn -> subscribers.() == 0 end, 20_000)
+IO.puts("a dropped after #{{System.monotonic_time(:millisecond) - t}} ms")
+IO.puts("SCRIPT-OK")
+"#
+        ),
+        &[
+            ("A", format!("{a}@127.0.0.1")),
+            ("B", format!("{b}@127.0.0.1")),
+        ],
+    );
+    println!("{}", out.trim());
+    assert!(out.contains("SCRIPT-OK"));
+    kv.wait_log("--max-dials dials are in flight", Duration::from_secs(5));
+}
