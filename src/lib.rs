@@ -271,7 +271,7 @@ async fn accept_loop(node: Node, listener: TcpListener, shutdown: CancellationTo
     // Unauthenticated connections never take an authenticated peer's place: they have a
     // budget of their own, with oldest-first eviction (see `admission`), and move to
     // --max-connections once the handshake succeeds (`dist::accept`).
-    let admission = dist::Admission {
+    let admission = dist::InboundBudgets {
         handshakes: admission::Budget::new(
             "handshake",
             cfg.max_handshakes,

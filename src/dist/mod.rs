@@ -259,7 +259,7 @@ pub async fn dial(node: Node, peer: String, ticket: manager::DialTicket) {
 }
 
 /// The budgets an inbound connection is admitted under (built by the accept loop).
-pub struct Admission {
+pub struct InboundBudgets {
     /// Connections still in the handshake (`--max-handshakes`, `--max-handshakes-per-ip`).
     pub handshakes: std::sync::Arc<crate::admission::Budget>,
     /// Authenticated connections (`--max-connections`).
