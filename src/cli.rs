@@ -106,10 +106,38 @@ pub struct Cli {
     #[arg(long, default_value_t = crate::term::DEFAULT_MAX_TERMS, value_name = "N")]
     pub max_terms_per_message: usize,
 
-    /// Most inbound distribution connections at once, handshaking or established; more are
-    /// closed at once with a log line (e.g. `--max-connections 256`).
+    /// Most inbound distribution connections at once that have completed the handshake
+    /// (authenticated); one more is closed right after its handshake, with a log line.
+    /// Connections still in the handshake count against --max-handshakes instead, so they
+    /// never take these places (e.g. `--max-connections 256`).
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
     pub max_connections: usize,
+
+    // Admission (issue 10): budgets for unauthenticated connections and for dials.
+    /// Most inbound connections still in the handshake (not authenticated yet), counted apart
+    /// from --max-connections. When full, the oldest handshake of the address holding the most
+    /// is closed to make room, so a flood evicts itself and a real peer always gets in
+    /// (e.g. `--max-handshakes 512`).
+    #[arg(long, default_value_t = crate::config::DEFAULT_MAX_HANDSHAKES, value_name = "N")]
+    pub max_handshakes: usize,
+
+    /// Most handshaking connections from one IP address; one more closes that address's oldest
+    /// handshake (e.g. `--max-handshakes-per-ip 16`).
+    #[arg(long, default_value_t = crate::config::DEFAULT_MAX_HANDSHAKES_PER_IP, value_name = "N")]
+    pub max_handshakes_per_ip: usize,
+
+    /// Bytes of messages waiting for nodes kvnode is dialing, over all of them; a message that
+    /// does not fit is dropped, as a send to a node that is down. Each node's queue is also
+    /// bounded by its outbound buffer (2 × --max-message-size + 1 MiB)
+    /// (e.g. `--max-pending-bytes 268435456`).
+    #[arg(long, default_value_t = crate::dist::manager::DEFAULT_MAX_PENDING_BYTES, value_name = "BYTES")]
+    pub max_pending_bytes: usize,
+
+    /// Dials (EPMD lookup and handshake with a node kvnode sends to but is not connected to)
+    /// in flight at once; a send needing one more is dropped and that node counts as down
+    /// (e.g. `--max-dials 32`).
+    #[arg(long, default_value_t = crate::dist::manager::DEFAULT_MAX_DIALS, value_name = "N")]
+    pub max_dials: usize,
 
     /// TLS distribution, as OTP's `-proto_dist inet_tls`: this node's certificate, PEM
     /// (e.g. `--tls-cert kv.pem`). Needs --tls-key and --tls-cacert; every peer must then use
@@ -226,6 +254,11 @@ impl Cli {
         config.data_dir = self.data_dir;
         config.max_connections = self.max_connections.max(1);
         config.max_terms_per_message = self.max_terms_per_message.max(1);
+        // Admission (issue 10).
+        config.max_handshakes = self.max_handshakes.max(1);
+        config.max_handshakes_per_ip = self.max_handshakes_per_ip.max(1);
+        config.max_pending_bytes = self.max_pending_bytes;
+        config.max_dials = self.max_dials.max(1);
         if let (Some(cert), Some(key), Some(cacert)) =
             (self.tls_cert, self.tls_key, self.tls_cacert)
         {

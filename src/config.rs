@@ -31,7 +31,8 @@ pub struct Config {
     pub max_terms_per_message: usize,
     /// Where the KV state is persisted; None keeps it in memory only.
     pub data_dir: Option<std::path::PathBuf>,
-    /// Most distribution connections (inbound, handshaking or established) at once.
+    /// Most inbound distribution connections that have completed the handshake, at once
+    /// (handshaking ones count against `max_handshakes`).
     pub max_connections: usize,
     /// TLS distribution (`inet_tls_dist`); None is plain TCP.
     pub tls: Option<crate::dist::tls::Tls>,
@@ -40,6 +41,18 @@ pub struct Config {
     /// How long a connection with hot traffic polls for its next bytes before sleeping
     /// (`--busy-wait-us`; zero: never).
     pub busy_wait: Duration,
+    // Admission (issue 10): unauthenticated connections and dials have budgets of their own.
+    /// Most inbound connections still in the handshake (`--max-handshakes`); when full, the
+    /// oldest handshake of the address holding the most is closed to make room.
+    pub max_handshakes: usize,
+    /// Most handshaking connections from one IP address (`--max-handshakes-per-ip`); one more
+    /// closes that address's oldest handshake.
+    pub max_handshakes_per_ip: usize,
+    /// Bytes of messages waiting for nodes being dialed, over all of them
+    /// (`--max-pending-bytes`); more are dropped.
+    pub max_pending_bytes: usize,
+    /// Dials in flight at once (`--max-dials`); a send needing one more is dropped.
+    pub max_dials: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -61,6 +74,10 @@ impl std::fmt::Debug for Config {
             .field("tls", &self.tls)
             .field("threads", &self.threads)
             .field("busy_wait", &self.busy_wait)
+            .field("max_handshakes", &self.max_handshakes)
+            .field("max_handshakes_per_ip", &self.max_handshakes_per_ip)
+            .field("max_pending_bytes", &self.max_pending_bytes)
+            .field("max_dials", &self.max_dials)
             .finish()
     }
 }
@@ -69,6 +86,17 @@ impl std::fmt::Debug for Config {
 pub const DEFAULT_PROCESS_NAME: &str = "Elixir.DistributedExample.KVStore";
 /// Default `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// Default `--max-handshakes`: inbound connections that have not authenticated yet, on a
+/// budget of their own so they never take an authenticated peer's place. A real handshake
+/// takes milliseconds; when the budget is full the oldest handshake of the address holding
+/// the most goes, so a flood evicts itself and a real peer from elsewhere always gets in.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
+
+/// Default `--max-handshakes-per-ip`: handshaking connections from one address. One more
+/// closes that address's oldest handshake, so even a peer sharing the flood's address gets
+/// in unless the flood opens this many connections during its few-millisecond handshake.
+pub const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 64;
 
 /// Default `--busy-wait-us`. Measured on a 2-core VM (scripts/bench, 64 callers): 82k calls/s
 /// with it against 56k without, and a single caller's p50 latency 38 µs against 75 µs.
@@ -101,6 +129,10 @@ impl Config {
             tls: None,
             threads: default_threads(),
             busy_wait: Duration::from_micros(DEFAULT_BUSY_WAIT_US),
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP,
+            max_pending_bytes: crate::dist::manager::DEFAULT_MAX_PENDING_BYTES,
+            max_dials: crate::dist::manager::DEFAULT_MAX_DIALS,
         }
     }
 

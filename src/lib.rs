@@ -19,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod dist;
@@ -81,10 +82,10 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// File descriptors kvnode may need beyond one per inbound connection: the embedded EPMD's
-/// connection cap ([`epmd::server::DEFAULT_MAX_CONNECTIONS`]) and some slack for listeners,
-/// logs, storage files, dialed peers and TLS bridges.
-const FD_OVERHEAD: u64 = epmd::server::DEFAULT_MAX_CONNECTIONS as u64 + 64;
+/// File descriptors kvnode may need beyond one per inbound connection (established or
+/// handshaking): the embedded EPMD's connection caps ([`epmd::server::MAX_FDS`]) and some
+/// slack for listeners, logs, storage files, dialed peers and TLS bridges.
+const FD_OVERHEAD: u64 = epmd::server::MAX_FDS as u64 + 64;
 
 /// Raises the soft limit on open files to the hard limit (as Go's runtime does), so
 /// `--max-connections` is reached before EMFILE is: a common soft limit is 1024, the default
@@ -144,11 +145,19 @@ impl Running {
 /// starts the built-in processes and the accept loop.
 pub async fn start(config: Config) -> Result<Running, Error> {
     match raise_fd_limit() {
-        Ok(limit) if limit < config.max_connections as u64 + FD_OVERHEAD => tracing::warn!(
-            limit,
-            max_connections = config.max_connections,
-            "the open-file limit (ulimit -n) is low for --max-connections: connections may fail with EMFILE before the limit"
-        ),
+        Ok(limit)
+            if limit
+                < (config.max_connections + config.max_handshakes + config.max_dials) as u64
+                    + FD_OVERHEAD =>
+        {
+            tracing::warn!(
+                limit,
+                max_connections = config.max_connections,
+                max_handshakes = config.max_handshakes,
+                max_dials = config.max_dials,
+                "the open-file limit (ulimit -n) is low for --max-connections + --max-handshakes + --max-dials: connections may fail with EMFILE before the limits"
+            )
+        }
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "cannot read or raise the open-file limit"),
     }
@@ -258,8 +267,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
 async fn accept_loop(node: Node, listener: TcpListener, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(10);
-    let limit = node.config().max_connections;
-    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(limit));
+    let cfg = node.config();
+    // Unauthenticated connections never take an authenticated peer's place: they have a
+    // budget of their own, with oldest-first eviction (see `admission`), and move to
+    // --max-connections once the handshake succeeds (`dist::accept`).
+    let admission = dist::InboundBudgets {
+        handshakes: admission::Budget::new(
+            "handshake",
+            cfg.max_handshakes,
+            cfg.max_handshakes_per_ip,
+        ),
+        established: std::sync::Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
+    };
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -268,11 +287,9 @@ async fn accept_loop(node: Node, listener: TcpListener, shutdown: CancellationTo
         match accepted {
             Ok((stream, addr)) => {
                 backoff = Duration::from_millis(10);
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    tracing::warn!(%addr, limit, "too many connections (--max-connections): closing this one");
-                    drop(stream);
-                    continue;
-                };
+                // Always admitted: a full budget closes the oldest handshake of the address
+                // holding the most instead.
+                let slot = admission.handshakes.admit(addr.ip());
                 // The connection lives on one connection thread: hand the socket over as a std
                 // socket and register it with that thread's runtime there.
                 let stream = match stream.into_std() {
@@ -284,15 +301,15 @@ async fn accept_loop(node: Node, listener: TcpListener, shutdown: CancellationTo
                 };
                 let (runtime, placement) = node.threads().place();
                 let node2 = node.clone();
+                let established = admission.established.clone();
                 runtime.spawn(node.tracker().track_future(async move {
                     let _placement = placement;
                     match TcpStream::from_std(stream) {
-                        Ok(stream) => dist::accept(node2, stream, addr).await,
+                        Ok(stream) => dist::accept(node2, stream, addr, slot, established).await,
                         Err(error) => {
                             tracing::warn!(%addr, %error, "cannot register the connection")
                         }
                     }
-                    drop(permit);
                 }));
             }
             Err(error) => {

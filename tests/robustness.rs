@@ -224,27 +224,70 @@ IO.puts("SCRIPT-OK")
 #[test]
 fn connections_over_the_limit_are_closed_and_service_resumes() {
     let cookie = unique("cookie");
+    let epmd_port = free_port();
     let kv = KvNode::start_with(
         &unique("kv_maxconn"),
         &cookie,
-        free_port(),
-        &["--max-connections", "2", "--handshake-timeout", "30"],
+        epmd_port,
+        &[
+            "--max-connections",
+            "1",
+            "--max-handshakes",
+            "2",
+            "--handshake-timeout",
+            "30",
+        ],
     );
     let port = kv.dist_port();
-    let idle1 = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    // Unauthenticated connections (--max-handshakes 2): a third closes the oldest at once,
+    // long before any handshake timeout.
+    let mut idle1 = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let idle2 = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    // The third is closed at once, long before any handshake timeout.
-    let mut third = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let third = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let started = Instant::now();
-    assert!(closed_by_peer(&mut third, Duration::from_secs(10)));
+    assert!(closed_by_peer(&mut idle1, Duration::from_secs(10)));
     assert!(started.elapsed() < Duration::from_secs(10));
-    kv.wait_log("too many connections", Duration::from_secs(5));
-    drop((idle1, idle2));
-    // Both idle connections end (each logs its failed handshake) and free their places.
-    wait_for(
-        "the idle connections to be released",
+    kv.wait_log(
+        "unauthenticated connections are at their limit",
+        Duration::from_secs(5),
+    );
+    drop((idle2, third));
+    // Authenticated connections (--max-connections 1): one real node holds the place, a second
+    // one is closed after its handshake, with a log line.
+    let holder = BeamNode::start(
+        &unique("holder"),
+        &cookie,
+        epmd_port,
+        &format!("true = Node.connect(:\"{}\")", kv.name),
+    );
+    wait_for("the first node to connect", Duration::from_secs(60), || {
+        kv.logs()
+            .lines()
+            .any(|l| l.contains(&holder.name) && l.contains("connection: connected"))
+            .then_some(())
+    });
+    let out = elixir_raw(
+        &kv.name,
+        epmd_port,
+        &unique("second"),
+        &cookie,
+        r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+IO.inspect(Node.connect(kv), label: "connect")
+"#,
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    kv.wait_log(
+        "too many connections (--max-connections)",
         Duration::from_secs(10),
-        || (kv.logs().matches("handshake failed").count() >= 2).then_some(()),
+    );
+    // The place frees up when the first node goes; then a node is served again.
+    drop(holder);
+    wait_for(
+        "the first node's connection to end",
+        Duration::from_secs(30),
+        || kv.logs().contains("connection: disconnected").then_some(()),
     );
     still_serves(&kv, &cookie);
 }

@@ -478,7 +478,14 @@ fn a_thousand_half_open_tls_connections_cost_one_fd_each_and_time_out() {
     let pki = Pki::new();
     let cookie = unique("cookie");
     let mut flags = pki.kv_flags(true);
-    flags.extend(["--max-connections".into(), "1100".into()]);
+    // Room for the whole flood among the handshaking connections (tests/lockout.rs covers
+    // eviction).
+    flags.extend([
+        "--max-handshakes".into(),
+        "1100".into(),
+        "--max-handshakes-per-ip".into(),
+        "1100".into(),
+    ]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let kv = KvNode::start_with(&unique("kv_tls_flood"), &cookie, free_port(), &flags);
     let pid = kv.guard.pid();

@@ -9,8 +9,11 @@ use erl_dist::handshake::{
     ClientSideHandshake, HandshakeError, HandshakeStatus, ServerSideHandshake,
 };
 use erl_dist::node::{Creation, LocalNode, NodeName, PeerNode};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
 /// The OTP 26 mandatory set plus DIST_MONITOR, DIST_MONITOR_NAME and ALIAS (`0xC_0307_0FBC`).
@@ -77,16 +80,21 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-fn check_peer(peer: &PeerNode, local: &NodeName) -> Result<(), Error> {
-    let mut bits = peer.flags.bits();
+/// The mandatory flags `bits` (a peer's advertised flags) lacks, by name; empty when none.
+fn missing_flags(bits: u64) -> Vec<&'static str> {
+    let mut bits = bits;
     if bits & FLAG_MANDATORY_25_DIGEST != 0 {
         bits |= MANDATORY_25;
     }
-    let missing: Vec<&'static str> = FLAG_NAMES
+    FLAG_NAMES
         .iter()
         .filter(|(f, _)| bits & f == 0)
         .map(|(_, n)| *n)
-        .collect();
+        .collect()
+}
+
+fn check_peer(peer: &PeerNode, local: &NodeName) -> Result<(), Error> {
+    let missing = missing_flags(peer.flags.bits());
     if !missing.is_empty() {
         return Err(Error::MissingFlags { missing });
     }
@@ -96,6 +104,171 @@ fn check_peer(peer: &PeerNode, local: &NodeName) -> Result<(), Error> {
     Ok(())
 }
 
+/// Reads the flags out of the first bytes of a `send_name` or challenge message body:
+/// `'N'` + 64-bit flags (v6), or `'n'` + 16-bit version + 32-bit flags (v5). Both messages
+/// start this way. `None` for another tag (erl_dist reports that one itself).
+fn flags_of(head: &[u8]) -> Option<u64> {
+    match head {
+        [b'N', f @ ..] if f.len() >= 8 => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&f[..8]);
+            Some(u64::from_be_bytes(b))
+        }
+        [b'n', _, _, f @ ..] if f.len() >= 4 => {
+            Some(u64::from(u32::from_be_bytes([f[0], f[1], f[2], f[3]])))
+        }
+        _ => None,
+    }
+}
+
+/// Bytes of a message body [`flags_of`] needs.
+const FLAGS_HEAD: usize = 9;
+
+/// Watches the handshake messages a peer sends (2-byte length framing, which is what erl_dist
+/// reads; TLS's 4-byte framing is converted below it) and keeps the head of message number
+/// `target`, so the peer's flags are known the moment that message has arrived: the
+/// `send_name` (acceptor, message 0) or the challenge (initiator, message 1, after the status).
+///
+/// On the initiator side it also refuses to write anything once that challenge has arrived
+/// from a peer lacking mandatory flags: erl_dist answers the challenge in the same call that
+/// reads it, and OTP's `dist_util` closes the connection before the challenge reply in that
+/// case. The refusal surfaces as an I/O error; [`Seen::missing`] says why.
+struct FlagGate<S> {
+    inner: S,
+    /// Which inbound message carries the flags.
+    target: usize,
+    /// Refuse writes once the target message lacks mandatory flags (initiator side).
+    gate_writes: bool,
+    /// Index of the inbound message being read.
+    msg: usize,
+    hdr: [u8; 2],
+    hdr_len: usize,
+    /// Body bytes of the current message still to come.
+    body_left: usize,
+    /// The first [`FLAGS_HEAD`] bytes of the target message's body.
+    head: Vec<u8>,
+    /// The target message has been read whole.
+    target_done: bool,
+    /// What the target message said, shared with the code driving the handshake (erl_dist
+    /// owns the stream until the handshake ends).
+    seen: Arc<Seen>,
+}
+
+/// The flags a peer announced, once its flag-carrying handshake message has arrived.
+#[derive(Default)]
+struct Seen(Mutex<Option<u64>>);
+
+impl Seen {
+    fn set(&self, flags: u64) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(flags);
+    }
+
+    /// The mandatory flags the peer lacks, when its flags are known and some are missing.
+    fn missing(&self) -> Option<Vec<&'static str>> {
+        let flags = (*self.0.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let missing = missing_flags(flags);
+        (!missing.is_empty()).then_some(missing)
+    }
+}
+
+impl<S> FlagGate<S> {
+    fn new(inner: S, target: usize, gate_writes: bool) -> Self {
+        FlagGate {
+            inner,
+            target,
+            gate_writes,
+            msg: 0,
+            hdr: [0; 2],
+            hdr_len: 0,
+            body_left: 0,
+            head: Vec::with_capacity(FLAGS_HEAD),
+            target_done: false,
+            seen: Arc::new(Seen::default()),
+        }
+    }
+
+    /// Follows the framing of bytes the peer sent.
+    fn scan(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && !self.target_done {
+            if self.hdr_len < 2 {
+                self.hdr[self.hdr_len] = bytes[0];
+                self.hdr_len += 1;
+                bytes = &bytes[1..];
+                if self.hdr_len == 2 {
+                    self.body_left = usize::from(u16::from_be_bytes(self.hdr));
+                    self.end_of_message_if_empty();
+                }
+                continue;
+            }
+            let n = self.body_left.min(bytes.len());
+            if self.msg == self.target {
+                let want = FLAGS_HEAD.saturating_sub(self.head.len()).min(n);
+                self.head.extend_from_slice(&bytes[..want]);
+            }
+            self.body_left -= n;
+            bytes = &bytes[n..];
+            self.end_of_message_if_empty();
+        }
+    }
+
+    fn end_of_message_if_empty(&mut self) {
+        if self.body_left > 0 {
+            return;
+        }
+        if self.msg == self.target {
+            self.target_done = true;
+            if let Some(flags) = flags_of(&self.head) {
+                self.seen.set(flags);
+            }
+        }
+        self.msg += 1;
+        self.hdr_len = 0;
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FlagGate<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result
+            && !this.target_done
+        {
+            this.scan(&buf.filled()[before..]);
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FlagGate<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.gate_writes && this.target_done && this.seen.missing().is_some() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the peer lacks mandatory distribution flags",
+            )));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 fn local_node(name: &NodeName, creation: u32) -> LocalNode {
     let mut node = LocalNode::new(name.clone(), Creation::new(creation));
     node.flags = local_flags();
@@ -103,6 +276,9 @@ fn local_node(name: &NodeName, creation: u32) -> LocalNode {
 }
 
 /// Accepts a handshake. `decide` gets the peer's name and says what to answer.
+///
+/// A peer lacking mandatory flags is refused as OTP's `dist_util` refuses it: status
+/// `not_allowed` right after its `send_name`, before any challenge.
 ///
 /// Generic over the stream (kvnode passes a `TcpStream`) so the fuzzer can drive it over an
 /// in-memory `tokio::io::duplex`.
@@ -115,8 +291,17 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     decide: impl FnOnce(&NodeName) -> HandshakeStatus,
 ) -> Result<(S, PeerNode), Error> {
     let work = async {
-        let mut hs = ServerSideHandshake::new(stream.compat(), local_node(name, creation), cookie);
-        let Some(peer_name) = hs.execute_recv_name().await? else {
+        // The send_name is the peer's first message.
+        let gate = FlagGate::new(stream, 0, false);
+        let seen = gate.seen.clone();
+        let mut hs = ServerSideHandshake::new(gate.compat(), local_node(name, creation), cookie);
+        let peer_name = hs.execute_recv_name().await?;
+        // erl_dist has read the send_name whole: its flags are known.
+        if let Some(missing) = seen.missing() {
+            let _ = hs.execute_rest(HandshakeStatus::NotAllowed).await;
+            return Err(Error::MissingFlags { missing });
+        }
+        let Some(peer_name) = peer_name else {
             // A NAME_ME request: we do not hand out dynamic names.
             hs.execute_rest(HandshakeStatus::NotAllowed).await?;
             return Err(Error::Protocol(HandshakeError::NotAllowed));
@@ -130,14 +315,15 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             let _ = hs.execute_rest(HandshakeStatus::Nok).await;
             return Err(Error::Simultaneous);
         }
-        finish(hs.execute_rest(status).await, name)
+        let result = hs.execute_rest(status).await;
+        finish(result, name)
     };
     with_timeout(timeout, work).await
 }
 
 /// The end of both directions: map a wrong cookie, check the peer, unwrap the stream.
 fn finish<S>(
-    result: Result<(Compat<S>, PeerNode), HandshakeError>,
+    result: Result<(Compat<FlagGate<S>>, PeerNode), HandshakeError>,
     name: &NodeName,
 ) -> Result<(S, PeerNode), Error> {
     let (conn, peer) = result.map_err(|e| match e {
@@ -145,7 +331,7 @@ fn finish<S>(
         e => Error::Protocol(e),
     })?;
     check_peer(&peer, name)?;
-    Ok((conn.into_inner(), peer))
+    Ok((conn.into_inner().inner, peer))
 }
 
 async fn with_timeout<T>(
@@ -158,7 +344,8 @@ async fn with_timeout<T>(
 }
 
 /// Dials: runs the initiator side of the handshake on a connected stream (generic for the
-/// fuzzer, like [`accept`]).
+/// fuzzer, like [`accept`]). A peer whose challenge lacks mandatory flags is left without a
+/// challenge reply, as OTP's `dist_util` does: the connection is closed.
 pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     name: &NodeName,
@@ -167,7 +354,10 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     timeout: Duration,
 ) -> Result<(S, PeerNode), Error> {
     let work = async {
-        let mut hs = ClientSideHandshake::new(stream.compat(), local_node(name, creation), cookie);
+        // The challenge is the peer's second message, after the status.
+        let gate = FlagGate::new(stream, 1, true);
+        let seen = gate.seen.clone();
+        let mut hs = ClientSideHandshake::new(gate.compat(), local_node(name, creation), cookie);
         let status = hs.execute_send_name(6).await?;
         match status {
             HandshakeStatus::Ok | HandshakeStatus::OkSimultaneous => {}
@@ -183,7 +373,69 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
                 }));
             }
         }
-        finish(hs.execute_rest(true).await, name)
+        let result = hs.execute_rest(true).await;
+        if let Some(missing) = seen.missing() {
+            return Err(Error::MissingFlags { missing });
+        }
+        finish(result, name)
     };
     with_timeout(timeout, work).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_finds_the_flags_however_the_bytes_are_split() {
+        // A status message, then a v6 challenge lacking UTF8_ATOMS.
+        let mut bytes = vec![0, 3, b's', b'o', b'k'];
+        let flags = (BASE_FLAGS | FLAG_SPAWN) & !0x10000;
+        let mut challenge = vec![b'N'];
+        challenge.extend_from_slice(&flags.to_be_bytes());
+        challenge.extend_from_slice(&[0; 8]);
+        challenge.extend_from_slice(b"\0\x03a@b");
+        bytes.extend_from_slice(&(challenge.len() as u16).to_be_bytes());
+        bytes.extend_from_slice(&challenge);
+        for piece in [1, 2, 7, bytes.len()] {
+            let mut gate = FlagGate::new((), 1, true);
+            for chunk in bytes.chunks(piece) {
+                gate.scan(chunk);
+            }
+            assert!(gate.target_done, "split in {piece}");
+            assert_eq!(gate.seen.missing(), Some(vec!["UTF8_ATOMS"]));
+        }
+        // The v5 layout ('n', version, 32-bit flags) of a complete peer.
+        let mut gate = FlagGate::new((), 0, false);
+        let mut name = vec![b'n', 0, 5];
+        name.extend_from_slice(&(BASE_FLAGS as u32).to_be_bytes());
+        name.extend_from_slice(b"a@b");
+        gate.scan(&(name.len() as u16).to_be_bytes());
+        gate.scan(&name);
+        assert!(gate.target_done);
+        assert_eq!(gate.seen.missing(), None);
+    }
+
+    #[tokio::test]
+    async fn an_initiator_lacking_flags_gets_not_allowed_before_any_challenge() {
+        let (ours, theirs) = tokio::io::duplex(4096);
+        let name: NodeName = "kv@127.0.0.1".parse().expect("name");
+        let server = tokio::spawn(async move {
+            accept(ours, &name, 1, "c", Duration::from_secs(5), |_| {
+                HandshakeStatus::Ok
+            })
+            .await
+            .map(|_| ())
+        });
+        let mut peer = local_node(&"old@127.0.0.1".parse().expect("name"), 2);
+        peer.flags = DistributionFlags::from_bits_truncate((BASE_FLAGS | FLAG_SPAWN) & !0x40000);
+        let mut hs = ClientSideHandshake::new(theirs.compat(), peer, "c");
+        let status = hs.execute_send_name(6).await.expect("a status");
+        assert_eq!(status, HandshakeStatus::NotAllowed);
+        let result = server.await.expect("server task");
+        assert!(
+            matches!(&result, Err(Error::MissingFlags { missing }) if missing == &["BIG_CREATION"]),
+            "{result:?}"
+        );
+    }
 }

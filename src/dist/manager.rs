@@ -1,6 +1,12 @@
 //! The connection manager: peer node name -> its connection, or the frames waiting for a
 //! connection that is being dialed. Decides simultaneous connects as OTP does.
 //!
+//! What waits for a peer being dialed is bounded three ways ([`PendingLimits`]): bytes per
+//! peer, bytes over all peers, and dials in flight. A peer that accepts TCP but never
+//! answers the handshake holds its queue for a whole `--handshake-timeout`; without these
+//! bounds, replies addressed to it (from callers whose `From` pid names it) grew memory
+//! without limit. What does not fit is dropped, like a send to a node that is down.
+//!
 //! One `std::sync::Mutex` guards the table; it is held only for map operations, never across
 //! an `.await` or a socket write (frames are handed to the connection's bounded writer queue
 //! by appending them to its bounded [`Outbox`]).
@@ -11,12 +17,59 @@ use erl_dist::DistributionFlags;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Frames queued for a peer that is not connected yet are capped at this many; more are dropped.
 pub const MAX_PENDING_FRAMES: usize = 65_536;
+
+/// Default `--max-pending-bytes`: bytes of frames waiting, over all peers being dialed. Small
+/// next to the outbox of a connected peer: frames wait only while a dial is in flight (at
+/// most `--handshake-timeout`), and only for peers kvnode is not connected to (replies to a
+/// caller whose `From` pid sits on another node, monitors on such pids).
+pub const DEFAULT_MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+
+/// Default `--max-dials`: dials (EPMD lookup and handshake) in flight at once. A send to one
+/// more unconnected node is dropped and that node counts as down (monitors on it fire
+/// `noconnection`), as when its dial fails.
+pub const DEFAULT_MAX_DIALS: usize = 128;
+
+/// The bounds on frames waiting for peers being dialed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingLimits {
+    /// Bytes queued for one peer (kvnode uses a connected peer's outbox bound: 2 ×
+    /// `--max-message-size` + 1 MiB, capped by `total_bytes`).
+    pub per_peer_bytes: usize,
+    /// Bytes queued over all peers (`--max-pending-bytes`).
+    pub total_bytes: usize,
+    /// Dials in flight (`--max-dials`).
+    pub max_dials: usize,
+}
+
+impl Default for PendingLimits {
+    fn default() -> Self {
+        PendingLimits {
+            per_peer_bytes: crate::config::DEFAULT_MAX_MESSAGE_SIZE * 2 + (1 << 20),
+            total_bytes: DEFAULT_MAX_PENDING_BYTES,
+            max_dials: DEFAULT_MAX_DIALS,
+        }
+    }
+}
+
+impl PendingLimits {
+    /// The limits a configuration asks for.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        PendingLimits {
+            per_peer_bytes: config
+                .max_message_size
+                .saturating_mul(2)
+                .saturating_add(1 << 20),
+            total_bytes: config.max_pending_bytes,
+            max_dials: config.max_dials,
+        }
+    }
+}
 
 /// The sending side of an established connection.
 #[derive(Clone)]
@@ -39,12 +92,57 @@ impl ConnHandle {
 
 enum Slot {
     Up(ConnHandle),
-    Pending { queue: Vec<Frame>, dialing: bool },
+    Pending {
+        queue: Vec<Frame>,
+        /// Bytes in `queue`.
+        bytes: usize,
+        dialing: bool,
+        /// Frames dropped because a bound was hit (logged once per dial).
+        dropped: usize,
+    },
 }
 
-/// Returned by [`Manager::send`] when the caller must start dialing the peer.
+/// Returned by [`Manager::send`] when the caller must start dialing the peer. It counts
+/// against `--max-dials` until dropped: drop it once the handshake is over.
 #[derive(Debug)]
-pub struct DialTicket(());
+pub struct DialTicket(Arc<AtomicUsize>);
+
+impl Drop for DialTicket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What [`Manager::send`] did with a frame.
+#[derive(Debug)]
+pub enum Sent {
+    /// Handed to the connection, queued for a dial in flight, or dropped because a bound on
+    /// the queue was hit (logged).
+    Done,
+    /// Queued; nobody dials the peer yet: the caller must (see [`super::dial`]).
+    Dial(DialTicket),
+    /// Dropped: the peer is not connected and `--max-dials` dials are in flight. The peer
+    /// counts as down: the caller fires its monitors as for a failed dial.
+    Refused,
+}
+
+/// The table and the bytes waiting in its `Pending` slots.
+#[derive(Default)]
+struct Table {
+    slots: HashMap<String, Slot>,
+    pending_bytes: usize,
+}
+
+impl Table {
+    /// Removes `peer`'s slot, keeping the byte count right.
+    fn remove(&mut self, peer: &str) -> Option<Slot> {
+        let slot = self.slots.remove(peer);
+        if let Some(Slot::Pending { bytes, .. }) = &slot {
+            self.pending_bytes -= bytes;
+        }
+        slot
+    }
+}
 
 /// What to answer a peer that connects to us (`recv_status` of the handshake).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,53 +158,157 @@ pub enum Admission {
 /// peer node name -> connection state.
 #[derive(Default)]
 pub struct Manager {
-    slots: Mutex<HashMap<String, Slot>>,
+    table: Mutex<Table>,
     next_id: AtomicU64,
     changed: Notify,
+    limits: PendingLimits,
+    /// Dials in flight (live [`DialTicket`]s).
+    dials: Arc<AtomicUsize>,
 }
 
 impl Manager {
-    /// Queues `frame` for `peer`. Returns a ticket when nobody is dialing the peer yet: the
-    /// caller must then dial it (see [`super::dial`]).
-    pub fn send(&self, peer: &str, frame: Frame) -> Option<DialTicket> {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        match slots.get_mut(peer) {
+    /// A manager with these bounds on what waits for peers being dialed.
+    pub fn new(limits: PendingLimits) -> Self {
+        Manager {
+            limits: PendingLimits {
+                per_peer_bytes: limits.per_peer_bytes.min(limits.total_bytes),
+                ..limits
+            },
+            ..Manager::default()
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes of frames waiting for peers being dialed (for tests and diagnostics).
+    pub fn pending_bytes(&self) -> usize {
+        self.lock().pending_bytes
+    }
+
+    /// Dials in flight (for tests and diagnostics).
+    pub fn dials_in_flight(&self) -> usize {
+        self.dials.load(Ordering::Relaxed)
+    }
+
+    /// A ticket for one more dial, unless `--max-dials` are in flight. Call with the table
+    /// locked, so two senders cannot both take the last one.
+    fn dial_ticket(&self) -> Option<DialTicket> {
+        if self.dials.load(Ordering::Relaxed) >= self.limits.max_dials {
+            return None;
+        }
+        self.dials.fetch_add(1, Ordering::Relaxed);
+        Some(DialTicket(self.dials.clone()))
+    }
+
+    /// Sends `frame` to `peer`: to its connection, or into the queue of a dial in flight
+    /// (bounded, see [`PendingLimits`]). Says when the caller must dial, and when the frame
+    /// was refused because no dial may start.
+    pub fn send(&self, peer: &str, frame: Frame) -> Sent {
+        let mut guard = self.lock();
+        let table = &mut *guard;
+        let limits = self.limits;
+        match table.slots.get_mut(peer) {
             Some(Slot::Up(conn)) => {
                 if conn.outbox.push_owned(frame).is_err() {
                     tracing::warn!(%peer, "peer is not reading: its outbound buffer is full, disconnecting it");
                     conn.cancel.cancel();
                 }
-                None
+                Sent::Done
             }
-            Some(Slot::Pending { queue, dialing }) => {
-                if queue.len() < MAX_PENDING_FRAMES {
-                    queue.push(frame);
+            Some(Slot::Pending {
+                queue,
+                bytes,
+                dialing,
+                dropped,
+            }) => {
+                let len = frame.len();
+                let why = if queue.len() >= MAX_PENDING_FRAMES {
+                    Some("too many messages are waiting for it")
+                } else if *bytes + len > limits.per_peer_bytes {
+                    Some("its queue is full (bytes)")
+                } else if table.pending_bytes + len > limits.total_bytes {
+                    Some("--max-pending-bytes are waiting for nodes being dialed")
                 } else {
-                    tracing::warn!(%peer, "too many messages waiting for a connection: dropping one");
+                    None
+                };
+                match why {
+                    None => {
+                        queue.push(frame);
+                        *bytes += len;
+                        table.pending_bytes += len;
+                    }
+                    Some(why) => {
+                        if *dropped == 0 {
+                            tracing::warn!(
+                                %peer,
+                                bytes = len,
+                                queued_bytes = *bytes,
+                                total_pending_bytes = table.pending_bytes,
+                                "dropping a message for a node being dialed: {why} (further drops for it are logged at debug)"
+                            );
+                        } else {
+                            tracing::debug!(%peer, bytes = len, dropped = *dropped + 1, "dropping a message for a node being dialed: {why}");
+                        }
+                        *dropped += 1;
+                    }
                 }
                 if *dialing {
-                    None
-                } else {
-                    *dialing = true;
-                    Some(DialTicket(()))
+                    return Sent::Done;
+                }
+                match self.dial_ticket() {
+                    Some(ticket) => {
+                        *dialing = true;
+                        Sent::Dial(ticket)
+                    }
+                    // Someone still waits for the peer's own connection (a lost simultaneous
+                    // connect) and ends this slot; the frame stays queued for it.
+                    None => Sent::Done,
                 }
             }
             None => {
-                slots.insert(
+                let Some(ticket) = self.dial_ticket() else {
+                    tracing::warn!(
+                        %peer,
+                        max_dials = limits.max_dials,
+                        "dropping a message for an unconnected node: --max-dials dials are in flight; the node counts as down"
+                    );
+                    return Sent::Refused;
+                };
+                let len = frame.len();
+                let fits =
+                    len <= limits.per_peer_bytes && table.pending_bytes + len <= limits.total_bytes;
+                let (queue, bytes, dropped) = if fits {
+                    table.pending_bytes += len;
+                    (vec![frame], len, 0)
+                } else {
+                    tracing::warn!(
+                        %peer,
+                        bytes = len,
+                        total_pending_bytes = table.pending_bytes,
+                        "dropping a message for a node being dialed: it does not fit the bounds on waiting messages (--max-pending-bytes)"
+                    );
+                    (Vec::new(), 0, 1)
+                };
+                table.slots.insert(
                     peer.to_owned(),
                     Slot::Pending {
-                        queue: vec![frame],
+                        queue,
+                        bytes,
                         dialing: true,
+                        dropped,
                     },
                 );
-                Some(DialTicket(()))
+                Sent::Dial(ticket)
             }
         }
     }
 
     /// The flags agreed with a connected peer.
     pub fn peer_flags(&self, peer: &str) -> Option<DistributionFlags> {
-        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let table = self.lock();
+        let slots = &table.slots;
         match slots.get(peer) {
             Some(Slot::Up(conn)) => Some(conn.flags),
             _ => None,
@@ -115,7 +317,8 @@ impl Manager {
 
     /// Names of the connected peers.
     pub fn connected(&self) -> Vec<String> {
-        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let table = self.lock();
+        let slots = &table.slots;
         slots
             .iter()
             .filter(|(_, s)| matches!(s, Slot::Up(_)))
@@ -126,7 +329,8 @@ impl Manager {
     /// Decides what to answer `peer`, which is connecting to us (`local` is our node name).
     /// An existing connection to the same peer is replaced: the peer restarted or lost it.
     pub fn admit(&self, local: &str, peer: &str) -> Admission {
-        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let table = self.lock();
+        let slots = &table.slots;
         match slots.get(peer) {
             Some(Slot::Pending { dialing: true, .. }) => {
                 // OTP (dist_util): the node with the greater name keeps its own attempt.
@@ -156,10 +360,19 @@ impl Manager {
             outbox: Arc::new(Outbox::new(id, max_outbound_bytes)),
             cancel,
         };
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let old = slots.insert(peer.to_owned(), Slot::Up(handle.clone()));
+        let mut table = self.lock();
+        let old = table.remove(peer);
+        table
+            .slots
+            .insert(peer.to_owned(), Slot::Up(handle.clone()));
+        drop(table);
+        // Flushed outside the lock: the outbox takes its own lock, and the frames are now
+        // counted there, not in the pending bytes.
         let replaced = match old {
-            Some(Slot::Pending { queue, .. }) => {
+            Some(Slot::Pending { queue, dropped, .. }) => {
+                if dropped > 0 {
+                    tracing::warn!(%peer, dropped, "connected; messages dropped while it was being dialed");
+                }
                 for frame in queue {
                     if handle.outbox.push_owned(frame).is_err() {
                         tracing::warn!(%peer, "outbound buffer full while flushing queued messages");
@@ -171,7 +384,6 @@ impl Manager {
             Some(Slot::Up(old)) => Some(old),
             None => None,
         };
-        drop(slots);
         self.changed.notify_waiters();
         (handle, replaced)
     }
@@ -179,12 +391,12 @@ impl Manager {
     /// Removes the connection `id` of `peer` (if it is still the registered one).
     /// Returns true if it was.
     pub fn unregister(&self, peer: &str, id: u64) -> bool {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let current = matches!(slots.get(peer), Some(Slot::Up(c)) if c.id == id);
+        let mut table = self.lock();
+        let current = matches!(table.slots.get(peer), Some(Slot::Up(c)) if c.id == id);
         if current {
-            slots.remove(peer);
+            table.remove(peer);
         }
-        drop(slots);
+        drop(table);
         self.changed.notify_waiters();
         current
     }
@@ -192,12 +404,12 @@ impl Manager {
     /// A dial attempt failed. Returns true if the queued frames were dropped (nobody else
     /// connected meanwhile), i.e. the peer is down from our side.
     pub fn dial_failed(&self, peer: &str) -> bool {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let pending = matches!(slots.get(peer), Some(Slot::Pending { .. }));
+        let mut table = self.lock();
+        let pending = matches!(table.slots.get(peer), Some(Slot::Pending { .. }));
         if pending {
-            slots.remove(peer);
+            table.remove(peer);
         }
-        drop(slots);
+        drop(table);
         self.changed.notify_waiters();
         pending
     }
@@ -205,8 +417,8 @@ impl Manager {
     /// Marks a pending peer as not being dialed (we lost a simultaneous connect and wait for the
     /// peer's own connection to arrive).
     pub fn stop_dialing(&self, peer: &str) {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(Slot::Pending { dialing, .. }) = slots.get_mut(peer) {
+        let mut table = self.lock();
+        if let Some(Slot::Pending { dialing, .. }) = table.slots.get_mut(peer) {
             *dialing = false;
         }
     }
@@ -224,11 +436,73 @@ impl Manager {
 
     /// Closes every connection (shutdown).
     pub fn close_all(&self) {
-        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let table = self.lock();
+        let slots = &table.slots;
         for slot in slots.values() {
             if let Slot::Up(conn) = slot {
                 conn.cancel.cancel();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manager(per_peer_bytes: usize, total_bytes: usize, max_dials: usize) -> Manager {
+        Manager::new(PendingLimits {
+            per_peer_bytes,
+            total_bytes,
+            max_dials,
+        })
+    }
+
+    #[test]
+    fn pending_bytes_are_bounded_per_peer_and_in_total() {
+        let m = manager(250, 400, 8);
+        let Sent::Dial(_a) = m.send("a@h", vec![0; 100]) else {
+            panic!("first send to a starts a dial")
+        };
+        assert!(matches!(m.send("a@h", vec![0; 100]), Sent::Done));
+        // a holds 200: 100 more would pass its 250.
+        assert!(matches!(m.send("a@h", vec![0; 100]), Sent::Done));
+        assert_eq!(m.pending_bytes(), 200);
+        let Sent::Dial(_b) = m.send("b@h", vec![0; 150]) else {
+            panic!("first send to b starts a dial")
+        };
+        assert_eq!(m.pending_bytes(), 350);
+        // 100 more for b would pass the total of 400: dropped.
+        assert!(matches!(m.send("b@h", vec![0; 100]), Sent::Done));
+        assert_eq!(m.pending_bytes(), 350);
+        // A failed dial gives its bytes back.
+        assert!(m.dial_failed("a@h"));
+        assert_eq!(m.pending_bytes(), 150);
+        assert!(matches!(m.send("b@h", vec![0; 100]), Sent::Done));
+        assert_eq!(m.pending_bytes(), 250);
+        // So does a connection (its queue moves to the outbox).
+        let (_conn, _) = m.register("b@h", local_flags(), 1 << 20, CancellationToken::new());
+        assert_eq!(m.pending_bytes(), 0);
+    }
+
+    #[test]
+    fn dials_in_flight_are_bounded() {
+        let m = manager(1000, 1000, 2);
+        let Sent::Dial(a) = m.send("a@h", vec![1]) else {
+            panic!("dial a")
+        };
+        let Sent::Dial(_b) = m.send("b@h", vec![1]) else {
+            panic!("dial b")
+        };
+        assert_eq!(m.dials_in_flight(), 2);
+        assert!(matches!(m.send("c@h", vec![1]), Sent::Refused));
+        // No slot was made for c: a later send tries again.
+        drop(a);
+        assert_eq!(m.dials_in_flight(), 1);
+        assert!(matches!(m.send("c@h", vec![1]), Sent::Dial(_)));
+    }
+
+    fn local_flags() -> DistributionFlags {
+        crate::dist::handshake::local_flags()
     }
 }

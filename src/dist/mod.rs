@@ -207,11 +207,20 @@ async fn try_dial(
 
 /// Dials `peer` (the caller holds the [`manager::DialTicket`]) and serves the connection.
 /// Frames queued meanwhile are sent first. On failure they are dropped and monitors on that
-/// node fire `noconnection`.
-pub async fn dial(node: Node, peer: String, _ticket: manager::DialTicket) {
+/// node fire `noconnection`. The ticket counts against `--max-dials` until the handshake is
+/// over (or, after a lost simultaneous connect, until the peer's own connection came).
+pub async fn dial(node: Node, peer: String, ticket: manager::DialTicket) {
     let span = tracing::info_span!("conn", peer = %peer, dir = "out");
     async move {
-        match try_dial(&node, &peer).await {
+        let dialed = try_dial(&node, &peer).await;
+        let ticket = match dialed {
+            Err(DialError::Handshake(handshake::Error::Simultaneous)) => Some(ticket),
+            _ => {
+                drop(ticket);
+                None
+            }
+        };
+        match dialed {
             Ok((stream, peer_node)) => {
                 let flags = handshake::negotiated(peer_node.flags);
                 stream.serve(node, peer, flags).await;
@@ -235,6 +244,7 @@ pub async fn dial(node: Node, peer: String, _ticket: manager::DialTicket) {
                     tracing::warn!("simultaneous connect: the peer's connection never came");
                     node.node_down(&peer);
                 }
+                drop(ticket);
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot connect");
@@ -248,89 +258,63 @@ pub async fn dial(node: Node, peer: String, _ticket: manager::DialTicket) {
     .await
 }
 
-/// Runs the acceptor side for one inbound TCP connection: handshake under a timeout, then
-/// serve. Spawned per connection, so a slow peer never holds up the accept loop.
-pub async fn accept(node: Node, stream: TcpStream, addr: SocketAddr) {
+/// The budgets an inbound connection is admitted under (built by the accept loop).
+pub struct InboundBudgets {
+    /// Connections still in the handshake (`--max-handshakes`, `--max-handshakes-per-ip`).
+    pub handshakes: std::sync::Arc<crate::admission::Budget>,
+    /// Authenticated connections (`--max-connections`).
+    pub established: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// Runs the acceptor side for one inbound TCP connection: handshake under a timeout (and
+/// while `slot`, its place among the handshaking connections, is not evicted), then serve
+/// under one of the `established` permits. Spawned per connection, so a slow peer never
+/// holds up the accept loop.
+pub async fn accept(
+    node: Node,
+    stream: TcpStream,
+    addr: SocketAddr,
+    slot: crate::admission::Slot,
+    established: std::sync::Arc<tokio::sync::Semaphore>,
+) {
     let span = tracing::info_span!("conn", %addr, peer = tracing::field::Empty, dir = "in");
     async move {
-        let _ = stream.set_nodelay(true);
-        let cfg = node.config();
-        let local: NodeName = match cfg.node_name.parse() {
-            Ok(n) => n,
-            Err(_) => return,
-        };
-        let local_str = cfg.node_name.clone();
-        let manager = node.manager();
-        let decide = |peer: &NodeName| match manager.admit(&local_str, &peer.to_string()) {
-            manager::Admission::Ok => erl_dist::handshake::HandshakeStatus::Ok,
-            manager::Admission::OkSimultaneous => {
-                erl_dist::handshake::HandshakeStatus::OkSimultaneous
-            }
-            manager::Admission::Nok => erl_dist::handshake::HandshakeStatus::Nok,
-        };
-        let (creation, cookie) = (node.creation(), cfg.cookie.as_str());
-        let result = match &cfg.tls {
-            None => handshake::accept(
-                stream,
-                &local,
-                creation,
-                cookie,
-                cfg.handshake_timeout,
-                decide,
-            )
-            .await
-            .map(|(stream, peer_node)| (Established::Plain(stream), peer_node)),
-            Some(tls) => {
-                let deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
-                let stream = match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(error)) => {
-                        // A plain-TCP peer, an unknown CA, no client certificate, ...
-                        tracing::info!(%addr, %error, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::info!(%addr, "TLS handshake timed out");
-                        return;
-                    }
-                };
-                // Only once TLS is up: a peer that never finishes it costs one fd, not three.
-                let pair = match tokio::net::UnixStream::pair() {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        tracing::warn!(%addr, %error, "cannot bridge a TLS connection");
-                        return;
-                    }
-                };
-                handshake::accept(
-                    tls::Packet4::new(stream),
-                    &local,
-                    creation,
-                    cookie,
-                    remaining(deadline),
-                    decide,
-                )
-                .await
-                .map(|(stream, peer_node)| {
-                    (
-                        Established::Tls(Box::new(stream.into_inner().into()), pair),
-                        peer_node,
-                    )
-                })
+        let handshake = handshake_in(&node, stream, addr);
+        let result = tokio::select! {
+            result = handshake => result,
+            _ = slot.evicted() => {
+                tracing::debug!(%addr, "handshake closed to make room for a newer connection (--max-handshakes, --max-handshakes-per-ip)");
+                return;
             }
         };
+        // Authenticated (or failed): out of the handshake budget either way.
+        drop(slot);
+        let Some(result) = result else { return };
         match result {
             Ok((stream, peer_node)) => {
                 let peer = peer_node.name.to_string();
                 tracing::Span::current().record("peer", tracing::field::display(&peer));
+                let Ok(permit) = established.try_acquire_owned() else {
+                    tracing::warn!(
+                        %addr,
+                        %peer,
+                        limit = node.config().max_connections,
+                        "too many connections (--max-connections): closing this one after its handshake"
+                    );
+                    return;
+                };
                 let flags = handshake::negotiated(peer_node.flags);
                 stream.serve(node, peer, flags).await;
+                drop(permit);
             }
             Err(handshake::Error::WrongCookie) => {
                 tracing::warn!(%addr, "handshake rejected: the peer has a different cookie");
             }
             Err(handshake::Error::Simultaneous) => {
                 tracing::debug!("simultaneous connect: keeping our own attempt");
+            }
+            Err(error @ handshake::Error::MissingFlags { .. }) => {
+                tracing::warn!(%addr, %error, "handshake refused (not_allowed)");
             }
             Err(error) => {
                 tracing::info!(%addr, %error, "handshake failed");
@@ -339,6 +323,76 @@ pub async fn accept(node: Node, stream: TcpStream, addr: SocketAddr) {
     }
     .instrument(span)
     .await
+}
+
+/// The acceptor's handshake, TLS included. `None` when it failed in a way already logged.
+async fn handshake_in(
+    node: &Node,
+    stream: TcpStream,
+    addr: SocketAddr,
+) -> Option<Result<(Established, erl_dist::node::PeerNode), handshake::Error>> {
+    let _ = stream.set_nodelay(true);
+    let cfg = node.config();
+    let local: NodeName = cfg.node_name.parse().ok()?;
+    let local_str = cfg.node_name.clone();
+    let manager = node.manager();
+    let decide = |peer: &NodeName| match manager.admit(&local_str, &peer.to_string()) {
+        manager::Admission::Ok => erl_dist::handshake::HandshakeStatus::Ok,
+        manager::Admission::OkSimultaneous => erl_dist::handshake::HandshakeStatus::OkSimultaneous,
+        manager::Admission::Nok => erl_dist::handshake::HandshakeStatus::Nok,
+    };
+    let (creation, cookie) = (node.creation(), cfg.cookie.as_str());
+    let result = match &cfg.tls {
+        None => handshake::accept(
+            stream,
+            &local,
+            creation,
+            cookie,
+            cfg.handshake_timeout,
+            decide,
+        )
+        .await
+        .map(|(stream, peer_node)| (Established::Plain(stream), peer_node)),
+        Some(tls) => {
+            let deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
+            let stream = match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    // A plain-TCP peer, an unknown CA, no client certificate, ...
+                    tracing::info!(%addr, %error, "TLS handshake failed");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::info!(%addr, "TLS handshake timed out");
+                    return None;
+                }
+            };
+            // Only once TLS is up: a peer that never finishes it costs one fd, not three.
+            let pair = match tokio::net::UnixStream::pair() {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!(%addr, %error, "cannot bridge a TLS connection");
+                    return None;
+                }
+            };
+            handshake::accept(
+                tls::Packet4::new(stream),
+                &local,
+                creation,
+                cookie,
+                remaining(deadline),
+                decide,
+            )
+            .await
+            .map(|(stream, peer_node)| {
+                (
+                    Established::Tls(Box::new(stream.into_inner().into()), pair),
+                    peer_node,
+                )
+            })
+        }
+    };
+    Some(result)
 }
 
 /// Time left until `deadline` (at least 1 ms, so an expired deadline still times out cleanly).

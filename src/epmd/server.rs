@@ -15,6 +15,12 @@
 //!
 //! Anything else closes that connection only. One task per connection; requests are buffered until
 //! complete (they may arrive split into any number of segments) under [`REQUEST_TIMEOUT`].
+//!
+//! Held registrations never starve queries ([`EpmdLimits`]): a connection that has not sent
+//! its request yet (or is being answered) counts against a request budget with oldest-first
+//! eviction per source address ([`crate::admission::Budget`]); a registration moves it to a
+//! registration quota (loopback peers only, bounded in total and per address), which is
+//! refused (result 1) when full instead of taking query places.
 
 use std::collections::HashMap;
 use std::io;
@@ -25,7 +31,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,8 +42,43 @@ use super::proto::{
     X_RESP_MIN_VERSION, check_name,
 };
 
-/// Default bound on concurrent connections (registrations included).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default bound on connections that have not completed their request (or are being answered),
+/// over all peers. When full, the oldest such connection of the address holding the most is
+/// closed to make room: a query always gets in.
+pub const DEFAULT_MAX_REQUESTS: usize = 256;
+/// Default bound on those connections from one address (one more closes that address's oldest).
+pub const DEFAULT_MAX_REQUESTS_PER_IP: usize = 64;
+/// Default bound on registrations (nodes registered at once).
+pub const DEFAULT_MAX_REGISTRATIONS: usize = 1024;
+/// Default bound on registrations from one (local) address: a local process registering names
+/// from one loopback address cannot take every place (real nodes register from 127.0.0.1).
+pub const DEFAULT_MAX_REGISTRATIONS_PER_IP: usize = 512;
+/// Most sockets the embedded EPMD holds at once with the default limits.
+pub const MAX_FDS: usize = DEFAULT_MAX_REQUESTS + DEFAULT_MAX_REGISTRATIONS;
+
+/// The embedded EPMD's connection bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpmdLimits {
+    /// Connections not yet past their request, in total (oldest-first eviction).
+    pub requests: usize,
+    /// Those from one address.
+    pub requests_per_ip: usize,
+    /// Registrations at once.
+    pub registrations: usize,
+    /// Registrations from one address.
+    pub registrations_per_ip: usize,
+}
+
+impl Default for EpmdLimits {
+    fn default() -> Self {
+        EpmdLimits {
+            requests: DEFAULT_MAX_REQUESTS,
+            requests_per_ip: DEFAULT_MAX_REQUESTS_PER_IP,
+            registrations: DEFAULT_MAX_REGISTRATIONS,
+            registrations_per_ip: DEFAULT_MAX_REGISTRATIONS_PER_IP,
+        }
+    }
+}
 /// A connection must deliver one complete request within this time of being accepted.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline for writing a reply to a peer.
@@ -99,6 +139,9 @@ pub enum ConnectionError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// Evicted to make room for a newer connection (request budget full).
+    #[error("closed to make room for a newer connection")]
+    Evicted,
     /// A request only local peers may make.
     #[error("{request} from non-local address")]
     NotLocal {
@@ -124,28 +167,24 @@ impl From<io::Error> for ConnectionError {
 pub struct EpmdServer {
     listener: TcpListener,
     local_addr: SocketAddr,
-    max_connections: usize,
+    limits: EpmdLimits,
     registry: Arc<Registry>,
 }
 
 impl EpmdServer {
-    /// Binds the EPMD port with [`DEFAULT_MAX_CONNECTIONS`].
+    /// Binds the EPMD port with the default [`EpmdLimits`].
     pub async fn bind(addr: SocketAddr) -> io::Result<EpmdServer> {
-        Self::bind_with_limit(addr, DEFAULT_MAX_CONNECTIONS).await
+        Self::bind_with_limits(addr, EpmdLimits::default()).await
     }
 
-    /// Binds the EPMD port, serving at most `max_connections` connections at once; further
-    /// connections are accepted and closed at once.
-    pub async fn bind_with_limit(
-        addr: SocketAddr,
-        max_connections: usize,
-    ) -> io::Result<EpmdServer> {
+    /// Binds the EPMD port with these connection bounds.
+    pub async fn bind_with_limits(addr: SocketAddr, limits: EpmdLimits) -> io::Result<EpmdServer> {
         let listener = crate::listen(addr)?;
         let local_addr = listener.local_addr()?;
         Ok(EpmdServer {
             listener,
             local_addr,
-            max_connections: max_connections.max(1),
+            limits,
             registry: Arc::new(Registry::new(rand::random())),
         })
     }
@@ -161,11 +200,14 @@ impl EpmdServer {
         let EpmdServer {
             listener,
             local_addr,
-            max_connections,
+            limits,
             registry,
         } = self;
         info!(addr = %local_addr, "embedded EPMD listening");
-        let limit = Arc::new(Semaphore::new(max_connections));
+        let requests =
+            crate::admission::Budget::new("EPMD request", limits.requests, limits.requests_per_ip);
+        let registrations =
+            crate::admission::Quota::new(limits.registrations, limits.registrations_per_ip);
         let tasks = TaskTracker::new();
         let next_conn_id = AtomicU64::new(1);
         loop {
@@ -183,25 +225,18 @@ impl EpmdServer {
                     }
                 }
             };
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                warn!(%peer, max_connections, "EPMD connection limit reached; closing connection");
-                continue;
-            };
+            // Always admitted: a full budget closes an older connection instead.
+            let slot = requests.admit(peer.ip());
             let conn = Connection {
                 id: next_conn_id.fetch_add(1, Ordering::Relaxed),
                 peer,
                 epmd_port: local_addr.port(),
                 registry: registry.clone(),
+                registrations: registrations.clone(),
             };
             let shutdown = shutdown.clone();
             let span = info_span!("epmd_conn", %peer, conn = conn.id);
-            tasks.spawn(
-                async move {
-                    conn.run(stream, shutdown).await;
-                    drop(permit);
-                }
-                .instrument(span),
-            );
+            tasks.spawn(conn.run(stream, shutdown, slot).instrument(span));
         }
         drop(listener);
         tasks.close();
@@ -362,27 +397,56 @@ struct Connection {
     peer: SocketAddr,
     epmd_port: u16,
     registry: Arc<Registry>,
+    registrations: Arc<crate::admission::Quota>,
+}
+
+/// A registration being held: the name and its place in the registration quota, given back
+/// when the connection ends.
+struct Held {
+    _guard: RegistrationGuard,
+    _place: crate::admission::QuotaPlace,
 }
 
 impl Connection {
-    async fn run(self, mut stream: TcpStream, shutdown: CancellationToken) {
+    async fn run(
+        self,
+        mut stream: TcpStream,
+        shutdown: CancellationToken,
+        slot: crate::admission::Slot,
+    ) {
         let result = tokio::select! {
-            _ = shutdown.cancelled() => Ok(()),
+            _ = shutdown.cancelled() => Ok(None),
+            _ = slot.evicted() => Err(ConnectionError::Evicted),
             result = self.serve(&mut stream) => result,
+        };
+        // Answered (or registered): out of the request budget.
+        drop(slot);
+        let result = match result {
+            Ok(Some(held)) => {
+                let result = tokio::select! {
+                    _ = shutdown.cancelled() => Ok(()),
+                    result = hold(&mut stream) => result,
+                };
+                drop(held);
+                result
+            }
+            Ok(None) => Ok(()),
+            Err(error) => Err(error),
         };
         if let Err(error) = result {
             debug!(%error, "closing EPMD connection");
         }
     }
 
-    async fn serve(&self, stream: &mut TcpStream) -> Result<(), ConnectionError> {
+    /// Reads and answers one request. A registration is returned to be held.
+    async fn serve(&self, stream: &mut TcpStream) -> Result<Option<Held>, ConnectionError> {
         let request = match timeout(REQUEST_TIMEOUT, read_request(stream)).await {
             Err(_) => {
                 return Err(ConnectionError::RequestTimeout {
                     after: REQUEST_TIMEOUT,
                 });
             }
-            Ok(Ok(None)) => return Ok(()), // closed before sending anything: a probe
+            Ok(Ok(None)) => return Ok(None), // closed before sending anything: a probe
             Ok(Ok(Some(request))) => request,
             Ok(Err(error)) => return Err(error),
         };
@@ -390,11 +454,11 @@ impl Connection {
         let Some(&tag) = request.first() else {
             return Err(ConnectionError::EmptyRequest);
         };
-        match tag {
+        let answered = match tag {
             ALIVE2_REQ if !local => Err(ConnectionError::NotLocal {
                 request: "ALIVE2_REQ",
             }),
-            ALIVE2_REQ => self.alive2(stream, &request).await,
+            ALIVE2_REQ => return self.alive2(stream, &request).await,
             PORT_PLEASE2_REQ => self.port_please(stream, &request).await,
             NAMES_REQ => {
                 let reply = self.listing(|name, node| {
@@ -431,12 +495,18 @@ impl Connection {
                 request: "STOP_REQ",
             }),
             tag => Err(ConnectionError::UnknownRequest { tag }),
-        }
+        };
+        answered.map(|()| None)
     }
 
-    async fn alive2(&self, stream: &mut TcpStream, body: &[u8]) -> Result<(), ConnectionError> {
+    async fn alive2(
+        &self,
+        stream: &mut TcpStream,
+        body: &[u8],
+    ) -> Result<Option<Held>, ConnectionError> {
         let req = Alive2::parse(body)?;
         let display_name = String::from_utf8_lossy(req.name).into_owned();
+        let mut place = None;
         let registered = match (check_name(req.name), req.extra.len() <= MAX_EXTRA_BYTES) {
             (Err(reason), _) => {
                 debug!(name = %display_name, reason, "refusing ALIVE2_REQ: invalid name");
@@ -446,26 +516,42 @@ impl Connection {
                 debug!(name = %display_name, "refusing ALIVE2_REQ: extra data too long");
                 None
             }
-            (Ok(_), true) => {
-                let node = Node {
-                    conn_id: self.id,
-                    fd: raw_fd(stream),
-                    port: req.port,
-                    node_type: req.node_type,
-                    protocol: req.protocol,
-                    highest_version: req.highest_version,
-                    lowest_version: req.lowest_version,
-                    extra: req.extra.to_vec(),
-                };
-                let creation = self.registry.register(req.name, node);
-                if creation.is_none() {
-                    debug!(name = %display_name, "refusing ALIVE2_REQ: name already registered");
+            (Ok(_), true) => match self.registrations.take(self.peer.ip()) {
+                Err(full) => {
+                    if self.registrations.should_log() {
+                        warn!(
+                            name = %display_name,
+                            peer = %self.peer,
+                            limit = ?full,
+                            "refusing ALIVE2_REQ: too many registrations (in total, or from this address); further refusals within a second are logged at debug"
+                        );
+                    } else {
+                        debug!(name = %display_name, limit = ?full, "refusing ALIVE2_REQ: too many registrations");
+                    }
+                    None
                 }
-                creation
-            }
+                Ok(taken) => {
+                    place = Some(taken);
+                    let node = Node {
+                        conn_id: self.id,
+                        fd: raw_fd(stream),
+                        port: req.port,
+                        node_type: req.node_type,
+                        protocol: req.protocol,
+                        highest_version: req.highest_version,
+                        lowest_version: req.lowest_version,
+                        extra: req.extra.to_vec(),
+                    };
+                    let creation = self.registry.register(req.name, node);
+                    if creation.is_none() {
+                        debug!(name = %display_name, "refusing ALIVE2_REQ: name already registered");
+                    }
+                    creation
+                }
+            },
         };
         // Unregisters however this function ends, including a failed reply write.
-        let _guard = registered.map(|_| RegistrationGuard {
+        let guard = registered.map(|_| RegistrationGuard {
             registry: self.registry.clone(),
             name: req.name.to_vec(),
             conn_id: self.id,
@@ -492,20 +578,14 @@ impl Connection {
             creation
         };
         write_reply(stream, &reply).await?;
-        if registered.is_none() {
-            return Ok(());
-        }
+        let (Some(guard), Some(place)) = (guard, place) else {
+            return Ok(None);
+        };
         info!(name = %display_name, port = req.port, creation, "node registered");
-        // Hold the registration until the node closes the connection. Bytes it sends meanwhile
-        // are ignored (bounded buffer, no accumulation).
-        let mut buf = [0u8; 256];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) => return Ok(()),
-                Ok(n) => debug!(bytes = n, "ignoring bytes on a registration connection"),
-                Err(error) => return Err(error.into()),
-            }
-        }
+        Ok(Some(Held {
+            _guard: guard,
+            _place: place,
+        }))
     }
 
     async fn port_please(
@@ -541,6 +621,19 @@ impl Connection {
             reply.extend_from_slice(&line(&name, &node));
         }
         reply
+    }
+}
+
+/// Holds a registration until the node closes the connection. Bytes it sends meanwhile are
+/// ignored (bounded buffer, no accumulation).
+async fn hold(stream: &mut TcpStream) -> Result<(), ConnectionError> {
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) => return Ok(()),
+            Ok(n) => debug!(bytes = n, "ignoring bytes on a registration connection"),
+            Err(error) => return Err(error.into()),
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use super::client::{self, NodeInfo};
 use super::proto::*;
-use super::server::{ConnectionError, EpmdServer, REQUEST_TIMEOUT, parse_request};
+use super::server::{ConnectionError, EpmdLimits, EpmdServer, REQUEST_TIMEOUT, parse_request};
 use super::{EpmdError, EpmdMode, start};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -402,23 +402,110 @@ async fn incomplete_request_times_out() {
     assert!(started.elapsed() >= REQUEST_TIMEOUT - Duration::from_secs(1));
 }
 
+/// A TCP connection to `epmd` from `source` (another 127/8 address), sending nothing.
+async fn idle_from(source: [u8; 4], epmd: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::from((Ipv4Addr::from(source), 0)))
+        .unwrap();
+    socket.connect(epmd).await.unwrap()
+}
+
+/// True once the server has closed `s` (EOF or reset), polled until [`WAIT`].
+async fn closed_by_server(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 16];
+    matches!(
+        tokio::time::timeout(WAIT, s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
 #[tokio::test]
-async fn connection_limit_holds() {
-    let server = TestServer::from(EpmdServer::bind_with_limit(loopback(0), 2).await.unwrap());
+async fn held_registrations_never_starve_queries() {
+    let limits = EpmdLimits {
+        requests: 2,
+        requests_per_ip: 2,
+        registrations: 3,
+        registrations_per_ip: 2,
+    };
+    let server = TestServer::from(
+        EpmdServer::bind_with_limits(loopback(0), limits)
+            .await
+            .unwrap(),
+    );
     let a = client::register(server.addr, "a", 1, true).await.unwrap();
     let b = client::register(server.addr, "b", 2, true).await.unwrap();
-    let err = client::names(server.addr).await.unwrap_err();
+    // More registrations than request places are held, and queries still get answers.
+    assert_eq!(names_of(server.addr).await.len(), 2);
+    // The per-address share (2 from 127.0.0.1) is taken: refused, not queued or held.
+    let refused = client::register(server.addr, "c", 3, true).await;
+    assert!(refused.is_err(), "{refused:?}");
     assert!(
-        matches!(err, EpmdError::Closed { .. } | EpmdError::Io { .. }),
-        "{err:?}"
+        client::port_please(server.addr, "c")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        client::port_please(server.addr, "a")
+            .await
+            .unwrap()
+            .map(|n| n.port),
+        Some(1)
     );
     drop(a);
-    let names = eventually("a slot to free up", || async {
-        client::names(server.addr).await.ok()
+    let names = eventually("a's place to free up", || async {
+        let names = client::names(server.addr).await.ok()?;
+        (names.len() == 1).then_some(names)
     })
     .await;
     assert_eq!(names, vec![("b".to_owned(), 2)]);
-    drop(b);
+    let c = client::register(server.addr, "c", 3, true).await.unwrap();
+    drop((b, c));
+}
+
+#[tokio::test]
+async fn idle_connections_are_evicted_oldest_first_and_queries_get_in() {
+    let limits = EpmdLimits {
+        requests: 4,
+        requests_per_ip: 3,
+        ..EpmdLimits::default()
+    };
+    let server = TestServer::from(
+        EpmdServer::bind_with_limits(loopback(0), limits)
+            .await
+            .unwrap(),
+    );
+    let _kv = client::register(server.addr, "kv", 4000, true)
+        .await
+        .unwrap();
+    // A flood from 127.0.0.2: only its 3 newest stay; each newcomer closes its oldest.
+    let mut flood = Vec::new();
+    for _ in 0..10 {
+        flood.push(idle_from([127, 0, 0, 2], server.addr).await);
+    }
+    for s in flood.iter_mut().take(7) {
+        assert!(
+            closed_by_server(s).await,
+            "an old idle connection stayed open"
+        );
+    }
+    // A query from 127.0.0.1 is answered at once, and it evicted none of its own address.
+    assert_eq!(
+        client::port_please(server.addr, "kv")
+            .await
+            .unwrap()
+            .map(|n| n.port),
+        Some(4000)
+    );
+    // Another flood address fills the total; still every query gets in.
+    let mut other = Vec::new();
+    for _ in 0..10 {
+        other.push(idle_from([127, 0, 0, 3], server.addr).await);
+    }
+    for _ in 0..20 {
+        assert_eq!(names_of(server.addr).await.len(), 1);
+    }
 }
 
 #[tokio::test]

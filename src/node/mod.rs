@@ -141,6 +141,7 @@ impl Node {
         tracker: TaskTracker,
         threads: dist::threads::Threads,
     ) -> Self {
+        let pending_limits = dist::manager::PendingLimits::from_config(&config);
         Node(Arc::new(Inner {
             name: Atom::from(config.node_name.as_str()),
             creation,
@@ -149,7 +150,7 @@ impl Node {
             next_ref: AtomicU64::new(1),
             registry: RwLock::new(Registry::default()),
             monitors: Mutex::new(HashMap::new()),
-            manager: Manager::default(),
+            manager: Manager::new(pending_limits),
             shutdown,
             tracker,
             threads,
@@ -299,7 +300,23 @@ impl Node {
 
     /// Sends an encoded frame to `peer`, dialing it if we are not connected.
     pub fn send_frame(&self, peer: &str, frame: Frame) {
-        if let Some(dial) = self.0.manager.send(peer, frame) {
+        let dial = match self.0.manager.send(peer, frame) {
+            dist::manager::Sent::Done => return,
+            dist::manager::Sent::Dial(dial) => dial,
+            dist::manager::Sent::Refused => {
+                // No dial may start (--max-dials): the node is down from our side, as when a
+                // dial fails. Not inline: the caller may be inside a handler that monitors.
+                let node = self.clone();
+                let peer = peer.to_owned();
+                let (runtime, placement) = self.0.threads.place();
+                runtime.spawn(self.0.tracker.track_future(async move {
+                    let _placement = placement;
+                    node.node_down(&peer);
+                }));
+                return;
+            }
+        };
+        {
             let node = self.clone();
             let peer = peer.to_owned();
             // On a connection thread, like accepted connections: the dialed connection lives
