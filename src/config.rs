@@ -40,6 +40,11 @@ pub struct Config {
     /// How long a connection with hot traffic polls for its next bytes before sleeping
     /// (`--busy-wait-us`; zero: never).
     pub busy_wait: Duration,
+    /// Backpressure bound of a process's mailbox, in wire bytes (`--max-mailbox-bytes`).
+    pub max_mailbox_bytes: usize,
+    /// Backpressure bound of the storage queue, in bytes not yet durable
+    /// (`--max-storage-queue-bytes`).
+    pub max_storage_queue_bytes: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -61,6 +66,8 @@ impl std::fmt::Debug for Config {
             .field("tls", &self.tls)
             .field("threads", &self.threads)
             .field("busy_wait", &self.busy_wait)
+            .field("max_mailbox_bytes", &self.max_mailbox_bytes)
+            .field("max_storage_queue_bytes", &self.max_storage_queue_bytes)
             .finish()
     }
 }
@@ -101,6 +108,8 @@ impl Config {
             tls: None,
             threads: default_threads(),
             busy_wait: Duration::from_micros(DEFAULT_BUSY_WAIT_US),
+            max_mailbox_bytes: crate::gen_server::DEFAULT_MAX_MAILBOX_BYTES,
+            max_storage_queue_bytes: crate::kv::durable::DEFAULT_MAX_STORAGE_QUEUE_BYTES,
         }
     }
 

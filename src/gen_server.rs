@@ -7,13 +7,29 @@
 //! and the peer negotiated DFLAG_ALIAS, the reply goes by ALIAS_SEND, so a reply arriving after
 //! the caller's timeout is dropped by the caller's runtime instead of left in its mailbox.
 //! A cast is `{:"$gen_cast", request}`; anything else is an info message.
+//!
+//! Backpressure: signals that arrive while another thread is inside the handler wait in the
+//! process's mailbox, bounded by `--max-mailbox-bytes` (what the messages took on the wire) and
+//! [`MAX_MAILBOX_SIGNALS`]. Over either bound the process reports itself congested
+//! ([`crate::node::Pressure`]) and the connection readers delivering to it stop reading their
+//! peers until the mailbox has drained to half of both bounds. Nothing is dropped.
 
-use crate::node::{Dispatch, Mailbox, Node, RawMessage, Signal};
+use crate::node::{self, Dispatch, Mailbox, Node, Pressure, RawMessage, Signal};
 use erl_dist::DistributionFlags;
 use erl_dist::message::Message;
 use erl_dist::term::{Atom, List, Pid, Reference, Term, Tuple};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+
+/// Most signals a process's mailbox holds before the readers delivering to it pause (with
+/// `--max-mailbox-bytes`, the mailbox bound). A signal is at least a few hundred bytes of
+/// decoded terms and queue slot: 65,536 of them are tens of MiB at most.
+pub const MAX_MAILBOX_SIGNALS: usize = 65_536;
+/// Default `--max-mailbox-bytes`: 64 MiB of queued messages (as they were on the wire).
+pub const DEFAULT_MAX_MAILBOX_BYTES: usize = 64 << 20;
+/// What one queued signal counts for in the byte bound at least: a small message decodes to
+/// several terms of 56 bytes each plus its queue slot, and in-node signals have no wire size.
+pub const MIN_SIGNAL_WEIGHT: usize = 256;
 
 /// Who made a call, and the tag to echo.
 #[derive(Debug, Clone)]
@@ -72,6 +88,7 @@ pub trait GenServer: Send + 'static {
 pub struct Ctx<'a> {
     node: &'a Node,
     pid: &'a Pid,
+    pressure: &'a Arc<Pressure>,
 }
 
 impl Ctx<'_> {
@@ -83,6 +100,12 @@ impl Ctx<'_> {
     /// The server's own pid.
     pub fn self_pid(&self) -> &Pid {
         self.pid
+    }
+
+    /// The server's congestion state: a server that queues work elsewhere (the KV server's
+    /// storage queue) sets its own source there, so readers delivering to it pause.
+    pub fn pressure(&self) -> &Arc<Pressure> {
+        self.pressure
     }
 
     /// Sends `message` to `to` without waiting (a full local mailbox drops it, with a log).
@@ -147,15 +170,21 @@ impl Replier {
             return;
         }
         let message: Term = Tuple::from(vec![to.tag.clone(), reply]).into();
-        if !self.node.is_local(&to.pid) {
-            let peer = to.pid.node.name.as_str();
-            if let Some(alias) = alias_of(&to.tag)
-                && self.node.peer_has(peer, DistributionFlags::ALIAS)
-            {
-                let msg = Message::alias_send(self.server.clone(), alias.clone(), message);
-                self.node.send_to_node(peer, msg);
-                return;
-            }
+        if !self.node.is_local(&to.pid)
+            && let Some(alias) = alias_of(&to.tag)
+        {
+            // By ALIAS_SEND only to a peer that negotiated ALIAS; decided once its flags are
+            // known (at once when it is connected).
+            let (server, alias, pid) = (self.server.clone(), alias.clone(), to.pid.clone());
+            self.node
+                .send_when_connected(&to.pid.node.name, move |flags| {
+                    Some(if flags.contains(DistributionFlags::ALIAS) {
+                        Message::alias_send(server, alias, message)
+                    } else {
+                        Message::send(pid, message)
+                    })
+                });
+            return;
         }
         send(&self.node, &to.pid, message);
     }
@@ -189,13 +218,29 @@ pub fn spawn_with<S: GenServer>(
     make: impl FnOnce(&Ctx) -> S,
 ) -> Mailbox {
     node.spawn_process(name, |pid| {
-        let server = make(&Ctx { node, pid });
+        let pressure = Arc::new(Pressure::default());
+        let server = make(&Ctx {
+            node,
+            pid,
+            pressure: &pressure,
+        });
         Arc::new(Host {
             pid: pid.clone(),
             server: Mutex::new(server),
-            pending: Mutex::new(VecDeque::new()),
+            pending: Mutex::new(Pending::default()),
+            max_bytes: node.config().max_mailbox_bytes.max(1),
+            pressure,
         }) as Arc<dyn Dispatch>
     })
+}
+
+/// Signals waiting for the server, with what they count for against the mailbox bound.
+#[derive(Default)]
+struct Pending {
+    queue: VecDeque<(Signal, usize)>,
+    bytes: usize,
+    /// Whether this mailbox reported itself congested (cleared at half the bounds).
+    congested: bool,
 }
 
 /// Hosts a server: whoever delivers a signal runs the handler in its own thread (no task hop,
@@ -206,10 +251,51 @@ pub fn spawn_with<S: GenServer>(
 struct Host<S> {
     pid: Pid,
     server: Mutex<S>,
-    pending: Mutex<VecDeque<Signal>>,
+    pending: Mutex<Pending>,
+    /// `--max-mailbox-bytes`.
+    max_bytes: usize,
+    pressure: Arc<Pressure>,
 }
 
 impl<S: GenServer> Host<S> {
+    fn push(&self, signal: Signal, weight: usize) {
+        let mut p = lock(&self.pending);
+        p.queue.push_back((signal, weight));
+        p.bytes += weight;
+        if !p.congested && (p.bytes >= self.max_bytes || p.queue.len() >= MAX_MAILBOX_SIGNALS) {
+            p.congested = true;
+            self.pressure.set(Pressure::MAILBOX, true);
+            tracing::debug!(
+                signals = p.queue.len(),
+                bytes = p.bytes,
+                "mailbox over its bound: readers delivering to it pause"
+            );
+        }
+    }
+
+    fn pop(&self) -> Option<Signal> {
+        let mut p = lock(&self.pending);
+        let (signal, weight) = p.queue.pop_front()?;
+        p.bytes -= weight;
+        if p.congested && p.bytes <= self.max_bytes / 2 && p.queue.len() <= MAX_MAILBOX_SIGNALS / 2
+        {
+            p.congested = false;
+            self.pressure.set(Pressure::MAILBOX, false);
+        }
+        Some(signal)
+    }
+
+    fn has_pending(&self) -> bool {
+        !lock(&self.pending).queue.is_empty()
+    }
+
+    /// Tells the reader on this thread to pause if this process is congested now.
+    fn report_pressure(&self) {
+        if self.pressure.is_congested() {
+            node::note_congested(&self.pressure);
+        }
+    }
+
     /// Runs queued signals until the queue is empty and the server free.
     fn run_pending(&self, node: &Node) {
         loop {
@@ -222,16 +308,15 @@ impl<S: GenServer> Host<S> {
             let mut ctx = Ctx {
                 node,
                 pid: &self.pid,
+                pressure: &self.pressure,
             };
-            loop {
-                let next = lock(&self.pending).pop_front();
-                let Some(signal) = next else { break };
+            while let Some(signal) = self.pop() {
                 dispatch(&mut ctx, &mut *server, signal);
             }
             drop(server);
             // A signal queued after our last look but before we let go would wait for the next
             // delivery: look again now that the server is free.
-            if lock(&self.pending).is_empty() {
+            if !self.has_pending() {
                 return;
             }
         }
@@ -240,8 +325,13 @@ impl<S: GenServer> Host<S> {
 
 impl<S: GenServer> Dispatch for Host<S> {
     fn dispatch(&self, node: &Node, signal: Signal) {
-        lock(&self.pending).push_back(signal);
+        self.dispatch_weighted(node, signal, MIN_SIGNAL_WEIGHT);
+    }
+
+    fn dispatch_weighted(&self, node: &Node, signal: Signal, bytes: usize) {
+        self.push(signal, bytes.max(MIN_SIGNAL_WEIGHT));
         self.run_pending(node);
+        self.report_pressure();
     }
 
     fn dispatch_raw(&self, node: &Node, raw: &RawMessage) -> bool {
@@ -251,7 +341,7 @@ impl<S: GenServer> Dispatch for Host<S> {
             Err(std::sync::TryLockError::WouldBlock) => return false,
         };
         // Signals queued earlier go first: run them, and leave this one to the decoding path.
-        if !lock(&self.pending).is_empty() {
+        if self.has_pending() {
             drop(server);
             self.run_pending(node);
             return false;
@@ -260,13 +350,17 @@ impl<S: GenServer> Dispatch for Host<S> {
             &mut Ctx {
                 node,
                 pid: &self.pid,
+                pressure: &self.pressure,
             },
             raw,
         );
         drop(server);
         // Others may have queued signals while we held the server.
-        if !lock(&self.pending).is_empty() {
+        if self.has_pending() {
             self.run_pending(node);
+        }
+        if handled {
+            self.report_pressure();
         }
         handled
     }

@@ -104,6 +104,30 @@ impl Manager {
         }
     }
 
+    /// Makes sure `peer` is connected or being dialed, without queueing a frame (for messages
+    /// whose shape depends on the peer's flags: they wait in the node until it connects).
+    /// Returns a ticket when the caller must dial it, as [`Manager::send`] does.
+    pub fn connect(&self, peer: &str) -> Option<DialTicket> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        match slots.get_mut(peer) {
+            Some(Slot::Up(_)) | Some(Slot::Pending { dialing: true, .. }) => None,
+            Some(Slot::Pending { dialing, .. }) => {
+                *dialing = true;
+                Some(DialTicket(()))
+            }
+            None => {
+                slots.insert(
+                    peer.to_owned(),
+                    Slot::Pending {
+                        queue: Vec::new(),
+                        dialing: true,
+                    },
+                );
+                Some(DialTicket(()))
+            }
+        }
+    }
+
     /// The flags agreed with a connected peer.
     pub fn peer_flags(&self, peer: &str) -> Option<DistributionFlags> {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
