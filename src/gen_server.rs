@@ -446,6 +446,87 @@ fn classify(term: Term) -> Incoming {
 mod tests {
     use super::*;
     use erl_dist::term::ImproperList;
+    use std::sync::mpsc;
+
+    /// A server whose casts block until the test lets them go, and that counts them.
+    struct Gate {
+        entered: mpsc::Sender<()>,
+        release: Arc<Mutex<mpsc::Receiver<()>>>,
+        seen: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl GenServer for Gate {
+        fn handle_call(&mut self, _: &mut Ctx, _: &Caller, _: Term) -> Option<Term> {
+            None
+        }
+        fn handle_cast(&mut self, _: &mut Ctx, request: Term) {
+            self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if matches!(&request, Term::Atom(a) if a.name == "block") {
+                let _ = self.entered.send(());
+                let _ = lock(&self.release).recv();
+            }
+        }
+    }
+
+    fn cast(what: &str) -> Signal {
+        Signal::Message(
+            Tuple::from(vec![
+                Atom::from("$gen_cast").into(),
+                Atom::from(what).into(),
+            ])
+            .into(),
+        )
+    }
+
+    /// Signals queued while another thread runs the handler congest the process once over
+    /// the byte bound, a delivering thread is told to pause, and draining to half relieves
+    /// it; nothing is lost.
+    #[test]
+    fn mailbox_over_its_bound_reports_congestion_until_drained() {
+        let mut config = crate::config::Config::new("t@127.0.0.1", "c");
+        config.max_mailbox_bytes = 10_000;
+        let threads = crate::dist::threads::Threads::start(1).expect("threads");
+        let node = Node::new(
+            config,
+            1,
+            tokio_util::sync::CancellationToken::new(),
+            tokio_util::task::TaskTracker::new(),
+            threads.clone(),
+        );
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mb = spawn(
+            &node,
+            Some("gate"),
+            Gate {
+                entered: entered_tx,
+                release: Arc::new(Mutex::new(release_rx)),
+                seen: seen.clone(),
+            },
+        );
+        // Another thread enters the handler and stays there.
+        let (node2, mb2) = (node.clone(), mb.clone());
+        let busy = std::thread::spawn(move || mb2.deliver(&node2, cast("block")));
+        entered.recv().expect("handler entered");
+        let target = node.whereis_target("gate").expect("registered");
+        let _ = crate::node::take_congested();
+        for i in 0..9 {
+            target.dispatch_weighted(&node, cast("x"), 1_000);
+            assert!(
+                crate::node::take_congested().is_none(),
+                "congested after {i} KB"
+            );
+        }
+        target.dispatch_weighted(&node, cast("x"), 1_000);
+        let pressure = crate::node::take_congested().expect("congested at 10 KB");
+        assert!(pressure.is_congested());
+        release.send(()).expect("release");
+        busy.join().expect("busy thread");
+        assert!(!pressure.is_congested(), "drained, so relieved");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 11);
+        threads.stop();
+    }
 
     #[test]
     fn alias_tags() {

@@ -79,7 +79,11 @@ IO.puts("HEAVY #{loop.(loop, 1)} calls of 200,000 terms")
 
 /// The busy client's node name (it stores it under `:heavy_node` when done).
 fn heavy_node(kv: &KvNode) -> String {
-    let out = call(kv, &kv.cookie, "IO.puts(\"HEAVY_NODE #{GenServer.call(store, {:get, :heavy_node})}\")");
+    let out = call(
+        kv,
+        &kv.cookie,
+        "IO.puts(\"HEAVY_NODE #{GenServer.call(store, {:get, :heavy_node})}\")",
+    );
     out.lines()
         .find_map(|l| l.strip_prefix("HEAVY_NODE "))
         .expect("heavy node name")
@@ -102,8 +106,18 @@ fn rss_mib(pid: u32) -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-fn run_script(kv: &KvNode, cookie: &str, script: &str, envs: Vec<(&'static str, String)>) -> std::thread::JoinHandle<String> {
-    let (name, epmd, cookie, script) = (kv.name.clone(), kv.epmd_port, cookie.to_owned(), script.to_owned());
+fn run_script(
+    kv: &KvNode,
+    cookie: &str,
+    script: &str,
+    envs: Vec<(&'static str, String)>,
+) -> std::thread::JoinHandle<String> {
+    let (name, epmd, cookie, script) = (
+        kv.name.clone(),
+        kv.epmd_port,
+        cookie.to_owned(),
+        script.to_owned(),
+    );
     let alive = unique("client");
     std::thread::spawn(move || {
         let mut full = String::new();
@@ -112,7 +126,14 @@ fn run_script(kv: &KvNode, cookie: &str, script: &str, envs: Vec<(&'static str, 
         }
         full.push_str(&script);
         full.push_str("\nIO.puts(\"SCRIPT-OK\")\n");
-        let out = elixir_raw(&name, epmd, &alive, &cookie, &full, Duration::from_secs(600));
+        let out = elixir_raw(
+            &name,
+            epmd,
+            &alive,
+            &cookie,
+            &full,
+            Duration::from_secs(600),
+        );
         assert!(
             out.status.success() && out.stdout.contains("SCRIPT-OK"),
             "client failed ({}):\n{}\n{}",
@@ -200,11 +221,18 @@ fn flood(
         .collect();
     let elapsed = started.elapsed();
     let (_, peak) = rss_mib(kv.guard.pid());
-    call(kv, cookie, ":ok = GenServer.call(store, {:put, :flood_done, true})");
+    call(
+        kv,
+        cookie,
+        ":ok = GenServer.call(store, {:put, :flood_done, true})",
+    );
     let getter = getter.join().expect("getter thread");
     if let Some(h) = heavy {
         let out = h.join().expect("heavy client thread");
-        println!("{}", out.lines().find(|l| l.starts_with("HEAVY")).unwrap_or(&out));
+        println!(
+            "{}",
+            out.lines().find(|l| l.starts_with("HEAVY")).unwrap_or(&out)
+        );
     }
     println!("floods took {elapsed:?}; RSS {before:.1} MiB before, peak {peak:.1} MiB");
     (outs, getter, peak, before)
@@ -218,7 +246,12 @@ fn thread_of(kv: &KvNode, prefix: &str) -> String {
         .lines()
         .find(|l| l.contains(&format!("peer={prefix}")) && l.contains(" connected "))
         .unwrap_or_else(|| panic!("no connection of {prefix} in\n{logs}"));
-    line.split("thread=").nth(1).unwrap_or("?").trim().trim_matches('"').to_owned()
+    line.split("thread=")
+        .nth(1)
+        .unwrap_or("?")
+        .trim()
+        .trim_matches('"')
+        .to_owned()
 }
 
 fn info_field(kv: &KvNode, cookie: &str, field: &str) -> u64 {
@@ -250,11 +283,24 @@ fn storage_queue_backpressure_bounds_memory_and_loses_nothing() {
     let (procs, n, size) = (4, 100, 1 << 20);
     let (outs, getter, peak, before) = flood(&kv, &cookie, 1, procs, n, size, false);
     for o in &outs {
-        println!("{}", o.lines().find(|l| l.starts_with("FLOOD")).unwrap_or(o));
+        println!(
+            "{}",
+            o.lines().find(|l| l.starts_with("FLOOD")).unwrap_or(o)
+        );
     }
-    println!("{}", getter.lines().find(|l| l.starts_with("GETTER")).unwrap_or(&getter));
+    println!(
+        "{}",
+        getter
+            .lines()
+            .find(|l| l.starts_with("GETTER"))
+            .unwrap_or(&getter)
+    );
     // Every cast applied: the small keys, the big keys, the getter's two keys.
-    let out = call(&kv, &cookie, &format!("{} = GenServer.call(store, :size)", procs * n + procs + 2));
+    let out = call(
+        &kv,
+        &cookie,
+        &format!("{} = GenServer.call(store, :size)", procs * n + procs + 2),
+    );
     assert!(out.contains("SCRIPT-OK"), "{out}");
     let pauses = info_field(&kv, &cookie, "backpressure_pauses");
     println!("backpressure pauses: {pauses}");
@@ -284,9 +330,18 @@ fn mailbox_backpressure_bounds_memory_and_loses_nothing() {
     let (procs, n, size) = (4, 2000, 64 << 10);
     let (outs, getter, peak, before) = flood(&kv, &cookie, 1, procs, n, size, true);
     for o in &outs {
-        println!("{}", o.lines().find(|l| l.starts_with("FLOOD")).unwrap_or(o));
+        println!(
+            "{}",
+            o.lines().find(|l| l.starts_with("FLOOD")).unwrap_or(o)
+        );
     }
-    println!("{}", getter.lines().find(|l| l.starts_with("GETTER")).unwrap_or(&getter));
+    println!(
+        "{}",
+        getter
+            .lines()
+            .find(|l| l.starts_with("GETTER"))
+            .unwrap_or(&getter)
+    );
     let out = call(
         &kv,
         &cookie,
@@ -303,7 +358,10 @@ fn mailbox_backpressure_bounds_memory_and_loses_nothing() {
     let heavy_thread = thread_of(&kv, &heavy_node(&kv));
     let flood_thread = thread_of(&kv, &flood_node);
     println!("busy client on {heavy_thread}, flood on {flood_thread}");
-    assert_ne!(heavy_thread, flood_thread, "the test needs them on different threads");
+    assert_ne!(
+        heavy_thread, flood_thread,
+        "the test needs them on different threads"
+    );
     assert!(pauses > 0, "the mailbox never pushed back");
     assert!(
         peak < before + 160.0,

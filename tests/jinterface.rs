@@ -11,7 +11,7 @@ mod common;
 
 use common::*;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -109,7 +109,7 @@ fn jinterface_jar() -> PathBuf {
 }
 
 /// Compiles the client into a fresh directory; returns it.
-fn compile_client(jar: &PathBuf) -> PathBuf {
+fn compile_client(jar: &Path) -> PathBuf {
     let dir = std::env::temp_dir().join(unique("kvnode_jclient"));
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::write(dir.join("JClient.java"), JAVA_CLIENT).expect("write JClient.java");
@@ -121,7 +121,9 @@ fn compile_client(jar: &PathBuf) -> PathBuf {
         .arg(dir.join("JClient.java"))
         .output()
         .unwrap_or_else(|e| {
-            panic!("cannot run javac ({e}): apt-get install -y default-jdk-headless erlang-jinterface")
+            panic!(
+                "cannot run javac ({e}): apt-get install -y default-jdk-headless erlang-jinterface"
+            )
         });
     assert!(
         out.status.success(),
@@ -140,7 +142,7 @@ struct JavaNode {
 }
 
 impl JavaNode {
-    fn start(classes: &PathBuf, jar: &PathBuf, alive: &str, kv: &KvNode) -> JavaNode {
+    fn start(classes: &Path, jar: &Path, alive: &str, kv: &KvNode) -> JavaNode {
         let cp = format!("{}:{}", classes.display(), jar.display());
         let mut child = Command::new("java")
             .args(["-cp", &cp, "JClient"])
@@ -152,7 +154,9 @@ impl JavaNode {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run java ({e}): apt-get install -y default-jdk-headless"));
+            .unwrap_or_else(|e| {
+                panic!("cannot run java ({e}): apt-get install -y default-jdk-headless")
+            });
         let stdout = child.stdout.take().expect("stdout piped");
         let stdin = child.stdin.take().expect("stdin piped");
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -229,9 +233,21 @@ fn jinterface_subscriber_without_dist_monitor_keeps_its_connection() {
 
     // Subscribing (kvnode monitors the subscriber) must leave the connection up.
     let r = java.command("call subscribe watched");
-    assert_eq!(r, "REPLY ok", "subscribe failed; java output:\n{}\nkvnode logs:\n{}", java.output(), kv.logs());
+    assert_eq!(
+        r,
+        "REPLY ok",
+        "subscribe failed; java output:\n{}\nkvnode logs:\n{}",
+        java.output(),
+        kv.logs()
+    );
     let r = java.command("call subscribers");
-    assert_eq!(r, "REPLY 1", "java output:\n{}\nkvnode logs:\n{}", java.output(), kv.logs());
+    assert_eq!(
+        r,
+        "REPLY 1",
+        "java output:\n{}\nkvnode logs:\n{}",
+        java.output(),
+        kv.logs()
+    );
 
     // Another (Elixir) client changes the key: the Java subscriber gets the event.
     let out = elixir(
@@ -247,14 +263,21 @@ IO.puts("SCRIPT-OK")
     assert!(out.contains("SCRIPT-OK"), "{out}");
     let got = java.command("recv 10000");
     assert_eq!(
-        got, "GOT {kv_event,watched,{put,42}}",
+        got,
+        "GOT {kv_event,watched,{put,42}}",
         "java output:\n{}\nkvnode logs:\n{}",
         java.output(),
         kv.logs()
     );
     // Still connected, and the connection was never dropped.
     let r = java.command("call subscribers");
-    assert_eq!(r, "REPLY 1", "java output:\n{}\nkvnode logs:\n{}", java.output(), kv.logs());
+    assert_eq!(
+        r,
+        "REPLY 1",
+        "java output:\n{}\nkvnode logs:\n{}",
+        java.output(),
+        kv.logs()
+    );
     let output = java.output();
     assert!(
         !output.contains(" down "),
