@@ -436,3 +436,72 @@ TestWait.until(fn -> match?(%{monitors: 0, subscriptions: 0}, :rpc.call(kv, :kvn
     );
     assert!(out.contains("SCRIPT-OK"), "{out}");
 }
+
+/// Boot code for a far node: a process registered as `:far` that makes aliases on request
+/// (`{:new_alias, active?}`; an inactive one is unaliased at once) and forwards what else it
+/// receives, as `{:far_got, msg}`, to the pid last sent as `{:report_to, pid}`.
+const FAR: &str = r#"
+defmodule Far do
+  def loop(to) do
+    receive do
+      {:report_to, pid} -> loop(pid)
+      {:new_alias, active} ->
+        a = :erlang.alias()
+        if not active, do: :erlang.unalias(a)
+        send(to, {:far_alias, a})
+        loop(to)
+      :stop -> :ok
+      msg -> send(to, {:far_got, msg}); loop(to)
+    end
+  end
+end
+Process.register(spawn(fn -> Far.loop(nil) end), :far)
+"#;
+
+/// A call made on behalf of a process on a node kvnode is not connected to: kvnode must
+/// dial it, and only then, knowing its flags, send the monitor (MONITOR_P: the node has
+/// DIST_MONITOR) and the reply (ALIAS_SEND: it has ALIAS, so a reply to an alias that is no
+/// longer active is dropped there, never delivered as a plain message). The monitor works:
+/// the far process exiting drops its subscriptions while its node stays connected.
+#[test]
+fn replies_and_monitors_toward_a_node_being_dialed_take_its_flags() {
+    let (kv, cookie) = setup("kv_deferred");
+    let b = unique("far");
+    let _b = BeamNode::start(&b, &cookie, kv.epmd_port, FAR);
+    let out = elixir(
+        &kv,
+        &unique("driver"),
+        &cookie,
+        &script(&format!(
+            r#"
+b = :"{b}@127.0.0.1"
+connected = fn -> b in :rpc.call(kv, :erlang, :nodes, [:connected]) end
+TestWait.until(fn -> Node.connect(b) end)
+false = connected.()
+far = TestWait.until(fn -> :rpc.call(b, Process, :whereis, [:far]) end)
+send(far, {{:report_to, self()}})
+send(far, {{:new_alias, false}})
+dead = receive do {{:far_alias, a}} -> a after 10_000 -> raise "no alias" end
+send(store, {{:"$gen_call", {{far, [:alias | dead]}}, {{:subscribe, :all}}}})
+TestWait.until(fn -> GenServer.call(store, :subscribers) == 1 end)
+TestWait.until(connected)
+send(far, {{:new_alias, true}})
+live = receive do {{:far_alias, a}} -> a after 10_000 -> raise "no alias" end
+send(store, {{:"$gen_call", {{far, [:alias | live]}}, {{:subscribe, :k}}}})
+receive do {{:far_got, {{[:alias | ^live], :ok}}}} -> :ok after 10_000 -> raise "no reply by alias" end
+# Sent before the reply above: had it been delivered, it would be here by now.
+receive do
+  {{:far_got, {{[:alias | ^dead], _}} = m}} -> raise "a reply to an inactive alias was delivered: #{{inspect(m)}}"
+after 0 -> :ok
+end
+2 = GenServer.call(store, :subscribers)
+%{{monitors: 1}} = :rpc.call(kv, :kvnode, :info, [])
+send(far, :stop)
+TestWait.until(fn -> GenServer.call(store, :subscribers) == 0 end)
+%{{monitors: 0}} = :rpc.call(kv, :kvnode, :info, [])
+true = connected.()
+"#
+        )),
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+}
