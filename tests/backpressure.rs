@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 /// Flood client: `PROCS` processes each cast `N` puts of a `SIZE`-byte value to one key of
 /// their own plus `N` small puts to distinct keys, then make one call that must see their
-/// last cast; prints the store's size and sets `:flood_done`.
+/// last cast. Repeated up to `ROUNDS` times, stopping early once kvnode reports that a reader
+/// paused for backpressure; prints how many rounds ran.
 const FLOOD: &str = r#"
 kv = String.to_atom(System.fetch_env!("KV_NODE"))
 store = {DistributedExample.KVStore, kv}
@@ -18,19 +19,20 @@ true = Node.connect(kv)
 n = String.to_integer(System.fetch_env!("N"))
 size = String.to_integer(System.fetch_env!("SIZE"))
 procs = String.to_integer(System.fetch_env!("PROCS"))
+rounds = String.to_integer(System.fetch_env!("ROUNDS"))
 tag = System.fetch_env!("TAG")
 big = :binary.copy(<<7>>, size)
 for k <- String.split(System.fetch_env!("WAIT_FOR"), ",", trim: true) do
   TestWait.until(fn -> GenServer.call(store, {:get, String.to_atom(k)}) end, 60_000)
 end
 IO.puts("NODE #{node()}")
-{us, _} = :timer.tc(fn ->
+round = fn r ->
   1..procs
   |> Enum.map(fn p ->
     Task.async(fn ->
       for i <- 1..n do
         GenServer.cast(store, {:put, {:big, tag, p}, {i, big}})
-        GenServer.cast(store, {:put, {:n, tag, p, i}, i})
+        GenServer.cast(store, {:put, {:n, tag, p, r, i}, i})
       end
       # Requests from one process are applied in order: this call sees every cast above.
       {^n, ^big} = GenServer.call(store, {:get, {:big, tag, p}}, 300_000)
@@ -38,8 +40,15 @@ IO.puts("NODE #{node()}")
     end)
   end)
   |> Enum.each(&Task.await(&1, :infinity))
+end
+{us, ran} = :timer.tc(fn ->
+  Enum.reduce_while(1..rounds, 0, fn r, _ ->
+    round.(r)
+    if :rpc.call(kv, :kvnode, :info, []).backpressure_pauses > 0, do: {:halt, r}, else: {:cont, r}
+  end)
 end)
-IO.puts("FLOOD #{tag} #{procs * n * 2} casts of which #{procs * n} of #{size} bytes in #{div(us, 1000)} ms")
+IO.puts("ROUNDS #{ran}")
+IO.puts("FLOOD #{tag} #{ran} rounds of #{procs * n * 2} casts of which #{procs * n} of #{size} bytes in #{div(us, 1000)} ms")
 "#;
 
 /// Another client, on its own connection: small `get` calls until it reads `:flood_done`.
@@ -169,9 +178,7 @@ fn flood(
     kv: &KvNode,
     cookie: &str,
     floods: usize,
-    procs: usize,
-    n: usize,
-    size: usize,
+    (procs, n, size, rounds): (usize, usize, usize, usize),
     heavy: bool,
 ) -> (Vec<String>, String, f64, f64) {
     let (before, _) = rss_mib(kv.guard.pid());
@@ -206,6 +213,7 @@ fn flood(
                     ("N", n.to_string()),
                     ("SIZE", size.to_string()),
                     ("PROCS", procs.to_string()),
+                    ("ROUNDS", rounds.to_string()),
                     ("TAG", format!("c{i}")),
                     ("WAIT_FOR", wait_for.to_string()),
                 ],
@@ -278,10 +286,10 @@ fn storage_queue_backpressure_bounds_memory_and_loses_nothing() {
         &unique("kv_bp_storage"),
         &cookie,
         free_port(),
-        &["--data-dir", &dir_s, "--max-storage-queue-bytes", "8388608"],
+        &["--data-dir", &dir_s, "--max-storage-queue-bytes", "1048576"],
     );
     let (procs, n, size) = (4, 100, 1 << 20);
-    let (outs, getter, peak, before) = flood(&kv, &cookie, 1, procs, n, size, false);
+    let (outs, getter, peak, before) = flood(&kv, &cookie, 1, (procs, n, size, 1), false);
     for o in &outs {
         println!(
             "{}",
@@ -306,10 +314,10 @@ fn storage_queue_backpressure_bounds_memory_and_loses_nothing() {
     println!("backpressure pauses: {pauses}");
     assert!(pauses > 0, "the storage queue never pushed back");
     // 400 MiB went through; without backpressure kvnode held what the disk had not taken
-    // yet. The bound is 8 MiB; values are 1 MiB and one may be in every buffer on the way.
+    // yet. The bound is 1 MiB, as big as one value and one may be in every buffer on the way.
     assert!(
         peak < before + 160.0,
-        "kvnode peaked at {peak:.1} MiB (from {before:.1} MiB) for an 8 MiB storage queue bound"
+        "kvnode peaked at {peak:.1} MiB (from {before:.1} MiB) for a 1 MiB storage queue bound"
     );
     drop(kv);
     let _ = std::fs::remove_dir_all(dir);
@@ -325,10 +333,10 @@ fn mailbox_backpressure_bounds_memory_and_loses_nothing() {
         &unique("kv_bp_mailbox"),
         &cookie,
         free_port(),
-        &["--threads", "2", "--max-mailbox-bytes", "1048576"],
+        &["--threads", "2", "--max-mailbox-bytes", "262144"],
     );
-    let (procs, n, size) = (4, 2000, 64 << 10);
-    let (outs, getter, peak, before) = flood(&kv, &cookie, 1, procs, n, size, true);
+    let (procs, n, size) = (4, 1000, 64 << 10);
+    let (outs, getter, peak, before) = flood(&kv, &cookie, 1, (procs, n, size, 10), true);
     for o in &outs {
         println!(
             "{}",
@@ -342,10 +350,18 @@ fn mailbox_backpressure_bounds_memory_and_loses_nothing() {
             .find(|l| l.starts_with("GETTER"))
             .unwrap_or(&getter)
     );
+    let rounds: usize = outs[0]
+        .lines()
+        .find_map(|l| l.strip_prefix("ROUNDS "))
+        .and_then(|r| r.trim().parse().ok())
+        .expect("rounds");
     let out = call(
         &kv,
         &cookie,
-        &format!("{} = GenServer.call(store, :size)", procs * n + procs + 4),
+        &format!(
+            "{} = GenServer.call(store, :size)",
+            rounds * procs * n + procs + 4
+        ),
     );
     assert!(out.contains("SCRIPT-OK"), "{out}");
     let pauses = info_field(&kv, &cookie, "backpressure_pauses");
@@ -365,6 +381,6 @@ fn mailbox_backpressure_bounds_memory_and_loses_nothing() {
     assert!(pauses > 0, "the mailbox never pushed back");
     assert!(
         peak < before + 160.0,
-        "kvnode peaked at {peak:.1} MiB (from {before:.1} MiB) for a 1 MiB mailbox bound"
+        "kvnode peaked at {peak:.1} MiB (from {before:.1} MiB) for a 256 KiB mailbox bound"
     );
 }
