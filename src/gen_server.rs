@@ -22,8 +22,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 /// Most signals a process's mailbox holds before the readers delivering to it pause (with
-/// `--max-mailbox-bytes`, the mailbox bound). A signal is at least a few hundred bytes of
-/// decoded terms and queue slot: 65,536 of them are tens of MiB at most.
+/// `--max-mailbox-bytes`, the mailbox bound). At [`MIN_SIGNAL_WEIGHT`] each, 65,536 small
+/// signals count as 16 MiB: this bound matters only when the byte bound is raised far above
+/// its default.
 pub const MAX_MAILBOX_SIGNALS: usize = 65_536;
 /// Default `--max-mailbox-bytes`: 64 MiB of queued messages (as they were on the wire).
 pub const DEFAULT_MAX_MAILBOX_BYTES: usize = 64 << 20;
