@@ -22,9 +22,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 /// Most signals a process's mailbox holds before the readers delivering to it pause (with
-/// `--max-mailbox-bytes`, the mailbox bound). At [`MIN_SIGNAL_WEIGHT`] each, 65,536 small
-/// signals count as 16 MiB: this bound matters only when the byte bound is raised far above
-/// its default.
+/// `--max-mailbox-bytes`, the mailbox bound). A flood of small messages reaches it first
+/// (65,536 x [`MIN_SIGNAL_WEIGHT`] is 16 MiB of accounted bytes), which bounds what their
+/// decoded terms take: a few hundred bytes each, tens of MiB in all.
 pub const MAX_MAILBOX_SIGNALS: usize = 65_536;
 /// Default `--max-mailbox-bytes`: 64 MiB of queued messages (as they were on the wire).
 pub const DEFAULT_MAX_MAILBOX_BYTES: usize = 64 << 20;
