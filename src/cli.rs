@@ -110,6 +110,21 @@ pub struct Cli {
     /// (authenticated); one more is closed right after its handshake, with a log line.
     /// Connections still in the handshake count against --max-handshakes instead, so they
     /// never take these places (e.g. `--max-connections 256`).
+    /// Backpressure: bytes of messages (as they came on the wire) that may wait for the KV
+    /// server while another connection thread runs it. Above it, connections delivering to it
+    /// stop reading their peers until half has drained; nothing is dropped (e.g.
+    /// `--max-mailbox-bytes 16777216`).
+    #[arg(long, default_value_t = crate::gen_server::DEFAULT_MAX_MAILBOX_BYTES, value_name = "BYTES")]
+    pub max_mailbox_bytes: usize,
+
+    /// Backpressure with --data-dir: bytes of writes submitted to the log and not yet durable.
+    /// Above it, connections delivering to the KV server stop reading their peers until half
+    /// is on disk; nothing is dropped (e.g. `--max-storage-queue-bytes 16777216`).
+    #[arg(long, default_value_t = crate::kv::durable::DEFAULT_MAX_STORAGE_QUEUE_BYTES, value_name = "BYTES")]
+    pub max_storage_queue_bytes: usize,
+
+    /// Most inbound distribution connections at once, handshaking or established; more are
+    /// closed at once with a log line (e.g. `--max-connections 256`).
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
     pub max_connections: usize,
 
@@ -259,6 +274,8 @@ impl Cli {
         config.max_handshakes_per_ip = self.max_handshakes_per_ip.max(1);
         config.max_pending_bytes = self.max_pending_bytes;
         config.max_dials = self.max_dials.max(1);
+        config.max_mailbox_bytes = self.max_mailbox_bytes.max(1);
+        config.max_storage_queue_bytes = self.max_storage_queue_bytes.max(1);
         if let (Some(cert), Some(key), Some(cacert)) =
             (self.tls_cert, self.tls_key, self.tls_cacert)
         {

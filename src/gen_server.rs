@@ -7,13 +7,30 @@
 //! and the peer negotiated DFLAG_ALIAS, the reply goes by ALIAS_SEND, so a reply arriving after
 //! the caller's timeout is dropped by the caller's runtime instead of left in its mailbox.
 //! A cast is `{:"$gen_cast", request}`; anything else is an info message.
+//!
+//! Backpressure: signals that arrive while another thread is inside the handler wait in the
+//! process's mailbox, bounded by `--max-mailbox-bytes` (what the messages took on the wire) and
+//! [`MAX_MAILBOX_SIGNALS`]. Over either bound the process reports itself congested
+//! ([`crate::node::Pressure`]) and the connection readers delivering to it stop reading their
+//! peers until the mailbox has drained to half of both bounds. Nothing is dropped.
 
-use crate::node::{Dispatch, Mailbox, Node, RawMessage, Signal};
+use crate::node::{self, Dispatch, Mailbox, Node, Pressure, RawMessage, Signal};
 use erl_dist::DistributionFlags;
 use erl_dist::message::Message;
 use erl_dist::term::{Atom, List, Pid, Reference, Term, Tuple};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+
+/// Most signals a process's mailbox holds before the readers delivering to it pause (with
+/// `--max-mailbox-bytes`, the mailbox bound). A flood of small messages reaches it first
+/// (65,536 x [`MIN_SIGNAL_WEIGHT`] is 16 MiB of accounted bytes), which bounds what their
+/// decoded terms take: a few hundred bytes each, tens of MiB in all.
+pub const MAX_MAILBOX_SIGNALS: usize = 65_536;
+/// Default `--max-mailbox-bytes`: 64 MiB of queued messages (as they were on the wire).
+pub const DEFAULT_MAX_MAILBOX_BYTES: usize = 64 << 20;
+/// What one queued signal counts for in the byte bound at least: a small message decodes to
+/// several terms of 56 bytes each plus its queue slot, and in-node signals have no wire size.
+pub const MIN_SIGNAL_WEIGHT: usize = 256;
 
 /// Who made a call, and the tag to echo.
 #[derive(Debug, Clone)]
@@ -72,6 +89,7 @@ pub trait GenServer: Send + 'static {
 pub struct Ctx<'a> {
     node: &'a Node,
     pid: &'a Pid,
+    pressure: &'a Arc<Pressure>,
 }
 
 impl Ctx<'_> {
@@ -83,6 +101,12 @@ impl Ctx<'_> {
     /// The server's own pid.
     pub fn self_pid(&self) -> &Pid {
         self.pid
+    }
+
+    /// The server's congestion state: a server that queues work elsewhere (the KV server's
+    /// storage queue) sets its own source there, so readers delivering to it pause.
+    pub fn pressure(&self) -> &Arc<Pressure> {
+        self.pressure
     }
 
     /// Sends `message` to `to` without waiting (a full local mailbox drops it, with a log).
@@ -147,18 +171,50 @@ impl Replier {
             return;
         }
         let message: Term = Tuple::from(vec![to.tag.clone(), reply]).into();
-        if !self.node.is_local(&to.pid) {
-            let peer = to.pid.node.name.as_str();
-            if let Some(alias) = alias_of(&to.tag)
-                && self.node.peer_has(peer, DistributionFlags::ALIAS)
-            {
-                let msg = Message::alias_send(self.server.clone(), alias.clone(), message);
-                self.node.send_to_node(peer, msg);
-                return;
-            }
+        if !self.node.is_local(&to.pid)
+            && let Some(alias) = alias_of(&to.tag)
+        {
+            // By ALIAS_SEND only to a peer that negotiated ALIAS; decided once its flags are
+            // known (at once when it is connected).
+            let (server, alias, pid) = (self.server.clone(), alias.clone(), to.pid.clone());
+            // The size is only needed when the reply has to wait for the connection.
+            let size = match self.node.manager().peer_flags(&to.pid.node.name) {
+                Some(_) => 0,
+                None => encoded_len(&message),
+            };
+            let weight = move || size;
+            self.node
+                .send_when_connected(&to.pid.node.name, weight, move |flags| {
+                    Some(if flags.contains(DistributionFlags::ALIAS) {
+                        Message::alias_send(server, alias, message)
+                    } else {
+                        Message::send(pid, message)
+                    })
+                });
+            return;
         }
         send(&self.node, &to.pid, message);
     }
+}
+
+/// The size of `term` in external format, without keeping the bytes (for bounds on messages
+/// that wait for a connection).
+fn encoded_len(term: &Term) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Counting cannot fail for I/O reasons; a term eetf cannot encode is counted as far as
+    // it got (it would not be sent either).
+    let _ = term.encode(&mut count);
+    count.0
 }
 
 /// The alias reference in a `[:alias | ref]` (or `[[:alias | ref] | _]`) call tag.
@@ -189,13 +245,29 @@ pub fn spawn_with<S: GenServer>(
     make: impl FnOnce(&Ctx) -> S,
 ) -> Mailbox {
     node.spawn_process(name, |pid| {
-        let server = make(&Ctx { node, pid });
+        let pressure = Arc::new(Pressure::default());
+        let server = make(&Ctx {
+            node,
+            pid,
+            pressure: &pressure,
+        });
         Arc::new(Host {
             pid: pid.clone(),
             server: Mutex::new(server),
-            pending: Mutex::new(VecDeque::new()),
+            pending: Mutex::new(Pending::default()),
+            max_bytes: node.config().max_mailbox_bytes.max(1),
+            pressure,
         }) as Arc<dyn Dispatch>
     })
+}
+
+/// Signals waiting for the server, with what they count for against the mailbox bound.
+#[derive(Default)]
+struct Pending {
+    queue: VecDeque<(Signal, usize)>,
+    bytes: usize,
+    /// Whether this mailbox reported itself congested (cleared at half the bounds).
+    congested: bool,
 }
 
 /// Hosts a server: whoever delivers a signal runs the handler in its own thread (no task hop,
@@ -206,10 +278,51 @@ pub fn spawn_with<S: GenServer>(
 struct Host<S> {
     pid: Pid,
     server: Mutex<S>,
-    pending: Mutex<VecDeque<Signal>>,
+    pending: Mutex<Pending>,
+    /// `--max-mailbox-bytes`.
+    max_bytes: usize,
+    pressure: Arc<Pressure>,
 }
 
 impl<S: GenServer> Host<S> {
+    fn push(&self, signal: Signal, weight: usize) {
+        let mut p = lock(&self.pending);
+        p.queue.push_back((signal, weight));
+        p.bytes += weight;
+        if !p.congested && (p.bytes >= self.max_bytes || p.queue.len() >= MAX_MAILBOX_SIGNALS) {
+            p.congested = true;
+            self.pressure.set(Pressure::MAILBOX, true);
+            tracing::debug!(
+                signals = p.queue.len(),
+                bytes = p.bytes,
+                "mailbox over its bound: readers delivering to it pause"
+            );
+        }
+    }
+
+    fn pop(&self) -> Option<Signal> {
+        let mut p = lock(&self.pending);
+        let (signal, weight) = p.queue.pop_front()?;
+        p.bytes -= weight;
+        if p.congested && p.bytes <= self.max_bytes / 2 && p.queue.len() <= MAX_MAILBOX_SIGNALS / 2
+        {
+            p.congested = false;
+            self.pressure.set(Pressure::MAILBOX, false);
+        }
+        Some(signal)
+    }
+
+    fn has_pending(&self) -> bool {
+        !lock(&self.pending).queue.is_empty()
+    }
+
+    /// Tells the reader on this thread to pause if this process is congested now.
+    fn report_pressure(&self) {
+        if self.pressure.is_congested() {
+            node::note_congested(&self.pressure);
+        }
+    }
+
     /// Runs queued signals until the queue is empty and the server free.
     fn run_pending(&self, node: &Node) {
         loop {
@@ -222,16 +335,15 @@ impl<S: GenServer> Host<S> {
             let mut ctx = Ctx {
                 node,
                 pid: &self.pid,
+                pressure: &self.pressure,
             };
-            loop {
-                let next = lock(&self.pending).pop_front();
-                let Some(signal) = next else { break };
+            while let Some(signal) = self.pop() {
                 dispatch(&mut ctx, &mut *server, signal);
             }
             drop(server);
             // A signal queued after our last look but before we let go would wait for the next
             // delivery: look again now that the server is free.
-            if lock(&self.pending).is_empty() {
+            if !self.has_pending() {
                 return;
             }
         }
@@ -240,8 +352,13 @@ impl<S: GenServer> Host<S> {
 
 impl<S: GenServer> Dispatch for Host<S> {
     fn dispatch(&self, node: &Node, signal: Signal) {
-        lock(&self.pending).push_back(signal);
+        self.dispatch_weighted(node, signal, MIN_SIGNAL_WEIGHT);
+    }
+
+    fn dispatch_weighted(&self, node: &Node, signal: Signal, bytes: usize) {
+        self.push(signal, bytes.max(MIN_SIGNAL_WEIGHT));
         self.run_pending(node);
+        self.report_pressure();
     }
 
     fn dispatch_raw(&self, node: &Node, raw: &RawMessage) -> bool {
@@ -251,7 +368,7 @@ impl<S: GenServer> Dispatch for Host<S> {
             Err(std::sync::TryLockError::WouldBlock) => return false,
         };
         // Signals queued earlier go first: run them, and leave this one to the decoding path.
-        if !lock(&self.pending).is_empty() {
+        if self.has_pending() {
             drop(server);
             self.run_pending(node);
             return false;
@@ -260,13 +377,17 @@ impl<S: GenServer> Dispatch for Host<S> {
             &mut Ctx {
                 node,
                 pid: &self.pid,
+                pressure: &self.pressure,
             },
             raw,
         );
         drop(server);
         // Others may have queued signals while we held the server.
-        if !lock(&self.pending).is_empty() {
+        if self.has_pending() {
             self.run_pending(node);
+        }
+        if handled {
+            self.report_pressure();
         }
         handled
     }
@@ -352,6 +473,87 @@ fn classify(term: Term) -> Incoming {
 mod tests {
     use super::*;
     use erl_dist::term::ImproperList;
+    use std::sync::mpsc;
+
+    /// A server whose casts block until the test lets them go, and that counts them.
+    struct Gate {
+        entered: mpsc::Sender<()>,
+        release: Arc<Mutex<mpsc::Receiver<()>>>,
+        seen: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl GenServer for Gate {
+        fn handle_call(&mut self, _: &mut Ctx, _: &Caller, _: Term) -> Option<Term> {
+            None
+        }
+        fn handle_cast(&mut self, _: &mut Ctx, request: Term) {
+            self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if matches!(&request, Term::Atom(a) if a.name == "block") {
+                let _ = self.entered.send(());
+                let _ = lock(&self.release).recv();
+            }
+        }
+    }
+
+    fn cast(what: &str) -> Signal {
+        Signal::Message(
+            Tuple::from(vec![
+                Atom::from("$gen_cast").into(),
+                Atom::from(what).into(),
+            ])
+            .into(),
+        )
+    }
+
+    /// Signals queued while another thread runs the handler congest the process once over
+    /// the byte bound, a delivering thread is told to pause, and draining to half relieves
+    /// it; nothing is lost.
+    #[test]
+    fn mailbox_over_its_bound_reports_congestion_until_drained() {
+        let mut config = crate::config::Config::new("t@127.0.0.1", "c");
+        config.max_mailbox_bytes = 10_000;
+        let threads = crate::dist::threads::Threads::start(1).expect("threads");
+        let node = Node::new(
+            config,
+            1,
+            tokio_util::sync::CancellationToken::new(),
+            tokio_util::task::TaskTracker::new(),
+            threads.clone(),
+        );
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mb = spawn(
+            &node,
+            Some("gate"),
+            Gate {
+                entered: entered_tx,
+                release: Arc::new(Mutex::new(release_rx)),
+                seen: seen.clone(),
+            },
+        );
+        // Another thread enters the handler and stays there.
+        let (node2, mb2) = (node.clone(), mb.clone());
+        let busy = std::thread::spawn(move || mb2.deliver(&node2, cast("block")));
+        entered.recv().expect("handler entered");
+        let target = node.whereis_target("gate").expect("registered");
+        let _ = crate::node::take_congested();
+        for i in 0..9 {
+            target.dispatch_weighted(&node, cast("x"), 1_000);
+            assert!(
+                crate::node::take_congested().is_none(),
+                "congested after {i} KB"
+            );
+        }
+        target.dispatch_weighted(&node, cast("x"), 1_000);
+        let pressure = crate::node::take_congested().expect("congested at 10 KB");
+        assert!(pressure.is_congested());
+        release.send(()).expect("release");
+        busy.join().expect("busy thread");
+        assert!(!pressure.is_congested(), "drained, so relieved");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 11);
+        threads.stop();
+    }
 
     #[test]
     fn alias_tags() {

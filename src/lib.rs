@@ -195,10 +195,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     match recovered {
         Some((storage, entries)) => {
             gen_server::spawn_with(&node, Some(&process_name), move |ctx| {
-                kv::server::KvServer::with_storage(
-                    kv::durable::Durable::new(storage, ctx.replier()),
-                    entries,
-                )
+                kv::server::KvServer::with_storage(kv::durable::Durable::new(storage, ctx), entries)
             });
         }
         None => {

@@ -289,3 +289,219 @@ TestWait.until(fn -> GenServer.call(store, :subscribers) == 0 end)
     );
     assert!(out.contains("SCRIPT-OK"), "{out}");
 }
+
+/// Calls that time out before their reply arrives (timeout 0: the reply always comes late),
+/// for the requests answered through the decoding path: the late replies must be dropped by
+/// the caller's runtime (they come by ALIAS_SEND to the call's alias, which the timeout
+/// deactivated), never left in its mailbox. Each effect is checked, so the replies were sent.
+const LATE_REPLIES: &str = r#"
+late = fn req ->
+  try do
+    GenServer.call(store, req, 0)
+    raise "a call with timeout 0 returned"
+  catch
+    :exit, {:timeout, _} -> :ok
+  end
+end
+:ok = GenServer.call(store, {:put, :c, 0})
+for i <- 1..50 do
+  late.({:incr, :n, 1})
+  late.({:cas, :c, i - 1, i})
+  late.({:put_new, {:fresh, i}, i})
+  late.({:subscribe, {:topic, i}})
+  late.({:unsubscribe, {:topic, i}})
+end
+# Requests from one process are applied in order: this call's reply comes after every late one.
+50 = GenServer.call(store, {:get, :n})
+50 = GenServer.call(store, {:get, :c})
+50 = GenServer.call(store, {:get, {:fresh, 50}})
+0 = GenServer.call(store, :subscribers)
+{:messages, msgs} = Process.info(self(), :messages)
+if msgs != [], do: raise("late replies landed in the mailbox: #{inspect(Enum.take(msgs, 3))}")
+"#;
+
+#[test]
+fn late_replies_of_decoded_requests_are_dropped_by_the_caller() {
+    let (kv, cookie) = setup("kv_late2");
+    let out = elixir(&kv, &unique("late2"), &cookie, &script(LATE_REPLIES));
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+}
+
+/// The same with `--data-dir`: replies to writes go out from the storage thread once the
+/// write is durable, still by ALIAS_SEND.
+#[test]
+fn late_replies_from_the_storage_thread_are_dropped_by_the_caller() {
+    let cookie = unique("cookie");
+    let dir = std::env::temp_dir().join(unique("kvnode_late_data"));
+    let dir_s = dir.display().to_string();
+    let kv = KvNode::start_with(
+        &unique("kv_late3"),
+        &cookie,
+        free_port(),
+        &["--data-dir", &dir_s],
+    );
+    let out = elixir(&kv, &unique("late3"), &cookie, &script(LATE_REPLIES));
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+    drop(kv);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A subscriber's whole node goes away while the subscriber lives: first the node
+/// disconnects itself from kvnode (`:erlang.disconnect_node`), then a node is killed (its OS
+/// process). kvnode drops the subscriptions and monitors of each, back to exactly the
+/// baseline.
+#[test]
+fn subscriptions_go_when_the_subscribers_node_disconnects_or_dies() {
+    let (kv, cookie) = setup("kv_subs_nodedown");
+    // Baseline, from a node of its own.
+    let out = elixir(
+        &kv,
+        &unique("base"),
+        &cookie,
+        &script(
+            r#"
+%{monitors: 0, subscriptions: 0} = :rpc.call(kv, :kvnode, :info, [])
+"#,
+        ),
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+
+    // 1. The subscriber's node disconnects; the subscriber process stays alive.
+    let out = elixir(
+        &kv,
+        &unique("disc"),
+        &cookie,
+        &script(
+            r#"
+parent = self()
+sub = spawn(fn ->
+  :ok = GenServer.call(store, {:subscribe, :all})
+  :ok = GenServer.call(store, {:subscribe, :k})
+  send(parent, :subscribed)
+  receive do :never -> :ok end
+end)
+receive do :subscribed -> :ok after 10_000 -> raise "no subscription" end
+%{monitors: 1, subscriptions: 2} = :rpc.call(kv, :kvnode, :info, [])
+true = :erlang.disconnect_node(kv)
+true = Process.alive?(sub)
+# Reconnects for the look: the subscriptions went with the old connection.
+TestWait.until(fn -> match?(%{monitors: 0, subscriptions: 0}, :rpc.call(kv, :kvnode, :info, [])) end)
+0 = GenServer.call(store, :subscribers)
+true = Process.alive?(sub)
+"#,
+        ),
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+
+    // 2. The subscriber's node is killed (SIGKILL of its OS process).
+    let sub_alive = unique("doomed");
+    let boot = format!(
+        r#"
+kv = :"{kv}"
+true = Node.connect(kv)
+store = {{DistributedExample.KVStore, kv}}
+spawn(fn ->
+  :ok = GenServer.call(store, {{:subscribe, :all}})
+  :ok = GenServer.call(store, {{:subscribe, :k}})
+  :ok = GenServer.call(store, {{:put, :doomed_subscribed, true}})
+  receive do :never -> :ok end
+end)
+"#,
+        kv = kv.name
+    );
+    let doomed = BeamNode::start(&sub_alive, &cookie, kv.epmd_port, &boot);
+    let out = elixir(
+        &kv,
+        &unique("watch"),
+        &cookie,
+        &script(
+            r#"
+TestWait.until(fn -> GenServer.call(store, {:get, :doomed_subscribed}) end, 60_000)
+%{monitors: 1, subscriptions: 2} = :rpc.call(kv, :kvnode, :info, [])
+"#,
+        ),
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+    drop(doomed); // SIGKILL: the socket closes without a word
+    let out = elixir(
+        &kv,
+        &unique("after"),
+        &cookie,
+        &script(
+            r#"
+TestWait.until(fn -> match?(%{monitors: 0, subscriptions: 0}, :rpc.call(kv, :kvnode, :info, [])) end, 30_000)
+0 = GenServer.call(store, :subscribers)
+"#,
+        ),
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+}
+
+/// Boot code for a far node: a process registered as `:far` that makes aliases on request
+/// (`{:new_alias, active?}`; an inactive one is unaliased at once) and forwards what else it
+/// receives, as `{:far_got, msg}`, to the pid last sent as `{:report_to, pid}`.
+const FAR: &str = r#"
+defmodule Far do
+  def loop(to) do
+    receive do
+      {:report_to, pid} -> loop(pid)
+      {:new_alias, active} ->
+        a = :erlang.alias()
+        if not active, do: :erlang.unalias(a)
+        send(to, {:far_alias, a})
+        loop(to)
+      :stop -> :ok
+      msg -> send(to, {:far_got, msg}); loop(to)
+    end
+  end
+end
+Process.register(spawn(fn -> Far.loop(nil) end), :far)
+"#;
+
+/// A call made on behalf of a process on a node kvnode is not connected to: kvnode must
+/// dial it, and only then, knowing its flags, send the monitor (MONITOR_P: the node has
+/// DIST_MONITOR) and the reply (ALIAS_SEND: it has ALIAS, so a reply to an alias that is no
+/// longer active is dropped there, never delivered as a plain message). The monitor works:
+/// the far process exiting drops its subscriptions while its node stays connected.
+#[test]
+fn replies_and_monitors_toward_a_node_being_dialed_take_its_flags() {
+    let (kv, cookie) = setup("kv_deferred");
+    let b = unique("far");
+    let _b = BeamNode::start(&b, &cookie, kv.epmd_port, FAR);
+    let out = elixir(
+        &kv,
+        &unique("driver"),
+        &cookie,
+        &script(&format!(
+            r#"
+b = :"{b}@127.0.0.1"
+connected = fn -> b in :rpc.call(kv, :erlang, :nodes, [:connected]) end
+TestWait.until(fn -> Node.connect(b) end)
+false = connected.()
+far = TestWait.until(fn -> :rpc.call(b, Process, :whereis, [:far]) end)
+send(far, {{:report_to, self()}})
+send(far, {{:new_alias, false}})
+dead = receive do {{:far_alias, a}} -> a after 10_000 -> raise "no alias" end
+send(store, {{:"$gen_call", {{far, [:alias | dead]}}, {{:subscribe, :all}}}})
+TestWait.until(fn -> GenServer.call(store, :subscribers) == 1 end)
+TestWait.until(connected)
+send(far, {{:new_alias, true}})
+live = receive do {{:far_alias, a}} -> a after 10_000 -> raise "no alias" end
+send(store, {{:"$gen_call", {{far, [:alias | live]}}, {{:subscribe, :k}}}})
+receive do {{:far_got, {{[:alias | ^live], :ok}}}} -> :ok after 10_000 -> raise "no reply by alias" end
+# Sent before the reply above: had it been delivered, it would be here by now.
+receive do
+  {{:far_got, {{[:alias | ^dead], _}} = m}} -> raise "a reply to an inactive alias was delivered: #{{inspect(m)}}"
+after 0 -> :ok
+end
+2 = GenServer.call(store, :subscribers)
+%{{monitors: 1}} = :rpc.call(kv, :kvnode, :info, [])
+send(far, :stop)
+TestWait.until(fn -> GenServer.call(store, :subscribers) == 0 end)
+%{{monitors: 0}} = :rpc.call(kv, :kvnode, :info, [])
+true = connected.()
+"#
+        )),
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+}

@@ -84,6 +84,8 @@ pub async fn serve<S: RawStream>(node: Node, stream: S, peer: String, flags: Dis
         old.close();
         node.node_down(&peer);
     }
+    // Monitors and messages that waited for this peer's flags go out now, shaped for them.
+    node.node_up(&peer, flags);
     tracing::info!(
         flags = format_args!("{:#x}", flags.bits()),
         thread = std::thread::current().name().unwrap_or("?"),
@@ -147,8 +149,12 @@ async fn read_loop<S: RawStream>(
         // Handle every complete frame in the buffer; replies to this peer collect in its
         // outbox and go out in one write below.
         let need;
+        // A process this peer's messages went to is congested: stop reading until it is not.
+        let mut paused = None;
         {
             let _reading = outbox::reading(conn.id);
+            // Nothing from before this batch (deliveries from other tasks on this thread).
+            let _ = crate::node::take_congested();
             loop {
                 let avail = &buf[start..];
                 if avail.len() < 4 {
@@ -170,6 +176,11 @@ async fn read_loop<S: RawStream>(
                 }
                 handle_frame(node, peer, conn, &avail[4..4 + len], &limits)?;
                 start += 4 + len;
+                if let Some(pressure) = crate::node::take_congested() {
+                    paused = Some(pressure);
+                    need = 0;
+                    break;
+                }
             }
         }
         if conn.outbox.has_data() && !conn.outbox.flush_now(stream)? {
@@ -182,6 +193,27 @@ async fn read_loop<S: RawStream>(
         }
         if buf.capacity() > BIG_BUFFER && buf.len() < READ_CHUNK {
             buf.shrink_to(READ_CHUNK.max(buf.len()));
+        }
+        if let Some(pressure) = paused {
+            // Backpressure: the frames already read wait in `buf`, the rest in the socket and
+            // the peer's buffers (a BEAM peer then suspends its senders). Never blocks the
+            // thread: other connections on it go on.
+            let since = std::time::Instant::now();
+            node.note_backpressure_pause();
+            tokio::select! {
+                _ = &mut cancelled => return Err(Error::Shutdown),
+                _ = pressure.relieved() => {}
+            }
+            tracing::trace!(
+                waited_us = since.elapsed().as_micros() as u64,
+                "resumed reading after backpressure"
+            );
+            // Not reading was our choice, not the peer's silence.
+            deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + silence);
+            hot = false;
+            continue;
         }
         // Grow toward what the next frame needs, a chunk at a time: an announced length is not
         // trusted with memory before its bytes arrive.
@@ -255,8 +287,9 @@ fn handle_frame(
             };
             if !target.dispatch_raw(node, &raw) {
                 // The process could not take it as bytes: decode it and deliver it as a term.
+                let bytes = message.len();
                 let (message, _) = term::decode(message, limits)?;
-                target.dispatch(node, Signal::Message(message));
+                target.dispatch_weighted(node, Signal::Message(message), bytes);
             }
             Ok(())
         }

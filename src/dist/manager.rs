@@ -126,6 +126,17 @@ pub enum Sent {
     Refused,
 }
 
+/// What [`Manager::reserve_pending`] did.
+#[derive(Debug)]
+pub enum Reserve {
+    /// Counted: the message may wait.
+    Reserved,
+    /// The peer is connected meanwhile, with these flags: send the message now.
+    Up(DistributionFlags),
+    /// A bound is hit (logged): drop the message like a send to a down node.
+    Full(&'static str),
+}
+
 /// The table and the bytes waiting in its `Pending` slots.
 #[derive(Default)]
 struct Table {
@@ -301,6 +312,95 @@ impl Manager {
                     },
                 );
                 Sent::Dial(ticket)
+            }
+        }
+    }
+
+    /// Makes sure `peer` is connected or being dialed, without queueing a frame (for messages
+    /// whose shape depends on the peer's flags: they wait in the node until it connects).
+    /// Returns a ticket when the caller must dial it, as [`Manager::send`] does.
+    pub fn connect(&self, peer: &str) -> Sent {
+        let mut guard = self.lock();
+        let table = &mut *guard;
+        match table.slots.get_mut(peer) {
+            Some(Slot::Up(_)) | Some(Slot::Pending { dialing: true, .. }) => Sent::Done,
+            Some(Slot::Pending { dialing, .. }) => match self.dial_ticket() {
+                Some(ticket) => {
+                    *dialing = true;
+                    Sent::Dial(ticket)
+                }
+                // Someone still waits for the peer's own connection and ends this slot.
+                None => Sent::Done,
+            },
+            None => {
+                let Some(ticket) = self.dial_ticket() else {
+                    tracing::warn!(
+                        %peer,
+                        max_dials = self.limits.max_dials,
+                        "cannot dial a node: --max-dials dials are in flight; the node counts as down"
+                    );
+                    return Sent::Refused;
+                };
+                table.slots.insert(
+                    peer.to_owned(),
+                    Slot::Pending {
+                        queue: Vec::new(),
+                        bytes: 0,
+                        dialing: true,
+                        dropped: 0,
+                    },
+                );
+                Sent::Dial(ticket)
+            }
+        }
+    }
+
+    /// Counts `len` bytes of a message that waits outside the manager for `peer` (one whose
+    /// shape depends on the flags the peer will negotiate, see
+    /// [`crate::node::Node::send_when_connected`]) against the same bounds as queued frames.
+    /// The bytes are released with the peer's pending slot: when it connects or its dial fails.
+    pub fn reserve_pending(&self, peer: &str, len: usize) -> Reserve {
+        let mut guard = self.lock();
+        let table = &mut *guard;
+        let limits = self.limits;
+        match table.slots.get_mut(peer) {
+            Some(Slot::Up(conn)) => Reserve::Up(conn.flags),
+            None => Reserve::Full("no dial is in flight for it"),
+            Some(Slot::Pending {
+                queue,
+                bytes,
+                dropped,
+                ..
+            }) => {
+                let why = if queue.len() >= MAX_PENDING_FRAMES {
+                    Some("too many messages are waiting for it")
+                } else if *bytes + len > limits.per_peer_bytes {
+                    Some("its queue is full (bytes)")
+                } else if table.pending_bytes + len > limits.total_bytes {
+                    Some("--max-pending-bytes are waiting for nodes being dialed")
+                } else {
+                    None
+                };
+                match why {
+                    None => {
+                        *bytes += len;
+                        table.pending_bytes += len;
+                        Reserve::Reserved
+                    }
+                    Some(why) => {
+                        if *dropped == 0 {
+                            tracing::warn!(
+                                %peer,
+                                bytes = len,
+                                "dropping a message for a node being dialed: {why} (further drops for it are logged at debug)"
+                            );
+                        } else {
+                            tracing::debug!(%peer, bytes = len, "dropping a message for a node being dialed: {why}");
+                        }
+                        *dropped += 1;
+                        Reserve::Full(why)
+                    }
+                }
             }
         }
     }

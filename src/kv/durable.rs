@@ -13,8 +13,14 @@
 //! - Events to subscribers are sent when the change is applied, before it is durable.
 //! - A write answered `{:error, :storage_unavailable}` may still be visible to later reads
 //!   until a restart, like a write whose call timed out: its outcome is unknown.
+//! - Backpressure: the bytes submitted and not yet durable are bounded by
+//!   `--max-storage-queue-bytes`. Over it, the KV server reports itself congested
+//!   ([`Pressure::STORAGE`]) and the connections delivering to it stop reading their peers
+//!   until half of it is on disk. Nothing is refused or dropped: a slow disk slows the
+//!   writers down instead of filling memory.
 
-use crate::gen_server::{Caller, Replier};
+use crate::gen_server::{Caller, Ctx, Replier};
+use crate::node::Pressure;
 use crate::storage::{Op, Storage};
 use erl_dist::term::{Atom, Term, Tuple};
 use std::collections::VecDeque;
@@ -41,10 +47,30 @@ pub fn encode(term: &Term) -> Vec<u8> {
     buf
 }
 
+/// Default `--max-storage-queue-bytes`: 64 MiB of writes waiting for the disk. A few group
+/// commits' worth at the speeds measured (see `storage`): enough to keep the disk busy, small
+/// against the memory a 128 MiB maximal message already takes.
+pub const DEFAULT_MAX_STORAGE_QUEUE_BYTES: usize = 64 << 20;
+
+/// What a group of ops weighs in the storage queue: its key and value bytes plus a record's
+/// overhead.
+fn weight(ops: &[Op]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            Op::Put { key, value } => key.len() + value.len() + 32,
+            Op::Delete { key } => key.len() + 32,
+        })
+        .sum()
+}
+
 #[derive(Default)]
 struct Progress {
     submitted: u64,
     durable: u64,
+    /// Bytes submitted and not yet durable (or failed).
+    queued_bytes: usize,
+    /// Whether the storage source of the server's [`Pressure`] is set (cleared at half).
+    congested: bool,
     /// Replies waiting for `durable >= seq`, in seq order.
     waiting: VecDeque<(u64, Caller, Term)>,
 }
@@ -54,16 +80,29 @@ pub struct Durable {
     storage: Arc<Storage>,
     progress: Arc<Mutex<Progress>>,
     replier: Replier,
+    pressure: Arc<Pressure>,
+    max_queued: usize,
 }
 
 impl Durable {
-    /// Wraps an opened storage; replies go out through `replier`.
-    pub fn new(storage: Storage, replier: Replier) -> Self {
+    /// Wraps an opened storage for the server of `ctx`: replies go out through its replier,
+    /// and a storage queue over `--max-storage-queue-bytes` congests it.
+    pub fn new(storage: Storage, ctx: &Ctx) -> Self {
         Durable {
             storage: Arc::new(storage),
             progress: Arc::new(Mutex::new(Progress::default())),
-            replier,
+            replier: ctx.replier(),
+            pressure: ctx.pressure().clone(),
+            max_queued: ctx.node().config().max_storage_queue_bytes.max(1),
         }
+    }
+
+    /// Bytes submitted to the log and not yet durable.
+    pub fn queued_bytes(&self) -> usize {
+        self.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .queued_bytes
     }
 
     /// The storage (for compaction).
@@ -74,18 +113,36 @@ impl Durable {
     /// Submits `ops`; when durable, answers `caller` (if any) with `reply`, or with
     /// `{:error, :storage_unavailable}` when the commit failed.
     pub fn write(&self, ops: Vec<Op>, answer: Option<(Caller, Term)>) {
+        let bytes = weight(&ops);
         let seq = {
             let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
             p.submitted += 1;
+            p.queued_bytes += bytes;
+            // Set and cleared under this lock, so the flag always matches the count.
+            if !p.congested && p.queued_bytes >= self.max_queued {
+                p.congested = true;
+                self.pressure.set(Pressure::STORAGE, true);
+                tracing::debug!(
+                    queued_bytes = p.queued_bytes,
+                    "storage queue over its bound: readers delivering to the KV server pause"
+                );
+            }
             p.submitted
         };
         let progress = self.progress.clone();
         let replier = self.replier.clone();
+        let pressure = self.pressure.clone();
+        let low = self.max_queued / 2;
         self.storage.submit(
             ops,
             Box::new(move |result| {
                 let released: Vec<(Caller, Term)> = {
                     let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+                    p.queued_bytes = p.queued_bytes.saturating_sub(bytes);
+                    if p.congested && p.queued_bytes <= low {
+                        p.congested = false;
+                        pressure.set(Pressure::STORAGE, false);
+                    }
                     p.durable = p.durable.max(seq);
                     let mut out = Vec::new();
                     while p.waiting.front().is_some_and(|(s, _, _)| *s <= p.durable) {

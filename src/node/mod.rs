@@ -8,18 +8,34 @@
 //! need no bookkeeping: DEMONITOR_P is a no-op, and a lost connection already gives the peer's
 //! monitors `noconnection`. Monitors that *our* processes place on remote pids are kept per peer
 //! node and fire `noconnection` when that peer's connection goes down.
+//!
+//! A peer may lack flags BEAM always sets (Jinterface, erl_interface and Python clients have no
+//! DIST_MONITOR and no ALIAS), so nothing whose shape depends on a flag is sent before the
+//! peer's flags are known: toward a connected peer the choice is made at send time; toward a
+//! peer still being dialed, the message waits here ([`Node::send_when_connected`], monitors in
+//! the monitor table) and is shaped once the connection is up ([`Node::node_up`]). A monitor on
+//! a pid of a peer without DIST_MONITOR is kept locally only, as BEAM does: no MONITOR_P goes
+//! out, and it fires `noconnection` when that node goes down.
+//!
+//! Backpressure: a process can report that it is congested ([`Pressure`]); a connection reader
+//! that delivered a message to a congested process stops reading that peer until the process
+//! reports relief ([`take_congested`]), so the peer's own TCP and distribution buffers hold the
+//! excess instead of kvnode's memory.
 
 pub mod router;
 
 use crate::config::Config;
 use crate::dist::manager::Manager;
 use crate::dist::{self, Frame};
+use erl_dist::DistributionFlags;
 use erl_dist::message::Message;
 use erl_dist::term::{Atom, Pid, PidOrAtom, Reference, Term};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::oneshot;
+use std::time::Duration;
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -52,6 +68,13 @@ pub enum Signal {
 pub trait Dispatch: Send + Sync {
     /// Handles (or queues) one signal.
     fn dispatch(&self, node: &Node, signal: Signal);
+
+    /// Like [`Dispatch::dispatch`] for a message that arrived as `bytes` bytes on the wire
+    /// (what a queued copy is accounted as, for the process's mailbox bound).
+    fn dispatch_weighted(&self, node: &Node, signal: Signal, bytes: usize) {
+        let _ = bytes;
+        self.dispatch(node, signal);
+    }
 
     /// Handles a message still in external format, if the process can do so right now
     /// without decoding it. False: nothing happened; the caller decodes the message and uses
@@ -105,11 +128,115 @@ struct Registry {
     pids: HashMap<u32, Mailbox, foldhash::fast::RandomState>,
 }
 
+/// What the peer knows of a monitor held by a local process on one of its pids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MonitorState {
+    /// MONITOR_P was sent: the peer reports the pid's exit (MONITOR_P_EXIT).
+    Sent,
+    /// The peer lacks DIST_MONITOR: nothing was sent, the monitor fires only at node-down
+    /// (as BEAM keeps monitors toward such nodes).
+    LocalOnly,
+    /// The peer is being dialed: decided when it connects ([`Node::node_up`]).
+    Unsent,
+}
+
 /// A monitor held by a local process on a remote pid.
 struct RemoteMonitor {
     watcher: Pid,
     target: Pid,
     reference: Reference,
+    state: MonitorState,
+}
+
+/// A message for a peer that is still being dialed, shaped once its flags are known (None:
+/// nothing to send to such a peer).
+type Deferred = Box<dyn FnOnce(DistributionFlags) -> Option<Message> + Send>;
+
+/// Messages waiting for a peer's flags are capped at this many per peer (as frames waiting
+/// for a connection are, [`crate::dist::manager::MAX_PENDING_FRAMES`]); more are dropped.
+pub const MAX_DEFERRED_PER_PEER: usize = crate::dist::manager::MAX_PENDING_FRAMES;
+
+/// Per-peer state guarded by one lock: our monitors on the peer's pids, and messages waiting
+/// for the peer's flags. One lock, so a connection coming up ([`Node::node_up`]) sees every
+/// monitor and message made before its flags were known, and none is made after it looked.
+#[derive(Default)]
+struct Peers {
+    /// peer node name -> monitor ref ids -> monitor
+    monitors: HashMap<String, HashMap<Vec<u32>, RemoteMonitor>>,
+    /// peer node name -> messages waiting for its flags, in order
+    deferred: HashMap<String, Vec<Deferred>>,
+}
+
+/// How often a reader waiting for a congested process looks again even without a wake-up
+/// (a safety net: relief is always notified).
+const PRESSURE_RECHECK: Duration = Duration::from_millis(250);
+
+/// A process's congestion, shared with the readers that deliver to it. Each source of
+/// congestion (the mailbox, the storage queue, ...) is one bit, set and cleared by its owner
+/// under the owner's own lock; a reader that delivered to a congested process waits for
+/// [`Pressure::relieved`] before it reads more from its peer.
+#[derive(Default)]
+pub struct Pressure {
+    sources: AtomicU32,
+    relief: Notify,
+}
+
+impl Pressure {
+    /// The process's queue of undelivered signals is over its bound.
+    pub const MAILBOX: u32 = 1;
+    /// The storage submission queue is over its bound.
+    pub const STORAGE: u32 = 2;
+
+    /// Sets or clears one source of congestion; clearing the last one wakes waiting readers.
+    pub fn set(&self, source: u32, congested: bool) {
+        if congested {
+            self.sources.fetch_or(source, Ordering::AcqRel);
+        } else {
+            let before = self.sources.fetch_and(!source, Ordering::AcqRel);
+            if before & source != 0 && before & !source == 0 {
+                self.relief.notify_waiters();
+            }
+        }
+    }
+
+    /// Whether any source is congested.
+    pub fn is_congested(&self) -> bool {
+        self.sources.load(Ordering::Acquire) != 0
+    }
+
+    /// Resolves once no source is congested.
+    pub async fn relieved(&self) {
+        loop {
+            let notified = self.relief.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.is_congested() {
+                return;
+            }
+            let _ = tokio::time::timeout(PRESSURE_RECHECK, notified).await;
+        }
+    }
+}
+
+thread_local! {
+    /// The congested process the current thread last delivered to (see [`take_congested`]).
+    static CONGESTED: RefCell<Option<Arc<Pressure>>> = const { RefCell::new(None) };
+}
+
+/// Called by a process that found itself congested after taking a signal: the reader on this
+/// thread pauses before it reads more.
+pub fn note_congested(pressure: &Arc<Pressure>) {
+    CONGESTED.with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            *c = Some(pressure.clone());
+        }
+    });
+}
+
+/// The congested process (if any) this thread delivered to since the last call. A connection
+/// reader calls it after each frame: deliveries run synchronously on its thread.
+pub fn take_congested() -> Option<Arc<Pressure>> {
+    CONGESTED.with(|c| c.try_borrow_mut().ok().and_then(|mut c| c.take()))
 }
 
 /// The local node. Cheap to clone (an `Arc`).
@@ -123,8 +250,9 @@ struct Inner {
     next_pid: AtomicU32,
     next_ref: AtomicU64,
     registry: RwLock<Registry>,
-    /// peer node name -> monitor ref ids -> monitor
-    monitors: Mutex<HashMap<String, HashMap<Vec<u32>, RemoteMonitor>>>,
+    peers: Mutex<Peers>,
+    /// Times a connection reader paused for a congested process.
+    pauses: AtomicU64,
     manager: Manager,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -149,7 +277,8 @@ impl Node {
             next_pid: AtomicU32::new(1),
             next_ref: AtomicU64::new(1),
             registry: RwLock::new(Registry::default()),
-            monitors: Mutex::new(HashMap::new()),
+            peers: Mutex::new(Peers::default()),
+            pauses: AtomicU64::new(0),
             manager: Manager::new(pending_limits),
             shutdown,
             tracker,
@@ -300,80 +429,190 @@ impl Node {
 
     /// Sends an encoded frame to `peer`, dialing it if we are not connected.
     pub fn send_frame(&self, peer: &str, frame: Frame) {
-        let dial = match self.0.manager.send(peer, frame) {
-            dist::manager::Sent::Done => return,
-            dist::manager::Sent::Dial(dial) => dial,
-            dist::manager::Sent::Refused => {
-                // No dial may start (--max-dials): the node is down from our side, as when a
-                // dial fails. Not inline: the caller may be inside a handler that monitors.
-                let node = self.clone();
-                let peer = peer.to_owned();
-                let (runtime, placement) = self.0.threads.place();
-                runtime.spawn(self.0.tracker.track_future(async move {
-                    let _placement = placement;
-                    node.node_down(&peer);
-                }));
-                return;
-            }
-        };
-        {
-            let node = self.clone();
-            let peer = peer.to_owned();
-            // On a connection thread, like accepted connections: the dialed connection lives
-            // there. Through a runtime handle, as this may run on a non-tokio thread (storage).
-            let (runtime, placement) = self.0.threads.place();
-            runtime.spawn(self.0.tracker.track_future(async move {
-                let _placement = placement;
-                dist::dial(node, peer, dial).await;
-            }));
+        match self.0.manager.send(peer, frame) {
+            dist::manager::Sent::Done => {}
+            dist::manager::Sent::Dial(dial) => self.spawn_dial(peer, dial),
+            dist::manager::Sent::Refused => self.spawn_node_down(peer),
         }
     }
 
     /// Whether the connected peer negotiated `flag` (false when not connected).
-    pub fn peer_has(&self, peer: &str, flag: erl_dist::DistributionFlags) -> bool {
+    pub fn peer_has(&self, peer: &str, flag: DistributionFlags) -> bool {
         self.0
             .manager
             .peer_flags(peer)
             .is_some_and(|f| f.contains(flag))
     }
 
+    fn lock_peers(&self) -> std::sync::MutexGuard<'_, Peers> {
+        self.0.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts dialing `peer` unless it is connected or being dialed. False when no dial may
+    /// start (`--max-dials`): the node then counts as down (its monitors fire at once).
+    fn ensure_dialing(&self, peer: &str) -> bool {
+        match self.0.manager.connect(peer) {
+            dist::manager::Sent::Done => true,
+            dist::manager::Sent::Dial(dial) => {
+                self.spawn_dial(peer, dial);
+                true
+            }
+            dist::manager::Sent::Refused => {
+                self.spawn_node_down(peer);
+                false
+            }
+        }
+    }
+
+    /// Runs the node-down of `peer` on a task (not inline: the caller may be inside a handler
+    /// that holds a monitor table or a server).
+    fn spawn_node_down(&self, peer: &str) {
+        let node = self.clone();
+        let peer = peer.to_owned();
+        let (runtime, placement) = self.0.threads.place();
+        runtime.spawn(self.0.tracker.track_future(async move {
+            let _placement = placement;
+            node.node_down(&peer);
+        }));
+    }
+
+    fn spawn_dial(&self, peer: &str, dial: dist::manager::DialTicket) {
+        let node = self.clone();
+        let peer = peer.to_owned();
+        // On a connection thread, like accepted connections: the dialed connection lives
+        // there. Through a runtime handle, as this may run on a non-tokio thread (storage).
+        let (runtime, placement) = self.0.threads.place();
+        runtime.spawn(self.0.tracker.track_future(async move {
+            let _placement = placement;
+            dist::dial(node, peer, dial).await;
+        }));
+    }
+
+    /// Sends to `peer` a message whose shape depends on the flags it negotiated: `decide`
+    /// makes it from them (None: the peer cannot take such a message; nothing is sent). For a
+    /// connected peer it runs now; otherwise the peer is dialed and it runs once the
+    /// connection is up (dropped if the dial fails). Never sends a peer what it did not
+    /// negotiate.
+    ///
+    /// `weight` gives the message's size in bytes; it is asked only when the message has to
+    /// wait, and counts against the same bounds as frames queued for a node being dialed
+    /// (`--max-pending-bytes`): a message that does not fit is dropped like a send to a down
+    /// node.
+    pub fn send_when_connected(
+        &self,
+        peer: &str,
+        weight: impl FnOnce() -> usize,
+        decide: impl FnOnce(DistributionFlags) -> Option<Message> + Send + 'static,
+    ) {
+        // Fast path without the peers lock: a connected peer's flags are final.
+        if let Some(flags) = self.0.manager.peer_flags(peer) {
+            if let Some(message) = decide(flags) {
+                self.send_to_node(peer, message);
+            }
+            return;
+        }
+        {
+            let mut peers = self.lock_peers();
+            // Looked at again under the lock: `node_up` flushes under it after the
+            // connection is registered, so a message is either sent now or flushed there.
+            match self.0.manager.peer_flags(peer) {
+                Some(flags) => {
+                    drop(peers);
+                    if let Some(message) = decide(flags) {
+                        self.send_to_node(peer, message);
+                    }
+                    return;
+                }
+                None => {
+                    // The pending slot (made by the dial) carries the byte count.
+                    if !self.ensure_dialing(peer) {
+                        return;
+                    }
+                    match self.0.manager.reserve_pending(peer, weight()) {
+                        dist::manager::Reserve::Reserved => {}
+                        dist::manager::Reserve::Full(_) => return,
+                        dist::manager::Reserve::Up(flags) => {
+                            drop(peers);
+                            if let Some(message) = decide(flags) {
+                                self.send_to_node(peer, message);
+                            }
+                            return;
+                        }
+                    }
+                    let queue = peers.deferred.entry(peer.to_owned()).or_default();
+                    if queue.len() >= MAX_DEFERRED_PER_PEER {
+                        tracing::warn!(%peer, "too many messages waiting for a connection: dropping one");
+                        return;
+                    }
+                    queue.push(Box::new(decide));
+                }
+            }
+        }
+    }
+
     /// Monitors a remote pid on behalf of `watcher`. The monitor fires as a
     /// [`Signal::Down`] when the peer reports the pid's exit or the connection goes down.
+    /// Toward a peer without DIST_MONITOR no MONITOR_P is sent (BEAM's local-only monitor):
+    /// it fires only when that node goes down.
     pub fn monitor_remote(&self, watcher: &Pid, target: &Pid) -> Reference {
         let reference = self.new_ref();
         let peer = target.node.name.clone();
-        {
-            let mut mons = self.0.monitors.lock().unwrap_or_else(|e| e.into_inner());
-            mons.entry(peer.clone()).or_default().insert(
+        let state = {
+            let mut peers = self.lock_peers();
+            let state = match self.0.manager.peer_flags(&peer) {
+                Some(f) if f.contains(DistributionFlags::DIST_MONITOR) => MonitorState::Sent,
+                Some(_) => MonitorState::LocalOnly,
+                None => MonitorState::Unsent,
+            };
+            peers.monitors.entry(peer.clone()).or_default().insert(
                 reference.id.clone(),
                 RemoteMonitor {
                     watcher: watcher.clone(),
                     target: target.clone(),
                     reference: reference.clone(),
+                    state,
                 },
             );
+            if state == MonitorState::Sent {
+                // Under the lock, so a DEMONITOR_P for it cannot overtake it.
+                self.send_to_node(
+                    &peer,
+                    Message::monitor_p(
+                        watcher.clone(),
+                        PidOrAtom::Pid(target.clone()),
+                        reference.clone(),
+                    ),
+                );
+            }
+            state
+        };
+        match state {
+            MonitorState::Sent => {}
+            MonitorState::LocalOnly => {
+                tracing::debug!(%peer, "peer lacks DIST_MONITOR: monitor kept locally until node-down")
+            }
+            MonitorState::Unsent => {
+                self.ensure_dialing(&peer);
+            }
         }
-        self.send_to_node(
-            &peer,
-            Message::monitor_p(
-                watcher.clone(),
-                PidOrAtom::Pid(target.clone()),
-                reference.clone(),
-            ),
-        );
         reference
     }
 
-    /// Removes a monitor placed with [`Node::monitor_remote`] and tells the peer.
+    /// Removes a monitor placed with [`Node::monitor_remote`] and tells the peer (if it was
+    /// told of the monitor).
     pub fn demonitor_remote(&self, watcher: &Pid, target: &Pid, reference: &Reference) {
         let peer = target.node.name.clone();
-        let removed = {
-            let mut mons = self.0.monitors.lock().unwrap_or_else(|e| e.into_inner());
-            mons.get_mut(&peer)
-                .and_then(|m| m.remove(&reference.id))
-                .is_some()
-        };
-        if removed && self.0.manager.peer_flags(&peer).is_some() {
+        let mut peers = self.lock_peers();
+        let removed = peers
+            .monitors
+            .get_mut(&peer)
+            .and_then(|m| m.remove(&reference.id));
+        if let Some(mons) = peers.monitors.get(&peer)
+            && mons.is_empty()
+        {
+            peers.monitors.remove(&peer);
+        }
+        if removed.is_some_and(|m| m.state == MonitorState::Sent) && self.0.manager.is_up(&peer) {
             self.send_to_node(
                 &peer,
                 Message::demonitor_p(
@@ -388,8 +627,11 @@ impl Node {
     /// A peer reported that a pid we monitor exited.
     pub(crate) fn remote_monitor_fired(&self, peer: &str, reference: &Reference, reason: Term) {
         let mon = {
-            let mut mons = self.0.monitors.lock().unwrap_or_else(|e| e.into_inner());
-            mons.get_mut(peer).and_then(|m| m.remove(&reference.id))
+            let mut peers = self.lock_peers();
+            peers
+                .monitors
+                .get_mut(peer)
+                .and_then(|m| m.remove(&reference.id))
         };
         if let Some(mon) = mon
             && let Some(watcher) = self.lookup_pid(&mon.watcher)
@@ -405,17 +647,54 @@ impl Node {
         }
     }
 
+    /// The connection to `peer` is up with `flags` (called after it is registered): monitors
+    /// and messages that waited for its flags are sent, in the shape it negotiated.
+    pub(crate) fn node_up(&self, peer: &str, flags: DistributionFlags) {
+        let mut peers = self.lock_peers();
+        let with_monitor = flags.contains(DistributionFlags::DIST_MONITOR);
+        if let Some(mons) = peers.monitors.get_mut(peer) {
+            for mon in mons.values_mut() {
+                if mon.state != MonitorState::Unsent {
+                    continue;
+                }
+                if with_monitor {
+                    mon.state = MonitorState::Sent;
+                    self.send_to_node(
+                        peer,
+                        Message::monitor_p(
+                            mon.watcher.clone(),
+                            PidOrAtom::Pid(mon.target.clone()),
+                            mon.reference.clone(),
+                        ),
+                    );
+                } else {
+                    mon.state = MonitorState::LocalOnly;
+                }
+            }
+        }
+        // Sent under the lock: a message made meanwhile goes after these, in order.
+        for decide in peers.deferred.remove(peer).unwrap_or_default() {
+            if let Some(message) = decide(flags) {
+                self.send_to_node(peer, message);
+            }
+        }
+    }
+
     /// The connection to `peer` went down (or could not be made): every monitor our processes
-    /// hold on that node fires with `noconnection`.
+    /// hold on that node fires with `noconnection`, and messages waiting for it are dropped.
     pub(crate) fn node_down(&self, peer: &str) {
-        let fired: Vec<RemoteMonitor> = {
-            let mut mons = self.0.monitors.lock().unwrap_or_else(|e| e.into_inner());
-            mons.remove(peer)
+        let (fired, dropped): (Vec<RemoteMonitor>, usize) = {
+            let mut peers = self.lock_peers();
+            let fired = peers
+                .monitors
+                .remove(peer)
                 .map(|m| m.into_values().collect())
-                .unwrap_or_default()
+                .unwrap_or_default();
+            let dropped = peers.deferred.remove(peer).map_or(0, |d| d.len());
+            (fired, dropped)
         };
-        if !fired.is_empty() {
-            tracing::debug!(%peer, monitors = fired.len(), "node down: firing monitors");
+        if !fired.is_empty() || dropped > 0 {
+            tracing::debug!(%peer, monitors = fired.len(), dropped, "node down: firing monitors");
         }
         for mon in fired {
             let Some(watcher) = self.lookup_pid(&mon.watcher) else {
@@ -432,9 +711,19 @@ impl Node {
         }
     }
 
+    /// Counts a connection reader pausing for a congested process.
+    pub fn note_backpressure_pause(&self) {
+        self.0.pauses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Times connection readers paused for congested processes (`:kvnode.info`).
+    pub fn backpressure_pauses(&self) -> u64 {
+        self.0.pauses.load(Ordering::Relaxed)
+    }
+
     /// Number of monitors our processes hold on remote pids (for tests and diagnostics).
     pub fn remote_monitor_count(&self) -> usize {
-        let mons = self.0.monitors.lock().unwrap_or_else(|e| e.into_inner());
-        mons.values().map(|m| m.len()).sum()
+        let peers = self.lock_peers();
+        peers.monitors.values().map(|m| m.len()).sum()
     }
 }

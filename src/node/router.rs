@@ -1,8 +1,13 @@
 //! Routes one inbound control message: messages to mailboxes (by pid or registered name),
 //! monitors (MONITOR_P on a missing process answers `noproc` at once), link bookkeeping, exit
 //! signals, and SPAWN_REQUEST to the rpc service.
+//!
+//! Answers go only in shapes the peer negotiated: a peer without DIST_MONITOR gets no
+//! MONITOR_P_EXIT, one without UNLINK_ID no UNLINK_ID_ACK, one without SPAWN no SPAWN_REPLY
+//! (such a peer sending those requests anyway is broken; its request is dropped with a log).
 
 use super::{Node, Signal};
+use erl_dist::DistributionFlags;
 use erl_dist::message::Message;
 use erl_dist::term::{Atom, Pid, Term};
 
@@ -44,7 +49,9 @@ pub fn handle(node: &Node, peer: &str, message: Message) {
         Message::MonitorP(m) => {
             // Built-in processes live as long as the node: nothing to record (see module doc
             // of `node`). A missing one answers at once, so `GenServer.call` exits `:noproc`.
-            if !node.process_exists(&m.to_proc) {
+            if !node.peer_has(peer, DistributionFlags::DIST_MONITOR) {
+                tracing::debug!("MONITOR_P from a peer without DIST_MONITOR: not answered");
+            } else if !node.process_exists(&m.to_proc) {
                 node.send_to_node(
                     peer,
                     Message::monitor_p_exit(m.to_proc, m.from_pid, m.reference, noproc()),
@@ -60,7 +67,16 @@ pub fn handle(node: &Node, peer: &str, message: Message) {
             }
         }
         Message::UnlinkId(m) => {
-            node.send_to_node(peer, Message::unlink_id_ack(m.id, m.to_pid, m.from_pid));
+            if node.peer_has(peer, DistributionFlags::UNLINK_ID) {
+                node.send_to_node(peer, Message::unlink_id_ack(m.id, m.to_pid, m.from_pid));
+            } else {
+                tracing::debug!("UNLINK_ID from a peer without UNLINK_ID: not acknowledged");
+            }
+        }
+        Message::SpawnRequest(_) | Message::SpawnRequestTt(_)
+            if !node.peer_has(peer, DistributionFlags::SPAWN) =>
+        {
+            tracing::debug!("SPAWN_REQUEST from a peer without SPAWN: dropped");
         }
         Message::SpawnRequest(m) => crate::services::rpc::spawn_request(node, peer, m),
         Message::SpawnRequestTt(m) => crate::services::rpc::spawn_request(

@@ -302,6 +302,7 @@ async fn info(node: &Node) -> Outcome {
         ("open_fds", count(open_fds().unwrap_or(0))),
         ("processes", count(processes)),
         ("registered", count(registered)),
+        ("backpressure_pauses", int(node.backpressure_pauses())),
     ]
     .into_iter()
     .map(|(k, v)| (atom(k), v))
