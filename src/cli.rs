@@ -106,6 +106,18 @@ pub struct Cli {
     #[arg(long, default_value_t = crate::term::DEFAULT_MAX_TERMS, value_name = "N")]
     pub max_terms_per_message: usize,
 
+    /// Deepest nesting of a term from a peer (lists, tuples, maps, funs; 1 to 1000000); a
+    /// deeper one closes only that peer's connection. Every kvnode thread reserves stack for
+    /// it (about 2 KiB of address space per level, touched only as deep as terms really go),
+    /// so a larger value costs address space, not memory (e.g. `--max-term-depth 10000`).
+    #[arg(
+        long,
+        default_value_t = crate::term::DEFAULT_MAX_DEPTH as u64,
+        value_parser = clap::value_parser!(u64).range(1..=crate::term::MAX_MAX_DEPTH as u64),
+        value_name = "LEVELS"
+    )]
+    pub max_term_depth: u64,
+
     /// Most inbound distribution connections at once, handshaking or established; more are
     /// closed at once with a log line (e.g. `--max-connections 256`).
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
@@ -226,6 +238,7 @@ impl Cli {
         config.data_dir = self.data_dir;
         config.max_connections = self.max_connections.max(1);
         config.max_terms_per_message = self.max_terms_per_message.max(1);
+        config.max_term_depth = self.max_term_depth as usize;
         if let (Some(cert), Some(key), Some(cacert)) =
             (self.tls_cert, self.tls_key, self.tls_cacert)
         {

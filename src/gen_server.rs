@@ -47,12 +47,12 @@ pub trait GenServer: Send + 'static {
     /// A `GenServer.cast`.
     fn handle_cast(&mut self, ctx: &mut Ctx, request: Term) {
         let _ = ctx;
-        tracing::debug!(%request, "cast ignored");
+        tracing::debug!(request = %crate::term::summary(&request), "cast ignored");
     }
     /// Any other message.
     fn handle_info(&mut self, ctx: &mut Ctx, message: Term) {
         let _ = ctx;
-        tracing::debug!(%message, "info message ignored");
+        tracing::debug!(message = %crate::term::summary(&message), "info message ignored");
     }
     /// A message still in external format (see [`crate::node::RawMessage`]), offered before
     /// it is decoded, when the server is idle. Return true if it was handled completely
