@@ -350,6 +350,23 @@ mod tests {
     }
 
     #[test]
+    fn max_term_depth_flag() {
+        let base = ["kvnode", "--cookie", "c"];
+        let with =
+            |v: &str| Cli::try_parse_from(base.iter().copied().chain(["--max-term-depth", v]));
+        assert_eq!(
+            Cli::try_parse_from(base).unwrap().max_term_depth,
+            crate::term::DEFAULT_MAX_DEPTH as u64
+        );
+        assert_eq!(
+            with("5000").unwrap().into_config().unwrap().max_term_depth,
+            5000
+        );
+        assert!(with("0").is_err());
+        assert!(with("1000001").is_err());
+    }
+
+    #[test]
     fn name_and_cookie() {
         let c = parse(&["--name", "kv@127.0.0.1", "--cookie", "s"]).expect("config");
         assert_eq!(c.node_name, "kv@127.0.0.1");

@@ -141,15 +141,16 @@ fn bad_frames_after_the_handshake_cost_only_that_connection() {
         .expect("write");
     assert!(closed_by_peer(&mut s, Duration::from_secs(5)));
 
-    // Deeply nested tuple (hostile nesting).
+    // Nesting deeper than --max-term-depth (twice the default).
     let mut body = vec![112, 131];
-    for _ in 0..100_000 {
+    for _ in 0..2 * kvnode::term::DEFAULT_MAX_DEPTH {
         body.extend_from_slice(&[104, 1]);
     }
     body.push(106);
     let mut s = handshaken(&kv);
     s.write_all(&frame(&body)).expect("write");
     assert!(closed_by_peer(&mut s, Duration::from_secs(5)));
+    kv.wait_log("term nested deeper than", Duration::from_secs(5));
 
     // A well-formed control message with an operation we do not know.
     let mut s = handshaken(&kv);
