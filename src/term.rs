@@ -38,13 +38,15 @@
 //! | debug (opt 0)    | ~4 860                | ~6 080 | ~4 700 | ~2 580           |
 //! | release          | ~6 080                | ~6 080 | ~6 080 | ~6 080           |
 //!
-//! That is up to ~3.3 KiB of stack per level unoptimised and ~1.4 KiB in release (where
-//! eetf's whole decoder is inlined into one large frame). [`Limits::default`] allows 256
-//! levels: at most ~0.8 MiB of stack in the worst debug case, a 10× margin (23× in release)
-//! that also leaves room for the runtime's and kvnode's own frames, while legitimate Elixir
-//! terms nested 200 deep still decode. The test
-//! `depth_limit_is_exact_and_default_fits_in_a_quarter_of_the_stack` decodes every shape at
-//! the default limit on a 2 MiB thread to keep that margin honest.
+//! That is up to ~3.3 KiB of stack per level unoptimised (funs; lists ~1.7 KiB) and ~1.4 KiB
+//! in release (where eetf's whole decoder is inlined into one large frame). kvnode therefore
+//! gives every thread that may decode, encode, clone, compare or drop a peer's term a stack of
+//! [`stack_size_for_depth`]: [`BASE_STACK_BYTES`] plus [`STACK_BYTES_PER_LEVEL`] (4 KiB debug,
+//! 2 KiB release) per level of `--max-term-depth` ([`DEFAULT_MAX_DEPTH`], 100 000): ~406 MiB
+//! of address space per thread in debug, ~211 MiB in release, resident only as deep as terms
+//! really go. The test `depth_limit_is_exact_and_the_default_fits_the_stack_kvnode_threads_get`
+//! runs every shape at the default limit on exactly that stack. Nesting through map keys is
+//! limited apart ([`DEFAULT_MAX_MAP_KEY_NESTING`]), because eetf hashes every map key whole.
 //!
 //! Spec: <https://www.erlang.org/doc/apps/erts/erl_ext_dist.html>.
 
