@@ -106,10 +106,6 @@ pub struct Cli {
     #[arg(long, default_value_t = crate::term::DEFAULT_MAX_TERMS, value_name = "N")]
     pub max_terms_per_message: usize,
 
-    /// Most inbound distribution connections at once that have completed the handshake
-    /// (authenticated); one more is closed right after its handshake, with a log line.
-    /// Connections still in the handshake count against --max-handshakes instead, so they
-    /// never take these places (e.g. `--max-connections 256`).
     /// Backpressure: bytes of messages (as they came on the wire) that may wait for the KV
     /// server while another connection thread runs it. Above it, connections delivering to it
     /// stop reading their peers until half has drained; nothing is dropped (e.g.
@@ -123,8 +119,22 @@ pub struct Cli {
     #[arg(long, default_value_t = crate::kv::durable::DEFAULT_MAX_STORAGE_QUEUE_BYTES, value_name = "BYTES")]
     pub max_storage_queue_bytes: usize,
 
-    /// Most inbound distribution connections at once, handshaking or established; more are
-    /// closed at once with a log line (e.g. `--max-connections 256`).
+    /// Deepest nesting of a term from a peer (lists, tuples, maps, funs; 1 to 1000000); a
+    /// deeper one closes only that peer's connection. Every kvnode thread reserves stack for
+    /// it (about 2 KiB of address space per level, touched only as deep as terms really go),
+    /// so a larger value costs address space, not memory (e.g. `--max-term-depth 10000`).
+    #[arg(
+        long,
+        default_value_t = crate::term::DEFAULT_MAX_DEPTH as u64,
+        value_parser = clap::value_parser!(u64).range(1..=crate::term::MAX_MAX_DEPTH as u64),
+        value_name = "LEVELS"
+    )]
+    pub max_term_depth: u64,
+
+    /// Most inbound distribution connections at once that have completed the handshake
+    /// (authenticated); one more is closed right after its handshake, with a log line.
+    /// Connections still in the handshake count against --max-handshakes instead, so they
+    /// never take these places (e.g. `--max-connections 256`).
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
     pub max_connections: usize,
 
@@ -276,6 +286,7 @@ impl Cli {
         config.max_dials = self.max_dials.max(1);
         config.max_mailbox_bytes = self.max_mailbox_bytes.max(1);
         config.max_storage_queue_bytes = self.max_storage_queue_bytes.max(1);
+        config.max_term_depth = self.max_term_depth as usize;
         if let (Some(cert), Some(key), Some(cacert)) =
             (self.tls_cert, self.tls_key, self.tls_cacert)
         {
@@ -384,6 +395,23 @@ mod tests {
         let mut all = vec!["kvnode"];
         all.extend_from_slice(args);
         Cli::try_parse_from(all).expect("flags parse").into_config()
+    }
+
+    #[test]
+    fn max_term_depth_flag() {
+        let base = ["kvnode", "--cookie", "c"];
+        let with =
+            |v: &str| Cli::try_parse_from(base.iter().copied().chain(["--max-term-depth", v]));
+        assert_eq!(
+            Cli::try_parse_from(base).unwrap().max_term_depth,
+            crate::term::DEFAULT_MAX_DEPTH as u64
+        );
+        assert_eq!(
+            with("5000").unwrap().into_config().unwrap().max_term_depth,
+            5000
+        );
+        assert!(with("0").is_err());
+        assert!(with("1000001").is_err());
     }
 
     #[test]

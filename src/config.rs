@@ -25,7 +25,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// OTP's `net_ticktime`: ticks are sent every quarter of it, a silent peer is dropped after it.
     pub net_ticktime: Duration,
-    /// Largest nesting depth of a term accepted from a peer.
+    /// Largest nesting depth of a term accepted from a peer (`--max-term-depth`); threads
+    /// get stacks sized for it ([`crate::term::stack_size_for_depth`]).
     pub max_term_depth: usize,
     /// Most terms in one message (control tuple and payload together) accepted from a peer.
     pub max_terms_per_message: usize,
@@ -129,7 +130,7 @@ impl Config {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             handshake_timeout: Duration::from_secs(10),
             net_ticktime: Duration::from_secs(60),
-            max_term_depth: crate::term::Limits::default().max_depth,
+            max_term_depth: crate::term::DEFAULT_MAX_DEPTH,
             max_terms_per_message: crate::term::DEFAULT_MAX_TERMS,
             data_dir: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,

@@ -64,12 +64,12 @@ pub trait GenServer: Send + 'static {
     /// A `GenServer.cast`.
     fn handle_cast(&mut self, ctx: &mut Ctx, request: Term) {
         let _ = ctx;
-        tracing::debug!(%request, "cast ignored");
+        tracing::debug!(request = %crate::term::summary(&request), "cast ignored");
     }
     /// Any other message.
     fn handle_info(&mut self, ctx: &mut Ctx, message: Term) {
         let _ = ctx;
-        tracing::debug!(%message, "info message ignored");
+        tracing::debug!(message = %crate::term::summary(&message), "info message ignored");
     }
     /// A message still in external format (see [`crate::node::RawMessage`]), offered before
     /// it is decoded, when the server is idle. Return true if it was handled completely
@@ -512,7 +512,8 @@ mod tests {
     fn mailbox_over_its_bound_reports_congestion_until_drained() {
         let mut config = crate::config::Config::new("t@127.0.0.1", "c");
         config.max_mailbox_bytes = 10_000;
-        let threads = crate::dist::threads::Threads::start(1).expect("threads");
+        let threads = crate::dist::threads::Threads::start(1, crate::term::thread_stack_size())
+            .expect("threads");
         let node = Node::new(
             config,
             1,

@@ -144,6 +144,9 @@ impl Running {
 /// Starts a node: binds the distribution port, registers with EPMD (or serves EPMD itself),
 /// starts the built-in processes and the accept loop.
 pub async fn start(config: Config) -> Result<Running, Error> {
+    // Threads started below without the configuration at hand (storage) size their stacks
+    // from it, and recovery accepts terms as deep as peers may send.
+    term::set_configured_depth(config.max_term_depth);
     match raise_fd_limit() {
         Ok(limit)
             if limit
@@ -183,7 +186,11 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         &tracker,
     )
     .await?;
-    let threads = dist::threads::Threads::start(config.threads).map_err(Error::Threads)?;
+    let threads = dist::threads::Threads::start(
+        config.threads,
+        term::stack_size_for_depth(config.max_term_depth),
+    )
+    .map_err(Error::Threads)?;
     let node = Node::new(
         config,
         epmd.creation,

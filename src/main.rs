@@ -24,10 +24,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Deeply nested terms recurse in the decoder and encoder: give workers room.
+    // Every thread that may decode, encode or drop a peer's term gets a stack sized for
+    // --max-term-depth: eetf recurses once per level of nesting (see kvnode::term).
+    let stack = kvnode::term::stack_size_for_depth(config.max_term_depth);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_stack_size(8 * 1024 * 1024)
+        .thread_stack_size(stack)
         .build()
     {
         Ok(rt) => rt,
@@ -36,7 +38,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(kvnode::run(config, shutdown_signal())) {
+    // The main thread's stack is whatever `ulimit -s` says (often 8 MiB), and the node's
+    // start-up (recovery decodes every stored term) runs on the thread that blocks on it.
+    let node = std::thread::Builder::new()
+        .name("kvnode-main".into())
+        .stack_size(stack)
+        .spawn(move || runtime.block_on(kvnode::run(config, shutdown_signal())));
+    let result = match node.map(|thread| thread.join()) {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => {
+            eprintln!("kvnode: the main thread panicked");
+            return ExitCode::FAILURE;
+        }
+        Err(error) => {
+            eprintln!("kvnode: cannot start the main thread ({stack} bytes of stack): {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "kvnode failed");

@@ -38,13 +38,15 @@
 //! | debug (opt 0)    | ~4 860                | ~6 080 | ~4 700 | ~2 580           |
 //! | release          | ~6 080                | ~6 080 | ~6 080 | ~6 080           |
 //!
-//! That is up to ~3.3 KiB of stack per level unoptimised and ~1.4 KiB in release (where
-//! eetf's whole decoder is inlined into one large frame). [`Limits::default`] allows 256
-//! levels: at most ~0.8 MiB of stack in the worst debug case, a 10× margin (23× in release)
-//! that also leaves room for the runtime's and kvnode's own frames, while legitimate Elixir
-//! terms nested 200 deep still decode. The test
-//! `depth_limit_is_exact_and_default_fits_in_a_quarter_of_the_stack` decodes every shape at
-//! the default limit on a 2 MiB thread to keep that margin honest.
+//! That is up to ~3.3 KiB of stack per level unoptimised (funs; lists ~1.7 KiB) and ~1.4 KiB
+//! in release (where eetf's whole decoder is inlined into one large frame). kvnode therefore
+//! gives every thread that may decode, encode, clone, compare or drop a peer's term a stack of
+//! [`stack_size_for_depth`]: [`BASE_STACK_BYTES`] plus [`STACK_BYTES_PER_LEVEL`] (4 KiB debug,
+//! 2 KiB release) per level of `--max-term-depth` ([`DEFAULT_MAX_DEPTH`], 100 000): ~406 MiB
+//! of address space per thread in debug, ~211 MiB in release, resident only as deep as terms
+//! really go. The test `depth_limit_is_exact_and_the_default_fits_the_stack_kvnode_threads_get`
+//! runs every shape at the default limit on exactly that stack. Nesting through map keys is
+//! limited apart ([`DEFAULT_MAX_MAP_KEY_NESTING`]), because eetf hashes every map key whole.
 //!
 //! Spec: <https://www.erlang.org/doc/apps/erts/erl_ext_dist.html>.
 
@@ -100,6 +102,74 @@ const FLOAT_EXT_LEN: usize = 31;
 /// belongs in binaries, which count as one term whatever their size.
 pub const DEFAULT_MAX_TERMS: usize = 4_000_000;
 
+/// Default [`Limits::max_depth`] and `--max-term-depth`: 100 000 levels.
+///
+/// BEAM nodes accept terms nested far deeper than eetf's recursive decoder survives on a
+/// normal stack, and legitimate data (a long chain of nested tuples, a linked structure built
+/// from nested lists) does nest thousands of levels. kvnode accepts 100 000 and gives every
+/// thread that may decode, encode, clone, compare or drop such a term a stack sized for it
+/// ([`stack_size_for_depth`]); the stack is reserved address space, touched (resident) only
+/// as deep as a term actually goes.
+pub const DEFAULT_MAX_DEPTH: usize = 100_000;
+
+/// The largest `--max-term-depth` accepted: each level reserves [`STACK_BYTES_PER_LEVEL`] of
+/// address space on every kvnode thread, so 1 000 000 levels already reserve ~2 GiB (release)
+/// per thread.
+pub const MAX_MAX_DEPTH: usize = 1_000_000;
+
+/// Default [`Limits::max_map_key_nesting`]: a term may sit inside at most 16 map keys
+/// (a map used as a key of a map used as a key of ..., counting only the key positions).
+///
+/// eetf stores maps in a `HashMap<Term, Term>` and hashes every key, whole, when it inserts
+/// it, so a map nested `n` levels deep through its keys costs `n²/2` steps to decode (and the
+/// canonical key of [`crate::kv::key`] encodes keys apart before sorting them, the same
+/// again). With at most 16 key positions above any term, decoding costs at most 16 steps
+/// per term. Nesting through map *values*, lists and tuples is limited only by
+/// [`Limits::max_depth`].
+pub const DEFAULT_MAX_MAP_KEY_NESTING: usize = 16;
+
+/// Stack bytes per level of term nesting that a kvnode thread reserves (see the module docs,
+/// "Stack budget"): the most any recursive walk over an `eetf::Term` (eetf's decoder is the
+/// deepest; funs cost most) was measured to need, plus about a quarter for margin. Debug
+/// builds (what the tests run) need more than twice what release builds do.
+pub const STACK_BYTES_PER_LEVEL: usize = if cfg!(debug_assertions) { 4096 } else { 2048 };
+
+/// Stack every kvnode thread gets on top of `STACK_BYTES_PER_LEVEL` per level: its own
+/// frames, the runtime's, tracing's and the allocator's.
+pub const BASE_STACK_BYTES: usize = 16 * 1024 * 1024;
+
+/// The stack a thread needs to decode, encode, clone, compare and drop terms nested
+/// `max_depth` levels deep, with margin.
+pub fn stack_size_for_depth(max_depth: usize) -> usize {
+    max_depth
+        .min(MAX_MAX_DEPTH)
+        .saturating_mul(STACK_BYTES_PER_LEVEL)
+        .saturating_add(BASE_STACK_BYTES)
+}
+
+static CONFIGURED_DEPTH: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_DEPTH);
+
+/// Records the node's `--max-term-depth`, for threads started where the configuration is not
+/// at hand (storage) and for terms that come back from the data directory.
+pub fn set_configured_depth(max_depth: usize) {
+    CONFIGURED_DEPTH.store(
+        max_depth.min(MAX_MAX_DEPTH),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// The depth recorded by [`set_configured_depth`] ([`DEFAULT_MAX_DEPTH`] before).
+pub fn configured_depth() -> usize {
+    CONFIGURED_DEPTH.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// [`stack_size_for_depth`] of [`configured_depth`]: what every thread that may touch a
+/// decoded term is started with.
+pub fn thread_stack_size() -> usize {
+    stack_size_for_depth(configured_depth())
+}
+
 /// Resource limits enforced by the validator on top of the structural checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -112,17 +182,21 @@ pub struct Limits {
     /// references and funs) in one term, or in the terms of one message when they are
     /// validated with [`validate_versioned_counted`].
     pub max_terms: usize,
+    /// Maximum number of map keys any term may sit inside (see
+    /// [`DEFAULT_MAX_MAP_KEY_NESTING`]).
+    pub max_map_key_nesting: usize,
 }
 
 impl Default for Limits {
-    /// 256 levels (a 10× margin below what eetf survives on an 8 MiB stack even in a debug
-    /// build; see the module docs), 1 000 000 atoms (each costs a `String` in eetf; real
-    /// messages carry a handful) and [`DEFAULT_MAX_TERMS`] terms.
+    /// [`DEFAULT_MAX_DEPTH`] levels, 1 000 000 atoms (each costs a `String` in eetf; real
+    /// messages carry a handful), [`DEFAULT_MAX_TERMS`] terms and
+    /// [`DEFAULT_MAX_MAP_KEY_NESTING`] map keys.
     fn default() -> Self {
         Limits {
-            max_depth: 256,
+            max_depth: DEFAULT_MAX_DEPTH,
             max_atoms: 1_000_000,
             max_terms: DEFAULT_MAX_TERMS,
+            max_map_key_nesting: DEFAULT_MAX_MAP_KEY_NESTING,
         }
     }
 }
@@ -165,8 +239,14 @@ pub enum TermError {
         offset: usize,
     },
     /// Nesting deeper than [`Limits::max_depth`].
-    #[error("term nested deeper than {max} levels")]
+    #[error("term nested deeper than {max} levels (--max-term-depth)")]
     TooDeep {
+        /// The limit that was exceeded.
+        max: usize,
+    },
+    /// A term inside more map keys than [`Limits::max_map_key_nesting`].
+    #[error("term nested inside more than {max} map keys")]
+    MapKeysTooDeep {
         /// The limit that was exceeded.
         max: usize,
     },
@@ -262,7 +342,7 @@ pub enum TermError {
     },
     /// eetf rejected a term that passed validation (a float precision quirk at worst;
     /// anything else is a bug in the validator).
-    #[error("eetf failed to decode a validated term: {0}")]
+    #[error("eetf failed to decode a validated term: {}", DecodeErrorText(.0))]
     Decode(#[from] eetf::DecodeError),
 }
 
@@ -327,8 +407,14 @@ pub fn decode_exact(buf: &[u8], limits: &Limits) -> Result<eetf::Term, TermError
 /// What remains to be checked for an enclosing term once its header has been read.
 #[derive(Debug)]
 enum Frame {
-    /// `left` more nested terms, each at `depth`.
-    Children { left: u64, depth: usize },
+    /// `left` more nested terms, each at `depth` and inside `keys` map keys; for a map's
+    /// children (`map`), every other one (the first, third, ...) is a key.
+    Children {
+        left: u64,
+        depth: usize,
+        keys: usize,
+        map: bool,
+    },
     /// A `NEW_FUN_EXT` whose size field says it ends at `end`.
     FunEnd {
         offset: usize,
@@ -361,16 +447,28 @@ impl<'a> Validator<'a> {
     /// Validates the term at `pos` and returns the position just past it, relative to the
     /// start of the buffer, and the term count (including any the validator started with).
     fn run(mut self) -> Result<(usize, usize), TermError> {
-        self.term(1)?;
+        self.term(1, 0)?;
         while let Some(frame) = self.stack.last_mut() {
             match frame {
                 Frame::Children { left: 0, .. } => {
                     self.stack.pop();
                 }
-                Frame::Children { left, depth } => {
+                Frame::Children {
+                    left,
+                    depth,
+                    keys,
+                    map,
+                } => {
+                    // A map's children count down from an even number: key, value, key, ...
+                    let keys = *keys + usize::from(*map && *left % 2 == 0);
                     *left -= 1;
                     let depth = *depth;
-                    self.term(depth)?;
+                    if keys > self.limits.max_map_key_nesting {
+                        return Err(TermError::MapKeysTooDeep {
+                            max: self.limits.max_map_key_nesting,
+                        });
+                    }
+                    self.term(depth, keys)?;
                 }
                 &mut Frame::FunEnd {
                     offset,
@@ -460,7 +558,7 @@ impl<'a> Validator<'a> {
         what: &'static str,
         offset: usize,
         count: u64,
-        depth: usize,
+        (depth, keys): (usize, usize),
     ) -> Result<(), TermError> {
         let remaining = self.remaining();
         if count > remaining as u64 {
@@ -472,16 +570,22 @@ impl<'a> Validator<'a> {
             });
         }
         if count > 0 {
-            self.stack.push(Frame::Children { left: count, depth });
+            self.stack.push(Frame::Children {
+                left: count,
+                depth,
+                keys,
+                map: what == "map",
+            });
         }
         Ok(())
     }
 
     /// Validates any term at `depth`; nested terms of lists, tuples, maps and fun free
     /// variables are pushed on the stack instead of recursing.
-    fn term(&mut self, depth: usize) -> Result<(), TermError> {
+    fn term(&mut self, depth: usize, keys: usize) -> Result<(), TermError> {
         let (offset, tag) = self.tag(depth)?;
         let inner = depth + 1;
+        let nested = (inner, keys);
         match tag {
             NEW_FLOAT_EXT => {
                 if !f64::from_be_bytes(self.array()?).is_finite() {
@@ -529,11 +633,11 @@ impl<'a> Validator<'a> {
             }
             SMALL_TUPLE_EXT => {
                 let count = self.u8()?;
-                self.children("tuple", offset, count.into(), inner)?;
+                self.children("tuple", offset, count.into(), nested)?;
             }
             LARGE_TUPLE_EXT => {
                 let count = self.u32()?;
-                self.children("tuple", offset, count.into(), inner)?;
+                self.children("tuple", offset, count.into(), nested)?;
             }
             NIL_EXT => {}
             STRING_EXT => {
@@ -543,7 +647,7 @@ impl<'a> Validator<'a> {
             LIST_EXT => {
                 // The elements, then the tail.
                 let count = self.u32()?;
-                self.children("list", offset, u64::from(count) + 1, inner)?;
+                self.children("list", offset, u64::from(count) + 1, nested)?;
             }
             BINARY_EXT => {
                 let len = self.u32()?;
@@ -559,7 +663,7 @@ impl<'a> Validator<'a> {
             }
             MAP_EXT => {
                 let pairs = self.u32()?;
-                self.children("map", offset, 2 * u64::from(pairs), inner)?;
+                self.children("map", offset, 2 * u64::from(pairs), nested)?;
             }
             EXPORT_EXT => {
                 self.atom(inner)?;
@@ -580,7 +684,7 @@ impl<'a> Validator<'a> {
                 self.atom(inner)?;
                 self.fix_integer(inner)?;
                 self.fix_integer(inner)?;
-                self.children("fun", offset, free.into(), inner)?;
+                self.children("fun", offset, free.into(), nested)?;
             }
             NEW_FUN_EXT => {
                 // Size counts itself and everything after it up to the end of the fun.
@@ -599,7 +703,7 @@ impl<'a> Validator<'a> {
                     declared,
                     end,
                 });
-                self.children("fun", offset, free.into(), inner)?;
+                self.children("fun", offset, free.into(), nested)?;
             }
             _ => return Err(TermError::UnknownTag { tag, offset }),
         }
@@ -703,6 +807,9 @@ impl<'a> Validator<'a> {
 }
 
 pub mod skip;
+pub mod text;
+
+pub use text::{DecodeErrorText, excerpt, summary};
 
 #[cfg(test)]
 mod tests;

@@ -276,7 +276,7 @@ fn handle_frame(
         Fast::MonitorName(name) if node.is_registered(name) => Ok(()),
         Fast::RegSend { name, message } => {
             let Some(target) = node.whereis_target(name) else {
-                tracing::debug!(%name, "message to an unregistered name: dropped");
+                tracing::debug!(name = %term::text::name(name), "message to an unregistered name: dropped");
                 return Ok(());
             };
             let raw = RawMessage {
@@ -324,9 +324,18 @@ fn validate_frame<'a>(body: &'a [u8], limits: &Limits) -> Result<(usize, &'a [u8
 
 /// Decodes a frame body (after the length): pass-through byte, control message, payload.
 pub fn decode_frame(body: &[u8], limits: &Limits) -> Result<Message, Error> {
-    let (_, rest) = validate_frame(body, limits)?;
+    let (ctrl_len, rest) = validate_frame(body, limits)?;
     let mut reader = rest;
-    let message = Message::read_from(&mut reader).map_err(|e| Error::Control(e.to_string()))?;
+    // erl_dist's errors carry the offending term: describe it in bounded text (never its
+    // Display, which prints a 16 MB binary whole and converts a bignum to decimal in
+    // quadratic time), with an excerpt of the control message's bytes.
+    let message = Message::read_from(&mut reader).map_err(|e| {
+        Error::Control(format!(
+            "{} (control message of {})",
+            term::text::RecvErrorText(&e),
+            term::excerpt(&rest[..ctrl_len])
+        ))
+    })?;
     if !reader.is_empty() {
         return Err(Error::Trailing(reader.len()));
     }

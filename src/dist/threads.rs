@@ -39,8 +39,10 @@ impl Drop for Placement {
 }
 
 impl Threads {
-    /// Starts `n` (at least one) connection threads.
-    pub fn start(n: usize) -> std::io::Result<Threads> {
+    /// Starts `n` (at least one) connection threads, each with `stack_size` bytes of stack
+    /// (see [`crate::term::stack_size_for_depth`]: decoding, handling, encoding and dropping a
+    /// peer's terms all happen on these threads, and eetf recurses once per level).
+    pub fn start(n: usize, stack_size: usize) -> std::io::Result<Threads> {
         let mut threads = Vec::with_capacity(n.max(1));
         for i in 0..n.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -50,8 +52,7 @@ impl Threads {
             let (stop, stopped) = oneshot::channel::<()>();
             std::thread::Builder::new()
                 .name(format!("kvnode-conn-{i}"))
-                // Deeply nested terms recurse in the decoder and encoder.
-                .stack_size(8 * 1024 * 1024)
+                .stack_size(stack_size)
                 .spawn(move || {
                     // Runs spawned connection tasks until the node stops (or the sender is
                     // dropped); dropping the runtime then cancels what is left.

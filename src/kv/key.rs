@@ -29,8 +29,9 @@
 //!
 //! The ordering of keys as byte strings is *not* Erlang term order; only equality is meaningful.
 //!
-//! Encoding is plain recursion over the term; callers bound term depth (about 1000 levels), and
-//! list tails are walked iteratively, so long improper chains do not recurse.
+//! Encoding is iterative (a heap stack of tasks), so terms nested as deep as
+//! `--max-term-depth` allows cost no machine stack; only map keys are encoded apart (to sort
+//! them), which recurses once per map key a term sits inside, a nesting the validator bounds.
 
 use eetf::{BigInteger, BitBinary, InternalFun, Pid, Term};
 use num_bigint::Sign;
@@ -184,65 +185,92 @@ fn put_bitstring(out: &mut Vec<u8>, whole: &[u8], tail_bits: u8, tail: u8) {
     }
 }
 
-/// One cons-cell head of a (possibly improper) list, as `eetf` may spell it.
-enum Head<'a> {
-    Term(&'a Term),
-    Byte(u8),
-}
-
-/// Walks the cons cells of a list-like term, calling `f` on each head, and returns the final
-/// tail: `None` for a proper list, `Some(tail)` for an improper one. Iterative over tails.
-fn walk_list<'a>(mut term: &'a Term, mut f: impl FnMut(Head<'a>)) -> Option<&'a Term> {
+/// Counts the cons cells of a list-like term, as `eetf` may spell them, and returns the count
+/// and the final tail: `None` for a proper list, `Some(tail)` for an improper one. Iterative
+/// over tails.
+fn walk_list(mut term: &Term) -> (u64, Option<&Term>) {
+    let mut cells = 0u64;
     loop {
         match term {
-            Term::List(list) => {
-                list.elements.iter().for_each(|e| f(Head::Term(e)));
-                return None;
-            }
-            Term::ByteList(list) => {
-                list.bytes.iter().for_each(|&b| f(Head::Byte(b)));
-                return None;
-            }
+            Term::List(list) => return (cells + list.elements.len() as u64, None),
+            Term::ByteList(list) => return (cells + list.bytes.len() as u64, None),
             Term::ImproperList(list) => {
-                list.elements.iter().for_each(|e| f(Head::Term(e)));
+                cells += list.elements.len() as u64;
                 term = &list.last;
             }
-            other => return Some(other),
+            other => return (cells, Some(other)),
         }
     }
 }
 
-fn put_list(out: &mut Vec<u8>, term: &Term) {
-    let mut cells: u64 = 0;
-    let tail = walk_list(term, |_| cells += 1);
+/// What is left to append while encoding a term (see [`encode`]).
+enum Task<'a> {
+    /// One whole term.
+    Term(&'a Term),
+    /// The rest of a tuple's elements or a fun's free variables.
+    Terms(&'a [Term]),
+    /// The cons cells of a list-like term from its element `.1` on, then the list's tail.
+    Cells(&'a Term, usize),
+    /// Bytes already encoded (a map key).
+    Bytes(Vec<u8>),
+}
+
+/// Starts a (possibly improper) list: the header, then its cells and tail as tasks.
+fn put_list<'a>(out: &mut Vec<u8>, term: &'a Term, tasks: &mut Vec<Task<'a>>) {
+    let (cells, tail) = walk_list(term);
     if cells == 0 {
         match tail {
             None => out.push(tag::NIL),
             // `[ | T]` with no heads is just `T` (only reachable via an empty ImproperList).
-            Some(t) => encode(t, out),
+            Some(t) => tasks.push(Task::Term(t)),
         }
         return;
     }
     out.push(tag::LIST);
     put_varint(out, cells);
-    walk_list(term, |head| match head {
-        Head::Term(t) => encode(t, out),
-        Head::Byte(b) => put_i64(out, i64::from(b)),
-    });
-    match tail {
-        None => out.push(tag::NIL),
-        Some(t) => encode(t, out),
+    tasks.push(Task::Cells(term, 0));
+}
+
+/// The next cell of a list being encoded (see [`Task::Cells`]).
+fn put_cell<'a>(out: &mut Vec<u8>, term: &'a Term, at: usize, tasks: &mut Vec<Task<'a>>) {
+    match term {
+        Term::List(list) => match list.elements.get(at) {
+            Some(head) => {
+                tasks.push(Task::Cells(term, at + 1));
+                tasks.push(Task::Term(head));
+            }
+            None => out.push(tag::NIL),
+        },
+        Term::ByteList(list) => {
+            for &b in list.bytes.get(at..).unwrap_or_default() {
+                put_i64(out, i64::from(b));
+            }
+            out.push(tag::NIL);
+        }
+        Term::ImproperList(list) => match list.elements.get(at) {
+            Some(head) => {
+                tasks.push(Task::Cells(term, at + 1));
+                tasks.push(Task::Term(head));
+            }
+            // The tail: more cells when it is list-like, else the final tail.
+            None => match &*list.last {
+                tail @ (Term::List(_) | Term::ByteList(_) | Term::ImproperList(_)) => {
+                    tasks.push(Task::Cells(tail, 0))
+                }
+                tail => tasks.push(Task::Term(tail)),
+            },
+        },
+        // Cells are only scheduled for list-like terms.
+        other => tasks.push(Task::Term(other)),
     }
 }
 
-fn put_terms(out: &mut Vec<u8>, terms: &[Term]) {
+fn put_terms<'a>(out: &mut Vec<u8>, terms: &'a [Term], tasks: &mut Vec<Task<'a>>) {
     put_varint(out, terms.len() as u64);
-    for t in terms {
-        encode(t, out);
-    }
+    tasks.push(Task::Terms(terms));
 }
 
-fn put_internal_fun(out: &mut Vec<u8>, fun: &InternalFun) {
+fn put_internal_fun<'a>(out: &mut Vec<u8>, fun: &'a InternalFun, tasks: &mut Vec<Task<'a>>) {
     match fun {
         InternalFun::Old {
             module,
@@ -256,7 +284,7 @@ fn put_internal_fun(out: &mut Vec<u8>, fun: &InternalFun) {
             put_pid(out, pid);
             out.extend_from_slice(&index.to_le_bytes());
             out.extend_from_slice(&uniq.to_le_bytes());
-            put_terms(out, free_vars);
+            put_terms(out, free_vars, tasks);
         }
         InternalFun::New {
             module,
@@ -276,72 +304,112 @@ fn put_internal_fun(out: &mut Vec<u8>, fun: &InternalFun) {
             out.extend_from_slice(uniq);
             out.extend_from_slice(&old_index.to_le_bytes());
             out.extend_from_slice(&old_uniq.to_le_bytes());
-            put_terms(out, free_vars);
+            put_terms(out, free_vars, tasks);
         }
     }
 }
 
-/// Appends the canonical encoding of `term` to `out`.
+/// The canonical encoding of `term` on its own (a map's key, sorted before it is written).
+fn encoded(term: &Term) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(term, &mut out);
+    out
+}
+
+/// Starts a map: the header, then its entries sorted by canonical key bytes as tasks. Keys
+/// are encoded apart to sort them, which recurses into [`encode`] once per map key a term
+/// sits in: the validator bounds that ([`crate::term::Limits::max_map_key_nesting`]), and
+/// keeps the cost linear in the term's size. Values are written in place, never copied.
+fn put_map<'a>(out: &mut Vec<u8>, map: &'a eetf::Map, tasks: &mut Vec<Task<'a>>) {
+    let mut entries: Vec<(Vec<u8>, &Term)> = map.map.iter().map(|(k, v)| (encoded(k), v)).collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out.push(tag::MAP);
+    put_varint(out, entries.len() as u64);
+    if entries.windows(2).any(|w| w[0].0 == w[1].0) {
+        // Two `=:=` keys (a malformed map; a decoded Erlang map never has them): sorting by
+        // value bytes too keeps the key deterministic whatever the HashMap's order.
+        let mut full: Vec<(Vec<u8>, Vec<u8>)> =
+            entries.into_iter().map(|(k, v)| (k, encoded(v))).collect();
+        full.sort_unstable();
+        for (k, v) in full.into_iter().rev() {
+            tasks.push(Task::Bytes(v));
+            tasks.push(Task::Bytes(k));
+        }
+        return;
+    }
+    for (k, v) in entries.into_iter().rev() {
+        tasks.push(Task::Term(v));
+        tasks.push(Task::Bytes(k));
+    }
+}
+
+/// Appends the canonical encoding of `term` to `out`. Iterative: nesting (lists, tuples, map
+/// values, fun variables) costs heap for the task stack, never machine stack, so terms nested
+/// as deep as `--max-term-depth` allows are encoded on any thread.
 fn encode(term: &Term, out: &mut Vec<u8>) {
-    match term {
-        Term::Atom(a) => put_atom(out, &a.name),
-        Term::FixInteger(i) => put_i64(out, i64::from(i.value)),
-        Term::BigInteger(b) => put_big(out, b),
-        Term::Float(f) => {
-            out.push(tag::FLOAT);
-            out.extend_from_slice(&f.value.to_bits().to_le_bytes());
-        }
-        Term::Pid(p) => put_pid(out, p),
-        Term::Port(p) => {
-            out.push(tag::PORT);
-            put_atom(out, &p.node.name);
-            put_varint(out, p.id);
-            put_varint(out, u64::from(p.creation));
-        }
-        Term::Reference(r) => {
-            out.push(tag::REF);
-            put_atom(out, &r.node.name);
-            put_varint(out, u64::from(r.creation));
-            put_varint(out, r.id.len() as u64);
-            for &w in &r.id {
-                put_varint(out, u64::from(w));
+    let mut tasks = vec![Task::Term(term)];
+    while let Some(task) = tasks.pop() {
+        let term = match task {
+            Task::Term(term) => term,
+            Task::Terms(terms) => {
+                if let Some((first, rest)) = terms.split_first() {
+                    if !rest.is_empty() {
+                        tasks.push(Task::Terms(rest));
+                    }
+                    tasks.push(Task::Term(first));
+                }
+                continue;
             }
-        }
-        Term::ExternalFun(f) => {
-            out.push(tag::EXPORT_FUN);
-            put_atom(out, &f.module.name);
-            put_atom(out, &f.function.name);
-            out.push(f.arity);
-        }
-        Term::InternalFun(f) => put_internal_fun(out, f),
-        Term::Binary(b) => put_bitstring(out, &b.bytes, 0, 0),
-        Term::BitBinary(b) => put_bit_binary(out, b),
-        Term::ByteList(_) | Term::List(_) | Term::ImproperList(_) => put_list(out, term),
-        Term::Tuple(t) => {
-            out.push(tag::TUPLE);
-            put_terms(out, &t.elements);
-        }
-        Term::Map(m) => {
-            let mut entries: Vec<(Vec<u8>, Vec<u8>)> = m
-                .map
-                .iter()
-                .map(|(k, v)| {
-                    let mut kb = Vec::new();
-                    encode(k, &mut kb);
-                    let mut vb = Vec::new();
-                    encode(v, &mut vb);
-                    (kb, vb)
-                })
-                .collect();
-            // Sorting by (key, value) keeps even a malformed map with two `=:=` keys
-            // deterministic; a decoded Erlang map never has duplicates.
-            entries.sort_unstable();
-            out.push(tag::MAP);
-            put_varint(out, entries.len() as u64);
-            for (k, v) in entries {
-                out.extend_from_slice(&k);
-                out.extend_from_slice(&v);
+            Task::Cells(term, at) => {
+                put_cell(out, term, at, &mut tasks);
+                continue;
             }
+            Task::Bytes(bytes) => {
+                out.extend_from_slice(&bytes);
+                continue;
+            }
+        };
+        match term {
+            Term::Atom(a) => put_atom(out, &a.name),
+            Term::FixInteger(i) => put_i64(out, i64::from(i.value)),
+            Term::BigInteger(b) => put_big(out, b),
+            Term::Float(f) => {
+                out.push(tag::FLOAT);
+                out.extend_from_slice(&f.value.to_bits().to_le_bytes());
+            }
+            Term::Pid(p) => put_pid(out, p),
+            Term::Port(p) => {
+                out.push(tag::PORT);
+                put_atom(out, &p.node.name);
+                put_varint(out, p.id);
+                put_varint(out, u64::from(p.creation));
+            }
+            Term::Reference(r) => {
+                out.push(tag::REF);
+                put_atom(out, &r.node.name);
+                put_varint(out, u64::from(r.creation));
+                put_varint(out, r.id.len() as u64);
+                for &w in &r.id {
+                    put_varint(out, u64::from(w));
+                }
+            }
+            Term::ExternalFun(f) => {
+                out.push(tag::EXPORT_FUN);
+                put_atom(out, &f.module.name);
+                put_atom(out, &f.function.name);
+                out.push(f.arity);
+            }
+            Term::InternalFun(f) => put_internal_fun(out, f, &mut tasks),
+            Term::Binary(b) => put_bitstring(out, &b.bytes, 0, 0),
+            Term::BitBinary(b) => put_bit_binary(out, b),
+            Term::ByteList(_) | Term::List(_) | Term::ImproperList(_) => {
+                put_list(out, term, &mut tasks)
+            }
+            Term::Tuple(t) => {
+                out.push(tag::TUPLE);
+                put_terms(out, &t.elements, &mut tasks);
+            }
+            Term::Map(m) => put_map(out, m, &mut tasks),
         }
     }
 }
@@ -728,6 +796,48 @@ mod tests {
         while let Term::ImproperList(l) = cur {
             cur = *l.last;
         }
+    }
+
+    #[test]
+    fn deeply_nested_keys_are_encoded_without_recursion() {
+        const LEVELS: usize = 100_000;
+        // Building and dropping a term this deep recurses in eetf's Drop: do that on a thread
+        // with kvnode's stack, and the encoding itself on one with a small stack.
+        let big = crate::term::stack_size_for_depth(LEVELS);
+        std::thread::Builder::new()
+            .stack_size(big)
+            .spawn(|| {
+                let mut list = Term::from(List::nil());
+                let mut tuple = int(0);
+                let mut map = int(0);
+                for _ in 0..LEVELS {
+                    list = Term::from(List::from(vec![list]));
+                    tuple = Term::from(Tuple::from(vec![tuple]));
+                    map = Term::from(Map::from([(atom("a"), map), (int(1), int(2))]));
+                }
+                std::thread::scope(|scope| {
+                    std::thread::Builder::new()
+                        .stack_size(256 << 10)
+                        .spawn_scoped(scope, || {
+                            let k = key(&list);
+                            // `[[...]]`: a one-cell list per level, each ending in `[]`.
+                            let mut expected = [tag::LIST, 1].repeat(LEVELS);
+                            expected.resize(expected.len() + LEVELS + 1, tag::NIL);
+                            assert_eq!(k.as_bytes(), &expected[..]);
+                            assert_eq!(key(&tuple).as_bytes().len(), 2 * LEVELS + 2);
+                            // Each map: header, key `a` (3 bytes) or `1` (2), value `2` (2).
+                            let k = key(&map);
+                            assert_eq!(k.as_bytes().len(), LEVELS * (2 + 3 + 2 + 2) + 2);
+                            assert_eq!(key(&map), k, "deterministic");
+                        })
+                        .expect("spawn")
+                        .join()
+                        .expect("encodes on a small stack");
+                });
+            })
+            .expect("spawn")
+            .join()
+            .expect("big-stack thread");
     }
 
     #[test]

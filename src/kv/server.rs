@@ -77,6 +77,8 @@ impl KvServer {
         // accepted under a larger --max-terms-per-message is never dropped after a restart.
         let limits = crate::term::Limits {
             max_terms: usize::MAX,
+            // As deep as peers may send (--max-term-depth), so no stored value is lost.
+            max_depth: crate::term::configured_depth(),
             ..crate::term::Limits::default()
         };
         let mut store = Store::new();
@@ -268,7 +270,7 @@ impl GenServer for KvServer {
             }
             Ok(Request::Subscribers) => count(self.subscriptions),
             Err(request) => {
-                tracing::debug!(%request, "unknown call");
+                tracing::debug!(request = %crate::term::summary(&request), "unknown call");
                 store::unknown_request_reply(&request)
             }
         };
@@ -281,7 +283,9 @@ impl GenServer for KvServer {
                 self.data(ctx, req, None);
             }
             Ok(_) => tracing::debug!("subscription requests need a call, not a cast: ignored"),
-            Err(request) => tracing::debug!(%request, "unknown cast: ignored"),
+            Err(request) => {
+                tracing::debug!(request = %crate::term::summary(&request), "unknown cast: ignored")
+            }
         }
     }
 
@@ -364,7 +368,12 @@ impl GenServer for KvServer {
     }
 
     fn handle_down(&mut self, _ctx: &mut Ctx, _reference: Reference, pid: Pid, reason: Term) {
-        tracing::debug!(%pid, %reason, "subscriber down");
+        tracing::debug!(
+            node = %crate::term::text::name(&pid.node.name),
+            id = pid.id,
+            reason = %crate::term::summary(&reason),
+            "subscriber down"
+        );
         self.drop_subscriber(&pid);
     }
 }

@@ -20,7 +20,11 @@ fn deliver_to_pid(node: &Node, to: &Pid, message: Term) {
         Some(mb) => {
             mb.deliver(node, Signal::Message(message));
         }
-        None => tracing::debug!(%to, "message to a pid that does not exist here: dropped"),
+        None => tracing::debug!(
+            node = %crate::term::text::name(&to.node.name),
+            id = to.id,
+            "message to a pid that does not exist here: dropped"
+        ),
     }
 }
 
@@ -30,7 +34,10 @@ fn deliver_to_name(node: &Node, name: &str, message: Term) {
         Some(mb) => {
             mb.deliver(node, Signal::Message(message));
         }
-        None => tracing::debug!(%name, "message to an unregistered name: dropped"),
+        None => tracing::debug!(
+            name = %crate::term::text::name(name),
+            "message to an unregistered name: dropped"
+        ),
     }
 }
 

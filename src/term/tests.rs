@@ -511,9 +511,13 @@ fn on_thread_with_stack<F: FnOnce() + Send + 'static>(stack: usize, f: F) {
 }
 
 #[test]
-fn depth_limit_is_exact_and_default_fits_in_a_quarter_of_the_stack() {
+fn depth_limit_is_exact_and_the_default_fits_the_stack_kvnode_threads_get() {
     let limits = Limits::default();
+    assert_eq!(limits.max_depth, DEFAULT_MAX_DEPTH);
     for shape in SHAPES {
+        if let Shape::MapKey = shape {
+            continue; // nesting through map keys has its own, lower limit (below)
+        }
         let levels = limits.max_depth - shape.extra_depth();
         let ok = shape.build(levels);
         assert_eq!(
@@ -525,17 +529,69 @@ fn depth_limit_is_exact_and_default_fits_in_a_quarter_of_the_stack() {
         assert!(
             matches!(
                 validate_versioned(&deep, &limits),
-                Err(TermError::TooDeep { max: 256 })
+                Err(TermError::TooDeep {
+                    max: DEFAULT_MAX_DEPTH
+                })
             ),
             "{shape:?}"
         );
-        // kvnode's workers get 8 MiB; the default must fit with room to spare.
-        on_thread_with_stack(2 << 20, move || {
+        // What every kvnode thread gets for the default --max-term-depth.
+        on_thread_with_stack(stack_size_for_depth(limits.max_depth), move || {
             let (_, used) = decode(&ok, &Limits::default()).unwrap();
             assert_eq!(used, ok.len());
             exercise_eetf(&ok);
         });
     }
+    // A map whose key is a list nested to the limit: eetf hashes the key when it inserts it.
+    let list = Shape::List.build(limits.max_depth - 2);
+    let mut map = vec![VERSION_MAGIC, MAP_EXT, 0, 0, 0, 1];
+    map.extend_from_slice(&list[1..]);
+    map.push(NIL_EXT);
+    assert_eq!(validate_versioned(&map, &limits).unwrap(), map.len());
+    on_thread_with_stack(stack_size_for_depth(limits.max_depth), move || {
+        exercise_eetf(&map);
+    });
+}
+
+#[test]
+fn nesting_through_map_keys_is_limited_apart() {
+    let limits = Limits::default();
+    let max = DEFAULT_MAX_MAP_KEY_NESTING;
+    // `#{#{... => []} => []}`: the innermost `[]` sits inside `levels` map keys.
+    let ok = Shape::MapKey.build(max);
+    assert_eq!(validate_versioned(&ok, &limits).unwrap(), ok.len());
+    assert!(matches!(
+        validate_versioned(&Shape::MapKey.build(max + 1), &limits),
+        Err(TermError::MapKeysTooDeep { max: m }) if m == max
+    ));
+    // Map values nest freely.
+    let values = Shape::MapValue.build(10_000);
+    assert_eq!(validate_versioned(&values, &limits).unwrap(), values.len());
+    // A map inside a tuple inside a map key still counts the key position.
+    let mut bytes = vec![VERSION_MAGIC];
+    for _ in 0..=max {
+        bytes.extend_from_slice(&[MAP_EXT, 0, 0, 0, 1, SMALL_TUPLE_EXT, 1]);
+    }
+    bytes.push(NIL_EXT);
+    bytes.resize(bytes.len() + max + 1, NIL_EXT);
+    assert!(matches!(
+        validate_versioned(&bytes, &limits),
+        Err(TermError::MapKeysTooDeep { .. })
+    ));
+}
+
+#[test]
+fn stack_sizes_follow_the_depth_limit() {
+    assert_eq!(stack_size_for_depth(0), BASE_STACK_BYTES);
+    assert_eq!(
+        stack_size_for_depth(DEFAULT_MAX_DEPTH),
+        BASE_STACK_BYTES + DEFAULT_MAX_DEPTH * STACK_BYTES_PER_LEVEL
+    );
+    // Capped: a huge value cannot ask for more address space than the largest flag value.
+    assert_eq!(
+        stack_size_for_depth(usize::MAX),
+        stack_size_for_depth(MAX_MAX_DEPTH)
+    );
 }
 
 #[test]
