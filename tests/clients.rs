@@ -42,10 +42,21 @@ struct ErlCall {
     stderr: String,
 }
 
-/// Runs OTP's own `erl_call` (from the OTP root when `KVNODE_OTP_ROOT` is set) against
-/// `node` with `args`, killing it after `timeout`.
+/// Runs OTP's own `erl_call` (erl_interface's `ei_rpc`) against `node` with `args`, killing it
+/// after `timeout`.
+///
+/// Always this machine's `erl_call`, also when `KVNODE_OTP_ROOT` puts the BEAM nodes in an
+/// OTP 27/29 root: inside a debootstrap root `erl_call` cannot resolve its own host name (no
+/// `/etc/hosts`) and crashes, and what it sends (`{Pid, {call, M, F, A, user}}` to `rex`,
+/// answered `{rex, Reply}`) has not changed across OTP releases, so the host's OTP 25
+/// erl_interface exercises the same protocol. The reference BEAM nodes still run the row's OTP.
 fn erl_call(epmd_port: u16, node: &str, cookie: &str, args: &[&str], timeout: Duration) -> ErlCall {
-    let mut cmd = beam_command("erl_call");
+    let program = if std::path::Path::new("/usr/lib/erlang/bin/erl_call").exists() {
+        "/usr/lib/erlang/bin/erl_call"
+    } else {
+        "erl_call"
+    };
+    let mut cmd = std::process::Command::new(program);
     cmd.args(["-n", node, "-c", cookie])
         .args(args)
         .env("ERL_EPMD_PORT", epmd_port.to_string())
