@@ -35,7 +35,7 @@ fn reference_node(cookie: &str, epmd_port: u16) -> BeamNode {
     BeamNode::start(&unique("beamref"), cookie, epmd_port, REFERENCE_KV)
 }
 
-/// What an `erl_call` run printed, and how it ended (None: killed at the deadline).
+/// What a client run printed, and how it ended (None: killed at the deadline).
 struct ErlCall {
     status: Option<ExitStatus>,
     stdout: String,
@@ -59,16 +59,31 @@ fn erl_call(epmd_port: u16, node: &str, cookie: &str, args: &[&str], timeout: Du
     let mut cmd = std::process::Command::new(program);
     cmd.args(["-n", node, "-c", cookie])
         .args(args)
-        .env("ERL_EPMD_PORT", epmd_port.to_string())
-        .stdin(Stdio::null())
+        .env("ERL_EPMD_PORT", epmd_port.to_string());
+    run_bounded(cmd, "erl_call", timeout)
+}
+
+/// Runs `cmd`, killing it after `timeout` (clients of a node without `rex` wait forever).
+fn run_bounded(mut cmd: std::process::Command, what: &str, timeout: Duration) -> ErlCall {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut guard = ChildGuard {
-        child: cmd
-            .spawn()
-            .expect("spawn erl_call (Debian: erlang-base ships it)"),
-        what: "erl_call".into(),
+        child: cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}")),
+        what: what.into(),
     };
+    let mut stdout = guard.child.stdout.take().expect("stdout piped");
+    let mut stderr = guard.child.stderr.take().expect("stderr piped");
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Ok(Some(status)) = guard.child.try_wait() {
@@ -81,31 +96,10 @@ fn erl_call(epmd_port: u16, node: &str, cookie: &str, args: &[&str], timeout: Du
         }
         std::thread::park_timeout(Duration::from_millis(20));
     };
-    let read = |r: Option<&mut dyn std::io::Read>| {
-        let mut s = String::new();
-        if let Some(r) = r {
-            let _ = r.read_to_string(&mut s);
-        }
-        s
-    };
-    let stdout = read(
-        guard
-            .child
-            .stdout
-            .as_mut()
-            .map(|s| s as &mut dyn std::io::Read),
-    );
-    let stderr = read(
-        guard
-            .child
-            .stderr
-            .as_mut()
-            .map(|s| s as &mut dyn std::io::Read),
-    );
     ErlCall {
         status,
-        stdout,
-        stderr,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
     }
 }
 
@@ -446,4 +440,111 @@ IO.puts("SCRIPT-OK")
     );
     assert!(out.contains("SCRIPT-OK"), "{out}");
     println!("{out}");
+}
+
+/// Jinterface's jar: Debian's erlang-jinterface package.
+fn jinterface_jar() -> Option<PathBuf> {
+    let lib = std::fs::read_dir("/usr/lib/erlang/lib").ok()?;
+    lib.filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("jinterface-"))
+        .map(|e| e.path().join("priv/OtpErlang.jar"))
+        .find(|p| p.exists())
+}
+
+/// A Java client using Jinterface's `OtpConnection.sendRPC` / `receiveRPC` (the rex
+/// protocol, as every Jinterface program calls a node).
+const JAVA_RPC: &str = r#"
+import com.ericsson.otp.erlang.*;
+
+public class Rpc {
+    static OtpErlangObject rpc(OtpConnection c, String m, String f, OtpErlangObject... args) throws Exception {
+        c.sendRPC(m, f, args);
+        return c.receiveRPC();
+    }
+
+    public static void main(String[] a) throws Exception {
+        OtpSelf self = new OtpSelf(a[2] + "@127.0.0.1", a[0]);
+        OtpConnection c = self.connect(new OtpPeer(a[1]));
+        String kv = "Elixir.DistributedExample.KVStore";
+        System.out.println("node " + rpc(c, "erlang", "node"));
+        System.out.println("whereis " + (rpc(c, "erlang", "whereis", new OtpErlangAtom("rex")) instanceof OtpErlangPid));
+        System.out.println("undef " + rpc(c, "no_such_module", "f", new OtpErlangLong(1)));
+        System.out.println("badarg " + rpc(c, "erlang", "whereis", new OtpErlangLong(1)));
+        System.out.println("put " + rpc(c, kv, "put", new OtpErlangAtom("j"), new OtpErlangLong(5)));
+        System.out.println("get " + rpc(c, kv, "get", new OtpErlangAtom("j")));
+        c.close();
+    }
+}
+"#;
+
+/// Runs [`JAVA_RPC`] against `node`; its output.
+fn java_rpc(
+    jar: &std::path::Path,
+    dir: &std::path::Path,
+    epmd_port: u16,
+    node: &str,
+    cookie: &str,
+) -> String {
+    let mut cmd = std::process::Command::new("java");
+    cmd.arg("-cp")
+        .arg(jar)
+        .arg(dir.join("Rpc.java"))
+        .args([cookie, node, &unique("jclient")])
+        .env("ERL_EPMD_PORT", epmd_port.to_string());
+    let out = run_bounded(cmd, "java", Duration::from_secs(60));
+    assert!(
+        out.status.is_some_and(|s| s.success()),
+        "Jinterface client against {node} failed ({:?}; receiveRPC waits forever without rex): {}\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    out.stdout
+}
+
+#[test]
+fn jinterface_send_rpc_answers_as_a_beam_node_does() {
+    // Jinterface needs a JDK and erlang-jinterface, which scripts/test does not install; the
+    // test runs where they are (KVNODE_REQUIRE_JINTERFACE=1 makes their absence a failure).
+    let java = std::process::Command::new("java")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let Some(jar) = jinterface_jar().filter(|_| java) else {
+        assert!(
+            std::env::var_os("KVNODE_REQUIRE_JINTERFACE").is_none(),
+            "java or OtpErlang.jar missing"
+        );
+        eprintln!("SKIPPED: no java or no Jinterface (erlang-jinterface) on this machine");
+        return;
+    };
+    let cookie = unique("cookie");
+    let kv = KvNode::start(&unique("kv_jinterface"), &cookie, free_port());
+    let beam = reference_node(&cookie, kv.epmd_port);
+    let dir = std::env::temp_dir().join(unique("kvnode_java"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let _cleanup = DirGuard(dir.clone());
+    std::fs::write(dir.join("Rpc.java"), JAVA_RPC).expect("write Rpc.java");
+    // The reference node is up once its KV server is registered.
+    let probe = format!(
+        r#"
+beam = :"{}"
+TestWait.until(fn -> Node.connect(beam) end, 60_000)
+TestWait.until(fn -> is_pid(:rpc.call(beam, :erlang, :whereis, [DistributedExample.KVStore])) end, 60_000)
+IO.puts("SCRIPT-OK")
+"#,
+        beam.name
+    );
+    let out = elixir(&kv, &unique("probe"), &cookie, &probe);
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+    let theirs = java_rpc(&jar, &dir, kv.epmd_port, &beam.name, &cookie);
+    let ours = java_rpc(&jar, &dir, kv.epmd_port, &kv.name, &cookie);
+    println!("BEAM:\n{theirs}kvnode:\n{ours}");
+    assert_eq!(
+        ours.lines().next(),
+        Some(format!("node '{}'", kv.name).as_str()),
+        "{ours}"
+    );
+    let rest = |s: &str| s.lines().skip(1).map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(rest(&ours), rest(&theirs));
 }
