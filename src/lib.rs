@@ -11,7 +11,8 @@
 //! - [`term`]: validation of untrusted external-term bytes before decoding.
 //! - [`gen_server`]: the GenServer trait and its run loop (`$gen_call`, `$gen_cast`, info).
 //! - [`kv`]: the `DistributedExample.KVStore` server and its wire interface.
-//! - [`services`]: built-in node services (`net_kernel`, rpc via SPAWN_REQUEST).
+//! - [`services`]: built-in node services (`net_kernel`, `rex`, rpc via SPAWN_REQUEST) and
+//!   the one table of functions peers may run.
 //! - [`storage`]: the write-ahead log and snapshots behind `--data-dir`.
 //!
 //! Accept -> handshake (in the connection's own task, under a timeout) -> reader -> router ->
@@ -122,9 +123,16 @@ pub struct Running {
     pub dist_port: u16,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    stop_request: services::control::StopRequest,
 }
 
 impl Running {
+    /// Resolves when a peer asks the node to stop (`init:stop`, `erlang:halt`, `erl_call
+    /// -q`), with the exit status asked for.
+    pub async fn stop_requested(&self) -> u8 {
+        self.stop_request.requested().await
+    }
+
     /// Stops accepting, closes peer connections, unregisters from EPMD and waits (up to a few
     /// seconds) for every task to finish.
     pub async fn stop(self) {
@@ -136,6 +144,23 @@ impl Running {
             .is_err()
         {
             tracing::warn!("some tasks did not stop within 5 s");
+        }
+        // Let go of the processes: the KV server's storage then commits everything queued
+        // (casts included) and joins its threads before we return. (The server's replier
+        // holds the node, so without this the store would never be dropped.)
+        let node = self.node.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            for name in node.registered_names() {
+                if let Some(mb) = node.whereis(&name) {
+                    node.remove_process(&mb.pid);
+                }
+            }
+        });
+        if tokio::time::timeout(Duration::from_secs(30), flushed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the processes did not let go within 30 s (storage flush)");
         }
         self.node.threads().stop();
     }
@@ -198,6 +223,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         tracker.clone(),
         threads,
     );
+    let stop_request = services::control::StopRequest::default();
+    services::builtins::register(node.functions());
+    services::control::register(node.functions(), &stop_request);
     let process_name = node.config().process_name.clone();
     match recovered {
         Some((storage, entries)) => {
@@ -209,11 +237,14 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             gen_server::spawn(&node, Some(&process_name), kv::server::KvServer::new());
         }
     }
+    // The KV server's API, callable through rpc, spawn and rex under its module name.
+    services::kv_api::register(node.functions(), &process_name, &process_name);
     gen_server::spawn(
         &node,
         Some(services::net_kernel::NAME),
         services::net_kernel::NetKernel,
     );
+    gen_server::spawn(&node, Some(services::rex::NAME), services::rex::Rex);
     tracker.spawn(accept_loop(node.clone(), listener, shutdown.clone()));
     let tls = match &node.config().tls {
         None => "off",
@@ -234,6 +265,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         dist_port,
         shutdown,
         tracker,
+        stop_request,
     })
 }
 
@@ -260,13 +292,24 @@ async fn open_storage(
     Ok((storage, recovered.entries))
 }
 
-/// Runs a node until `shutdown` resolves, then stops it gracefully.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+/// Runs a node until `shutdown` resolves or a peer asks it to stop (`init:stop`,
+/// `erlang:halt`), then stops it gracefully. Returns the exit status: 0, or what
+/// `erlang:halt/1` / `init:stop/1` asked for.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<u8, Error> {
     let running = start(config).await?;
-    shutdown.await;
-    tracing::info!("shutting down");
+    let status = tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down");
+            0
+        }
+        status = running.stop_requested() => {
+            tracing::info!(status, "shutting down: a peer asked the node to stop");
+            status
+        }
+    };
     running.stop().await;
-    Ok(())
+    tracing::info!(status, "stopped");
+    Ok(status)
 }
 
 async fn accept_loop(node: Node, listener: TcpListener, shutdown: CancellationToken) {

@@ -1,4 +1,5 @@
-//! The `kvnode` binary: parse flags, set up logging, run the node until SIGINT/SIGTERM.
+//! The `kvnode` binary: parse flags, set up logging, run the node until SIGINT/SIGTERM or a
+//! peer's `init:stop` / `erlang:halt` (exit status 0, or the one `halt/1` asked for).
 
 use clap::Parser;
 
@@ -56,7 +57,7 @@ fn main() -> ExitCode {
         }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => ExitCode::from(status),
         Err(error) => {
             tracing::error!(%error, "kvnode failed");
             eprintln!("kvnode: {error}");

@@ -300,6 +300,88 @@ fn handle_frame(
     }
 }
 
+/// A SPAWN_REQUEST's argument list of small integers arrives as a string (STRING_EXT: OTP
+/// encodes `[1, 2]` so), which erl_dist's decoder refuses as "not a list", closing the
+/// connection (`:erlang.spawn(kv, m, f, [1])`). Decodes such a request here, with the
+/// arguments as a proper list; None when the frame is anything else.
+fn spawn_request_with_string_args(
+    rest: &[u8],
+    ctrl_len: usize,
+    limits: &Limits,
+) -> Result<Option<Message>, Error> {
+    use erl_dist::message::{SpawnRequest, SpawnRequestTt};
+    use erl_dist::term::{FixInteger, List, Mfa, Term};
+    const SMALL_TUPLE_EXT: u8 = 104;
+    const SMALL_INTEGER_EXT: u8 = 97;
+    const STRING_EXT: u8 = 107;
+    // {29, ...} (6 elements) or {30, ...} (7, with a trace token), then a string payload.
+    let spawn = matches!(
+        rest.get(1..5),
+        Some(
+            [SMALL_TUPLE_EXT, 6, SMALL_INTEGER_EXT, 29]
+                | [SMALL_TUPLE_EXT, 7, SMALL_INTEGER_EXT, 30]
+        )
+    );
+    if !spawn || rest.get(ctrl_len + 1) != Some(&STRING_EXT) {
+        return Ok(None);
+    }
+    let bad = |what: &str| Error::Control(format!("malformed SPAWN_REQUEST: {what}"));
+    let Term::ByteList(bytes) = term::decode(&rest[ctrl_len..], limits)?.0 else {
+        return Ok(None);
+    };
+    let arg_list = List::from(
+        bytes
+            .bytes
+            .iter()
+            .map(|&b| FixInteger::from(i32::from(b)).into())
+            .collect::<Vec<Term>>(),
+    );
+    let Term::Tuple(control) = term::decode(&rest[..ctrl_len], limits)?.0 else {
+        return Err(bad("control is not a tuple"));
+    };
+    let mut it = control.elements.into_iter().skip(1);
+    let (
+        Some(Term::Reference(req_id)),
+        Some(Term::Pid(from_pid)),
+        Some(Term::Pid(group_leader)),
+        Some(Term::Tuple(mfa)),
+        Some(Term::List(opt_list)),
+    ) = (it.next(), it.next(), it.next(), it.next(), it.next())
+    else {
+        return Err(bad("unexpected element types"));
+    };
+    let mut mfa = mfa.elements.into_iter();
+    let (Some(Term::Atom(module)), Some(Term::Atom(function)), Some(Term::FixInteger(arity))) =
+        (mfa.next(), mfa.next(), mfa.next())
+    else {
+        return Err(bad("the MFA is not {atom, atom, arity}"));
+    };
+    let mfa = Mfa {
+        module,
+        function,
+        arity,
+    };
+    Ok(Some(match it.next() {
+        None => Message::SpawnRequest(SpawnRequest {
+            req_id: *req_id,
+            from_pid,
+            group_leader,
+            mfa,
+            opt_list,
+            arg_list,
+        }),
+        Some(trace_token) => Message::SpawnRequestTt(SpawnRequestTt {
+            req_id: *req_id,
+            from_pid,
+            group_leader,
+            mfa,
+            opt_list,
+            trace_token,
+            arg_list,
+        }),
+    }))
+}
+
 /// Checks a frame body: the pass-through byte, then a valid control term and at most one
 /// valid payload term, nothing after. Returns the control term's length and the bytes after
 /// the pass-through byte.
@@ -325,6 +407,9 @@ fn validate_frame<'a>(body: &'a [u8], limits: &Limits) -> Result<(usize, &'a [u8
 /// Decodes a frame body (after the length): pass-through byte, control message, payload.
 pub fn decode_frame(body: &[u8], limits: &Limits) -> Result<Message, Error> {
     let (ctrl_len, rest) = validate_frame(body, limits)?;
+    if let Some(message) = spawn_request_with_string_args(rest, ctrl_len, limits)? {
+        return Ok(message);
+    }
     let mut reader = rest;
     // erl_dist's errors carry the offending term: describe it in bounded text (never its
     // Display, which prints a 16 MB binary whole and converts a bignum to decimal in

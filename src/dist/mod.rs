@@ -19,6 +19,7 @@ pub mod tls;
 use crate::node::Node;
 use erl_dist::message::Message;
 use erl_dist::node::NodeName;
+use erl_dist::term::{Atom, FixInteger, Term, Tuple};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -34,7 +35,39 @@ pub const PASS_THROUGH: u8 = 112;
 pub fn encode_frame(message: Message) -> Result<Frame, erl_dist::message::SendError> {
     let mut frame = Vec::with_capacity(64);
     frame.extend_from_slice(&[0, 0, 0, 0, PASS_THROUGH]);
-    message.write_into(&mut frame)?;
+    // SEND and REG_SEND carry an unused slot that OTP fills with the atom '' (erts `dsig_send`).
+    // erl_dist writes `{}` there: BEAM ignores it, but erl_interface (`ei_receive`, so
+    // `erl_call` and C nodes) and Jinterface decode it as an atom and drop the connection.
+    match message {
+        Message::Send(m) => {
+            let control = Tuple::from(vec![
+                FixInteger::from(2).into(),
+                Atom::from("").into(),
+                m.to_pid.into(),
+            ]);
+            Term::from(control)
+                .encode(&mut frame)
+                .map_err(erl_dist::message::SendError::Encode)?;
+            m.message
+                .encode(&mut frame)
+                .map_err(erl_dist::message::SendError::Encode)?;
+        }
+        Message::RegSend(m) => {
+            let control = Tuple::from(vec![
+                FixInteger::from(6).into(),
+                m.from_pid.into(),
+                Atom::from("").into(),
+                m.to_name.into(),
+            ]);
+            Term::from(control)
+                .encode(&mut frame)
+                .map_err(erl_dist::message::SendError::Encode)?;
+            m.message
+                .encode(&mut frame)
+                .map_err(erl_dist::message::SendError::Encode)?;
+        }
+        other => other.write_into(&mut frame)?,
+    }
     let len = u32::try_from(frame.len() - 4).map_err(|_| {
         erl_dist::message::SendError::Io(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,

@@ -257,6 +257,8 @@ struct Inner {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     threads: dist::threads::Threads,
+    /// What peers may run here (rpc, spawn, rex): see [`crate::services::functions`].
+    functions: crate::services::functions::Functions,
 }
 
 impl Node {
@@ -283,7 +285,13 @@ impl Node {
             shutdown,
             tracker,
             threads,
+            functions: Default::default(),
         }))
+    }
+
+    /// The table of functions peers may run on this node (rpc, spawn, `rex`).
+    pub fn functions(&self) -> &crate::services::functions::Functions {
+        &self.0.functions
     }
 
     /// The full node name as an atom.
@@ -403,6 +411,14 @@ impl Node {
         }
         let reg = self.0.registry.read().unwrap_or_else(|e| e.into_inner());
         reg.pids.get(&(pid.id | (pid.serial << 15))).cloned()
+    }
+
+    /// The registered names, sorted.
+    pub fn registered_names(&self) -> Vec<String> {
+        let reg = self.0.registry.read().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<String> = reg.names.keys().cloned().collect();
+        names.sort();
+        names
     }
 
     /// How many local processes are alive, and how many of them have a registered name.
