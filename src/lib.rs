@@ -224,15 +224,19 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     })
 }
 
+/// Opens `--data-dir` and recovers it, merging records by the store's canonical keys
+/// ([`kv::durable::key_identity`]).
 async fn open_storage(
     dir: std::path::PathBuf,
-) -> Result<(storage::Storage, Vec<(Vec<u8>, Vec<u8>)>), Error> {
+) -> Result<(storage::Storage, Vec<storage::Entry>), Error> {
     let shown = dir.display().to_string();
-    let (storage, recovered) = tokio::task::spawn_blocking(move || storage::Storage::open(&dir))
-        .await
-        .map_err(|e| storage::StorageError::Unavailable {
-            reason: format!("recovery task failed: {e}"),
-        })??;
+    let (storage, recovered) = tokio::task::spawn_blocking(move || {
+        storage::Storage::open(&dir, &kv::durable::key_identity)
+    })
+    .await
+    .map_err(|e| storage::StorageError::Unavailable {
+        reason: format!("recovery task failed: {e}"),
+    })??;
     // The storage already warned about a dropped torn tail, with file, offset and bytes.
     tracing::info!(
         dir = %shown,

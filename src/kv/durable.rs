@@ -13,6 +13,11 @@
 //! - Events to subscribers are sent when the change is applied, before it is durable.
 //! - A write answered `{:error, :storage_unavailable}` may still be visible to later reads
 //!   until a restart, like a write whose call timed out: its outcome is unknown.
+//!
+//! Log records hold keys as external term format, whose bytes are not unique for a key (a
+//! map's entries come out in hash order, a charlist may be a string or a list, ...). Recovery
+//! identifies them by [`key_identity`]: the canonical [`Key`](super::key::Key) the store
+//! itself uses.
 
 use crate::gen_server::{Caller, Replier};
 use crate::storage::{Op, Storage};
@@ -39,6 +44,34 @@ pub fn encode(term: &Term) -> Vec<u8> {
         buf.clear();
     }
     buf
+}
+
+/// The storage's [`KeyIdentity`](crate::storage::KeyIdentity) for KV keys: the canonical
+/// key bytes ([`super::key`]) of a key in external term format (version byte included), so
+/// recovery merges log records and snapshot entries exactly as the store compares keys.
+/// Common keys (atoms, binaries, small integers, small tuples of those) are read straight
+/// from their bytes; others are validated and decoded first (no term-count limit: the
+/// bytes passed the log's checksums and may predate a lower `--max-terms-per-message`).
+pub fn key_identity(etf: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    let Some((&version, term)) = etf.split_first() else {
+        return Err("empty key".into());
+    };
+    if version == crate::term::VERSION_MAGIC && super::key::encode_etf_into(term, out) {
+        return Ok(());
+    }
+    let limits = recovery_limits();
+    let term = crate::term::decode_exact(etf, &limits).map_err(|e| e.to_string())?;
+    super::key::encode_into(&term, out);
+    Ok(())
+}
+
+/// Limits for terms read back from the log: the default depth and atom bounds, no term-count
+/// bound (a value accepted under a larger `--max-terms-per-message` is never refused later).
+pub fn recovery_limits() -> crate::term::Limits {
+    crate::term::Limits {
+        max_terms: usize::MAX,
+        ..crate::term::Limits::default()
+    }
 }
 
 #[derive(Default)]
