@@ -31,6 +31,8 @@ pub struct Config {
     pub max_terms_per_message: usize,
     /// Where the KV state is persisted; None keeps it in memory only.
     pub data_dir: Option<std::path::PathBuf>,
+    /// `--compaction-floor`: the log is never compacted while smaller than this.
+    pub compaction_floor: u64,
     /// Most distribution connections (inbound, handshaking or established) at once.
     pub max_connections: usize,
     /// TLS distribution (`inet_tls_dist`); None is plain TCP.
@@ -57,6 +59,7 @@ impl std::fmt::Debug for Config {
             .field("max_term_depth", &self.max_term_depth)
             .field("max_terms_per_message", &self.max_terms_per_message)
             .field("data_dir", &self.data_dir)
+            .field("compaction_floor", &self.compaction_floor)
             .field("max_connections", &self.max_connections)
             .field("tls", &self.tls)
             .field("threads", &self.threads)
@@ -97,6 +100,7 @@ impl Config {
             max_term_depth: crate::term::Limits::default().max_depth,
             max_terms_per_message: crate::term::DEFAULT_MAX_TERMS,
             data_dir: None,
+            compaction_floor: crate::storage::DEFAULT_COMPACTION_FLOOR,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             tls: None,
             threads: default_threads(),

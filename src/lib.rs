@@ -160,7 +160,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .port();
     // Recover the state before anyone can find us through EPMD.
     let recovered = match config.data_dir.clone() {
-        Some(dir) => Some(open_storage(dir).await?),
+        Some(dir) => Some(open_storage(dir, config.compaction_floor).await?),
         None => None,
     };
     let shutdown = CancellationToken::new();
@@ -228,10 +228,15 @@ pub async fn start(config: Config) -> Result<Running, Error> {
 /// ([`kv::durable::key_identity`]).
 async fn open_storage(
     dir: std::path::PathBuf,
+    compaction_floor: u64,
 ) -> Result<(storage::Storage, Vec<storage::Entry>), Error> {
     let shown = dir.display().to_string();
+    let options = storage::Options {
+        compaction_floor,
+        ..storage::Options::default()
+    };
     let (storage, recovered) = tokio::task::spawn_blocking(move || {
-        storage::Storage::open(&dir, &kv::durable::key_identity)
+        storage::Storage::open_with(&dir, options, &kv::durable::key_identity)
     })
     .await
     .map_err(|e| storage::StorageError::Unavailable {

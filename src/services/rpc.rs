@@ -281,7 +281,9 @@ fn memory() -> Term {
 /// - `subscriptions`: the KV server's subscriptions (as `:subscribers` answers);
 /// - `keys`: keys in the store;
 /// - `rss_bytes`: resident set size; `open_fds`: entries in `/proc/self/fd`;
-/// - `processes`: local mailboxes (pids) alive; `registered`: registered names.
+/// - `processes`: local mailboxes (pids) alive; `registered`: registered names;
+/// - `storage_syncs`: log commits made durable by a successful `fdatasync` (0 without
+///   `--data-dir`); N sequential acknowledged writes add at least N.
 async fn info(node: &Node) -> Outcome {
     let keys = match kv(node, atom("size")).await {
         Outcome::Return(v) => v,
@@ -302,6 +304,7 @@ async fn info(node: &Node) -> Outcome {
         ("open_fds", count(open_fds().unwrap_or(0))),
         ("processes", count(processes)),
         ("registered", count(registered)),
+        ("storage_syncs", int(crate::storage::commit_syncs())),
     ]
     .into_iter()
     .map(|(k, v)| (atom(k), v))

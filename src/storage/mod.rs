@@ -243,6 +243,10 @@ pub(crate) fn io_err(op: &'static str, path: &Path, source: io::Error) -> Storag
     }
 }
 
+/// Default [`Options::compaction_floor`] (`--compaction-floor`): 256 KiB, so a small store
+/// is not snapshotted on every few writes, while a log of mostly dead records stays small.
+pub const DEFAULT_COMPACTION_FLOOR: u64 = 256 << 10;
+
 /// Tuning knobs; [`Options::default`] is what [`Storage::open`] uses.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -257,7 +261,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            compaction_floor: 256 << 10,
+            compaction_floor: DEFAULT_COMPACTION_FLOOR,
             compaction_ratio: 2,
             sync: true,
         }
