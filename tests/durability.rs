@@ -237,21 +237,29 @@ fn a_torn_tail_is_cut_and_everything_before_it_kept() {
     );
     let seg = newest_segment(&dir);
     let full = std::fs::metadata(&seg).expect("segment").len();
+    // Every put was its own acknowledged call, so its own frame, and keys 1..=200 and the
+    // values are the same size: the segment is its 24-byte header and 200 equal frames.
+    assert_eq!((full - 24) % 200, 0, "segment of {full} bytes");
+    let frame = (full - 24) / 200;
     // Cut at several places inside the last records: each time the node starts, reports what it
-    // dropped, and keeps a prefix of the writes (1..n with no gaps).
+    // dropped, and keeps exactly the writes whose frames are whole (1..n with no gaps).
+    let mut len = full;
     for cut in [1u64, 7, 60, 150, 400] {
-        let len = std::fs::metadata(&seg).expect("segment").len();
-        if len <= cut + 24 {
-            break;
-        }
+        len -= cut;
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(&seg)
             .expect("open segment");
-        f.set_len(len - cut).expect("truncate");
+        f.set_len(len).expect("truncate");
         drop(f);
+        let whole = (len - 24) / frame;
         let kv = start(&alive, &cookie, epmd, &dir);
         kv.wait_log("recovered", Duration::from_secs(5));
+        assert!(
+            kv.logs().contains(&format!("recovered {whole} keys")),
+            "cut to {len}: {}",
+            kv.logs()
+        );
         let out = elixir(
             &kv,
             &unique("r"),
@@ -262,18 +270,21 @@ store = {DistributedExample.KVStore, kv}
 present = Enum.filter(1..200, fn i -> GenServer.call(store, {:get, i}) != nil end)
 n = length(present)
 ^present = Enum.to_list(1..n) |> Enum.take(n)
+^n = GenServer.call(store, :size)
 IO.puts("PRESENT #{n}")
 "#,
         );
-        let n: u32 = out
+        let n: u64 = out
             .lines()
             .find_map(|l| l.strip_prefix("PRESENT "))
             .and_then(|n| n.trim().parse().ok())
             .expect("count");
-        assert!(n < 200 && n > 150, "cut {cut}: {n} keys kept");
+        assert_eq!(n, whole, "cut to {len} bytes (frames of {frame})");
         assert!(kv.logs().contains("dropped"), "{}", kv.logs());
+        // Recovery cut the torn frame off: the file now ends after the last whole one.
+        len = std::fs::metadata(&seg).expect("segment").len();
+        assert_eq!(len, 24 + whole * frame);
     }
-    assert!(full > 0);
 }
 
 #[test]
@@ -482,6 +493,97 @@ IO.inspect(wrong, label: "wrong", limit: :infinity)
 13 = GenServer.call(store, :size)
 IO.puts("SCRIPT-OK")
 "#
+        ),
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+}
+
+/// fsync itself is observed: `:kvnode.info`'s `storage_syncs` (successful commit
+/// `fdatasync`s) grows by at least one per sequential acknowledged write, and stays 0
+/// without `--data-dir`. Refused writes (`put_new` on a present key, a `cas` mismatch) stay
+/// refused after SIGKILL and a restart.
+#[test]
+fn fsyncs_are_observed_and_refused_writes_stay_refused_after_sigkill() {
+    const WRITES: u32 = 40;
+    let cookie = unique("cookie");
+    let epmd = free_port();
+    let alive = unique("kv_syncs");
+    let dir = data_dir("kvnode_syncs");
+    let _cleanup = DirGuard(dir.clone());
+    {
+        let mem = KvNode::start(&unique("kv_mem"), &cookie, epmd);
+        let out = elixir(
+            &mem,
+            &unique("m"),
+            &cookie,
+            r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+for i <- 1..20, do: :ok = GenServer.call({DistributedExample.KVStore, kv}, {:put, i, i})
+%{storage_syncs: 0} = :rpc.call(kv, :kvnode, :info, [])
+IO.puts("SCRIPT-OK")
+"#,
+        );
+        assert!(out.contains("SCRIPT-OK"), "{out}");
+    }
+    {
+        let mut kv = start(&alive, &cookie, epmd, &dir);
+        let out = elixir(
+            &kv,
+            &unique("w"),
+            &cookie,
+            &format!(
+                r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+store = {{DistributedExample.KVStore, kv}}
+%{{storage_syncs: before}} = :rpc.call(kv, :kvnode, :info, [])
+for i <- 1..{WRITES}, do: :ok = GenServer.call(store, {{:put, {{:w, i}}, i}})
+%{{storage_syncs: after_puts}} = :rpc.call(kv, :kvnode, :info, [])
+IO.puts("SYNCS #{{before}} #{{after_puts}}")
+:ok = GenServer.call(store, {{:put, %{{a: 1, b: 2}}, :first}})
+{{:error, :exists}} = GenServer.call(store, {{:put_new, %{{b: 2, a: 1}}, :second}})
+:ok = GenServer.call(store, {{:put, :c, 1}})
+{{:error, {{:mismatch, 1}}}} = GenServer.call(store, {{:cas, :c, 2, 3}})
+:ok = GenServer.call(store, {{:put_new, :fresh, :new}})
+IO.puts("SCRIPT-OK")
+"#
+            ),
+        );
+        assert!(out.contains("SCRIPT-OK"), "{out}");
+        let (before, after): (u64, u64) = out
+            .lines()
+            .find_map(|l| l.strip_prefix("SYNCS "))
+            .and_then(|l| {
+                let mut it = l.split_whitespace().map(|n| n.parse().ok());
+                Some((it.next()??, it.next()??))
+            })
+            .expect("SYNCS line");
+        assert!(
+            after >= before + u64::from(WRITES),
+            "{WRITES} sequential acknowledged writes, but fdatasync completed {} times",
+            after - before
+        );
+        eprintln!("storage_syncs: {before} -> {after} over {WRITES} acknowledged puts");
+        kv.guard.child.kill().expect("SIGKILL kvnode");
+        let _ = kv.guard.child.wait();
+    }
+    let kv = start(&alive, &cookie, epmd, &dir);
+    kv.wait_log("recovered", Duration::from_secs(10));
+    let out = elixir(
+        &kv,
+        &unique("r"),
+        &cookie,
+        &format!(
+            r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+store = {{DistributedExample.KVStore, kv}}
+for i <- 1..{WRITES}, do: ^i = GenServer.call(store, {{:get, {{:w, i}}}})
+:first = GenServer.call(store, {{:get, %{{a: 1, b: 2}}}})
+1 = GenServer.call(store, {{:get, :c}})
+:new = GenServer.call(store, {{:get, :fresh}})
+{n} = GenServer.call(store, :size)
+IO.puts("SCRIPT-OK")
+"#,
+            n = WRITES + 3
         ),
     );
     assert!(out.contains("SCRIPT-OK"), "{out}");
