@@ -158,3 +158,44 @@ impl Durable {
         self.replier.reply(caller, reply);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::key_identity;
+
+    fn id(etf: &[u8]) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        key_identity(etf, &mut out).map(|()| out)
+    }
+
+    /// `#{a => 1, b => 2}` with its entries in either order, as eetf may write it.
+    #[test]
+    fn map_keys_in_any_entry_order_have_one_identity() {
+        let ab = [
+            131, 116, 0, 0, 0, 2, 119, 1, b'a', 97, 1, 119, 1, b'b', 97, 2,
+        ];
+        let ba = [
+            131, 116, 0, 0, 0, 2, 119, 1, b'b', 97, 2, 119, 1, b'a', 97, 1,
+        ];
+        assert_eq!(id(&ab), id(&ba));
+        assert!(id(&ab).is_ok());
+        // The fast path (an atom) and the decoding path agree with the store's Key.
+        let atom = [131, 119, 1, b'a'];
+        let latin1 = [131, 100, 0, 1, b'a'];
+        assert_eq!(id(&atom), id(&latin1));
+        let term = crate::term::decode_exact(&ab, &super::recovery_limits()).expect("decode");
+        assert_eq!(
+            id(&ab).ok().as_deref(),
+            Some(crate::kv::key::Key::from_term(&term).as_bytes())
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_one_term_have_no_identity() {
+        assert!(id(&[]).is_err());
+        assert!(id(&[131]).is_err());
+        assert!(id(&[130, 97, 1]).is_err());
+        assert!(id(&[131, 97, 1, 0]).is_err(), "trailing byte");
+        assert!(id(&[131, 116, 0, 0, 0, 2, 119]).is_err(), "truncated map");
+    }
+}
