@@ -99,6 +99,13 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// With --data-dir: the log is compacted (a snapshot of the live data is written and the
+    /// log before it dropped) once it is larger than this many bytes and than twice the last
+    /// snapshot. Smaller compacts more often; tests use a few KiB to exercise snapshots
+    /// (e.g. `--compaction-floor 1048576`).
+    #[arg(long, default_value_t = crate::storage::DEFAULT_COMPACTION_FLOOR, value_name = "BYTES")]
+    pub compaction_floor: u64,
+
     /// Most terms (list elements, tuple elements, map keys and values, atoms, ...) in one
     /// message from a peer; more closes only that peer's connection. Bounds the memory one
     /// decoded message takes: each term costs ~56 bytes once decoded, so a 128 MiB message
@@ -277,6 +284,7 @@ impl Cli {
         config.handshake_timeout = Duration::from_secs(self.handshake_timeout.max(1));
         config.net_ticktime = Duration::from_secs(self.net_ticktime.max(4));
         config.data_dir = self.data_dir;
+        config.compaction_floor = self.compaction_floor;
         config.max_connections = self.max_connections.max(1);
         config.max_terms_per_message = self.max_terms_per_message.max(1);
         // Admission (issue 10).

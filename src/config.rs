@@ -32,6 +32,8 @@ pub struct Config {
     pub max_terms_per_message: usize,
     /// Where the KV state is persisted; None keeps it in memory only.
     pub data_dir: Option<std::path::PathBuf>,
+    /// `--compaction-floor`: the log is never compacted while smaller than this.
+    pub compaction_floor: u64,
     /// Most inbound distribution connections that have completed the handshake, at once
     /// (handshaking ones count against `max_handshakes`).
     pub max_connections: usize,
@@ -76,6 +78,7 @@ impl std::fmt::Debug for Config {
             .field("max_term_depth", &self.max_term_depth)
             .field("max_terms_per_message", &self.max_terms_per_message)
             .field("data_dir", &self.data_dir)
+            .field("compaction_floor", &self.compaction_floor)
             .field("max_connections", &self.max_connections)
             .field("tls", &self.tls)
             .field("threads", &self.threads)
@@ -133,6 +136,7 @@ impl Config {
             max_term_depth: crate::term::DEFAULT_MAX_DEPTH,
             max_terms_per_message: crate::term::DEFAULT_MAX_TERMS,
             data_dir: None,
+            compaction_floor: crate::storage::DEFAULT_COMPACTION_FLOOR,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             tls: None,
             threads: default_threads(),

@@ -197,7 +197,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .port();
     // Recover the state before anyone can find us through EPMD.
     let recovered = match config.data_dir.clone() {
-        Some(dir) => Some(open_storage(dir).await?),
+        Some(dir) => Some(open_storage(dir, config.compaction_floor).await?),
         None => None,
     };
     let shutdown = CancellationToken::new();
@@ -269,15 +269,24 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     })
 }
 
+/// Opens `--data-dir` and recovers it, merging records by the store's canonical keys
+/// ([`kv::durable::key_identity`]).
 async fn open_storage(
     dir: std::path::PathBuf,
-) -> Result<(storage::Storage, Vec<(Vec<u8>, Vec<u8>)>), Error> {
+    compaction_floor: u64,
+) -> Result<(storage::Storage, Vec<storage::Entry>), Error> {
     let shown = dir.display().to_string();
-    let (storage, recovered) = tokio::task::spawn_blocking(move || storage::Storage::open(&dir))
-        .await
-        .map_err(|e| storage::StorageError::Unavailable {
-            reason: format!("recovery task failed: {e}"),
-        })??;
+    let options = storage::Options {
+        compaction_floor,
+        ..storage::Options::default()
+    };
+    let (storage, recovered) = tokio::task::spawn_blocking(move || {
+        storage::Storage::open_with(&dir, options, &kv::durable::key_identity)
+    })
+    .await
+    .map_err(|e| storage::StorageError::Unavailable {
+        reason: format!("recovery task failed: {e}"),
+    })??;
     // The storage already warned about a dropped torn tail, with file, offset and bytes.
     tracing::info!(
         dir = %shown,

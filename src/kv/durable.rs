@@ -18,6 +18,11 @@
 //!   ([`Pressure::STORAGE`]) and the connections delivering to it stop reading their peers
 //!   until half of it is on disk. Nothing is refused or dropped: a slow disk slows the
 //!   writers down instead of filling memory.
+//!
+//! Log records hold keys as external term format, whose bytes are not unique for a key (a
+//! map's entries come out in hash order, a charlist may be a string or a list, ...). Recovery
+//! identifies them by [`key_identity`]: the canonical [`Key`](super::key::Key) the store
+//! itself uses.
 
 use crate::gen_server::{Caller, Ctx, Replier};
 use crate::node::Pressure;
@@ -61,6 +66,36 @@ fn weight(ops: &[Op]) -> usize {
             Op::Delete { key } => key.len() + 32,
         })
         .sum()
+}
+
+/// The storage's [`KeyIdentity`](crate::storage::KeyIdentity) for KV keys: the canonical
+/// key bytes ([`super::key`]) of a key in external term format (version byte included), so
+/// recovery merges log records and snapshot entries exactly as the store compares keys.
+/// Common keys (atoms, binaries, small integers, small tuples of those) are read straight
+/// from their bytes; others are validated and decoded first (no term-count limit: the
+/// bytes passed the log's checksums and may predate a lower `--max-terms-per-message`).
+pub fn key_identity(etf: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    let Some((&version, term)) = etf.split_first() else {
+        return Err("empty key".into());
+    };
+    if version == crate::term::VERSION_MAGIC && super::key::encode_etf_into(term, out) {
+        return Ok(());
+    }
+    let limits = recovery_limits();
+    let term = crate::term::decode_exact(etf, &limits).map_err(|e| e.to_string())?;
+    super::key::encode_into(&term, out);
+    Ok(())
+}
+
+/// Limits for terms read back from the log: the configured depth and default atom bounds, no term-count
+/// bound (a value accepted under a larger `--max-terms-per-message` is never refused later).
+pub fn recovery_limits() -> crate::term::Limits {
+    crate::term::Limits {
+        max_terms: usize::MAX,
+        // As deep as peers may send (--max-term-depth), so no stored value is lost.
+        max_depth: crate::term::configured_depth(),
+        ..crate::term::Limits::default()
+    }
 }
 
 #[derive(Default)]
@@ -180,5 +215,46 @@ impl Durable {
             }
         }
         self.replier.reply(caller, reply);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_identity;
+
+    fn id(etf: &[u8]) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        key_identity(etf, &mut out).map(|()| out)
+    }
+
+    /// `#{a => 1, b => 2}` with its entries in either order, as eetf may write it.
+    #[test]
+    fn map_keys_in_any_entry_order_have_one_identity() {
+        let ab = [
+            131, 116, 0, 0, 0, 2, 119, 1, b'a', 97, 1, 119, 1, b'b', 97, 2,
+        ];
+        let ba = [
+            131, 116, 0, 0, 0, 2, 119, 1, b'b', 97, 2, 119, 1, b'a', 97, 1,
+        ];
+        assert_eq!(id(&ab), id(&ba));
+        assert!(id(&ab).is_ok());
+        // The fast path (an atom) and the decoding path agree with the store's Key.
+        let atom = [131, 119, 1, b'a'];
+        let latin1 = [131, 100, 0, 1, b'a'];
+        assert_eq!(id(&atom), id(&latin1));
+        let term = crate::term::decode_exact(&ab, &super::recovery_limits()).expect("decode");
+        assert_eq!(
+            id(&ab).ok().as_deref(),
+            Some(crate::kv::key::Key::from_term(&term).as_bytes())
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_one_term_have_no_identity() {
+        assert!(id(&[]).is_err());
+        assert!(id(&[131]).is_err());
+        assert!(id(&[130, 97, 1]).is_err());
+        assert!(id(&[131, 97, 1, 0]).is_err(), "trailing byte");
+        assert!(id(&[131, 116, 0, 0, 0, 2, 119]).is_err(), "truncated map");
     }
 }

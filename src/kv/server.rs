@@ -69,28 +69,28 @@ impl KvServer {
         Self::default()
     }
 
-    /// A store with the recovered `entries` (external-term-encoded key/value pairs) that
-    /// persists every change through `durable`. Undecodable entries are skipped with an error
-    /// log (they passed the log's checksums, so only a bug could produce them).
-    pub fn with_storage(durable: Durable, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
-        // Recovered entries passed the log's checksums: no term-count limit, so a value
-        // accepted under a larger --max-terms-per-message is never dropped after a restart.
-        let limits = crate::term::Limits {
-            max_terms: usize::MAX,
-            // As deep as peers may send (--max-term-depth), so no stored value is lost.
-            max_depth: crate::term::configured_depth(),
-            ..crate::term::Limits::default()
-        };
+    /// A store with the recovered `entries` that persists every change through `durable`.
+    ///
+    /// Each entry's `id` is the canonical key [`durable::key_identity`] computed during
+    /// recovery, and its key and value are external term format as logged: they are stored
+    /// as they are (the value checked first), nothing is decoded or re-encoded. An entry
+    /// whose value is not one valid term is skipped with an error log (it passed the log's
+    /// checksums, so only a bug could produce it).
+    pub fn with_storage(durable: Durable, entries: Vec<crate::storage::Entry>) -> Self {
+        let limits = durable::recovery_limits();
         let mut store = Store::new();
-        for (k, v) in entries {
-            match (
-                crate::term::decode_exact(&k, &limits),
-                crate::term::decode_exact(&v, &limits),
-            ) {
-                (Ok(k), Ok(v)) => store.put(k, v),
-                (Err(error), _) | (_, Err(error)) => {
-                    tracing::error!(%error, "skipping an undecodable recovered entry");
+        for e in entries {
+            let value_ok = match crate::term::validate_versioned(&e.value, &limits) {
+                Ok(len) if len == e.value.len() => Ok(()),
+                Ok(len) => Err(format!("{} trailing bytes", e.value.len() - len)),
+                Err(error) => Err(error.to_string()),
+            };
+            match (e.key.get(1..), e.value.get(1..), value_ok) {
+                (Some(key), Some(value), Ok(())) => store.put_encoded(&e.id, key, value),
+                (_, _, Err(error)) => {
+                    tracing::error!(%error, key_len = e.key.len(), "skipping a recovered entry whose value is not a valid term");
                 }
+                _ => tracing::error!("skipping a recovered entry with an empty key"),
             }
         }
         KvServer {

@@ -350,6 +350,7 @@ async fn info(node: &Node) -> Outcome {
         ("processes", count(processes)),
         ("registered", count(registered)),
         ("backpressure_pauses", int(node.backpressure_pauses())),
+        ("storage_syncs", int(crate::storage::commit_syncs())),
     ]
     .into_iter()
     .map(|(k, v)| (atom(k), v))

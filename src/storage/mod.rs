@@ -2,7 +2,20 @@
 //! that let the log be truncated.
 //!
 //! The KV server keeps the whole state in memory; this module only makes it durable and
-//! gives it back at start. Keys and values are opaque bytes (their external term encoding).
+//! gives it back at start. Keys and values are opaque bytes to it (the application's
+//! encoding of them).
+//!
+//! # Key identity
+//! Two different byte strings can name the same key (the KV server logs keys as external
+//! term format, where one Erlang map has many encodings, one per entry order). So the log
+//! never decides on its own which records concern the same key: [`Storage::open`] takes the
+//! application's [`KeyIdentity`], which maps a key's bytes to the bytes that identify it
+//! (for the KV server, the canonical key its store uses), and recovery merges snapshot
+//! entries and replays log records by that identity, in log order. The last record for an
+//! identity wins, whatever bytes spelled its key. A key the identity function refuses is
+//! [`StorageError::Corrupt`] naming the file and offset: merging it by its raw bytes could
+//! bring a deleted or overwritten key back. The bytes on disk are unchanged by this (format
+//! version 1), so a data directory written before identities were used recovers correctly.
 //!
 //! # Why an own log instead of `redb` or `fjall`
 //! The state already lives in a `HashMap`, so an embedded B-tree or LSM would keep a second
@@ -80,7 +93,7 @@ mod recovery;
 mod tests;
 
 use format::{FILE_HEADER_LEN, SEGMENT_MAGIC, SNAPSHOT_MAGIC};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::fd::AsRawFd;
@@ -94,20 +107,45 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// One change to the state.
+///
+/// Keys are the application's bytes for the key, not necessarily one canonical spelling:
+/// recovery decides which records concern the same key with the [`KeyIdentity`] given to
+/// [`Storage::open`], never by comparing these bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// Set `key` to `value`.
+    /// Set the key to `value`, whatever entry its identity had before.
     Put {
-        /// Canonical key bytes.
+        /// The key's bytes (for the KV server: the key in external term format, version byte
+        /// included, in whatever entry order the encoder chose for maps).
         key: Vec<u8>,
-        /// Value bytes.
+        /// The value's bytes (for the KV server: external term format, version byte included).
         value: Vec<u8>,
     },
-    /// Remove `key` (a no-op if it is absent).
+    /// Remove the entry whose identity is that of `key` (a no-op if there is none).
     Delete {
-        /// Canonical key bytes.
+        /// The key's bytes, as for [`Op::Put`]; it need not be the spelling the entry was
+        /// put with.
         key: Vec<u8>,
     },
+}
+
+/// The application's key identity: writes into `out` (empty on entry) the bytes that decide
+/// which entry `key` (bytes as in an [`Op`] or a snapshot) names. Two keys are the same key
+/// exactly when their identities are equal. `Err(why)` means the bytes are not a key at all;
+/// recovery then stops with [`StorageError::Corrupt`]. It runs once per snapshot entry and
+/// log op at open, so it should be fast.
+pub type KeyIdentity = dyn Fn(&[u8], &mut Vec<u8>) -> Result<(), String> + Sync;
+
+/// One recovered entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The key's identity, as the [`KeyIdentity`] computed it (so the caller need not
+    /// compute it again).
+    pub id: Vec<u8>,
+    /// The key's bytes, as the last record that put this entry spelled them.
+    pub key: Vec<u8>,
+    /// The value's bytes.
+    pub value: Vec<u8>,
 }
 
 /// The torn tail that recovery cut off the last log segment.
@@ -126,8 +164,8 @@ pub struct DroppedTail {
 /// What [`Storage::open`] found.
 #[derive(Debug)]
 pub struct Recovered {
-    /// The live entries, in no particular order.
-    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The live entries, one per key identity, in no particular order.
+    pub entries: Vec<Entry>,
     /// Record groups replayed from the log.
     pub records_replayed: u64,
     /// Entries loaded from the snapshot.
@@ -205,6 +243,10 @@ pub(crate) fn io_err(op: &'static str, path: &Path, source: io::Error) -> Storag
     }
 }
 
+/// Default [`Options::compaction_floor`] (`--compaction-floor`): 256 KiB, so a small store
+/// is not snapshotted on every few writes, while a log of mostly dead records stays small.
+pub const DEFAULT_COMPACTION_FLOOR: u64 = 256 << 10;
+
 /// Tuning knobs; [`Options::default`] is what [`Storage::open`] uses.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -219,7 +261,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            compaction_floor: 256 << 10,
+            compaction_floor: DEFAULT_COMPACTION_FLOOR,
             compaction_ratio: 2,
             sync: true,
         }
@@ -301,14 +343,19 @@ impl Storage {
     /// Opens (creating if needed) the data directory with default [`Options`].
     ///
     /// Takes `DIR/LOCK` (non-blocking `flock`, held for the life of the `Storage`), loads
-    /// the newest snapshot, replays the log, truncates a torn tail (with a warning) and
-    /// returns the live entries.
-    pub fn open(dir: &Path) -> Result<(Storage, Recovered), StorageError> {
-        Storage::open_with(dir, Options::default())
+    /// the newest snapshot, replays the log in order, merging by `identity` (see "Key
+    /// identity" in the module docs), truncates a torn tail (with a warning) and returns the
+    /// live entries.
+    pub fn open(dir: &Path, identity: &KeyIdentity) -> Result<(Storage, Recovered), StorageError> {
+        Storage::open_with(dir, Options::default(), identity)
     }
 
     /// [`Storage::open`] with explicit options.
-    pub fn open_with(dir: &Path, options: Options) -> Result<(Storage, Recovered), StorageError> {
+    pub fn open_with(
+        dir: &Path,
+        options: Options,
+        identity: &KeyIdentity,
+    ) -> Result<(Storage, Recovered), StorageError> {
         let started = Instant::now();
         let dir = dir.to_path_buf();
         let lock = take_lock(&dir)?;
@@ -317,15 +364,13 @@ impl Storage {
             std::fs::remove_file(tmp).map_err(|e| io_err("remove leftover", tmp, e))?;
         }
 
-        let mut map: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        let mut state = recovery::State::new(identity);
         let mut snapshot_entries = 0;
         let mut snapshot_bytes = 0;
         let base = match listing.snapshots.last_key_value() {
             Some((&seq, path)) => {
-                let (m, bytes) = recovery::read_snapshot(path, seq)?;
-                snapshot_entries = m.len() as u64;
-                snapshot_bytes = bytes;
-                map = m;
+                snapshot_bytes = recovery::read_snapshot(path, seq, &mut state)?;
+                snapshot_entries = state.len() as u64;
                 seq
             }
             None => 1,
@@ -362,18 +407,7 @@ impl Storage {
             }
             let is_last = i + 1 == live.len();
             let path = &listing.segments[&seq];
-            let scan = recovery::replay_segment(path, seq, is_last, &mut |ops| {
-                for op in ops {
-                    match op {
-                        Op::Put { key, value } => {
-                            map.insert(key, value);
-                        }
-                        Op::Delete { key } => {
-                            map.remove(&key);
-                        }
-                    }
-                }
-            })?;
+            let scan = recovery::replay_segment(path, seq, is_last, &mut state)?;
             records += scan.records;
             end = scan.end;
             log_bytes += scan.end;
@@ -449,7 +483,7 @@ impl Storage {
             .spawn(move || snapshot_loop(&snap_shared, snap_rx))
             .map_err(|e| io_err("spawn snapshot thread for", &dir, e))?;
 
-        let entries: Vec<_> = map.into_iter().collect();
+        let entries = state.into_entries();
         let recovered = Recovered {
             records_replayed: records,
             snapshot_entries,
@@ -702,6 +736,16 @@ struct Writer {
     buf: Vec<u8>,
 }
 
+/// Commit `fdatasync` calls that returned success, over every [`Storage`] of this process.
+static COMMIT_SYNCS: AtomicU64 = AtomicU64::new(0);
+
+/// How many commits of this process were made durable by a successful `fdatasync` so far
+/// (`storage_syncs` in `:kvnode.info`). Sequential acknowledged writes cannot share a commit,
+/// so N of them make this grow by at least N; concurrent ones may share one.
+pub fn commit_syncs() -> u64 {
+    COMMIT_SYNCS.load(Ordering::Relaxed)
+}
+
 /// Payloads at least this large are written directly instead of through the batch buffer.
 const DIRECT_WRITE: usize = 256 << 10;
 
@@ -812,6 +856,7 @@ impl Writer {
         }
         if self.shared.options.sync {
             self.file.sync_data()?;
+            COMMIT_SYNCS.fetch_add(1, Ordering::Relaxed);
         }
         Ok(pos - start)
     }

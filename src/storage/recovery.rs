@@ -4,7 +4,7 @@
 use super::format::{
     self, FILE_HEADER_LEN, FRAME_HEADER_LEN, Payload, SEGMENT_MAGIC, SNAPSHOT_MAGIC,
 };
-use super::{DroppedTail, Op, StorageError, io_err};
+use super::{DroppedTail, Entry, KeyIdentity, Op, StorageError, io_err};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -65,12 +65,100 @@ fn corrupt(file: &Path, offset: u64, reason: impl Into<String>) -> StorageError 
     }
 }
 
-/// The live state as a map.
-pub(crate) type State = HashMap<Vec<u8>, Vec<u8>>;
+/// Bytes of a key shown in an error: enough to recognise it, bounded whatever its size.
+const KEY_EXCERPT: usize = 32;
 
-/// Reads snapshot `seq` completely. Any damage is [`StorageError::Corrupt`]: a snapshot is
-/// renamed into place only after it was written and fsync'd, so it is never legitimately torn.
-pub(crate) fn read_snapshot(path: &Path, seq: u64) -> Result<(State, u64), StorageError> {
+/// `len` and the first [`KEY_EXCERPT`] bytes of `key` in hex, for error messages.
+pub(crate) fn key_excerpt(key: &[u8]) -> String {
+    let shown = &key[..key.len().min(KEY_EXCERPT)];
+    let hex: String = shown.iter().map(|b| format!("{b:02x}")).collect();
+    let more = if key.len() > shown.len() { "..." } else { "" };
+    format!("{} bytes: {hex}{more}", key.len())
+}
+
+/// The live state being rebuilt: entries by key identity (see "Key identity" in the module
+/// docs), each with the key's bytes as last written and the value.
+pub(crate) struct State<'a> {
+    map: HashMap<Vec<u8>, (Vec<u8>, Vec<u8>), foldhash::fast::RandomState>,
+    identity: &'a KeyIdentity,
+    scratch: Vec<u8>,
+}
+
+impl<'a> State<'a> {
+    pub(crate) fn new(identity: &'a KeyIdentity) -> Self {
+        State {
+            map: HashMap::default(),
+            identity,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// The identity of `key` into `self.scratch`, or why it has none.
+    fn identify(&mut self, key: &[u8]) -> Result<(), String> {
+        self.scratch.clear();
+        (self.identity)(key, &mut self.scratch).map_err(|why| {
+            format!(
+                "a key that is not a valid key ({}): {why}",
+                key_excerpt(key)
+            )
+        })
+    }
+
+    /// Applies one log record group, op by op, in order.
+    fn apply(&mut self, ops: Vec<Op>) -> Result<(), String> {
+        for op in ops {
+            match op {
+                Op::Put { key, value } => {
+                    self.identify(&key)?;
+                    match self.map.get_mut(self.scratch.as_slice()) {
+                        Some(entry) => *entry = (key, value),
+                        None => {
+                            self.map.insert(self.scratch.clone(), (key, value));
+                        }
+                    }
+                }
+                Op::Delete { key } => {
+                    self.identify(&key)?;
+                    self.map.remove(self.scratch.as_slice());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds one snapshot entry; a snapshot holds each key once.
+    fn load(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), String> {
+        self.identify(&key)?;
+        if self.map.contains_key(self.scratch.as_slice()) {
+            return Err(format!(
+                "two snapshot entries for the same key ({})",
+                key_excerpt(&key)
+            ));
+        }
+        self.map.insert(self.scratch.clone(), (key, value));
+        Ok(())
+    }
+
+    pub(crate) fn into_entries(self) -> Vec<Entry> {
+        self.map
+            .into_iter()
+            .map(|(id, (key, value))| Entry { id, key, value })
+            .collect()
+    }
+}
+
+/// Reads snapshot `seq` completely into `state` (which must be empty) and returns the
+/// snapshot's size. Any damage is [`StorageError::Corrupt`]: a snapshot is renamed into place
+/// only after it was written and fsync'd, so it is never legitimately torn.
+pub(crate) fn read_snapshot(
+    path: &Path,
+    seq: u64,
+    state: &mut State<'_>,
+) -> Result<u64, StorageError> {
     let file = File::open(path).map_err(|e| io_err("open snapshot", path, e))?;
     let file_len = file
         .metadata()
@@ -81,7 +169,6 @@ pub(crate) fn read_snapshot(path: &Path, seq: u64) -> Result<(State, u64), Stora
     r.read_exact(&mut header)
         .map_err(|_| corrupt(path, 0, "snapshot shorter than its header"))?;
     format::check_file_header(&header, SNAPSHOT_MAGIC, seq).map_err(|why| corrupt(path, 0, why))?;
-    let mut map = HashMap::new();
     let mut pos = FILE_HEADER_LEN as u64;
     loop {
         let frame = match read_frame(&mut r, pos, file_len) {
@@ -91,19 +178,25 @@ pub(crate) fn read_snapshot(path: &Path, seq: u64) -> Result<(State, u64), Stora
         };
         let (payload, next) = frame;
         match format::decode_payload(&payload).map_err(|why| corrupt(path, pos, why))? {
-            Payload::Chunk(entries) => map.extend(entries),
+            Payload::Chunk(entries) => {
+                for (key, value) in entries {
+                    state
+                        .load(key, value)
+                        .map_err(|why| corrupt(path, pos, why))?;
+                }
+            }
             Payload::End(total) => {
-                if total != map.len() as u64 {
+                if total != state.len() as u64 {
                     return Err(corrupt(
                         path,
                         pos,
-                        format!("snapshot says {total} entries, found {}", map.len()),
+                        format!("snapshot says {total} entries, found {}", state.len()),
                     ));
                 }
                 if next != file_len {
                     return Err(corrupt(path, next, "data after the snapshot's end record"));
                 }
-                return Ok((map, file_len));
+                return Ok(file_len);
             }
             Payload::Group(_) => return Err(corrupt(path, pos, "log record inside a snapshot")),
         }
@@ -162,18 +255,19 @@ pub(crate) struct SegmentScan {
     pub dropped: Option<DroppedTail>,
 }
 
-/// Replays segment `seq`, calling `apply` for every record group in order.
+/// Replays segment `seq` into `state`, every record group in order.
 ///
 /// In a segment that is not the last one, any bad frame is corruption. In the last one, a
 /// bad frame at offset `X` ends the log there (a torn tail) unless some valid frame after
 /// `X` names a batch start greater than `X`: such a frame was written by a later commit,
 /// which the writer only starts after the commit holding `X` was fsync'd and acknowledged,
 /// so the damage hit acknowledged data and recovery refuses with [`StorageError::Corrupt`].
+/// A key the identity function refuses is [`StorageError::Corrupt`] too, at its frame.
 pub(crate) fn replay_segment(
     path: &Path,
     seq: u64,
     is_last: bool,
-    apply: &mut dyn FnMut(Vec<Op>),
+    state: &mut State<'_>,
 ) -> Result<SegmentScan, StorageError> {
     let mut file = File::open(path).map_err(|e| io_err("open segment", path, e))?;
     let file_len = file
@@ -203,7 +297,9 @@ pub(crate) fn replay_segment(
             }
             Ok(Some((payload, next))) => {
                 match format::decode_payload(&payload).map_err(|why| corrupt(path, pos, why))? {
-                    Payload::Group(ops) => apply(ops),
+                    Payload::Group(ops) => {
+                        state.apply(ops).map_err(|why| corrupt(path, pos, why))?
+                    }
                     _ => return Err(corrupt(path, pos, "snapshot record inside a log segment")),
                 }
                 records += 1;

@@ -4,6 +4,7 @@
 //! Test-only code: the parent declares this module under `#[cfg(test)]`.
 
 use super::*;
+use std::collections::HashMap;
 use std::process::Command;
 use std::sync::atomic::AtomicU32;
 
@@ -82,12 +83,27 @@ fn submit_wait(s: &Storage, ops: Vec<Op>) -> Result<(), StorageError> {
     rx.recv().expect("storage dropped a completion")
 }
 
+/// The identity of the generic tests: a key is its bytes.
+fn same_bytes(key: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    out.extend_from_slice(key);
+    Ok(())
+}
+
+impl Storage {
+    fn open_bytes(dir: &Path) -> Result<(Storage, Recovered), StorageError> {
+        Storage::open(dir, &same_bytes)
+    }
+}
+
 fn open(dir: &Path) -> (Storage, Recovered) {
-    Storage::open(dir).expect("open storage")
+    Storage::open_bytes(dir).expect("open storage")
 }
 
 fn state(r: &Recovered) -> HashMap<Vec<u8>, Vec<u8>> {
-    r.entries.iter().cloned().collect()
+    r.entries
+        .iter()
+        .map(|e| (e.key.clone(), e.value.clone()))
+        .collect()
 }
 
 fn segment(dir: &Path, seq: u64) -> PathBuf {
@@ -319,7 +335,7 @@ fn last_commit_with_valid_frames_after_damage_is_still_a_tail() {
     let mut bytes = std::fs::read(&seg).expect("read");
     bytes[before_len as usize + 30] ^= 0xff; // inside the first frame of the last commit(s)
     std::fs::write(&seg, &bytes).expect("write");
-    match Storage::open(d.path()) {
+    match Storage::open_bytes(d.path()) {
         Ok((_s, r)) => {
             let st = state(&r);
             assert!(st.contains_key(b"before".as_slice()));
@@ -347,7 +363,7 @@ fn damage_before_a_later_commit_is_corruption() {
             *b ^= 0xa5;
         }
         std::fs::write(&seg, &bytes).expect("write");
-        match Storage::open(d.path()) {
+        match Storage::open_bytes(d.path()) {
             Err(StorageError::Corrupt {
                 file,
                 offset,
@@ -367,7 +383,9 @@ fn damage_before_a_later_commit_is_corruption() {
         assert_eq!(std::fs::read(&seg).expect("read"), bytes);
     }
     // The message names the file and offset.
-    let e = Storage::open(d.path()).map(|_| ()).expect_err("corrupt");
+    let e = Storage::open_bytes(d.path())
+        .map(|_| ())
+        .expect_err("corrupt");
     let msg = e.to_string();
     assert!(
         msg.contains("corrupt storage file") && msg.contains("wal-"),
@@ -398,14 +416,14 @@ fn damage_in_a_snapshot_or_older_segment_is_corruption() {
     let mut bad = good.clone();
     bad[FILE_HEADER_LEN + FRAME_HEADER_LEN_FOR_TEST + 3] ^= 1;
     std::fs::write(&snap, &bad).expect("write");
-    match Storage::open(d.path()) {
+    match Storage::open_bytes(d.path()) {
         Err(StorageError::Corrupt { file, .. }) => assert_eq!(file, snap),
         other => panic!("expected Corrupt, got {:?}", other.map(|_| ())),
     }
     // A truncated snapshot too.
     std::fs::write(&snap, &good[..good.len() - 3]).expect("write");
     assert!(matches!(
-        Storage::open(d.path()),
+        Storage::open_bytes(d.path()),
         Err(StorageError::Corrupt { .. })
     ));
     std::fs::write(&snap, &good).expect("write");
@@ -428,7 +446,7 @@ fn damage_in_a_segment_that_is_not_the_last_is_corruption() {
     let good = std::fs::read(&seg1).expect("read");
     // A cut tail in segment 1 is not a torn tail: segment 2 was started after it was synced.
     std::fs::write(&seg1, &good[..good.len() - 2]).expect("write");
-    match Storage::open(d.path()) {
+    match Storage::open_bytes(d.path()) {
         Err(StorageError::Corrupt { file, reason, .. }) => {
             assert_eq!(file, seg1);
             assert!(reason.contains("not the last"), "{reason}");
@@ -441,7 +459,7 @@ fn damage_in_a_segment_that_is_not_the_last_is_corruption() {
     bad[n - 1] ^= 1;
     std::fs::write(&seg1, &bad).expect("write");
     assert!(matches!(
-        Storage::open(d.path()),
+        Storage::open_bytes(d.path()),
         Err(StorageError::Corrupt { .. })
     ));
 }
@@ -456,7 +474,7 @@ fn missing_segment_is_corruption() {
         submit_wait(&s, vec![put("a", b"1")]).expect("commit");
     }
     std::fs::rename(segment(d.path(), 1), segment(d.path(), 2)).expect("rename");
-    match Storage::open(d.path()) {
+    match Storage::open_bytes(d.path()) {
         Err(StorageError::Corrupt { reason, .. }) => {
             assert!(reason.contains("missing"), "{reason}")
         }
@@ -468,7 +486,7 @@ fn missing_segment_is_corruption() {
 fn second_open_is_refused_in_process_and_from_another_process() {
     let d = TempDir::new("lock");
     let (s, _) = open(d.path());
-    match Storage::open(d.path()) {
+    match Storage::open_bytes(d.path()) {
         Err(e @ StorageError::Locked { .. }) => {
             let msg = e.to_string();
             assert!(msg.contains(&d.path().display().to_string()), "{msg}");
@@ -508,7 +526,7 @@ fn second_open_is_refused_in_process_and_from_another_process() {
         use std::io::BufRead;
         let _ = std::io::BufReader::new(out).read_line(&mut line);
     }
-    let result = Storage::open(d.path()).map(|_| ());
+    let result = Storage::open_bytes(d.path()).map(|_| ());
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(
@@ -666,13 +684,13 @@ fn disk_full_fails_writes_then_recovers_when_space_is_freed() {
 fn read_only_directory_is_a_clear_error() {
     let d = TempDir::new("readonly");
     let _m = Mount::tmpfs(d.path(), "size=1m,ro");
-    match Storage::open(&d.path().join("data")) {
+    match Storage::open_bytes(&d.path().join("data")) {
         Err(e @ StorageError::ReadOnly { .. }) => {
             assert!(e.to_string().contains("not writable"), "{e}");
         }
         other => panic!("expected ReadOnly, got {:?}", other.map(|_| ())),
     }
-    match Storage::open(d.path()) {
+    match Storage::open_bytes(d.path()) {
         Err(StorageError::ReadOnly { .. }) => {}
         other => panic!("expected ReadOnly, got {:?}", other.map(|_| ())),
     }
@@ -685,7 +703,7 @@ fn throughput(dir: &Path, writers: usize, per_writer: usize, sync: bool) -> f64 
         compaction_floor: u64::MAX,
         ..Options::default()
     };
-    let (s, _) = Storage::open_with(dir, options).expect("open");
+    let (s, _) = Storage::open_with(dir, options, &same_bytes).expect("open");
     let s = Arc::new(s);
     let t = Instant::now();
     let threads: Vec<_> = (0..writers)
@@ -750,4 +768,136 @@ fn storage_is_send_and_sync_and_survives_a_panicking_callback() {
     drop(s);
     let (_s, r) = open(d.path());
     assert_eq!(r.entries.len(), 2);
+}
+
+/// An identity under which spellings differ: ASCII case does not matter, and a key starting
+/// with `!` is not a key at all.
+fn case_blind(key: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    if key.first() == Some(&b'!') {
+        return Err("keys never start with '!'".into());
+    }
+    out.extend(key.iter().map(u8::to_ascii_lowercase));
+    Ok(())
+}
+
+fn open_case_blind(dir: &Path) -> Result<(Storage, Recovered), StorageError> {
+    Storage::open(dir, &case_blind)
+}
+
+/// What the raw bytes would get wrong: a key deleted or overwritten under another spelling
+/// comes back. Recovery merges by identity, in log order, and keeps the last spelling.
+#[test]
+fn replay_merges_records_by_identity_not_by_bytes() {
+    let d = TempDir::new("identity");
+    {
+        let (s, _) = open_case_blind(d.path()).expect("open");
+        submit_wait(&s, vec![put("Gone", b"1"), put("Kept", b"1")]).expect("commit");
+        submit_wait(&s, vec![put("KEPT", b"2"), del("GONE")]).expect("commit");
+        submit_wait(&s, vec![put("back", b"1"), del("BACK"), put("Back", b"3")]).expect("commit");
+    }
+    let (_s, r) = open_case_blind(d.path()).expect("reopen");
+    let mut got: Vec<_> = r
+        .entries
+        .iter()
+        .map(|e| (e.id.clone(), e.key.clone(), e.value.clone()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (b"back".to_vec(), b"Back".to_vec(), b"3".to_vec()),
+            (b"kept".to_vec(), b"KEPT".to_vec(), b"2".to_vec()),
+        ]
+    );
+}
+
+/// Snapshot entries and the log after it merge by identity too.
+#[test]
+fn snapshot_and_log_merge_by_identity() {
+    let d = TempDir::new("identity-snap");
+    {
+        let (s, _) = open_case_blind(d.path()).expect("open");
+        submit_wait(&s, vec![put("a", b"1"), put("b", b"1")]).expect("commit");
+        s.compact(vec![
+            (b"a".to_vec(), b"1".to_vec()),
+            (b"b".to_vec(), b"1".to_vec()),
+        ]);
+        submit_wait(&s, vec![put("A", b"2"), del("B")]).expect("commit");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.shared.compactions.load(Ordering::Acquire) > 0 {
+            assert!(Instant::now() < deadline, "compaction did not finish");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert!(d.path().join(recovery::snapshot_name(2)).exists());
+    let (_s, r) = open_case_blind(d.path()).expect("reopen");
+    assert_eq!(r.snapshot_entries, 2);
+    assert_eq!(
+        state(&r),
+        HashMap::from([(b"A".to_vec(), b"2".to_vec())]),
+        "{:?}",
+        r.entries
+    );
+}
+
+/// A key the identity refuses stops recovery with the file and offset: never merged by its
+/// bytes, never skipped.
+#[test]
+fn a_key_without_identity_is_corruption_not_merged() {
+    let d = TempDir::new("identity-bad");
+    {
+        let (s, _) = open(d.path());
+        submit_wait(&s, vec![put("fine", b"1")]).expect("commit");
+        submit_wait(&s, vec![put("!bad", b"1")]).expect("commit");
+    }
+    match open_case_blind(d.path()) {
+        Err(e @ StorageError::Corrupt { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("wal-0000000000000001.log"), "{text}");
+            assert!(text.contains("not a valid key"), "{text}");
+            assert!(text.contains("21626164"), "hex excerpt of the key: {text}");
+            let StorageError::Corrupt { offset, .. } = e else {
+                unreachable!()
+            };
+            // The second frame: after the header and the first frame (24 + 24 + 18 bytes).
+            assert_eq!(offset, 24 + 24 + 5 + 1 + 4 + 4 + 4 + 1);
+        }
+        other => panic!("expected Corrupt, got {:?}", other.map(|_| ())),
+    }
+}
+
+/// Two snapshot entries with one identity cannot come from a store keyed by it.
+#[test]
+fn a_snapshot_with_one_key_twice_is_corruption() {
+    let d = TempDir::new("identity-dup");
+    {
+        let (s, _) = open(d.path());
+        submit_wait(&s, vec![put("x", b"1")]).expect("commit");
+        s.compact(vec![
+            (b"x".to_vec(), b"1".to_vec()),
+            (b"X".to_vec(), b"1".to_vec()),
+        ]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.shared.compactions.load(Ordering::Acquire) > 0 {
+            assert!(Instant::now() < deadline, "compaction did not finish");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    match open_case_blind(d.path()) {
+        Err(e @ StorageError::Corrupt { .. }) => {
+            assert!(e.to_string().contains("same key"), "{e}");
+        }
+        other => panic!("expected Corrupt, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn commit_syncs_count_successful_fdatasyncs() {
+    let d = TempDir::new("syncs");
+    let (s, _) = open(d.path());
+    let before = commit_syncs();
+    for i in 0..5 {
+        submit_wait(&s, vec![put(&format!("k{i}"), b"v")]).expect("commit");
+    }
+    assert!(commit_syncs() >= before + 5);
 }
