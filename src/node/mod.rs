@@ -537,7 +537,6 @@ impl Node {
                     if let Some(message) = decide(flags) {
                         self.send_to_node(peer, message);
                     }
-                    return;
                 }
                 None => {
                     // The pending slot (made by the dial) carries the byte count.
