@@ -133,8 +133,47 @@ pub enum Reserve {
     Reserved,
     /// The peer is connected meanwhile, with these flags: send the message now.
     Up(DistributionFlags),
-    /// A bound is hit (logged): drop the message like a send to a down node.
-    Full(&'static str),
+    /// A bound is hit (logged), or no dial is in flight for the peer: drop the message like a
+    /// send to a down node.
+    Full,
+}
+
+/// Counts `len` more bytes waiting for `peer` (whose slot holds `queued` frames of `bytes`)
+/// when the bounds allow, and says so; otherwise logs the drop (a warning for the first of a
+/// dial, debug after) and counts it in `dropped`.
+fn admit_pending(
+    peer: &str,
+    limits: PendingLimits,
+    queued: usize,
+    bytes: &mut usize,
+    dropped: &mut usize,
+    total: &mut usize,
+    len: usize,
+) -> bool {
+    let why = if queued >= MAX_PENDING_FRAMES {
+        "too many messages are waiting for it"
+    } else if *bytes + len > limits.per_peer_bytes {
+        "its queue is full (bytes)"
+    } else if *total + len > limits.total_bytes {
+        "--max-pending-bytes are waiting for nodes being dialed"
+    } else {
+        *bytes += len;
+        *total += len;
+        return true;
+    };
+    if *dropped == 0 {
+        tracing::warn!(
+            %peer,
+            bytes = len,
+            queued_bytes = *bytes,
+            total_pending_bytes = *total,
+            "dropping a message for a node being dialed: {why} (further drops for it are logged at debug)"
+        );
+    } else {
+        tracing::debug!(%peer, bytes = len, dropped = *dropped + 1, "dropping a message for a node being dialed: {why}");
+    }
+    *dropped += 1;
+    false
 }
 
 /// The table and the bytes waiting in its `Pending` slots.
@@ -235,35 +274,16 @@ impl Manager {
                 dropped,
             }) => {
                 let len = frame.len();
-                let why = if queue.len() >= MAX_PENDING_FRAMES {
-                    Some("too many messages are waiting for it")
-                } else if *bytes + len > limits.per_peer_bytes {
-                    Some("its queue is full (bytes)")
-                } else if table.pending_bytes + len > limits.total_bytes {
-                    Some("--max-pending-bytes are waiting for nodes being dialed")
-                } else {
-                    None
-                };
-                match why {
-                    None => {
-                        queue.push(frame);
-                        *bytes += len;
-                        table.pending_bytes += len;
-                    }
-                    Some(why) => {
-                        if *dropped == 0 {
-                            tracing::warn!(
-                                %peer,
-                                bytes = len,
-                                queued_bytes = *bytes,
-                                total_pending_bytes = table.pending_bytes,
-                                "dropping a message for a node being dialed: {why} (further drops for it are logged at debug)"
-                            );
-                        } else {
-                            tracing::debug!(%peer, bytes = len, dropped = *dropped + 1, "dropping a message for a node being dialed: {why}");
-                        }
-                        *dropped += 1;
-                    }
+                if admit_pending(
+                    peer,
+                    limits,
+                    queue.len(),
+                    bytes,
+                    dropped,
+                    &mut table.pending_bytes,
+                    len,
+                ) {
+                    queue.push(frame);
                 }
                 if *dialing {
                     return Sent::Done;
@@ -365,41 +385,25 @@ impl Manager {
         let limits = self.limits;
         match table.slots.get_mut(peer) {
             Some(Slot::Up(conn)) => Reserve::Up(conn.flags),
-            None => Reserve::Full("no dial is in flight for it"),
+            None => Reserve::Full,
             Some(Slot::Pending {
                 queue,
                 bytes,
                 dropped,
                 ..
             }) => {
-                let why = if queue.len() >= MAX_PENDING_FRAMES {
-                    Some("too many messages are waiting for it")
-                } else if *bytes + len > limits.per_peer_bytes {
-                    Some("its queue is full (bytes)")
-                } else if table.pending_bytes + len > limits.total_bytes {
-                    Some("--max-pending-bytes are waiting for nodes being dialed")
+                if admit_pending(
+                    peer,
+                    limits,
+                    queue.len(),
+                    bytes,
+                    dropped,
+                    &mut table.pending_bytes,
+                    len,
+                ) {
+                    Reserve::Reserved
                 } else {
-                    None
-                };
-                match why {
-                    None => {
-                        *bytes += len;
-                        table.pending_bytes += len;
-                        Reserve::Reserved
-                    }
-                    Some(why) => {
-                        if *dropped == 0 {
-                            tracing::warn!(
-                                %peer,
-                                bytes = len,
-                                "dropping a message for a node being dialed: {why} (further drops for it are logged at debug)"
-                            );
-                        } else {
-                            tracing::debug!(%peer, bytes = len, "dropping a message for a node being dialed: {why}");
-                        }
-                        *dropped += 1;
-                        Reserve::Full(why)
-                    }
+                    Reserve::Full
                 }
             }
         }

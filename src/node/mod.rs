@@ -545,7 +545,7 @@ impl Node {
                     }
                     match self.0.manager.reserve_pending(peer, weight()) {
                         dist::manager::Reserve::Reserved => {}
-                        dist::manager::Reserve::Full(_) => return,
+                        dist::manager::Reserve::Full => return,
                         dist::manager::Reserve::Up(flags) => {
                             drop(peers);
                             if let Some(message) = decide(flags) {
