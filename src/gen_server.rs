@@ -355,6 +355,10 @@ impl<S: GenServer> Dispatch for Host<S> {
         self.dispatch_weighted(node, signal, MIN_SIGNAL_WEIGHT);
     }
 
+    fn pressure(&self) -> Option<Arc<Pressure>> {
+        Some(self.pressure.clone())
+    }
+
     fn dispatch_weighted(&self, node: &Node, signal: Signal, bytes: usize) {
         self.push(signal, bytes.max(MIN_SIGNAL_WEIGHT));
         self.run_pending(node);

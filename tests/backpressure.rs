@@ -100,21 +100,6 @@ fn heavy_node(kv: &KvNode) -> String {
         .to_owned()
 }
 
-/// kvnode's current and peak resident memory, in MiB (`/proc/<pid>/status`).
-fn rss_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let field = |name: &str| -> f64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|kb| kb / 1024.0)
-            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 fn run_script(
     kv: &KvNode,
     cookie: &str,
@@ -181,7 +166,7 @@ fn flood(
     (procs, n, size, rounds): (usize, usize, usize, usize),
     heavy: bool,
 ) -> (Vec<String>, String, f64, f64) {
-    let (before, _) = rss_mib(kv.guard.pid());
+    let before = status_mib(kv.guard.pid(), "VmRSS");
     // The busy client and the flood connect first, one after the other, so they land on
     // different connection threads (each connection goes to the least busy thread).
     let connections = || kv.logs().matches(" connected ").count();
@@ -228,7 +213,7 @@ fn flood(
         .map(|c| c.join().expect("flood client thread"))
         .collect();
     let elapsed = started.elapsed();
-    let (_, peak) = rss_mib(kv.guard.pid());
+    let peak = status_mib(kv.guard.pid(), "VmHWM");
     call(
         kv,
         cookie,

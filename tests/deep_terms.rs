@@ -36,22 +36,12 @@ fn env() -> Vec<(&'static str, String)> {
     vec![("WRAPS", (LIMIT - 3).to_string())]
 }
 
-fn rss_mib(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("status field");
-    kib / 1024.0
-}
-
 #[test]
 fn values_and_keys_nested_to_the_limit_round_trip_on_every_path() {
     let cookie = unique("cookie");
     let kv = KvNode::start(&unique("kv_deep"), &cookie, free_port());
     let pid = kv.guard.pid();
-    let before = rss_mib(pid, "VmRSS");
+    let before = status_mib(pid, "VmRSS");
     let script = format!(
         "{PRELUDE}{}",
         r#"
@@ -116,8 +106,8 @@ IO.puts("SCRIPT-OK")
     );
     println!(
         "kvnode RSS {before:.1} MiB before, {:.1} MiB after, peak {:.1} MiB",
-        rss_mib(pid, "VmRSS"),
-        rss_mib(pid, "VmHWM")
+        status_mib(pid, "VmRSS"),
+        status_mib(pid, "VmHWM")
     );
     // Another node is served on.
     let out = elixir(

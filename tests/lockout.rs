@@ -29,28 +29,6 @@ const MIB: u64 = 1024 * 1024;
 /// Where flood sockets come from.
 const ATTACKER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
-/// Raises this process's soft fd limit to its hard limit (children inherit it).
-fn raise_fd_limit(need: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid rlimit for getrlimit/setrlimit to read and write.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-    // SAFETY: as above.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    assert!(
-        lim.rlim_cur >= need,
-        "need at least {need} file descriptors, have {}",
-        lim.rlim_cur
-    );
-}
-
 /// A TCP connection from [`ATTACKER`] to `127.0.0.1:port` that sends nothing.
 fn idle_socket(port: u16) -> std::io::Result<TcpStream> {
     let socket = socket2_connect(port)?;
@@ -72,53 +50,6 @@ fn socket2_connect(port: u16) -> std::io::Result<TcpStream> {
             .await?;
         stream.into_std()
     })
-}
-
-/// True when the peer has closed `s` (EOF or reset); false while it is open and silent.
-fn is_closed(s: &TcpStream) -> bool {
-    let mut buf = [0u8; 256];
-    let mut reader = s;
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
-        }
-    }
-}
-
-/// kvnode's resident set size in bytes, from /proc/PID/status.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS");
-    kib * 1024
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / MIB as f64)
-}
-
-/// A fresh file path as this test sees it and as an Elixir script sees it (under the OTP
-/// root's /tmp when scripts run in a chroot, `KVNODE_OTP_ROOT`).
-fn shared_path(what: &str) -> (PathBuf, String) {
-    let name = unique(what);
-    match std::env::var("KVNODE_OTP_ROOT") {
-        Ok(root) if !root.is_empty() => (
-            PathBuf::from(root).join("tmp").join(&name),
-            format!("/tmp/{name}"),
-        ),
-        _ => {
-            let path = std::env::temp_dir().join(&name);
-            let inside = path.display().to_string();
-            (path, inside)
-        }
-    }
 }
 
 /// Runs `script` on a fresh Elixir node in a thread. The script gets `READY` and `GO` (paths):

@@ -12,9 +12,8 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -23,59 +22,6 @@ const FLOOD: usize = 1_000;
 const MIB: u64 = 1024 * 1024;
 /// How far above its baseline kvnode's RSS may go while flooded.
 const RSS_BOUND: u64 = 64 * MIB;
-
-/// Raises this process's soft fd limit to its hard limit (children inherit it).
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid rlimit for getrlimit/setrlimit to read and write.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-    // SAFETY: as above.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    assert!(
-        lim.rlim_cur >= 4 * FLOOD as u64,
-        "need at least {} file descriptors, have {}",
-        4 * FLOOD,
-        lim.rlim_cur
-    );
-}
-
-/// kvnode's resident set size in bytes, from /proc/PID/status.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS");
-    kib * 1024
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / MIB as f64)
-}
-
-/// True when the peer has closed `s` (EOF or reset); false while it is open and silent.
-fn is_closed(s: &TcpStream) -> bool {
-    let mut buf = [0u8; 256];
-    let mut reader = s;
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
-        }
-    }
-}
 
 /// Opens `n` non-blocking connections to `port` that send nothing (see [`slowloris`] for
 /// the ones that trickle).
@@ -161,24 +107,6 @@ IO.puts("SCRIPT-OK served in #{{System.monotonic_time(:millisecond) - t}} ms")
             Duration::from_secs(180),
         )
     })
-}
-
-/// A fresh file path as this test sees it and as the Elixir script sees it: under the OTP
-/// root's /tmp when scripts run in a chroot (`KVNODE_OTP_ROOT`, the interop matrix), else in
-/// the temp dir.
-fn shared_path(what: &str) -> (PathBuf, String) {
-    let name = unique(what);
-    match std::env::var("KVNODE_OTP_ROOT") {
-        Ok(root) if !root.is_empty() => (
-            PathBuf::from(root).join("tmp").join(&name),
-            format!("/tmp/{name}"),
-        ),
-        _ => {
-            let path = std::env::temp_dir().join(&name);
-            let inside = path.display().to_string();
-            (path, inside)
-        }
-    }
 }
 
 /// The first message of a v6 handshake (`N`, flags, creation, name), which the slowloris
@@ -295,7 +223,7 @@ fn flood_while_served(
 
 #[test]
 fn a_thousand_half_open_and_slowloris_connections_on_the_distribution_port() {
-    raise_fd_limit();
+    raise_fd_limit(4 * FLOOD as u64);
     let cookie = unique("cookie");
     let timeout = Duration::from_secs(3);
     let kv = KvNode::start_with(
@@ -382,7 +310,7 @@ IO.puts("SCRIPT-OK")
 
 #[test]
 fn a_thousand_half_open_and_slowloris_connections_on_the_epmd_port() {
-    raise_fd_limit();
+    raise_fd_limit(4 * FLOOD as u64);
     let cookie = unique("cookie");
     let epmd_port = free_port();
     let kv = KvNode::start(&unique("kv_epmdflood"), &cookie, epmd_port);

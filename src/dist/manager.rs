@@ -409,6 +409,11 @@ impl Manager {
         }
     }
 
+    /// Whether `peer` is connected or being dialed (has a slot).
+    pub fn knows(&self, peer: &str) -> bool {
+        self.lock().slots.contains_key(peer)
+    }
+
     /// The flags agreed with a connected peer.
     pub fn peer_flags(&self, peer: &str) -> Option<DistributionFlags> {
         let table = self.lock();

@@ -32,7 +32,7 @@ use erl_dist::message::Message;
 use erl_dist::term::{Atom, Pid, PidOrAtom, Reference, Term};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
@@ -83,6 +83,12 @@ pub trait Dispatch: Send + Sync {
         let _ = (node, raw);
         false
     }
+
+    /// The process's congestion state, for senders inside the node that are not connection
+    /// readers (rpc and rex tasks): they wait for its relief before delivering.
+    fn pressure(&self) -> Option<Arc<Pressure>> {
+        None
+    }
 }
 
 /// A message for a local process as it arrived: validated external-format bytes, and the
@@ -118,6 +124,11 @@ impl Mailbox {
     pub fn deliver(&self, node: &Node, signal: Signal) {
         self.target.dispatch(node, signal);
     }
+
+    /// The process's congestion state, if it has one (see [`Dispatch::pressure`]).
+    pub fn pressure(&self) -> Option<Arc<Pressure>> {
+        self.target.pressure()
+    }
 }
 
 #[derive(Default)]
@@ -151,6 +162,10 @@ struct RemoteMonitor {
 /// A message for a peer that is still being dialed, shaped once its flags are known (None:
 /// nothing to send to such a peer).
 type Deferred = Box<dyn FnOnce(DistributionFlags) -> Option<Message> + Send>;
+
+/// What a message waiting for a peer's flags costs beyond its encoded size (the boxed
+/// closure, the pids and references it holds), counted against `--max-pending-bytes`.
+pub const DEFERRED_OVERHEAD: usize = 512;
 
 /// Messages waiting for a peer's flags are capped at this many per peer (as frames waiting
 /// for a connection are, [`crate::dist::manager::MAX_PENDING_FRAMES`]); more are dropped.
@@ -186,6 +201,8 @@ impl Pressure {
     pub const MAILBOX: u32 = 1;
     /// The storage submission queue is over its bound.
     pub const STORAGE: u32 = 2;
+    /// Too many function calls (rpc, erpc, spawn, rex) run at once ([`MAX_CALLS_IN_FLIGHT`]).
+    pub const CALLS: u32 = 4;
 
     /// Sets or clears one source of congestion; clearing the last one wakes waiting readers.
     pub fn set(&self, source: u32, congested: bool) {
@@ -239,6 +256,26 @@ pub fn take_congested() -> Option<Arc<Pressure>> {
     CONGESTED.with(|c| c.try_borrow_mut().ok().and_then(|mut c| c.take()))
 }
 
+/// Function calls (`:rpc`, `:erpc`, spawns, `rex`) that may run at once before the
+/// connections that start more stop reading their peers (until half have finished). Each runs
+/// as a task that may wait on the KV server: without a bound, a peer casting
+/// `:erpc.cast(kv, KVStore, :put, ...)` in a loop would pile up tasks and storage writes
+/// faster than the disk takes them.
+pub const MAX_CALLS_IN_FLIGHT: usize = 1024;
+
+/// One function call in flight (see [`Node::call_slot`]); dropping it ends the call.
+pub struct CallSlot(Node);
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        let inner = &self.0.0;
+        let before = inner.calls.fetch_sub(1, Ordering::AcqRel);
+        if before <= MAX_CALLS_IN_FLIGHT / 2 + 1 {
+            inner.calls_pressure.set(Pressure::CALLS, false);
+        }
+    }
+}
+
 /// The local node. Cheap to clone (an `Arc`).
 #[derive(Clone)]
 pub struct Node(Arc<Inner>);
@@ -253,6 +290,9 @@ struct Inner {
     peers: Mutex<Peers>,
     /// Times a connection reader paused for a congested process.
     pauses: AtomicU64,
+    /// Function calls (rpc, erpc, spawn, rex) running, and their congestion.
+    calls: AtomicUsize,
+    calls_pressure: Arc<Pressure>,
     manager: Manager,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -281,6 +321,8 @@ impl Node {
             registry: RwLock::new(Registry::default()),
             peers: Mutex::new(Peers::default()),
             pauses: AtomicU64::new(0),
+            calls: AtomicUsize::new(0),
+            calls_pressure: Arc::new(Pressure::default()),
             manager: Manager::new(pending_limits),
             shutdown,
             tracker,
@@ -464,6 +506,18 @@ impl Node {
         self.0.peers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Counts a function call (rpc, erpc, spawn, rex) that is starting, on the thread of the
+    /// reader that received it: over [`MAX_CALLS_IN_FLIGHT`] that reader pauses until half
+    /// of them have finished. Hold the slot until the call has finished.
+    pub fn call_slot(&self) -> CallSlot {
+        let now = self.0.calls.fetch_add(1, Ordering::AcqRel) + 1;
+        if now >= MAX_CALLS_IN_FLIGHT {
+            self.0.calls_pressure.set(Pressure::CALLS, true);
+            note_congested(&self.0.calls_pressure);
+        }
+        CallSlot(self.clone())
+    }
+
     /// Starts dialing `peer` unless it is connected or being dialed. False when no dial may
     /// start (`--max-dials`): the node then counts as down (its monitors fire at once).
     fn ensure_dialing(&self, peer: &str) -> bool {
@@ -488,7 +542,11 @@ impl Node {
         let (runtime, placement) = self.0.threads.place();
         runtime.spawn(self.0.tracker.track_future(async move {
             let _placement = placement;
-            node.node_down(&peer);
+            // The peer may have connected (or a dial started) meanwhile: then it is not down,
+            // and its monitors and waiting messages are that connection's or dial's business.
+            if !node.0.manager.knows(&peer) {
+                node.node_down(&peer);
+            }
         }));
     }
 
@@ -543,7 +601,12 @@ impl Node {
                     if !self.ensure_dialing(peer) {
                         return;
                     }
-                    match self.0.manager.reserve_pending(peer, weight()) {
+                    if peers.deferred.get(peer).map_or(0, Vec::len) >= MAX_DEFERRED_PER_PEER {
+                        tracing::warn!(%peer, "too many messages waiting for a connection: dropping one");
+                        return;
+                    }
+                    let bytes = weight().saturating_add(DEFERRED_OVERHEAD);
+                    match self.0.manager.reserve_pending(peer, bytes) {
                         dist::manager::Reserve::Reserved => {}
                         dist::manager::Reserve::Full => return,
                         dist::manager::Reserve::Up(flags) => {
@@ -554,12 +617,11 @@ impl Node {
                             return;
                         }
                     }
-                    let queue = peers.deferred.entry(peer.to_owned()).or_default();
-                    if queue.len() >= MAX_DEFERRED_PER_PEER {
-                        tracing::warn!(%peer, "too many messages waiting for a connection: dropping one");
-                        return;
-                    }
-                    queue.push(Box::new(decide));
+                    peers
+                        .deferred
+                        .entry(peer.to_owned())
+                        .or_default()
+                        .push(Box::new(decide));
                 }
             }
         }

@@ -48,6 +48,11 @@ pub async fn call(node: &Node, server: &str, request: Term) -> Outcome {
     let Some(mb) = node.whereis(server) else {
         return Outcome::Exit(atom("noproc"));
     };
+    // Not a connection reader: wait out the server's congestion (a full mailbox or storage
+    // queue) here instead of adding to it.
+    if let Some(pressure) = mb.pressure() {
+        pressure.relieved().await;
+    }
     let (tx, rx) = oneshot::channel();
     mb.deliver(node, Signal::Call { request, reply: tx });
     match rx.await {

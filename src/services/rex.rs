@@ -59,7 +59,11 @@ fn run(node: &Node, fut: impl Future<Output = ()> + Send + 'static) {
 /// runs what the function does after answering.
 fn apply_then(node: &Node, m: Term, f: Term, a: Term, answer: impl FnOnce(Term) + Send + 'static) {
     let node2 = node.clone();
+    // Counted on the delivering thread (a connection reader), so a flood of rex requests
+    // pauses that reader.
+    let slot = node.call_slot();
     run(node, async move {
+        let _slot = slot;
         let mut done: Finished = functions::apply(&node2, &m, &f, a).await;
         let outcome = std::mem::replace(&mut done.outcome, Outcome::Halt);
         if let Some(reply) = rpc_result(outcome) {
@@ -97,10 +101,10 @@ impl GenServer for Rex {
             return None;
         }
         if matches!(&request, Term::Atom(a) if a.name == "stop") {
-            tracing::info!(from = %from.pid, "rex: stop requested; answering stopped and serving on");
+            tracing::debug!(from = %crate::term::text::name(&from.pid.node.name), "rex: stop requested; answering stopped and serving on");
             return Some(atom("stopped"));
         }
-        tracing::debug!(from = %from.pid, "rex: unknown call ignored (as OTP's rex does)");
+        tracing::debug!(from = %crate::term::text::name(&from.pid.node.name), "rex: unknown call ignored (as OTP's rex does)");
         None
     }
 

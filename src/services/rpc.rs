@@ -22,8 +22,12 @@ use erl_dist::term::{FixInteger, List, PidOrAtom, Term};
 pub fn spawn_request(node: &Node, peer: &str, req: SpawnRequest) {
     let node2 = node.clone();
     let peer = peer.to_owned();
-    node.tracker()
-        .spawn(async move { serve(node2, peer, req).await });
+    // Counted on the reader's thread, so a flood of spawns pauses that reader.
+    let slot = node.call_slot();
+    node.tracker().spawn(async move {
+        serve(node2, peer, req).await;
+        drop(slot);
+    });
 }
 
 /// The exit reason of a spawned process that ran a function with this outcome.

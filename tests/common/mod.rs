@@ -12,10 +12,31 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on loopback (bound and released; good enough for tests).
+/// A free TCP port for a listener, below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`). A port the kernel hands out for `bind(0)` comes from that
+/// range, and so do the local ports of outgoing connections: tests that open a thousand
+/// sockets at once (tests/lockout.rs, tests/slowloris.rs) would otherwise take a port another
+/// test was just given before its kvnode could bind it. Ports are tried from a per-process
+/// offset, each checked by binding it on all addresses and on loopback.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(12000, 65535);
+    let base = 10000u32;
+    let span = low - base;
+    let start = (std::process::id() * 7919) % span;
+    for _ in 0..span {
+        let port = (base + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        let free = TcpListener::bind(("0.0.0.0", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range ({low})");
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -427,3 +448,80 @@ defmodule Relay do
 end
 Process.register(spawn(fn -> Relay.loop(nil) end), :relay)
 "#;
+
+/// Raises this process's soft fd limit to its hard limit (children inherit it) and checks
+/// that at least `need` descriptors are allowed.
+pub fn raise_fd_limit(need: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for getrlimit/setrlimit to read and write.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    // SAFETY: as above.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    assert!(
+        lim.rlim_cur >= need,
+        "need at least {need} file descriptors, have {}",
+        lim.rlim_cur
+    );
+}
+
+/// A field of /proc/PID/status in MiB (`VmRSS`, `VmHWM`, ...).
+pub fn status_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    kib / 1024.0
+}
+
+/// kvnode's resident set size in bytes, from /proc/PID/status.
+pub fn rss(pid: u32) -> u64 {
+    (status_mib(pid, "VmRSS") * 1024.0) as u64 * 1024
+}
+
+/// Bytes as MiB with one decimal, for messages.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// True when the peer has closed `s` (EOF or reset); false while it is open and silent
+/// (`s` must be non-blocking).
+pub fn is_closed(s: &std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut buf = [0u8; 256];
+    let mut reader = s;
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// A fresh file path as this test sees it and as an Elixir script sees it (under the OTP
+/// root's /tmp when scripts run in a chroot, `KVNODE_OTP_ROOT`).
+pub fn shared_path(what: &str) -> (PathBuf, String) {
+    let name = unique(what);
+    match std::env::var("KVNODE_OTP_ROOT") {
+        Ok(root) if !root.is_empty() => (
+            PathBuf::from(root).join("tmp").join(&name),
+            format!("/tmp/{name}"),
+        ),
+        _ => {
+            let path = std::env::temp_dir().join(&name);
+            let inside = path.display().to_string();
+            (path, inside)
+        }
+    }
+}
