@@ -570,6 +570,105 @@ mod tests {
         assert_eq!(gate.seen.missing(), None);
     }
 
+    #[test]
+    fn dynamic_names_and_creations_look_like_otps() {
+        for _ in 0..1000 {
+            let n = random_dynamic_name();
+            assert!((1..=13).contains(&n.len()), "{n}");
+            assert!(
+                n.bytes()
+                    .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()),
+                "{n}"
+            );
+            assert!(!n.starts_with('0'), "{n}");
+            assert!(random_creation() >= 4);
+        }
+    }
+
+    /// A NAME_ME initiator (as erl_rpc is one) on host `localhost` against [`accept_with`]
+    /// with `in_use`: the status it got, and what the acceptor made of it.
+    async fn name_me(
+        in_use: impl Fn(&str) -> bool,
+    ) -> (HandshakeStatus, Result<PeerNode, Error>, Option<PeerNode>) {
+        let (ours, theirs) = tokio::io::duplex(4096);
+        let name: NodeName = "kv@127.0.0.1".parse().expect("name");
+        let server = async {
+            accept_with(
+                ours,
+                &name,
+                1,
+                "c",
+                Duration::from_secs(5),
+                |_| HandshakeStatus::Ok,
+                in_use,
+            )
+            .await
+            .map(|(_, peer)| peer)
+        };
+        let client = async {
+            let mut local = local_node(&"nonode@localhost".parse().expect("name"), 0);
+            local.flags |= DistributionFlags::NAME_ME;
+            let mut hs = ClientSideHandshake::new(theirs.compat(), local, "c");
+            let status = hs.execute_send_name(6).await.expect("a status");
+            let peer = match status {
+                HandshakeStatus::Named { .. } => {
+                    Some(hs.execute_rest(true).await.expect("handshake").1)
+                }
+                _ => None,
+            };
+            (status, peer)
+        };
+        let (server, (status, peer)) = tokio::join!(server, client);
+        (status, server, peer)
+    }
+
+    #[tokio::test]
+    async fn a_name_me_peer_gets_a_free_name_on_its_host() {
+        // The first two names drawn are taken.
+        let drawn = Mutex::new(Vec::new());
+        let (status, server, peer) = name_me(|n| {
+            let mut d = drawn.lock().expect("lock");
+            d.push(n.to_owned());
+            d.len() <= 2
+        })
+        .await;
+        let HandshakeStatus::Named { name, creation } = status else {
+            panic!("{status:?}");
+        };
+        assert!(creation.get() >= 4);
+        let given = format!("{name}@localhost");
+        let drawn = drawn.into_inner().expect("lock");
+        assert_eq!(drawn.len(), 3, "{drawn:?}");
+        assert_eq!(drawn[2], given);
+        let server = server.expect("accepted");
+        assert_eq!(server.name.to_string(), given);
+        assert_eq!(server.creation, Some(creation));
+        assert_eq!(peer.expect("connected").name.to_string(), "kv@127.0.0.1");
+    }
+
+    #[tokio::test]
+    async fn a_name_me_peer_is_refused_when_no_name_is_free() {
+        let (status, server, peer) = name_me(|_| true).await;
+        assert_eq!(status, HandshakeStatus::NotAllowed);
+        assert!(peer.is_none());
+        assert!(matches!(server, Err(Error::NoDynamicName)), "{server:?}");
+    }
+
+    #[test]
+    fn the_host_of_a_name_me_send_name_is_found_and_quoted_bounded() {
+        let mut body = vec![b'N'];
+        body.extend_from_slice(&(BASE_FLAGS | FLAG_NAME_ME).to_be_bytes());
+        body.extend_from_slice(&[0, 0, 0, 0, 0, 9]);
+        body.extend_from_slice(b"localhost");
+        assert_eq!(name_me_host(&body), Some(&b"localhost"[..]));
+        // Without NAME_ME the same bytes are a name, not a host.
+        body[1..9].copy_from_slice(&BASE_FLAGS.to_be_bytes());
+        assert_eq!(name_me_host(&body), None);
+        let long = excerpt(&[0xff; 200]);
+        assert!(long.ends_with("..."));
+        assert_eq!(long.len(), LOG_EXCERPT * 4 + 3);
+    }
+
     #[tokio::test]
     async fn an_initiator_lacking_flags_gets_not_allowed_before_any_challenge() {
         let (ours, theirs) = tokio::io::duplex(4096);

@@ -527,6 +527,38 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    #[test]
+    fn first_bytes_tell_a_plain_peer_from_a_tls_one() {
+        assert!(matches!(
+            classify_first_bytes(&[]),
+            Some(AcceptError::Closed)
+        ));
+        // A TLS 1.2/1.3 ClientHello record header.
+        assert!(classify_first_bytes(&[0x16, 3, 1, 0, 200]).is_none());
+        // A v6 send_name, as OTP sends it on plain TCP.
+        let e = classify_first_bytes(&[0, 38, b'N', 0, 0, 0, 13]).expect("not TLS");
+        assert!(matches!(
+            e,
+            AcceptError::NotTls {
+                plain_distribution: true,
+                ..
+            }
+        ));
+        assert!(e.is_refusal());
+        let text = e.to_string();
+        assert!(text.starts_with("peer is not using TLS"), "{text}");
+        assert!(text.contains("\\x00&N"), "{text}");
+        // Something else altogether.
+        let e = classify_first_bytes(b"GET / HTTP/1.1").expect("not TLS");
+        assert!(matches!(
+            e,
+            AcceptError::NotTls {
+                plain_distribution: false,
+                ..
+            }
+        ));
+    }
+
     #[tokio::test]
     async fn rewrites_outgoing_2_byte_headers_to_4_byte_ones() {
         let (a, mut b) = tokio::io::duplex(1024);
