@@ -8,6 +8,9 @@
 //!   OTP's shape (base 36 on the host they sent) and creations; one subscribes to the KV
 //!   server, the other puts a key, and the event reaches the first one, called back under
 //!   the name it was given. The same runs against a BEAM node with the reference KV server.
+//! - A BEAM node started as `undefined@127.0.0.1` (OTP's own dynamic node name) connects,
+//!   calls, subscribes and gets its event, from kvnode as from a BEAM node.
+//! - A NAME_ME peer on a host too long for any name gets `not_allowed`, logged with why.
 //! - A wrong cookie: the log line names the node that claimed to connect (a named node, and
 //!   a NAME_ME peer under the name it was given).
 
@@ -406,4 +409,44 @@ IO.puts("SCRIPT-OK")
     let line = line_for("@localhost");
     assert!(line.contains("WARN"), "{line}");
     assert!(!kv.logs().contains("not-the-cookie"), "{}", kv.logs());
+}
+
+/// Run by a BEAM node started as `undefined@127.0.0.1` (OTP's dynamic node name: it has no
+/// name until the first node it connects to gives it one) against the node in `TARGET`.
+const DYNAMIC_BEAM_SCRIPT: &str = r#"
+target = String.to_atom(System.fetch_env!("TARGET"))
+store = {DistributedExample.KVStore, target}
+%{name_type: :dynamic} = :net_kernel.get_state()
+true = Node.connect(target)
+me = node()
+:ok = GenServer.call(store, {:put, :by_dynamic, me})
+^me = GenServer.call(store, {:get, :by_dynamic})
+:ok = GenServer.call(store, {:subscribe, :dyn_key})
+GenServer.cast(store, {:put, :dyn_key, 1})
+receive do {:kv_event, :dyn_key, {:put, 1}} -> :ok after 10_000 -> raise "no event" end
+IO.puts("NAMED=#{me}")
+IO.puts("SCRIPT-OK")
+"#;
+
+#[test]
+fn a_beam_node_without_a_name_is_named_by_kvnode_as_by_a_beam_node() {
+    let cookie = unique("cookie");
+    let kv = KvNode::start(&unique("kv_dynbeam"), &cookie, free_port());
+    let (_beam, beam_name, _) = start_reference_beam(&cookie, kv.epmd_port);
+    for target in [&beam_name, &kv.name] {
+        let out = elixir_env(
+            &kv,
+            "undefined",
+            &cookie,
+            DYNAMIC_BEAM_SCRIPT,
+            &[("TARGET", target.clone())],
+        );
+        assert!(out.contains("SCRIPT-OK"), "{target}: {out}");
+        let named = out
+            .lines()
+            .find_map(|l| l.strip_prefix("NAMED="))
+            .unwrap_or_else(|| panic!("{target}: {out}"));
+        assert!(is_dynamic_name(named, "127.0.0.1"), "{target}: {named}");
+    }
+    kv.wait_log("asked for a dynamic name", Duration::from_secs(10));
 }
