@@ -265,9 +265,10 @@ fn verify_peer_refuses_foreign_ca_missing_certificate_and_plain_tcp_and_keeps_se
     // TLS without a client certificate.
     let line = refused(Some(NO_CLIENT_CERT), "nocert");
     assert!(line.contains("peer sent no certificates"), "{line}");
-    // Plain TCP distribution.
+    // Plain TCP distribution: said in so many words, not as a TLS parse error.
     let line = refused(None, "plain");
-    assert!(line.contains("corrupt message"), "{line}");
+    assert!(line.contains("peer is not using TLS"), "{line}");
+    assert!(!line.contains("corrupt message"), "{line}");
     assert!(
         !kv.logs().contains("connected flags"),
         "a refused peer got connected:\n{}",
@@ -285,6 +286,65 @@ fn verify_peer_refuses_foreign_ca_missing_certificate_and_plain_tcp_and_keeps_se
     // Node.connect and Node.ping each dial: two lines per refused node.
     assert_eq!(refusals(&kv).len(), 6, "{}", kv.logs());
     assert!(!kv.logs().contains("PRIVATE KEY"), "{}", kv.logs());
+}
+
+/// The level of a log line (`... WARN target: ...`).
+fn level(line: &str) -> &str {
+    line.split_whitespace().nth(1).unwrap_or("")
+}
+
+#[test]
+fn a_plain_tcp_peer_is_logged_as_not_using_tls_like_a_wrong_cookie() {
+    let pki = Pki::new();
+    let cookie = unique("cookie");
+    let kv = start_tls_kvnode(&pki, &unique("kv_tls_plain"), &cookie, false);
+    let find = |needle: &str| {
+        wait_for(needle, Duration::from_secs(10), || {
+            kv.logs()
+                .lines()
+                .find(|l| l.contains(needle))
+                .map(str::to_owned)
+        })
+    };
+    // A node on plain TCP distribution with the right cookie.
+    let plain = unique("plain");
+    let out = elixir_raw_with_erl_args(&kv, &plain, &cookie, "", REFUSED_SCRIPT);
+    assert!(out.contains("REFUSED-OK"), "{out}");
+    let not_tls = find("peer is not using TLS");
+    assert!(
+        not_tls.contains("plain-TCP distribution handshake"),
+        "{not_tls}"
+    );
+    // A node on TLS with the wrong cookie: the line names it.
+    let wrong = unique("wrong_cookie");
+    let out = elixir_raw_with_erl_args(
+        &kv,
+        &wrong,
+        "not-the-cookie",
+        &pki.erl(NO_CLIENT_CERT),
+        REFUSED_SCRIPT,
+    );
+    assert!(out.contains("REFUSED-OK"), "{out}");
+    let bad_cookie = find("different cookie");
+    assert!(
+        bad_cookie.contains(&format!("node={wrong}@127.0.0.1")),
+        "{bad_cookie}"
+    );
+    assert_eq!(level(&not_tls), "WARN", "{not_tls}");
+    assert_eq!(
+        level(&not_tls),
+        level(&bad_cookie),
+        "{not_tls}\n{bad_cookie}"
+    );
+    // Still serving.
+    let out = elixir_raw_with_erl_args(
+        &kv,
+        &unique("after_plain"),
+        &cookie,
+        &pki.erl(NO_CLIENT_CERT),
+        CALL_SCRIPT,
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
 }
 
 #[test]

@@ -57,9 +57,35 @@ pub enum Error {
     /// The handshake did not finish in time.
     #[error("handshake timed out after {0:?}")]
     Timeout(Duration),
-    /// The peer's digest did not match: it has another cookie.
-    #[error("wrong cookie (challenge digest mismatch)")]
-    WrongCookie,
+    /// The peer's digest did not match: it has another cookie. `node` is the name the peer
+    /// claimed (acceptor side: from its `send_name`, or the name given to a NAME_ME peer);
+    /// `None` when we dialed (the dialed name is in the log span).
+    #[error("wrong cookie (challenge digest mismatch){}", node.as_deref().map(|n| format!(" from node {n}")).unwrap_or_default())]
+    WrongCookie {
+        /// The node that claimed to connect.
+        node: Option<String>,
+    },
+    /// The peer asked for a dynamic name (NAME_ME) with a host part we cannot build a node
+    /// name from (empty, or too long with the generated name).
+    #[error("cannot name a NAME_ME peer on host {host:?}: {reason}")]
+    BadDynamicHost {
+        /// The host the peer sent (escaped, at most [`LOG_EXCERPT`] bytes).
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// No free dynamic name after [`DYNAMIC_NAME_ATTEMPTS`] random draws (practically
+    /// impossible: 64 random bits each).
+    #[error("no free dynamic node name after {DYNAMIC_NAME_ATTEMPTS} attempts")]
+    NoDynamicName,
+    /// The peer we dialed answered `not_allowed`: it refuses us. OTP logs its reason on its
+    /// own side (a name it does not accept, flags we lack, `net_kernel:allow/1`, ...).
+    #[error("the peer refused the connection (status not_allowed; its own log says why)")]
+    RefusedByPeer,
+    /// The peer we dialed answered with a status that makes no sense for us (e.g. `named:`
+    /// when we did not ask for a name).
+    #[error("unexpected handshake status {0}")]
+    UnexpectedStatus(String),
     /// The peer lacks flags we need.
     #[error("peer cannot handle {missing:?}")]
     MissingFlags {
@@ -121,8 +147,65 @@ fn flags_of(head: &[u8]) -> Option<u64> {
     }
 }
 
-/// Bytes of a message body [`flags_of`] needs.
-const FLAGS_HEAD: usize = 9;
+/// Bytes of the target message kept: a v6 `send_name` ('N', flags, creation, name length)
+/// and the longest host a node name can have, so a NAME_ME peer's host is known.
+const NAME_HEAD: usize = 15 + 255;
+
+/// Most bytes of peer data (a host, a name) quoted in an error or log line, escaped.
+pub const LOG_EXCERPT: usize = 48;
+
+/// How many random names are drawn for a NAME_ME peer before giving up because each is in
+/// use (OTP draws until one is free; with 64 random bits a second draw is already rare).
+pub const DYNAMIC_NAME_ATTEMPTS: usize = 8;
+
+/// `DFLAG_NAME_ME` (OTP 23+): the initiator has no name and asks the acceptor for one.
+pub const FLAG_NAME_ME: u64 = 1 << 33;
+
+/// At most [`LOG_EXCERPT`] bytes of `bytes`, escaped (`\xNN` for non-printables), with `...`
+/// when cut.
+pub fn excerpt(bytes: &[u8]) -> String {
+    let cut = bytes.len() > LOG_EXCERPT;
+    let mut out = bytes[..bytes.len().min(LOG_EXCERPT)]
+        .escape_ascii()
+        .to_string();
+    if cut {
+        out.push_str("...");
+    }
+    out
+}
+
+/// The host a v6 NAME_ME `send_name` body carries ('N', flags, creation, host length, host),
+/// `None` for any other message.
+fn name_me_host(head: &[u8]) -> Option<&[u8]> {
+    let flags = flags_of(head)?;
+    if head.first() != Some(&b'N') || flags & FLAG_NAME_ME == 0 {
+        return None;
+    }
+    let len = usize::from(u16::from_be_bytes([*head.get(13)?, *head.get(14)?]));
+    let rest = head.get(15..)?;
+    Some(&rest[..len.min(rest.len())])
+}
+
+/// A dynamic node name as OTP's `net_kernel` makes one: a random integer in 1..=2^64 in base
+/// 36 (upper case), e.g. `3KX8V1Q0ZC1YD`.
+fn random_dynamic_name() -> String {
+    // rand:uniform(1 bsl 64): 1..=2^64, which needs 65 bits.
+    let mut n = u128::from(rand::random::<u64>()) + 1;
+    let mut digits = Vec::with_capacity(13);
+    while n > 0 {
+        digits.push(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"[(n % 36) as usize]);
+        n /= 36;
+    }
+    digits.reverse();
+    String::from_utf8_lossy(&digits).into_owned()
+}
+
+/// A creation for a named peer, as OTP's `net_kernel:create_creation/0`: random 32 bits,
+/// never 0..=3 (those mean "old creation" to OTP).
+fn random_creation() -> u32 {
+    let c: u32 = rand::random();
+    if c < 4 { c + 4 } else { c }
+}
 
 /// Watches the handshake messages a peer sends (2-byte length framing, which is what erl_dist
 /// reads; TLS's 4-byte framing is converted below it) and keeps the head of message number
@@ -145,7 +228,7 @@ struct FlagGate<S> {
     hdr_len: usize,
     /// Body bytes of the current message still to come.
     body_left: usize,
-    /// The first [`FLAGS_HEAD`] bytes of the target message's body.
+    /// The first [`NAME_HEAD`] bytes of the target message's body.
     head: Vec<u8>,
     /// The target message has been read whole.
     target_done: bool,
@@ -154,20 +237,31 @@ struct FlagGate<S> {
     seen: Arc<Seen>,
 }
 
-/// The flags a peer announced, once its flag-carrying handshake message has arrived.
+/// The head of a peer's flag-carrying handshake message (at most [`NAME_HEAD`] bytes), once
+/// it has arrived whole.
 #[derive(Default)]
-struct Seen(Mutex<Option<u64>>);
+struct Seen(Mutex<Option<Vec<u8>>>);
 
 impl Seen {
-    fn set(&self, flags: u64) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(flags);
+    fn set(&self, head: Vec<u8>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(head);
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&[u8]) -> Option<T>) -> Option<T> {
+        let head = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(head.as_deref()?)
     }
 
     /// The mandatory flags the peer lacks, when its flags are known and some are missing.
     fn missing(&self) -> Option<Vec<&'static str>> {
-        let flags = (*self.0.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let flags = self.with(flags_of)?;
         let missing = missing_flags(flags);
         (!missing.is_empty()).then_some(missing)
+    }
+
+    /// The host a NAME_ME peer sent in its `send_name`.
+    fn name_me_host(&self) -> Option<Vec<u8>> {
+        self.with(|head| name_me_host(head).map(<[u8]>::to_vec))
     }
 }
 
@@ -181,7 +275,7 @@ impl<S> FlagGate<S> {
             hdr: [0; 2],
             hdr_len: 0,
             body_left: 0,
-            head: Vec::with_capacity(FLAGS_HEAD),
+            head: Vec::new(),
             target_done: false,
             seen: Arc::new(Seen::default()),
         }
@@ -202,7 +296,7 @@ impl<S> FlagGate<S> {
             }
             let n = self.body_left.min(bytes.len());
             if self.msg == self.target {
-                let want = FLAGS_HEAD.saturating_sub(self.head.len()).min(n);
+                let want = NAME_HEAD.saturating_sub(self.head.len()).min(n);
                 self.head.extend_from_slice(&bytes[..want]);
             }
             self.body_left -= n;
@@ -217,9 +311,7 @@ impl<S> FlagGate<S> {
         }
         if self.msg == self.target {
             self.target_done = true;
-            if let Some(flags) = flags_of(&self.head) {
-                self.seen.set(flags);
-            }
+            self.seen.set(std::mem::take(&mut self.head));
         }
         self.msg += 1;
         self.hdr_len = 0;
@@ -275,13 +367,8 @@ fn local_node(name: &NodeName, creation: u32) -> LocalNode {
     node
 }
 
-/// Accepts a handshake. `decide` gets the peer's name and says what to answer.
-///
-/// A peer lacking mandatory flags is refused as OTP's `dist_util` refuses it: status
-/// `not_allowed` right after its `send_name`, before any challenge.
-///
-/// Generic over the stream (kvnode passes a `TcpStream`) so the fuzzer can drive it over an
-/// in-memory `tokio::io::duplex`.
+/// Accepts a handshake ([`accept_with`] for a node where no name is ever taken: the fuzzers
+/// and unit tests).
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     name: &NodeName,
@@ -289,6 +376,32 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     cookie: &str,
     timeout: Duration,
     decide: impl FnOnce(&NodeName) -> HandshakeStatus,
+) -> Result<(S, PeerNode), Error> {
+    accept_with(stream, name, creation, cookie, timeout, decide, |_| false).await
+}
+
+/// Accepts a handshake. `decide` gets the peer's name and says what to answer; `in_use`
+/// says whether a node name is taken (connected or being dialed), so that a peer asking for
+/// a dynamic name (NAME_ME, OTP 23+: `erl_rpc`, `erl -name undefined@host`) gets a free one.
+///
+/// Every refusal says why in its error: a peer lacking mandatory flags is refused as OTP's
+/// `dist_util` refuses it (status `not_allowed` right after its `send_name`, before any
+/// challenge), as is one claiming our own name or asking for a name on a host no node name
+/// can have.
+///
+/// A NAME_ME peer is named as OTP's `net_kernel` names one: a random base-36 name on the
+/// host it sent, a random creation, status `named:` (see [`random_dynamic_name`]).
+///
+/// Generic over the stream (kvnode passes a `TcpStream`) so the fuzzer can drive it over an
+/// in-memory `tokio::io::duplex`.
+pub async fn accept_with<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    name: &NodeName,
+    creation: u32,
+    cookie: &str,
+    timeout: Duration,
+    decide: impl FnOnce(&NodeName) -> HandshakeStatus,
+    in_use: impl Fn(&str) -> bool,
 ) -> Result<(S, PeerNode), Error> {
     let work = async {
         // The send_name is the peer's first message.
@@ -302,9 +415,22 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(Error::MissingFlags { missing });
         }
         let Some(peer_name) = peer_name else {
-            // A NAME_ME request: we do not hand out dynamic names.
-            hs.execute_rest(HandshakeStatus::NotAllowed).await?;
-            return Err(Error::Protocol(HandshakeError::NotAllowed));
+            // A NAME_ME request: give the peer a free name on its host.
+            let host = seen.name_me_host().unwrap_or_default();
+            let named = match dynamic_name(&host, name, &in_use) {
+                Ok(named) => named,
+                Err(error) => {
+                    let _ = hs.execute_rest(HandshakeStatus::NotAllowed).await;
+                    return Err(error);
+                }
+            };
+            let claimed = named.to_string();
+            let status = HandshakeStatus::Named {
+                name: named.name().to_owned(),
+                creation: Creation::new(random_creation()),
+            };
+            let result = hs.execute_rest(status).await;
+            return finish(result, name, Some(claimed));
         };
         if peer_name == *name {
             let _ = hs.execute_rest(HandshakeStatus::NotAllowed).await;
@@ -316,18 +442,44 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(Error::Simultaneous);
         }
         let result = hs.execute_rest(status).await;
-        finish(result, name)
+        finish(result, name, Some(peer_name.to_string()))
     };
     with_timeout(timeout, work).await
 }
 
-/// The end of both directions: map a wrong cookie, check the peer, unwrap the stream.
+/// A free node name on `host` for a NAME_ME peer: not ours, not `in_use`.
+fn dynamic_name(
+    host: &[u8],
+    local: &NodeName,
+    in_use: &impl Fn(&str) -> bool,
+) -> Result<NodeName, Error> {
+    let bad = |reason: String| Error::BadDynamicHost {
+        host: excerpt(host),
+        reason,
+    };
+    let host_str = std::str::from_utf8(host).map_err(|_| bad("not UTF-8".into()))?;
+    if host_str.contains('@') {
+        return Err(bad("contains '@'".into()));
+    }
+    for _ in 0..DYNAMIC_NAME_ATTEMPTS {
+        let candidate =
+            NodeName::new(&random_dynamic_name(), host_str).map_err(|e| bad(e.to_string()))?;
+        if candidate != *local && !in_use(&candidate.to_string()) {
+            return Ok(candidate);
+        }
+    }
+    Err(Error::NoDynamicName)
+}
+
+/// The end of both directions: map a wrong cookie (naming the node that claimed to connect,
+/// when known), check the peer, unwrap the stream.
 fn finish<S>(
     result: Result<(Compat<FlagGate<S>>, PeerNode), HandshakeError>,
     name: &NodeName,
+    claimed: Option<String>,
 ) -> Result<(S, PeerNode), Error> {
     let (conn, peer) = result.map_err(|e| match e {
-        HandshakeError::CookieMismatch => Error::WrongCookie,
+        HandshakeError::CookieMismatch => Error::WrongCookie { node: claimed },
         e => Error::Protocol(e),
     })?;
     check_peer(&peer, name)?;
@@ -367,17 +519,19 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
             HandshakeStatus::Alive => {
                 return Err(Error::Protocol(HandshakeError::AlreadyActive));
             }
-            other => {
-                return Err(Error::Protocol(HandshakeError::UnknownStatus {
-                    status: format!("{other:?}"),
-                }));
+            HandshakeStatus::NotAllowed => return Err(Error::RefusedByPeer),
+            HandshakeStatus::Named { name, .. } => {
+                return Err(Error::UnexpectedStatus(format!(
+                    "named:{} (we did not ask for a name)",
+                    excerpt(name.as_bytes())
+                )));
             }
         }
         let result = hs.execute_rest(true).await;
         if let Some(missing) = seen.missing() {
             return Err(Error::MissingFlags { missing });
         }
-        finish(result, name)
+        finish(result, name, None)
     };
     with_timeout(timeout, work).await
 }
@@ -414,6 +568,105 @@ mod tests {
         gate.scan(&name);
         assert!(gate.target_done);
         assert_eq!(gate.seen.missing(), None);
+    }
+
+    #[test]
+    fn dynamic_names_and_creations_look_like_otps() {
+        for _ in 0..1000 {
+            let n = random_dynamic_name();
+            assert!((1..=13).contains(&n.len()), "{n}");
+            assert!(
+                n.bytes()
+                    .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()),
+                "{n}"
+            );
+            assert!(!n.starts_with('0'), "{n}");
+            assert!(random_creation() >= 4);
+        }
+    }
+
+    /// A NAME_ME initiator (as erl_rpc is one) on host `localhost` against [`accept_with`]
+    /// with `in_use`: the status it got, and what the acceptor made of it.
+    async fn name_me(
+        in_use: impl Fn(&str) -> bool,
+    ) -> (HandshakeStatus, Result<PeerNode, Error>, Option<PeerNode>) {
+        let (ours, theirs) = tokio::io::duplex(4096);
+        let name: NodeName = "kv@127.0.0.1".parse().expect("name");
+        let server = async {
+            accept_with(
+                ours,
+                &name,
+                1,
+                "c",
+                Duration::from_secs(5),
+                |_| HandshakeStatus::Ok,
+                in_use,
+            )
+            .await
+            .map(|(_, peer)| peer)
+        };
+        let client = async {
+            let mut local = local_node(&"nonode@localhost".parse().expect("name"), 0);
+            local.flags |= DistributionFlags::NAME_ME;
+            let mut hs = ClientSideHandshake::new(theirs.compat(), local, "c");
+            let status = hs.execute_send_name(6).await.expect("a status");
+            let peer = match status {
+                HandshakeStatus::Named { .. } => {
+                    Some(hs.execute_rest(true).await.expect("handshake").1)
+                }
+                _ => None,
+            };
+            (status, peer)
+        };
+        let (server, (status, peer)) = tokio::join!(server, client);
+        (status, server, peer)
+    }
+
+    #[tokio::test]
+    async fn a_name_me_peer_gets_a_free_name_on_its_host() {
+        // The first two names drawn are taken.
+        let drawn = Mutex::new(Vec::new());
+        let (status, server, peer) = name_me(|n| {
+            let mut d = drawn.lock().expect("lock");
+            d.push(n.to_owned());
+            d.len() <= 2
+        })
+        .await;
+        let HandshakeStatus::Named { name, creation } = status else {
+            panic!("{status:?}");
+        };
+        assert!(creation.get() >= 4);
+        let given = format!("{name}@localhost");
+        let drawn = drawn.into_inner().expect("lock");
+        assert_eq!(drawn.len(), 3, "{drawn:?}");
+        assert_eq!(drawn[2], given);
+        let server = server.expect("accepted");
+        assert_eq!(server.name.to_string(), given);
+        assert_eq!(server.creation, Some(creation));
+        assert_eq!(peer.expect("connected").name.to_string(), "kv@127.0.0.1");
+    }
+
+    #[tokio::test]
+    async fn a_name_me_peer_is_refused_when_no_name_is_free() {
+        let (status, server, peer) = name_me(|_| true).await;
+        assert_eq!(status, HandshakeStatus::NotAllowed);
+        assert!(peer.is_none());
+        assert!(matches!(server, Err(Error::NoDynamicName)), "{server:?}");
+    }
+
+    #[test]
+    fn the_host_of_a_name_me_send_name_is_found_and_quoted_bounded() {
+        let mut body = vec![b'N'];
+        body.extend_from_slice(&(BASE_FLAGS | FLAG_NAME_ME).to_be_bytes());
+        body.extend_from_slice(&[0, 0, 0, 0, 0, 9]);
+        body.extend_from_slice(b"localhost");
+        assert_eq!(name_me_host(&body), Some(&b"localhost"[..]));
+        // Without NAME_ME the same bytes are a name, not a host.
+        body[1..9].copy_from_slice(&BASE_FLAGS.to_be_bytes());
+        assert_eq!(name_me_host(&body), None);
+        let long = excerpt(&[0xff; 200]);
+        assert!(long.ends_with("..."));
+        assert_eq!(long.len(), LOG_EXCERPT * 4 + 3);
     }
 
     #[tokio::test]

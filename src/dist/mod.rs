@@ -327,6 +327,9 @@ pub async fn accept(
             Ok((stream, peer_node)) => {
                 let peer = peer_node.name.to_string();
                 tracing::Span::current().record("peer", tracing::field::display(&peer));
+                if peer_node.flags.contains(erl_dist::DistributionFlags::NAME_ME) {
+                    tracing::info!(%addr, %peer, "named a peer that asked for a dynamic name (NAME_ME)");
+                }
                 let Ok(permit) = established.try_acquire_owned() else {
                     tracing::warn!(
                         %addr,
@@ -340,13 +343,19 @@ pub async fn accept(
                 stream.serve(node, peer, flags).await;
                 drop(permit);
             }
-            Err(handshake::Error::WrongCookie) => {
-                tracing::warn!(%addr, "handshake rejected: the peer has a different cookie");
+            Err(handshake::Error::WrongCookie { node }) => {
+                let node = node.as_deref().unwrap_or("?");
+                tracing::warn!(%addr, %node, "handshake rejected: the peer has a different cookie");
             }
             Err(handshake::Error::Simultaneous) => {
                 tracing::debug!("simultaneous connect: keeping our own attempt");
             }
-            Err(error @ handshake::Error::MissingFlags { .. }) => {
+            Err(
+                error @ (handshake::Error::MissingFlags { .. }
+                | handshake::Error::OwnName(_)
+                | handshake::Error::BadDynamicHost { .. }
+                | handshake::Error::NoDynamicName),
+            ) => {
                 tracing::warn!(%addr, %error, "handshake refused (not_allowed)");
             }
             Err(error) => {
@@ -374,15 +383,21 @@ async fn handshake_in(
         manager::Admission::OkSimultaneous => erl_dist::handshake::HandshakeStatus::OkSimultaneous,
         manager::Admission::Nok => erl_dist::handshake::HandshakeStatus::Nok,
     };
+    // A name given to a NAME_ME peer must not be one a connection (or a dial) already has:
+    // registering it would replace that connection.
+    let in_use = |candidate: &str| {
+        manager.is_up(candidate) || manager.admit(&local_str, candidate) != manager::Admission::Ok
+    };
     let (creation, cookie) = (node.creation(), cfg.cookie.as_str());
     let result = match &cfg.tls {
-        None => handshake::accept(
+        None => handshake::accept_with(
             stream,
             &local,
             creation,
             cookie,
             cfg.handshake_timeout,
             decide,
+            in_use,
         )
         .await
         .map(|(stream, peer_node)| (Established::Plain(stream), peer_node)),
@@ -390,8 +405,14 @@ async fn handshake_in(
             let deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
             let stream = match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
                 Ok(Ok(stream)) => stream,
+                Ok(Err(error)) if error.is_refusal() => {
+                    // A plain-TCP peer, an unknown CA, no client certificate, ...: refused
+                    // credentials, logged as a wrong cookie is.
+                    tracing::warn!(%addr, %error, "TLS handshake failed");
+                    return None;
+                }
                 Ok(Err(error)) => {
-                    // A plain-TCP peer, an unknown CA, no client certificate, ...
+                    // The peer went away (closed, reset) before TLS was up.
                     tracing::info!(%addr, %error, "TLS handshake failed");
                     return None;
                 }
@@ -408,13 +429,14 @@ async fn handshake_in(
                     return None;
                 }
             };
-            handshake::accept(
+            handshake::accept_with(
                 tls::Packet4::new(stream),
                 &local,
                 creation,
                 cookie,
                 remaining(deadline),
                 decide,
+                in_use,
             )
             .await
             .map(|(stream, peer_node)| {

@@ -44,6 +44,59 @@ const PUMP_GRACE: Duration = Duration::from_secs(2);
 /// Largest handshake message: they go to erl_dist, which frames them with 2-byte lengths.
 const MAX_HANDSHAKE_MESSAGE: u32 = u16::MAX as u32;
 
+/// Bytes of an inbound connection looked at before the TLS handshake (a TLS record header is
+/// 5 bytes; a plain distribution `send_name` shows itself in 3: 2-byte length, `N` or `n`).
+const PEEK_HEAD: usize = 16;
+
+/// The first byte of every TLS connection a client opens: a record of content type
+/// `handshake` (22) carrying its ClientHello.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Why an inbound TLS handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// The peer's first bytes are not a TLS record. `plain_distribution`: they are the start
+    /// of a plain-TCP distribution handshake (a node without `-proto_dist inet_tls`).
+    #[error("peer is not using TLS{} (first bytes: {head})", if *plain_distribution { ": it sent a plain-TCP distribution handshake" } else { "" })]
+    NotTls {
+        /// The first bytes, escaped ([`super::handshake::excerpt`]).
+        head: String,
+        /// They look like a distribution `send_name`.
+        plain_distribution: bool,
+    },
+    /// The peer closed the connection without sending anything.
+    #[error("peer closed the connection before the TLS handshake")]
+    Closed,
+    /// The TLS handshake itself failed (rustls' reason: an unknown issuer, no client
+    /// certificate, ...) or the socket did.
+    #[error("{0}")]
+    Tls(io::Error),
+}
+
+impl AcceptError {
+    /// A refusal of the peer's credentials or protocol (logged as a wrong cookie is), as
+    /// opposed to a connection that merely went away.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            AcceptError::NotTls { .. } => true,
+            AcceptError::Closed => false,
+            AcceptError::Tls(e) => e.kind() == io::ErrorKind::InvalidData,
+        }
+    }
+}
+
+/// `None` when `head` (the first bytes a peer sent) may be a TLS ClientHello.
+fn classify_first_bytes(head: &[u8]) -> Option<AcceptError> {
+    match head.first() {
+        None => Some(AcceptError::Closed),
+        Some(&TLS_HANDSHAKE_RECORD) => None,
+        Some(_) => Some(AcceptError::NotTls {
+            head: super::handshake::excerpt(head),
+            plain_distribution: matches!(head.get(2), Some(b'N' | b'n')),
+        }),
+    }
+}
+
 /// Where the certificates are and whether clients must present one (the `--tls-*` flags).
 #[derive(Debug, Clone)]
 pub struct TlsOptions {
@@ -219,12 +272,19 @@ impl Tls {
         self.verify_peer
     }
 
-    /// The server side of the TLS handshake on an accepted connection.
+    /// The server side of the TLS handshake on an accepted connection. The peer's first
+    /// bytes are looked at (not consumed) first, so a peer that does not speak TLS at all (a
+    /// plain-TCP distribution node, most often) is told apart from a failed TLS handshake.
     pub async fn accept(
         &self,
         tcp: TcpStream,
-    ) -> io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
-        self.acceptor.accept(tcp).await
+    ) -> Result<tokio_rustls::server::TlsStream<TcpStream>, AcceptError> {
+        let mut head = [0u8; PEEK_HEAD];
+        let n = tcp.peek(&mut head).await.map_err(AcceptError::Tls)?;
+        if let Some(error) = classify_first_bytes(&head[..n]) {
+            return Err(error);
+        }
+        self.acceptor.accept(tcp).await.map_err(AcceptError::Tls)
     }
 
     /// The client side of the TLS handshake toward `host` (the host part of the peer's node
@@ -466,6 +526,38 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Packet4<S> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn first_bytes_tell_a_plain_peer_from_a_tls_one() {
+        assert!(matches!(
+            classify_first_bytes(&[]),
+            Some(AcceptError::Closed)
+        ));
+        // A TLS 1.2/1.3 ClientHello record header.
+        assert!(classify_first_bytes(&[0x16, 3, 1, 0, 200]).is_none());
+        // A v6 send_name, as OTP sends it on plain TCP.
+        let e = classify_first_bytes(&[0, 38, b'N', 0, 0, 0, 13]).expect("not TLS");
+        assert!(matches!(
+            e,
+            AcceptError::NotTls {
+                plain_distribution: true,
+                ..
+            }
+        ));
+        assert!(e.is_refusal());
+        let text = e.to_string();
+        assert!(text.starts_with("peer is not using TLS"), "{text}");
+        assert!(text.contains("\\x00&N"), "{text}");
+        // Something else altogether.
+        let e = classify_first_bytes(b"GET / HTTP/1.1").expect("not TLS");
+        assert!(matches!(
+            e,
+            AcceptError::NotTls {
+                plain_distribution: false,
+                ..
+            }
+        ));
+    }
 
     #[tokio::test]
     async fn rewrites_outgoing_2_byte_headers_to_4_byte_ones() {
