@@ -22,6 +22,7 @@
 //! reports relief ([`take_congested`]), so the peer's own TCP and distribution buffers hold the
 //! excess instead of kvnode's memory.
 
+pub mod monitors;
 pub mod router;
 
 use crate::config::Config;
@@ -239,6 +240,20 @@ pub fn take_congested() -> Option<Arc<Pressure>> {
     CONGESTED.with(|c| c.try_borrow_mut().ok().and_then(|mut c| c.take()))
 }
 
+/// The registry key of a local pid.
+fn pid_key(pid: &Pid) -> u32 {
+    pid.id | (pid.serial << 15)
+}
+
+/// What a peer's MONITOR_P names.
+#[derive(Debug, Clone, Copy)]
+pub enum MonitorTarget<'a> {
+    /// A registered name.
+    Name(&'a str),
+    /// A pid.
+    Pid(&'a Pid),
+}
+
 /// The local node. Cheap to clone (an `Arc`).
 #[derive(Clone)]
 pub struct Node(Arc<Inner>);
@@ -250,6 +265,8 @@ struct Inner {
     next_pid: AtomicU32,
     next_ref: AtomicU64,
     registry: RwLock<Registry>,
+    /// Monitors peers hold on local processes. Lock order: this, then `registry`.
+    incoming: Mutex<monitors::Table>,
     peers: Mutex<Peers>,
     /// Times a connection reader paused for a congested process.
     pauses: AtomicU64,
@@ -279,6 +296,7 @@ impl Node {
             next_pid: AtomicU32::new(1),
             next_ref: AtomicU64::new(1),
             registry: RwLock::new(Registry::default()),
+            incoming: Mutex::new(monitors::Table::default()),
             peers: Mutex::new(Peers::default()),
             pauses: AtomicU64::new(0),
             manager: Manager::new(pending_limits),
@@ -370,8 +388,7 @@ impl Node {
         let target = make(&pid);
         let mailbox = Mailbox { pid, target };
         let mut reg = self.0.registry.write().unwrap_or_else(|e| e.into_inner());
-        reg.pids
-            .insert(mailbox.pid.id | (mailbox.pid.serial << 15), mailbox.clone());
+        reg.pids.insert(pid_key(&mailbox.pid), mailbox.clone());
         if let Some(name) = name {
             reg.names.insert(name.to_owned(), mailbox.clone());
         }
@@ -381,8 +398,139 @@ impl Node {
     /// Removes a process (and its registered name) from the registry.
     pub fn remove_process(&self, pid: &Pid) {
         let mut reg = self.0.registry.write().unwrap_or_else(|e| e.into_inner());
-        reg.pids.remove(&(pid.id | (pid.serial << 15)));
+        reg.pids.remove(&pid_key(pid));
         reg.names.retain(|_, m| m.pid != *pid);
+    }
+
+    /// The local process `pid` exits with `reason`: it leaves the registry, and every monitor
+    /// peers hold on it fires (MONITOR_P_EXIT with `reason`; by name when it was placed by
+    /// name). With `restart`, a fresh process (new pid, made by `restart`) takes its
+    /// registered names in the same registry update, as a supervisor's restart would, so a
+    /// caller finds either the old process (and its monitor fires) or the new one, never no
+    /// process. Returns the new process's mailbox.
+    pub fn exit_process(
+        &self,
+        pid: &Pid,
+        reason: Term,
+        restart: Option<Box<dyn FnOnce(&Pid) -> Arc<dyn Dispatch> + '_>>,
+    ) -> Option<Mailbox> {
+        let successor = restart.map(|make| {
+            let new_pid = self.new_pid();
+            let target = make(&new_pid);
+            Mailbox {
+                pid: new_pid,
+                target,
+            }
+        });
+        let key = pid_key(pid);
+        let names: Vec<String> = {
+            let mut reg = self.0.registry.write().unwrap_or_else(|e| e.into_inner());
+            reg.pids.remove(&key);
+            let names: Vec<String> = reg
+                .names
+                .iter()
+                .filter(|(_, m)| m.pid == *pid)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in &names {
+                match &successor {
+                    Some(mb) => {
+                        reg.names.insert(name.clone(), mb.clone());
+                    }
+                    None => {
+                        reg.names.remove(name);
+                    }
+                }
+            }
+            if let Some(mb) = &successor {
+                reg.pids.insert(pid_key(&mb.pid), mb.clone());
+            }
+            names
+        };
+        // After the registry update: a monitor placed meanwhile either saw the old process
+        // (and is in the table before we look, as placing holds this lock) or the new one.
+        let fired = self.lock_incoming().take_target(key);
+        tracing::debug!(
+            id = pid.id,
+            monitors = fired.len(),
+            restarted = successor.is_some(),
+            reason = %crate::term::summary(&reason),
+            "process exited"
+        );
+        for (peer, ref_key, m) in fired {
+            let (watcher, reference) = match m.foreign {
+                Some(f) => (f.watcher, f.reference),
+                None => (m.watcher.to_pid(&peer), ref_key.to_reference(&peer)),
+            };
+            let from = match names.first() {
+                Some(name) if m.by_name => PidOrAtom::Atom(Atom::from(name.as_str())),
+                _ => PidOrAtom::Pid(pid.clone()),
+            };
+            // Only peers with DIST_MONITOR place monitors; sent on their connection after
+            // anything the process sent them before (its last replies included).
+            self.send_to_node(
+                &peer,
+                Message::monitor_p_exit(from, watcher, reference, reason.clone()),
+            );
+        }
+        successor
+    }
+
+    fn lock_incoming(&self) -> std::sync::MutexGuard<'_, monitors::Table> {
+        self.0.incoming.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a monitor `peer` places on a local process (by registered name or pid). False
+    /// when there is no such process: the caller answers `noproc`.
+    pub fn monitor_incoming(
+        &self,
+        peer: &str,
+        target: MonitorTarget<'_>,
+        key: monitors::RefKey,
+        watcher: monitors::PeerPid,
+        foreign: Option<Box<monitors::Foreign>>,
+    ) -> bool {
+        let mut table = self.lock_incoming();
+        let (target, by_name) = {
+            let reg = self.0.registry.read().unwrap_or_else(|e| e.into_inner());
+            match target {
+                MonitorTarget::Name(name) => match reg.names.get(name) {
+                    Some(mb) => (pid_key(&mb.pid), true),
+                    None => return false,
+                },
+                MonitorTarget::Pid(pid) => {
+                    let k = pid_key(pid);
+                    if !self.is_local(pid)
+                        || pid.creation != self.0.creation
+                        || !reg.pids.contains_key(&k)
+                    {
+                        return false;
+                    }
+                    (k, false)
+                }
+            }
+        };
+        table.insert(
+            peer,
+            key,
+            monitors::Incoming {
+                target,
+                by_name,
+                watcher,
+                foreign,
+            },
+        );
+        true
+    }
+
+    /// Removes a monitor `peer` held (DEMONITOR_P); unknown ones are ignored, as BEAM does.
+    pub fn demonitor_incoming(&self, peer: &str, key: &monitors::RefKey) {
+        self.lock_incoming().remove(peer, key);
+    }
+
+    /// Number of monitors peers hold on local processes.
+    pub fn incoming_monitor_count(&self) -> usize {
+        self.lock_incoming().len()
     }
 
     /// The mailbox registered under `name`.
@@ -410,7 +558,7 @@ impl Node {
             return None;
         }
         let reg = self.0.registry.read().unwrap_or_else(|e| e.into_inner());
-        reg.pids.get(&(pid.id | (pid.serial << 15))).cloned()
+        reg.pids.get(&pid_key(pid)).cloned()
     }
 
     /// The registered names, sorted.
@@ -698,6 +846,8 @@ impl Node {
     /// The connection to `peer` went down (or could not be made): every monitor our processes
     /// hold on that node fires with `noconnection`, and messages waiting for it are dropped.
     pub(crate) fn node_down(&self, peer: &str) {
+        // The peer's monitors on our processes went with it (its side fired them).
+        self.lock_incoming().remove_peer(peer);
         let (fired, dropped): (Vec<RemoteMonitor>, usize) = {
             let mut peers = self.lock_peers();
             let fired = peers
