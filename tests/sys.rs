@@ -245,3 +245,47 @@ fn genserver_stop_restarts_with_the_data_on_disk() {
     assert!(kv.contains("FIRST-STOP-OK"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Monitors peers place on the KV process are recorded only while held: a run of calls
+/// leaves none behind, a held monitor is counted, and it goes with the peer's connection.
+#[test]
+fn monitor_records_follow_calls_demonitors_and_disconnects() {
+    let cookie = unique("cookie");
+    let kv = KvNode::start(&unique("kv_mons"), &cookie, free_port());
+    let out = elixir(
+        &kv,
+        &unique("mons"),
+        &cookie,
+        r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+store = {DistributedExample.KVStore, kv}
+monitored = fn -> Map.fetch!(:rpc.call(kv, :kvnode, :info, []), :monitored_by) end
+:ok = GenServer.call(store, {:put, :m, 1})
+1..4
+|> Enum.map(fn _ -> Task.async(fn -> for _ <- 1..500, do: 1 = GenServer.call(store, {:get, :m}) end) end)
+|> Enum.each(&Task.await(&1, 60_000))
+TestWait.until(fn -> monitored.() == 0 end)
+ref = Process.monitor(store)
+1 = monitored.()
+true = Process.demonitor(ref)
+TestWait.until(fn -> monitored.() == 0 end)
+_ = Process.monitor(store)
+_ = Process.monitor(store)
+2 = monitored.()
+IO.puts("SCRIPT-OK")
+"#,
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+    // That node is gone: its monitors went with its connection.
+    let out = elixir(
+        &kv,
+        &unique("mons2"),
+        &cookie,
+        r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+TestWait.until(fn -> Map.fetch!(:rpc.call(kv, :kvnode, :info, []), :monitored_by) == 0 end, 30_000)
+IO.puts("SCRIPT-OK")
+"#,
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+}
