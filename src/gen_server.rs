@@ -672,7 +672,7 @@ impl<S: GenServer> Host<S> {
                     pressure: &pressure,
                 });
                 Arc::new(Host::new(node, pid, name.as_deref(), next, pressure))
-            }) as Box<dyn FnOnce(&Pid) -> Arc<dyn Dispatch> + '_>
+            }) as node::MakeProcess<'_>
         });
         let successor = node.exit_process(&self.pid, reason, make);
         if let Some(mb) = successor {

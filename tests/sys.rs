@@ -289,3 +289,47 @@ IO.puts("SCRIPT-OK")
     );
     assert!(out.contains("SCRIPT-OK"), "{out}");
 }
+
+/// A peer holding more monitors than `--max-monitors-per-peer` is disconnected (its monitors
+/// fire `noconnection` on its side); it can connect again and call.
+#[test]
+fn a_peer_over_the_monitor_bound_is_disconnected() {
+    let cookie = unique("cookie");
+    let kv = KvNode::start_with(
+        &unique("kv_monmax"),
+        &cookie,
+        free_port(),
+        &["--max-monitors-per-peer", "10"],
+    );
+    let out = elixir(
+        &kv,
+        &unique("monmax"),
+        &cookie,
+        r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+store = {DistributedExample.KVStore, kv}
+:ok = GenServer.call(store, {:put, :x, 1})
+true = Node.monitor(kv, true)
+refs = for _ <- 1..9, do: Process.monitor(store)
+# The call's own monitor is the 10th: still within the bound.
+1 = GenServer.call(store, {:get, :x})
+_ = Process.monitor(store)
+_ = Process.monitor(store)
+receive do
+  {:nodedown, ^kv} -> :ok
+after 10_000 -> raise "not disconnected"
+end
+{:DOWN, _, :process, _, :noconnection} = receive do m -> m after 10_000 -> :none end
+_ = refs
+TestWait.until(fn -> Node.connect(kv) == true end)
+1 = GenServer.call(store, {:get, :x})
+IO.puts("SCRIPT-OK")
+"#,
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+    assert!(
+        kv.logs().contains("--max-monitors-per-peer"),
+        "{}",
+        kv.logs()
+    );
+}

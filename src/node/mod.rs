@@ -240,6 +240,9 @@ pub fn take_congested() -> Option<Arc<Pressure>> {
     CONGESTED.with(|c| c.try_borrow_mut().ok().and_then(|mut c| c.take()))
 }
 
+/// Makes what runs a fresh process's signals, given its pid (see [`Node::exit_process`]).
+pub type MakeProcess<'a> = Box<dyn FnOnce(&Pid) -> Arc<dyn Dispatch> + 'a>;
+
 /// The registry key of a local pid.
 fn pid_key(pid: &Pid) -> u32 {
     pid.id | (pid.serial << 15)
@@ -412,7 +415,7 @@ impl Node {
         &self,
         pid: &Pid,
         reason: Term,
-        restart: Option<Box<dyn FnOnce(&Pid) -> Arc<dyn Dispatch> + '_>>,
+        restart: Option<MakeProcess<'_>>,
     ) -> Option<Mailbox> {
         let successor = restart.map(|make| {
             let new_pid = self.new_pid();
@@ -481,7 +484,8 @@ impl Node {
     }
 
     /// Records a monitor `peer` places on a local process (by registered name or pid). False
-    /// when there is no such process: the caller answers `noproc`.
+    /// when there is no such process: the caller answers `noproc`. A peer over
+    /// `--max-monitors-per-peer` is disconnected instead.
     pub fn monitor_incoming(
         &self,
         peer: &str,
@@ -510,7 +514,7 @@ impl Node {
                 }
             }
         };
-        table.insert(
+        let recorded = table.insert(
             peer,
             key,
             monitors::Incoming {
@@ -519,7 +523,19 @@ impl Node {
                 watcher,
                 foreign,
             },
+            self.0.config.max_monitors_per_peer,
         );
+        drop(table);
+        if !recorded {
+            tracing::warn!(
+                %peer,
+                max = self.0.config.max_monitors_per_peer,
+                "peer holds more monitors than --max-monitors-per-peer: disconnecting it"
+            );
+            self.0.manager.close_peer(peer);
+        }
+        // Over the bound the monitor is not recorded and the peer is being disconnected
+        // (which fires its monitors there): nothing to answer.
         true
     }
 

@@ -12,6 +12,12 @@
 use erl_dist::term::{Atom, Pid, Reference};
 use std::collections::HashMap;
 
+/// Default `--max-monitors-per-peer`: monitors one peer node may hold on local processes at
+/// once. A call holds one while it waits, so this is far above any real client's
+/// concurrency; it bounds what a peer that never demonitors can make kvnode keep (an entry
+/// is about 64 bytes: 6.4 MB per peer at this bound).
+pub const DEFAULT_MAX_MONITORS_PER_PEER: usize = 100_000;
+
 /// The most id words a reference has (NEWER_REFERENCE_EXT allows up to 5).
 pub const MAX_REF_WORDS: usize = 5;
 
@@ -101,10 +107,14 @@ pub struct Table {
 }
 
 impl Table {
-    /// Records a monitor from `peer`.
-    pub fn insert(&mut self, peer: &str, key: RefKey, monitor: Incoming) {
+    /// Records a monitor from `peer`. False (nothing recorded) when the peer already holds
+    /// `max` monitors.
+    pub fn insert(&mut self, peer: &str, key: RefKey, monitor: Incoming, max: usize) -> bool {
         match self.peers.get_mut(peer) {
             Some(t) => {
+                if t.len() >= max && !t.contains_key(&key) {
+                    return false;
+                }
                 t.insert(key, monitor);
             }
             None => {
@@ -114,6 +124,7 @@ impl Table {
                     .insert(key, monitor);
             }
         }
+        true
     }
 
     /// Removes a monitor (DEMONITOR_P). The peer's (emptied) table is kept: the next call
