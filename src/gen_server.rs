@@ -8,6 +8,15 @@
 //! the caller's timeout is dropped by the caller's runtime instead of left in its mailbox.
 //! A cast is `{:"$gen_cast", request}`; anything else is an info message.
 //!
+//! System messages (`{:system, from, request}`, what `:sys` and `GenServer.stop` send) are
+//! answered by the host for every server, as `sys.erl` answers them for a gen_server:
+//! `get_state` ([`GenServer::system_state`]), `get_status` (gen_server's shape), `suspend`
+//! and `resume` (while suspended, every other signal waits in the mailbox, in order),
+//! `{:debug, ...}` (statistics kept; log and trace accepted, recording nothing), `{:terminate,
+//! reason}` (replied `:ok`, then the process exits with `reason` and
+//! [`GenServer::restart`] decides whether a fresh process takes its name), and
+//! `{:error, {:unknown_system_msg, request}}` for anything else.
+//!
 //! Backpressure: signals that arrive while another thread is inside the handler wait in the
 //! process's mailbox, bounded by `--max-mailbox-bytes` (what the messages took on the wire) and
 //! [`MAX_MAILBOX_SIGNALS`]. Over either bound the process reports itself congested
@@ -725,27 +734,30 @@ impl<S: GenServer> Dispatch for Host<S> {
     }
 
     fn dispatch_raw(&self, node: &Node, raw: &RawMessage) -> bool {
-        {
-            let p = lock(&self.pending);
-            if p.dead {
-                // Dropped, as a message to a dead pid.
-                return true;
-            }
-            // Suspended: the message waits with the others (decoded). Statistics count
-            // what the decoding path handles.
-            if p.suspended || self.stats.on() {
-                return false;
-            }
-        }
         let mut server = match self.server.try_lock() {
             Ok(guard) => guard,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return false,
         };
+        // One look at the mailbox (suspension and death change only under the server lock,
+        // which we hold).
+        let (dead, queued, held) = {
+            let p = lock(&self.pending);
+            (p.dead, !p.queue.is_empty(), p.suspended || self.stats.on())
+        };
+        if dead {
+            // Dropped, as a message to a dead pid.
+            return true;
+        }
         // Signals queued earlier go first: run them, and leave this one to the decoding path.
-        if self.has_pending() {
+        if queued {
             drop(server);
             self.run_pending(node);
+            return false;
+        }
+        // Suspended: the message waits with the others (decoded). Statistics count what the
+        // decoding path handles.
+        if held {
             return false;
         }
         let handled = server.handle_raw(

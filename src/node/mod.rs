@@ -3,11 +3,12 @@
 //! and the routing of inbound control messages ([`router`]) to them.
 //!
 //! kvnode's processes are GenServers whose handlers run in the thread that delivers a signal
-//! ([`Mailbox`], [`Dispatch`]): no task hop per message. The built-in ones
-//! (the KV server, `net_kernel`) live as long as the node, so monitors that peers place on them
-//! need no bookkeeping: DEMONITOR_P is a no-op, and a lost connection already gives the peer's
-//! monitors `noconnection`. Monitors that *our* processes place on remote pids are kept per peer
-//! node and fire `noconnection` when that peer's connection goes down.
+//! ([`Mailbox`], [`Dispatch`]): no task hop per message. A process can exit
+//! ([`Node::exit_process`], from `GenServer.stop`): monitors peers placed on it
+//! ([`monitors`], recorded per peer and removed by DEMONITOR_P or with the peer's connection)
+//! then fire with the exit reason, and a built-in process is restarted at once under the same
+//! name (a new pid), as a supervisor would. Monitors that *our* processes place on remote pids
+//! are kept per peer node and fire `noconnection` when that peer's connection goes down.
 //!
 //! A peer may lack flags BEAM always sets (Jinterface, erl_interface and Python clients have no
 //! DIST_MONITOR and no ALIAS), so nothing whose shape depends on a flag is sent before the
