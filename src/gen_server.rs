@@ -493,7 +493,11 @@ impl<S: GenServer> Host<S> {
                 p.queue = held;
                 ok()
             }
-            Term::Atom(a) if a.name == "get_state" => server.system_state(ctx),
+            // As OTP 27+ answers (its `sys:get_state` unwraps `{:ok, state}`; OTP 25's passes
+            // the reply through, so there it returns `{:ok, state}`, as from a newer node).
+            Term::Atom(a) if a.name == "get_state" => {
+                tuple(vec![Atom::from("ok").into(), server.system_state(ctx)])
+            }
             Term::Atom(a) if a.name == "get_status" => self.status(ctx, server),
             Term::Tuple(t) if t.elements.len() == 2 && is_atom(&t.elements[0], "debug") => {
                 self.debug(&t.elements[1])
