@@ -197,8 +197,19 @@ end
 old = whereis.()
 ref = Process.monitor(store)
 # A call in flight: held by a suspended server, so the stop overtakes it.
-:ok = :sys.suspend(store, 10_000)
 parent = self()
+# A process linked to the server (trapping exits) gets its exit signal.
+spawn(fn ->
+  Process.flag(:trap_exit, true)
+  Process.link(old)
+  send(parent, :linked)
+  receive do
+    {:EXIT, ^old, r} -> send(parent, {:linked_exit, r})
+  after 30_000 -> :ok
+  end
+end)
+receive do :linked -> :ok end
+:ok = :sys.suspend(store, 10_000)
 spawn(fn ->
   send(parent, :calling)
   r = try do
@@ -216,6 +227,10 @@ receive do
   {:in_flight, {:exited, {:normal, {GenServer, :call, _}}}} -> :ok
   {:in_flight, other} -> raise "in-flight call: #{inspect(other)}"
 after 10_000 -> raise "in-flight call never ended"
+end
+receive do
+  {:linked_exit, :normal} -> :ok
+after 10_000 -> raise "no exit signal to the linked process"
 end
 new = TestWait.until(fn -> p = whereis.(); is_pid(p) and p != old and p end)
 true = node(new) == target

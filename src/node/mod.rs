@@ -453,7 +453,14 @@ impl Node {
         };
         // After the registry update: a monitor placed meanwhile either saw the old process
         // (and is in the table before we look, as placing holds this lock) or the new one.
-        let fired = self.lock_incoming().take_target(key);
+        let (fired, links) = {
+            let mut table = self.lock_incoming();
+            (table.take_target(key), table.take_links(key))
+        };
+        // Linked processes get the exit signal (a trapping one sees `{:EXIT, pid, reason}`).
+        for (peer, remote) in links {
+            self.send_to_node(&peer, Message::exit(pid.clone(), remote, reason.clone()));
+        }
         tracing::debug!(
             id = pid.id,
             monitors = fired.len(),
@@ -538,6 +545,32 @@ impl Node {
         // Over the bound the monitor is not recorded and the peer is being disconnected
         // (which fires its monitors there): nothing to answer.
         true
+    }
+
+    /// Records a link from `remote` (on `peer`) to the local process `target`. False when
+    /// there is no such process: the caller answers with an exit `noproc`. A peer over
+    /// `--max-monitors-per-peer` links is disconnected instead.
+    pub fn link_incoming(&self, peer: &str, target: &Pid, remote: &Pid) -> bool {
+        let mut table = self.lock_incoming();
+        let key = pid_key(target);
+        let alive = self.lookup_pid(target).is_some();
+        if !alive {
+            return false;
+        }
+        let max = self.0.config.max_monitors_per_peer;
+        if !table.link(peer, key, remote, max) {
+            drop(table);
+            tracing::warn!(%peer, max, "peer holds more links than --max-monitors-per-peer: disconnecting it");
+            self.0.manager.close_peer(peer);
+        }
+        true
+    }
+
+    /// Removes a link `remote` (on `peer`) had to the local process `target`.
+    pub fn unlink_incoming(&self, peer: &str, target: &Pid, remote: &Pid) {
+        if self.lookup_pid(target).is_some() {
+            self.lock_incoming().unlink(peer, pid_key(target), remote);
+        }
     }
 
     /// Removes a monitor `peer` held (DEMONITOR_P); unknown ones are ignored, as BEAM does.

@@ -100,10 +100,12 @@ pub struct Incoming {
 /// Per peer: reference -> monitor.
 pub type PeerTable = HashMap<RefKey, Incoming, foldhash::fast::RandomState>;
 
-/// All incoming monitors: peer node name -> its monitors.
+/// All incoming monitors: peer node name -> its monitors; and the links peers' processes
+/// made to local ones (peer -> (local process key, remote pid)).
 #[derive(Default)]
 pub struct Table {
     pub(super) peers: HashMap<String, PeerTable, foldhash::fast::RandomState>,
+    pub(super) links: HashMap<String, Vec<(u32, Pid)>, foldhash::fast::RandomState>,
 }
 
 impl Table {
@@ -133,9 +135,47 @@ impl Table {
         self.peers.get_mut(peer)?.remove(key)
     }
 
-    /// Drops every monitor `peer` holds (its connection went down).
+    /// Drops every monitor and link `peer` holds (its connection went down).
     pub fn remove_peer(&mut self, peer: &str) -> usize {
+        self.links.remove(peer);
         self.peers.remove(peer).map_or(0, |t| t.len())
+    }
+
+    /// Records a link from `remote` (on `peer`) to the local process `target`. False
+    /// (nothing recorded) when the peer already holds `max` links.
+    pub fn link(&mut self, peer: &str, target: u32, remote: &Pid, max: usize) -> bool {
+        let links = self.links.entry(peer.to_owned()).or_default();
+        if links.iter().any(|(t, p)| *t == target && p == remote) {
+            return true;
+        }
+        if links.len() >= max {
+            return false;
+        }
+        links.push((target, remote.clone()));
+        true
+    }
+
+    /// Removes a link (UNLINK, UNLINK_ID).
+    pub fn unlink(&mut self, peer: &str, target: u32, remote: &Pid) {
+        if let Some(links) = self.links.get_mut(peer) {
+            links.retain(|(t, p)| !(*t == target && p == remote));
+        }
+    }
+
+    /// Removes and returns the links to the process `target`: (peer, remote pid).
+    pub fn take_links(&mut self, target: u32) -> Vec<(String, Pid)> {
+        let mut out = Vec::new();
+        for (peer, links) in self.links.iter_mut() {
+            links.retain(|(t, p)| {
+                if *t == target {
+                    out.push((peer.clone(), p.clone()));
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        out
     }
 
     /// Removes and returns every monitor on the process `target`, with its peer and key.

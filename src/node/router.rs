@@ -1,6 +1,6 @@
 //! Routes one inbound control message: messages to mailboxes (by pid or registered name),
 //! monitors (recorded per peer, see [`super::monitors`]; MONITOR_P on a missing process
-//! answers `noproc` at once), link bookkeeping, exit
+//! answers `noproc` at once), links (recorded the same way), exit
 //! signals, and SPAWN_REQUEST to the rpc service.
 //!
 //! Answers go only in shapes the peer negotiated: a peer without DIST_MONITOR gets no
@@ -102,11 +102,13 @@ pub fn handle(node: &Node, peer: &str, message: Message) {
         Message::MonitorPExit(m) => node.remote_monitor_fired(peer, &m.reference, m.reason),
         Message::PayloadMonitorPExit(m) => node.remote_monitor_fired(peer, &m.reference, m.reason),
         Message::Link(m) => {
-            if node.lookup_pid(&m.to_pid).is_none() {
+            if !node.link_incoming(peer, &m.to_pid, &m.from_pid) {
                 node.send_to_node(peer, Message::exit(m.to_pid, m.from_pid, noproc()));
             }
         }
+        Message::Unlink(m) => node.unlink_incoming(peer, &m.to_pid, &m.from_pid),
         Message::UnlinkId(m) => {
+            node.unlink_incoming(peer, &m.to_pid, &m.from_pid);
             if node.peer_has(peer, DistributionFlags::UNLINK_ID) {
                 node.send_to_node(peer, Message::unlink_id_ack(m.id, m.to_pid, m.from_pid));
             } else {
@@ -141,8 +143,7 @@ pub fn handle(node: &Node, peer: &str, message: Message) {
         | Message::PayloadExit2Tt(_) => {
             tracing::debug!("exit signal to a built-in process: ignored (they trap exits)");
         }
-        Message::Unlink(_)
-        | Message::UnlinkIdAck(_)
+        Message::UnlinkIdAck(_)
         | Message::NodeLink(_)
         | Message::GroupLeader(_)
         | Message::SpawnReply(_)
