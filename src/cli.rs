@@ -171,6 +171,12 @@ pub struct Cli {
     #[arg(long, default_value_t = crate::dist::manager::DEFAULT_MAX_DIALS, value_name = "N")]
     pub max_dials: usize,
 
+    /// Monitors one peer node may hold on kvnode's processes at once (each `GenServer.call`
+    /// holds one while it waits); a peer placing more is disconnected, as a broken peer
+    /// (e.g. `--max-monitors-per-peer 1000000`).
+    #[arg(long, default_value_t = crate::node::monitors::DEFAULT_MAX_MONITORS_PER_PEER, value_name = "N")]
+    pub max_monitors_per_peer: usize,
+
     /// TLS distribution, as OTP's `-proto_dist inet_tls`: this node's certificate, PEM
     /// (e.g. `--tls-cert kv.pem`). Needs --tls-key and --tls-cacert; every peer must then use
     /// TLS too.
@@ -292,6 +298,7 @@ impl Cli {
         config.max_handshakes_per_ip = self.max_handshakes_per_ip.max(1);
         config.max_pending_bytes = self.max_pending_bytes;
         config.max_dials = self.max_dials.max(1);
+        config.max_monitors_per_peer = self.max_monitors_per_peer.max(1);
         config.max_mailbox_bytes = self.max_mailbox_bytes.max(1);
         config.max_storage_queue_bytes = self.max_storage_queue_bytes.max(1);
         config.max_term_depth = self.max_term_depth as usize;

@@ -56,6 +56,9 @@ pub struct Config {
     pub max_pending_bytes: usize,
     /// Dials in flight at once (`--max-dials`); a send needing one more is dropped.
     pub max_dials: usize,
+    /// Monitors one peer may hold on local processes (`--max-monitors-per-peer`); a peer
+    /// placing more is disconnected.
+    pub max_monitors_per_peer: usize,
     /// Backpressure bound of a process's mailbox, in wire bytes (`--max-mailbox-bytes`).
     pub max_mailbox_bytes: usize,
     /// Backpressure bound of the storage queue, in bytes not yet durable
@@ -87,6 +90,7 @@ impl std::fmt::Debug for Config {
             .field("max_handshakes_per_ip", &self.max_handshakes_per_ip)
             .field("max_pending_bytes", &self.max_pending_bytes)
             .field("max_dials", &self.max_dials)
+            .field("max_monitors_per_peer", &self.max_monitors_per_peer)
             .field("max_mailbox_bytes", &self.max_mailbox_bytes)
             .field("max_storage_queue_bytes", &self.max_storage_queue_bytes)
             .finish()
@@ -145,6 +149,7 @@ impl Config {
             max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP,
             max_pending_bytes: crate::dist::manager::DEFAULT_MAX_PENDING_BYTES,
             max_dials: crate::dist::manager::DEFAULT_MAX_DIALS,
+            max_monitors_per_peer: crate::node::monitors::DEFAULT_MAX_MONITORS_PER_PEER,
             max_mailbox_bytes: crate::gen_server::DEFAULT_MAX_MAILBOX_BYTES,
             max_storage_queue_bytes: crate::kv::durable::DEFAULT_MAX_STORAGE_QUEUE_BYTES,
         }

@@ -8,6 +8,15 @@
 //! the caller's timeout is dropped by the caller's runtime instead of left in its mailbox.
 //! A cast is `{:"$gen_cast", request}`; anything else is an info message.
 //!
+//! System messages (`{:system, from, request}`, what `:sys` and `GenServer.stop` send) are
+//! answered by the host for every server, as `sys.erl` answers them for a gen_server:
+//! `get_state` ([`GenServer::system_state`]), `get_status` (gen_server's shape), `suspend`
+//! and `resume` (while suspended, every other signal waits in the mailbox, in order),
+//! `{:debug, ...}` (statistics kept; log and trace accepted, recording nothing), `{:terminate,
+//! reason}` (replied `:ok`, then the process exits with `reason` and
+//! [`GenServer::restart`] decides whether a fresh process takes its name), and
+//! `{:error, {:unknown_system_msg, request}}` for anything else.
+//!
 //! Backpressure: signals that arrive while another thread is inside the handler wait in the
 //! process's mailbox, bounded by `--max-mailbox-bytes` (what the messages took on the wire) and
 //! [`MAX_MAILBOX_SIGNALS`]. Over either bound the process reports itself congested
@@ -17,7 +26,7 @@
 use crate::node::{self, Dispatch, Mailbox, Node, Pressure, RawMessage, Signal};
 use erl_dist::DistributionFlags;
 use erl_dist::message::Message;
-use erl_dist::term::{Atom, List, Pid, Reference, Term, Tuple};
+use erl_dist::term::{Atom, BigInteger, FixInteger, List, Pid, Reference, Term, Tuple};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
@@ -82,6 +91,27 @@ pub trait GenServer: Send + 'static {
     /// A monitor placed with [`Ctx::monitor`] fired.
     fn handle_down(&mut self, ctx: &mut Ctx, reference: Reference, pid: Pid, reason: Term) {
         let _ = (ctx, reference, pid, reason);
+    }
+    /// The term `:sys.get_state` answers (and `:sys.get_status` shows as the state).
+    fn system_state(&self, ctx: &Ctx) -> Term {
+        let _ = ctx;
+        Atom::from("undefined").into()
+    }
+    /// The process is stopping with `reason` (`GenServer.stop`, `:sys.terminate`). Return
+    /// the server that runs on as a fresh process (new pid, same registered name), as a
+    /// supervisor restarts a permanent child; `None` ends the process for good. The default
+    /// ends it.
+    fn restart(&mut self, ctx: &mut Ctx, reason: &Term) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        let _ = (ctx, reason);
+        None
+    }
+    /// Runs on the server [`GenServer::restart`] returned, in its new process, before
+    /// anything is delivered to it.
+    fn restarted(&mut self, ctx: &mut Ctx) {
+        let _ = ctx;
     }
 }
 
@@ -251,13 +281,7 @@ pub fn spawn_with<S: GenServer>(
             pid,
             pressure: &pressure,
         });
-        Arc::new(Host {
-            pid: pid.clone(),
-            server: Mutex::new(server),
-            pending: Mutex::new(Pending::default()),
-            max_bytes: node.config().max_mailbox_bytes.max(1),
-            pressure,
-        }) as Arc<dyn Dispatch>
+        Arc::new(Host::new(node, pid, name, server, pressure)) as Arc<dyn Dispatch>
     })
 }
 
@@ -268,6 +292,48 @@ struct Pending {
     bytes: usize,
     /// Whether this mailbox reported itself congested (cleared at half the bounds).
     congested: bool,
+    /// `:sys.suspend`: only system messages run; others wait in `held` (still counted in
+    /// `bytes`) until `:sys.resume`.
+    suspended: bool,
+    /// Signals that arrived while suspended, in order.
+    held: VecDeque<(Signal, usize)>,
+    /// The process exited: whatever still arrives is dropped, as for a dead BEAM pid.
+    dead: bool,
+}
+
+/// `:sys.statistics` counters: kept only while enabled.
+#[derive(Default)]
+struct Stats {
+    enabled: std::sync::atomic::AtomicBool,
+    messages_in: std::sync::atomic::AtomicU64,
+    messages_out: std::sync::atomic::AtomicU64,
+    /// When statistics were enabled, as `{{Y, M, D}, {H, Mi, S}}` local time.
+    start_time: Mutex<Option<Term>>,
+}
+
+impl Stats {
+    fn on(&self) -> bool {
+        self.enabled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn count_in(&self) {
+        if self.on() {
+            self.messages_in
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    fn count_out(&self) {
+        if self.on() {
+            self.messages_out
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the loop does after a signal.
+enum Flow {
+    Continue,
+    /// `{:system, from, {:terminate, reason}}` was answered: the process exits.
+    Stop(Term),
 }
 
 /// Hosts a server: whoever delivers a signal runs the handler in its own thread (no task hop,
@@ -277,16 +343,34 @@ struct Pending {
 /// once, and a handler that sends to itself does not deadlock.
 struct Host<S> {
     pid: Pid,
+    /// The registered name it was spawned under (for `:sys.get_status` and restarts).
+    name: Option<String>,
     server: Mutex<S>,
     pending: Mutex<Pending>,
     /// `--max-mailbox-bytes`.
     max_bytes: usize,
     pressure: Arc<Pressure>,
+    stats: Stats,
 }
 
 impl<S: GenServer> Host<S> {
+    fn new(node: &Node, pid: &Pid, name: Option<&str>, server: S, pressure: Arc<Pressure>) -> Self {
+        Host {
+            pid: pid.clone(),
+            name: name.map(str::to_owned),
+            server: Mutex::new(server),
+            pending: Mutex::new(Pending::default()),
+            max_bytes: node.config().max_mailbox_bytes.max(1),
+            pressure,
+            stats: Stats::default(),
+        }
+    }
+
     fn push(&self, signal: Signal, weight: usize) {
         let mut p = lock(&self.pending);
+        if p.dead {
+            return;
+        }
         p.queue.push_back((signal, weight));
         p.bytes += weight;
         if !p.congested && (p.bytes >= self.max_bytes || p.queue.len() >= MAX_MAILBOX_SIGNALS) {
@@ -302,7 +386,14 @@ impl<S: GenServer> Host<S> {
 
     fn pop(&self) -> Option<Signal> {
         let mut p = lock(&self.pending);
-        let (signal, weight) = p.queue.pop_front()?;
+        let (signal, weight) = loop {
+            let (signal, weight) = p.queue.pop_front()?;
+            if p.suspended && !is_system(&signal) {
+                p.held.push_back((signal, weight));
+                continue;
+            }
+            break (signal, weight);
+        };
         p.bytes -= weight;
         if p.congested && p.bytes <= self.max_bytes / 2 && p.queue.len() <= MAX_MAILBOX_SIGNALS / 2
         {
@@ -338,7 +429,10 @@ impl<S: GenServer> Host<S> {
                 pressure: &self.pressure,
             };
             while let Some(signal) = self.pop() {
-                dispatch(&mut ctx, &mut *server, signal);
+                if let Flow::Stop(reason) = self.dispatch_one(&mut ctx, &mut server, signal) {
+                    self.stop(&mut ctx, &mut server, reason);
+                    return;
+                }
             }
             drop(server);
             // A signal queued after our last look but before we let go would wait for the next
@@ -348,6 +442,288 @@ impl<S: GenServer> Host<S> {
             }
         }
     }
+}
+
+impl<S: GenServer> Host<S> {
+    fn dispatch_one(&self, ctx: &mut Ctx, server: &mut S, signal: Signal) -> Flow {
+        if let Signal::Message(term) = signal {
+            return match classify(term) {
+                Incoming::System(from, request) => self.system(ctx, server, &from, request),
+                Incoming::Call(caller, request) => {
+                    self.stats.count_in();
+                    if let Some(reply) = server.handle_call(ctx, &caller, request) {
+                        self.stats.count_out();
+                        ctx.reply(&caller, reply);
+                    }
+                    Flow::Continue
+                }
+                Incoming::Cast(request) => {
+                    self.stats.count_in();
+                    server.handle_cast(ctx, request);
+                    Flow::Continue
+                }
+                Incoming::Info(message) => {
+                    self.stats.count_in();
+                    server.handle_info(ctx, message);
+                    Flow::Continue
+                }
+            };
+        }
+        dispatch(ctx, server, signal);
+        Flow::Continue
+    }
+
+    /// A system message (`sys.erl`'s `handle_system_msg`): answered with what a BEAM
+    /// gen_server answers, the reply sent before anything else happens (before the process
+    /// exits for `terminate`).
+    fn system(&self, ctx: &mut Ctx, server: &mut S, from: &Caller, request: Term) -> Flow {
+        let ok = || -> Term { Atom::from("ok").into() };
+        let mut flow = Flow::Continue;
+        let reply: Term = match &request {
+            Term::Atom(a) if a.name == "suspend" => {
+                lock(&self.pending).suspended = true;
+                ok()
+            }
+            Term::Atom(a) if a.name == "resume" => {
+                let mut p = lock(&self.pending);
+                p.suspended = false;
+                // Held signals go first, in the order they came.
+                let mut held = std::mem::take(&mut p.held);
+                held.append(&mut p.queue);
+                p.queue = held;
+                ok()
+            }
+            // As OTP 27+ answers (its `sys:get_state` unwraps `{:ok, state}`; OTP 25's passes
+            // the reply through, so there it returns `{:ok, state}`, as from a newer node).
+            Term::Atom(a) if a.name == "get_state" => {
+                tuple(vec![Atom::from("ok").into(), server.system_state(ctx)])
+            }
+            Term::Atom(a) if a.name == "get_status" => self.status(ctx, server),
+            Term::Tuple(t) if t.elements.len() == 2 && is_atom(&t.elements[0], "debug") => {
+                self.debug(&t.elements[1])
+            }
+            Term::Tuple(t) if t.elements.len() == 2 && is_atom(&t.elements[0], "terminate") => {
+                flow = Flow::Stop(t.elements[1].clone());
+                ok()
+            }
+            _ => tuple(vec![
+                Atom::from("error").into(),
+                tuple(vec![
+                    Atom::from("unknown_system_msg").into(),
+                    request.clone(),
+                ]),
+            ]),
+        };
+        ctx.reply(from, reply);
+        flow
+    }
+
+    /// `sys.erl`'s `debug_cmd`: statistics are kept; log and trace are accepted and record
+    /// nothing (the log reads back empty); installing debug functions is not possible here.
+    fn debug(&self, what: &Term) -> Term {
+        use std::sync::atomic::Ordering::Relaxed;
+        let ok = || -> Term { Atom::from("ok").into() };
+        let ok_with = |t: Term| tuple(vec![Atom::from("ok").into(), t]);
+        let Term::Tuple(t) = what else {
+            return match what {
+                Term::Atom(a) if a.name == "no_debug" => {
+                    self.stats.enabled.store(false, Relaxed);
+                    ok()
+                }
+                _ => Atom::from("unknown_debug").into(),
+            };
+        };
+        let [Term::Atom(item), flag] = t.elements.as_slice() else {
+            return Atom::from("unknown_debug").into();
+        };
+        let flag_is = |name: &str| is_atom(flag, name);
+        match item.name.as_str() {
+            "trace" if flag_is("true") || flag_is("false") => ok(),
+            "log" if flag_is("true") || flag_is("false") || flag_is("print") => ok(),
+            "log" if flag_is("get") => ok_with(List::nil().into()),
+            "log"
+                if matches!(flag, Term::Tuple(t) if t.elements.len() == 2
+                && is_atom(&t.elements[0], "true")
+                && matches!(&t.elements[1], Term::FixInteger(n) if n.value >= 1)) =>
+            {
+                ok()
+            }
+            "statistics" if flag_is("true") => {
+                let mut start = lock(&self.stats.start_time);
+                if !self.stats.on() {
+                    self.stats.messages_in.store(0, Relaxed);
+                    self.stats.messages_out.store(0, Relaxed);
+                    *start = Some(local_time());
+                    self.stats.enabled.store(true, Relaxed);
+                }
+                ok()
+            }
+            "statistics" if flag_is("false") => {
+                self.stats.enabled.store(false, Relaxed);
+                ok()
+            }
+            "statistics" if flag_is("get") => {
+                let start = lock(&self.stats.start_time).clone();
+                match start {
+                    Some(start) if self.stats.on() => {
+                        let pair = |k: &str, v: Term| tuple(vec![Atom::from(k).into(), v]);
+                        let n = |v: u64| -> Term {
+                            match i32::try_from(v) {
+                                Ok(v) => FixInteger::from(v).into(),
+                                Err(_) => BigInteger::from(v).into(),
+                            }
+                        };
+                        let msgs_in = self.stats.messages_in.load(Relaxed);
+                        ok_with(
+                            List::from(vec![
+                                pair("start_time", start),
+                                pair("current_time", local_time()),
+                                // No reductions here: messages handled stand in for them.
+                                pair("reductions", n(msgs_in)),
+                                pair("messages_in", n(msgs_in)),
+                                pair("messages_out", n(self.stats.messages_out.load(Relaxed))),
+                            ])
+                            .into(),
+                        )
+                    }
+                    _ => ok_with(Atom::from("no_statistics").into()),
+                }
+            }
+            _ => Atom::from("unknown_debug").into(),
+        }
+    }
+
+    /// `:sys.get_status`: `{:status, pid, {:module, :gen_server}, [pdict, sys_state, parent,
+    /// debug, misc]}` with `misc` as `gen_server:format_status/2` makes it. The parent is
+    /// the process itself, as for a GenServer started without a link.
+    fn status(&self, ctx: &Ctx, server: &S) -> Term {
+        let atom = |n: &str| -> Term { Atom::from(n).into() };
+        let chars = |s: &str| -> Term {
+            eetf::ByteList {
+                bytes: s.as_bytes().to_vec(),
+            }
+            .into()
+        };
+        let name = self.name.as_deref();
+        let module = name.unwrap_or("kvnode");
+        let pdict = List::from(vec![
+            tuple(vec![
+                atom("$initial_call"),
+                tuple(vec![atom(module), atom("init"), FixInteger::from(1).into()]),
+            ]),
+            tuple(vec![atom("$ancestors"), List::nil().into()]),
+        ]);
+        let sys_state = if lock(&self.pending).suspended {
+            atom("suspended")
+        } else {
+            atom("running")
+        };
+        let who = match name {
+            Some(n) => n.to_owned(),
+            None => format!("<0.{}.{}>", ctx.self_pid().id, ctx.self_pid().serial),
+        };
+        let misc = List::from(vec![
+            tuple(vec![
+                atom("header"),
+                chars(&format!("Status for generic server {who}")),
+            ]),
+            tuple(vec![
+                atom("data"),
+                List::from(vec![
+                    tuple(vec![chars("Status"), sys_state.clone()]),
+                    tuple(vec![chars("Parent"), ctx.self_pid().clone().into()]),
+                    tuple(vec![chars("Logged events"), List::nil().into()]),
+                ])
+                .into(),
+            ]),
+            tuple(vec![
+                atom("data"),
+                List::from(vec![tuple(vec![chars("State"), server.system_state(ctx)])]).into(),
+            ]),
+        ]);
+        tuple(vec![
+            atom("status"),
+            ctx.self_pid().clone().into(),
+            tuple(vec![atom("module"), atom("gen_server")]),
+            List::from(vec![
+                pdict.into(),
+                sys_state,
+                ctx.self_pid().clone().into(),
+                List::nil().into(),
+                misc.into(),
+            ])
+            .into(),
+        ])
+    }
+
+    /// The process exits with `reason` (its `terminate` reply already sent): what is still
+    /// queued is dropped, monitors on it fire, and the server [`GenServer::restart`] returns
+    /// (if any) runs on as a fresh process under the same name, sharing this one's
+    /// congestion state (its storage queue reports there).
+    fn stop(&self, ctx: &mut Ctx, server: &mut S, reason: Term) {
+        {
+            let mut p = lock(&self.pending);
+            p.dead = true;
+            p.queue.clear();
+            p.held.clear();
+            p.bytes = 0;
+            p.suspended = false;
+            if p.congested {
+                p.congested = false;
+                self.pressure.set(Pressure::MAILBOX, false);
+            }
+        }
+        let node = ctx.node;
+        let next = server.restart(ctx, &reason);
+        let pressure = self.pressure.clone();
+        let name = self.name.clone();
+        let make = next.map(|mut next| {
+            Box::new(move |pid: &Pid| -> Arc<dyn Dispatch> {
+                next.restarted(&mut Ctx {
+                    node,
+                    pid,
+                    pressure: &pressure,
+                });
+                Arc::new(Host::new(node, pid, name.as_deref(), next, pressure))
+            }) as node::MakeProcess<'_>
+        });
+        let successor = node.exit_process(&self.pid, reason, make);
+        if let Some(mb) = successor {
+            tracing::info!(
+                name = self.name.as_deref().unwrap_or(""),
+                old = self.pid.id,
+                new = mb.pid.id,
+                "process stopped and restarted under the same name"
+            );
+        }
+    }
+}
+
+fn tuple(elements: Vec<Term>) -> Term {
+    Tuple::from(elements).into()
+}
+
+/// The local time as `{{Y, M, D}, {H, Mi, S}}` (`erlang:localtime/0`).
+fn local_time() -> Term {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as libc::time_t;
+    // SAFETY: an all-zero tm is valid; localtime_r writes into it and reads only `now`.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call.
+    unsafe { libc::localtime_r(&now, &mut tm) };
+    let n = |v: i32| -> Term { FixInteger::from(v).into() };
+    tuple(vec![
+        tuple(vec![n(tm.tm_year + 1900), n(tm.tm_mon + 1), n(tm.tm_mday)]),
+        tuple(vec![n(tm.tm_hour), n(tm.tm_min), n(tm.tm_sec)]),
+    ])
+}
+
+/// Whether `signal` is a system message (`{:system, from, request}`): those run even while
+/// the process is suspended.
+fn is_system(signal: &Signal) -> bool {
+    matches!(signal, Signal::Message(Term::Tuple(t))
+        if t.elements.len() == 3 && is_atom(&t.elements[0], "system"))
 }
 
 impl<S: GenServer> Dispatch for Host<S> {
@@ -371,10 +747,25 @@ impl<S: GenServer> Dispatch for Host<S> {
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return false,
         };
+        // One look at the mailbox (suspension and death change only under the server lock,
+        // which we hold).
+        let (dead, queued, held) = {
+            let p = lock(&self.pending);
+            (p.dead, !p.queue.is_empty(), p.suspended || self.stats.on())
+        };
+        if dead {
+            // Dropped, as a message to a dead pid.
+            return true;
+        }
         // Signals queued earlier go first: run them, and leave this one to the decoding path.
-        if self.has_pending() {
+        if queued {
             drop(server);
             self.run_pending(node);
+            return false;
+        }
+        // Suspended: the message waits with the others (decoded). Statistics count what the
+        // decoding path handles.
+        if held {
             return false;
         }
         let handled = server.handle_raw(
@@ -411,6 +802,8 @@ fn dispatch<S: GenServer>(ctx: &mut Ctx, server: &mut S, signal: Signal) {
             }
             Incoming::Cast(request) => server.handle_cast(ctx, request),
             Incoming::Info(message) => server.handle_info(ctx, message),
+            // Messages reach here only from [`Host::dispatch_one`], which answers these.
+            Incoming::System(..) => {}
         },
         Signal::Down {
             reference,
@@ -431,6 +824,7 @@ fn dispatch<S: GenServer>(ctx: &mut Ctx, server: &mut S, signal: Signal) {
 }
 
 enum Incoming {
+    System(Caller, Term),
     Call(Caller, Term),
     Cast(Term),
     Info(Term),
@@ -445,9 +839,10 @@ fn classify(term: Term) -> Incoming {
         return Incoming::Info(term);
     };
     match elements.len() {
-        3 if is_atom(&elements[0], "$gen_call")
+        3 if (is_atom(&elements[0], "$gen_call") || is_atom(&elements[0], "system"))
             && matches!(&elements[1], Term::Tuple(t) if t.elements.len() == 2 && matches!(t.elements[0], Term::Pid(_))) =>
         {
+            let system = is_atom(&elements[0], "system");
             let mut it = elements.into_iter();
             let (_, from, request) = match (it.next(), it.next(), it.next()) {
                 (Some(a), Some(b), Some(c)) => (a, b, c),
@@ -458,6 +853,9 @@ fn classify(term: Term) -> Incoming {
             };
             let mut from = from.into_iter();
             match (from.next(), from.next()) {
+                (Some(Term::Pid(pid)), Some(tag)) if system => {
+                    Incoming::System(Caller::new(pid, tag), request)
+                }
                 (Some(Term::Pid(pid)), Some(tag)) => Incoming::Call(Caller::new(pid, tag), request),
                 _ => unreachable!("shape checked above"), // ok: matched above
             }

@@ -272,8 +272,34 @@ fn handle_frame(
 ) -> Result<(), Error> {
     let (ctrl_len, rest) = validate_frame(body, limits)?;
     match super::fast::classify(rest, ctrl_len, limits) {
-        Fast::Demonitor => Ok(()),
-        Fast::MonitorName(name) if node.is_registered(name) => Ok(()),
+        Fast::Demonitor {
+            reference,
+            ref_node,
+        } if ref_node == peer => {
+            node.demonitor_incoming(peer, &reference);
+            Ok(())
+        }
+        Fast::MonitorName {
+            name,
+            watcher,
+            watcher_node,
+            reference,
+            ref_node,
+        } if watcher_node == peer
+            && ref_node == peer
+            && conn
+                .flags
+                .contains(erl_dist::DistributionFlags::DIST_MONITOR)
+            && node.monitor_incoming(
+                peer,
+                crate::node::MonitorTarget::Name(name),
+                reference,
+                watcher,
+                None,
+            ) =>
+        {
+            Ok(())
+        }
         Fast::RegSend { name, message } => {
             let Some(target) = node.whereis_target(name) else {
                 tracing::debug!(name = %term::text::name(name), "message to an unregistered name: dropped");

@@ -1,9 +1,10 @@
 //! The hot path of a `GenServer.call`: every call brings MONITOR_P (by name), REG_SEND and
 //! DEMONITOR_P. Decoding their control tuples into `eetf` trees (pids, refs, atoms: a dozen
-//! allocations) costs more than the KV work itself, and for two of the three nothing in them
-//! is needed. This module reads just enough of an already *validated* frame to handle those
-//! cases; everything else goes through the full decoder.
+//! allocations) costs more than the KV work itself. This module reads just enough of an
+//! already *validated* frame to handle those cases (the monitor's pid and reference as
+//! numbers, see [`crate::node::monitors`]); everything else goes through the full decoder.
 
+use crate::node::monitors::{MAX_REF_WORDS, PeerPid, RefKey};
 use crate::term::{
     self, Limits, SMALL_INTEGER_EXT as SMALL_INTEGER, SMALL_TUPLE_EXT as SMALL_TUPLE,
     VERSION_MAGIC as VERSION,
@@ -17,10 +18,27 @@ const DEMONITOR_P: u8 = 20;
 /// What the fast path made of a frame.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Fast<'a> {
-    /// DEMONITOR_P: nothing to do (see `node`: built-in processes keep no monitor records).
-    Demonitor,
-    /// MONITOR_P on a registered name: answer only if the name does not exist.
-    MonitorName(&'a str),
+    /// DEMONITOR_P: remove the monitor `reference` (made on `ref_node`).
+    Demonitor {
+        /// The monitor reference.
+        reference: RefKey,
+        /// The reference's node.
+        ref_node: &'a str,
+    },
+    /// MONITOR_P on a registered name: record it (answer `noproc` if the name does not
+    /// exist).
+    MonitorName {
+        /// The monitored name.
+        name: &'a str,
+        /// The watcher pid's numbers.
+        watcher: PeerPid,
+        /// The watcher pid's node.
+        watcher_node: &'a str,
+        /// The monitor reference.
+        reference: RefKey,
+        /// The reference's node.
+        ref_node: &'a str,
+    },
     /// REG_SEND: deliver `message` (a version-prefixed, validated term) to `name`.
     RegSend {
         /// The registered name.
@@ -37,6 +55,67 @@ fn atom(buf: &[u8]) -> Option<(&str, usize)> {
     let (name, len) = term::skip::atom(buf)?;
     // Latin-1 atoms with bytes >= 128 are rejected by the validator, so UTF-8 covers all.
     Some((std::str::from_utf8(name).ok()?, len))
+}
+
+/// A 32-bit big-endian word at `at`.
+fn word(buf: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(buf.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// A pid (NEW_PID_EXT or PID_EXT) at the start of `buf`: its node, numbers and length.
+fn pid(buf: &[u8]) -> Option<(&str, PeerPid, usize)> {
+    let tag = *buf.first()?;
+    if tag != term::NEW_PID_EXT && tag != term::PID_EXT {
+        return None;
+    }
+    let (node, n) = atom(buf.get(1..)?)?;
+    let at = 1 + n;
+    let creation = if tag == term::NEW_PID_EXT {
+        word(buf, at + 8)?
+    } else {
+        u32::from(*buf.get(at + 8)?)
+    };
+    let len = at + if tag == term::NEW_PID_EXT { 12 } else { 9 };
+    let p = PeerPid {
+        id: word(buf, at)?,
+        serial: word(buf, at + 4)?,
+        creation,
+    };
+    Some((node, p, len))
+}
+
+/// A reference (NEWER_REFERENCE_EXT or NEW_REFERENCE_EXT) at the start of `buf`: its node
+/// and key.
+fn reference(buf: &[u8]) -> Option<(&str, RefKey)> {
+    let tag = *buf.first()?;
+    if tag != term::NEWER_REFERENCE_EXT && tag != term::NEW_REFERENCE_EXT {
+        return None;
+    }
+    let words = usize::from(u16::from_be_bytes([*buf.get(1)?, *buf.get(2)?]));
+    if words > MAX_REF_WORDS {
+        return None;
+    }
+    let (node, n) = atom(buf.get(3..)?)?;
+    let mut at = 3 + n;
+    let creation = if tag == term::NEWER_REFERENCE_EXT {
+        at += 4;
+        word(buf, at - 4)?
+    } else {
+        at += 1;
+        u32::from(*buf.get(at - 1)?)
+    };
+    let mut ids = [0; MAX_REF_WORDS];
+    for (i, id) in ids.iter_mut().take(words).enumerate() {
+        *id = word(buf, at + 4 * i)?;
+    }
+    Some((
+        node,
+        RefKey {
+            creation,
+            len: words as u8,
+            ids,
+        },
+    ))
 }
 
 /// Classifies a frame body after the pass-through byte. `ctrl_len` is the validated length of
@@ -58,14 +137,37 @@ pub fn classify<'a>(rest: &'a [u8], ctrl_len: usize, limits: &Limits) -> Fast<'a
         Some(())
     };
     match (op, arity) {
-        (DEMONITOR_P, 4) => Fast::Demonitor,
-        (MONITOR_P, 4) => {
-            // {19, FromPid, ToProc, Ref}
-            if skip(&mut pos).is_none() {
+        (DEMONITOR_P, 4) => {
+            // {20, FromPid, ToProc, Ref}
+            if skip(&mut pos).is_none() || skip(&mut pos).is_none() {
                 return Fast::Slow;
             }
-            match ctrl.get(pos..).and_then(atom) {
-                Some((name, _)) => Fast::MonitorName(name),
+            match ctrl.get(pos..).and_then(reference) {
+                Some((ref_node, reference)) => Fast::Demonitor {
+                    reference,
+                    ref_node,
+                },
+                None => Fast::Slow,
+            }
+        }
+        (MONITOR_P, 4) => {
+            // {19, FromPid, ToProc, Ref}
+            let Some((watcher_node, watcher, n)) = ctrl.get(pos..).and_then(pid) else {
+                return Fast::Slow;
+            };
+            pos += n;
+            let Some((name, n)) = ctrl.get(pos..).and_then(atom) else {
+                return Fast::Slow;
+            };
+            pos += n;
+            match ctrl.get(pos..).and_then(reference) {
+                Some((ref_node, reference)) => Fast::MonitorName {
+                    name,
+                    watcher,
+                    watcher_node,
+                    reference,
+                    ref_node,
+                },
                 None => Fast::Slow,
             }
         }
@@ -123,16 +225,34 @@ mod tests {
             PidOrAtom::Atom(name.clone()),
             reference(),
         ));
+        let key = RefKey::of(&reference()).expect("key");
         assert_eq!(
             classify_all(&b),
-            Fast::MonitorName("Elixir.DistributedExample.KVStore")
+            Fast::MonitorName {
+                name: "Elixir.DistributedExample.KVStore",
+                watcher: PeerPid {
+                    id: 1,
+                    serial: 2,
+                    creation: 3
+                },
+                watcher_node: "a@h",
+                reference: key,
+                ref_node: "a@h",
+            }
         );
+        assert_eq!(key.to_reference("a@h"), reference());
         let b = body(Message::demonitor_p(
             pid(),
             PidOrAtom::Atom(name.clone()),
             reference(),
         ));
-        assert_eq!(classify_all(&b), Fast::Demonitor);
+        assert_eq!(
+            classify_all(&b),
+            Fast::Demonitor {
+                reference: key,
+                ref_node: "a@h"
+            }
+        );
         let msg: Term = Atom::from("hello").into();
         let b = body(Message::reg_send(pid(), name, msg.clone()));
         match classify_all(&b) {

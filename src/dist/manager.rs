@@ -543,6 +543,14 @@ impl Manager {
         self.changed.notified()
     }
 
+    /// Closes the connection to `peer`, if it is up (a peer over one of its bounds).
+    pub fn close_peer(&self, peer: &str) {
+        let table = self.lock();
+        if let Some(Slot::Up(conn)) = table.slots.get(peer) {
+            conn.cancel.cancel();
+        }
+    }
+
     /// Closes every connection (shutdown).
     pub fn close_all(&self) {
         let table = self.lock();

@@ -1,4 +1,8 @@
 //! The KV GenServer: the [`Store`] plus subscriptions (monitored subscriber pids).
+//!
+//! `GenServer.stop` ends the process (monitors on it fire with the reason) and a fresh one
+//! (new pid) takes the registered name with the same data; subscriptions do not survive it
+//! (see [`KvServer::restart`](GenServer::restart)).
 
 use super::durable::{self, Durable};
 use super::key::Key;
@@ -364,6 +368,42 @@ impl GenServer for KvServer {
                 *canon = Vec::new();
             }
             true
+        })
+    }
+
+    /// `:sys.get_state`: `%{keys: n, subscribers: n, subscriptions: n, storage: :memory |
+    /// :disk}` (a summary: the data itself can be far bigger than a message may be).
+    fn system_state(&self, _ctx: &Ctx) -> Term {
+        let pair = |k: &str, v: Term| (Term::from(Atom::from(k)), v);
+        let storage = if self.durable.is_some() {
+            "disk"
+        } else {
+            "memory"
+        };
+        eetf::Map::from([
+            pair("keys", count(self.store.len())),
+            pair("subscribers", count(self.subscribers.len())),
+            pair("subscriptions", count(self.subscriptions)),
+            pair("storage", Atom::from(storage).into()),
+        ])
+        .into()
+    }
+
+    /// `GenServer.stop`: the data belongs to the node (as an ETS table owned by a supervisor
+    /// would), so the store and its storage move on to the fresh process. Subscriptions are
+    /// process state and end with the process, as a restarted BEAM GenServer's would: their
+    /// monitors are removed, and subscribers (who can see the exit by monitoring the
+    /// server) subscribe again.
+    fn restart(&mut self, ctx: &mut Ctx, _reason: &Term) -> Option<Self> {
+        for (pid, sub) in self.subscribers.drain() {
+            if let Some(r) = sub.monitor {
+                ctx.demonitor(&pid, &r);
+            }
+        }
+        Some(KvServer {
+            store: std::mem::take(&mut self.store),
+            durable: self.durable.take(),
+            ..Self::default()
         })
     }
 

@@ -3,11 +3,12 @@
 //! and the routing of inbound control messages ([`router`]) to them.
 //!
 //! kvnode's processes are GenServers whose handlers run in the thread that delivers a signal
-//! ([`Mailbox`], [`Dispatch`]): no task hop per message. The built-in ones
-//! (the KV server, `net_kernel`) live as long as the node, so monitors that peers place on them
-//! need no bookkeeping: DEMONITOR_P is a no-op, and a lost connection already gives the peer's
-//! monitors `noconnection`. Monitors that *our* processes place on remote pids are kept per peer
-//! node and fire `noconnection` when that peer's connection goes down.
+//! ([`Mailbox`], [`Dispatch`]): no task hop per message. A process can exit
+//! ([`Node::exit_process`], from `GenServer.stop`): monitors peers placed on it
+//! ([`monitors`], recorded per peer and removed by DEMONITOR_P or with the peer's connection)
+//! then fire with the exit reason, and a built-in process is restarted at once under the same
+//! name (a new pid), as a supervisor would. Monitors that *our* processes place on remote pids
+//! are kept per peer node and fire `noconnection` when that peer's connection goes down.
 //!
 //! A peer may lack flags BEAM always sets (Jinterface, erl_interface and Python clients have no
 //! DIST_MONITOR and no ALIAS), so nothing whose shape depends on a flag is sent before the
@@ -22,6 +23,7 @@
 //! reports relief ([`take_congested`]), so the peer's own TCP and distribution buffers hold the
 //! excess instead of kvnode's memory.
 
+pub mod monitors;
 pub mod router;
 
 use crate::config::Config;
@@ -276,6 +278,23 @@ impl Drop for CallSlot {
     }
 }
 
+/// Makes what runs a fresh process's signals, given its pid (see [`Node::exit_process`]).
+pub type MakeProcess<'a> = Box<dyn FnOnce(&Pid) -> Arc<dyn Dispatch> + 'a>;
+
+/// The registry key of a local pid.
+fn pid_key(pid: &Pid) -> u32 {
+    pid.id | (pid.serial << 15)
+}
+
+/// What a peer's MONITOR_P names.
+#[derive(Debug, Clone, Copy)]
+pub enum MonitorTarget<'a> {
+    /// A registered name.
+    Name(&'a str),
+    /// A pid.
+    Pid(&'a Pid),
+}
+
 /// The local node. Cheap to clone (an `Arc`).
 #[derive(Clone)]
 pub struct Node(Arc<Inner>);
@@ -287,6 +306,8 @@ struct Inner {
     next_pid: AtomicU32,
     next_ref: AtomicU64,
     registry: RwLock<Registry>,
+    /// Monitors peers hold on local processes. Lock order: this, then `registry`.
+    incoming: Mutex<monitors::Table>,
     peers: Mutex<Peers>,
     /// Times a connection reader paused for a congested process.
     pauses: AtomicU64,
@@ -319,6 +340,7 @@ impl Node {
             next_pid: AtomicU32::new(1),
             next_ref: AtomicU64::new(1),
             registry: RwLock::new(Registry::default()),
+            incoming: Mutex::new(monitors::Table::default()),
             peers: Mutex::new(Peers::default()),
             pauses: AtomicU64::new(0),
             calls: AtomicUsize::new(0),
@@ -412,8 +434,7 @@ impl Node {
         let target = make(&pid);
         let mailbox = Mailbox { pid, target };
         let mut reg = self.0.registry.write().unwrap_or_else(|e| e.into_inner());
-        reg.pids
-            .insert(mailbox.pid.id | (mailbox.pid.serial << 15), mailbox.clone());
+        reg.pids.insert(pid_key(&mailbox.pid), mailbox.clone());
         if let Some(name) = name {
             reg.names.insert(name.to_owned(), mailbox.clone());
         }
@@ -423,8 +444,185 @@ impl Node {
     /// Removes a process (and its registered name) from the registry.
     pub fn remove_process(&self, pid: &Pid) {
         let mut reg = self.0.registry.write().unwrap_or_else(|e| e.into_inner());
-        reg.pids.remove(&(pid.id | (pid.serial << 15)));
+        reg.pids.remove(&pid_key(pid));
         reg.names.retain(|_, m| m.pid != *pid);
+    }
+
+    /// The local process `pid` exits with `reason`: it leaves the registry, and every monitor
+    /// peers hold on it fires (MONITOR_P_EXIT with `reason`; by name when it was placed by
+    /// name). With `restart`, a fresh process (new pid, made by `restart`) takes its
+    /// registered names in the same registry update, as a supervisor's restart would, so a
+    /// caller finds either the old process (and its monitor fires) or the new one, never no
+    /// process. Returns the new process's mailbox.
+    pub fn exit_process(
+        &self,
+        pid: &Pid,
+        reason: Term,
+        restart: Option<MakeProcess<'_>>,
+    ) -> Option<Mailbox> {
+        let successor = restart.map(|make| {
+            let new_pid = self.new_pid();
+            let target = make(&new_pid);
+            Mailbox {
+                pid: new_pid,
+                target,
+            }
+        });
+        let key = pid_key(pid);
+        let names: Vec<String> = {
+            let mut reg = self.0.registry.write().unwrap_or_else(|e| e.into_inner());
+            reg.pids.remove(&key);
+            let names: Vec<String> = reg
+                .names
+                .iter()
+                .filter(|(_, m)| m.pid == *pid)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in &names {
+                match &successor {
+                    Some(mb) => {
+                        reg.names.insert(name.clone(), mb.clone());
+                    }
+                    None => {
+                        reg.names.remove(name);
+                    }
+                }
+            }
+            if let Some(mb) = &successor {
+                reg.pids.insert(pid_key(&mb.pid), mb.clone());
+            }
+            names
+        };
+        // After the registry update: a monitor placed meanwhile either saw the old process
+        // (and is in the table before we look, as placing holds this lock) or the new one.
+        let (fired, links) = {
+            let mut table = self.lock_incoming();
+            (table.take_target(key), table.take_links(key))
+        };
+        // Linked processes get the exit signal (a trapping one sees `{:EXIT, pid, reason}`).
+        for (peer, remote) in links {
+            self.send_to_node(&peer, Message::exit(pid.clone(), remote, reason.clone()));
+        }
+        tracing::debug!(
+            id = pid.id,
+            monitors = fired.len(),
+            restarted = successor.is_some(),
+            reason = %crate::term::summary(&reason),
+            "process exited"
+        );
+        for (peer, ref_key, m) in fired {
+            let (watcher, reference) = match m.foreign {
+                Some(f) => (f.watcher, f.reference),
+                None => (m.watcher.to_pid(&peer), ref_key.to_reference(&peer)),
+            };
+            let from = match names.first() {
+                Some(name) if m.by_name => PidOrAtom::Atom(Atom::from(name.as_str())),
+                _ => PidOrAtom::Pid(pid.clone()),
+            };
+            // Only peers with DIST_MONITOR place monitors; sent on their connection after
+            // anything the process sent them before (its last replies included).
+            self.send_to_node(
+                &peer,
+                Message::monitor_p_exit(from, watcher, reference, reason.clone()),
+            );
+        }
+        successor
+    }
+
+    fn lock_incoming(&self) -> std::sync::MutexGuard<'_, monitors::Table> {
+        self.0.incoming.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a monitor `peer` places on a local process (by registered name or pid). False
+    /// when there is no such process: the caller answers `noproc`. A peer over
+    /// `--max-monitors-per-peer` is disconnected instead.
+    pub fn monitor_incoming(
+        &self,
+        peer: &str,
+        target: MonitorTarget<'_>,
+        key: monitors::RefKey,
+        watcher: monitors::PeerPid,
+        foreign: Option<Box<monitors::Foreign>>,
+    ) -> bool {
+        let mut table = self.lock_incoming();
+        let (target, by_name) = {
+            let reg = self.0.registry.read().unwrap_or_else(|e| e.into_inner());
+            match target {
+                MonitorTarget::Name(name) => match reg.names.get(name) {
+                    Some(mb) => (pid_key(&mb.pid), true),
+                    None => return false,
+                },
+                MonitorTarget::Pid(pid) => {
+                    let k = pid_key(pid);
+                    if !self.is_local(pid)
+                        || pid.creation != self.0.creation
+                        || !reg.pids.contains_key(&k)
+                    {
+                        return false;
+                    }
+                    (k, false)
+                }
+            }
+        };
+        let recorded = table.insert(
+            peer,
+            key,
+            monitors::Incoming {
+                target,
+                by_name,
+                watcher,
+                foreign,
+            },
+            self.0.config.max_monitors_per_peer,
+        );
+        drop(table);
+        if !recorded {
+            tracing::warn!(
+                %peer,
+                max = self.0.config.max_monitors_per_peer,
+                "peer holds more monitors than --max-monitors-per-peer: disconnecting it"
+            );
+            self.0.manager.close_peer(peer);
+        }
+        // Over the bound the monitor is not recorded and the peer is being disconnected
+        // (which fires its monitors there): nothing to answer.
+        true
+    }
+
+    /// Records a link from `remote` (on `peer`) to the local process `target`. False when
+    /// there is no such process: the caller answers with an exit `noproc`. A peer over
+    /// `--max-monitors-per-peer` links is disconnected instead.
+    pub fn link_incoming(&self, peer: &str, target: &Pid, remote: &Pid) -> bool {
+        let mut table = self.lock_incoming();
+        let key = pid_key(target);
+        let alive = self.lookup_pid(target).is_some();
+        if !alive {
+            return false;
+        }
+        let max = self.0.config.max_monitors_per_peer;
+        if !table.link(peer, key, remote, max) {
+            drop(table);
+            tracing::warn!(%peer, max, "peer holds more links than --max-monitors-per-peer: disconnecting it");
+            self.0.manager.close_peer(peer);
+        }
+        true
+    }
+
+    /// Removes a link `remote` (on `peer`) had to the local process `target`.
+    pub fn unlink_incoming(&self, peer: &str, target: &Pid, remote: &Pid) {
+        if self.lookup_pid(target).is_some() {
+            self.lock_incoming().unlink(peer, pid_key(target), remote);
+        }
+    }
+
+    /// Removes a monitor `peer` held (DEMONITOR_P); unknown ones are ignored, as BEAM does.
+    pub fn demonitor_incoming(&self, peer: &str, key: &monitors::RefKey) {
+        self.lock_incoming().remove(peer, key);
+    }
+
+    /// Number of monitors peers hold on local processes.
+    pub fn incoming_monitor_count(&self) -> usize {
+        self.lock_incoming().len()
     }
 
     /// The mailbox registered under `name`.
@@ -452,7 +650,7 @@ impl Node {
             return None;
         }
         let reg = self.0.registry.read().unwrap_or_else(|e| e.into_inner());
-        reg.pids.get(&(pid.id | (pid.serial << 15))).cloned()
+        reg.pids.get(&pid_key(pid)).cloned()
     }
 
     /// The registered names, sorted.
@@ -760,6 +958,8 @@ impl Node {
     /// The connection to `peer` went down (or could not be made): every monitor our processes
     /// hold on that node fires with `noconnection`, and messages waiting for it are dropped.
     pub(crate) fn node_down(&self, peer: &str) {
+        // The peer's monitors on our processes went with it (its side fired them).
+        self.lock_incoming().remove_peer(peer);
         let (fired, dropped): (Vec<RemoteMonitor>, usize) = {
             let mut peers = self.lock_peers();
             let fired = peers

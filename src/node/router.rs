@@ -1,15 +1,17 @@
 //! Routes one inbound control message: messages to mailboxes (by pid or registered name),
-//! monitors (MONITOR_P on a missing process answers `noproc` at once), link bookkeeping, exit
+//! monitors (recorded per peer, see [`super::monitors`]; MONITOR_P on a missing process
+//! answers `noproc` at once), links (recorded the same way), exit
 //! signals, and SPAWN_REQUEST to the rpc service.
 //!
 //! Answers go only in shapes the peer negotiated: a peer without DIST_MONITOR gets no
 //! MONITOR_P_EXIT, one without UNLINK_ID no UNLINK_ID_ACK, one without SPAWN no SPAWN_REPLY
 //! (such a peer sending those requests anyway is broken; its request is dropped with a log).
 
-use super::{Node, Signal};
+use super::monitors::{Foreign, PeerPid, RefKey};
+use super::{MonitorTarget, Node, Signal};
 use erl_dist::DistributionFlags;
 use erl_dist::message::Message;
-use erl_dist::term::{Atom, Pid, Term};
+use erl_dist::term::{Atom, Pid, PidOrAtom, Reference, Term};
 
 fn noproc() -> Term {
     Atom::from("noproc").into()
@@ -41,6 +43,34 @@ fn deliver_to_name(node: &Node, name: &str, message: Term) {
     }
 }
 
+/// Records a monitor from `peer`; false when the target does not exist (or the reference
+/// cannot be one: more id words than any node makes).
+fn monitor(node: &Node, peer: &str, from: &Pid, to: &PidOrAtom, reference: &Reference) -> bool {
+    let Some(key) = RefKey::of(reference) else {
+        tracing::debug!(
+            words = reference.id.len(),
+            "MONITOR_P with an oversized reference"
+        );
+        return false;
+    };
+    let foreign = (from.node.name != peer || reference.node.name != peer).then(|| {
+        Box::new(Foreign {
+            watcher: from.clone(),
+            reference: reference.clone(),
+        })
+    });
+    let watcher = PeerPid {
+        id: from.id,
+        serial: from.serial,
+        creation: from.creation,
+    };
+    let target = match to {
+        PidOrAtom::Pid(pid) => MonitorTarget::Pid(pid),
+        PidOrAtom::Atom(name) => MonitorTarget::Name(&name.name),
+    };
+    node.monitor_incoming(peer, target, key, watcher, foreign)
+}
+
 /// Handles one control message from `peer`.
 pub fn handle(node: &Node, peer: &str, message: Message) {
     match message {
@@ -54,26 +84,31 @@ pub fn handle(node: &Node, peer: &str, message: Message) {
             tracing::debug!("alias send to an alias this node never created: dropped");
         }
         Message::MonitorP(m) => {
-            // Built-in processes live as long as the node: nothing to record (see module doc
-            // of `node`). A missing one answers at once, so `GenServer.call` exits `:noproc`.
             if !node.peer_has(peer, DistributionFlags::DIST_MONITOR) {
                 tracing::debug!("MONITOR_P from a peer without DIST_MONITOR: not answered");
-            } else if !node.process_exists(&m.to_proc) {
+            } else if !monitor(node, peer, &m.from_pid, &m.to_proc, &m.reference) {
+                // A missing process answers at once, so `GenServer.call` exits `:noproc`.
                 node.send_to_node(
                     peer,
                     Message::monitor_p_exit(m.to_proc, m.from_pid, m.reference, noproc()),
                 );
             }
         }
-        Message::DemonitorP(_) => {}
+        Message::DemonitorP(m) => {
+            if let Some(key) = RefKey::of(&m.reference) {
+                node.demonitor_incoming(peer, &key);
+            }
+        }
         Message::MonitorPExit(m) => node.remote_monitor_fired(peer, &m.reference, m.reason),
         Message::PayloadMonitorPExit(m) => node.remote_monitor_fired(peer, &m.reference, m.reason),
         Message::Link(m) => {
-            if node.lookup_pid(&m.to_pid).is_none() {
+            if !node.link_incoming(peer, &m.to_pid, &m.from_pid) {
                 node.send_to_node(peer, Message::exit(m.to_pid, m.from_pid, noproc()));
             }
         }
+        Message::Unlink(m) => node.unlink_incoming(peer, &m.to_pid, &m.from_pid),
         Message::UnlinkId(m) => {
+            node.unlink_incoming(peer, &m.to_pid, &m.from_pid);
             if node.peer_has(peer, DistributionFlags::UNLINK_ID) {
                 node.send_to_node(peer, Message::unlink_id_ack(m.id, m.to_pid, m.from_pid));
             } else {
@@ -108,8 +143,7 @@ pub fn handle(node: &Node, peer: &str, message: Message) {
         | Message::PayloadExit2Tt(_) => {
             tracing::debug!("exit signal to a built-in process: ignored (they trap exits)");
         }
-        Message::Unlink(_)
-        | Message::UnlinkIdAck(_)
+        Message::UnlinkIdAck(_)
         | Message::NodeLink(_)
         | Message::GroupLeader(_)
         | Message::SpawnReply(_)

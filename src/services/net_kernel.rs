@@ -11,6 +11,12 @@ pub const NAME: &str = "net_kernel";
 pub struct NetKernel;
 
 impl GenServer for NetKernel {
+    /// Stopped (`GenServer.stop`): restarted at once under the same name, as its supervisor
+    /// would (it holds no state).
+    fn restart(&mut self, _ctx: &mut Ctx, _reason: &Term) -> Option<Self> {
+        Some(NetKernel)
+    }
+
     fn handle_call(&mut self, _ctx: &mut Ctx, from: &Caller, request: Term) -> Option<Term> {
         match &request {
             Term::Tuple(Tuple { elements })

@@ -89,6 +89,12 @@ fn send(node: &Node, to: &Pid, message: Term) {
 }
 
 impl GenServer for Rex {
+    /// Stopped (`GenServer.stop`): restarted at once under the same name, as its supervisor
+    /// would (it holds no state).
+    fn restart(&mut self, _ctx: &mut Ctx, _reason: &Term) -> Option<Self> {
+        Some(Rex)
+    }
+
     fn handle_call(&mut self, ctx: &mut Ctx, from: &Caller, request: Term) -> Option<Term> {
         if let Some((m, f, a)) =
             mfa_request(&request, "call").or_else(|| mfa_request(&request, "block_call"))
