@@ -258,82 +258,39 @@ impl Manager {
     pub fn send(&self, peer: &str, frame: Frame) -> Sent {
         let mut guard = self.lock();
         let table = &mut *guard;
-        let limits = self.limits;
-        match table.slots.get_mut(peer) {
-            Some(Slot::Up(conn)) => {
-                if conn.outbox.push_owned(frame).is_err() {
-                    tracing::warn!(%peer, "peer is not reading: its outbound buffer is full, disconnecting it");
-                    conn.cancel.cancel();
-                }
-                Sent::Done
+        if let Some(Slot::Up(conn)) = table.slots.get(peer) {
+            if conn.outbox.push_owned(frame).is_err() {
+                tracing::warn!(%peer, "peer is not reading: its outbound buffer is full, disconnecting it");
+                conn.cancel.cancel();
             }
-            Some(Slot::Pending {
-                queue,
+            return Sent::Done;
+        }
+        let sent = self.start_dial(table, peer);
+        if matches!(sent, Sent::Refused) {
+            tracing::debug!(%peer, bytes = frame.len(), "dropping a message for an unconnected node that cannot be dialed now");
+            return sent;
+        }
+        if let Some(Slot::Pending {
+            queue,
+            bytes,
+            dropped,
+            ..
+        }) = table.slots.get_mut(peer)
+        {
+            let len = frame.len();
+            if admit_pending(
+                peer,
+                self.limits,
+                queue.len(),
                 bytes,
-                dialing,
                 dropped,
-            }) => {
-                let len = frame.len();
-                if admit_pending(
-                    peer,
-                    limits,
-                    queue.len(),
-                    bytes,
-                    dropped,
-                    &mut table.pending_bytes,
-                    len,
-                ) {
-                    queue.push(frame);
-                }
-                if *dialing {
-                    return Sent::Done;
-                }
-                match self.dial_ticket() {
-                    Some(ticket) => {
-                        *dialing = true;
-                        Sent::Dial(ticket)
-                    }
-                    // Someone still waits for the peer's own connection (a lost simultaneous
-                    // connect) and ends this slot; the frame stays queued for it.
-                    None => Sent::Done,
-                }
-            }
-            None => {
-                let Some(ticket) = self.dial_ticket() else {
-                    tracing::warn!(
-                        %peer,
-                        max_dials = limits.max_dials,
-                        "dropping a message for an unconnected node: --max-dials dials are in flight; the node counts as down"
-                    );
-                    return Sent::Refused;
-                };
-                let len = frame.len();
-                let fits =
-                    len <= limits.per_peer_bytes && table.pending_bytes + len <= limits.total_bytes;
-                let (queue, bytes, dropped) = if fits {
-                    table.pending_bytes += len;
-                    (vec![frame], len, 0)
-                } else {
-                    tracing::warn!(
-                        %peer,
-                        bytes = len,
-                        total_pending_bytes = table.pending_bytes,
-                        "dropping a message for a node being dialed: it does not fit the bounds on waiting messages (--max-pending-bytes)"
-                    );
-                    (Vec::new(), 0, 1)
-                };
-                table.slots.insert(
-                    peer.to_owned(),
-                    Slot::Pending {
-                        queue,
-                        bytes,
-                        dialing: true,
-                        dropped,
-                    },
-                );
-                Sent::Dial(ticket)
+                &mut table.pending_bytes,
+                len,
+            ) {
+                queue.push(frame);
             }
         }
+        sent
     }
 
     /// Makes sure `peer` is connected or being dialed, without queueing a frame (for messages
@@ -341,7 +298,13 @@ impl Manager {
     /// Returns a ticket when the caller must dial it, as [`Manager::send`] does.
     pub fn connect(&self, peer: &str) -> Sent {
         let mut guard = self.lock();
-        let table = &mut *guard;
+        self.start_dial(&mut guard, peer)
+    }
+
+    /// With the table locked: nothing to do when `peer` is connected or being dialed; a dial
+    /// ticket (and a pending slot) when someone must dial it; `Refused` when `--max-dials`
+    /// dials are in flight and it has no slot (the node then counts as down).
+    fn start_dial(&self, table: &mut Table, peer: &str) -> Sent {
         match table.slots.get_mut(peer) {
             Some(Slot::Up(_)) | Some(Slot::Pending { dialing: true, .. }) => Sent::Done,
             Some(Slot::Pending { dialing, .. }) => match self.dial_ticket() {
@@ -349,7 +312,8 @@ impl Manager {
                     *dialing = true;
                     Sent::Dial(ticket)
                 }
-                // Someone still waits for the peer's own connection and ends this slot.
+                // Someone still waits for the peer's own connection (a lost simultaneous
+                // connect) and ends this slot; what is queued stays for it.
                 None => Sent::Done,
             },
             None => {

@@ -31,6 +31,20 @@ pub type Frame = Vec<u8>;
 /// The pass-through type byte that starts every frame body without a distribution header.
 pub const PASS_THROUGH: u8 = 112;
 
+/// Appends a control tuple and its message, each as a versioned external term.
+fn write_terms(
+    frame: &mut Vec<u8>,
+    control: Term,
+    message: &Term,
+) -> Result<(), erl_dist::message::SendError> {
+    control
+        .encode(&mut *frame)
+        .map_err(erl_dist::message::SendError::Encode)?;
+    message
+        .encode(&mut *frame)
+        .map_err(erl_dist::message::SendError::Encode)
+}
+
 /// Encodes a control message (and its payload) as a complete frame.
 pub fn encode_frame(message: Message) -> Result<Frame, erl_dist::message::SendError> {
     let mut frame = Vec::with_capacity(64);
@@ -45,12 +59,7 @@ pub fn encode_frame(message: Message) -> Result<Frame, erl_dist::message::SendEr
                 Atom::from("").into(),
                 m.to_pid.into(),
             ]);
-            Term::from(control)
-                .encode(&mut frame)
-                .map_err(erl_dist::message::SendError::Encode)?;
-            m.message
-                .encode(&mut frame)
-                .map_err(erl_dist::message::SendError::Encode)?;
+            write_terms(&mut frame, control.into(), &m.message)?;
         }
         Message::RegSend(m) => {
             let control = Tuple::from(vec![
@@ -59,12 +68,7 @@ pub fn encode_frame(message: Message) -> Result<Frame, erl_dist::message::SendEr
                 Atom::from("").into(),
                 m.to_name.into(),
             ]);
-            Term::from(control)
-                .encode(&mut frame)
-                .map_err(erl_dist::message::SendError::Encode)?;
-            m.message
-                .encode(&mut frame)
-                .map_err(erl_dist::message::SendError::Encode)?;
+            write_terms(&mut frame, control.into(), &m.message)?;
         }
         other => other.write_into(&mut frame)?,
     }
