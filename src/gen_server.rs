@@ -292,11 +292,16 @@ struct Pending {
     bytes: usize,
     /// Whether this mailbox reported itself congested (cleared at half the bounds).
     congested: bool,
-    /// `:sys.suspend`: only system messages run; others wait in `held` (still counted in
-    /// `bytes`) until `:sys.resume`.
+    /// `:sys.suspend`: only system messages run; others wait in `held` until `:sys.resume`.
     suspended: bool,
-    /// Signals that arrived while suspended, in order.
+    /// Signals that arrived while suspended, in order. They do not count toward the
+    /// backpressure bound (readers must stay free to deliver the `:sys.resume`); they have a
+    /// bound of their own, the same size, past which further signals are dropped.
     held: VecDeque<(Signal, usize)>,
+    /// Bytes in `held`.
+    held_bytes: usize,
+    /// Signals dropped because `held` was full (logged once per suspension).
+    held_dropped: usize,
     /// The process exited: whatever still arrives is dropped, as for a dead BEAM pid.
     dead: bool,
 }
@@ -389,18 +394,37 @@ impl<S: GenServer> Host<S> {
         let (signal, weight) = loop {
             let (signal, weight) = p.queue.pop_front()?;
             if p.suspended && !is_system(&signal) {
-                p.held.push_back((signal, weight));
+                p.bytes -= weight;
+                if p.held_bytes + weight > self.max_bytes || p.held.len() >= MAX_MAILBOX_SIGNALS {
+                    if p.held_dropped == 0 {
+                        tracing::warn!(
+                            held = p.held.len(),
+                            held_bytes = p.held_bytes,
+                            "suspended process: its held messages are at the mailbox bound; dropping further ones until :sys.resume"
+                        );
+                    }
+                    p.held_dropped += 1;
+                } else {
+                    p.held_bytes += weight;
+                    p.held.push_back((signal, weight));
+                }
+                self.relieve_if_below(&mut p);
                 continue;
             }
             break (signal, weight);
         };
         p.bytes -= weight;
+        self.relieve_if_below(&mut p);
+        Some(signal)
+    }
+
+    /// Clears this mailbox's congestion once it has drained to half its bounds.
+    fn relieve_if_below(&self, p: &mut Pending) {
         if p.congested && p.bytes <= self.max_bytes / 2 && p.queue.len() <= MAX_MAILBOX_SIGNALS / 2
         {
             p.congested = false;
             self.pressure.set(Pressure::MAILBOX, false);
         }
-        Some(signal)
     }
 
     fn has_pending(&self) -> bool {
@@ -487,10 +511,18 @@ impl<S: GenServer> Host<S> {
             Term::Atom(a) if a.name == "resume" => {
                 let mut p = lock(&self.pending);
                 p.suspended = false;
-                // Held signals go first, in the order they came.
+                if p.held_dropped > 0 {
+                    tracing::warn!(
+                        dropped = p.held_dropped,
+                        "resumed: messages dropped while suspended"
+                    );
+                }
+                p.held_dropped = 0;
+                // Held signals go first, in the order they came, and count again.
                 let mut held = std::mem::take(&mut p.held);
                 held.append(&mut p.queue);
                 p.queue = held;
+                p.bytes += std::mem::take(&mut p.held_bytes);
                 ok()
             }
             // As OTP 27+ answers (its `sys:get_state` unwraps `{:ok, state}`; OTP 25's passes
@@ -666,6 +698,7 @@ impl<S: GenServer> Host<S> {
             p.dead = true;
             p.queue.clear();
             p.held.clear();
+            p.held_bytes = 0;
             p.bytes = 0;
             p.suspended = false;
             if p.congested {

@@ -313,6 +313,56 @@ IO.puts("SCRIPT-OK")
     assert!(out.contains("SCRIPT-OK"), "{out}");
 }
 
+/// A link from a peer's process goes when that process exits (its EXIT signal), when it
+/// unlinks, and when its node disconnects: short-lived linked processes leave nothing behind.
+#[test]
+fn links_go_when_the_linked_process_exits_unlinks_or_disconnects() {
+    let cookie = unique("cookie");
+    let kv = KvNode::start(&unique("kv_links"), &cookie, free_port());
+    let out = elixir(
+        &kv,
+        &unique("links"),
+        &cookie,
+        r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+store = {DistributedExample.KVStore, kv}
+linked = fn -> Map.fetch!(:rpc.call(kv, :kvnode, :info, []), :linked_by) end
+:ok = GenServer.call(store, {:put, :l, 1})
+server = :rpc.call(kv, :erlang, :whereis, [DistributedExample.KVStore])
+true = is_pid(server)
+# 50 short-lived processes link to the server and exit normally (each waits for :go, so
+# the link is in place before it exits).
+for _ <- 1..50 do
+  pid = spawn(fn -> Process.link(server); receive do :go -> :ok end end)
+  TestWait.until(fn -> linked.() == 1 end)
+  send(pid, :go)
+  TestWait.until(fn -> linked.() == 0 end)
+end
+# An unlink removes it too.
+Process.link(server)
+TestWait.until(fn -> linked.() == 1 end)
+Process.unlink(server)
+TestWait.until(fn -> linked.() == 0 end)
+# One held link, left for the disconnect below.
+Process.link(server)
+TestWait.until(fn -> linked.() == 1 end)
+IO.puts("SCRIPT-OK")
+"#,
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+    let out = elixir(
+        &kv,
+        &unique("links2"),
+        &cookie,
+        r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+TestWait.until(fn -> Map.fetch!(:rpc.call(kv, :kvnode, :info, []), :linked_by) == 0 end, 30_000)
+IO.puts("SCRIPT-OK")
+"#,
+    );
+    assert!(out.contains("SCRIPT-OK"), "{out}");
+}
+
 /// A peer holding more monitors than `--max-monitors-per-peer` is disconnected (its monitors
 /// fire `noconnection` on its side); it can connect again and call.
 #[test]

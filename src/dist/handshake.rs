@@ -51,6 +51,10 @@ pub fn negotiated(peer: DistributionFlags) -> DistributionFlags {
     DistributionFlags::from_bits_truncate(bits & local_flags().bits())
 }
 
+/// The most characters of a name claimed by a peer that has not authenticated that go into
+/// a log line (escaped): as long as the longest node name OTP accepts.
+pub const MAX_LOGGED_NAME: usize = 255;
+
 /// Errors of a handshake.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -59,7 +63,8 @@ pub enum Error {
     Timeout(Duration),
     /// The peer's digest did not match: it has another cookie. `node` is the name the peer
     /// claimed (acceptor side: from its `send_name`, or the name given to a NAME_ME peer);
-    /// `None` when we dialed (the dialed name is in the log span).
+    /// `None` when we dialed (the dialed name is in the log span). At most
+    /// [`MAX_LOGGED_NAME`] characters, escaped: it comes from a peer that has not authenticated.
     #[error("wrong cookie (challenge digest mismatch){}", node.as_deref().map(|n| format!(" from node {n}")).unwrap_or_default())]
     WrongCookie {
         /// The node that claimed to connect.
@@ -442,7 +447,14 @@ pub async fn accept_with<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(Error::Simultaneous);
         }
         let result = hs.execute_rest(status).await;
-        finish(result, name, Some(peer_name.to_string()))
+        // Not authenticated yet: what goes into the wrong-cookie log line is bounded and escaped.
+        let claimed: String = peer_name
+            .to_string()
+            .chars()
+            .take(MAX_LOGGED_NAME)
+            .collect();
+        let claimed = claimed.escape_default().to_string();
+        finish(result, name, Some(claimed))
     };
     with_timeout(timeout, work).await
 }
@@ -458,8 +470,14 @@ fn dynamic_name(
         reason,
     };
     let host_str = std::str::from_utf8(host).map_err(|_| bad("not UTF-8".into()))?;
-    if host_str.contains('@') {
-        return Err(bad("contains '@'".into()));
+    // A host name or an address (IPv6 in brackets): nothing that could corrupt a log line
+    // or a span field once it is part of the peer's node name.
+    let host_char =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']');
+    if !host_str.chars().all(host_char) {
+        return Err(bad(
+            "not a host name (letters, digits, '.', '-', '_' or an address)".into(),
+        ));
     }
     for _ in 0..DYNAMIC_NAME_ATTEMPTS {
         let candidate =

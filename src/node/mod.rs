@@ -500,8 +500,13 @@ impl Node {
             (table.take_target(key), table.take_links(key))
         };
         // Linked processes get the exit signal (a trapping one sees `{:EXIT, pid, reason}`).
+        // Only over a live connection: a link or monitor from a connection that is gone is
+        // void (its side already saw `noconnection`), and dialing back would be wrong (a
+        // NAME_ME peer cannot even be dialed).
         for (peer, remote) in links {
-            self.send_to_node(&peer, Message::exit(pid.clone(), remote, reason.clone()));
+            if self.0.manager.is_up(&peer) {
+                self.send_to_node(&peer, Message::exit(pid.clone(), remote, reason.clone()));
+            }
         }
         tracing::debug!(
             id = pid.id,
@@ -521,6 +526,9 @@ impl Node {
             };
             // Only peers with DIST_MONITOR place monitors; sent on their connection after
             // anything the process sent them before (its last replies included).
+            if !self.0.manager.is_up(&peer) {
+                continue;
+            }
             self.send_to_node(
                 &peer,
                 Message::monitor_p_exit(from, watcher, reference, reason.clone()),
@@ -623,6 +631,11 @@ impl Node {
     /// Number of monitors peers hold on local processes.
     pub fn incoming_monitor_count(&self) -> usize {
         self.lock_incoming().len()
+    }
+
+    /// Number of links peers' processes hold on local processes.
+    pub fn incoming_link_count(&self) -> usize {
+        self.lock_incoming().link_count()
     }
 
     /// The mailbox registered under `name`.

@@ -100,12 +100,15 @@ pub struct Incoming {
 /// Per peer: reference -> monitor.
 pub type PeerTable = HashMap<RefKey, Incoming, foldhash::fast::RandomState>;
 
+/// The links one peer's processes hold: (local target's registry key, remote pid).
+pub(super) type LinkSet = std::collections::HashSet<(u32, Pid), foldhash::fast::RandomState>;
+
 /// All incoming monitors: peer node name -> its monitors; and the links peers' processes
 /// made to local ones (peer -> (local process key, remote pid)).
 #[derive(Default)]
 pub struct Table {
     pub(super) peers: HashMap<String, PeerTable, foldhash::fast::RandomState>,
-    pub(super) links: HashMap<String, Vec<(u32, Pid)>, foldhash::fast::RandomState>,
+    pub(super) links: HashMap<String, LinkSet, foldhash::fast::RandomState>,
 }
 
 impl Table {
@@ -144,21 +147,27 @@ impl Table {
     /// Records a link from `remote` (on `peer`) to the local process `target`. False
     /// (nothing recorded) when the peer already holds `max` links.
     pub fn link(&mut self, peer: &str, target: u32, remote: &Pid, max: usize) -> bool {
-        let links = self.links.entry(peer.to_owned()).or_default();
-        if links.iter().any(|(t, p)| *t == target && p == remote) {
+        // One allocation per peer, not per LINK; a set, so a peer's LINK/UNLINK cost O(1)
+        // however many links it holds.
+        let links = match self.links.get_mut(peer) {
+            Some(links) => links,
+            None => self.links.entry(peer.to_owned()).or_default(),
+        };
+        let key = (target, remote.clone());
+        if links.contains(&key) {
             return true;
         }
         if links.len() >= max {
             return false;
         }
-        links.push((target, remote.clone()));
+        links.insert(key);
         true
     }
 
-    /// Removes a link (UNLINK, UNLINK_ID).
+    /// Removes a link (UNLINK, UNLINK_ID, or the remote process's exit signal).
     pub fn unlink(&mut self, peer: &str, target: u32, remote: &Pid) {
         if let Some(links) = self.links.get_mut(peer) {
-            links.retain(|(t, p)| !(*t == target && p == remote));
+            links.remove(&(target, remote.clone()));
         }
     }
 
@@ -197,6 +206,11 @@ impl Table {
     /// Number of monitors held.
     pub fn len(&self) -> usize {
         self.peers.values().map(|t| t.len()).sum()
+    }
+
+    /// Number of links peers' processes hold on local processes.
+    pub fn link_count(&self) -> usize {
+        self.links.values().map(|l| l.len()).sum()
     }
 
     /// True when no monitor is held.

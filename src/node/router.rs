@@ -133,12 +133,14 @@ pub fn handle(node: &Node, peer: &str, message: Message) {
                 arg_list: m.arg_list,
             },
         ),
-        Message::Exit(_)
-        | Message::ExitTt(_)
-        | Message::Exit2(_)
+        // A linked remote process exited: the link is gone (the built-in processes trap
+        // exits, so nothing else happens).
+        Message::Exit(m) => node.unlink_incoming(peer, &m.to_pid, &m.from_pid),
+        Message::ExitTt(m) => node.unlink_incoming(peer, &m.to_pid, &m.from_pid),
+        Message::PayloadExit(m) => node.unlink_incoming(peer, &m.to_pid, &m.from_pid),
+        Message::PayloadExitTt(m) => node.unlink_incoming(peer, &m.to_pid, &m.from_pid),
+        Message::Exit2(_)
         | Message::Exit2Tt(_)
-        | Message::PayloadExit(_)
-        | Message::PayloadExitTt(_)
         | Message::PayloadExit2(_)
         | Message::PayloadExit2Tt(_) => {
             tracing::debug!("exit signal to a built-in process: ignored (they trap exits)");

@@ -327,7 +327,8 @@ fn io_bytes() -> (u64, u64) {
 /// - `subscriptions`: the KV server's subscriptions (as `:subscribers` answers);
 /// - `keys`: keys in the store;
 /// - `rss_bytes`: resident set size; `open_fds`: entries in `/proc/self/fd`;
-/// - `monitored_by`: monitors peers hold on local processes (each call holds one briefly).
+/// - `monitored_by`: monitors peers hold on local processes (each call holds one briefly);
+/// - `linked_by`: links peers' processes hold on local processes.
 /// - `processes`: local mailboxes (pids) alive; `registered`: registered names.
 async fn info(node: &Node) -> Outcome {
     let server = node.config().process_name.clone();
@@ -345,6 +346,7 @@ async fn info(node: &Node) -> Outcome {
         ("connections", count(node.manager().connected().len())),
         ("monitors", count(node.remote_monitor_count())),
         ("monitored_by", count(node.incoming_monitor_count())),
+        ("linked_by", count(node.incoming_link_count())),
         ("subscriptions", subscriptions),
         ("keys", keys),
         ("rss_bytes", int(resident_bytes().unwrap_or(0))),

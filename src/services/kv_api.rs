@@ -9,6 +9,7 @@ use crate::node::{Node, Signal};
 use erl_dist::term::Term;
 use futures::FutureExt;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Registers the KV API under `module`, each function a call to the process registered as
@@ -42,21 +43,44 @@ pub fn register(functions: &Functions, module: &str, server: &str) {
     }
 }
 
+/// How long an in-node call waits for the server, as `GenServer.call`'s default timeout: the
+/// function a BEAM node would run (`GenServer.call(name, request)`) gives up after it too.
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(5000);
+
 /// Calls the GenServer registered as `server` from inside the node (`GenServer.call`
-/// without a caller process): its reply, or an exit `noproc` when it is not there.
+/// without a caller process): its reply, an exit `noproc` when it is not there, or an exit
+/// `{timeout, {'Elixir.GenServer', call, [server, request, 5000]}}` after [`CALL_TIMEOUT`]
+/// (a suspended or congested server), so no rpc task waits forever.
 pub async fn call(node: &Node, server: &str, request: Term) -> Outcome {
     let Some(mb) = node.whereis(server) else {
         return Outcome::Exit(atom("noproc"));
     };
-    // Not a connection reader: wait out the server's congestion (a full mailbox or storage
-    // queue) here instead of adding to it.
-    if let Some(pressure) = mb.pressure() {
-        pressure.relieved().await;
-    }
-    let (tx, rx) = oneshot::channel();
-    mb.deliver(node, Signal::Call { request, reply: tx });
-    match rx.await {
-        Ok(v) => Outcome::Return(v),
-        Err(_) => Outcome::Exit(atom("noproc")),
+    let shown = request.clone();
+    let work = async {
+        // Not a connection reader: wait out the server's congestion (a full mailbox or
+        // storage queue) here instead of adding to it.
+        if let Some(pressure) = mb.pressure() {
+            pressure.relieved().await;
+        }
+        let (tx, rx) = oneshot::channel();
+        mb.deliver(node, Signal::Call { request, reply: tx });
+        rx.await
+    };
+    match tokio::time::timeout(CALL_TIMEOUT, work).await {
+        Ok(Ok(v)) => Outcome::Return(v),
+        Ok(Err(_)) => Outcome::Exit(atom("noproc")),
+        Err(_) => Outcome::Exit(tuple(vec![
+            atom("timeout"),
+            tuple(vec![
+                atom("Elixir.GenServer"),
+                atom("call"),
+                erl_dist::term::List::from(vec![
+                    atom(server),
+                    shown,
+                    erl_dist::term::FixInteger::from(CALL_TIMEOUT.as_millis() as i32).into(),
+                ])
+                .into(),
+            ]),
+        ])),
     }
 }
