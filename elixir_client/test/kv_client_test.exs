@@ -249,12 +249,27 @@ defmodule KVClientTest do
     test "exit like GenServer.call and leave no stray replies behind", %{kv: kv, key: key} do
       :ok = KVClient.put(kv, key.(1), :value)
 
-      for _ <- 1..200 do
-        assert {:timeout, {GenServer, :call, _}} =
-                 catch_exit(KVClient.get(kv, key.(1), nil, timeout: 0))
-      end
+      # With a 0 ms timeout the reply may still win the race (OTP 29 was seen to get one of
+      # 200 in time): each call either exits as GenServer.call does or returns the value, and
+      # most must time out. What matters is below: no late reply is left behind.
+      outcomes =
+        for _ <- 1..200 do
+          try do
+            {:value, KVClient.get(kv, key.(1), nil, timeout: 0)}
+          catch
+            :exit, {:timeout, {GenServer, :call, _}} -> :timeout
+          end
+        end
 
-      assert {:timeout, _} = catch_exit(KVClient.incr(kv, key.(2), 1, timeout: 0))
+      assert Enum.all?(outcomes, &(&1 in [:timeout, {:value, :value}])), inspect(outcomes)
+      assert Enum.count(outcomes, &(&1 == :timeout)) > 100
+
+      # The same race: the incr is applied either way.
+      try do
+        assert KVClient.incr(kv, key.(2), 1, timeout: 0) == 1
+      catch
+        :exit, {:timeout, _} -> :ok
+      end
 
       # Replies to one caller arrive in order, so once this reply is here any
       # late reply to the calls above would be too.
