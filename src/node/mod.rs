@@ -651,12 +651,6 @@ impl Node {
         reg.names.get(name).map(|m| m.target.clone())
     }
 
-    /// Whether a process is registered under `name`.
-    pub fn is_registered(&self, name: &str) -> bool {
-        let reg = self.0.registry.read().unwrap_or_else(|e| e.into_inner());
-        reg.names.contains_key(name)
-    }
-
     /// The mailbox of a local pid (None for other nodes, other incarnations, dead pids).
     pub fn lookup_pid(&self, pid: &Pid) -> Option<Mailbox> {
         if !self.is_local(pid) || pid.creation != self.0.creation {
@@ -678,14 +672,6 @@ impl Node {
     pub fn process_counts(&self) -> (usize, usize) {
         let reg = self.0.registry.read().unwrap_or_else(|e| e.into_inner());
         (reg.pids.len(), reg.names.len())
-    }
-
-    /// Does the process (pid or registered name) exist here?
-    pub fn process_exists(&self, proc_: &PidOrAtom) -> bool {
-        match proc_ {
-            PidOrAtom::Pid(pid) => self.lookup_pid(pid).is_some(),
-            PidOrAtom::Atom(name) => self.whereis(&name.name).is_some(),
-        }
     }
 
     /// Sends a control message to `peer`, dialing it if we are not connected.
