@@ -65,15 +65,109 @@ impl Caller {
     }
 }
 
+/// A request as a server receives it: the term inside a `$gen_call` or `$gen_cast`.
+///
+/// A request that arrived from a peer can be read as its external-format bytes
+/// ([`Request::bytes`], no copy, no decoding: the fast path) or decoded on demand
+/// ([`Request::decode`]). A request that was already decoded (because it waited in the mailbox,
+/// or came from inside the node) has no bytes, only its term.
+#[derive(Debug)]
+pub struct Request<'a> {
+    repr: RequestRepr<'a>,
+}
+
+#[derive(Debug)]
+enum RequestRepr<'a> {
+    Term(Term),
+    Bytes {
+        bytes: &'a [u8],
+        limits: &'a crate::term::Limits,
+    },
+}
+
+/// A request's bytes could not be decoded (they were validated on arrival, so this means a
+/// term the decoder does not support).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot decode the request: {0}")]
+pub struct DecodeError(String);
+
+impl<'a> Request<'a> {
+    /// A request made of a decoded term (for servers driven from inside the node, and tests).
+    pub fn from_term(term: Term) -> Self {
+        Request {
+            repr: RequestRepr::Term(term),
+        }
+    }
+
+    /// A request in external format (one term, no version byte), validated with `limits`.
+    #[allow(dead_code)] // used by the fast path
+    pub(crate) fn from_bytes(bytes: &'a [u8], limits: &'a crate::term::Limits) -> Self {
+        Request {
+            repr: RequestRepr::Bytes { bytes, limits },
+        }
+    }
+
+    /// The request's term in external format (without the version byte), when it arrived as
+    /// bytes and has not been decoded.
+    pub fn bytes(&self) -> Option<&'a [u8]> {
+        match self.repr {
+            RequestRepr::Bytes { bytes, .. } => Some(bytes),
+            RequestRepr::Term(_) => None,
+        }
+    }
+
+    /// The request's term, when it is already decoded.
+    pub fn as_term(&self) -> Option<&Term> {
+        match &self.repr {
+            RequestRepr::Term(t) => Some(t),
+            RequestRepr::Bytes { .. } => None,
+        }
+    }
+
+    /// The request as a term, decoding it if it is still bytes.
+    pub fn decode(self) -> Result<Term, DecodeError> {
+        match self.repr {
+            RequestRepr::Term(t) => Ok(t),
+            RequestRepr::Bytes { bytes, limits } => {
+                let mut with_version = Vec::with_capacity(bytes.len() + 1);
+                with_version.push(crate::term::VERSION_MAGIC);
+                with_version.extend_from_slice(bytes);
+                crate::term::decode_exact(&with_version, limits)
+                    .map_err(|e| DecodeError(e.to_string()))
+            }
+        }
+    }
+}
+
+/// What [`GenServer::handle_call`] answers.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CallResult<'a> {
+    /// Reply with this term now.
+    Reply(Term),
+    /// Reply now with a term already in external format (one term, no version byte), for
+    /// example a stored value: it is copied into the reply frame as it is, never decoded.
+    Encoded(&'a [u8]),
+    /// No reply now: the server answers later with [`Ctx::reply`] or a [`Replier`].
+    NoReply,
+}
+
+impl From<Term> for CallResult<'_> {
+    fn from(term: Term) -> Self {
+        CallResult::Reply(term)
+    }
+}
+
 /// A server hosted on the node.
 pub trait GenServer: Send + 'static {
-    /// A `GenServer.call`. Return `Some(reply)` to answer now, `None` to answer later with
-    /// [`Ctx::reply`].
-    fn handle_call(&mut self, ctx: &mut Ctx, from: &Caller, request: Term) -> Option<Term>;
+    /// A `GenServer.call`: answer with [`CallResult::Reply`] (or [`CallResult::Encoded`]), or
+    /// [`CallResult::NoReply`] to answer later with [`Ctx::reply`].
+    fn handle_call(&mut self, ctx: &mut Ctx, from: &Caller, request: Request<'_>)
+    -> CallResult<'_>;
     /// A `GenServer.cast`.
-    fn handle_cast(&mut self, ctx: &mut Ctx, request: Term) {
-        let _ = ctx;
-        tracing::debug!(request = %crate::term::summary(&request), "cast ignored");
+    fn handle_cast(&mut self, ctx: &mut Ctx, request: Request<'_>) {
+        let _ = (ctx, request);
+        tracing::debug!("cast ignored");
     }
     /// Any other message.
     fn handle_info(&mut self, ctx: &mut Ctx, message: Term) {
@@ -84,6 +178,7 @@ pub trait GenServer: Send + 'static {
     /// it is decoded, when the server is idle. Return true if it was handled completely
     /// (replies included); false leaves the message untouched for the decoding path
     /// (`handle_call` and friends). The default handles nothing.
+    #[doc(hidden)]
     fn handle_raw(&mut self, ctx: &mut Ctx, raw: &RawMessage) -> bool {
         let _ = (ctx, raw);
         false
@@ -475,15 +570,15 @@ impl<S: GenServer> Host<S> {
                 Incoming::System(from, request) => self.system(ctx, server, &from, request),
                 Incoming::Call(caller, request) => {
                     self.stats.count_in();
-                    if let Some(reply) = server.handle_call(ctx, &caller, request) {
+                    let result = server.handle_call(ctx, &caller, Request::from_term(request));
+                    if answer(ctx, &caller, result) {
                         self.stats.count_out();
-                        ctx.reply(&caller, reply);
                     }
                     Flow::Continue
                 }
                 Incoming::Cast(request) => {
                     self.stats.count_in();
-                    server.handle_cast(ctx, request);
+                    server.handle_cast(ctx, Request::from_term(request));
                     Flow::Continue
                 }
                 Incoming::Info(message) => {
@@ -821,6 +916,32 @@ impl<S: GenServer> Dispatch for Host<S> {
     }
 }
 
+/// Sends what `handle_call` answered, if it answered now. True if a reply went out.
+fn answer(ctx: &Ctx, caller: &Caller, result: CallResult<'_>) -> bool {
+    match result {
+        CallResult::Reply(term) => {
+            ctx.reply(caller, term);
+            true
+        }
+        CallResult::Encoded(bytes) => {
+            let mut with_version = Vec::with_capacity(bytes.len() + 1);
+            with_version.push(crate::term::VERSION_MAGIC);
+            with_version.extend_from_slice(bytes);
+            match Term::decode(with_version.as_slice()) {
+                Ok(term) => {
+                    ctx.reply(caller, term);
+                    true
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "the server answered bytes that do not decode: no reply sent");
+                    false
+                }
+            }
+        }
+        CallResult::NoReply => false,
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -829,11 +950,10 @@ fn dispatch<S: GenServer>(ctx: &mut Ctx, server: &mut S, signal: Signal) {
     match signal {
         Signal::Message(term) => match classify(term) {
             Incoming::Call(caller, request) => {
-                if let Some(reply) = server.handle_call(ctx, &caller, request) {
-                    ctx.reply(&caller, reply);
-                }
+                let result = server.handle_call(ctx, &caller, Request::from_term(request));
+                answer(ctx, &caller, result);
             }
-            Incoming::Cast(request) => server.handle_cast(ctx, request),
+            Incoming::Cast(request) => server.handle_cast(ctx, Request::from_term(request)),
             Incoming::Info(message) => server.handle_info(ctx, message),
             // Messages reach here only from [`Host::dispatch_one`], which answers these.
             Incoming::System(..) => {}
@@ -849,9 +969,8 @@ fn dispatch<S: GenServer>(ctx: &mut Ctx, server: &mut S, signal: Signal) {
                 tag: List::nil().into(),
                 local: Some(std::sync::Arc::new(std::sync::Mutex::new(Some(reply)))),
             };
-            if let Some(answer) = server.handle_call(ctx, &caller, request) {
-                ctx.reply(&caller, answer);
-            }
+            let result = server.handle_call(ctx, &caller, Request::from_term(request));
+            answer(ctx, &caller, result);
         }
     }
 }
@@ -918,10 +1037,14 @@ mod tests {
     }
 
     impl GenServer for Gate {
-        fn handle_call(&mut self, _: &mut Ctx, _: &Caller, _: Term) -> Option<Term> {
-            None
+        fn handle_call(&mut self, _: &mut Ctx, _: &Caller, _: Request<'_>) -> CallResult<'_> {
+            CallResult::NoReply
         }
-        fn handle_cast(&mut self, _: &mut Ctx, request: Term) {
+        fn handle_cast(&mut self, _: &mut Ctx, request: Request<'_>) {
+            let request = request
+                .as_term()
+                .cloned()
+                .unwrap_or_else(|| List::nil().into());
             self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if matches!(&request, Term::Atom(a) if a.name == "block") {
                 let _ = self.entered.send(());

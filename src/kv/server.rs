@@ -8,7 +8,7 @@ use super::durable::{self, Durable};
 use super::key::Key;
 use super::raw;
 use super::store::{self, Event, Request, Store, Topic};
-use crate::gen_server::{Caller, Ctx, GenServer};
+use crate::gen_server::{self, CallResult, Caller, Ctx, GenServer};
 use crate::node::RawMessage;
 use crate::storage::Op;
 use erl_dist::term::{Atom, BigInteger, FixInteger, Pid, Reference, Term};
@@ -261,9 +261,26 @@ impl KvServer {
 }
 
 impl GenServer for KvServer {
-    fn handle_call(&mut self, ctx: &mut Ctx, from: &Caller, request: Term) -> Option<Term> {
+    fn handle_call(
+        &mut self,
+        ctx: &mut Ctx,
+        from: &Caller,
+        request: gen_server::Request<'_>,
+    ) -> CallResult<'_> {
+        let request = match request.decode() {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::debug!(%error, "undecodable call");
+                return CallResult::NoReply;
+            }
+        };
         let reply = match Request::from_term(request) {
-            Ok(Request::Data(req)) => return self.data(ctx, req, Some(from)),
+            Ok(Request::Data(req)) => {
+                return match self.data(ctx, req, Some(from)) {
+                    Some(reply) => CallResult::Reply(reply),
+                    None => CallResult::NoReply,
+                };
+            }
             Ok(Request::Subscribe(topic)) => {
                 self.subscribe(ctx, &from.pid, topic);
                 ok()
@@ -278,10 +295,17 @@ impl GenServer for KvServer {
                 store::unknown_request_reply(&request)
             }
         };
-        Some(reply)
+        CallResult::Reply(reply)
     }
 
-    fn handle_cast(&mut self, ctx: &mut Ctx, request: Term) {
+    fn handle_cast(&mut self, ctx: &mut Ctx, request: gen_server::Request<'_>) {
+        let request = match request.decode() {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::debug!(%error, "undecodable cast: ignored");
+                return;
+            }
+        };
         match Request::from_term(request) {
             Ok(Request::Data(req)) => {
                 self.data(ctx, req, None);

@@ -1,7 +1,7 @@
 //! `net_kernel`: answers `{:is_auth, node}` with `:yes`, which is what `Node.ping/1` /
 //! `:net_adm.ping/1` ask (with an infinite timeout: silence would hang the caller forever).
 
-use crate::gen_server::{Caller, Ctx, GenServer};
+use crate::gen_server::{CallResult, Caller, Ctx, GenServer, Request};
 use erl_dist::term::{Atom, Term, Tuple};
 
 /// The registered name.
@@ -17,26 +17,32 @@ impl GenServer for NetKernel {
         Some(NetKernel)
     }
 
-    fn handle_call(&mut self, _ctx: &mut Ctx, from: &Caller, request: Term) -> Option<Term> {
-        match &request {
+    fn handle_call(
+        &mut self,
+        _ctx: &mut Ctx,
+        from: &Caller,
+        request: Request<'_>,
+    ) -> CallResult<'_> {
+        let Ok(request) = request.decode() else {
+            return CallResult::NoReply;
+        };
+        CallResult::Reply(match &request {
             Term::Tuple(Tuple { elements })
                 if elements.len() == 2
                     && matches!(&elements[0], Term::Atom(a) if a.name == "is_auth") =>
             {
                 tracing::debug!(from = %from.pid, "is_auth: yes");
-                Some(Atom::from("yes").into())
+                Atom::from("yes").into()
             }
             _ => {
                 // OTP's net_kernel has many more calls; none of them make sense here. Answer
                 // rather than leave the caller hanging.
-                Some(
-                    Tuple::from(vec![
-                        Atom::from("error").into(),
-                        Tuple::from(vec![Atom::from("unknown_request").into(), request]).into(),
-                    ])
-                    .into(),
-                )
+                Tuple::from(vec![
+                    Atom::from("error").into(),
+                    Tuple::from(vec![Atom::from("unknown_request").into(), request]).into(),
+                ])
+                .into()
             }
-        }
+        })
     }
 }

@@ -22,7 +22,7 @@
 //! gone, as on BEAM: `erl_call -q` then exits 0).
 
 use super::functions::{self, Finished, Outcome, atom, tuple};
-use crate::gen_server::{self, Caller, Ctx, GenServer, Replier};
+use crate::gen_server::{self, CallResult, Caller, Ctx, GenServer, Replier, Request};
 use crate::node::{Node, Signal};
 use erl_dist::message::Message;
 use erl_dist::term::{List, Pid, Term, Tuple};
@@ -95,7 +95,15 @@ impl GenServer for Rex {
         Some(Rex)
     }
 
-    fn handle_call(&mut self, ctx: &mut Ctx, from: &Caller, request: Term) -> Option<Term> {
+    fn handle_call(
+        &mut self,
+        ctx: &mut Ctx,
+        from: &Caller,
+        request: Request<'_>,
+    ) -> CallResult<'_> {
+        let Ok(request) = request.decode() else {
+            return CallResult::NoReply;
+        };
         if let Some((m, f, a)) =
             mfa_request(&request, "call").or_else(|| mfa_request(&request, "block_call"))
         {
@@ -104,17 +112,20 @@ impl GenServer for Rex {
             apply_then(ctx.node(), m, f, a, move |reply| {
                 replier.reply(&from, reply)
             });
-            return None;
+            return CallResult::NoReply;
         }
         if matches!(&request, Term::Atom(a) if a.name == "stop") {
             tracing::debug!(from = %crate::term::text::name(&from.pid.node.name), "rex: stop requested; answering stopped and serving on");
-            return Some(atom("stopped"));
+            return CallResult::Reply(atom("stopped"));
         }
         tracing::debug!(from = %crate::term::text::name(&from.pid.node.name), "rex: unknown call ignored (as OTP's rex does)");
-        None
+        CallResult::NoReply
     }
 
-    fn handle_cast(&mut self, ctx: &mut Ctx, request: Term) {
+    fn handle_cast(&mut self, ctx: &mut Ctx, request: Request<'_>) {
+        let Ok(request) = request.decode() else {
+            return;
+        };
         match mfa_request(&request, "cast") {
             Some((m, f, a)) => apply_then(ctx.node(), m, f, a, |_| {}),
             None => tracing::debug!("rex: unknown cast ignored"),
