@@ -110,14 +110,14 @@ pub struct Cli {
     /// message from a peer; more closes only that peer's connection. Bounds the memory one
     /// decoded message takes: each term costs ~56 bytes once decoded, so a 128 MiB message
     /// of `[]`s would otherwise take 7.5 GB (e.g. `--max-terms-per-message 1000000`).
-    #[arg(long, default_value_t = crate::term::DEFAULT_MAX_TERMS, value_name = "N")]
+    #[arg(long, default_value_t = crate::etf::DEFAULT_MAX_TERMS, value_name = "N")]
     pub max_terms_per_message: usize,
 
     /// Backpressure: bytes of messages (as they came on the wire) that may wait for the KV
     /// server while another connection thread runs it. Above it, connections delivering to it
     /// stop reading their peers until half has drained; nothing is dropped (e.g.
     /// `--max-mailbox-bytes 16777216`).
-    #[arg(long, default_value_t = crate::gen_server::DEFAULT_MAX_MAILBOX_BYTES, value_name = "BYTES")]
+    #[arg(long, default_value_t = crate::node::gen_server::DEFAULT_MAX_MAILBOX_BYTES, value_name = "BYTES")]
     pub max_mailbox_bytes: usize,
 
     /// Backpressure with --data-dir: bytes of writes submitted to the log and not yet durable.
@@ -132,8 +132,8 @@ pub struct Cli {
     /// so a larger value costs address space, not memory (e.g. `--max-term-depth 10000`).
     #[arg(
         long,
-        default_value_t = crate::term::DEFAULT_MAX_DEPTH as u64,
-        value_parser = clap::value_parser!(u64).range(1..=crate::term::MAX_MAX_DEPTH as u64),
+        default_value_t = crate::etf::DEFAULT_MAX_DEPTH as u64,
+        value_parser = clap::value_parser!(u64).range(1..=crate::etf::MAX_MAX_DEPTH as u64),
         value_name = "LEVELS"
     )]
     pub max_term_depth: u64,
@@ -162,13 +162,13 @@ pub struct Cli {
     /// does not fit is dropped, as a send to a node that is down. Each node's queue is also
     /// bounded by its outbound buffer (2 × --max-message-size + 1 MiB)
     /// (e.g. `--max-pending-bytes 268435456`).
-    #[arg(long, default_value_t = crate::dist::manager::DEFAULT_MAX_PENDING_BYTES, value_name = "BYTES")]
+    #[arg(long, default_value_t = crate::node::transport::manager::DEFAULT_MAX_PENDING_BYTES, value_name = "BYTES")]
     pub max_pending_bytes: usize,
 
     /// Dials (EPMD lookup and handshake with a node kvnode sends to but is not connected to)
     /// in flight at once; a send needing one more is dropped and that node counts as down
     /// (e.g. `--max-dials 32`).
-    #[arg(long, default_value_t = crate::dist::manager::DEFAULT_MAX_DIALS, value_name = "N")]
+    #[arg(long, default_value_t = crate::node::transport::manager::DEFAULT_MAX_DIALS, value_name = "N")]
     pub max_dials: usize,
 
     /// Monitors one peer node may hold on kvnode's processes at once (each `GenServer.call`
@@ -245,7 +245,7 @@ pub enum CliError {
     EmptyCookie,
     /// The TLS certificates or key could not be loaded.
     #[error(transparent)]
-    Tls(#[from] crate::dist::tls::TlsError),
+    Tls(#[from] crate::node::transport::tls::TlsError),
 }
 
 impl Cli {
@@ -305,8 +305,8 @@ impl Cli {
         if let (Some(cert), Some(key), Some(cacert)) =
             (self.tls_cert, self.tls_key, self.tls_cacert)
         {
-            config.tls = Some(crate::dist::tls::Tls::load(
-                &crate::dist::tls::TlsOptions {
+            config.tls = Some(crate::node::transport::tls::Tls::load(
+                &crate::node::transport::tls::TlsOptions {
                     cert,
                     key,
                     cacert,
@@ -419,7 +419,7 @@ mod tests {
             |v: &str| Cli::try_parse_from(base.iter().copied().chain(["--max-term-depth", v]));
         assert_eq!(
             Cli::try_parse_from(base).unwrap().max_term_depth,
-            crate::term::DEFAULT_MAX_DEPTH as u64
+            crate::etf::DEFAULT_MAX_DEPTH as u64
         );
         assert_eq!(
             with("5000").unwrap().into_config().unwrap().max_term_depth,

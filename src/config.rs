@@ -26,7 +26,7 @@ pub struct Config {
     /// OTP's `net_ticktime`: ticks are sent every quarter of it, a silent peer is dropped after it.
     pub net_ticktime: Duration,
     /// Largest nesting depth of a term accepted from a peer (`--max-term-depth`); threads
-    /// get stacks sized for it ([`crate::term::stack_size_for_depth`]).
+    /// get stacks sized for it ([`crate::etf::stack_size_for_depth`]).
     pub max_term_depth: usize,
     /// Most terms in one message (control tuple and payload together) accepted from a peer.
     pub max_terms_per_message: usize,
@@ -38,7 +38,7 @@ pub struct Config {
     /// (handshaking ones count against `max_handshakes`).
     pub max_connections: usize,
     /// TLS distribution (`inet_tls_dist`); None is plain TCP.
-    pub tls: Option<crate::dist::tls::Tls>,
+    pub tls: Option<crate::node::transport::tls::Tls>,
     /// Connection threads (`--threads`): each connection runs on one of them.
     pub threads: usize,
     /// How long a connection with hot traffic polls for its next bytes before sleeping
@@ -137,8 +137,8 @@ impl Config {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             handshake_timeout: Duration::from_secs(10),
             net_ticktime: Duration::from_secs(60),
-            max_term_depth: crate::term::DEFAULT_MAX_DEPTH,
-            max_terms_per_message: crate::term::DEFAULT_MAX_TERMS,
+            max_term_depth: crate::etf::DEFAULT_MAX_DEPTH,
+            max_terms_per_message: crate::etf::DEFAULT_MAX_TERMS,
             data_dir: None,
             compaction_floor: crate::storage::DEFAULT_COMPACTION_FLOOR,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -147,10 +147,10 @@ impl Config {
             busy_wait: Duration::from_micros(DEFAULT_BUSY_WAIT_US),
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP,
-            max_pending_bytes: crate::dist::manager::DEFAULT_MAX_PENDING_BYTES,
-            max_dials: crate::dist::manager::DEFAULT_MAX_DIALS,
+            max_pending_bytes: crate::node::transport::manager::DEFAULT_MAX_PENDING_BYTES,
+            max_dials: crate::node::transport::manager::DEFAULT_MAX_DIALS,
             max_monitors_per_peer: crate::node::monitors::DEFAULT_MAX_MONITORS_PER_PEER,
-            max_mailbox_bytes: crate::gen_server::DEFAULT_MAX_MAILBOX_BYTES,
+            max_mailbox_bytes: crate::node::gen_server::DEFAULT_MAX_MAILBOX_BYTES,
             max_storage_queue_bytes: crate::kv::durable::DEFAULT_MAX_STORAGE_QUEUE_BYTES,
         }
     }

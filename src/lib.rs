@@ -2,17 +2,16 @@
 //! protocol and EPMD, so unmodified Elixir and Erlang nodes connect to it and call the
 //! `DistributedExample.KVStore` GenServer it hosts.
 //!
-//! Module map (data flows top to bottom):
+//! Module map (data flows top to bottom, and back up for replies):
 //! - [`cli`]: command-line flags -> [`config`]`::Config`.
 //! - [`epmd`]: EPMD client (register, keep the registration) and the embedded EPMD server.
-//! - [`dist`]: the distribution protocol: handshake, framing and ticks, per-peer connections,
-//!   the connection manager (peer name -> connection, dial on demand).
-//! - [`node`]: the local node: pids, refs, registered names, mailboxes, monitors, routing.
-//! - [`term`]: validation of untrusted external-term bytes before decoding.
-//! - [`gen_server`]: the GenServer trait and its run loop (`$gen_call`, `$gen_cast`, info).
-//! - [`kv`]: the `DistributedExample.KVStore` server and its wire interface.
-//! - [`services`]: built-in node services (`net_kernel`, `rex`, rpc via SPAWN_REQUEST) and
-//!   the one table of functions peers may run.
+//! - [`etf`]: validation of untrusted external-term bytes before decoding, bounded text.
+//! - [`node`]: the generic Erlang node, in layers: `transport` (admission, handshake, TLS,
+//!   connections, the peer table), `process` (pids, refs, names, mailboxes, monitors, links,
+//!   routing), `gen_server` (the GenServer protocol and host), `services` (`net_kernel`,
+//!   `rex`, rpc via SPAWN_REQUEST over one table of functions apps extend).
+//! - [`kv`]: the `DistributedExample.KVStore` app: its wire interface, store, server,
+//!   durability and rpc functions.
 //! - [`storage`]: the write-ahead log and snapshots behind `--data-dir`.
 //!
 //! Accept -> handshake (in the connection's own task, under a timeout) -> reader -> router ->
@@ -20,20 +19,16 @@
 
 #![warn(missing_docs)]
 
-pub mod admission;
 pub mod cli;
 pub mod config;
-pub mod dist;
 pub mod epmd;
-pub mod gen_server;
+pub mod etf;
 pub mod kv;
 pub mod node;
-pub mod services;
 pub mod storage;
-pub mod term;
 
 use config::Config;
-use node::Node;
+use node::{Node, gen_server, transport, transport::admission};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -123,7 +118,7 @@ pub struct Running {
     pub dist_port: u16,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    stop_request: services::control::StopRequest,
+    stop_request: node::services::control::StopRequest,
 }
 
 impl Running {
@@ -171,7 +166,7 @@ impl Running {
 pub async fn start(config: Config) -> Result<Running, Error> {
     // Threads started below without the configuration at hand (storage) size their stacks
     // from it, and recovery accepts terms as deep as peers may send.
-    term::set_configured_depth(config.max_term_depth);
+    etf::set_configured_depth(config.max_term_depth);
     match raise_fd_limit() {
         Ok(limit)
             if limit
@@ -211,9 +206,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         &tracker,
     )
     .await?;
-    let threads = dist::threads::Threads::start(
+    let threads = transport::threads::Threads::start(
         config.threads,
-        term::stack_size_for_depth(config.max_term_depth),
+        etf::stack_size_for_depth(config.max_term_depth),
     )
     .map_err(Error::Threads)?;
     let node = Node::new(
@@ -223,9 +218,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         tracker.clone(),
         threads,
     );
-    let stop_request = services::control::StopRequest::default();
-    services::builtins::register(node.functions());
-    services::control::register(node.functions(), &stop_request);
+    let stop_request = node::services::control::StopRequest::default();
+    node::services::builtins::register(node.functions());
+    node::services::control::register(node.functions(), &stop_request);
     let process_name = node.config().process_name.clone();
     match recovered {
         Some((storage, entries)) => {
@@ -238,13 +233,17 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         }
     }
     // The KV server's API, callable through rpc, spawn and rex under its module name.
-    services::kv_api::register(node.functions(), &process_name, &process_name);
+    kv::rpc::register(node.functions(), &process_name, &process_name);
     gen_server::spawn(
         &node,
-        Some(services::net_kernel::NAME),
-        services::net_kernel::NetKernel,
+        Some(node::services::net_kernel::NAME),
+        node::services::net_kernel::NetKernel,
     );
-    gen_server::spawn(&node, Some(services::rex::NAME), services::rex::Rex);
+    gen_server::spawn(
+        &node,
+        Some(node::services::rex::NAME),
+        node::services::rex::Rex,
+    );
     tracker.spawn(accept_loop(node.clone(), listener, shutdown.clone()));
     let tls = match &node.config().tls {
         None => "off",
@@ -326,8 +325,8 @@ async fn accept_loop(node: Node, listener: TcpListener, shutdown: CancellationTo
     let cfg = node.config();
     // Unauthenticated connections never take an authenticated peer's place: they have a
     // budget of their own, with oldest-first eviction (see `admission`), and move to
-    // --max-connections once the handshake succeeds (`dist::accept`).
-    let admission = dist::InboundBudgets {
+    // --max-connections once the handshake succeeds (`transport::accept`).
+    let admission = transport::InboundBudgets {
         handshakes: admission::Budget::new(
             "handshake",
             cfg.max_handshakes,
@@ -361,7 +360,9 @@ async fn accept_loop(node: Node, listener: TcpListener, shutdown: CancellationTo
                 runtime.spawn(node.tracker().track_future(async move {
                     let _placement = placement;
                     match TcpStream::from_std(stream) {
-                        Ok(stream) => dist::accept(node2, stream, addr, slot, established).await,
+                        Ok(stream) => {
+                            transport::accept(node2, stream, addr, slot, established).await
+                        }
                         Err(error) => {
                             tracing::warn!(%addr, %error, "cannot register the connection")
                         }

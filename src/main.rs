@@ -26,8 +26,8 @@ fn main() -> ExitCode {
         }
     };
     // Every thread that may decode, encode or drop a peer's term gets a stack sized for
-    // --max-term-depth: eetf recurses once per level of nesting (see kvnode::term).
-    let stack = kvnode::term::stack_size_for_depth(config.max_term_depth);
+    // --max-term-depth: eetf recurses once per level of nesting (see kvnode::etf).
+    let stack = kvnode::etf::stack_size_for_depth(config.max_term_depth);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_stack_size(stack)

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use erl_dist::handshake::HandshakeStatus;
 use erl_dist::node::NodeName;
-use kvnode::dist::connection::decode_frame;
-use kvnode::dist::handshake;
 use kvnode::epmd::server::parse_request;
-use kvnode::term::{self, Limits};
+use kvnode::etf::{self, Limits};
+use kvnode::node::transport::connection::decode_frame;
+use kvnode::node::transport::handshake;
 use tokio::io::AsyncWriteExt;
 
 /// Every file of `fuzz/<dir>/<target>/` (none if the directory does not exist).
@@ -57,8 +57,8 @@ fn frame_seeds_decode_and_regressions_do_not_panic() {
     }
     for (_, bytes) in inputs("regressions", "frame") {
         let _ = decode_frame(&bytes, &Limits::default());
-        let _ = term::decode(&bytes, &Limits::default());
-        let _ = term::decode(bytes.get(1..).unwrap_or_default(), &Limits::default());
+        let _ = etf::decode(&bytes, &Limits::default());
+        let _ = etf::decode(bytes.get(1..).unwrap_or_default(), &Limits::default());
     }
 }
 

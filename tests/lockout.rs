@@ -298,7 +298,7 @@ IO.puts("SCRIPT-OK")
 /// kvnode's distribution flags without `without` (a real, otherwise complete, flag set).
 fn flags_without(without: u64) -> erl_dist::DistributionFlags {
     erl_dist::DistributionFlags::from_bits_truncate(
-        kvnode::dist::handshake::local_flags().bits() & !without,
+        kvnode::node::transport::handshake::local_flags().bits() & !without,
     )
 }
 

@@ -1,8 +1,8 @@
 //! Both sides of the distribution handshake, fed arbitrary peer bytes over an in-memory stream.
 //!
 //! Input: one mode byte, then the peer's bytes. Mode bit 0 picks the side: 0 runs
-//! `dist::handshake::accept` (the peer is an initiator: send_name, challenge_reply), 1 runs
-//! `dist::handshake::connect` (the peer is an acceptor: status, challenge, challenge_ack).
+//! `transport::handshake::accept` (the peer is an initiator: send_name, challenge_reply), 1 runs
+//! `transport::handshake::connect` (the peer is an acceptor: status, challenge, challenge_ack).
 //! Bits 1-2 pick what the acceptor's `decide` answers (ok, ok_simultaneous, nok, alive).
 //!
 //! The peer's bytes are written up front and the peer's write side is then closed, so the
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use erl_dist::handshake::HandshakeStatus;
 use erl_dist::node::NodeName;
-use kvnode::dist::handshake::{accept, connect};
+use kvnode::node::transport::handshake::{accept, connect};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::AsyncWriteExt;
 use tokio::runtime::{Builder, Runtime};

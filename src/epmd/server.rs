@@ -18,7 +18,7 @@
 //!
 //! Held registrations never starve queries ([`EpmdLimits`]): a connection that has not sent
 //! its request yet (or is being answered) counts against a request budget with oldest-first
-//! eviction per source address ([`crate::admission::Budget`]); a registration moves it to a
+//! eviction per source address ([`crate::node::transport::admission::Budget`]); a registration moves it to a
 //! registration quota (loopback peers only, bounded in total and per address), which is
 //! refused (result 1) when full instead of taking query places.
 
@@ -204,10 +204,15 @@ impl EpmdServer {
             registry,
         } = self;
         info!(addr = %local_addr, "embedded EPMD listening");
-        let requests =
-            crate::admission::Budget::new("EPMD request", limits.requests, limits.requests_per_ip);
-        let registrations =
-            crate::admission::Quota::new(limits.registrations, limits.registrations_per_ip);
+        let requests = crate::node::transport::admission::Budget::new(
+            "EPMD request",
+            limits.requests,
+            limits.requests_per_ip,
+        );
+        let registrations = crate::node::transport::admission::Quota::new(
+            limits.registrations,
+            limits.registrations_per_ip,
+        );
         let tasks = TaskTracker::new();
         let next_conn_id = AtomicU64::new(1);
         loop {
@@ -397,14 +402,14 @@ struct Connection {
     peer: SocketAddr,
     epmd_port: u16,
     registry: Arc<Registry>,
-    registrations: Arc<crate::admission::Quota>,
+    registrations: Arc<crate::node::transport::admission::Quota>,
 }
 
 /// A registration being held: the name and its place in the registration quota, given back
 /// when the connection ends.
 struct Held {
     _guard: RegistrationGuard,
-    _place: crate::admission::QuotaPlace,
+    _place: crate::node::transport::admission::QuotaPlace,
 }
 
 impl Connection {
@@ -412,7 +417,7 @@ impl Connection {
         self,
         mut stream: TcpStream,
         shutdown: CancellationToken,
-        slot: crate::admission::Slot,
+        slot: crate::node::transport::admission::Slot,
     ) {
         let result = tokio::select! {
             _ = shutdown.cancelled() => Ok(None),

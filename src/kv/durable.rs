@@ -24,8 +24,8 @@
 //! identifies them by [`key_identity`]: the canonical [`Key`](super::key::Key) the store
 //! itself uses.
 
-use crate::gen_server::{Caller, Ctx, Replier};
 use crate::node::Pressure;
+use crate::node::gen_server::{Caller, Ctx, Replier};
 use crate::storage::{Op, Storage};
 use erl_dist::term::{Atom, Term, Tuple};
 use std::collections::VecDeque;
@@ -78,23 +78,23 @@ pub fn key_identity(etf: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     let Some((&version, term)) = etf.split_first() else {
         return Err("empty key".into());
     };
-    if version == crate::term::VERSION_MAGIC && super::key::encode_etf_into(term, out) {
+    if version == crate::etf::VERSION_MAGIC && super::key::encode_etf_into(term, out) {
         return Ok(());
     }
     let limits = recovery_limits();
-    let term = crate::term::decode_exact(etf, &limits).map_err(|e| e.to_string())?;
+    let term = crate::etf::decode_exact(etf, &limits).map_err(|e| e.to_string())?;
     super::key::encode_into(&term, out);
     Ok(())
 }
 
 /// Limits for terms read back from the log: the configured depth and default atom bounds, no term-count
 /// bound (a value accepted under a larger `--max-terms-per-message` is never refused later).
-pub fn recovery_limits() -> crate::term::Limits {
-    crate::term::Limits {
+pub fn recovery_limits() -> crate::etf::Limits {
+    crate::etf::Limits {
         max_terms: usize::MAX,
         // As deep as peers may send (--max-term-depth), so no stored value is lost.
-        max_depth: crate::term::configured_depth(),
-        ..crate::term::Limits::default()
+        max_depth: crate::etf::configured_depth(),
+        ..crate::etf::Limits::default()
     }
 }
 
@@ -242,7 +242,7 @@ mod tests {
         let atom = [131, 119, 1, b'a'];
         let latin1 = [131, 100, 0, 1, b'a'];
         assert_eq!(id(&atom), id(&latin1));
-        let term = crate::term::decode_exact(&ab, &super::recovery_limits()).expect("decode");
+        let term = crate::etf::decode_exact(&ab, &super::recovery_limits()).expect("decode");
         assert_eq!(
             id(&ab).ok().as_deref(),
             Some(crate::kv::key::Key::from_term(&term).as_bytes())

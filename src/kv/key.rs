@@ -318,7 +318,7 @@ fn encoded(term: &Term) -> Vec<u8> {
 
 /// Starts a map: the header, then its entries sorted by canonical key bytes as tasks. Keys
 /// are encoded apart to sort them, which recurses into [`encode`] once per map key a term
-/// sits in: the validator bounds that ([`crate::term::Limits::max_map_key_nesting`]), and
+/// sits in: the validator bounds that ([`crate::etf::Limits::max_map_key_nesting`]), and
 /// keeps the cost linear in the term's size. Values are written in place, never copied.
 fn put_map<'a>(out: &mut Vec<u8>, map: &'a eetf::Map, tasks: &mut Vec<Task<'a>>) {
     let mut entries: Vec<(Vec<u8>, &Term)> = map.map.iter().map(|(k, v)| (encoded(k), v)).collect();
@@ -430,7 +430,7 @@ pub fn encode_etf_into(etf: &[u8], out: &mut Vec<u8>) -> bool {
 
 /// External term format tags that [`encode_etf_into`] reads.
 mod etf {
-    pub(super) use crate::term::{
+    pub(super) use crate::etf::{
         ATOM_EXT as ATOM, ATOM_UTF8_EXT as ATOM_UTF8, BINARY_EXT as BINARY, INTEGER_EXT as INTEGER,
         SMALL_ATOM_EXT as SMALL_ATOM, SMALL_ATOM_UTF8_EXT as SMALL_ATOM_UTF8,
         SMALL_INTEGER_EXT as SMALL_INTEGER, SMALL_TUPLE_EXT as SMALL_TUPLE,
@@ -803,7 +803,7 @@ mod tests {
         const LEVELS: usize = 100_000;
         // Building and dropping a term this deep recurses in eetf's Drop: do that on a thread
         // with kvnode's stack, and the encoding itself on one with a small stack.
-        let big = crate::term::stack_size_for_depth(LEVELS);
+        let big = crate::etf::stack_size_for_depth(LEVELS);
         std::thread::Builder::new()
             .stack_size(big)
             .spawn(|| {

@@ -36,6 +36,7 @@
 pub mod durable;
 pub mod key;
 pub mod raw;
+pub mod rpc;
 pub mod server;
 pub mod store;
 #[cfg(test)]

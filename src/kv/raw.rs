@@ -4,10 +4,10 @@
 //!
 //! Anything this module does not recognise exactly is left to the decoding path, which handles
 //! every request; so this is purely an optimisation and never changes an answer. The message
-//! has been validated by [`crate::term`] before it gets here, so the readers below only need
+//! has been validated by [`crate::etf`] before it gets here, so the readers below only need
 //! to locate terms, not to distrust them; they still never index out of bounds.
 
-use crate::term::{
+use crate::etf::{
     self, LIST_EXT as LIST, Limits, NEW_PID_EXT as NEW_PID, NEW_REFERENCE_EXT as NEW_REFERENCE,
     NEWER_REFERENCE_EXT as NEWER_REFERENCE, PID_EXT as PID, SMALL_ATOM_UTF8_EXT as SMALL_ATOM_UTF8,
     SMALL_INTEGER_EXT as SMALL_INTEGER, SMALL_TUPLE_EXT as SMALL_TUPLE, VERSION_MAGIC as VERSION,
@@ -78,7 +78,7 @@ pub struct Message<'a> {
     pub request: Request<'a>,
 }
 
-use crate::term::skip::atom;
+use crate::etf::skip::atom;
 
 /// Reads terms one after another from a buffer.
 struct Cursor<'a, 'l> {
@@ -91,9 +91,9 @@ impl<'a> Cursor<'a, '_> {
     /// The next term's bytes.
     fn term(&mut self) -> Option<&'a [u8]> {
         let rest = self.buf.get(self.pos..)?;
-        let len = match term::skip::skip(rest) {
+        let len = match etf::skip::skip(rest) {
             Some(len) => len,
-            None => term::validate_term(rest, self.limits).ok()?,
+            None => etf::validate_term(rest, self.limits).ok()?,
         };
         self.pos += len;
         rest.get(..len)
@@ -182,9 +182,9 @@ pub fn alias_of<'a>(tag: &'a [u8], limits: &Limits) -> Option<&'a [u8]> {
     if !matches!(reference.first(), Some(&(NEWER_REFERENCE | NEW_REFERENCE))) {
         return None;
     }
-    let len = match term::skip::skip(reference) {
+    let len = match etf::skip::skip(reference) {
         Some(len) => len,
-        None => term::validate_term(reference, limits).ok()?,
+        None => etf::validate_term(reference, limits).ok()?,
     };
     (len == reference.len()).then_some(reference)
 }
@@ -210,7 +210,7 @@ pub fn alias_reply_frame(
     let start = out.len();
     let pieces: usize = reply.iter().map(|p| p.len()).sum();
     out.reserve(13 + server_pid.len() + alias.len() + tag.len() + pieces);
-    out.extend_from_slice(&[0, 0, 0, 0, crate::dist::PASS_THROUGH]);
+    out.extend_from_slice(&[0, 0, 0, 0, crate::node::transport::PASS_THROUGH]);
     out.extend_from_slice(&[VERSION, SMALL_TUPLE, 3, SMALL_INTEGER, ALIAS_SEND]);
     out.extend_from_slice(server_pid);
     out.extend_from_slice(alias);
@@ -366,19 +366,19 @@ mod tests {
             let b = body(t);
             let mut padded = b.clone();
             padded.extend_from_slice(&[1, 2, 3]);
-            assert_eq!(term::skip::skip(&padded), Some(b.len()), "{t}");
-            assert_eq!(term::validate_term(&padded, &limits).ok(), Some(b.len()));
+            assert_eq!(etf::skip::skip(&padded), Some(b.len()), "{t}");
+            assert_eq!(etf::validate_term(&padded, &limits).ok(), Some(b.len()));
             // Truncated bytes are never measured past their end.
             for cut in 0..b.len() {
                 assert!(
-                    term::skip::skip(&b[..cut]).is_none_or(|n| n <= cut),
+                    etf::skip::skip(&b[..cut]).is_none_or(|n| n <= cut),
                     "{t} cut at {cut}"
                 );
             }
         }
         // Kinds it does not know are left to the validator.
         assert_eq!(
-            term::skip::skip(&body(&erl_dist::term::Float { value: 1.5 }.into())),
+            etf::skip::skip(&body(&erl_dist::term::Float { value: 1.5 }.into())),
             None
         );
     }
@@ -399,8 +399,8 @@ mod tests {
         assert_eq!(frame[0], 9);
         let len = u32::from_be_bytes(frame[1..5].try_into().expect("4 bytes")) as usize;
         assert_eq!(len, frame.len() - 5);
-        let message =
-            crate::dist::connection::decode_frame(&frame[5..], &limits).expect("a valid frame");
+        let message = crate::node::transport::connection::decode_frame(&frame[5..], &limits)
+            .expect("a valid frame");
         match message {
             erl_dist::message::Message::AliasSend(m) => {
                 assert_eq!(Term::from(m.from_pid), server);

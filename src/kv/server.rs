@@ -8,8 +8,8 @@ use super::durable::{self, Durable};
 use super::key::Key;
 use super::raw;
 use super::store::{self, Event, Request, Store, Topic};
-use crate::gen_server::{self, CallResult, Caller, Ctx, GenServer};
 use crate::node::RawMessage;
+use crate::node::gen_server::{self, CallResult, Caller, Ctx, GenServer};
 use crate::storage::Op;
 use erl_dist::term::{Atom, BigInteger, FixInteger, Pid, Reference, Term};
 use std::collections::{HashMap, HashSet};
@@ -51,14 +51,14 @@ thread_local! {
 
 /// The canonical key of a key in external format: read directly for the usual kinds of key,
 /// else decoded first.
-fn raw_canonical_key(key: &[u8], limits: &crate::term::Limits, out: &mut Vec<u8>) -> bool {
+fn raw_canonical_key(key: &[u8], limits: &crate::etf::Limits, out: &mut Vec<u8>) -> bool {
     if super::key::encode_etf_into(key, out) {
         return true;
     }
     let mut versioned = Vec::with_capacity(key.len() + 1);
     versioned.push(131);
     versioned.extend_from_slice(key);
-    match crate::term::decode_exact(&versioned, limits) {
+    match crate::etf::decode_exact(&versioned, limits) {
         Ok(term) => {
             super::key::encode_into(&term, out);
             true
@@ -84,7 +84,7 @@ impl KvServer {
         let limits = durable::recovery_limits();
         let mut store = Store::new();
         for e in entries {
-            let value_ok = match crate::term::validate_versioned(&e.value, &limits) {
+            let value_ok = match crate::etf::validate_versioned(&e.value, &limits) {
                 Ok(len) if len == e.value.len() => Ok(()),
                 Ok(len) => Err(format!("{} trailing bytes", e.value.len() - len)),
                 Err(error) => Err(error.to_string()),
@@ -291,7 +291,7 @@ impl GenServer for KvServer {
             }
             Ok(Request::Subscribers) => count(self.subscriptions),
             Err(request) => {
-                tracing::debug!(request = %crate::term::summary(&request), "unknown call");
+                tracing::debug!(request = %crate::etf::summary(&request), "unknown call");
                 store::unknown_request_reply(&request)
             }
         };
@@ -312,7 +312,7 @@ impl GenServer for KvServer {
             }
             Ok(_) => tracing::debug!("subscription requests need a call, not a cast: ignored"),
             Err(request) => {
-                tracing::debug!(request = %crate::term::summary(&request), "unknown cast: ignored")
+                tracing::debug!(request = %crate::etf::summary(&request), "unknown cast: ignored")
             }
         }
     }
@@ -320,7 +320,7 @@ impl GenServer for KvServer {
     /// `get`, `put` and `delete` from their bytes (see [`raw`]) when nothing else needs the
     /// terms: no durability (replies wait for the log) and, for changes, no subscribers
     /// (events carry the terms). The reply goes by ALIAS_SEND on the connection the call came
-    /// on, exactly as [`crate::gen_server::Replier`] would send it.
+    /// on, exactly as [`crate::node::gen_server::Replier`] would send it.
     fn handle_raw(&mut self, ctx: &mut Ctx, raw: &RawMessage) -> bool {
         if self.durable.is_some() {
             return false;
@@ -433,9 +433,9 @@ impl GenServer for KvServer {
 
     fn handle_down(&mut self, _ctx: &mut Ctx, _reference: Reference, pid: Pid, reason: Term) {
         tracing::debug!(
-            node = %crate::term::text::name(&pid.node.name),
+            node = %crate::etf::text::name(&pid.node.name),
             id = pid.id,
-            reason = %crate::term::summary(&reason),
+            reason = %crate::etf::summary(&reason),
             "subscriber down"
         );
         self.drop_subscriber(&pid);

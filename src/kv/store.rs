@@ -450,7 +450,7 @@ fn canon_of(blob: &[u8]) -> &[u8] {
 fn decode_stored(bytes: &[u8]) -> Term {
     // Only bytes this module encoded are decoded here.
     Term::decode(bytes).unwrap_or_else(|error| {
-        tracing::error!(error = %crate::term::DecodeErrorText(&error), "cannot decode a stored term");
+        tracing::error!(error = %crate::etf::DecodeErrorText(&error), "cannot decode a stored term");
         nil()
     })
 }

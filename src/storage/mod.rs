@@ -473,13 +473,13 @@ impl Storage {
         let writer = std::thread::Builder::new()
             .name("kv-storage-writer".into())
             // Completions run here and may encode (and drop) deeply nested reply terms.
-            .stack_size(crate::term::thread_stack_size())
+            .stack_size(crate::etf::thread_stack_size())
             .spawn(move || writer.run())
             .map_err(|e| io_err("spawn writer thread for", &dir, e))?;
         let snap_shared = shared.clone();
         let snapshotter = std::thread::Builder::new()
             .name("kv-storage-snapshot".into())
-            .stack_size(crate::term::thread_stack_size())
+            .stack_size(crate::etf::thread_stack_size())
             .spawn(move || snapshot_loop(&snap_shared, snap_rx))
             .map_err(|e| io_err("spawn snapshot thread for", &dir, e))?;
 

@@ -40,7 +40,7 @@ impl Drop for Placement {
 
 impl Threads {
     /// Starts `n` (at least one) connection threads, each with `stack_size` bytes of stack
-    /// (see [`crate::term::stack_size_for_depth`]: decoding, handling, encoding and dropping a
+    /// (see [`crate::etf::stack_size_for_depth`]: decoding, handling, encoding and dropping a
     /// peer's terms all happen on these threads, and eetf recurses once per level).
     pub fn start(n: usize, stack_size: usize) -> std::io::Result<Threads> {
         let mut threads = Vec::with_capacity(n.max(1));

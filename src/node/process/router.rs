@@ -23,7 +23,7 @@ fn deliver_to_pid(node: &Node, to: &Pid, message: Term) {
             mb.deliver(node, Signal::Message(message));
         }
         None => tracing::debug!(
-            node = %crate::term::text::name(&to.node.name),
+            node = %crate::etf::text::name(&to.node.name),
             id = to.id,
             "message to a pid that does not exist here: dropped"
         ),
@@ -37,7 +37,7 @@ fn deliver_to_name(node: &Node, name: &str, message: Term) {
             mb.deliver(node, Signal::Message(message));
         }
         None => tracing::debug!(
-            name = %crate::term::text::name(name),
+            name = %crate::etf::text::name(name),
             "message to an unregistered name: dropped"
         ),
     }
@@ -120,8 +120,8 @@ pub fn handle(node: &Node, peer: &str, message: Message) {
         {
             tracing::debug!("SPAWN_REQUEST from a peer without SPAWN: dropped");
         }
-        Message::SpawnRequest(m) => crate::services::rpc::spawn_request(node, peer, m),
-        Message::SpawnRequestTt(m) => crate::services::rpc::spawn_request(
+        Message::SpawnRequest(m) => crate::node::services::rpc::spawn_request(node, peer, m),
+        Message::SpawnRequestTt(m) => crate::node::services::rpc::spawn_request(
             node,
             peer,
             erl_dist::message::SpawnRequest {

@@ -11,8 +11,8 @@ use super::fast::Fast;
 use super::manager::ConnHandle;
 use super::outbox::{self, Outbox};
 use super::stream::RawStream;
+use crate::etf::{self, Limits};
 use crate::node::{Node, RawMessage, Signal, router};
-use crate::term::{self, Limits};
 use erl_dist::DistributionFlags;
 use erl_dist::message::Message;
 use std::sync::Arc;
@@ -51,7 +51,7 @@ pub enum Error {
     FrameType(u8),
     /// The frame's terms are malformed or hostile.
     #[error("malformed term: {0}")]
-    Term(#[from] term::TermError),
+    Term(#[from] etf::TermError),
     /// erl_dist could not make a control message of it.
     #[error("bad control message: {0}")]
     Control(String),
@@ -302,7 +302,7 @@ fn handle_frame(
         }
         Fast::RegSend { name, message } => {
             let Some(target) = node.whereis_target(name) else {
-                tracing::debug!(name = %term::text::name(name), "message to an unregistered name: dropped");
+                tracing::debug!(name = %etf::text::name(name), "message to an unregistered name: dropped");
                 return Ok(());
             };
             let raw = RawMessage {
@@ -314,7 +314,7 @@ fn handle_frame(
             if !target.dispatch_raw(node, &raw) {
                 // The process could not take it as bytes: decode it and deliver it as a term.
                 let bytes = message.len();
-                let (message, _) = term::decode(message, limits)?;
+                let (message, _) = etf::decode(message, limits)?;
                 target.dispatch_weighted(node, Signal::Message(message), bytes);
             }
             Ok(())
@@ -352,7 +352,7 @@ fn spawn_request_with_string_args(
         return Ok(None);
     }
     let bad = |what: &str| Error::Control(format!("malformed SPAWN_REQUEST: {what}"));
-    let Term::ByteList(bytes) = term::decode(&rest[ctrl_len..], limits)?.0 else {
+    let Term::ByteList(bytes) = etf::decode(&rest[ctrl_len..], limits)?.0 else {
         return Ok(None);
     };
     let arg_list = List::from(
@@ -362,7 +362,7 @@ fn spawn_request_with_string_args(
             .map(|&b| FixInteger::from(i32::from(b)).into())
             .collect::<Vec<Term>>(),
     );
-    let Term::Tuple(control) = term::decode(&rest[..ctrl_len], limits)?.0 else {
+    let Term::Tuple(control) = etf::decode(&rest[..ctrl_len], limits)?.0 else {
         return Err(bad("control is not a tuple"));
     };
     let mut it = control.elements.into_iter().skip(1);
@@ -419,10 +419,10 @@ fn validate_frame<'a>(body: &'a [u8], limits: &Limits) -> Result<(usize, &'a [u8
     // Validate everything before eetf sees it: eetf panics or over-allocates on hostile bytes.
     // The control tuple and the message share one term budget (--max-terms-per-message).
     let mut terms = 0;
-    let ctrl_len = term::validate_versioned_counted(rest, limits, &mut terms)?;
+    let ctrl_len = etf::validate_versioned_counted(rest, limits, &mut terms)?;
     let mut used = ctrl_len;
     if used < rest.len() {
-        used += term::validate_versioned_counted(&rest[used..], limits, &mut terms)?;
+        used += etf::validate_versioned_counted(&rest[used..], limits, &mut terms)?;
     }
     if used != rest.len() {
         return Err(Error::Trailing(rest.len() - used));
@@ -443,8 +443,8 @@ pub fn decode_frame(body: &[u8], limits: &Limits) -> Result<Message, Error> {
     let message = Message::read_from(&mut reader).map_err(|e| {
         Error::Control(format!(
             "{} (control message of {})",
-            term::text::RecvErrorText(&e),
-            term::excerpt(&rest[..ctrl_len])
+            etf::text::RecvErrorText(&e),
+            etf::excerpt(&rest[..ctrl_len])
         ))
     })?;
     if !reader.is_empty() {

@@ -1,7 +1,7 @@
 //! `net_kernel`: answers `{:is_auth, node}` with `:yes`, which is what `Node.ping/1` /
 //! `:net_adm.ping/1` ask (with an infinite timeout: silence would hang the caller forever).
 
-use crate::gen_server::{CallResult, Caller, Ctx, GenServer, Request};
+use crate::node::gen_server::{CallResult, Caller, Ctx, GenServer, Request};
 use erl_dist::term::{Atom, Term, Tuple};
 
 /// The registered name.

@@ -1,10 +1,10 @@
-//! The KV server's functions in the [`super::functions`] table, so `:rpc.call`, `spawn` and
+//! The KV server's functions in the [`crate::node::services::functions`] table, so `:rpc.call`, `spawn` and
 //! `rex` clients reach the store as they would an Elixir module's functions:
 //! `Module.get/1,2`, `put/2`, `delete/1`, `keys/0`, `size/0`, where `Module` is the KV server's
 //! registered name (`--process-name`, `Elixir.DistributedExample.KVStore` by default). The
 //! application registers them when it starts ([`register`]); the table names no module itself.
 
-use super::functions::{Finished, Functions, Outcome, atom, tuple};
+use crate::node::services::functions::{Finished, Functions, Outcome, atom, tuple};
 use crate::node::{Node, Signal};
 use erl_dist::term::Term;
 use futures::FutureExt;

@@ -15,7 +15,7 @@
 //! | `kvnode:info/0` | kvnode's counters (see [`info`]) |
 
 use super::functions::{Functions, Outcome, apply, args_vec, atom, badarg, ret, tuple};
-use super::kv_api;
+use crate::kv::rpc as kv_api;
 use crate::node::Node;
 use eetf::ByteList;
 use erl_dist::term::{Atom, BigInteger, FixInteger, List, Map, Term};

@@ -7,6 +7,7 @@
 //! version-prefixed external term. Spec:
 //! <https://www.erlang.org/doc/apps/erts/erl_dist_protocol.html#protocol-between-connected-nodes>
 
+pub mod admission;
 pub mod connection;
 pub mod fast;
 pub mod handshake;
@@ -298,7 +299,7 @@ pub async fn dial(node: Node, peer: String, ticket: manager::DialTicket) {
 /// The budgets an inbound connection is admitted under (built by the accept loop).
 pub struct InboundBudgets {
     /// Connections still in the handshake (`--max-handshakes`, `--max-handshakes-per-ip`).
-    pub handshakes: std::sync::Arc<crate::admission::Budget>,
+    pub handshakes: std::sync::Arc<crate::node::transport::admission::Budget>,
     /// Authenticated connections (`--max-connections`).
     pub established: std::sync::Arc<tokio::sync::Semaphore>,
 }
@@ -311,7 +312,7 @@ pub async fn accept(
     node: Node,
     stream: TcpStream,
     addr: SocketAddr,
-    slot: crate::admission::Slot,
+    slot: crate::node::transport::admission::Slot,
     established: std::sync::Arc<tokio::sync::Semaphore>,
 ) {
     let span = tracing::info_span!("conn", %addr, peer = tracing::field::Empty, dir = "in");

@@ -4,11 +4,11 @@
 //! already *validated* frame to handle those cases (the monitor's pid and reference as
 //! numbers, see [`crate::node::monitors`]); everything else goes through the full decoder.
 
-use crate::node::monitors::{MAX_REF_WORDS, PeerPid, RefKey};
-use crate::term::{
+use crate::etf::{
     self, Limits, SMALL_INTEGER_EXT as SMALL_INTEGER, SMALL_TUPLE_EXT as SMALL_TUPLE,
     VERSION_MAGIC as VERSION,
 };
+use crate::node::monitors::{MAX_REF_WORDS, PeerPid, RefKey};
 
 /// Operation codes handled here.
 const REG_SEND: u8 = 6;
@@ -52,7 +52,7 @@ pub enum Fast<'a> {
 
 /// An atom at the start of `buf` (validated bytes): its name and encoded length.
 fn atom(buf: &[u8]) -> Option<(&str, usize)> {
-    let (name, len) = term::skip::atom(buf)?;
+    let (name, len) = etf::skip::atom(buf)?;
     // Latin-1 atoms with bytes >= 128 are rejected by the validator, so UTF-8 covers all.
     Some((std::str::from_utf8(name).ok()?, len))
 }
@@ -65,17 +65,17 @@ fn word(buf: &[u8], at: usize) -> Option<u32> {
 /// A pid (NEW_PID_EXT or PID_EXT) at the start of `buf`: its node, numbers and length.
 fn pid(buf: &[u8]) -> Option<(&str, PeerPid, usize)> {
     let tag = *buf.first()?;
-    if tag != term::NEW_PID_EXT && tag != term::PID_EXT {
+    if tag != etf::NEW_PID_EXT && tag != etf::PID_EXT {
         return None;
     }
     let (node, n) = atom(buf.get(1..)?)?;
     let at = 1 + n;
-    let creation = if tag == term::NEW_PID_EXT {
+    let creation = if tag == etf::NEW_PID_EXT {
         word(buf, at + 8)?
     } else {
         u32::from(*buf.get(at + 8)?)
     };
-    let len = at + if tag == term::NEW_PID_EXT { 12 } else { 9 };
+    let len = at + if tag == etf::NEW_PID_EXT { 12 } else { 9 };
     let p = PeerPid {
         id: word(buf, at)?,
         serial: word(buf, at + 4)?,
@@ -88,7 +88,7 @@ fn pid(buf: &[u8]) -> Option<(&str, PeerPid, usize)> {
 /// and key.
 fn reference(buf: &[u8]) -> Option<(&str, RefKey)> {
     let tag = *buf.first()?;
-    if tag != term::NEWER_REFERENCE_EXT && tag != term::NEW_REFERENCE_EXT {
+    if tag != etf::NEWER_REFERENCE_EXT && tag != etf::NEW_REFERENCE_EXT {
         return None;
     }
     let words = usize::from(u16::from_be_bytes([*buf.get(1)?, *buf.get(2)?]));
@@ -97,7 +97,7 @@ fn reference(buf: &[u8]) -> Option<(&str, RefKey)> {
     }
     let (node, n) = atom(buf.get(3..)?)?;
     let mut at = 3 + n;
-    let creation = if tag == term::NEWER_REFERENCE_EXT {
+    let creation = if tag == etf::NEWER_REFERENCE_EXT {
         at += 4;
         word(buf, at - 4)?
     } else {
@@ -130,9 +130,9 @@ pub fn classify<'a>(rest: &'a [u8], ctrl_len: usize, limits: &Limits) -> Fast<'a
     let mut pos = 5;
     let skip = |pos: &mut usize| -> Option<()> {
         let rest = ctrl.get(*pos..)?;
-        *pos += match term::skip::skip(rest) {
+        *pos += match etf::skip::skip(rest) {
             Some(len) => len,
-            None => term::validate_term(rest, limits).ok()?,
+            None => etf::validate_term(rest, limits).ok()?,
         };
         Some(())
     };
@@ -195,13 +195,13 @@ mod tests {
     use erl_dist::term::{Atom, Pid, PidOrAtom, Reference, Term};
 
     fn body(m: Message) -> Vec<u8> {
-        let f = crate::dist::encode_frame(m).expect("encode");
+        let f = crate::node::transport::encode_frame(m).expect("encode");
         f[5..].to_vec()
     }
 
     fn classify_all(b: &[u8]) -> Fast<'_> {
         let limits = Limits::default();
-        let n = term::validate_versioned(b, &limits).expect("valid");
+        let n = etf::validate_versioned(b, &limits).expect("valid");
         classify(b, n, &limits)
     }
 
@@ -258,7 +258,7 @@ mod tests {
         match classify_all(&b) {
             Fast::RegSend { name, message } => {
                 assert_eq!(name, "Elixir.DistributedExample.KVStore");
-                let (t, n) = term::decode(message, &Limits::default()).expect("decode");
+                let (t, n) = etf::decode(message, &Limits::default()).expect("decode");
                 assert_eq!(t, msg);
                 assert_eq!(n, message.len());
             }

@@ -584,6 +584,6 @@ mod tests {
     }
 
     fn local_flags() -> DistributionFlags {
-        crate::dist::handshake::local_flags()
+        crate::node::transport::handshake::local_flags()
     }
 }

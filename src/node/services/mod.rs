@@ -2,12 +2,11 @@
 //! `Node.ping/1` answers `:pong`), [`rex`] (the classic rpc server: `erl_call`, `ei_rpc`,
 //! Jinterface, `:rpc.block_call`, `:rpc.sbcast`) and [`rpc`] (`:rpc.call`/`:erpc.call` and
 //! spawns, which arrive as SPAWN_REQUEST on OTP 25+). Both rpc paths run functions from the one
-//! table in [`functions`], filled by [`builtins`], [`control`] and applications ([`kv_api`]).
+//! table in [`functions`], filled by [`builtins`], [`control`] and applications (the KV app's `kv::rpc`).
 
 pub mod builtins;
 pub mod control;
 pub mod functions;
-pub mod kv_api;
 pub mod net_kernel;
 pub mod rex;
 pub mod rpc;

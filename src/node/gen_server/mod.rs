@@ -81,7 +81,7 @@ enum RequestRepr<'a> {
     Term(Term),
     Bytes {
         bytes: &'a [u8],
-        limits: &'a crate::term::Limits,
+        limits: &'a crate::etf::Limits,
     },
 }
 
@@ -101,7 +101,7 @@ impl<'a> Request<'a> {
 
     /// A request in external format (one term, no version byte), validated with `limits`.
     #[allow(dead_code)] // used by the fast path
-    pub(crate) fn from_bytes(bytes: &'a [u8], limits: &'a crate::term::Limits) -> Self {
+    pub(crate) fn from_bytes(bytes: &'a [u8], limits: &'a crate::etf::Limits) -> Self {
         Request {
             repr: RequestRepr::Bytes { bytes, limits },
         }
@@ -130,9 +130,9 @@ impl<'a> Request<'a> {
             RequestRepr::Term(t) => Ok(t),
             RequestRepr::Bytes { bytes, limits } => {
                 let mut with_version = Vec::with_capacity(bytes.len() + 1);
-                with_version.push(crate::term::VERSION_MAGIC);
+                with_version.push(crate::etf::VERSION_MAGIC);
                 with_version.extend_from_slice(bytes);
-                crate::term::decode_exact(&with_version, limits)
+                crate::etf::decode_exact(&with_version, limits)
                     .map_err(|e| DecodeError(e.to_string()))
             }
         }
@@ -172,7 +172,7 @@ pub trait GenServer: Send + 'static {
     /// Any other message.
     fn handle_info(&mut self, ctx: &mut Ctx, message: Term) {
         let _ = ctx;
-        tracing::debug!(message = %crate::term::summary(&message), "info message ignored");
+        tracing::debug!(message = %crate::etf::summary(&message), "info message ignored");
     }
     /// A message still in external format (see [`crate::node::RawMessage`]), offered before
     /// it is decoded, when the server is idle. Return true if it was handled completely
@@ -925,7 +925,7 @@ fn answer(ctx: &Ctx, caller: &Caller, result: CallResult<'_>) -> bool {
         }
         CallResult::Encoded(bytes) => {
             let mut with_version = Vec::with_capacity(bytes.len() + 1);
-            with_version.push(crate::term::VERSION_MAGIC);
+            with_version.push(crate::etf::VERSION_MAGIC);
             with_version.extend_from_slice(bytes);
             match Term::decode(with_version.as_slice()) {
                 Ok(term) => {
@@ -1070,8 +1070,9 @@ mod tests {
     fn mailbox_over_its_bound_reports_congestion_until_drained() {
         let mut config = crate::config::Config::new("t@127.0.0.1", "c");
         config.max_mailbox_bytes = 10_000;
-        let threads = crate::dist::threads::Threads::start(1, crate::term::thread_stack_size())
-            .expect("threads");
+        let threads =
+            crate::node::transport::threads::Threads::start(1, crate::etf::thread_stack_size())
+                .expect("threads");
         let node = Node::new(
             config,
             1,

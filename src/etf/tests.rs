@@ -641,7 +641,7 @@ fn measure_stack_depth() {
     let stack = 8 << 20;
     let survives = |shape: Shape, levels: usize, ops: &str| {
         Command::new(&exe)
-            .args(["--exact", "term::tests::stack_probe", "--ignored"])
+            .args(["--exact", "etf::tests::stack_probe", "--ignored"])
             .env(
                 "KVNODE_STACK_PROBE",
                 format!("{shape:?}:{levels}:{stack}:{ops}"),

@@ -22,7 +22,7 @@
 //! gone, as on BEAM: `erl_call -q` then exits 0).
 
 use super::functions::{self, Finished, Outcome, atom, tuple};
-use crate::gen_server::{self, CallResult, Caller, Ctx, GenServer, Replier, Request};
+use crate::node::gen_server::{self, CallResult, Caller, Ctx, GenServer, Replier, Request};
 use crate::node::{Node, Signal};
 use erl_dist::message::Message;
 use erl_dist::term::{List, Pid, Term, Tuple};
@@ -115,10 +115,10 @@ impl GenServer for Rex {
             return CallResult::NoReply;
         }
         if matches!(&request, Term::Atom(a) if a.name == "stop") {
-            tracing::debug!(from = %crate::term::text::name(&from.pid.node.name), "rex: stop requested; answering stopped and serving on");
+            tracing::debug!(from = %crate::etf::text::name(&from.pid.node.name), "rex: stop requested; answering stopped and serving on");
             return CallResult::Reply(atom("stopped"));
         }
-        tracing::debug!(from = %crate::term::text::name(&from.pid.node.name), "rex: unknown call ignored (as OTP's rex does)");
+        tracing::debug!(from = %crate::etf::text::name(&from.pid.node.name), "rex: unknown call ignored (as OTP's rex does)");
         CallResult::NoReply
     }
 
