@@ -460,10 +460,10 @@ impl Node {
         name: Option<&str>,
         make: impl FnOnce(&Pid) -> Arc<dyn Dispatch>,
     ) -> Result<Mailbox, SpawnError> {
-        if let Some(name) = name {
-            if name.is_empty() || name.chars().count() > 255 {
-                return Err(SpawnError::BadName);
-            }
+        if let Some(name) = name
+            && (name.is_empty() || name.chars().count() > 255)
+        {
+            return Err(SpawnError::BadName);
         }
         let pid = self.new_pid();
         let mut reg = self.0.registry.write().unwrap_or_else(|e| e.into_inner());
