@@ -525,3 +525,24 @@ pub fn shared_path(what: &str) -> (PathBuf, String) {
         }
     }
 }
+
+/// The path of example `name` (`examples/NAME.rs`), built by `cargo build --examples` into the
+/// same target directory as this test (scripts/interop-matrix builds them; `cargo test --test`
+/// does not). Panics, saying how to build it, when it is missing.
+#[allow(dead_code)]
+pub fn example_bin(name: &str) -> PathBuf {
+    // This test runs as <target>/<profile>/deps/<test>-<hash>; examples are in
+    // <target>/<profile>/examples/.
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary in <target>/<profile>/deps");
+    let path = profile.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --examples` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
