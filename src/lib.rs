@@ -42,9 +42,9 @@ pub enum Error {
     /// The distribution listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
-        /// Where.
+        /// The address asked for.
         addr: SocketAddr,
-        /// Why.
+        /// The socket error (`AddrInUse` when another process holds the port).
         source: std::io::Error,
     },
     /// EPMD registration failed (for example: the name is taken).

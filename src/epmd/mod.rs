@@ -10,8 +10,8 @@
 //! - [`client`]: `ALIVE2_REQ` / `PORT_PLEASE2_REQ` / `NAMES_REQ` as a client.
 //! - [`server`]: the embedded EPMD.
 //!
-//! Spec: OTP ERTS User's Guide, "Distribution Protocol", section "EPMD Protocol"; see also
-//! `/work/shared/PROTOCOL.md` §10.
+//! Spec: OTP ERTS User's Guide, "Distribution Protocol", section "EPMD Protocol"
+//! (<https://www.erlang.org/doc/apps/erts/erl_dist_protocol.html#epmd-protocol>).
 
 pub mod client;
 pub mod proto;

@@ -1,6 +1,6 @@
 //! Canonical store keys: one byte string per Erlang term, equal iff the terms are `=:=`.
 //!
-//! `eetf::Term` cannot be used as a `HashMap` key directly (see PROTOCOL.md §9):
+//! `eetf::Term` cannot be used as a `HashMap` key directly:
 //! - `Map`'s `Hash` walks a `HashMap` in arbitrary order while its `Eq` is order-independent,
 //!   so two equal maps can hash differently;
 //! - `ByteList` (STRING_EXT) and a `List` of the same small integers are one Erlang term but two

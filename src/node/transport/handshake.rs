@@ -76,7 +76,7 @@ pub enum Error {
     BadDynamicHost {
         /// The host the peer sent (escaped, at most [`LOG_EXCERPT`] bytes).
         host: String,
-        /// Why.
+        /// What is wrong with it.
         reason: String,
     },
     /// No free dynamic name after [`DYNAMIC_NAME_ATTEMPTS`] random draws (practically

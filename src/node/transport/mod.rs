@@ -94,7 +94,7 @@ pub enum DialError {
     Resolve {
         /// The host part of the name.
         host: String,
-        /// Why.
+        /// The resolver's error.
         source: std::io::Error,
     },
     /// EPMD on the peer's host does not know the name.
@@ -111,15 +111,15 @@ pub enum DialError {
     /// TCP connect failed or timed out.
     #[error("connect to {addr}: {source}")]
     Connect {
-        /// Where.
+        /// The address dialed.
         addr: SocketAddr,
-        /// Why.
+        /// The socket error (`TimedOut` when the connect timed out).
         source: std::io::Error,
     },
     /// The TLS handshake failed or timed out (TLS distribution).
     #[error("TLS handshake with {addr} failed: {source}")]
     Tls {
-        /// Where.
+        /// The address dialed.
         addr: SocketAddr,
         /// Why (rustls' reason, e.g. an unknown issuer).
         source: std::io::Error,
