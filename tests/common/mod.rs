@@ -90,6 +90,9 @@ pub struct KvNode {
     pub cookie: String,
     pub epmd_port: u16,
     pub logs: Arc<Mutex<String>>,
+    /// What the ready file said.
+    pub ready: ReadyLine,
+    ready_dir: PathBuf,
 }
 
 pub fn kvnode_bin() -> PathBuf {
@@ -98,16 +101,21 @@ pub fn kvnode_bin() -> PathBuf {
 
 impl KvNode {
     /// Starts kvnode as `<alive>@127.0.0.1` with `cookie` on `epmd_port` and waits until it
-    /// logs that it is ready.
+    /// writes its `--ready-file` (failing at once, with the logs, if it exits first).
     pub fn start(alive: &str, cookie: &str, epmd_port: u16) -> KvNode {
         Self::start_with(alive, cookie, epmd_port, &[])
     }
 
     pub fn start_with(alive: &str, cookie: &str, epmd_port: u16, extra: &[&str]) -> KvNode {
         let name = format!("{alive}@127.0.0.1");
+        let ready_dir = std::env::temp_dir().join(unique("kvnode_ready"));
+        std::fs::create_dir_all(&ready_dir).expect("mkdir for the ready file");
+        let ready_file = ready_dir.join("ready");
         let mut cmd = Command::new(kvnode_bin());
         cmd.args(["--name", &name, "--cookie", cookie])
             .args(["--epmd-port", &epmd_port.to_string()])
+            .arg("--ready-file")
+            .arg(&ready_file)
             .args(extra)
             .env(
                 "RUST_LOG",
@@ -141,25 +149,34 @@ impl KvNode {
             cookie: cookie.to_owned(),
             epmd_port,
             logs,
+            ready: ReadyLine::default(),
+            ready_dir,
         };
-        let logs = node.logs.clone();
+        // Ready is the file kvnode writes (atomically) once it is up; never the log text.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if logs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains("kvnode ready")
-            {
+            if let Ok(text) = std::fs::read_to_string(&ready_file) {
+                node.ready = ReadyLine::parse(&text)
+                    .unwrap_or_else(|| panic!("bad ready file {text:?}; logs:\n{}", node.logs()));
                 break;
             }
             if let Ok(Some(status)) = node.guard.child.try_wait() {
                 panic!("kvnode exited early ({status}); logs:\n{}", node.logs());
             }
             if Instant::now() > deadline {
-                panic!("kvnode not ready after 20 s; logs:\n{}", node.logs());
+                panic!(
+                    "kvnode wrote no ready file after 20 s; logs:\n{}",
+                    node.logs()
+                );
             }
             std::thread::park_timeout(Duration::from_millis(20));
         }
+        assert_eq!(node.ready.node, node.name, "ready file names the node");
+        assert_eq!(
+            node.ready.pid,
+            node.guard.pid(),
+            "ready file names the process"
+        );
         node
     }
 
@@ -174,19 +191,46 @@ impl KvNode {
         });
     }
 
-    /// The distribution port kvnode logged.
+    /// The distribution port, from the ready file.
     pub fn dist_port(&self) -> u16 {
-        let logs = self.logs();
-        let line = logs
-            .lines()
-            .find(|l| l.contains("kvnode ready"))
-            .expect("ready line");
-        let at = line.find("port=").expect("port= in ready line") + 5;
-        line[at..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port number")
+        self.ready.dist_port
+    }
+
+    /// The ready file's path (it exists while kvnode runs; removed on an orderly stop).
+    pub fn ready_file(&self) -> PathBuf {
+        self.ready_dir.join("ready")
+    }
+}
+
+impl Drop for KvNode {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.ready_dir);
+    }
+}
+
+/// What kvnode's `--ready-file` says: one line of `key=value` pairs (see src/ready.rs).
+#[derive(Debug, Default, Clone)]
+pub struct ReadyLine {
+    pub node: String,
+    pub dist_port: u16,
+    pub epmd_port: u16,
+    pub pid: u32,
+    pub creation: u32,
+}
+
+impl ReadyLine {
+    pub fn parse(text: &str) -> Option<ReadyLine> {
+        let field = |key: &str| {
+            text.split_whitespace()
+                .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+        };
+        Some(ReadyLine {
+            node: field("node")?.to_owned(),
+            dist_port: field("dist_port")?.parse().ok()?,
+            epmd_port: field("epmd_port")?.parse().ok()?,
+            pid: field("pid")?.parse().ok()?,
+            creation: field("creation")?.parse().ok()?,
+        })
     }
 }
 
