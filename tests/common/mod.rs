@@ -569,3 +569,90 @@ pub fn shared_path(what: &str) -> (PathBuf, String) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The harness most tests read as: start -> script -> assert.
+//
+//     let kv = KvNode::fresh("kv_ops");             // own cookie, own EPMD port, ready file
+//     let out = kv.script("ops", r#":ok = GenServer.call(store, {:put, :a, 1})"#);
+//     assert!(out.contains("..."));                  // SCRIPT-OK is already checked
+//
+// Independent checks that share one expensive set-up run under `Scenarios`, so one failure
+// does not hide the others.
+// ---------------------------------------------------------------------------------------------
+
+/// Prepended to [`KvNode::script`] bodies: binds `kv` (the kvnode's node name, an atom) and
+/// `store` (`{DistributedExample.KVStore, kv}`), and connects to kvnode.
+pub const KV_PRELUDE: &str = r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+store = {DistributedExample.KVStore, kv}
+true = Node.connect(kv)
+"#;
+
+/// `body` between [`KV_PRELUDE`] and a final `IO.puts("SCRIPT-OK")`.
+pub fn kv_script(body: &str) -> String {
+    format!("{KV_PRELUDE}\n{body}\nIO.puts(\"SCRIPT-OK\")\n")
+}
+
+impl KvNode {
+    /// Starts kvnode as `<unique tag>@127.0.0.1` with a cookie and an EPMD port of its own.
+    pub fn fresh(tag: &str) -> KvNode {
+        Self::fresh_with(tag, &[])
+    }
+
+    /// [`KvNode::fresh`] with extra kvnode flags.
+    pub fn fresh_with(tag: &str, extra: &[&str]) -> KvNode {
+        Self::start_with(&unique(tag), &unique("cookie"), free_port(), extra)
+    }
+
+    /// Runs `body` (see [`kv_script`]) on a fresh Elixir node `<unique tag>@127.0.0.1` with
+    /// this kvnode's cookie and EPMD; fails the test (with the output and kvnode's logs)
+    /// unless it exits 0 and prints `SCRIPT-OK`. Returns its stdout.
+    pub fn script(&self, tag: &str, body: &str) -> String {
+        let out = elixir(self, &unique(tag), &self.cookie, &kv_script(body));
+        assert!(out.contains("SCRIPT-OK"), "{out}");
+        out
+    }
+}
+
+/// Independent checks sharing one set-up: each runs to its end even when an earlier one
+/// failed; [`Scenarios::finish`] then fails the test naming every failed check (each one's
+/// panic message is printed as it happens, as usual).
+#[must_use = "call finish() so failures fail the test"]
+#[derive(Default)]
+pub struct Scenarios {
+    failed: Vec<String>,
+    ran: usize,
+}
+
+impl Scenarios {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs the check `name`, recording a panic instead of unwinding through the test.
+    pub fn check(&mut self, name: &str, f: impl FnOnce()) {
+        self.ran += 1;
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(non-text panic)");
+            let why: String = why.chars().take(2000).collect();
+            self.failed.push(format!("{name}: {why}"));
+        }
+    }
+
+    /// Fails the test if any check failed.
+    pub fn finish(self) {
+        if !self.failed.is_empty() {
+            panic!(
+                "{} of {} checks failed:\n- {}",
+                self.failed.len(),
+                self.ran,
+                self.failed.join("\n- ")
+            );
+        }
+    }
+}
