@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[test]
@@ -38,32 +37,19 @@ fn ready_file_names_a_live_node_and_goes_on_orderly_stop() {
 fn unwritable_ready_file_is_a_clear_error() {
     let dir = std::env::temp_dir().join(unique("kvnode_no_such_dir"));
     let path = dir.join("ready");
-    let mut child = Command::new(kvnode_bin())
-        .args(["--name", &format!("{}@127.0.0.1", unique("kv_unready"))])
-        .args(["--cookie", "c", "--epmd-port", &free_port().to_string()])
-        .arg("--ready-file")
-        .arg(&path)
-        .env_remove("ERL_EPMD_PORT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kvnode");
-    let stderr = child.stderr.take().expect("stderr");
-    let guard = ChildGuard {
-        child,
-        what: "kvnode".into(),
-    };
-    let mut guard = guard;
-    let status = wait_for("kvnode to exit", Duration::from_secs(20), || {
-        guard.child.try_wait().ok().flatten()
-    });
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut { stderr }, &mut err).ok();
-    assert!(
-        !status.success(),
-        "kvnode ran without its ready file: {err}"
-    );
+    let name = format!("{}@127.0.0.1", unique("kv_unready"));
+    let epmd = free_port().to_string();
+    let path_s = path.to_str().expect("utf-8 path");
+    let err = kvnode_refuses(&[
+        "--name",
+        &name,
+        "--cookie",
+        "c",
+        "--epmd-port",
+        &epmd,
+        "--ready-file",
+        path_s,
+    ]);
     assert!(
         err.contains("cannot write the ready file") && err.contains(&*path.to_string_lossy()),
         "stderr: {err}"

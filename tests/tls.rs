@@ -15,7 +15,6 @@ use rcgen::{
 };
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 /// A CA that signs leaf certificates.
@@ -448,15 +447,11 @@ fn kvnode_refuses_to_dial_a_node_whose_certificate_is_from_another_ca() {
 fn tls_startup_errors_are_clear() {
     let pki = Pki::new();
     let run = |args: &[&str]| {
-        let out = Command::new(kvnode_bin())
-            .args(["--name", &format!("{}@127.0.0.1", unique("kv_bad"))])
-            .args(["--cookie", "c", "--epmd-port", &free_port().to_string()])
-            .args(args)
-            .env_remove("ERL_EPMD_PORT")
-            .output()
-            .expect("run kvnode");
-        assert!(!out.status.success(), "kvnode started with {args:?}");
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        let name = format!("{}@127.0.0.1", unique("kv_bad"));
+        let epmd = free_port().to_string();
+        let mut all = vec!["--name", &name, "--cookie", "c", "--epmd-port", &epmd];
+        all.extend_from_slice(args);
+        kvnode_refuses(&all)
     };
     let (cert, key, ca) = (
         pki.host("kv.pem"),

@@ -656,3 +656,45 @@ impl Scenarios {
         }
     }
 }
+
+/// Runs kvnode with `args` (and `ERL_EPMD_PORT` unset) expecting it to refuse to start: it
+/// must exit non-zero within 20 s. Returns its stderr. A kvnode that starts anyway is killed
+/// and fails the test (it never hangs it).
+pub fn kvnode_refuses(args: &[&str]) -> String {
+    let mut child = Command::new(kvnode_bin())
+        .args(args)
+        .env_remove("ERL_EPMD_PORT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kvnode");
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let mut guard = ChildGuard {
+        child,
+        what: "kvnode".into(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Ok(Some(status)) = guard.child.try_wait() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            drop(guard);
+            let err = reader.join().unwrap_or_default();
+            panic!("kvnode {args:?} was still running after 20 s; stderr:\n{err}");
+        }
+        std::thread::park_timeout(Duration::from_millis(20));
+    };
+    let err = reader.join().unwrap_or_default();
+    assert!(
+        !status.success(),
+        "kvnode {args:?} exited 0; stderr:\n{err}"
+    );
+    err
+}
