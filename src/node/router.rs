@@ -191,6 +191,13 @@ mod tests {
         threads: crate::dist::threads::Threads,
     }
 
+    impl World {
+        /// The router handles `message` as if it came from `PEER`.
+        fn from_peer(&self, message: Message) {
+            handle(&self.node, PEER, message);
+        }
+    }
+
     impl Drop for World {
         fn drop(&mut self) {
             self.threads.stop();
@@ -288,27 +295,22 @@ mod tests {
         let w = world(full());
         let (named, named_rec) = spawn_recorder(&w.node, Some("named"));
         let (_other, other_rec) = spawn_recorder(&w.node, None);
-        handle(
-            &w.node,
-            PEER,
-            Message::reg_send(remote(1), Atom::from("named"), Atom::from("by_name").into()),
-        );
-        handle(
-            &w.node,
-            PEER,
-            Message::send(named.pid.clone(), Atom::from("by_pid").into()),
-        );
+        w.from_peer(Message::reg_send(
+            remote(1),
+            Atom::from("named"),
+            Atom::from("by_name").into(),
+        ));
+        w.from_peer(Message::send(
+            named.pid.clone(),
+            Atom::from("by_pid").into(),
+        ));
         // Unknown name and unknown pid: dropped, nobody else gets them, nothing goes back.
-        handle(
-            &w.node,
-            PEER,
-            Message::reg_send(remote(1), Atom::from("nobody"), Atom::from("x").into()),
-        );
-        handle(
-            &w.node,
-            PEER,
-            Message::send(w.node.new_pid(), Atom::from("y").into()),
-        );
+        w.from_peer(Message::reg_send(
+            remote(1),
+            Atom::from("nobody"),
+            Atom::from("x").into(),
+        ));
+        w.from_peer(Message::send(w.node.new_pid(), Atom::from("y").into()));
         let got = named_rec.got();
         assert_eq!(got.len(), 2, "{got:?}");
         assert!(reason_is(&got[0], "by_name") && reason_is(&got[1], "by_pid"));
@@ -319,15 +321,11 @@ mod tests {
     #[test]
     fn monitor_on_a_missing_process_answers_noproc_at_once() {
         let w = world(full());
-        handle(
-            &w.node,
-            PEER,
-            Message::monitor_p(
-                remote(7),
-                PidOrAtom::Atom(Atom::from("missing")),
-                remote_ref(1),
-            ),
-        );
+        w.from_peer(Message::monitor_p(
+            remote(7),
+            PidOrAtom::Atom(Atom::from("missing")),
+            remote_ref(1),
+        ));
         let out = sent(&w.conn);
         assert_eq!(out.len(), 1, "{out:?}");
         let Message::MonitorPExit(m) = &out[0] else {
@@ -342,15 +340,11 @@ mod tests {
     #[test]
     fn monitor_from_a_peer_without_dist_monitor_is_not_answered() {
         let w = world(without(DistributionFlags::DIST_MONITOR));
-        handle(
-            &w.node,
-            PEER,
-            Message::monitor_p(
-                remote(7),
-                PidOrAtom::Atom(Atom::from("missing")),
-                remote_ref(1),
-            ),
-        );
+        w.from_peer(Message::monitor_p(
+            remote(7),
+            PidOrAtom::Atom(Atom::from("missing")),
+            remote_ref(1),
+        ));
         assert!(sent(&w.conn).is_empty());
     }
 
@@ -360,26 +354,26 @@ mod tests {
         let (a, _) = spawn_recorder(&w.node, Some("a"));
         let (b, _) = spawn_recorder(&w.node, Some("b"));
         // By name on `a`, by pid on `b`; the second monitor on `b` is taken back.
-        handle(
-            &w.node,
-            PEER,
-            Message::monitor_p(remote(7), PidOrAtom::Atom(Atom::from("a")), remote_ref(1)),
-        );
-        handle(
-            &w.node,
-            PEER,
-            Message::monitor_p(remote(8), PidOrAtom::Pid(b.pid.clone()), remote_ref(2)),
-        );
-        handle(
-            &w.node,
-            PEER,
-            Message::monitor_p(remote(9), PidOrAtom::Pid(b.pid.clone()), remote_ref(3)),
-        );
-        handle(
-            &w.node,
-            PEER,
-            Message::demonitor_p(remote(9), PidOrAtom::Pid(b.pid.clone()), remote_ref(3)),
-        );
+        w.from_peer(Message::monitor_p(
+            remote(7),
+            PidOrAtom::Atom(Atom::from("a")),
+            remote_ref(1),
+        ));
+        w.from_peer(Message::monitor_p(
+            remote(8),
+            PidOrAtom::Pid(b.pid.clone()),
+            remote_ref(2),
+        ));
+        w.from_peer(Message::monitor_p(
+            remote(9),
+            PidOrAtom::Pid(b.pid.clone()),
+            remote_ref(3),
+        ));
+        w.from_peer(Message::demonitor_p(
+            remote(9),
+            PidOrAtom::Pid(b.pid.clone()),
+            remote_ref(3),
+        ));
         assert!(sent(&w.conn).is_empty(), "live targets: no answer yet");
         w.node
             .exit_process(&a.pid, Atom::from("shutdown").into(), None);
@@ -410,10 +404,10 @@ mod tests {
     fn link_to_a_missing_pid_answers_exit_noproc() {
         let w = world(full());
         let (live, _) = spawn_recorder(&w.node, None);
-        handle(&w.node, PEER, Message::link(remote(5), live.pid.clone()));
+        w.from_peer(Message::link(remote(5), live.pid.clone()));
         assert!(sent(&w.conn).is_empty(), "a live process takes the link");
         let gone = w.node.new_pid();
-        handle(&w.node, PEER, Message::link(remote(5), gone.clone()));
+        w.from_peer(Message::link(remote(5), gone.clone()));
         let out = sent(&w.conn);
         assert_eq!(out.len(), 1, "{out:?}");
         let Message::Exit(m) = &out[0] else {
@@ -439,13 +433,9 @@ mod tests {
         ] {
             let w = world(flags);
             let (p, _) = spawn_recorder(&w.node, None);
-            handle(&w.node, PEER, Message::link(remote(5), p.pid.clone()));
+            w.from_peer(Message::link(remote(5), p.pid.clone()));
             let id: Term = erl_dist::term::FixInteger::from(42).into();
-            handle(
-                &w.node,
-                PEER,
-                Message::unlink_id(id.clone(), remote(5), p.pid.clone()),
-            );
+            w.from_peer(Message::unlink_id(id.clone(), remote(5), p.pid.clone()));
             let out = sent(&w.conn);
             if acked {
                 assert!(
@@ -465,11 +455,11 @@ mod tests {
     fn exit_signals_to_built_in_processes_are_ignored() {
         let w = world(full());
         let (p, rec) = spawn_recorder(&w.node, Some("svc"));
-        handle(
-            &w.node,
-            PEER,
-            Message::exit2(remote(1), p.pid.clone(), Atom::from("kill").into()),
-        );
+        w.from_peer(Message::exit2(
+            remote(1),
+            p.pid.clone(),
+            Atom::from("kill").into(),
+        ));
         assert!(w.node.whereis("svc").is_some(), "still registered");
         assert!(rec.got().is_empty());
         assert!(sent(&w.conn).is_empty());
