@@ -78,8 +78,8 @@ fn system_messages_answer_as_a_gen_server() {
     let (beam, kv) = against_both(
         "kv_sys",
         &[],
-        r#"
-:ok = GenServer.call(store, {:put, :a, 1})
+        r#":ok = GenServer.call(store, {:put, :a, 1})
+TestCheck.run("get_state and get_status", fn ->
 # OTP 27+ servers answer get_state with {:ok, state} (and their sys:get_state unwraps it);
 # OTP 25's answer the bare state and pass the reply through. kvnode answers as OTP 27+.
 {:ok, raw} = :gen.call(store, :system, :get_state, 10_000)
@@ -103,7 +103,9 @@ true = is_list(pdict) and is_pid(parent)
 'Status for generic server Elixir.DistributedExample.KVStore' = header
 [{'Status', :running}, {'Parent', ^parent}, {'Logged events', []}] = data
 IO.puts("STATUS-SHAPE-OK")
+end)
 
+TestCheck.run("statistics", fn ->
 :ok = :sys.statistics(store, true, 10_000)
 :ok = GenServer.call(store, {:put, :b, 2})
 2 = GenServer.call(store, {:get, :b})
@@ -115,7 +117,9 @@ true = stats[:messages_in] >= 2 and stats[:messages_out] >= 2
 :ok = :sys.statistics(store, false, 10_000)
 {:ok, :no_statistics} = :sys.statistics(store, :get, 10_000)
 IO.puts("STATISTICS-OK")
+end)
 
+TestCheck.run("log and trace", fn ->
 :ok = :sys.log(store, true, 10_000)
 {:ok, _events} = :sys.log(store, :get, 10_000)
 :ok = :sys.log(store, false, 10_000)
@@ -123,13 +127,17 @@ IO.puts("STATISTICS-OK")
 :ok = :sys.trace(store, false, 10_000)
 :ok = :sys.no_debug(store, 10_000)
 IO.puts("LOG-TRACE-OK")
+end)
 
+TestCheck.run("unknown system messages", fn ->
 unknown = :gen.call(store, :system, {:no_such_request, 1}, 10_000)
 IO.inspect(unknown, label: "UNKNOWN")
 {:ok, {:error, {:unknown_system_msg, {:no_such_request, 1}}}} = unknown
 {:ok, :unknown_debug} = :gen.call(store, :system, {:debug, :nonsense}, 10_000)
+end)
 # Still serving.
 1 = GenServer.call(store, {:get, :a})
+TestCheck.finish()
 "#,
     );
     for out in [&beam, &kv] {

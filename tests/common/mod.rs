@@ -249,7 +249,9 @@ pub fn beam_command(program: &str) -> Command {
 
 /// Prepended to every test script: the one place scripts wait, by polling with a deadline.
 /// `TestWait.until(fun, ms)` calls `fun` every 10 ms until it returns a truthy value (which it
-/// returns) and raises when `ms` pass first.
+/// returns) and raises when `ms` pass first. `TestCheck.run(name, fun)` runs one of several
+/// independent checks of a script (a failure is printed and the script goes on), and
+/// `TestCheck.finish()` raises if any failed: the Elixir side of [`Scenarios`].
 const SCRIPT_HELPERS: &str = r#"
 defmodule TestWait do
   def until(fun, ms \\ 10_000) do
@@ -263,6 +265,33 @@ defmodule TestWait do
         if System.monotonic_time(:millisecond) > deadline, do: raise("condition not met within #{ms} ms")
         receive do after 10 -> :ok end
         poll(fun, deadline, ms)
+    end
+  end
+end
+
+defmodule TestCheck do
+  # Independent checks in one script: each runs even when an earlier one failed (its error
+  # goes to stderr), and finish/0 raises naming every failed one.
+  def run(name, fun) do
+    try do
+      fun.()
+    rescue
+      e -> failed(name, Exception.format(:error, e, __STACKTRACE__))
+    catch
+      kind, reason -> failed(name, Exception.format(kind, reason, __STACKTRACE__))
+    end
+    :ok
+  end
+
+  defp failed(name, text) do
+    IO.puts(:stderr, "CHECK FAILED: " <> name <> "\n" <> text)
+    Process.put(:test_check_failed, [name | Process.get(:test_check_failed, [])])
+  end
+
+  def finish do
+    case Process.get(:test_check_failed, []) do
+      [] -> :ok
+      names -> raise "checks failed: " <> Enum.join(Enum.reverse(names), ", ")
     end
   end
 end
