@@ -354,6 +354,7 @@ down = fn n, mod, fun, args ->
 end
 
 for n <- [kv, beam] do
+TestCheck.run("rex, rpc, spawns and lookups on #{n}", fn ->
   # rex: gen_server calls and casts
   ^n = :rpc.block_call(n, :erlang, :node, [])
   ^n = :rpc.block_call(n, :erlang, :node, [], 10_000)
@@ -390,14 +391,17 @@ for n <- [kv, beam] do
     true = is_integer(total) and is_integer(since) and total >= since and since >= 0
   end
   ^n = :rpc.call(n, :erlang, :apply, [:erlang, :node, []])
+end)
 end
 
 # Errors are the same terms on both.
 same = fn label, f ->
-  theirs = f.(beam)
-  ours = f.(kv)
-  if ours != theirs, do: raise("#{label}: kvnode #{inspect(ours)} != BEAM #{inspect(theirs)}")
-  IO.inspect(ours, label: label)
+  TestCheck.run(label, fn ->
+    theirs = f.(beam)
+    ours = f.(kv)
+    if ours != theirs, do: raise("#{label}: kvnode #{inspect(ours)} != BEAM #{inspect(theirs)}")
+    IO.inspect(ours, label: label)
+  end)
 end
 same.("block_call undef", &:rpc.block_call(&1, :no_such_module, :f, [1, "two"]))
 same.("block_call badarg", &:rpc.block_call(&1, :erlang, :whereis, ["x"]))
@@ -410,6 +414,7 @@ same.("spawn badarg", &(down.(&1, :erlang, :whereis, ["x"]) |> elem(1) |> elem(0
 same.("rex unknown call", fn n ->
   try do GenServer.call({:rex, n}, :what, 300) catch :exit, r -> elem(r, 0) end
 end)
+TestCheck.finish()
 IO.puts("SCRIPT-OK")
 "##,
         &[("BEAM_NODE", beam.name.clone())],
