@@ -193,7 +193,7 @@ mod tests {
 
     impl World {
         /// The router handles `message` as if it came from `PEER`.
-        fn from_peer(&self, message: Message) {
+        fn peer_sends(&self, message: Message) {
             handle(&self.node, PEER, message);
         }
     }
@@ -295,22 +295,22 @@ mod tests {
         let w = world(full());
         let (named, named_rec) = spawn_recorder(&w.node, Some("named"));
         let (_other, other_rec) = spawn_recorder(&w.node, None);
-        w.from_peer(Message::reg_send(
+        w.peer_sends(Message::reg_send(
             remote(1),
             Atom::from("named"),
             Atom::from("by_name").into(),
         ));
-        w.from_peer(Message::send(
+        w.peer_sends(Message::send(
             named.pid.clone(),
             Atom::from("by_pid").into(),
         ));
         // Unknown name and unknown pid: dropped, nobody else gets them, nothing goes back.
-        w.from_peer(Message::reg_send(
+        w.peer_sends(Message::reg_send(
             remote(1),
             Atom::from("nobody"),
             Atom::from("x").into(),
         ));
-        w.from_peer(Message::send(w.node.new_pid(), Atom::from("y").into()));
+        w.peer_sends(Message::send(w.node.new_pid(), Atom::from("y").into()));
         let got = named_rec.got();
         assert_eq!(got.len(), 2, "{got:?}");
         assert!(reason_is(&got[0], "by_name") && reason_is(&got[1], "by_pid"));
@@ -321,7 +321,7 @@ mod tests {
     #[test]
     fn monitor_on_a_missing_process_answers_noproc_at_once() {
         let w = world(full());
-        w.from_peer(Message::monitor_p(
+        w.peer_sends(Message::monitor_p(
             remote(7),
             PidOrAtom::Atom(Atom::from("missing")),
             remote_ref(1),
@@ -340,7 +340,7 @@ mod tests {
     #[test]
     fn monitor_from_a_peer_without_dist_monitor_is_not_answered() {
         let w = world(without(DistributionFlags::DIST_MONITOR));
-        w.from_peer(Message::monitor_p(
+        w.peer_sends(Message::monitor_p(
             remote(7),
             PidOrAtom::Atom(Atom::from("missing")),
             remote_ref(1),
@@ -354,22 +354,22 @@ mod tests {
         let (a, _) = spawn_recorder(&w.node, Some("a"));
         let (b, _) = spawn_recorder(&w.node, Some("b"));
         // By name on `a`, by pid on `b`; the second monitor on `b` is taken back.
-        w.from_peer(Message::monitor_p(
+        w.peer_sends(Message::monitor_p(
             remote(7),
             PidOrAtom::Atom(Atom::from("a")),
             remote_ref(1),
         ));
-        w.from_peer(Message::monitor_p(
+        w.peer_sends(Message::monitor_p(
             remote(8),
             PidOrAtom::Pid(b.pid.clone()),
             remote_ref(2),
         ));
-        w.from_peer(Message::monitor_p(
+        w.peer_sends(Message::monitor_p(
             remote(9),
             PidOrAtom::Pid(b.pid.clone()),
             remote_ref(3),
         ));
-        w.from_peer(Message::demonitor_p(
+        w.peer_sends(Message::demonitor_p(
             remote(9),
             PidOrAtom::Pid(b.pid.clone()),
             remote_ref(3),
@@ -404,10 +404,10 @@ mod tests {
     fn link_to_a_missing_pid_answers_exit_noproc() {
         let w = world(full());
         let (live, _) = spawn_recorder(&w.node, None);
-        w.from_peer(Message::link(remote(5), live.pid.clone()));
+        w.peer_sends(Message::link(remote(5), live.pid.clone()));
         assert!(sent(&w.conn).is_empty(), "a live process takes the link");
         let gone = w.node.new_pid();
-        w.from_peer(Message::link(remote(5), gone.clone()));
+        w.peer_sends(Message::link(remote(5), gone.clone()));
         let out = sent(&w.conn);
         assert_eq!(out.len(), 1, "{out:?}");
         let Message::Exit(m) = &out[0] else {
@@ -433,9 +433,9 @@ mod tests {
         ] {
             let w = world(flags);
             let (p, _) = spawn_recorder(&w.node, None);
-            w.from_peer(Message::link(remote(5), p.pid.clone()));
+            w.peer_sends(Message::link(remote(5), p.pid.clone()));
             let id: Term = erl_dist::term::FixInteger::from(42).into();
-            w.from_peer(Message::unlink_id(id.clone(), remote(5), p.pid.clone()));
+            w.peer_sends(Message::unlink_id(id.clone(), remote(5), p.pid.clone()));
             let out = sent(&w.conn);
             if acked {
                 assert!(
@@ -455,7 +455,7 @@ mod tests {
     fn exit_signals_to_built_in_processes_are_ignored() {
         let w = world(full());
         let (p, rec) = spawn_recorder(&w.node, Some("svc"));
-        w.from_peer(Message::exit2(
+        w.peer_sends(Message::exit2(
             remote(1),
             p.pid.clone(),
             Atom::from("kill").into(),
