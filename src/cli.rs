@@ -106,6 +106,13 @@ pub struct Cli {
     #[arg(long, default_value_t = crate::storage::DEFAULT_COMPACTION_FLOOR, value_name = "BYTES")]
     pub compaction_floor: u64,
 
+    /// When the node is ready (listening, registered with EPMD, storage recovered, processes
+    /// started), write PATH atomically with one line `node=NAME dist_port=N epmd_port=N pid=N
+    /// creation=N`; it is removed on an orderly stop. Scripts and tests wait for this file
+    /// instead of scraping logs (e.g. `--ready-file /run/kvnode.ready`).
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+
     /// Most terms (list elements, tuple elements, map keys and values, atoms, ...) in one
     /// message from a peer; more closes only that peer's connection. Bounds the memory one
     /// decoded message takes: each term costs ~56 bytes once decoded, so a 128 MiB message
@@ -291,6 +298,7 @@ impl Cli {
         config.net_ticktime = Duration::from_secs(self.net_ticktime.max(4));
         config.data_dir = self.data_dir;
         config.compaction_floor = self.compaction_floor;
+        config.ready_file = self.ready_file;
         config.max_connections = self.max_connections.max(1);
         config.max_terms_per_message = self.max_terms_per_message.max(1);
         // Admission (issue 10).

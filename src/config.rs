@@ -64,6 +64,9 @@ pub struct Config {
     /// Backpressure bound of the storage queue, in bytes not yet durable
     /// (`--max-storage-queue-bytes`).
     pub max_storage_queue_bytes: usize,
+    /// `--ready-file`: written (atomically) once the node is ready, removed on an orderly
+    /// stop; scripts and tests wait for it instead of scraping logs ([`crate::ready`]).
+    pub ready_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Config {
@@ -93,6 +96,7 @@ impl std::fmt::Debug for Config {
             .field("max_monitors_per_peer", &self.max_monitors_per_peer)
             .field("max_mailbox_bytes", &self.max_mailbox_bytes)
             .field("max_storage_queue_bytes", &self.max_storage_queue_bytes)
+            .field("ready_file", &self.ready_file)
             .finish()
     }
 }
@@ -152,6 +156,7 @@ impl Config {
             max_monitors_per_peer: crate::node::monitors::DEFAULT_MAX_MONITORS_PER_PEER,
             max_mailbox_bytes: crate::node::gen_server::DEFAULT_MAX_MAILBOX_BYTES,
             max_storage_queue_bytes: crate::kv::durable::DEFAULT_MAX_STORAGE_QUEUE_BYTES,
+            ready_file: None,
         }
     }
 

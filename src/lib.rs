@@ -25,6 +25,7 @@ pub mod epmd;
 pub mod etf;
 pub mod kv;
 pub mod node;
+pub mod ready;
 pub mod storage;
 
 use config::Config;
@@ -56,6 +57,14 @@ pub enum Error {
     /// The data directory could not be opened or recovered.
     #[error(transparent)]
     Storage(#[from] storage::StorageError),
+    /// The `--ready-file` could not be written.
+    #[error("cannot write the ready file {}: {source}", path.display())]
+    ReadyFile {
+        /// The path given.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// The listen backlog of kvnode's sockets (the kernel caps it at `net.core.somaxconn`).
@@ -304,7 +313,16 @@ async fn open_storage(
 /// `erlang:halt`), then stops it gracefully. Returns the exit status: 0, or what
 /// `erlang:halt/1` / `init:stop/1` asked for.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<u8, Error> {
+    let ready_path = config.ready_file.clone();
     let running = start(config).await?;
+    // Written now the node is ready; removed (dropped) after the orderly stop below.
+    let _ready = match ready::publish(ready_path, &running) {
+        Ok(file) => file,
+        Err(error) => {
+            running.stop().await;
+            return Err(error);
+        }
+    };
     let status = tokio::select! {
         () = shutdown => {
             tracing::info!("shutting down");

@@ -313,15 +313,12 @@ fn storage_queue_backpressure_bounds_memory_and_loses_nothing() {
 /// mailbox up to its bound, then its connection stops reading.
 #[test]
 fn mailbox_backpressure_bounds_memory_and_loses_nothing() {
-    let cookie = unique("cookie");
-    let kv = KvNode::start_with(
-        &unique("kv_bp_mailbox"),
-        &cookie,
-        free_port(),
+    let kv = KvNode::fresh_with(
+        "kv_bp_mailbox",
         &["--threads", "2", "--max-mailbox-bytes", "262144"],
     );
     let (procs, n, size) = (4, 1000, 64 << 10);
-    let (outs, getter, peak, before) = flood(&kv, &cookie, 1, (procs, n, size, 10), true);
+    let (outs, getter, peak, before) = flood(&kv, &kv.cookie, 1, (procs, n, size, 10), true);
     for o in &outs {
         println!(
             "{}",
@@ -342,14 +339,14 @@ fn mailbox_backpressure_bounds_memory_and_loses_nothing() {
         .expect("rounds");
     let out = call(
         &kv,
-        &cookie,
+        &kv.cookie,
         &format!(
             "{} = GenServer.call(store, :size)",
             rounds * procs * n + procs + 4
         ),
     );
     assert!(out.contains("SCRIPT-OK"), "{out}");
-    let pauses = info_field(&kv, &cookie, "backpressure_pauses");
+    let pauses = info_field(&kv, &kv.cookie, "backpressure_pauses");
     println!("backpressure pauses: {pauses}");
     let flood_node = outs[0]
         .lines()

@@ -124,15 +124,14 @@ fn erl_call_apply(epmd_port: u16, node: &str, cookie: &str, apply: &str) -> Stri
 
 #[test]
 fn erl_call_apply_answers_as_a_beam_node_does() {
-    let cookie = unique("cookie");
-    let kv = KvNode::start(&unique("kv_erlcall"), &cookie, free_port());
-    let beam = reference_node(&cookie, kv.epmd_port);
+    let kv = KvNode::fresh("kv_erlcall");
+    let beam = reference_node(&kv.cookie, kv.epmd_port);
     // The reference node is up once erl_call reaches it.
     let beam_node = wait_for("the reference node", Duration::from_secs(60), || {
         let r = erl_call(
             kv.epmd_port,
             &beam.name,
-            &cookie,
+            &kv.cookie,
             &["-a", "erlang node"],
             Duration::from_secs(20),
         );
@@ -142,7 +141,7 @@ fn erl_call_apply_answers_as_a_beam_node_does() {
     });
     assert_eq!(beam_node, format!("'{}'", beam.name));
 
-    let ours = erl_call_apply(kv.epmd_port, &kv.name, &cookie, "erlang node");
+    let ours = erl_call_apply(kv.epmd_port, &kv.name, &kv.cookie, "erlang node");
     assert_eq!(ours, format!("'{}'", kv.name));
     // Errors print exactly as the BEAM node's do.
     for apply in [
@@ -152,23 +151,23 @@ fn erl_call_apply_answers_as_a_beam_node_does() {
         "erlang whereis [\"not an atom\"]",
         "erlang whereis [no_such_name]",
     ] {
-        let theirs = erl_call_apply(kv.epmd_port, &beam.name, &cookie, apply);
-        let ours = erl_call_apply(kv.epmd_port, &kv.name, &cookie, apply);
+        let theirs = erl_call_apply(kv.epmd_port, &beam.name, &kv.cookie, apply);
+        let ours = erl_call_apply(kv.epmd_port, &kv.name, &kv.cookie, apply);
         assert_eq!(ours, theirs, "erl_call -a '{apply}'");
     }
     // A registered process is a pid on both.
     for node in [&kv.name, &beam.name] {
-        let pid = erl_call_apply(kv.epmd_port, node, &cookie, "erlang whereis [rex]");
+        let pid = erl_call_apply(kv.epmd_port, node, &kv.cookie, "erlang whereis [rex]");
         assert!(pid.starts_with('<') && pid.ends_with('>'), "{node}: {pid}");
     }
-    let ours = erl_call_apply(kv.epmd_port, &kv.name, &cookie, "erlang registered");
+    let ours = erl_call_apply(kv.epmd_port, &kv.name, &kv.cookie, "erlang registered");
     for name in ["rex", "net_kernel", "Elixir.DistributedExample.KVStore"] {
         assert!(ours.contains(name), "registered/0 on kvnode: {ours}");
     }
     let got = erl_call_apply(
         kv.epmd_port,
         &kv.name,
-        &cookie,
+        &kv.cookie,
         "erlang statistics [wall_clock]",
     );
     assert!(got.starts_with('{') && got.ends_with('}'), "{got}");
@@ -241,20 +240,14 @@ fn erl_call_q_stops_kvnode_in_order_and_keeps_the_data() {
     assert!(epmd_names(epmd_port).contains(&format!("name {alive} at")));
     // Acknowledged writes, and casts that are applied but need not be durable yet: the
     // orderly stop commits them.
-    let out = elixir(
-        &kv,
-        &unique("w"),
-        &cookie,
+    kv.script(
+        "w",
         r#"
-kv = String.to_atom(System.fetch_env!("KV_NODE"))
-store = {DistributedExample.KVStore, kv}
 for i <- 1..50, do: :ok = GenServer.call(store, {:put, {:call, i}, i})
 for i <- 1..500, do: GenServer.cast(store, {:put, {:cast, i}, i})
 500 = GenServer.call(store, {:get, {:cast, 500}})
-IO.puts("SCRIPT-OK")
 "#,
     );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
 
     let r = erl_call(
         epmd_port,
@@ -277,20 +270,14 @@ IO.puts("SCRIPT-OK")
     assert!(!epmd_names(epmd_port).contains(&format!("name {alive} at")));
 
     let kv = KvNode::start_with(&alive, &cookie, epmd_port, &data_dir);
-    let out = elixir(
-        &kv,
-        &unique("r"),
-        &cookie,
+    kv.script(
+        "r",
         r#"
-kv = String.to_atom(System.fetch_env!("KV_NODE"))
-store = {DistributedExample.KVStore, kv}
 550 = GenServer.call(store, :size)
 for i <- 1..50, do: ^i = GenServer.call(store, {:get, {:call, i}})
 for i <- 1..500, do: ^i = GenServer.call(store, {:get, {:cast, i}})
-IO.puts("SCRIPT-OK")
 "#,
     );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
 
     // The same command halts a BEAM node (and exits 0) the same way.
     let beam = BeamNode::start(&unique("beamhalt"), &cookie, epmd_port, "");
@@ -321,46 +308,35 @@ fn init_stop_answers_ok_then_stops_and_halt_exits_with_its_status() {
     let cookie = unique("cookie");
     let (_epmd, epmd_port) = start_epmd();
     let mut kv = KvNode::start(&unique("kv_stop"), &cookie, epmd_port);
-    let out = elixir(
-        &kv,
-        &unique("stop"),
-        &cookie,
+    kv.script(
+        "stop",
         r#"
-kv = String.to_atom(System.fetch_env!("KV_NODE"))
 :ok = :rpc.call(kv, :init, :stop, [])
-IO.puts("SCRIPT-OK")
 "#,
     );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
     let status = wait_exit(&mut kv, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{}", kv.logs());
 
     let mut kv = KvNode::start(&unique("kv_halt3"), &cookie, epmd_port);
-    let out = elixir(
-        &kv,
-        &unique("halt"),
-        &cookie,
+    kv.script(
+        "halt",
         r#"
-kv = String.to_atom(System.fetch_env!("KV_NODE"))
 # As with a BEAM node, the caller gets no answer: the node is gone.
 {:badrpc, :nodedown} = :rpc.call(kv, :erlang, :halt, [3])
-IO.puts("SCRIPT-OK")
 "#,
     );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
     let status = wait_exit(&mut kv, Duration::from_secs(30));
     assert_eq!(status.code(), Some(3), "{}", kv.logs());
 }
 
 #[test]
 fn classic_rpc_and_spawns_behave_as_on_a_beam_node() {
-    let cookie = unique("cookie");
-    let kv = KvNode::start(&unique("kv_classic"), &cookie, free_port());
-    let beam = reference_node(&cookie, kv.epmd_port);
+    let kv = KvNode::fresh("kv_classic");
+    let beam = reference_node(&kv.cookie, kv.epmd_port);
     let out = elixir_env(
         &kv,
         &unique("classic"),
-        &cookie,
+        &kv.cookie,
         r##"
 kv = String.to_atom(System.fetch_env!("KV_NODE"))
 beam = String.to_atom(System.fetch_env!("BEAM_NODE"))
@@ -378,6 +354,7 @@ down = fn n, mod, fun, args ->
 end
 
 for n <- [kv, beam] do
+TestCheck.run("rex, rpc, spawns and lookups on #{n}", fn ->
   # rex: gen_server calls and casts
   ^n = :rpc.block_call(n, :erlang, :node, [])
   ^n = :rpc.block_call(n, :erlang, :node, [], 10_000)
@@ -414,14 +391,17 @@ for n <- [kv, beam] do
     true = is_integer(total) and is_integer(since) and total >= since and since >= 0
   end
   ^n = :rpc.call(n, :erlang, :apply, [:erlang, :node, []])
+end)
 end
 
 # Errors are the same terms on both.
 same = fn label, f ->
-  theirs = f.(beam)
-  ours = f.(kv)
-  if ours != theirs, do: raise("#{label}: kvnode #{inspect(ours)} != BEAM #{inspect(theirs)}")
-  IO.inspect(ours, label: label)
+  TestCheck.run(label, fn ->
+    theirs = f.(beam)
+    ours = f.(kv)
+    if ours != theirs, do: raise("#{label}: kvnode #{inspect(ours)} != BEAM #{inspect(theirs)}")
+    IO.inspect(ours, label: label)
+  end)
 end
 same.("block_call undef", &:rpc.block_call(&1, :no_such_module, :f, [1, "two"]))
 same.("block_call badarg", &:rpc.block_call(&1, :erlang, :whereis, ["x"]))
@@ -434,6 +414,7 @@ same.("spawn badarg", &(down.(&1, :erlang, :whereis, ["x"]) |> elem(1) |> elem(0
 same.("rex unknown call", fn n ->
   try do GenServer.call({:rex, n}, :what, 300) catch :exit, r -> elem(r, 0) end
 end)
+TestCheck.finish()
 IO.puts("SCRIPT-OK")
 "##,
         &[("BEAM_NODE", beam.name.clone())],
@@ -523,9 +504,8 @@ fn jinterface_send_rpc_answers_as_a_beam_node_does() {
             "Jinterface is not installed (no OtpErlang.jar): apt-get install -y erlang-jinterface"
         )
     });
-    let cookie = unique("cookie");
-    let kv = KvNode::start(&unique("kv_jinterface"), &cookie, free_port());
-    let beam = reference_node(&cookie, kv.epmd_port);
+    let kv = KvNode::fresh("kv_jinterface");
+    let beam = reference_node(&kv.cookie, kv.epmd_port);
     let dir = std::env::temp_dir().join(unique("kvnode_java"));
     std::fs::create_dir_all(&dir).expect("mkdir");
     let _cleanup = DirGuard(dir.clone());
@@ -540,10 +520,10 @@ IO.puts("SCRIPT-OK")
 "#,
         beam.name
     );
-    let out = elixir(&kv, &unique("probe"), &cookie, &probe);
+    let out = elixir(&kv, &unique("probe"), &kv.cookie, &probe);
     assert!(out.contains("SCRIPT-OK"), "{out}");
-    let theirs = java_rpc(&jar, &dir, kv.epmd_port, &beam.name, &cookie);
-    let ours = java_rpc(&jar, &dir, kv.epmd_port, &kv.name, &cookie);
+    let theirs = java_rpc(&jar, &dir, kv.epmd_port, &beam.name, &kv.cookie);
+    let ours = java_rpc(&jar, &dir, kv.epmd_port, &kv.name, &kv.cookie);
     println!("BEAM:\n{theirs}kvnode:\n{ours}");
     assert_eq!(
         ours.lines().next(),

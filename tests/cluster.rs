@@ -10,15 +10,14 @@ use std::time::Duration;
 
 #[test]
 fn embedded_epmd_serves_elixir_nodes_that_then_find_each_other() {
-    let cookie = unique("cookie");
-    let kv = KvNode::start(&unique("kv_epmd"), &cookie, free_port());
+    let kv = KvNode::fresh("kv_epmd");
     assert!(kv.logs().contains("embedded EPMD"), "{}", kv.logs());
     let a = unique("node_a");
-    let _a = BeamNode::start(&a, &cookie, kv.epmd_port, "");
+    let _a = BeamNode::start(&a, &kv.cookie, kv.epmd_port, "");
     let out = elixir(
         &kv,
         &unique("node_b"),
-        &cookie,
+        &kv.cookie,
         &format!(
             r#"
 a = :"{a}@127.0.0.1"
@@ -67,17 +66,12 @@ fn registers_with_a_running_system_epmd_and_unregisters_on_sigterm() {
     let mut kv = KvNode::start(&alive, &cookie, epmd_port);
     assert!(kv.logs().contains("client of the EPMD"), "{}", kv.logs());
     assert!(names().contains(&alive));
-    let out = elixir(
-        &kv,
-        &unique("sys"),
-        &cookie,
+    kv.script(
+        "sys",
         r#"
-kv = String.to_atom(System.fetch_env!("KV_NODE"))
 :pong = Node.ping(kv)
-IO.puts("SCRIPT-OK")
 "#,
     );
-    assert!(out.contains("SCRIPT-OK"));
     // SIGTERM: exit 0 and the name is gone from EPMD.
     // SAFETY: kill(2) on the pid of a child this test started.
     unsafe { libc::kill(kv.guard.pid() as i32, libc::SIGTERM) };
@@ -111,14 +105,13 @@ fn a_taken_name_is_a_clear_error() {
 
 #[test]
 fn replies_and_events_dial_out_to_nodes_kvnode_is_not_connected_to() {
-    let cookie = unique("cookie");
-    let kv = KvNode::start(&unique("kv_out"), &cookie, free_port());
+    let kv = KvNode::fresh("kv_out");
     let b = unique("node_far");
-    let _b = BeamNode::start(&b, &cookie, kv.epmd_port, RELAY);
+    let _b = BeamNode::start(&b, &kv.cookie, kv.epmd_port, RELAY);
     let out = elixir(
         &kv,
         &unique("driver"),
-        &cookie,
+        &kv.cookie,
         &format!(
             r#"
 kv = String.to_atom(System.fetch_env!("KV_NODE"))
@@ -153,10 +146,9 @@ IO.puts("SCRIPT-OK")
 #[test]
 fn rust_drives_an_elixir_node_with_erl_rpc() {
     use erl_dist::term::{Atom, List, Term, Tuple};
-    let cookie = unique("cookie");
-    let kv = KvNode::start(&unique("kv_erlrpc"), &cookie, free_port());
+    let kv = KvNode::fresh("kv_erlrpc");
     let alive = unique("elixir_peer");
-    let _peer = BeamNode::start(&alive, &cookie, kv.epmd_port, "");
+    let _peer = BeamNode::start(&alive, &kv.cookie, kv.epmd_port, "");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -171,7 +163,7 @@ fn rust_drives_an_elixir_node_with_erl_rpc() {
     let peer_name = format!("{alive}@127.0.0.1");
     let kv_name = kv.name.clone();
     smol::block_on(async move {
-        let client = erl_rpc::RpcClient::connect_with_port(&peer_name, peer_port, &cookie)
+        let client = erl_rpc::RpcClient::connect_with_port(&peer_name, peer_port, &kv.cookie)
             .await
             .expect("erl_rpc connect");
         let mut handle = client.handle();
@@ -219,21 +211,15 @@ fn rust_drives_an_elixir_node_with_erl_rpc() {
 #[test]
 fn client_nodes_spread_over_connection_threads() {
     // With busy-waiting off (it is on by default), so that path serves real traffic too.
-    let cookie = unique("cookie");
-    let kv = KvNode::start_with(
-        &unique("kv_threads"),
-        &cookie,
-        free_port(),
-        &["--threads", "2", "--busy-wait-us", "0"],
-    );
+    let kv = KvNode::fresh_with("kv_threads", &["--threads", "2", "--busy-wait-us", "0"]);
     // One node stays connected (its connection takes one thread); a second one then lands on
     // the other, and both are served.
     let a = unique("node_a");
-    let _a = BeamNode::start(&a, &cookie, kv.epmd_port, "");
+    let _a = BeamNode::start(&a, &kv.cookie, kv.epmd_port, "");
     let out = elixir(
         &kv,
         &unique("node_b"),
-        &cookie,
+        &kv.cookie,
         &format!(
             r#"
 kv = String.to_atom(System.fetch_env!("KV_NODE"))
@@ -257,7 +243,7 @@ IO.puts("SCRIPT-OK")
     }
     // Zero threads is refused with a clear message.
     let out = Command::new(kvnode_bin())
-        .args(["--threads", "0", "--cookie", &cookie])
+        .args(["--threads", "0", "--cookie", &kv.cookie])
         .output()
         .expect("run kvnode");
     assert_eq!(out.status.code(), Some(2));

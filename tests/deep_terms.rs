@@ -38,8 +38,7 @@ fn env() -> Vec<(&'static str, String)> {
 
 #[test]
 fn values_and_keys_nested_to_the_limit_round_trip_on_every_path() {
-    let cookie = unique("cookie");
-    let kv = KvNode::start(&unique("kv_deep"), &cookie, free_port());
+    let kv = KvNode::fresh("kv_deep");
     let pid = kv.guard.pid();
     let before = status_mib(pid, "VmRSS");
     let script = format!(
@@ -97,7 +96,7 @@ for {name, v} <- shapes, do: ^v = call.({:get, {name, :call}})
 IO.puts("SCRIPT-OK")
 "#
     );
-    let out = elixir_env(&kv, &unique("deep"), &cookie, &script, &env());
+    let out = elixir_env(&kv, &unique("deep"), &kv.cookie, &script, &env());
     println!("{out}");
     assert!(out.contains("SCRIPT-OK"), "{out}");
     kv.wait_log(
@@ -110,18 +109,13 @@ IO.puts("SCRIPT-OK")
         status_mib(pid, "VmHWM")
     );
     // Another node is served on.
-    let out = elixir(
-        &kv,
-        &unique("after"),
-        &cookie,
+    kv.script(
+        "after",
         r#"
-kv = String.to_atom(System.fetch_env!("KV_NODE"))
 :ok = GenServer.call({DistributedExample.KVStore, kv}, {:put, :alive, true})
 true = GenServer.call({DistributedExample.KVStore, kv}, {:get, :alive})
-IO.puts("SCRIPT-OK")
 "#,
     );
-    assert!(out.contains("SCRIPT-OK"));
 }
 
 struct Dir(PathBuf);

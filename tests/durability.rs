@@ -34,15 +34,16 @@ fn start(alive: &str, cookie: &str, epmd: u16, dir: &Path) -> KvNode {
 
 /// Runs kvnode on `dir` expecting it to refuse to start; returns its stderr.
 fn refused_start(alive: &str, cookie: &str, epmd: u16, dir: &Path) -> String {
-    let out = Command::new(kvnode_bin())
-        .args(["--name", &format!("{alive}@127.0.0.1"), "--cookie", cookie])
-        .args(["--epmd-port", &epmd.to_string()])
-        .args(["--data-dir", dir.to_str().expect("utf-8 path")])
-        .env_remove("ERL_EPMD_PORT")
-        .output()
-        .expect("run kvnode");
-    assert!(!out.status.success(), "kvnode started on {}", dir.display());
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    kvnode_refuses(&[
+        "--name",
+        &format!("{alive}@127.0.0.1"),
+        "--cookie",
+        cookie,
+        "--epmd-port",
+        &epmd.to_string(),
+        "--data-dir",
+        dir.to_str().expect("utf-8 path"),
+    ])
 }
 
 /// Starts kvnode on `dir`, writes keys `1..=n` (each value from `value`, an Elixir expression
@@ -349,7 +350,7 @@ impl Drop for Mount {
 }
 
 #[test]
-fn a_full_or_read_only_disk_refuses_writes_and_keeps_serving_reads() {
+fn a_full_disk_refuses_writes_and_keeps_serving_reads() {
     let mount = Mount::tmpfs("kvnode_tmpfs", "4m");
     let dir = mount.0.join("data");
     let cookie = unique("cookie");
@@ -410,7 +411,17 @@ IO.puts("SCRIPT-OK")
         assert!(out.contains("SCRIPT-OK"), "{out}");
         drop(kv);
     }
-    // A read-only data directory is a clear startup error.
+}
+
+/// A read-only data directory (one kvnode wrote before) is a clear startup error.
+#[test]
+fn a_read_only_data_dir_is_a_clear_startup_error() {
+    let mount = Mount::tmpfs("kvnode_tmpfs_ro", "4m");
+    let dir = mount.0.join("data");
+    let cookie = unique("cookie");
+    let epmd = free_port();
+    let alive = unique("kv_ro");
+    drop(start(&alive, &cookie, epmd, &dir));
     mount.remount("ro");
     let err = refused_start(&alive, &cookie, epmd, &dir);
     mount.remount("rw");

@@ -169,11 +169,10 @@ fn rpc_session(node: &str, port: u16, cookie: &str) -> (Rpc, Term, bool, Term, T
 
 #[test]
 fn erl_rpc_connects_with_a_dynamic_name_and_calls_as_on_a_beam_node() {
-    let cookie = unique("cookie");
-    let kv = KvNode::start(&unique("kv_erlrpc"), &cookie, free_port());
-    let (_beam, beam_name, beam_port) = start_reference_beam(&cookie, kv.epmd_port);
+    let kv = KvNode::fresh("kv_erlrpc");
+    let (_beam, beam_name, beam_port) = start_reference_beam(&kv.cookie, kv.epmd_port);
 
-    let (beam_rpc, own, listed, put, get) = rpc_session(&beam_name, beam_port, &cookie);
+    let (beam_rpc, own, listed, put, get) = rpc_session(&beam_name, beam_port, &kv.cookie);
     assert_eq!(own, atom(&beam_name));
     assert!(listed, "BEAM does not list {} as hidden", beam_rpc.name);
     assert_eq!((&put, &get), (&atom("ok"), &atom("dynamic")));
@@ -183,7 +182,7 @@ fn erl_rpc_connects_with_a_dynamic_name_and_calls_as_on_a_beam_node() {
         beam_rpc.name
     );
 
-    let (kv_rpc, own, listed, put2, get2) = rpc_session(&kv.name, kv.dist_port(), &cookie);
+    let (kv_rpc, own, listed, put2, get2) = rpc_session(&kv.name, kv.dist_port(), &kv.cookie);
     assert_eq!(own, atom(&kv.name));
     assert!(listed, "kvnode does not list {} as hidden", kv_rpc.name);
     assert_eq!(
@@ -332,11 +331,10 @@ fn two_named_peers_and_an_event(port: u16, cookie: &str) -> (String, String, Ter
 
 #[test]
 fn name_me_peers_get_distinct_names_and_are_called_back_as_on_a_beam_node() {
-    let cookie = unique("cookie");
-    let kv = KvNode::start(&unique("kv_nameme"), &cookie, free_port());
-    let (_beam, _beam_name, beam_port) = start_reference_beam(&cookie, kv.epmd_port);
+    let kv = KvNode::fresh("kv_nameme");
+    let (_beam, _beam_name, beam_port) = start_reference_beam(&kv.cookie, kv.epmd_port);
     for (who, port) in [("BEAM", beam_port), ("kvnode", kv.dist_port())] {
-        let (name_a, name_b, event) = two_named_peers_and_an_event(port, &cookie);
+        let (name_a, name_b, event) = two_named_peers_and_an_event(port, &kv.cookie);
         assert_ne!(name_a, name_b, "{who} gave both peers one name");
         for n in [&name_a, &name_b] {
             assert!(is_dynamic_name(n, "localhost"), "{who}: {n}");
@@ -355,12 +353,11 @@ fn name_me_peers_get_distinct_names_and_are_called_back_as_on_a_beam_node() {
 
 #[test]
 fn name_me_on_a_host_too_long_for_a_name_is_refused_with_the_reason() {
-    let cookie = unique("cookie");
-    let kv = KvNode::start(&unique("kv_nameme_bad"), &cookie, free_port());
+    let kv = KvNode::fresh("kv_nameme_bad");
     // `nonode@` + 248 bytes fit the 255 bytes of a node name; a 12- or 13-digit dynamic
     // name (all but about 1 in 150 draws) does not: `not_allowed`, and the log says why.
     let host = "h".repeat(248);
-    let r = smol::block_on(name_me(kv.dist_port(), &cookie, &host));
+    let r = smol::block_on(name_me(kv.dist_port(), &kv.cookie, &host));
     let status = r.map(|(status, named)| (status, named.is_some()));
     assert!(
         matches!(status, Ok((HandshakeStatus::NotAllowed, false))),
@@ -372,8 +369,7 @@ fn name_me_on_a_host_too_long_for_a_name_is_refused_with_the_reason() {
 
 #[test]
 fn a_wrong_cookie_log_line_names_the_node_that_claimed_to_connect() {
-    let cookie = unique("cookie");
-    let kv = KvNode::start(&unique("kv_cookie_name"), &cookie, free_port());
+    let kv = KvNode::fresh("kv_cookie_name");
     let bad = unique("wrong_cookie");
     let out = elixir(
         &kv,
@@ -430,14 +426,13 @@ IO.puts("SCRIPT-OK")
 
 #[test]
 fn a_beam_node_without_a_name_is_named_by_kvnode_as_by_a_beam_node() {
-    let cookie = unique("cookie");
-    let kv = KvNode::start(&unique("kv_dynbeam"), &cookie, free_port());
-    let (_beam, beam_name, _) = start_reference_beam(&cookie, kv.epmd_port);
+    let kv = KvNode::fresh("kv_dynbeam");
+    let (_beam, beam_name, _) = start_reference_beam(&kv.cookie, kv.epmd_port);
     for target in [&beam_name, &kv.name] {
         let out = elixir_env(
             &kv,
             "undefined",
-            &cookie,
+            &kv.cookie,
             DYNAMIC_BEAM_SCRIPT,
             &[("TARGET", target.clone())],
         );

@@ -6,51 +6,27 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-const PRELUDE: &str = r#"
-kv = String.to_atom(System.fetch_env!("KV_NODE"))
-store = {DistributedExample.KVStore, kv}
-true = Node.connect(kv)
-"#;
-
-fn script(body: &str) -> String {
-    format!("{PRELUDE}\n{body}\nIO.puts(\"SCRIPT-OK\")\n")
-}
-
-fn setup(tag: &str) -> (KvNode, String) {
-    let cookie = unique("cookie");
-    let kv = KvNode::start(&unique(tag), &cookie, free_port());
-    (kv, cookie)
-}
-
 #[test]
 fn readme_iex_session() {
-    let (kv, cookie) = setup("kv_readme");
-    let out = elixir(
-        &kv,
-        &unique("me"),
-        &cookie,
-        &script(
-            r#"
+    let kv = KvNode::fresh("kv_readme");
+    kv.script(
+        "me",
+        r#"
 :ok = GenServer.cast(store, {:put, :message, "Hello, world!"})
 "Hello, world!" = GenServer.call(store, {:get, :message})
 :pong = Node.ping(kv)
 true = kv in Node.list(:hidden)
 false = kv in Node.list()
 "#,
-        ),
     );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
 }
 
 #[test]
 fn every_kv_operation_with_edge_terms() {
-    let (kv, cookie) = setup("kv_ops");
-    let out = elixir(
-        &kv,
-        &unique("ops"),
-        &cookie,
-        &script(
-            r#"
+    let kv = KvNode::fresh("kv_ops");
+    kv.script(
+        "ops",
+        r#"
 c = fn req -> GenServer.call(store, req) end
 nil = c.({:get, :missing})
 :dflt = c.({:get, :missing, :dflt})
@@ -101,20 +77,15 @@ GenServer.cast(store, {:put, :after_cast, :seen})
 :seen = c.({:get, :after_cast})
 nil = c.({:get, 1})
 "#,
-        ),
     );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
 }
 
 #[test]
 fn missing_name_exits_noproc_at_once_and_ping_pongs() {
-    let (kv, cookie) = setup("kv_noproc");
-    let out = elixir(
-        &kv,
-        &unique("np"),
-        &cookie,
-        &script(
-            r#"
+    let kv = KvNode::fresh("kv_noproc");
+    kv.script(
+        "np",
+        r#"
 {t, res} = :timer.tc(fn ->
   try do
     GenServer.call({:no_such_process, kv}, :hello, 10_000)
@@ -127,23 +98,19 @@ true = t < 2_000_000
 :pong = Node.ping(kv)
 :pong = :net_adm.ping(kv)
 "#,
-        ),
     );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
 }
 
 #[test]
 fn rpc_supported_and_unsupported_like_a_beam_node() {
-    let (kv, cookie) = setup("kv_rpc");
+    let kv = KvNode::fresh("kv_rpc");
     // A plain BEAM node answers the unsupported call, for comparison.
     let beam_alive = unique("beamref");
-    let _beam = BeamNode::start(&beam_alive, &cookie, kv.epmd_port, "");
+    let _beam = BeamNode::start(&beam_alive, &kv.cookie, kv.epmd_port, "");
     let beam = format!("{beam_alive}@127.0.0.1");
-    let out = elixir(
-        &kv,
-        &unique("rpc"),
-        &cookie,
-        &script(&format!(
+    kv.script(
+        "rpc",
+        &format!(
             r#"
 beam = :"{beam}"
 ^kv = :rpc.call(kv, :erlang, :node, [])
@@ -168,14 +135,13 @@ IO.inspect({{theirs, ours}})
 theirs2 = :rpc.call(beam, :erlang, :no_such_fun, [])
 ^theirs2 = :rpc.call(kv, :erlang, :no_such_fun, [])
 "#
-        )),
+        ),
     );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
 }
 
 #[test]
 fn wrong_cookie_is_rejected_and_service_goes_on() {
-    let (kv, cookie) = setup("kv_cookie");
+    let kv = KvNode::fresh("kv_cookie");
     let out = elixir(
         &kv,
         &unique("bad"),
@@ -190,27 +156,18 @@ IO.puts("SCRIPT-OK")
     kv.wait_log("different cookie", Duration::from_secs(10));
     assert!(!kv.logs().contains("not-the-cookie"));
     assert!(
-        !kv.logs().contains(&cookie),
+        !kv.logs().contains(&kv.cookie),
         "the cookie must never be logged"
     );
-    let out = elixir(
-        &kv,
-        &unique("good"),
-        &cookie,
-        &script(":pong = Node.ping(kv)"),
-    );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
+    kv.script("good", ":pong = Node.ping(kv)");
 }
 
 #[test]
 fn late_replies_after_timeouts_do_not_corrupt_later_calls() {
-    let (kv, cookie) = setup("kv_late");
-    let out = elixir(
-        &kv,
-        &unique("late"),
-        &cookie,
-        &script(
-            r#"
+    let kv = KvNode::fresh("kv_late");
+    kv.script(
+        "late",
+        r#"
 :ok = GenServer.call(store, {:put, :k, 1})
 timeouts = Enum.count(1..200, fn i ->
   try do
@@ -229,20 +186,15 @@ end
 {:messages, msgs} = Process.info(self(), :messages)
 [] = msgs
 "#,
-        ),
     );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
 }
 
 #[test]
 fn subscriptions_and_subscriber_death() {
-    let (kv, cookie) = setup("kv_subs");
-    let out = elixir(
-        &kv,
-        &unique("subs"),
-        &cookie,
-        &script(
-            r#"
+    let kv = KvNode::fresh("kv_subs");
+    kv.script(
+        "subs",
+        r#"
 :ok = GenServer.call(store, {:subscribe, :watched})
 :ok = GenServer.call(store, {:subscribe, :all})
 2 = GenServer.call(store, :subscribers)
@@ -266,28 +218,20 @@ receive do :subscribed -> :ok after 5_000 -> raise "no subscribe" end
 send(pid, :stop)
 TestWait.until(fn -> GenServer.call(store, :subscribers) == 0 end)
 "#,
-        ),
     );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
-    // A subscriber whose node goes away is dropped too.
-    let out = elixir(
-        &kv,
-        &unique("subs2"),
-        &cookie,
-        &script(":ok = GenServer.call(store, {:subscribe, :all})"),
-    );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
-    let out = elixir(
-        &kv,
-        &unique("subs3"),
-        &cookie,
-        &script(
-            r#"
+}
+
+/// A subscriber whose node goes away is dropped too.
+#[test]
+fn a_subscriber_whose_node_goes_away_is_dropped() {
+    let kv = KvNode::fresh("kv_subs_gone");
+    kv.script("subs2", ":ok = GenServer.call(store, {:subscribe, :all})");
+    kv.script(
+        "subs3",
+        r#"
 TestWait.until(fn -> GenServer.call(store, :subscribers) == 0 end)
 "#,
-        ),
     );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
 }
 
 /// Calls that time out before their reply arrives (timeout 0: the reply always comes late),
@@ -322,57 +266,40 @@ if msgs != [], do: raise("late replies landed in the mailbox: #{inspect(Enum.tak
 
 #[test]
 fn late_replies_of_decoded_requests_are_dropped_by_the_caller() {
-    let (kv, cookie) = setup("kv_late2");
-    let out = elixir(&kv, &unique("late2"), &cookie, &script(LATE_REPLIES));
-    assert!(out.contains("SCRIPT-OK"), "{out}");
+    let kv = KvNode::fresh("kv_late2");
+    kv.script("late2", LATE_REPLIES);
 }
 
 /// The same with `--data-dir`: replies to writes go out from the storage thread once the
 /// write is durable, still by ALIAS_SEND.
 #[test]
 fn late_replies_from_the_storage_thread_are_dropped_by_the_caller() {
-    let cookie = unique("cookie");
     let dir = std::env::temp_dir().join(unique("kvnode_late_data"));
     let dir_s = dir.display().to_string();
-    let kv = KvNode::start_with(
-        &unique("kv_late3"),
-        &cookie,
-        free_port(),
-        &["--data-dir", &dir_s],
-    );
-    let out = elixir(&kv, &unique("late3"), &cookie, &script(LATE_REPLIES));
-    assert!(out.contains("SCRIPT-OK"), "{out}");
+    let kv = KvNode::fresh_with("kv_late3", &["--data-dir", &dir_s]);
+    kv.script("late3", LATE_REPLIES);
     drop(kv);
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A subscriber's whole node goes away while the subscriber lives: first the node
-/// disconnects itself from kvnode (`:erlang.disconnect_node`), then a node is killed (its OS
-/// process). kvnode drops the subscriptions and monitors of each, back to exactly the
-/// baseline.
-#[test]
-fn subscriptions_go_when_the_subscribers_node_disconnects_or_dies() {
-    let (kv, cookie) = setup("kv_subs_nodedown");
-    // Baseline, from a node of its own.
-    let out = elixir(
-        &kv,
-        &unique("base"),
-        &cookie,
-        &script(
-            r#"
+/// Baseline for the two tests below, from a node of its own: no monitors, no subscriptions.
+const NO_SUBSCRIPTIONS: &str = r#"
 %{monitors: 0, subscriptions: 0} = :rpc.call(kv, :kvnode, :info, [])
-"#,
-        ),
-    );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
+"#;
 
-    // 1. The subscriber's node disconnects; the subscriber process stays alive.
-    let out = elixir(
-        &kv,
-        &unique("disc"),
-        &cookie,
-        &script(
-            r#"
+/// A subscriber's whole node goes away while the subscriber lives: here the node
+/// disconnects itself from kvnode (`:erlang.disconnect_node`). kvnode drops its
+/// subscriptions and monitors, back to exactly the baseline.
+#[test]
+fn subscriptions_go_when_the_subscribers_node_disconnects() {
+    let kv = KvNode::fresh("kv_subs_nodedown");
+    // Baseline, from a node of its own.
+    kv.script("base", NO_SUBSCRIPTIONS);
+
+    // The subscriber's node disconnects; the subscriber process stays alive.
+    kv.script(
+        "disc",
+        r#"
 parent = self()
 sub = spawn(fn ->
   :ok = GenServer.call(store, {:subscribe, :all})
@@ -389,11 +316,15 @@ TestWait.until(fn -> match?(%{monitors: 0, subscriptions: 0}, :rpc.call(kv, :kvn
 0 = GenServer.call(store, :subscribers)
 true = Process.alive?(sub)
 "#,
-        ),
     );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
+}
 
-    // 2. The subscriber's node is killed (SIGKILL of its OS process).
+/// As above, but the subscriber's node is killed (SIGKILL of its OS process): the socket
+/// closes without a word.
+#[test]
+fn subscriptions_go_when_the_subscribers_node_dies() {
+    let kv = KvNode::fresh("kv_subs_nodedies");
+    kv.script("base", NO_SUBSCRIPTIONS);
     let sub_alive = unique("doomed");
     let boot = format!(
         r#"
@@ -409,32 +340,22 @@ end)
 "#,
         kv = kv.name
     );
-    let doomed = BeamNode::start(&sub_alive, &cookie, kv.epmd_port, &boot);
-    let out = elixir(
-        &kv,
-        &unique("watch"),
-        &cookie,
-        &script(
-            r#"
+    let doomed = BeamNode::start(&sub_alive, &kv.cookie, kv.epmd_port, &boot);
+    kv.script(
+        "watch",
+        r#"
 TestWait.until(fn -> GenServer.call(store, {:get, :doomed_subscribed}) end, 60_000)
 %{monitors: 1, subscriptions: 2} = :rpc.call(kv, :kvnode, :info, [])
 "#,
-        ),
     );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
     drop(doomed); // SIGKILL: the socket closes without a word
-    let out = elixir(
-        &kv,
-        &unique("after"),
-        &cookie,
-        &script(
-            r#"
+    kv.script(
+        "after",
+        r#"
 TestWait.until(fn -> match?(%{monitors: 0, subscriptions: 0}, :rpc.call(kv, :kvnode, :info, [])) end, 30_000)
 0 = GenServer.call(store, :subscribers)
 "#,
-        ),
     );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
 }
 
 /// Boot code for a far node: a process registered as `:far` that makes aliases on request
@@ -465,14 +386,10 @@ Process.register(spawn(fn -> Far.loop(nil) end), :far)
 /// the far process exiting drops its subscriptions while its node stays connected.
 #[test]
 fn replies_and_monitors_toward_a_node_being_dialed_take_its_flags() {
-    let (kv, cookie) = setup("kv_deferred");
+    let kv = KvNode::fresh("kv_deferred");
     let b = unique("far");
-    let _b = BeamNode::start(&b, &cookie, kv.epmd_port, FAR);
-    let out = elixir(
-        &kv,
-        &unique("driver"),
-        &cookie,
-        &script(&format!(
+    let _b = BeamNode::start(&b, &kv.cookie, kv.epmd_port, FAR);
+    kv.script("driver", &format!(
             r#"
 b = :"{b}@127.0.0.1"
 connected = fn -> b in :rpc.call(kv, :erlang, :nodes, [:connected]) end
@@ -501,7 +418,5 @@ TestWait.until(fn -> GenServer.call(store, :subscribers) == 0 end)
 %{{monitors: 0}} = :rpc.call(kv, :kvnode, :info, [])
 true = connected.()
 "#
-        )),
-    );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
+        ));
 }

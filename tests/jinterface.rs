@@ -226,8 +226,7 @@ impl JavaNode {
 fn jinterface_subscriber_without_dist_monitor_keeps_its_connection() {
     let jar = jinterface_jar();
     let classes = compile_client(&jar);
-    let cookie = unique("cookie");
-    let kv = KvNode::start(&unique("kv_jinterface"), &cookie, free_port());
+    let kv = KvNode::fresh("kv_jinterface");
     let java_alive = unique("java");
     let mut java = JavaNode::start(&classes, &jar, &java_alive, &kv);
 
@@ -250,17 +249,12 @@ fn jinterface_subscriber_without_dist_monitor_keeps_its_connection() {
     );
 
     // Another (Elixir) client changes the key: the Java subscriber gets the event.
-    let out = elixir(
-        &kv,
-        &unique("putter"),
-        &cookie,
+    kv.script(
+        "putter",
         r#"
-kv = String.to_atom(System.fetch_env!("KV_NODE"))
 :ok = GenServer.call({DistributedExample.KVStore, kv}, {:put, :watched, 42})
-IO.puts("SCRIPT-OK")
 "#,
     );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
     let got = java.command("recv 10000");
     assert_eq!(
         got,
@@ -296,18 +290,12 @@ IO.puts("SCRIPT-OK")
     // The Java node goes away: its subscription goes with it (the local-only monitor fires
     // at node-down), and kvnode holds no monitor for it any more.
     drop(java);
-    let out = elixir(
-        &kv,
-        &unique("after"),
-        &cookie,
+    kv.script(
+        "after",
         r#"
-kv = String.to_atom(System.fetch_env!("KV_NODE"))
-store = {DistributedExample.KVStore, kv}
 TestWait.until(fn -> GenServer.call(store, :subscribers) == 0 end, 30_000)
 TestWait.until(fn -> match?(%{monitors: 0, subscriptions: 0}, :rpc.call(kv, :kvnode, :info, [])) end, 30_000)
-IO.puts("SCRIPT-OK")
 "#,
     );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
     let _ = std::fs::remove_dir_all(classes);
 }

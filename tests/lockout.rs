@@ -111,8 +111,7 @@ fn tail(logs: &str, n: usize) -> String {
 fn idle_sockets_from_one_address_do_not_lock_out_a_real_node() {
     const FLOOD: usize = 1_030;
     raise_fd_limit(3 * FLOOD as u64);
-    let cookie = unique("cookie");
-    let kv = KvNode::start(&unique("kv_lockout"), &cookie, free_port());
+    let kv = KvNode::fresh("kv_lockout");
     let port = kv.dist_port();
     let (go, peer, files) = staged_elixir(
         &kv,
@@ -162,13 +161,10 @@ IO.puts("SCRIPT-OK served in #{System.monotonic_time(:millisecond) - t} ms")
 #[test]
 fn a_stream_of_new_sockets_does_not_keep_a_real_node_out() {
     raise_fd_limit(4_000);
-    let cookie = unique("cookie");
     // Small enough that the old single budget (all connections, --max-connections) fills up
     // within the handshake timeout at this pace: 100/s x 3 s = 300 > 200.
-    let kv = KvNode::start_with(
-        &unique("kv_stream"),
-        &cookie,
-        free_port(),
+    let kv = KvNode::fresh_with(
+        "kv_stream",
         &["--handshake-timeout", "3", "--max-connections", "200"],
     );
     let port = kv.dist_port();
@@ -276,19 +272,13 @@ fn held_epmd_registrations_do_not_hide_kvnode() {
         started.elapsed()
     );
     // A real node still registers itself, finds kvnode by name and is served.
-    let out = elixir(
-        &kv,
-        &unique("real"),
-        &cookie,
+    kv.script(
+        "real",
         r#"
-kv = String.to_atom(System.fetch_env!("KV_NODE"))
-true = Node.connect(kv)
 :ok = GenServer.call({DistributedExample.KVStore, kv}, {:put, :found, true})
 true = GenServer.call({DistributedExample.KVStore, kv}, {:get, :found})
-IO.puts("SCRIPT-OK")
 "#,
     );
-    assert!(out.contains("SCRIPT-OK"));
     assert!(
         accepted <= kvnode::epmd::server::DEFAULT_MAX_REGISTRATIONS_PER_IP,
         "{accepted} registrations from one address"
@@ -306,8 +296,7 @@ const UTF8_ATOMS: u64 = 0x10000;
 
 #[test]
 fn an_initiator_lacking_mandatory_flags_is_refused_before_any_challenge() {
-    let cookie = unique("cookie");
-    let kv = KvNode::start(&unique("kv_flags"), &cookie, free_port());
+    let kv = KvNode::fresh("kv_flags");
     let port = kv.dist_port();
     let status = smol::block_on(async {
         let stream = smol::net::TcpStream::connect(("127.0.0.1", port))
@@ -318,7 +307,7 @@ fn an_initiator_lacking_mandatory_flags_is_refused_before_any_challenge() {
             .expect("name");
         let mut local = erl_dist::node::LocalNode::new(name, erl_dist::node::Creation::new(7));
         local.flags = flags_without(UTF8_ATOMS);
-        let mut hs = erl_dist::handshake::ClientSideHandshake::new(stream, local, &cookie);
+        let mut hs = erl_dist::handshake::ClientSideHandshake::new(stream, local, &kv.cookie);
         hs.execute_send_name(6).await
     });
     // OTP's dist_util: status not_allowed, then close; no challenge is ever sent.

@@ -37,19 +37,15 @@ fn closed_by_peer(stream: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
-fn still_serves(kv: &KvNode, cookie: &str) {
-    let out = elixir(
-        kv,
-        &unique("after"),
-        cookie,
+/// A real Elixir node is served after whatever the test did.
+fn still_serves(kv: &KvNode) {
+    kv.script(
+        "after",
         r#"
-kv = String.to_atom(System.fetch_env!("KV_NODE"))
-:ok = GenServer.call({DistributedExample.KVStore, kv}, {:put, :alive, true})
-true = GenServer.call({DistributedExample.KVStore, kv}, {:get, :alive})
-IO.puts("SCRIPT-OK")
+:ok = GenServer.call(store, {:put, :alive, true})
+true = GenServer.call(store, {:get, :alive})
 "#,
     );
-    assert!(out.contains("SCRIPT-OK"));
 }
 
 /// Completes a real handshake with kvnode as a fake node and returns the raw socket.
@@ -90,13 +86,7 @@ fn frame(body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn garbage_and_half_open_connections_before_the_handshake() {
-    let cookie = unique("cookie");
-    let kv = KvNode::start_with(
-        &unique("kv_garbage"),
-        &cookie,
-        free_port(),
-        &["--handshake-timeout", "1"],
-    );
+    let kv = KvNode::fresh_with("kv_garbage", &["--handshake-timeout", "1"]);
     let port = kv.dist_port();
     // Random bytes instead of a handshake.
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -110,74 +100,72 @@ fn garbage_and_half_open_connections_before_the_handshake() {
     let mut idle = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     assert!(closed_by_peer(&mut s, Duration::from_secs(5)));
     assert!(closed_by_peer(&mut idle, Duration::from_secs(5)));
-    still_serves(&kv, &cookie);
+    still_serves(&kv);
 }
 
+/// Each bad frame on a connection of its own; every check runs even when one fails.
 #[test]
 fn bad_frames_after_the_handshake_cost_only_that_connection() {
-    let cookie = unique("cookie");
-    let kv = KvNode::start_with(
-        &unique("kv_frames"),
-        &cookie,
-        free_port(),
-        &["--max-message-size", "1048576"],
+    let kv = KvNode::fresh_with("kv_frames", &["--max-message-size", "1048576"]);
+    let closes = |bytes: &[u8]| {
+        let mut s = handshaken(&kv);
+        s.write_all(bytes).expect("write");
+        assert!(closed_by_peer(&mut s, Duration::from_secs(5)));
+    };
+    let mut checks = Scenarios::new();
+    checks.check("oversized: announced 2 GiB", || {
+        closes(&0x7fff_ffffu32.to_be_bytes());
+        kv.wait_log("exceeds the maximum", Duration::from_secs(5));
+    });
+    checks.check(
+        "not a pass-through frame (atom-cache header never negotiated)",
+        || {
+            closes(&frame(&[131, 68, 0]));
+            kv.wait_log("unsupported frame type", Duration::from_secs(5));
+        },
     );
-    // Oversized: announced 2 GiB.
-    let mut s = handshaken(&kv);
-    s.write_all(&0x7fff_ffffu32.to_be_bytes()).expect("write");
-    assert!(closed_by_peer(&mut s, Duration::from_secs(5)));
-    kv.wait_log("exceeds the maximum", Duration::from_secs(5));
-
-    // Not a pass-through frame (atom-cache header we never negotiated).
-    let mut s = handshaken(&kv);
-    s.write_all(&frame(&[131, 68, 0])).expect("write");
-    assert!(closed_by_peer(&mut s, Duration::from_secs(5)));
-    kv.wait_log("unsupported frame type", Duration::from_secs(5));
-
-    // Pass-through with an undecodable term: an atom-cache reference (tag 82) inside.
-    let mut s = handshaken(&kv);
-    s.write_all(&frame(&[112, 131, 104, 2, 97, 6, 82, 0]))
-        .expect("write");
-    assert!(closed_by_peer(&mut s, Duration::from_secs(5)));
-    kv.wait_log("malformed term", Duration::from_secs(5));
-
-    // A list that claims 4 billion elements.
-    let mut s = handshaken(&kv);
-    s.write_all(&frame(&[112, 131, 108, 0xff, 0xff, 0xff, 0xff, 106]))
-        .expect("write");
-    assert!(closed_by_peer(&mut s, Duration::from_secs(5)));
-
-    // Nesting deeper than --max-term-depth (twice the default).
-    let mut body = vec![112, 131];
-    for _ in 0..2 * kvnode::etf::DEFAULT_MAX_DEPTH {
-        body.extend_from_slice(&[104, 1]);
-    }
-    body.push(106);
-    let mut s = handshaken(&kv);
-    s.write_all(&frame(&body)).expect("write");
-    assert!(closed_by_peer(&mut s, Duration::from_secs(5)));
-    kv.wait_log("term nested deeper than", Duration::from_secs(5));
-
-    // A well-formed control message with an operation we do not know.
-    let mut s = handshaken(&kv);
-    s.write_all(&frame(&[112, 131, 104, 1, 97, 99]))
-        .expect("write");
-    assert!(closed_by_peer(&mut s, Duration::from_secs(5)));
-    kv.wait_log("bad control message", Duration::from_secs(5));
-
-    // Truncated frame then close.
-    let mut s = handshaken(&kv);
-    s.write_all(&[0, 0, 0, 50, 112, 131]).expect("write");
-    drop(s);
-
-    still_serves(&kv, &cookie);
+    checks.check(
+        "an atom-cache reference (tag 82) inside a pass-through frame",
+        || {
+            closes(&frame(&[112, 131, 104, 2, 97, 6, 82, 0]));
+            kv.wait_log("malformed term", Duration::from_secs(5));
+        },
+    );
+    checks.check("a list that claims 4 billion elements", || {
+        closes(&frame(&[112, 131, 108, 0xff, 0xff, 0xff, 0xff, 106]));
+    });
+    checks.check(
+        "nesting deeper than --max-term-depth (twice the default)",
+        || {
+            let mut body = vec![112, 131];
+            for _ in 0..2 * kvnode::etf::DEFAULT_MAX_DEPTH {
+                body.extend_from_slice(&[104, 1]);
+            }
+            body.push(106);
+            closes(&frame(&body));
+            kv.wait_log("term nested deeper than", Duration::from_secs(5));
+        },
+    );
+    checks.check(
+        "a well-formed control message with an unknown operation",
+        || {
+            closes(&frame(&[112, 131, 104, 1, 97, 99]));
+            kv.wait_log("bad control message", Duration::from_secs(5));
+        },
+    );
+    checks.check("a truncated frame, then close", || {
+        let mut s = handshaken(&kv);
+        s.write_all(&[0, 0, 0, 50, 112, 131]).expect("write");
+        drop(s);
+    });
+    checks.check("a real node is still served", || still_serves(&kv));
+    checks.finish();
 }
 
 #[test]
 fn garbage_on_the_epmd_port_then_normal_service() {
-    let cookie = unique("cookie");
     let epmd_port = free_port();
-    let kv = KvNode::start(&unique("kv_epmdjunk"), &cookie, epmd_port);
+    let kv = KvNode::start(&unique("kv_epmdjunk"), &unique("cookie"), epmd_port);
     for junk in [
         &b"\x00\x05\xffjunk"[..],
         &b"\xff\xff"[..],
@@ -188,20 +176,18 @@ fn garbage_on_the_epmd_port_then_normal_service() {
         let _ = s.write_all(junk);
         assert!(closed_by_peer(&mut s, Duration::from_secs(15)));
     }
-    still_serves(&kv, &cookie);
+    still_serves(&kv);
 }
 
+/// kvnode on the default 60 s net_ticktime ticks every 15 s by itself; an Elixir node with a
+/// 2 s net_ticktime stays connected through 6 s of idleness because kvnode answers its ticks.
 #[test]
-fn ticks_keep_an_idle_connection_up_and_a_silent_peer_is_dropped() {
-    let cookie = unique("cookie");
-    // kvnode on the default 60 s net_ticktime ticks every 15 s by itself; an Elixir node with
-    // a 2 s net_ticktime stays connected through 6 s of idleness because kvnode answers its
-    // ticks.
-    let kv = KvNode::start(&unique("kv_ticks"), &cookie, free_port());
+fn ticks_keep_an_idle_connection_up() {
+    let kv = KvNode::fresh("kv_ticks");
     let out = elixir_raw_with_erl_args(
         &kv,
         &unique("idle"),
-        &cookie,
+        &kv.cookie,
         "-kernel net_ticktime 2",
         r#"
 kv = String.to_atom(System.fetch_env!("KV_NODE"))
@@ -214,13 +200,12 @@ IO.puts("SCRIPT-OK")
 "#,
     );
     assert!(out.contains("SCRIPT-OK"), "{out}");
-    // A peer that never ticks is dropped after net_ticktime (4 s here).
-    let kv = KvNode::start_with(
-        &unique("kv_ticks4"),
-        &cookie,
-        free_port(),
-        &["--net-ticktime", "4"],
-    );
+}
+
+/// A peer that never ticks is dropped after net_ticktime (4 s here).
+#[test]
+fn a_silent_peer_is_dropped_after_net_ticktime() {
+    let kv = KvNode::fresh_with("kv_ticks4", &["--net-ticktime", "4"]);
     let mut s = handshaken(&kv);
     let started = Instant::now();
     assert!(closed_by_peer(&mut s, Duration::from_secs(15)));
@@ -228,26 +213,22 @@ IO.puts("SCRIPT-OK")
     kv.wait_log("tick timeout", Duration::from_secs(5));
 }
 
+/// The limits of the two tests below: one authenticated connection, two handshaking ones.
+const CONNECTION_LIMITS: &[&str] = &[
+    "--max-connections",
+    "1",
+    "--max-handshakes",
+    "2",
+    "--handshake-timeout",
+    "30",
+];
+
+/// Unauthenticated connections (--max-handshakes 2): a third closes the oldest at once, long
+/// before any handshake timeout.
 #[test]
-fn connections_over_the_limit_are_closed_and_service_resumes() {
-    let cookie = unique("cookie");
-    let epmd_port = free_port();
-    let kv = KvNode::start_with(
-        &unique("kv_maxconn"),
-        &cookie,
-        epmd_port,
-        &[
-            "--max-connections",
-            "1",
-            "--max-handshakes",
-            "2",
-            "--handshake-timeout",
-            "30",
-        ],
-    );
+fn handshakes_over_the_limit_close_the_oldest_at_once() {
+    let kv = KvNode::fresh_with("kv_maxhs", CONNECTION_LIMITS);
     let port = kv.dist_port();
-    // Unauthenticated connections (--max-handshakes 2): a third closes the oldest at once,
-    // long before any handshake timeout.
     let mut idle1 = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let idle2 = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let third = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -259,8 +240,16 @@ fn connections_over_the_limit_are_closed_and_service_resumes() {
         Duration::from_secs(5),
     );
     drop((idle2, third));
-    // Authenticated connections (--max-connections 1): one real node holds the place, a second
-    // one is closed after its handshake, with a log line.
+}
+
+/// Authenticated connections (--max-connections 1): one real node holds the place, a second
+/// one is closed after its handshake, with a log line; the place frees up when the first node
+/// goes, and then a node is served again.
+#[test]
+fn connections_over_the_limit_are_closed_and_service_resumes() {
+    let epmd_port = free_port();
+    let cookie = unique("cookie");
+    let kv = KvNode::start_with(&unique("kv_maxconn"), &cookie, epmd_port, CONNECTION_LIMITS);
     let holder = BeamNode::start(
         &unique("holder"),
         &cookie,
@@ -296,7 +285,7 @@ IO.inspect(Node.connect(kv), label: "connect")
         Duration::from_secs(30),
         || kv.logs().contains("connection: disconnected").then_some(()),
     );
-    still_serves(&kv, &cookie);
+    still_serves(&kv);
 }
 
 /// A field of /proc/PID/status in bytes (VmRSS, VmHWM).
@@ -313,18 +302,12 @@ fn proc_status_bytes(pid: u32, field: &str) -> u64 {
 
 #[test]
 fn a_message_over_the_term_limit_costs_only_that_connection() {
-    let cookie = unique("cookie");
-    let kv = KvNode::start_with(
-        &unique("kv_terms"),
-        &cookie,
-        free_port(),
-        &["--max-terms-per-message", "1000"],
-    );
+    let kv = KvNode::fresh_with("kv_terms", &["--max-terms-per-message", "1000"]);
     // Integers above 255, so the lists travel as lists (LIST_EXT), not as strings.
     let out = elixir(
         &kv,
         &unique("terms"),
-        &cookie,
+        &kv.cookie,
         r#"
 kv = String.to_atom(System.fetch_env!("KV_NODE"))
 store = {DistributedExample.KVStore, kv}
@@ -348,13 +331,12 @@ IO.puts("SCRIPT-OK")
         "term holds more than 1000 terms (--max-terms-per-message)",
         Duration::from_secs(5),
     );
-    still_serves(&kv, &cookie);
+    still_serves(&kv);
 }
 
 #[test]
 fn a_message_of_the_most_terms_allowed_by_default_is_served_with_bounded_memory() {
-    let cookie = unique("cookie");
-    let kv = KvNode::start(&unique("kv_maxterms"), &cookie, free_port());
+    let kv = KvNode::fresh("kv_maxterms");
     let pid = kv.guard.pid();
     let before = proc_status_bytes(pid, "VmRSS");
     // The frame is the control tuple `{6, from_pid, :"", name}` (6 terms, the pid's node atom
@@ -367,7 +349,7 @@ fn a_message_of_the_most_terms_allowed_by_default_is_served_with_bounded_memory(
     let out = elixir_env(
         &kv,
         &unique("maxterms"),
-        &cookie,
+        &kv.cookie,
         r#"
 kv = String.to_atom(System.fetch_env!("KV_NODE"))
 store = {DistributedExample.KVStore, kv}
@@ -430,14 +412,8 @@ fn hostile_control_frame(tag: u8, payload: &[u8], extra: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_huge_term_in_a_bad_control_message_neither_stalls_the_thread_nor_floods_the_log() {
-    let cookie = unique("cookie");
     // One connection thread: the hostile peer and the Elixir caller share it.
-    let kv = KvNode::start_with(
-        &unique("kv_huge"),
-        &cookie,
-        free_port(),
-        &["--threads", "1"],
-    );
+    let kv = KvNode::fresh_with("kv_huge", &["--threads", "1"]);
     let pid = kv.guard.pid();
     let connected = |kv: &KvNode| kv.logs().matches("connected flags=").count();
     let out = std::thread::scope(|scope| {
@@ -445,7 +421,7 @@ fn a_huge_term_in_a_bad_control_message_neither_stalls_the_thread_nor_floods_the
             elixir(
                 &kv,
                 &unique("getter"),
-                &cookie,
+                &kv.cookie,
                 r#"
 kv = String.to_atom(System.fetch_env!("KV_NODE"))
 store = {DistributedExample.KVStore, kv}
@@ -512,5 +488,5 @@ IO.puts("WORST-US #{worst} CALLS #{n}")
     assert!(worst_us < 2_000_000, "a get took {worst_us} µs");
     // The frames (20 MB) and their decoded terms, not megabytes of formatted text.
     assert!(peak < 256 << 20, "peak RSS {peak}");
-    still_serves(&kv, &cookie);
+    still_serves(&kv);
 }

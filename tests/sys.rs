@@ -78,8 +78,8 @@ fn system_messages_answer_as_a_gen_server() {
     let (beam, kv) = against_both(
         "kv_sys",
         &[],
-        r#"
-:ok = GenServer.call(store, {:put, :a, 1})
+        r#":ok = GenServer.call(store, {:put, :a, 1})
+TestCheck.run("get_state and get_status", fn ->
 # OTP 27+ servers answer get_state with {:ok, state} (and their sys:get_state unwraps it);
 # OTP 25's answer the bare state and pass the reply through. kvnode answers as OTP 27+.
 {:ok, raw} = :gen.call(store, :system, :get_state, 10_000)
@@ -103,7 +103,9 @@ true = is_list(pdict) and is_pid(parent)
 'Status for generic server Elixir.DistributedExample.KVStore' = header
 [{'Status', :running}, {'Parent', ^parent}, {'Logged events', []}] = data
 IO.puts("STATUS-SHAPE-OK")
+end)
 
+TestCheck.run("statistics", fn ->
 :ok = :sys.statistics(store, true, 10_000)
 :ok = GenServer.call(store, {:put, :b, 2})
 2 = GenServer.call(store, {:get, :b})
@@ -115,7 +117,9 @@ true = stats[:messages_in] >= 2 and stats[:messages_out] >= 2
 :ok = :sys.statistics(store, false, 10_000)
 {:ok, :no_statistics} = :sys.statistics(store, :get, 10_000)
 IO.puts("STATISTICS-OK")
+end)
 
+TestCheck.run("log and trace", fn ->
 :ok = :sys.log(store, true, 10_000)
 {:ok, _events} = :sys.log(store, :get, 10_000)
 :ok = :sys.log(store, false, 10_000)
@@ -123,13 +127,17 @@ IO.puts("STATISTICS-OK")
 :ok = :sys.trace(store, false, 10_000)
 :ok = :sys.no_debug(store, 10_000)
 IO.puts("LOG-TRACE-OK")
+end)
 
+TestCheck.run("unknown system messages", fn ->
 unknown = :gen.call(store, :system, {:no_such_request, 1}, 10_000)
 IO.inspect(unknown, label: "UNKNOWN")
 {:ok, {:error, {:unknown_system_msg, {:no_such_request, 1}}}} = unknown
 {:ok, :unknown_debug} = :gen.call(store, :system, {:debug, :nonsense}, 10_000)
+end)
 # Still serving.
 1 = GenServer.call(store, {:get, :a})
+TestCheck.finish()
 "#,
     );
     for out in [&beam, &kv] {
@@ -273,15 +281,10 @@ fn genserver_stop_restarts_with_the_data_on_disk() {
 /// leaves none behind, a held monitor is counted, and it goes with the peer's connection.
 #[test]
 fn monitor_records_follow_calls_demonitors_and_disconnects() {
-    let cookie = unique("cookie");
-    let kv = KvNode::start(&unique("kv_mons"), &cookie, free_port());
-    let out = elixir(
-        &kv,
-        &unique("mons"),
-        &cookie,
+    let kv = KvNode::fresh("kv_mons");
+    kv.script(
+        "mons",
         r#"
-kv = String.to_atom(System.fetch_env!("KV_NODE"))
-store = {DistributedExample.KVStore, kv}
 monitored = fn -> Map.fetch!(:rpc.call(kv, :kvnode, :info, []), :monitored_by) end
 :ok = GenServer.call(store, {:put, :m, 1})
 1..4
@@ -295,37 +298,25 @@ TestWait.until(fn -> monitored.() == 0 end)
 _ = Process.monitor(store)
 _ = Process.monitor(store)
 2 = monitored.()
-IO.puts("SCRIPT-OK")
 "#,
     );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
     // That node is gone: its monitors went with its connection.
-    let out = elixir(
-        &kv,
-        &unique("mons2"),
-        &cookie,
+    kv.script(
+        "mons2",
         r#"
-kv = String.to_atom(System.fetch_env!("KV_NODE"))
 TestWait.until(fn -> Map.fetch!(:rpc.call(kv, :kvnode, :info, []), :monitored_by) == 0 end, 30_000)
-IO.puts("SCRIPT-OK")
 "#,
     );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
 }
 
 /// A link from a peer's process goes when that process exits (its EXIT signal), when it
 /// unlinks, and when its node disconnects: short-lived linked processes leave nothing behind.
 #[test]
 fn links_go_when_the_linked_process_exits_unlinks_or_disconnects() {
-    let cookie = unique("cookie");
-    let kv = KvNode::start(&unique("kv_links"), &cookie, free_port());
-    let out = elixir(
-        &kv,
-        &unique("links"),
-        &cookie,
+    let kv = KvNode::fresh("kv_links");
+    kv.script(
+        "links",
         r#"
-kv = String.to_atom(System.fetch_env!("KV_NODE"))
-store = {DistributedExample.KVStore, kv}
 linked = fn -> Map.fetch!(:rpc.call(kv, :kvnode, :info, []), :linked_by) end
 :ok = GenServer.call(store, {:put, :l, 1})
 server = :rpc.call(kv, :erlang, :whereis, [DistributedExample.KVStore])
@@ -346,41 +337,24 @@ TestWait.until(fn -> linked.() == 0 end)
 # One held link, left for the disconnect below.
 Process.link(server)
 TestWait.until(fn -> linked.() == 1 end)
-IO.puts("SCRIPT-OK")
 "#,
     );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
-    let out = elixir(
-        &kv,
-        &unique("links2"),
-        &cookie,
+    kv.script(
+        "links2",
         r#"
-kv = String.to_atom(System.fetch_env!("KV_NODE"))
 TestWait.until(fn -> Map.fetch!(:rpc.call(kv, :kvnode, :info, []), :linked_by) == 0 end, 30_000)
-IO.puts("SCRIPT-OK")
 "#,
     );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
 }
 
 /// A peer holding more monitors than `--max-monitors-per-peer` is disconnected (its monitors
 /// fire `noconnection` on its side); it can connect again and call.
 #[test]
 fn a_peer_over_the_monitor_bound_is_disconnected() {
-    let cookie = unique("cookie");
-    let kv = KvNode::start_with(
-        &unique("kv_monmax"),
-        &cookie,
-        free_port(),
-        &["--max-monitors-per-peer", "10"],
-    );
-    let out = elixir(
-        &kv,
-        &unique("monmax"),
-        &cookie,
+    let kv = KvNode::fresh_with("kv_monmax", &["--max-monitors-per-peer", "10"]);
+    kv.script(
+        "monmax",
         r#"
-kv = String.to_atom(System.fetch_env!("KV_NODE"))
-store = {DistributedExample.KVStore, kv}
 :ok = GenServer.call(store, {:put, :x, 1})
 true = Node.monitor(kv, true)
 refs = for _ <- 1..9, do: Process.monitor(store)
@@ -396,10 +370,8 @@ end
 _ = refs
 TestWait.until(fn -> Node.connect(kv) == true end)
 1 = GenServer.call(store, {:get, :x})
-IO.puts("SCRIPT-OK")
 "#,
     );
-    assert!(out.contains("SCRIPT-OK"), "{out}");
     assert!(
         kv.logs().contains("--max-monitors-per-peer"),
         "{}",

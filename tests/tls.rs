@@ -15,7 +15,6 @@ use rcgen::{
 };
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 /// A CA that signs leaf certificates.
@@ -179,10 +178,11 @@ impl Drop for Pki {
     }
 }
 
-fn start_tls_kvnode(pki: &Pki, alive: &str, cookie: &str, verify_peer: bool) -> KvNode {
+/// A kvnode on TLS (see [`KvNode::fresh`]), asking peers for certificates with `verify_peer`.
+fn start_tls_kvnode(pki: &Pki, tag: &str, verify_peer: bool) -> KvNode {
     let flags = pki.kv_flags(verify_peer);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    KvNode::start_with(alive, cookie, free_port(), &flags)
+    KvNode::fresh_with(tag, &flags)
 }
 
 /// Put, get and ping from an Elixir node on TLS; prints SCRIPT-OK.
@@ -208,8 +208,7 @@ IO.puts("REFUSED-OK")
 #[test]
 fn elixir_calls_kvnode_over_tls_with_verify_peer() {
     let pki = Pki::new();
-    let cookie = unique("cookie");
-    let kv = start_tls_kvnode(&pki, &unique("kv_tls"), &cookie, true);
+    let kv = start_tls_kvnode(&pki, "kv_tls", true);
     assert!(kv.logs().contains("verify-peer"), "{}", kv.logs());
     // Besides the basics: an 8 MiB value both ways and many concurrent calls, through the
     // TLS pump with back-pressure.
@@ -225,8 +224,13 @@ big = :binary.copy("0123456789abcdef", 512 * 1024)
 IO.puts("BIG-OK")
 "#
     );
-    let out =
-        elixir_raw_with_erl_args(&kv, &unique("tls_caller"), &cookie, &pki.erl(GOOD), &script);
+    let out = elixir_raw_with_erl_args(
+        &kv,
+        &unique("tls_caller"),
+        &kv.cookie,
+        &pki.erl(GOOD),
+        &script,
+    );
     assert!(out.contains("BIG-OK"), "{out}");
     assert!(out.contains("SCRIPT-OK"), "{out}");
     kv.wait_log("connected", Duration::from_secs(10));
@@ -235,8 +239,7 @@ IO.puts("BIG-OK")
 #[test]
 fn verify_peer_refuses_foreign_ca_missing_certificate_and_plain_tcp_and_keeps_serving() {
     let pki = Pki::new();
-    let cookie = unique("cookie");
-    let kv = start_tls_kvnode(&pki, &unique("kv_tls_refuse"), &cookie, true);
+    let kv = start_tls_kvnode(&pki, "kv_tls_refuse", true);
     let refusals = |kv: &KvNode| {
         kv.logs()
             .lines()
@@ -248,7 +251,7 @@ fn verify_peer_refuses_foreign_ca_missing_certificate_and_plain_tcp_and_keeps_se
     let refused = |optfile: Option<&str>, prefix: &str| -> String {
         let before = refusals(&kv).len();
         let erl = optfile.map(|f| pki.erl(f)).unwrap_or_default();
-        let out = elixir_raw_with_erl_args(&kv, &unique(prefix), &cookie, &erl, REFUSED_SCRIPT);
+        let out = elixir_raw_with_erl_args(&kv, &unique(prefix), &kv.cookie, &erl, REFUSED_SCRIPT);
         assert!(out.contains("REFUSED-OK"), "{out}");
         wait_for("a refusal log line", Duration::from_secs(10), || {
             refusals(&kv).get(before).cloned()
@@ -278,7 +281,7 @@ fn verify_peer_refuses_foreign_ca_missing_certificate_and_plain_tcp_and_keeps_se
     let out = elixir_raw_with_erl_args(
         &kv,
         &unique("good_after"),
-        &cookie,
+        &kv.cookie,
         &pki.erl(GOOD),
         CALL_SCRIPT,
     );
@@ -296,8 +299,7 @@ fn level(line: &str) -> &str {
 #[test]
 fn a_plain_tcp_peer_is_logged_as_not_using_tls_like_a_wrong_cookie() {
     let pki = Pki::new();
-    let cookie = unique("cookie");
-    let kv = start_tls_kvnode(&pki, &unique("kv_tls_plain"), &cookie, false);
+    let kv = start_tls_kvnode(&pki, "kv_tls_plain", false);
     let find = |needle: &str| {
         wait_for(needle, Duration::from_secs(10), || {
             kv.logs()
@@ -308,7 +310,7 @@ fn a_plain_tcp_peer_is_logged_as_not_using_tls_like_a_wrong_cookie() {
     };
     // A node on plain TCP distribution with the right cookie.
     let plain = unique("plain");
-    let out = elixir_raw_with_erl_args(&kv, &plain, &cookie, "", REFUSED_SCRIPT);
+    let out = elixir_raw_with_erl_args(&kv, &plain, &kv.cookie, "", REFUSED_SCRIPT);
     assert!(out.contains("REFUSED-OK"), "{out}");
     let not_tls = find("peer is not using TLS");
     assert!(
@@ -340,7 +342,7 @@ fn a_plain_tcp_peer_is_logged_as_not_using_tls_like_a_wrong_cookie() {
     let out = elixir_raw_with_erl_args(
         &kv,
         &unique("after_plain"),
-        &cookie,
+        &kv.cookie,
         &pki.erl(NO_CLIENT_CERT),
         CALL_SCRIPT,
     );
@@ -350,12 +352,11 @@ fn a_plain_tcp_peer_is_logged_as_not_using_tls_like_a_wrong_cookie() {
 #[test]
 fn without_verify_peer_a_client_without_certificate_is_served() {
     let pki = Pki::new();
-    let cookie = unique("cookie");
-    let kv = start_tls_kvnode(&pki, &unique("kv_tls_noverify"), &cookie, false);
+    let kv = start_tls_kvnode(&pki, "kv_tls_noverify", false);
     let out = elixir_raw_with_erl_args(
         &kv,
         &unique("nocert_ok"),
-        &cookie,
+        &kv.cookie,
         &pki.erl(NO_CLIENT_CERT),
         CALL_SCRIPT,
     );
@@ -402,15 +403,14 @@ IO.puts("SCRIPT-OK")
 #[test]
 fn kvnode_dials_a_tls_elixir_node_with_verify_peer() {
     let pki = Pki::new();
-    let cookie = unique("cookie");
-    let kv = start_tls_kvnode(&pki, &unique("kv_tls_out"), &cookie, true);
+    let kv = start_tls_kvnode(&pki, "kv_tls_out", true);
     let b = unique("tls_far");
     // b's server side requires a client certificate from the CA (fail_if_no_peer_cert).
-    let _b = BeamNode::start_with_erl(&b, &cookie, kv.epmd_port, &pki.erl(GOOD), RELAY);
+    let _b = BeamNode::start_with_erl(&b, &kv.cookie, kv.epmd_port, &pki.erl(GOOD), RELAY);
     let out = elixir_raw_with_erl_args(
         &kv,
         &unique("tls_driver"),
-        &cookie,
+        &kv.cookie,
         &pki.erl(GOOD),
         &dial_script(&b, true),
     );
@@ -427,16 +427,15 @@ fn kvnode_dials_a_tls_elixir_node_with_verify_peer() {
 #[test]
 fn kvnode_refuses_to_dial_a_node_whose_certificate_is_from_another_ca() {
     let pki = Pki::new();
-    let cookie = unique("cookie");
-    let kv = start_tls_kvnode(&pki, &unique("kv_tls_out_rogue"), &cookie, false);
+    let kv = start_tls_kvnode(&pki, "kv_tls_out_rogue", false);
     let b = unique("rogue_far");
-    let _b = BeamNode::start_with_erl(&b, &cookie, kv.epmd_port, &pki.erl(ROGUE), RELAY);
+    let _b = BeamNode::start_with_erl(&b, &kv.cookie, kv.epmd_port, &pki.erl(ROGUE), RELAY);
     // The driver reaches both: it trusts both CAs and holds a rogue certificate, which the
     // rogue node requires and kvnode (without --tls-verify-peer) does not ask for.
     let out = elixir_raw_with_erl_args(
         &kv,
         &unique("rogue_driver"),
-        &cookie,
+        &kv.cookie,
         &pki.erl(ROGUE_TRUSTING_BOTH),
         &dial_script(&b, false),
     );
@@ -448,77 +447,80 @@ fn kvnode_refuses_to_dial_a_node_whose_certificate_is_from_another_ca() {
 fn tls_startup_errors_are_clear() {
     let pki = Pki::new();
     let run = |args: &[&str]| {
-        let out = Command::new(kvnode_bin())
-            .args(["--name", &format!("{}@127.0.0.1", unique("kv_bad"))])
-            .args(["--cookie", "c", "--epmd-port", &free_port().to_string()])
-            .args(args)
-            .env_remove("ERL_EPMD_PORT")
-            .output()
-            .expect("run kvnode");
-        assert!(!out.status.success(), "kvnode started with {args:?}");
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        let name = format!("{}@127.0.0.1", unique("kv_bad"));
+        let epmd = free_port().to_string();
+        let mut all = vec!["--name", &name, "--cookie", "c", "--epmd-port", &epmd];
+        all.extend_from_slice(args);
+        kvnode_refuses(&all)
     };
     let (cert, key, ca) = (
         pki.host("kv.pem"),
         pki.host("kv-key.pem"),
         pki.host("ca.pem"),
     );
-    let missing = pki.host("missing-key.pem");
-    let err = run(&[
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &missing,
-        "--tls-cacert",
-        &ca,
-    ]);
-    assert!(
-        err.contains("--tls-key") && err.contains(&missing) && err.contains("No such file"),
-        "{err}"
-    );
-    // A certificate where the key should be.
-    let err = run(&["--tls-cert", &cert, "--tls-key", &cert, "--tls-cacert", &ca]);
-    assert!(
-        err.contains("--tls-key") && err.contains("no PEM private key"),
-        "{err}"
-    );
-    // A key where the CA should be.
-    let err = run(&["--tls-cert", &cert, "--tls-key", &key, "--tls-cacert", &key]);
-    assert!(
-        err.contains("--tls-cacert") && err.contains("no PEM certificate"),
-        "{err}"
-    );
-    // A key that does not belong to the certificate.
-    let other = pki.host("node-key.pem");
-    let err = run(&[
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &other,
-        "--tls-cacert",
-        &ca,
-    ]);
-    assert!(
-        err.contains(&format!(
-            "--tls-key {other} is not the private key of --tls-cert {cert}"
-        )),
-        "{err}"
-    );
-    // The three go together.
-    let err = run(&["--tls-cert", &cert]);
-    assert!(err.contains("--tls-key"), "{err}");
-    let err = run(&["--tls-verify-peer"]);
-    assert!(err.contains("--tls-cacert"), "{err}");
+    let mut checks = Scenarios::new();
+    checks.check("a missing key file", || {
+        let missing = pki.host("missing-key.pem");
+        let err = run(&[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &missing,
+            "--tls-cacert",
+            &ca,
+        ]);
+        assert!(
+            err.contains("--tls-key") && err.contains(&missing) && err.contains("No such file"),
+            "{err}"
+        );
+    });
+    checks.check("a certificate where the key should be", || {
+        let err = run(&["--tls-cert", &cert, "--tls-key", &cert, "--tls-cacert", &ca]);
+        assert!(
+            err.contains("--tls-key") && err.contains("no PEM private key"),
+            "{err}"
+        );
+    });
+    checks.check("a key where the CA should be", || {
+        let err = run(&["--tls-cert", &cert, "--tls-key", &key, "--tls-cacert", &key]);
+        assert!(
+            err.contains("--tls-cacert") && err.contains("no PEM certificate"),
+            "{err}"
+        );
+    });
+    checks.check("a key that does not belong to the certificate", || {
+        let other = pki.host("node-key.pem");
+        let err = run(&[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &other,
+            "--tls-cacert",
+            &ca,
+        ]);
+        assert!(
+            err.contains(&format!(
+                "--tls-key {other} is not the private key of --tls-cert {cert}"
+            )),
+            "{err}"
+        );
+    });
+    checks.check("the three go together", || {
+        let err = run(&["--tls-cert", &cert]);
+        assert!(err.contains("--tls-key"), "{err}");
+        let err = run(&["--tls-verify-peer"]);
+        assert!(err.contains("--tls-cacert"), "{err}");
+    });
+    checks.finish();
 }
 
 #[test]
 fn a_peer_that_never_starts_tls_is_dropped_after_the_handshake_timeout() {
     let pki = Pki::new();
-    let cookie = unique("cookie");
     let mut flags = pki.kv_flags(true);
     flags.extend(["--handshake-timeout".into(), "1".into()]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let kv = KvNode::start_with(&unique("kv_tls_silent"), &cookie, free_port(), &flags);
+    let kv = KvNode::fresh_with("kv_tls_silent", &flags);
     let silent =
         std::net::TcpStream::connect(("127.0.0.1", kv.dist_port())).expect("connect to kvnode");
     kv.wait_log("TLS handshake timed out", Duration::from_secs(10));
@@ -526,7 +528,7 @@ fn a_peer_that_never_starts_tls_is_dropped_after_the_handshake_timeout() {
     let out = elixir_raw_with_erl_args(
         &kv,
         &unique("after_silent"),
-        &cookie,
+        &kv.cookie,
         &pki.erl(GOOD),
         CALL_SCRIPT,
     );
@@ -536,7 +538,6 @@ fn a_peer_that_never_starts_tls_is_dropped_after_the_handshake_timeout() {
 #[test]
 fn a_thousand_half_open_tls_connections_cost_one_fd_each_and_time_out() {
     let pki = Pki::new();
-    let cookie = unique("cookie");
     let mut flags = pki.kv_flags(true);
     // Room for the whole flood among the handshaking connections (tests/lockout.rs covers
     // eviction).
@@ -547,7 +548,7 @@ fn a_thousand_half_open_tls_connections_cost_one_fd_each_and_time_out() {
         "1100".into(),
     ]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let kv = KvNode::start_with(&unique("kv_tls_flood"), &cookie, free_port(), &flags);
+    let kv = KvNode::fresh_with("kv_tls_flood", &flags);
     let pid = kv.guard.pid();
     let fds = || {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -589,7 +590,7 @@ fn a_thousand_half_open_tls_connections_cost_one_fd_each_and_time_out() {
     let out = elixir_raw_with_erl_args(
         &kv,
         &unique("tls_flooded"),
-        &cookie,
+        &kv.cookie,
         &pki.erl(GOOD),
         CALL_SCRIPT,
     );

@@ -90,6 +90,9 @@ pub struct KvNode {
     pub cookie: String,
     pub epmd_port: u16,
     pub logs: Arc<Mutex<String>>,
+    /// What the ready file said.
+    pub ready: ReadyLine,
+    ready_dir: PathBuf,
 }
 
 pub fn kvnode_bin() -> PathBuf {
@@ -98,16 +101,21 @@ pub fn kvnode_bin() -> PathBuf {
 
 impl KvNode {
     /// Starts kvnode as `<alive>@127.0.0.1` with `cookie` on `epmd_port` and waits until it
-    /// logs that it is ready.
+    /// writes its `--ready-file` (failing at once, with the logs, if it exits first).
     pub fn start(alive: &str, cookie: &str, epmd_port: u16) -> KvNode {
         Self::start_with(alive, cookie, epmd_port, &[])
     }
 
     pub fn start_with(alive: &str, cookie: &str, epmd_port: u16, extra: &[&str]) -> KvNode {
         let name = format!("{alive}@127.0.0.1");
+        let ready_dir = std::env::temp_dir().join(unique("kvnode_ready"));
+        std::fs::create_dir_all(&ready_dir).expect("mkdir for the ready file");
+        let ready_file = ready_dir.join("ready");
         let mut cmd = Command::new(kvnode_bin());
         cmd.args(["--name", &name, "--cookie", cookie])
             .args(["--epmd-port", &epmd_port.to_string()])
+            .arg("--ready-file")
+            .arg(&ready_file)
             .args(extra)
             .env(
                 "RUST_LOG",
@@ -141,25 +149,34 @@ impl KvNode {
             cookie: cookie.to_owned(),
             epmd_port,
             logs,
+            ready: ReadyLine::default(),
+            ready_dir,
         };
-        let logs = node.logs.clone();
+        // Ready is the file kvnode writes (atomically) once it is up; never the log text.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if logs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains("kvnode ready")
-            {
+            if let Ok(text) = std::fs::read_to_string(&ready_file) {
+                node.ready = ReadyLine::parse(&text)
+                    .unwrap_or_else(|| panic!("bad ready file {text:?}; logs:\n{}", node.logs()));
                 break;
             }
             if let Ok(Some(status)) = node.guard.child.try_wait() {
                 panic!("kvnode exited early ({status}); logs:\n{}", node.logs());
             }
             if Instant::now() > deadline {
-                panic!("kvnode not ready after 20 s; logs:\n{}", node.logs());
+                panic!(
+                    "kvnode wrote no ready file after 20 s; logs:\n{}",
+                    node.logs()
+                );
             }
             std::thread::park_timeout(Duration::from_millis(20));
         }
+        assert_eq!(node.ready.node, node.name, "ready file names the node");
+        assert_eq!(
+            node.ready.pid,
+            node.guard.pid(),
+            "ready file names the process"
+        );
         node
     }
 
@@ -174,19 +191,46 @@ impl KvNode {
         });
     }
 
-    /// The distribution port kvnode logged.
+    /// The distribution port, from the ready file.
     pub fn dist_port(&self) -> u16 {
-        let logs = self.logs();
-        let line = logs
-            .lines()
-            .find(|l| l.contains("kvnode ready"))
-            .expect("ready line");
-        let at = line.find("port=").expect("port= in ready line") + 5;
-        line[at..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port number")
+        self.ready.dist_port
+    }
+
+    /// The ready file's path (it exists while kvnode runs; removed on an orderly stop).
+    pub fn ready_file(&self) -> PathBuf {
+        self.ready_dir.join("ready")
+    }
+}
+
+impl Drop for KvNode {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.ready_dir);
+    }
+}
+
+/// What kvnode's `--ready-file` says: one line of `key=value` pairs (see src/ready.rs).
+#[derive(Debug, Default, Clone)]
+pub struct ReadyLine {
+    pub node: String,
+    pub dist_port: u16,
+    pub epmd_port: u16,
+    pub pid: u32,
+    pub creation: u32,
+}
+
+impl ReadyLine {
+    pub fn parse(text: &str) -> Option<ReadyLine> {
+        let field = |key: &str| {
+            text.split_whitespace()
+                .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+        };
+        Some(ReadyLine {
+            node: field("node")?.to_owned(),
+            dist_port: field("dist_port")?.parse().ok()?,
+            epmd_port: field("epmd_port")?.parse().ok()?,
+            pid: field("pid")?.parse().ok()?,
+            creation: field("creation")?.parse().ok()?,
+        })
     }
 }
 
@@ -205,7 +249,9 @@ pub fn beam_command(program: &str) -> Command {
 
 /// Prepended to every test script: the one place scripts wait, by polling with a deadline.
 /// `TestWait.until(fun, ms)` calls `fun` every 10 ms until it returns a truthy value (which it
-/// returns) and raises when `ms` pass first.
+/// returns) and raises when `ms` pass first. `TestCheck.run(name, fun)` runs one of several
+/// independent checks of a script (a failure is printed and the script goes on), and
+/// `TestCheck.finish()` raises if any failed: the Elixir side of [`Scenarios`].
 const SCRIPT_HELPERS: &str = r#"
 defmodule TestWait do
   def until(fun, ms \\ 10_000) do
@@ -219,6 +265,33 @@ defmodule TestWait do
         if System.monotonic_time(:millisecond) > deadline, do: raise("condition not met within #{ms} ms")
         receive do after 10 -> :ok end
         poll(fun, deadline, ms)
+    end
+  end
+end
+
+defmodule TestCheck do
+  # Independent checks in one script: each runs even when an earlier one failed (its error
+  # goes to stderr), and finish/0 raises naming every failed one.
+  def run(name, fun) do
+    try do
+      fun.()
+    rescue
+      e -> failed(name, Exception.format(:error, e, __STACKTRACE__))
+    catch
+      kind, reason -> failed(name, Exception.format(kind, reason, __STACKTRACE__))
+    end
+    :ok
+  end
+
+  defp failed(name, text) do
+    IO.puts(:stderr, "CHECK FAILED: " <> name <> "\n" <> text)
+    Process.put(:test_check_failed, [name | Process.get(:test_check_failed, [])])
+  end
+
+  def finish do
+    case Process.get(:test_check_failed, []) do
+      [] -> :ok
+      names -> raise "checks failed: " <> Enum.join(Enum.reverse(names), ", ")
     end
   end
 end
@@ -545,4 +618,133 @@ pub fn example_bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness most tests read as: start -> script -> assert.
+//
+//     let kv = KvNode::fresh("kv_ops");             // own cookie, own EPMD port, ready file
+//     let out = kv.script("ops", r#":ok = GenServer.call(store, {:put, :a, 1})"#);
+//     assert!(out.contains("..."));                  // SCRIPT-OK is already checked
+//
+// Independent checks that share one expensive set-up run under `Scenarios`, so one failure
+// does not hide the others.
+// ---------------------------------------------------------------------------------------------
+
+/// Prepended to [`KvNode::script`] bodies: binds `kv` (the kvnode's node name, an atom) and
+/// `store` (`{DistributedExample.KVStore, kv}`), and connects to kvnode.
+pub const KV_PRELUDE: &str = r#"
+kv = String.to_atom(System.fetch_env!("KV_NODE"))
+store = {DistributedExample.KVStore, kv}
+true = Node.connect(kv)
+"#;
+
+/// `body` between [`KV_PRELUDE`] and a final `IO.puts("SCRIPT-OK")`.
+pub fn kv_script(body: &str) -> String {
+    format!("{KV_PRELUDE}\n{body}\nIO.puts(\"SCRIPT-OK\")\n")
+}
+
+impl KvNode {
+    /// Starts kvnode as `<unique tag>@127.0.0.1` with a cookie and an EPMD port of its own.
+    pub fn fresh(tag: &str) -> KvNode {
+        Self::fresh_with(tag, &[])
+    }
+
+    /// [`KvNode::fresh`] with extra kvnode flags.
+    pub fn fresh_with(tag: &str, extra: &[&str]) -> KvNode {
+        Self::start_with(&unique(tag), &unique("cookie"), free_port(), extra)
+    }
+
+    /// Runs `body` (see [`kv_script`]) on a fresh Elixir node `<unique tag>@127.0.0.1` with
+    /// this kvnode's cookie and EPMD; fails the test (with the output and kvnode's logs)
+    /// unless it exits 0 and prints `SCRIPT-OK`. Returns its stdout.
+    pub fn script(&self, tag: &str, body: &str) -> String {
+        let out = elixir(self, &unique(tag), &self.cookie, &kv_script(body));
+        assert!(out.contains("SCRIPT-OK"), "{out}");
+        out
+    }
+}
+
+/// Independent checks sharing one set-up: each runs to its end even when an earlier one
+/// failed; [`Scenarios::finish`] then fails the test naming every failed check (each one's
+/// panic message is printed as it happens, as usual).
+#[must_use = "call finish() so failures fail the test"]
+#[derive(Default)]
+pub struct Scenarios {
+    failed: Vec<String>,
+    ran: usize,
+}
+
+impl Scenarios {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs the check `name`, recording a panic instead of unwinding through the test.
+    pub fn check(&mut self, name: &str, f: impl FnOnce()) {
+        self.ran += 1;
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(non-text panic)");
+            let why: String = why.chars().take(2000).collect();
+            self.failed.push(format!("{name}: {why}"));
+        }
+    }
+
+    /// Fails the test if any check failed.
+    pub fn finish(self) {
+        if !self.failed.is_empty() {
+            panic!(
+                "{} of {} checks failed:\n- {}",
+                self.failed.len(),
+                self.ran,
+                self.failed.join("\n- ")
+            );
+        }
+    }
+}
+
+/// Runs kvnode with `args` (and `ERL_EPMD_PORT` unset) expecting it to refuse to start: it
+/// must exit non-zero within 20 s. Returns its stderr. A kvnode that starts anyway is killed
+/// and fails the test (it never hangs it).
+pub fn kvnode_refuses(args: &[&str]) -> String {
+    let mut child = Command::new(kvnode_bin())
+        .args(args)
+        .env_remove("ERL_EPMD_PORT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kvnode");
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let mut guard = ChildGuard {
+        child,
+        what: "kvnode".into(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Ok(Some(status)) = guard.child.try_wait() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            drop(guard);
+            let err = reader.join().unwrap_or_default();
+            panic!("kvnode {args:?} was still running after 20 s; stderr:\n{err}");
+        }
+        std::thread::park_timeout(Duration::from_millis(20));
+    };
+    let err = reader.join().unwrap_or_default();
+    assert!(
+        !status.success(),
+        "kvnode {args:?} exited 0; stderr:\n{err}"
+    );
+    err
 }

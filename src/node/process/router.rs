@@ -153,3 +153,319 @@ pub fn handle(node: &Node, peer: &str, message: Message) {
         | Message::Tick => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The router against a node whose peer is registered in the connection table with a
+    //! real outbox (no socket): what it delivers locally, and what it answers the peer, by
+    //! decoding the frames that peer would receive.
+    use super::*;
+    use crate::node::Dispatch;
+    use crate::node::transport::manager::ConnHandle;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncReadExt;
+
+    const PEER: &str = "peer@127.0.0.1";
+
+    /// A process that records the messages it gets.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Term>>);
+
+    impl Dispatch for Recorder {
+        fn dispatch(&self, _: &Node, signal: Signal) {
+            if let Signal::Message(term) = signal {
+                self.0.lock().unwrap_or_else(|e| e.into_inner()).push(term);
+            }
+        }
+    }
+
+    impl Recorder {
+        fn got(&self) -> Vec<Term> {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        }
+    }
+
+    struct World {
+        node: Node,
+        conn: ConnHandle,
+        threads: crate::node::transport::threads::Threads,
+    }
+
+    impl World {
+        /// The router handles `message` as if it came from `PEER`.
+        fn peer_sends(&self, message: Message) {
+            handle(&self.node, PEER, message);
+        }
+    }
+
+    impl Drop for World {
+        fn drop(&mut self) {
+            self.threads.stop();
+        }
+    }
+
+    /// A node with `PEER` connected under `flags`.
+    fn world(flags: DistributionFlags) -> World {
+        let threads =
+            crate::node::transport::threads::Threads::start(1, crate::etf::thread_stack_size())
+                .expect("threads");
+        let node = Node::new(
+            crate::config::Config::new("t@127.0.0.1", "c"),
+            1,
+            tokio_util::sync::CancellationToken::new(),
+            tokio_util::task::TaskTracker::new(),
+            threads.clone(),
+        );
+        let (conn, _) = node.manager().register(
+            PEER,
+            flags,
+            1 << 20,
+            tokio_util::sync::CancellationToken::new(),
+        );
+        World {
+            node,
+            conn,
+            threads,
+        }
+    }
+
+    fn full() -> DistributionFlags {
+        crate::node::transport::handshake::local_flags()
+    }
+
+    /// What kvnode negotiates, less `flag`.
+    fn without(flag: DistributionFlags) -> DistributionFlags {
+        DistributionFlags::from_bits_truncate(full().bits() & !flag.bits())
+    }
+
+    /// A process on the peer.
+    fn remote(id: u32) -> Pid {
+        Pid::new(PEER, id, 0, 1)
+    }
+
+    fn remote_ref(n: u32) -> Reference {
+        Reference {
+            node: Atom::from(PEER),
+            id: vec![n, 2, 3],
+            creation: 1,
+        }
+    }
+
+    fn spawn_recorder(node: &Node, name: Option<&str>) -> (crate::node::Mailbox, Arc<Recorder>) {
+        let rec = Arc::new(Recorder::default());
+        let rec2 = rec.clone();
+        let mb = node.spawn_process(name, move |_| rec2);
+        (mb, rec)
+    }
+
+    /// The control messages queued for the peer, in order (the outbox is drained).
+    fn sent(conn: &ConnHandle) -> Vec<Message> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let bytes = rt.block_on(async {
+            let (a, mut b) = tokio::net::UnixStream::pair().expect("pair");
+            conn.outbox.flush_all(&a).await.expect("flush");
+            drop(a);
+            let mut bytes = Vec::new();
+            b.read_to_end(&mut bytes).await.expect("read");
+            bytes
+        });
+        let mut out = Vec::new();
+        let mut rest = &bytes[..];
+        while rest.len() >= 4 {
+            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let body = &rest[4..4 + len];
+            out.push(
+                crate::node::transport::connection::decode_frame(
+                    body,
+                    &crate::etf::Limits::default(),
+                )
+                .expect("a frame kvnode wrote decodes"),
+            );
+            rest = &rest[4 + len..];
+        }
+        assert!(rest.is_empty(), "a partial frame in the outbox");
+        out
+    }
+
+    fn reason_is(term: &Term, atom: &str) -> bool {
+        matches!(term, Term::Atom(a) if a.name == atom)
+    }
+
+    #[test]
+    fn sends_go_to_the_pid_or_the_registered_name() {
+        let w = world(full());
+        let (named, named_rec) = spawn_recorder(&w.node, Some("named"));
+        let (_other, other_rec) = spawn_recorder(&w.node, None);
+        w.peer_sends(Message::reg_send(
+            remote(1),
+            Atom::from("named"),
+            Atom::from("by_name").into(),
+        ));
+        w.peer_sends(Message::send(
+            named.pid.clone(),
+            Atom::from("by_pid").into(),
+        ));
+        // Unknown name and unknown pid: dropped, nobody else gets them, nothing goes back.
+        w.peer_sends(Message::reg_send(
+            remote(1),
+            Atom::from("nobody"),
+            Atom::from("x").into(),
+        ));
+        w.peer_sends(Message::send(w.node.new_pid(), Atom::from("y").into()));
+        let got = named_rec.got();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(reason_is(&got[0], "by_name") && reason_is(&got[1], "by_pid"));
+        assert!(other_rec.got().is_empty());
+        assert!(sent(&w.conn).is_empty());
+    }
+
+    #[test]
+    fn monitor_on_a_missing_process_answers_noproc_at_once() {
+        let w = world(full());
+        w.peer_sends(Message::monitor_p(
+            remote(7),
+            PidOrAtom::Atom(Atom::from("missing")),
+            remote_ref(1),
+        ));
+        let out = sent(&w.conn);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let Message::MonitorPExit(m) = &out[0] else {
+            panic!("expected MONITOR_P_EXIT, got {:?}", out[0])
+        };
+        assert!(reason_is(&m.reason, "noproc"));
+        assert_eq!(m.to_pid, remote(7));
+        assert_eq!(m.reference, remote_ref(1));
+        assert_eq!(m.from_proc, PidOrAtom::Atom(Atom::from("missing")));
+    }
+
+    #[test]
+    fn monitor_from_a_peer_without_dist_monitor_is_not_answered() {
+        let w = world(without(DistributionFlags::DIST_MONITOR));
+        w.peer_sends(Message::monitor_p(
+            remote(7),
+            PidOrAtom::Atom(Atom::from("missing")),
+            remote_ref(1),
+        ));
+        assert!(sent(&w.conn).is_empty());
+    }
+
+    #[test]
+    fn a_recorded_monitor_fires_on_exit_and_a_demonitor_removes_it() {
+        let w = world(full());
+        let (a, _) = spawn_recorder(&w.node, Some("a"));
+        let (b, _) = spawn_recorder(&w.node, Some("b"));
+        // By name on `a`, by pid on `b`; the second monitor on `b` is taken back.
+        w.peer_sends(Message::monitor_p(
+            remote(7),
+            PidOrAtom::Atom(Atom::from("a")),
+            remote_ref(1),
+        ));
+        w.peer_sends(Message::monitor_p(
+            remote(8),
+            PidOrAtom::Pid(b.pid.clone()),
+            remote_ref(2),
+        ));
+        w.peer_sends(Message::monitor_p(
+            remote(9),
+            PidOrAtom::Pid(b.pid.clone()),
+            remote_ref(3),
+        ));
+        w.peer_sends(Message::demonitor_p(
+            remote(9),
+            PidOrAtom::Pid(b.pid.clone()),
+            remote_ref(3),
+        ));
+        assert!(sent(&w.conn).is_empty(), "live targets: no answer yet");
+        w.node
+            .exit_process(&a.pid, Atom::from("shutdown").into(), None);
+        w.node.exit_process(&b.pid, Atom::from("boom").into(), None);
+        let out = sent(&w.conn);
+        assert_eq!(out.len(), 2, "{out:?}");
+        let fired: Vec<_> = out
+            .iter()
+            .map(|m| match m {
+                Message::MonitorPExit(m) => {
+                    (m.from_proc.clone(), m.to_pid.clone(), m.reference.clone())
+                }
+                other => panic!("expected MONITOR_P_EXIT, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            fired[0],
+            (PidOrAtom::Atom(Atom::from("a")), remote(7), remote_ref(1)),
+            "a monitor by name names the process in its DOWN"
+        );
+        assert_eq!(
+            fired[1],
+            (PidOrAtom::Pid(b.pid.clone()), remote(8), remote_ref(2))
+        );
+    }
+
+    #[test]
+    fn link_to_a_missing_pid_answers_exit_noproc() {
+        let w = world(full());
+        let (live, _) = spawn_recorder(&w.node, None);
+        w.peer_sends(Message::link(remote(5), live.pid.clone()));
+        assert!(sent(&w.conn).is_empty(), "a live process takes the link");
+        let gone = w.node.new_pid();
+        w.peer_sends(Message::link(remote(5), gone.clone()));
+        let out = sent(&w.conn);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let Message::Exit(m) = &out[0] else {
+            panic!("expected EXIT, got {:?}", out[0])
+        };
+        assert_eq!((&m.from_pid, &m.to_pid), (&gone, &remote(5)));
+        assert!(reason_is(&m.reason, "noproc"));
+        // The live link holds: its exit signals the linked remote process.
+        w.node
+            .exit_process(&live.pid, Atom::from("bye").into(), None);
+        let out = sent(&w.conn);
+        assert!(
+            matches!(&out[..], [Message::Exit(m)] if m.to_pid == remote(5) && reason_is(&m.reason, "bye")),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn unlink_id_is_acknowledged_only_to_peers_that_negotiated_it() {
+        for (flags, acked) in [
+            (full(), true),
+            (without(DistributionFlags::UNLINK_ID), false),
+        ] {
+            let w = world(flags);
+            let (p, _) = spawn_recorder(&w.node, None);
+            w.peer_sends(Message::link(remote(5), p.pid.clone()));
+            let id: Term = erl_dist::term::FixInteger::from(42).into();
+            w.peer_sends(Message::unlink_id(id.clone(), remote(5), p.pid.clone()));
+            let out = sent(&w.conn);
+            if acked {
+                assert!(
+                    matches!(&out[..], [Message::UnlinkIdAck(m)] if m.id == id && m.to_pid == remote(5)),
+                    "{out:?}"
+                );
+            } else {
+                assert!(out.is_empty(), "{out:?}");
+            }
+            // The link is gone either way: the exit signals nobody.
+            w.node.exit_process(&p.pid, Atom::from("bye").into(), None);
+            assert!(sent(&w.conn).is_empty());
+        }
+    }
+
+    #[test]
+    fn exit_signals_to_built_in_processes_are_ignored() {
+        let w = world(full());
+        let (p, rec) = spawn_recorder(&w.node, Some("svc"));
+        w.peer_sends(Message::exit2(
+            remote(1),
+            p.pid.clone(),
+            Atom::from("kill").into(),
+        ));
+        assert!(w.node.whereis("svc").is_some(), "still registered");
+        assert!(rec.got().is_empty());
+        assert!(sent(&w.conn).is_empty());
+    }
+}

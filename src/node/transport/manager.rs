@@ -586,4 +586,130 @@ mod tests {
     fn local_flags() -> DistributionFlags {
         crate::node::transport::handshake::local_flags()
     }
+
+    /// The bytes an outbox holds, in order (drained through a socket pair).
+    fn drain(outbox: &Outbox) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (a, mut b) = tokio::net::UnixStream::pair().expect("pair");
+            outbox.flush_all(&a).await.expect("flush");
+            drop(a);
+            let mut got = Vec::new();
+            b.read_to_end(&mut got).await.expect("read");
+            got
+        })
+    }
+
+    #[test]
+    fn frames_queued_while_dialing_go_first_and_in_order() {
+        let m = manager(1 << 20, 1 << 20, 8);
+        let Sent::Dial(ticket) = m.send("a@h", vec![1; 3]) else {
+            panic!("dial a")
+        };
+        assert!(m.knows("a@h") && !m.is_up("a@h"));
+        assert!(matches!(m.send("a@h", vec![2; 70_000]), Sent::Done));
+        assert!(matches!(m.send("a@h", vec![3; 5]), Sent::Done));
+        let (conn, replaced) = m.register("a@h", local_flags(), 1 << 20, CancellationToken::new());
+        drop(ticket);
+        assert!(replaced.is_none());
+        assert!(m.is_up("a@h") && m.connected() == vec!["a@h".to_owned()]);
+        // Sent after the connection is up: behind the queued ones.
+        assert!(matches!(m.send("a@h", vec![4; 2]), Sent::Done));
+        let mut expected = vec![1; 3];
+        expected.extend(vec![2; 70_000]);
+        expected.extend(vec![3; 5]);
+        expected.extend(vec![4; 2]);
+        assert_eq!(drain(&conn.outbox), expected);
+    }
+
+    #[test]
+    fn a_new_connection_replaces_the_old_and_the_old_cannot_unregister_it() {
+        let m = manager(1000, 1000, 8);
+        let old_cancel = CancellationToken::new();
+        let (old, none) = m.register("a@h", local_flags(), 1 << 20, old_cancel.clone());
+        assert!(none.is_none());
+        // The peer restarted and connected again.
+        let (new, replaced) = m.register("a@h", local_flags(), 1 << 20, CancellationToken::new());
+        let replaced = replaced.expect("the old connection is handed back");
+        assert_eq!(replaced.id, old.id);
+        assert_ne!(new.id, old.id);
+        // The old connection's teardown must not take the new one's slot.
+        assert!(!m.unregister("a@h", old.id));
+        assert!(m.is_up("a@h"));
+        assert!(matches!(m.send("a@h", vec![9; 4]), Sent::Done));
+        assert_eq!(drain(&new.outbox), vec![9; 4]);
+        assert!(
+            !old.outbox.has_data(),
+            "nothing goes to the replaced connection"
+        );
+        // A failed dial does not drop a connected peer either.
+        assert!(!m.dial_failed("a@h"));
+        assert!(m.is_up("a@h"));
+        assert!(m.unregister("a@h", new.id));
+        assert!(!m.knows("a@h") && m.connected().is_empty());
+        // Unregistering twice is harmless.
+        assert!(!m.unregister("a@h", new.id));
+        assert!(
+            !old_cancel.is_cancelled(),
+            "the manager closes nothing on its own here"
+        );
+    }
+
+    #[test]
+    fn simultaneous_connects_are_decided_by_name_as_otp_does() {
+        let m = manager(1000, 1000, 8);
+        // Nobody dials b: accept.
+        assert_eq!(m.admit("m@h", "b@h"), Admission::Ok);
+        let Sent::Dial(_t) = m.connect("b@h") else {
+            panic!("dial b")
+        };
+        // We dial b while b dials us: the greater name keeps its own attempt.
+        assert_eq!(m.admit("z@h", "b@h"), Admission::Nok);
+        assert_eq!(m.admit("a@h", "b@h"), Admission::OkSimultaneous);
+        // We gave way: no longer dialing, so b's connection is welcome, and a later send
+        // queues for it without starting another dial while our ticket lives.
+        m.stop_dialing("b@h");
+        assert_eq!(m.admit("a@h", "b@h"), Admission::Ok);
+        // An established peer reconnecting is accepted (it replaces the old connection).
+        let _ = m.register("c@h", local_flags(), 1 << 20, CancellationToken::new());
+        assert_eq!(m.admit("z@h", "c@h"), Admission::Ok);
+    }
+
+    #[test]
+    fn an_outbox_over_its_bound_closes_that_peer_only() {
+        let m = manager(1000, 1000, 8);
+        let a_cancel = CancellationToken::new();
+        let b_cancel = CancellationToken::new();
+        let (a, _) = m.register("a@h", local_flags(), 100, a_cancel.clone());
+        let _ = m.register("b@h", local_flags(), 100, b_cancel.clone());
+        assert!(matches!(m.send("a@h", vec![0; 80]), Sent::Done));
+        assert!(!a_cancel.is_cancelled());
+        // 80 + 30 > 100: a is not reading.
+        assert!(matches!(m.send("a@h", vec![0; 30]), Sent::Done));
+        assert!(a_cancel.is_cancelled(), "a is disconnected");
+        assert!(!b_cancel.is_cancelled(), "b is untouched");
+        assert_eq!(drain(&a.outbox).len(), 80, "what was accepted stays whole");
+        m.close_all();
+        assert!(b_cancel.is_cancelled());
+    }
+
+    #[test]
+    fn reservations_count_against_the_pending_bounds_and_see_a_connection() {
+        let m = manager(100, 150, 8);
+        // No slot: nothing may wait (the node is down from our side).
+        assert!(matches!(m.reserve_pending("a@h", 10), Reserve::Full));
+        let Sent::Dial(_t) = m.connect("a@h") else {
+            panic!("dial a")
+        };
+        assert!(matches!(m.reserve_pending("a@h", 60), Reserve::Reserved));
+        assert!(matches!(m.reserve_pending("a@h", 60), Reserve::Full));
+        assert_eq!(m.pending_bytes(), 60);
+        let _ = m.register("a@h", local_flags(), 1 << 20, CancellationToken::new());
+        assert_eq!(m.pending_bytes(), 0);
+        assert!(matches!(m.reserve_pending("a@h", 60), Reserve::Up(_)));
+    }
 }

@@ -321,4 +321,43 @@ mod tests {
         assert!(got[..60_000].iter().all(|&x| x == 1));
         assert!(got[60_000..].iter().all(|&x| x == 5));
     }
+
+    /// A peer that reads slowly: the socket takes part of a buffer, frames queued meanwhile
+    /// (from another thread, as replies from the storage thread are) still leave after the
+    /// unwritten rest, byte for byte in the order queued.
+    #[tokio::test]
+    async fn partial_writes_keep_the_order_of_frames_queued_meanwhile() {
+        let (a, mut b) = tokio::net::UnixStream::pair().expect("pair");
+        let outbox = std::sync::Arc::new(Outbox::new(3, 64 << 20));
+        let mut expected = Vec::new();
+        // More than a socket buffer holds, so the first flush stops part way.
+        for i in 0..40u32 {
+            let frame = vec![i as u8; if i % 2 == 0 { 100_000 } else { 7 }];
+            expected.extend_from_slice(&frame);
+            outbox.push_owned(frame).expect("room");
+        }
+        let done = outbox.flush_now(&a).expect("flush");
+        assert!(!done, "the socket should not take 2 MB at once");
+        let ob = outbox.clone();
+        let extra = std::thread::spawn(move || {
+            let mut queued = Vec::new();
+            for i in 40..80u32 {
+                let frame = vec![i as u8; 1 + (i as usize % 3) * 50_000];
+                queued.extend_from_slice(&frame);
+                ob.push(&frame).expect("room");
+            }
+            queued
+        })
+        .join()
+        .expect("pusher");
+        expected.extend_from_slice(&extra);
+        let reader = async {
+            let mut got = vec![0u8; expected.len()];
+            b.read_exact(&mut got).await.map(|_| got)
+        };
+        let (flushed, got) = tokio::join!(outbox.flush_all(&a), reader);
+        flushed.expect("flush");
+        assert!(got.expect("read") == expected, "bytes out of order");
+        assert!(!outbox.has_data());
+    }
 }

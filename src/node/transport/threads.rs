@@ -106,3 +106,50 @@ impl Threads {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The name of the thread `handle` runs its tasks on.
+    fn thread_of(handle: &Handle) -> String {
+        let (tx, rx) = std::sync::mpsc::channel();
+        handle.spawn(async move {
+            let _ = tx.send(std::thread::current().name().unwrap_or("?").to_owned());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the connection thread runs the task")
+    }
+
+    #[test]
+    fn placement_spreads_connections_and_refills_the_freed_thread() {
+        let threads = Threads::start(3, crate::etf::thread_stack_size()).expect("threads");
+        assert_eq!(threads.len(), 3);
+        let placed: Vec<_> = (0..6).map(|_| threads.place()).collect();
+        let mut names: Vec<String> = placed.iter().map(|(h, _)| thread_of(h)).collect();
+        // Six connections on three threads: two each.
+        let mut counts = std::collections::HashMap::new();
+        for n in &names {
+            *counts.entry(n.clone()).or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 3, "{names:?}");
+        assert!(counts.values().all(|&c| c == 2), "{names:?}");
+        // A connection ends: the next one goes where it was, the least loaded thread.
+        let freed = names.remove(4);
+        let mut placed = placed;
+        drop(placed.remove(4));
+        let (again, _p) = threads.place();
+        assert_eq!(thread_of(&again), freed);
+        threads.stop();
+    }
+
+    #[test]
+    fn at_least_one_thread() {
+        let threads = Threads::start(0, crate::etf::thread_stack_size()).expect("threads");
+        assert_eq!(threads.len(), 1);
+        assert!(!threads.is_empty());
+        let (h, _p) = threads.place();
+        assert_eq!(thread_of(&h), "kvnode-conn-0");
+        threads.stop();
+    }
+}
