@@ -35,7 +35,7 @@
 
 pub mod durable;
 pub mod key;
-pub mod raw;
+pub mod protocol;
 pub mod rpc;
 pub mod server;
 pub mod store;

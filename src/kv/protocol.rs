@@ -1,0 +1,450 @@
+//! The KV interface of `DistributedExample.KVStore`, once: every request shape, read from a
+//! request's bytes (the byte view: `get`, `put`, `delete`, the traffic that matters, read
+//! without decoding) or from its decoded term (the term view: everything), and the reply and
+//! event builders, as terms and, where the byte view answers, as bytes.
+//!
+//! The shapes and replies (Elixir syntax; `nil` is the atom `nil`):
+//!
+//! | request                       | reply                                                 |
+//! |-------------------------------|-------------------------------------------------------|
+//! | `{:get, k}` / `{:get, k, d}`  | the value, or `d` (default `nil`) when absent         |
+//! | `{:put, k, v}`                | `:ok`                                                 |
+//! | `{:put_new, k, v}`            | `:ok` \| `{:error, :exists}`                          |
+//! | `{:delete, k}`                | `:ok` (whether or not `k` existed)                    |
+//! | `{:cas, k, expected, new}`    | `:ok` \| `{:error, {:mismatch, current}}`             |
+//! | `{:incr, k}` / `{:incr, k, n}`| the new integer \| `{:error, :not_integer}`           |
+//! | `:keys`                       | list of keys (unspecified order)                      |
+//! | `:size`                       | number of keys                                        |
+//! | `{:subscribe, k \| :all}`     | `:ok` (handled by the server, not the store)          |
+//! | `{:unsubscribe, k \| :all}`   | `:ok` (handled by the server)                         |
+//! | `:subscribers`                | number of live subscriptions (handled by the server)  |
+//! | anything else                 | [`unknown_request_reply`]: `{:error, {:unknown_request, req}}` |
+//!
+//! Change events are `{:kv_event, k, {:put, v}}` and `{:kv_event, k, :delete}`
+//! ([`event_message`]).
+//!
+//! The byte view ([`ByteRequest::parse`]) recognises only what it can read exactly; anything
+//! else is left to the term view, so it never changes an answer. The property test
+//! `byte_view_and_term_view_agree` checks that over a zoo of keys and values.
+
+use super::store::Event;
+use crate::etf::skip::atom as atom_at;
+use crate::etf::{SMALL_ATOM_UTF8_EXT as SMALL_ATOM_UTF8, SMALL_TUPLE_EXT as SMALL_TUPLE};
+use crate::node::gen_server::Request as ServerRequest;
+use eetf::{Atom, FixInteger, Term, Tuple};
+
+/// Atom names used on the wire, one constant per protocol tag.
+pub mod atoms {
+    /// `:get`
+    pub const GET: &str = "get";
+    /// `:put`
+    pub const PUT: &str = "put";
+    /// `:put_new`
+    pub const PUT_NEW: &str = "put_new";
+    /// `:delete`
+    pub const DELETE: &str = "delete";
+    /// `:cas`
+    pub const CAS: &str = "cas";
+    /// `:incr`
+    pub const INCR: &str = "incr";
+    /// `:keys`
+    pub const KEYS: &str = "keys";
+    /// `:size`
+    pub const SIZE: &str = "size";
+    /// `:subscribe`
+    pub const SUBSCRIBE: &str = "subscribe";
+    /// `:unsubscribe`
+    pub const UNSUBSCRIBE: &str = "unsubscribe";
+    /// `:subscribers`
+    pub const SUBSCRIBERS: &str = "subscribers";
+    /// `:all` (subscription topic meaning every key)
+    pub const ALL: &str = "all";
+    /// `nil`
+    pub const NIL: &str = "nil";
+    /// `:ok`
+    pub const OK: &str = "ok";
+    /// `:error`
+    pub const ERROR: &str = "error";
+    /// `:exists`
+    pub const EXISTS: &str = "exists";
+    /// `:mismatch`
+    pub const MISMATCH: &str = "mismatch";
+    /// `:not_integer`
+    pub const NOT_INTEGER: &str = "not_integer";
+    /// `:unknown_request`
+    pub const UNKNOWN_REQUEST: &str = "unknown_request";
+    /// `:kv_event`
+    pub const KV_EVENT: &str = "kv_event";
+}
+
+/// A subscription topic: one key, or every key.
+///
+/// `{:subscribe, :all}` always means [`Topic::All`], so the atom key `:all` cannot be
+/// subscribed to individually (an `:all` subscription covers it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Topic {
+    /// Changes to this key only.
+    Key(Term),
+    /// Changes to any key.
+    All,
+}
+
+/// A request that reads or changes the store; see [`Store::apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataRequest {
+    /// `{:get, k}` (default `nil`) or `{:get, k, default}`.
+    Get {
+        /// The key.
+        key: Term,
+        /// Returned when the key is absent.
+        default: Term,
+    },
+    /// `{:put, k, v}`: insert or overwrite.
+    Put {
+        /// The key.
+        key: Term,
+        /// The value.
+        value: Term,
+    },
+    /// `{:put_new, k, v}`: insert only if absent.
+    PutNew {
+        /// The key.
+        key: Term,
+        /// The value.
+        value: Term,
+    },
+    /// `{:delete, k}`.
+    Delete {
+        /// The key.
+        key: Term,
+    },
+    /// `{:cas, k, expected, new}`: compare-and-swap.
+    Cas {
+        /// The key.
+        key: Term,
+        /// The value the key must hold (`nil` also matches an absent key).
+        expected: Term,
+        /// The value to store on a match.
+        new: Term,
+    },
+    /// `{:incr, k}` (amount 1) or `{:incr, k, amount}`.
+    Incr {
+        /// The key.
+        key: Term,
+        /// The integer to add.
+        amount: Term,
+    },
+    /// `:keys`.
+    Keys,
+    /// `:size`.
+    Size,
+}
+
+/// A decoded KV request (the payload of a `$gen_call` or `$gen_cast`).
+///
+/// Data requests go to [`Store::apply`]; the subscription variants are the server's to handle.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// A store operation.
+    Data(DataRequest),
+    /// `{:subscribe, k}` or `{:subscribe, :all}`.
+    Subscribe(Topic),
+    /// `{:unsubscribe, k}` or `{:unsubscribe, :all}`.
+    Unsubscribe(Topic),
+    /// `:subscribers`.
+    Subscribers,
+}
+
+impl Request {
+    /// Decodes a request, or `None` if it has no known shape (reply with
+    /// [`unknown_request_reply`]). Clones the parts it keeps; prefer [`Request::from_term`]
+    /// when the term is owned.
+    pub fn parse(term: &Term) -> Option<Request> {
+        // Check the shape first so an unknown request (possibly large) is never cloned.
+        if !Self::is_known_shape(term) {
+            return None;
+        }
+        Self::from_term(term.clone()).ok()
+    }
+
+    fn is_known_shape(term: &Term) -> bool {
+        match term {
+            Term::Atom(a) => matches!(
+                a.name.as_str(),
+                atoms::KEYS | atoms::SIZE | atoms::SUBSCRIBERS
+            ),
+            Term::Tuple(t) => match t.elements.split_first() {
+                Some((Term::Atom(tag), rest)) => matches!(
+                    (tag.name.as_str(), rest.len()),
+                    (atoms::GET, 1 | 2)
+                        | (atoms::PUT | atoms::PUT_NEW, 2)
+                        | (atoms::DELETE, 1)
+                        | (atoms::CAS, 3)
+                        | (atoms::INCR, 1 | 2)
+                        | (atoms::SUBSCRIBE | atoms::UNSUBSCRIBE, 1)
+                ),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// Decodes an owned request term without cloning; on an unknown shape the term is handed
+    /// back unchanged (for [`unknown_request_reply`]).
+    pub fn from_term(term: Term) -> Result<Request, Term> {
+        if !Self::is_known_shape(&term) {
+            return Err(term);
+        }
+        let (tag, mut args) = match term {
+            Term::Atom(a) => {
+                return match a.name.as_str() {
+                    atoms::KEYS => Ok(Request::Data(DataRequest::Keys)),
+                    atoms::SIZE => Ok(Request::Data(DataRequest::Size)),
+                    atoms::SUBSCRIBERS => Ok(Request::Subscribers),
+                    _ => Err(Term::Atom(a)),
+                };
+            }
+            Term::Tuple(t) => {
+                let mut elements = t.elements.into_iter();
+                match elements.next() {
+                    Some(Term::Atom(tag)) => (tag, elements),
+                    // Unreachable after `is_known_shape`; stay total rather than panic.
+                    first => {
+                        return Err(Term::from(Tuple::from(
+                            first.into_iter().chain(elements).collect::<Vec<_>>(),
+                        )));
+                    }
+                }
+            }
+            other => return Err(other),
+        };
+        let arity = args.len();
+        // `is_known_shape` fixed the arity, so `next` never runs dry; `nil` keeps it total.
+        let mut next = || args.next().unwrap_or_else(nil);
+        let data = match (tag.name.as_str(), arity) {
+            (atoms::GET, 1) => DataRequest::Get {
+                key: next(),
+                default: nil(),
+            },
+            (atoms::GET, _) => DataRequest::Get {
+                key: next(),
+                default: next(),
+            },
+            (atoms::PUT, _) => DataRequest::Put {
+                key: next(),
+                value: next(),
+            },
+            (atoms::PUT_NEW, _) => DataRequest::PutNew {
+                key: next(),
+                value: next(),
+            },
+            (atoms::DELETE, _) => DataRequest::Delete { key: next() },
+            (atoms::CAS, _) => DataRequest::Cas {
+                key: next(),
+                expected: next(),
+                new: next(),
+            },
+            (atoms::INCR, 1) => DataRequest::Incr {
+                key: next(),
+                amount: Term::from(FixInteger::from(1)),
+            },
+            (atoms::INCR, _) => DataRequest::Incr {
+                key: next(),
+                amount: next(),
+            },
+            (atoms::SUBSCRIBE, _) => return Ok(Request::Subscribe(topic_of(next()))),
+            (atoms::UNSUBSCRIBE, _) => return Ok(Request::Unsubscribe(topic_of(next()))),
+            _ => {
+                let rest: Vec<Term> = args.collect();
+                return Err(retuple(tag, rest));
+            }
+        };
+        Ok(Request::Data(data))
+    }
+}
+
+/// Rebuilds a tuple `{tag, rest...}` (for handing back an unknown request).
+fn retuple(tag: Atom, rest: Vec<Term>) -> Term {
+    let mut all = Vec::with_capacity(rest.len() + 1);
+    all.push(Term::Atom(tag));
+    all.extend(rest);
+    Term::from(Tuple::from(all))
+}
+
+fn topic_of(term: Term) -> Topic {
+    match term {
+        Term::Atom(a) if a.name == atoms::ALL => Topic::All,
+        other => Topic::Key(other),
+    }
+}
+
+/// An atom.
+pub fn atom(name: &str) -> Term {
+    Term::from(Atom::from(name))
+}
+
+/// `nil`: the reply of a `get` on an absent key without a default.
+pub fn nil() -> Term {
+    atom(atoms::NIL)
+}
+
+/// Whether `term` is `nil`.
+pub fn is_nil(term: &Term) -> bool {
+    matches!(term, Term::Atom(a) if a.name == atoms::NIL)
+}
+
+/// A tuple.
+pub fn tuple(elements: Vec<Term>) -> Term {
+    Term::from(Tuple::from(elements))
+}
+
+/// `{:error, reason}`.
+pub fn error(reason: Term) -> Term {
+    tuple(vec![atom(atoms::ERROR), reason])
+}
+
+/// `:ok`.
+pub fn ok() -> Term {
+    atom(atoms::OK)
+}
+
+/// `{:error, :exists}` (a `put_new` on a present key).
+pub fn exists() -> Term {
+    error(atom(atoms::EXISTS))
+}
+
+/// `{:error, {:mismatch, current}}` (a `cas` that did not match).
+pub fn mismatch(current: Term) -> Term {
+    error(tuple(vec![atom(atoms::MISMATCH), current]))
+}
+
+/// `{:error, :not_integer}` (an `incr` of or by a non-integer).
+pub fn not_integer() -> Term {
+    error(atom(atoms::NOT_INTEGER))
+}
+
+/// The atom `nil` in external format (no version byte).
+pub const NIL_BYTES: &[u8] = &[SMALL_ATOM_UTF8, 3, b'n', b'i', b'l'];
+/// The atom `ok` in external format (no version byte).
+pub const OK_BYTES: &[u8] = &[SMALL_ATOM_UTF8, 2, b'o', b'k'];
+
+/// `{:get, k}`, as the rpc functions send it.
+pub fn get(key: Term) -> Term {
+    tuple(vec![atom(atoms::GET), key])
+}
+
+/// `{:get, k, default}`.
+pub fn get_or(key: Term, default: Term) -> Term {
+    tuple(vec![atom(atoms::GET), key, default])
+}
+
+/// `{:put, k, v}`.
+pub fn put(key: Term, value: Term) -> Term {
+    tuple(vec![atom(atoms::PUT), key, value])
+}
+
+/// `{:delete, k}`.
+pub fn delete(key: Term) -> Term {
+    tuple(vec![atom(atoms::DELETE), key])
+}
+
+/// `:keys`.
+pub fn keys() -> Term {
+    atom(atoms::KEYS)
+}
+
+/// `:size`.
+pub fn size() -> Term {
+    atom(atoms::SIZE)
+}
+
+/// A request read from its bytes (the byte view). Every slice is one term in external format,
+/// no version byte.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum ByteRequest<'a> {
+    /// `{:get, key}` or `{:get, key, default}`.
+    Get {
+        /// The key.
+        key: &'a [u8],
+        /// The default, when given.
+        default: Option<&'a [u8]>,
+    },
+    /// `{:put, key, value}`.
+    Put {
+        /// The key.
+        key: &'a [u8],
+        /// The value.
+        value: &'a [u8],
+    },
+    /// `{:delete, key}`.
+    Delete {
+        /// The key.
+        key: &'a [u8],
+    },
+}
+
+impl<'a> ByteRequest<'a> {
+    /// Reads `get`, `put` or `delete` from a request that arrived as bytes. `None`: a
+    /// decoded request, any other request, or an encoding this reader does not take (use
+    /// the term view).
+    pub fn parse(request: &ServerRequest<'a>) -> Option<Self> {
+        let [SMALL_TUPLE, arity, ref rest @ ..] = *request.bytes()? else {
+            return None;
+        };
+        let (name, n) = atom_at(rest)?;
+        let rest = rest.get(n..)?;
+        // The last element is the rest of the (validated) request, so it is not measured.
+        let split = |rest: &'a [u8]| -> Option<(&'a [u8], &'a [u8])> {
+            let (first, last) = rest.split_at_checked(request.term_len(rest)?)?;
+            (!last.is_empty()).then_some((first, last))
+        };
+        let request = match (arity, name) {
+            (2, b"get") => ByteRequest::Get {
+                key: rest,
+                default: None,
+            },
+            (3, b"get") => {
+                let (key, default) = split(rest)?;
+                ByteRequest::Get {
+                    key,
+                    default: Some(default),
+                }
+            }
+            (3, b"put") => {
+                let (key, value) = split(rest)?;
+                ByteRequest::Put { key, value }
+            }
+            (2, b"delete") => ByteRequest::Delete { key: rest },
+            _ => return None,
+        };
+        (!request.key().is_empty()).then_some(request)
+    }
+
+    /// The request's key.
+    pub fn key(&self) -> &'a [u8] {
+        match *self {
+            ByteRequest::Get { key, .. }
+            | ByteRequest::Put { key, .. }
+            | ByteRequest::Delete { key } => key,
+        }
+    }
+
+    /// Whether the request changes the store.
+    pub fn mutates(&self) -> bool {
+        !matches!(self, ByteRequest::Get { .. })
+    }
+}
+
+/// The message sent to subscribers: `{:kv_event, k, {:put, v}}` or `{:kv_event, k, :delete}`.
+pub fn event_message(event: &Event) -> Term {
+    let (key, change) = match event {
+        Event::Put { key, value } => (key, tuple(vec![atom(atoms::PUT), value.clone()])),
+        Event::Delete { key } => (key, atom(atoms::DELETE)),
+    };
+    tuple(vec![atom(atoms::KV_EVENT), key.clone(), change])
+}
+
+/// The reply to an unrecognised request: `{:error, {:unknown_request, req}}`.
+pub fn unknown_request_reply(req: &Term) -> Term {
+    error(tuple(vec![atom(atoms::UNKNOWN_REQUEST), req.clone()]))
+}
