@@ -448,3 +448,179 @@ pub fn event_message(event: &Event) -> Term {
 pub fn unknown_request_reply(req: &Term) -> Term {
     error(tuple(vec![atom(atoms::UNKNOWN_REQUEST), req.clone()]))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::etf::Limits;
+    use crate::kv::key::Key;
+    use crate::kv::server::apply_bytes;
+    use crate::kv::store::Store;
+    use crate::kv::test_terms::{bin, int, zoo};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    fn body(t: &Term) -> Vec<u8> {
+        let mut v = Vec::new();
+        t.encode(&mut v).expect("encode");
+        v.split_off(1)
+    }
+
+    fn view<'a>(bytes: &'a [u8], limits: &'a Limits) -> Option<ByteRequest<'a>> {
+        ByteRequest::parse(&ServerRequest::from_bytes(bytes, limits))
+    }
+
+    #[test]
+    fn byte_view_reads_get_put_delete() {
+        let limits = Limits::default();
+        let key = bin("k");
+        let value = tuple(vec![atom("v"), int(7)]);
+        assert_eq!(
+            view(&body(&put(key.clone(), value.clone())), &limits),
+            Some(ByteRequest::Put {
+                key: &body(&key),
+                value: &body(&value)
+            })
+        );
+        assert_eq!(
+            view(&body(&get_or(key.clone(), atom("none"))), &limits),
+            Some(ByteRequest::Get {
+                key: &body(&key),
+                default: Some(&body(&atom("none")))
+            })
+        );
+        assert_eq!(
+            view(&body(&get(key.clone())), &limits),
+            Some(ByteRequest::Get {
+                key: &body(&key),
+                default: None
+            })
+        );
+        assert_eq!(
+            view(&body(&delete(key.clone())), &limits),
+            Some(ByteRequest::Delete { key: &body(&key) })
+        );
+        for request in [
+            keys(),
+            size(),
+            tuple(vec![atom("incr"), atom("n")]),
+            tuple(vec![atom("get")]),
+            tuple(vec![atom("put"), atom("k")]),
+            tuple(vec![atom("delete"), atom("k"), atom("x")]),
+            tuple(vec![atom("subscribe"), atom("all")]),
+            tuple(vec![bin("get"), atom("k")]),
+        ] {
+            assert_eq!(view(&body(&request), &limits), None, "{request}");
+        }
+        // A decoded request has no byte view.
+        assert_eq!(
+            ByteRequest::parse(&ServerRequest::from_term(get(key))),
+            None
+        );
+    }
+
+    #[test]
+    fn reply_bytes_are_the_reply_terms() {
+        assert_eq!(NIL_BYTES, body(&nil()));
+        assert_eq!(OK_BYTES, body(&ok()));
+    }
+
+    fn same(a: &Term, b: &Term) -> bool {
+        Key::from_term(a) == Key::from_term(b)
+    }
+
+    fn decode(bytes: &[u8]) -> Term {
+        let mut v = vec![crate::etf::VERSION_MAGIC];
+        v.extend_from_slice(bytes);
+        crate::etf::decode_exact(&v, &Limits::default()).expect("decodes")
+    }
+
+    /// The term view's answer to `request` on `store`, as the server computes it for a
+    /// data request (subscriptions are not store operations; they answer `:ok` here).
+    fn term_view(store: &mut Store, request: Term) -> Term {
+        match Request::from_term(request) {
+            Ok(Request::Data(d)) => store.apply_with(d, false).0,
+            Ok(_) => ok(),
+            Err(request) => unknown_request_reply(&request),
+        }
+    }
+
+    /// Contents compared with exact equality (`=:=`), whatever the encodings.
+    fn assert_same_contents(a: &Store, b: &Store, what: &Term) {
+        assert_eq!(a.len(), b.len(), "after {what}");
+        for (k, v) in a.iter_encoded() {
+            let key = decode(&k[1..]);
+            let value = decode(&v[1..]);
+            let other = b
+                .get(&key)
+                .unwrap_or_else(|| panic!("{key} missing after {what}"));
+            assert!(
+                same(&value, &other),
+                "{key}: {value} vs {other} after {what}"
+            );
+        }
+    }
+
+    /// The byte view and the term view give the same replies and leave the same store, for
+    /// every request shape over the term zoo (seeded, so a failure replays).
+    #[test]
+    fn byte_view_and_term_view_agree() {
+        let limits = Limits::default();
+        let zoo = zoo();
+        let mut rng = StdRng::seed_from_u64(12);
+        let (mut bytes_store, mut terms_store) = (Store::new(), Store::new());
+        let mut default_reply = Vec::new();
+        let mut by_bytes = 0;
+        for i in 0..2000 {
+            let mut pick = || zoo[rng.random_range(0..zoo.len())].clone();
+            let (k, v, d) = (pick(), pick(), pick());
+            let shape = rng.random_range(0..14);
+            let request = match shape {
+                0 | 1 => get(k),
+                2 | 3 => get_or(k, d),
+                4..=6 => put(k, v),
+                7 => delete(k),
+                8 => tuple(vec![atom(atoms::PUT_NEW), k, v]),
+                9 => tuple(vec![atom(atoms::CAS), k, v, d]),
+                10 => tuple(vec![atom(atoms::INCR), k, int(2)]),
+                11 => [keys(), size(), atom(atoms::SUBSCRIBERS)][rng.random_range(0..3)].clone(),
+                12 => tuple(vec![atom(atoms::SUBSCRIBE), k.clone()]),
+                _ => [
+                    tuple(vec![atom(atoms::GET)]),
+                    tuple(vec![atom(atoms::PUT), k.clone()]),
+                    tuple(vec![atom(atoms::DELETE), k.clone(), v]),
+                    tuple(vec![k.clone(), atom(atoms::GET)]),
+                    k.clone(),
+                ][rng.random_range(0..5)]
+                .clone(),
+            };
+            let encoded = body(&request);
+            let server_request = ServerRequest::from_bytes(&encoded, &limits);
+            let expected = term_view(&mut terms_store, request.clone());
+            match ByteRequest::parse(&server_request) {
+                Some(view) => {
+                    by_bytes += 1;
+                    let reply = apply_bytes(&mut bytes_store, &mut default_reply, view, |k| {
+                        server_request.decode_part(k).ok()
+                    })
+                    .expect("every zoo key decodes");
+                    let reply = decode(reply);
+                    assert!(same(&reply, &expected), "{request}: {reply} vs {expected}");
+                }
+                None => {
+                    assert!(shape >= 8, "the byte view declined {request}");
+                    term_view(&mut bytes_store, request.clone());
+                }
+            }
+            if i % 8 == 0 {
+                assert_same_contents(&bytes_store, &terms_store, &request);
+            }
+        }
+        assert_same_contents(&bytes_store, &terms_store, &atom("end"));
+        assert!(
+            by_bytes > 1000,
+            "only {by_bytes} requests took the byte view"
+        );
+        assert!(!terms_store.is_empty());
+    }
+}

@@ -215,11 +215,11 @@ pub fn reply_frame(
 
 /// About how many bytes [`reply_frame`] appends for a reply of `reply_len` bytes.
 pub fn reply_frame_len(server_pid: &[u8], route: Route<'_>, tag: &[u8], reply_len: usize) -> usize {
-    let to = match route {
-        Route::Alias(a) => a.len(),
-        Route::Pid(p) => p.len() + 2,
+    let ctrl = match route {
+        Route::Alias(alias) => server_pid.len() + alias.len(),
+        Route::Pid(pid) => 2 + pid.len(),
     };
-    13 + server_pid.len() + to + tag.len() + reply_len
+    13 + ctrl + tag.len() + reply_len
 }
 
 /// A message as a server's loop sees it.
