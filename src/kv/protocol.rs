@@ -452,7 +452,7 @@ pub fn unknown_request_reply(req: &Term) -> Term {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::etf::Limits;
+    use crate::etf::{Limits, summary};
     use crate::kv::key::Key;
     use crate::kv::server::apply_bytes;
     use crate::kv::store::Store;
@@ -605,10 +605,16 @@ mod tests {
                     })
                     .expect("every zoo key decodes");
                     let reply = decode(reply);
-                    assert!(same(&reply, &expected), "{request}: {reply} vs {expected}");
+                    assert!(
+                        same(&reply, &expected),
+                        "{}: {} vs {}",
+                        summary(&request),
+                        summary(&reply),
+                        summary(&expected)
+                    );
                 }
                 None => {
-                    assert!(shape >= 8, "the byte view declined {request}");
+                    assert!(shape >= 8, "the byte view declined {}", summary(&request));
                     term_view(&mut bytes_store, request.clone());
                 }
             }

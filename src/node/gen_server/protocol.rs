@@ -286,6 +286,7 @@ pub fn classify(term: Term) -> Incoming {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::etf;
     use erl_dist::term::{Binary, FixInteger, ImproperList, Map, Pid};
 
     fn etf(t: &Term) -> Vec<u8> {
@@ -508,5 +509,57 @@ mod tests {
             }
         ));
         assert_eq!(frame, [9]);
+    }
+
+    /// The byte reader measures a call's parts with `skip`, which must agree with the
+    /// validator on every kind it takes.
+    #[test]
+    fn skip_measures_terms_as_the_validator_does() {
+        let limits = Limits::default();
+        let big_ref = Reference {
+            node: Atom::from("n@h"),
+            id: vec![1, 2, 3, 4, 5],
+            creation: 0x1234_5678,
+        };
+        let terms = vec![
+            pid(),
+            Pid::new("n@h", 1 << 20, 7, 0x0102_0304).into(),
+            reference().into(),
+            big_ref.into(),
+            alias_tag(),
+            atom_t("ok"),
+            FixInteger::from(3).into(),
+            FixInteger::from(-70_000).into(),
+            Binary::from(vec![7u8; 1000]).into(),
+            List::nil().into(),
+            List::from(vec![atom_t("a"), pid()]).into(),
+            tuple(vec![
+                pid(),
+                alias_tag(),
+                tuple(vec![atom_t("get"), atom_t("k")]),
+            ]),
+        ];
+        for t in &terms {
+            let b = body(t);
+            let mut padded = b.clone();
+            padded.extend_from_slice(&[1, 2, 3]);
+            assert_eq!(crate::etf::skip::skip(&padded), Some(b.len()), "{t}");
+            assert_eq!(
+                crate::etf::validate_term(&padded, &limits).ok(),
+                Some(b.len())
+            );
+            // Truncated bytes are never measured past their end.
+            for cut in 0..b.len() {
+                assert!(
+                    crate::etf::skip::skip(&b[..cut]).is_none_or(|n| n <= cut),
+                    "{t} cut at {cut}"
+                );
+            }
+        }
+        // Kinds it does not know are left to the validator.
+        assert_eq!(
+            crate::etf::skip::skip(&body(&erl_dist::term::Float { value: 1.5 }.into())),
+            None
+        );
     }
 }
