@@ -3,25 +3,8 @@
 //! without decoding) or from its decoded term (the term view: everything), and the reply and
 //! event builders, as terms and, where the byte view answers, as bytes.
 //!
-//! The shapes and replies (Elixir syntax; `nil` is the atom `nil`):
-//!
-//! | request                       | reply                                                 |
-//! |-------------------------------|-------------------------------------------------------|
-//! | `{:get, k}` / `{:get, k, d}`  | the value, or `d` (default `nil`) when absent         |
-//! | `{:put, k, v}`                | `:ok`                                                 |
-//! | `{:put_new, k, v}`            | `:ok` \| `{:error, :exists}`                          |
-//! | `{:delete, k}`                | `:ok` (whether or not `k` existed)                    |
-//! | `{:cas, k, expected, new}`    | `:ok` \| `{:error, {:mismatch, current}}`             |
-//! | `{:incr, k}` / `{:incr, k, n}`| the new integer \| `{:error, :not_integer}`           |
-//! | `:keys`                       | list of keys (unspecified order)                      |
-//! | `:size`                       | number of keys                                        |
-//! | `{:subscribe, k \| :all}`     | `:ok` (handled by the server, not the store)          |
-//! | `{:unsubscribe, k \| :all}`   | `:ok` (handled by the server)                         |
-//! | `:subscribers`                | number of live subscriptions (handled by the server)  |
-//! | anything else                 | [`unknown_request_reply`]: `{:error, {:unknown_request, req}}` |
-//!
-//! Change events are `{:kv_event, k, {:put, v}}` and `{:kv_event, k, :delete}`
-//! ([`event_message`]).
+//! The shapes and their replies are tabulated in the [`crate::kv`] module docs (the wire
+//! interface's one prose description); this module is their one implementation.
 //!
 //! The byte view ([`ByteRequest::parse`]) recognises only what it can read exactly; anything
 //! else is left to the term view, so it never changes an answer. The property test
@@ -398,24 +381,25 @@ impl<'a> ByteRequest<'a> {
             let (first, last) = rest.split_at_checked(request.term_len(rest)?)?;
             (!last.is_empty()).then_some((first, last))
         };
-        let request = match (arity, name) {
-            (2, b"get") => ByteRequest::Get {
+        let is = |tag: &str, n: u8| arity == n && name == tag.as_bytes();
+        let request = if is(atoms::GET, 2) {
+            ByteRequest::Get {
                 key: rest,
                 default: None,
-            },
-            (3, b"get") => {
-                let (key, default) = split(rest)?;
-                ByteRequest::Get {
-                    key,
-                    default: Some(default),
-                }
             }
-            (3, b"put") => {
-                let (key, value) = split(rest)?;
-                ByteRequest::Put { key, value }
+        } else if is(atoms::GET, 3) {
+            let (key, default) = split(rest)?;
+            ByteRequest::Get {
+                key,
+                default: Some(default),
             }
-            (2, b"delete") => ByteRequest::Delete { key: rest },
-            _ => return None,
+        } else if is(atoms::PUT, 3) {
+            let (key, value) = split(rest)?;
+            ByteRequest::Put { key, value }
+        } else if is(atoms::DELETE, 2) {
+            ByteRequest::Delete { key: rest }
+        } else {
+            return None;
         };
         (!request.key().is_empty()).then_some(request)
     }

@@ -89,31 +89,30 @@ pub fn parse<'a>(message: &'a [u8], limits: &Limits) -> Option<Envelope<'a>> {
     };
     let (name, n) = atom(rest)?;
     let rest = rest.get(n..)?;
-    match (arity, name) {
-        (2, b"$gen_cast") if !rest.is_empty() => Some(Envelope::Cast { request: rest }),
-        (3, b"$gen_call" | b"system") => {
-            let [SMALL_TUPLE, 2, ref rest @ ..] = *rest else {
-                return None;
-            };
-            if !matches!(rest.first(), Some(&(PID | NEW_PID))) {
-                return None;
-            }
-            let pid_len = measure(rest, limits)?;
-            let (pid, rest) = rest.split_at_checked(pid_len)?;
-            let tag_len = measure(rest, limits)?;
-            let (tag, request) = rest.split_at_checked(tag_len)?;
-            if request.is_empty() {
-                return None;
-            }
-            let from = From { pid, tag };
-            Some(if name == b"system" {
-                Envelope::System { from, request }
-            } else {
-                Envelope::Call { from, request }
-            })
-        }
-        _ => None,
+    if arity == 2 && name == GEN_CAST.as_bytes() {
+        return (!rest.is_empty()).then_some(Envelope::Cast { request: rest });
     }
+    let system = name == SYSTEM.as_bytes();
+    if arity != 3 || !(system || name == GEN_CALL.as_bytes()) {
+        return None;
+    }
+    let [SMALL_TUPLE, 2, ref rest @ ..] = *rest else {
+        return None;
+    };
+    if !matches!(rest.first(), Some(&(PID | NEW_PID))) {
+        return None;
+    }
+    let (pid, rest) = rest.split_at_checked(measure(rest, limits)?)?;
+    let (tag, request) = rest.split_at_checked(measure(rest, limits)?)?;
+    if request.is_empty() {
+        return None;
+    }
+    let from = From { pid, tag };
+    Some(if system {
+        Envelope::System { from, request }
+    } else {
+        Envelope::Call { from, request }
+    })
 }
 
 /// The alias reference in a call tag `[:alias | ref]` (how OTP 24+ `gen:call` tags calls),
@@ -286,7 +285,6 @@ pub fn classify(term: Term) -> Incoming {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::etf;
     use erl_dist::term::{Binary, FixInteger, ImproperList, Map, Pid};
 
     fn etf(t: &Term) -> Vec<u8> {
