@@ -72,7 +72,7 @@ pub enum Topic {
     All,
 }
 
-/// A request that reads or changes the store; see [`Store::apply`].
+/// A request that reads or changes the store; see [`super::store::Store::apply`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum DataRequest {
     /// `{:get, k}` (default `nil`) or `{:get, k, default}`.
@@ -125,7 +125,7 @@ pub enum DataRequest {
 
 /// A decoded KV request (the payload of a `$gen_call` or `$gen_cast`).
 ///
-/// Data requests go to [`Store::apply`]; the subscription variants are the server's to handle.
+/// Data requests go to [`super::store::Store::apply`]; the subscription variants are the server's to handle.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
     /// A store operation.

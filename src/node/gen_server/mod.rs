@@ -70,7 +70,7 @@ pub struct Caller {
 
 // The byte variant is inline on purpose: the fast path records a caller without allocating.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Who {
     Term {
         pid: Pid,
@@ -85,6 +85,23 @@ enum Who {
         pid: OnceLock<Pid>,
         tag: OnceLock<Term>,
     },
+}
+
+impl std::fmt::Debug for Who {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Who::Term { pid, tag } => f
+                .debug_struct("Term")
+                .field("pid", pid)
+                .field("tag", &crate::etf::summary(tag))
+                .finish(),
+            Who::Bytes { pid_len, len, .. } => f
+                .debug_struct("Bytes")
+                .field("pid_len", pid_len)
+                .field("len", len)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 type LocalReply = std::sync::Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Term>>>>;

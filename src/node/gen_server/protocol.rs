@@ -391,6 +391,34 @@ mod tests {
         }
     }
 
+    /// A caller read from bytes (inline, or decoded at once when too big to keep inline)
+    /// gives back the pid and tag the term reader gives.
+    #[test]
+    fn callers_from_bytes_decode_to_the_same_pid_and_tag() {
+        let limits = Limits::default();
+        let long_tag = tuple(vec![alias_tag(), Binary::from(vec![7u8; 300]).into()]);
+        for tag in [alias_tag(), reference().into(), long_tag] {
+            let (pid_bytes, tag_bytes) = (body(&pid()), body(&tag));
+            let from = From {
+                pid: &pid_bytes,
+                tag: &tag_bytes,
+            };
+            let caller = Caller::from_bytes(&from, &limits).expect("a caller");
+            assert_eq!(caller.pid(), &pid_of());
+            assert_eq!(caller.tag(), &tag);
+            let copy = caller.clone();
+            assert_eq!((copy.pid(), copy.tag()), (&pid_of(), &tag));
+        }
+        // Not a pid: no caller.
+        let not_pid = body(&Binary::from(vec![1u8; 300]).into());
+        let tag = body(&alias_tag());
+        let from = From {
+            pid: &not_pid,
+            tag: &tag,
+        };
+        assert!(Caller::from_bytes(&from, &limits).is_none());
+    }
+
     #[test]
     fn info_messages_are_neither() {
         let limits = Limits::default();
