@@ -1,5 +1,5 @@
 //! `DistributedExample.KVStore`: the key-value GenServer kvnode hosts, and the one source of
-//! truth for its wire interface.
+//! truth for its wire interface (implemented, shapes and replies, in [`protocol`]).
 //!
 //! Keys and values are arbitrary Erlang terms. Keys compare with exact term equality, as
 //! Elixir map keys do: `1` and `1.0` are different keys, maps are equal regardless of encoding
@@ -35,7 +35,7 @@
 
 pub mod durable;
 pub mod key;
-pub mod raw;
+pub mod protocol;
 pub mod rpc;
 pub mod server;
 pub mod store;

@@ -4,6 +4,7 @@
 //! registered name (`--process-name`, `Elixir.DistributedExample.KVStore` by default). The
 //! application registers them when it starts ([`register`]); the table names no module itself.
 
+use super::protocol::{self, atoms};
 use crate::node::services::functions::{Finished, Functions, Outcome, atom, tuple};
 use crate::node::{Node, Signal};
 use erl_dist::term::Term;
@@ -16,17 +17,17 @@ use tokio::sync::oneshot;
 /// `server`.
 pub fn register(functions: &Functions, module: &str, server: &str) {
     type Build = fn(&[Term]) -> Term;
+    // The request shapes are the KV protocol's; `register` checks the arity before `build`
+    // runs, so the indexing below never goes out of bounds.
     let api: [(&str, usize, Build); 6] = [
-        ("get", 1, |a| tuple(vec![atom("get"), a[0].clone()])),
-        ("get", 2, |a| {
-            tuple(vec![atom("get"), a[0].clone(), a[1].clone()])
+        (atoms::GET, 1, |a| protocol::get(a[0].clone())),
+        (atoms::GET, 2, |a| {
+            protocol::get_or(a[0].clone(), a[1].clone())
         }),
-        ("put", 2, |a| {
-            tuple(vec![atom("put"), a[0].clone(), a[1].clone()])
-        }),
-        ("delete", 1, |a| tuple(vec![atom("delete"), a[0].clone()])),
-        ("keys", 0, |_| atom("keys")),
-        ("size", 0, |_| atom("size")),
+        (atoms::PUT, 2, |a| protocol::put(a[0].clone(), a[1].clone())),
+        (atoms::DELETE, 1, |a| protocol::delete(a[0].clone())),
+        (atoms::KEYS, 0, |_| protocol::keys()),
+        (atoms::SIZE, 0, |_| protocol::size()),
     ];
     for (name, arity, build) in api {
         let server: Arc<str> = Arc::from(server);

@@ -6,9 +6,8 @@
 
 use super::durable::{self, Durable};
 use super::key::Key;
-use super::raw;
-use super::store::{self, Event, Request, Store, Topic};
-use crate::node::RawMessage;
+use super::protocol::{self, ByteRequest, Request, Topic};
+use super::store::{Event, Store};
 use crate::node::gen_server::{self, CallResult, Caller, Ctx, GenServer};
 use crate::storage::Op;
 use erl_dist::term::{Atom, BigInteger, FixInteger, Pid, Reference, Term};
@@ -29,12 +28,8 @@ pub struct KvServer {
     by_key: HashMap<Key, HashSet<Pid>>,
     all: HashSet<Pid>,
     subscriptions: usize,
-    /// The server's own pid in external format (for raw replies), made on first use.
-    self_etf: Vec<u8>,
-}
-
-fn ok() -> Term {
-    Atom::from("ok").into()
+    /// Where a byte-view `get` that misses copies its default, so the reply can borrow it.
+    default_reply: Vec<u8>,
 }
 
 fn count(n: usize) -> Term {
@@ -45,26 +40,75 @@ fn count(n: usize) -> Term {
 }
 
 thread_local! {
-    /// Scratch space for the canonical key of a raw request.
+    /// Scratch space for the canonical key of a byte-view request.
     static RAW_KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The canonical key of a key in external format: read directly for the usual kinds of key,
-/// else decoded first.
-fn raw_canonical_key(key: &[u8], limits: &crate::etf::Limits, out: &mut Vec<u8>) -> bool {
+/// else decoded first (with `decode`).
+fn raw_canonical_key(
+    key: &[u8],
+    decode: impl FnOnce(&[u8]) -> Option<Term>,
+    out: &mut Vec<u8>,
+) -> bool {
     if super::key::encode_etf_into(key, out) {
         return true;
     }
-    let mut versioned = Vec::with_capacity(key.len() + 1);
-    versioned.push(131);
-    versioned.extend_from_slice(key);
-    match crate::etf::decode_exact(&versioned, limits) {
-        Ok(term) => {
+    match decode(key) {
+        Some(term) => {
             super::key::encode_into(&term, out);
             true
         }
-        Err(_) => false,
+        None => false,
     }
+}
+
+/// Applies a byte-view request to `store`: no term is built, values are stored and answered
+/// as the bytes they came as. Returns the reply's bytes (one term, no version byte), or None
+/// when the key does not decode (then the whole request would not either). `decode` decodes
+/// a key of a kind the canonical-key reader does not take.
+pub(crate) fn apply_bytes<'s>(
+    store: &'s mut Store,
+    default_reply: &'s mut Vec<u8>,
+    request: ByteRequest<'_>,
+    decode: impl FnOnce(&[u8]) -> Option<Term>,
+) -> Option<&'s [u8]> {
+    RAW_KEY.with(|cell| {
+        // Busy only if this thread re-entered a byte-view handler; then a buffer of its own.
+        let mut own = Vec::new();
+        let mut shared = cell.try_borrow_mut().ok();
+        let canon = shared.as_deref_mut().unwrap_or(&mut own);
+        canon.clear();
+        let reply = if raw_canonical_key(request.key(), decode, canon) {
+            Some(match request {
+                ByteRequest::Get { default, .. } => match store.get_encoded(canon) {
+                    Some(value) => value.get(1..).unwrap_or(protocol::NIL_BYTES),
+                    None => match default {
+                        Some(default) => {
+                            default_reply.clear();
+                            default_reply.extend_from_slice(default);
+                            default_reply.as_slice()
+                        }
+                        None => protocol::NIL_BYTES,
+                    },
+                },
+                ByteRequest::Put { key, value } => {
+                    store.put_encoded(canon, key, value);
+                    protocol::OK_BYTES
+                }
+                ByteRequest::Delete { .. } => {
+                    store.delete_encoded(canon);
+                    protocol::OK_BYTES
+                }
+            })
+        } else {
+            None
+        };
+        if canon.capacity() > 64 * 1024 {
+            *canon = Vec::new();
+        }
+        reply
+    })
 }
 
 impl KvServer {
@@ -188,7 +232,7 @@ impl KvServer {
     fn publish(&self, ctx: &Ctx, event: &Event) {
         let key = Key::from_term(event.key());
         let by_key = self.by_key.get(&key);
-        let message = store::event_message(event);
+        let message = protocol::event_message(event);
         for pid in &self.all {
             ctx.send(pid, message.clone());
         }
@@ -204,7 +248,7 @@ impl KvServer {
     fn data(
         &mut self,
         ctx: &Ctx,
-        req: store::DataRequest,
+        req: protocol::DataRequest,
         caller: Option<&Caller>,
     ) -> Option<Term> {
         let Some(durable) = &self.durable else {
@@ -260,6 +304,19 @@ impl KvServer {
     }
 }
 
+impl KvServer {
+    /// The byte view of `request`, when it may be used: the request arrived as bytes, is a
+    /// `get`, `put` or `delete`, and nothing else needs its terms (no durability: replies
+    /// wait for the log; for changes, no subscribers: events carry the terms).
+    fn byte_view<'r>(&self, request: &gen_server::Request<'r>) -> Option<ByteRequest<'r>> {
+        if self.durable.is_some() {
+            return None;
+        }
+        let view = ByteRequest::parse(request)?;
+        (!view.mutates() || self.subscriptions == 0).then_some(view)
+    }
+}
+
 impl GenServer for KvServer {
     fn handle_call(
         &mut self,
@@ -267,6 +324,16 @@ impl GenServer for KvServer {
         from: &Caller,
         request: gen_server::Request<'_>,
     ) -> CallResult<'_> {
+        if let Some(view) = self.byte_view(&request) {
+            let decode = |k: &[u8]| request.decode_part(k).ok();
+            return match apply_bytes(&mut self.store, &mut self.default_reply, view, decode) {
+                Some(reply) => CallResult::Encoded(reply),
+                None => {
+                    tracing::debug!("undecodable key in a call");
+                    CallResult::NoReply
+                }
+            };
+        }
         let request = match request.decode() {
             Ok(request) => request,
             Err(error) => {
@@ -282,23 +349,30 @@ impl GenServer for KvServer {
                 };
             }
             Ok(Request::Subscribe(topic)) => {
-                self.subscribe(ctx, &from.pid, topic);
-                ok()
+                self.subscribe(ctx, from.pid(), topic);
+                protocol::ok()
             }
             Ok(Request::Unsubscribe(topic)) => {
-                self.unsubscribe(ctx, &from.pid, topic);
-                ok()
+                self.unsubscribe(ctx, from.pid(), topic);
+                protocol::ok()
             }
             Ok(Request::Subscribers) => count(self.subscriptions),
             Err(request) => {
                 tracing::debug!(request = %crate::etf::summary(&request), "unknown call");
-                store::unknown_request_reply(&request)
+                protocol::unknown_request_reply(&request)
             }
         };
         CallResult::Reply(reply)
     }
 
     fn handle_cast(&mut self, ctx: &mut Ctx, request: gen_server::Request<'_>) {
+        if let Some(view) = self.byte_view(&request) {
+            let decode = |k: &[u8]| request.decode_part(k).ok();
+            if apply_bytes(&mut self.store, &mut self.default_reply, view, decode).is_none() {
+                tracing::debug!("undecodable key in a cast: ignored");
+            }
+            return;
+        }
         let request = match request.decode() {
             Ok(request) => request,
             Err(error) => {
@@ -315,84 +389,6 @@ impl GenServer for KvServer {
                 tracing::debug!(request = %crate::etf::summary(&request), "unknown cast: ignored")
             }
         }
-    }
-
-    /// `get`, `put` and `delete` from their bytes (see [`raw`]) when nothing else needs the
-    /// terms: no durability (replies wait for the log) and, for changes, no subscribers
-    /// (events carry the terms). The reply goes by ALIAS_SEND on the connection the call came
-    /// on, exactly as [`crate::node::gen_server::Replier`] would send it.
-    fn handle_raw(&mut self, ctx: &mut Ctx, raw: &RawMessage) -> bool {
-        if self.durable.is_some() {
-            return false;
-        }
-        let Some(message) = raw::parse(raw.message, raw.limits) else {
-            return false;
-        };
-        if message.request.mutates() && self.subscriptions > 0 {
-            return false;
-        }
-        let reply_to = match &message.from {
-            None => None,
-            Some(from) => {
-                let Some(alias) = raw::alias_of(from.tag, raw.limits) else {
-                    return false;
-                };
-                if !raw.conn.flags.contains(erl_dist::DistributionFlags::ALIAS)
-                    || raw::pid_node(from.pid) != Some(raw.peer.as_bytes())
-                {
-                    return false;
-                }
-                Some((from.tag, alias))
-            }
-        };
-        if self.self_etf.is_empty() {
-            let mut pid = Vec::new();
-            if Term::from(ctx.self_pid().clone()).encode(&mut pid).is_err() || pid.len() < 2 {
-                return false;
-            }
-            pid.remove(0);
-            self.self_etf = pid;
-        }
-        RAW_KEY.with(|cell| {
-            let Ok(mut canon) = cell.try_borrow_mut() else {
-                return false;
-            };
-            canon.clear();
-            if !raw_canonical_key(message.request.key(), raw.limits, &mut canon) {
-                return false;
-            }
-            let reply: &[u8] = match message.request {
-                raw::Request::Get { default, .. } => match self.store.get_encoded(&canon) {
-                    Some(value) => value.get(1..).unwrap_or(raw::NIL_ATOM),
-                    None => default.unwrap_or(raw::NIL_ATOM),
-                },
-                raw::Request::Put { key, value } => {
-                    self.store.put_encoded(&canon, key, value);
-                    raw::OK
-                }
-                raw::Request::Delete { .. } => {
-                    self.store.delete_encoded(&canon);
-                    raw::OK
-                }
-            };
-            if let Some((tag, alias)) = reply_to {
-                let size = 32 + self.self_etf.len() + alias.len() + tag.len() + reply.len();
-                let pushed = raw.conn.outbox.push_with(size, |out| {
-                    raw::alias_reply_frame(out, &self.self_etf, alias, tag, &[reply]);
-                });
-                if pushed.is_err() {
-                    tracing::warn!(
-                        peer = raw.peer,
-                        "peer is not reading: its outbound buffer is full, disconnecting it"
-                    );
-                    raw.conn.close();
-                }
-            }
-            if canon.capacity() > 64 * 1024 {
-                *canon = Vec::new();
-            }
-            true
-        })
     }
 
     /// `:sys.get_state`: `%{keys: n, subscribers: n, subscriptions: n, storage: :memory |

@@ -1,90 +1,28 @@
-//! The pure key-value store behind `DistributedExample.KVStore`, and its request/reply shapes.
+//! The pure key-value store behind `DistributedExample.KVStore`.
 //!
-//! No I/O and no async: the GenServer (in `kv::server`) decodes a `$gen_call`/`$gen_cast`
-//! payload with [`Request::from_term`] (or [`Request::parse`]), hands data requests to
-//! [`Store::apply`], sends the reply term back, and fans any [`Event`] out to subscribers as
-//! [`event_message`]. Subscription requests ([`Request::Subscribe`], [`Request::Unsubscribe`],
-//! [`Request::Subscribers`]) are not store operations and are left to the server, which is why
-//! [`Request`] splits them from [`DataRequest`].
+//! No I/O and no async: the GenServer (in `kv::server`) reads a request with
+//! [`super::protocol`], hands data requests to [`Store::apply`] (or, on the byte view, to
+//! [`Store::get_encoded`] and friends), sends the reply back, and fans any [`Event`] out to
+//! subscribers as [`super::protocol::event_message`]. The request shapes and replies are
+//! listed in [`super::protocol`].
 //!
 //! Keys are compared with Erlang's exact equality (`=:=`), via [`Key`]: `1` and `1.0` are
 //! different keys, `0.0` and `-0.0` are different keys (OTP 27+ semantics), a charlist is the
 //! same key however it was encoded, and maps are equal regardless of entry order.
 //!
-//! Wire shapes (Elixir syntax; `nil` is the atom `nil`):
-//!
-//! | request                       | reply                                                 |
-//! |-------------------------------|-------------------------------------------------------|
-//! | `{:get, k}` / `{:get, k, d}`  | the value, or `d` (default `nil`) when absent         |
-//! | `{:put, k, v}`                | `:ok`                                                 |
-//! | `{:put_new, k, v}`            | `:ok` \| `{:error, :exists}`                          |
-//! | `{:delete, k}`                | `:ok` (whether or not `k` existed)                    |
-//! | `{:cas, k, expected, new}`    | `:ok` \| `{:error, {:mismatch, current}}`             |
-//! | `{:incr, k}` / `{:incr, k, n}`| the new integer \| `{:error, :not_integer}`           |
-//! | `:keys`                       | list of keys (unspecified order)                      |
-//! | `:size`                       | number of keys                                        |
-//! | `{:subscribe, k \| :all}`     | handled by the server                                 |
-//! | `{:unsubscribe, k \| :all}`   | handled by the server                                 |
-//! | `:subscribers`                | handled by the server                                 |
-//! | anything else                 | [`unknown_request_reply`]: `{:error, {:unknown_request, req}}` |
-//!
 //! For `cas`, an `expected` of `nil` also matches an absent key, and `current` is `nil` when the
-//! key is absent. `incr` treats an absent key as `0`. Change events are
-//! `{:kv_event, k, {:put, v}}` and `{:kv_event, k, :delete}`.
+//! key is absent. `incr` treats an absent key as `0`.
 
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
 
-use eetf::{Atom, BigInteger, FixInteger, List, Term, Tuple};
+use eetf::{BigInteger, FixInteger, List, Term};
 use num_bigint::BigInt;
 use num_traits::ToPrimitive;
 use thiserror::Error;
 
 use super::key::Key;
-
-/// Atom names used on the wire, one constant per protocol tag.
-pub mod atoms {
-    /// `:get`
-    pub const GET: &str = "get";
-    /// `:put`
-    pub const PUT: &str = "put";
-    /// `:put_new`
-    pub const PUT_NEW: &str = "put_new";
-    /// `:delete`
-    pub const DELETE: &str = "delete";
-    /// `:cas`
-    pub const CAS: &str = "cas";
-    /// `:incr`
-    pub const INCR: &str = "incr";
-    /// `:keys`
-    pub const KEYS: &str = "keys";
-    /// `:size`
-    pub const SIZE: &str = "size";
-    /// `:subscribe`
-    pub const SUBSCRIBE: &str = "subscribe";
-    /// `:unsubscribe`
-    pub const UNSUBSCRIBE: &str = "unsubscribe";
-    /// `:subscribers`
-    pub const SUBSCRIBERS: &str = "subscribers";
-    /// `:all` (subscription topic meaning every key)
-    pub const ALL: &str = "all";
-    /// `nil`
-    pub const NIL: &str = "nil";
-    /// `:ok`
-    pub const OK: &str = "ok";
-    /// `:error`
-    pub const ERROR: &str = "error";
-    /// `:exists`
-    pub const EXISTS: &str = "exists";
-    /// `:mismatch`
-    pub const MISMATCH: &str = "mismatch";
-    /// `:not_integer`
-    pub const NOT_INTEGER: &str = "not_integer";
-    /// `:unknown_request`
-    pub const UNKNOWN_REQUEST: &str = "unknown_request";
-    /// `:kv_event`
-    pub const KV_EVENT: &str = "kv_event";
-}
+use super::protocol::{DataRequest, exists, is_nil, mismatch, nil, not_integer, ok};
 
 /// Why [`Store::incr`] refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -94,7 +32,7 @@ pub enum IncrError {
     NotInteger,
 }
 
-/// A change to the store, to be sent to subscribers via [`event_message`].
+/// A change to the store, to be sent to subscribers via [`super::protocol::event_message`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// `key` now maps to `value` (put, successful put_new, cas or incr).
@@ -118,227 +56,6 @@ impl Event {
             Event::Put { key, .. } | Event::Delete { key } => key,
         }
     }
-}
-
-/// A subscription topic: one key, or every key.
-///
-/// `{:subscribe, :all}` always means [`Topic::All`], so the atom key `:all` cannot be
-/// subscribed to individually (an `:all` subscription covers it).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Topic {
-    /// Changes to this key only.
-    Key(Term),
-    /// Changes to any key.
-    All,
-}
-
-/// A request that reads or changes the store; see [`Store::apply`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum DataRequest {
-    /// `{:get, k}` (default `nil`) or `{:get, k, default}`.
-    Get {
-        /// The key.
-        key: Term,
-        /// Returned when the key is absent.
-        default: Term,
-    },
-    /// `{:put, k, v}`: insert or overwrite.
-    Put {
-        /// The key.
-        key: Term,
-        /// The value.
-        value: Term,
-    },
-    /// `{:put_new, k, v}`: insert only if absent.
-    PutNew {
-        /// The key.
-        key: Term,
-        /// The value.
-        value: Term,
-    },
-    /// `{:delete, k}`.
-    Delete {
-        /// The key.
-        key: Term,
-    },
-    /// `{:cas, k, expected, new}`: compare-and-swap.
-    Cas {
-        /// The key.
-        key: Term,
-        /// The value the key must hold (`nil` also matches an absent key).
-        expected: Term,
-        /// The value to store on a match.
-        new: Term,
-    },
-    /// `{:incr, k}` (amount 1) or `{:incr, k, amount}`.
-    Incr {
-        /// The key.
-        key: Term,
-        /// The integer to add.
-        amount: Term,
-    },
-    /// `:keys`.
-    Keys,
-    /// `:size`.
-    Size,
-}
-
-/// A decoded KV request (the payload of a `$gen_call` or `$gen_cast`).
-///
-/// Data requests go to [`Store::apply`]; the subscription variants are the server's to handle.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Request {
-    /// A store operation.
-    Data(DataRequest),
-    /// `{:subscribe, k}` or `{:subscribe, :all}`.
-    Subscribe(Topic),
-    /// `{:unsubscribe, k}` or `{:unsubscribe, :all}`.
-    Unsubscribe(Topic),
-    /// `:subscribers`.
-    Subscribers,
-}
-
-impl Request {
-    /// Decodes a request, or `None` if it has no known shape (reply with
-    /// [`unknown_request_reply`]). Clones the parts it keeps; prefer [`Request::from_term`]
-    /// when the term is owned.
-    pub fn parse(term: &Term) -> Option<Request> {
-        // Check the shape first so an unknown request (possibly large) is never cloned.
-        if !Self::is_known_shape(term) {
-            return None;
-        }
-        Self::from_term(term.clone()).ok()
-    }
-
-    fn is_known_shape(term: &Term) -> bool {
-        match term {
-            Term::Atom(a) => matches!(
-                a.name.as_str(),
-                atoms::KEYS | atoms::SIZE | atoms::SUBSCRIBERS
-            ),
-            Term::Tuple(t) => match t.elements.split_first() {
-                Some((Term::Atom(tag), rest)) => matches!(
-                    (tag.name.as_str(), rest.len()),
-                    (atoms::GET, 1 | 2)
-                        | (atoms::PUT | atoms::PUT_NEW, 2)
-                        | (atoms::DELETE, 1)
-                        | (atoms::CAS, 3)
-                        | (atoms::INCR, 1 | 2)
-                        | (atoms::SUBSCRIBE | atoms::UNSUBSCRIBE, 1)
-                ),
-                _ => false,
-            },
-            _ => false,
-        }
-    }
-
-    /// Decodes an owned request term without cloning; on an unknown shape the term is handed
-    /// back unchanged (for [`unknown_request_reply`]).
-    pub fn from_term(term: Term) -> Result<Request, Term> {
-        if !Self::is_known_shape(&term) {
-            return Err(term);
-        }
-        let (tag, mut args) = match term {
-            Term::Atom(a) => {
-                return match a.name.as_str() {
-                    atoms::KEYS => Ok(Request::Data(DataRequest::Keys)),
-                    atoms::SIZE => Ok(Request::Data(DataRequest::Size)),
-                    atoms::SUBSCRIBERS => Ok(Request::Subscribers),
-                    _ => Err(Term::Atom(a)),
-                };
-            }
-            Term::Tuple(t) => {
-                let mut elements = t.elements.into_iter();
-                match elements.next() {
-                    Some(Term::Atom(tag)) => (tag, elements),
-                    // Unreachable after `is_known_shape`; stay total rather than panic.
-                    first => {
-                        return Err(Term::from(Tuple::from(
-                            first.into_iter().chain(elements).collect::<Vec<_>>(),
-                        )));
-                    }
-                }
-            }
-            other => return Err(other),
-        };
-        let arity = args.len();
-        // `is_known_shape` fixed the arity, so `next` never runs dry; `nil` keeps it total.
-        let mut next = || args.next().unwrap_or_else(nil);
-        let data = match (tag.name.as_str(), arity) {
-            (atoms::GET, 1) => DataRequest::Get {
-                key: next(),
-                default: nil(),
-            },
-            (atoms::GET, _) => DataRequest::Get {
-                key: next(),
-                default: next(),
-            },
-            (atoms::PUT, _) => DataRequest::Put {
-                key: next(),
-                value: next(),
-            },
-            (atoms::PUT_NEW, _) => DataRequest::PutNew {
-                key: next(),
-                value: next(),
-            },
-            (atoms::DELETE, _) => DataRequest::Delete { key: next() },
-            (atoms::CAS, _) => DataRequest::Cas {
-                key: next(),
-                expected: next(),
-                new: next(),
-            },
-            (atoms::INCR, 1) => DataRequest::Incr {
-                key: next(),
-                amount: Term::from(FixInteger::from(1)),
-            },
-            (atoms::INCR, _) => DataRequest::Incr {
-                key: next(),
-                amount: next(),
-            },
-            (atoms::SUBSCRIBE, _) => return Ok(Request::Subscribe(topic_of(next()))),
-            (atoms::UNSUBSCRIBE, _) => return Ok(Request::Unsubscribe(topic_of(next()))),
-            _ => {
-                let rest: Vec<Term> = args.collect();
-                return Err(retuple(tag, rest));
-            }
-        };
-        Ok(Request::Data(data))
-    }
-}
-
-/// Rebuilds a tuple `{tag, rest...}` (for handing back an unknown request).
-fn retuple(tag: Atom, rest: Vec<Term>) -> Term {
-    let mut all = Vec::with_capacity(rest.len() + 1);
-    all.push(Term::Atom(tag));
-    all.extend(rest);
-    Term::from(Tuple::from(all))
-}
-
-fn topic_of(term: Term) -> Topic {
-    match term {
-        Term::Atom(a) if a.name == atoms::ALL => Topic::All,
-        other => Topic::Key(other),
-    }
-}
-
-fn atom(name: &str) -> Term {
-    Term::from(Atom::from(name))
-}
-
-fn nil() -> Term {
-    atom(atoms::NIL)
-}
-
-fn is_nil(term: &Term) -> bool {
-    matches!(term, Term::Atom(a) if a.name == atoms::NIL)
-}
-
-fn tuple(elements: Vec<Term>) -> Term {
-    Term::from(Tuple::from(elements))
-}
-
-fn error(reason: Term) -> Term {
-    tuple(vec![atom(atoms::ERROR), reason])
 }
 
 /// An integer term in canonical `eetf` form: `FixInteger` when it fits `i32`, else `BigInteger`.
@@ -681,14 +398,14 @@ impl Store {
             DataRequest::Put { key, value } => {
                 let ev = event(&key, &value);
                 self.put(key, value);
-                (atom(atoms::OK), ev)
+                (ok(), ev)
             }
             DataRequest::PutNew { key, value } => {
                 let ev = event(&key, &value);
                 if self.put_new(key, value) {
-                    (atom(atoms::OK), ev)
+                    (ok(), ev)
                 } else {
-                    (error(atom(atoms::EXISTS)), None)
+                    (exists(), None)
                 }
             }
             DataRequest::Delete { key } => {
@@ -696,15 +413,15 @@ impl Store {
                     .remove(&key)
                     .filter(|_| emit_events)
                     .map(|key| Event::Delete { key });
-                (atom(atoms::OK), ev)
+                (ok(), ev)
             }
             DataRequest::Cas { key, expected, new } => {
                 let ev = event(&key, &new);
                 match self.cas(key, &expected, new) {
-                    Ok(()) => (atom(atoms::OK), ev),
+                    Ok(()) => (ok(), ev),
                     Err(current) => {
                         let current = current.unwrap_or_else(nil);
-                        (error(tuple(vec![atom(atoms::MISMATCH), current])), None)
+                        (mismatch(current), None)
                     }
                 }
             }
@@ -718,7 +435,7 @@ impl Store {
                         });
                         (new, ev)
                     }
-                    Err(IncrError::NotInteger) => (error(atom(atoms::NOT_INTEGER)), None),
+                    Err(IncrError::NotInteger) => (not_integer(), None),
                 }
             }
             DataRequest::Keys => (Term::from(List::from(self.keys())), None),
@@ -727,23 +444,10 @@ impl Store {
     }
 }
 
-/// The message sent to subscribers: `{:kv_event, k, {:put, v}}` or `{:kv_event, k, :delete}`.
-pub fn event_message(event: &Event) -> Term {
-    let (key, change) = match event {
-        Event::Put { key, value } => (key, tuple(vec![atom(atoms::PUT), value.clone()])),
-        Event::Delete { key } => (key, atom(atoms::DELETE)),
-    };
-    tuple(vec![atom(atoms::KV_EVENT), key.clone(), change])
-}
-
-/// The reply to an unrecognised request: `{:error, {:unknown_request, req}}`.
-pub fn unknown_request_reply(req: &Term) -> Term {
-    error(tuple(vec![atom(atoms::UNKNOWN_REQUEST), req.clone()]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::protocol::{Request, Topic, atom, event_message, tuple, unknown_request_reply};
     use crate::kv::test_terms::{big, bin, float, int, list, map};
     use eetf::{ByteList, Pid};
 

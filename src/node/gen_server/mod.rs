@@ -1,12 +1,21 @@
 //! The GenServer protocol on the kvnode side: a trait for servers and the loop that turns
 //! mailbox signals into `handle_call` / `handle_cast` / `handle_info` / `handle_down`.
 //!
-//! Wire shapes (`gen.erl`): a call is `{:"$gen_call", {pid, tag}, request}` and is answered
-//! with `{tag, reply}`, the tag echoed verbatim (since OTP 24 usually the improper list
-//! `[:alias | ref]`, never to be decoded as a plain reference). When the tag carries an alias
-//! and the peer negotiated DFLAG_ALIAS, the reply goes by ALIAS_SEND, so a reply arriving after
-//! the caller's timeout is dropped by the caller's runtime instead of left in its mailbox.
-//! A cast is `{:"$gen_cast", request}`; anything else is an info message.
+//! Wire shapes and reply routing are in [`protocol`]: a call is `{:"$gen_call", {pid, tag},
+//! request}`, answered with `{tag, reply}` (by ALIAS_SEND when the tag carries an alias and
+//! the peer negotiated DFLAG_ALIAS); a cast is `{:"$gen_cast", request}`; anything else is an
+//! info message.
+//!
+//! The fast path: a call or cast that arrives from a peer while the server is idle (nothing
+//! queued, not suspended, no `:sys.statistics`) is handed to `handle_call` / `handle_cast`
+//! as the request's bytes ([`Request::bytes`]), never decoded unless the server asks
+//! ([`Request::decode`]). A reply given at once ([`CallResult::Reply`], or
+//! [`CallResult::Encoded`] bytes copied as they are) is written straight into the outbox of
+//! the connection the call came in on; if that outbox is over its bound, the host closes the
+//! connection (a peer that does not read costs only its own connection). Everything else
+//! (a busy or suspended server, system messages, info messages) is decoded and queued as
+//! before, and answered through a [`Replier`]. So any server gets the fast path; a server
+//! that reads [`Request::bytes`] also skips the decoding.
 //!
 //! System messages (`{:system, from, request}`, what `:sys` and `GenServer.stop` send) are
 //! answered by the host for every server, as `sys.erl` answers them for a gen_server:
@@ -23,12 +32,16 @@
 //! ([`crate::node::Pressure`]) and the connection readers delivering to it stop reading their
 //! peers until the mailbox has drained to half of both bounds. Nothing is dropped.
 
+pub mod protocol;
+
 use crate::node::{self, Dispatch, Mailbox, Node, Pressure, RawMessage, Signal};
 use erl_dist::DistributionFlags;
 use erl_dist::message::Message;
 use erl_dist::term::{Atom, BigInteger, FixInteger, List, Pid, Reference, Term, Tuple};
+pub use protocol::alias_of;
+use protocol::{Incoming, classify, is_atom};
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Most signals a process's mailbox holds before the readers delivering to it pause (with
 /// `--max-mailbox-bytes`, the mailbox bound). A flood of small messages reaches it first
@@ -41,26 +54,147 @@ pub const DEFAULT_MAX_MAILBOX_BYTES: usize = 64 << 20;
 /// several terms of 56 bytes each plus its queue slot, and in-node signals have no wire size.
 pub const MIN_SIGNAL_WEIGHT: usize = 256;
 
-/// Who made a call, and the tag to echo.
+/// A call's caller (its pid and tag) up to this many bytes in external format is kept
+/// inline, so the fast path records who called without allocating; a bigger one (a node
+/// name of 100+ bytes, an odd tag) is decoded at once.
+pub const INLINE_CALLER_BYTES: usize = 192;
+
+/// Who made a call, and the tag to echo. Cheap to clone and `'static`: keep it to answer
+/// later ([`Ctx::reply`], [`Replier`]).
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// The calling process.
-    pub pid: Pid,
-    /// The call's tag, echoed verbatim in the reply.
-    pub tag: Term,
+    who: Who,
     /// For in-node calls ([`Signal::Call`]): where the reply goes instead of a message.
     local: Option<LocalReply>,
 }
 
+// The byte variant is inline on purpose: the fast path records a caller without allocating.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+enum Who {
+    Term {
+        pid: Pid,
+        tag: Term,
+    },
+    /// The pid's then the tag's external format (validated on arrival), decoded on first
+    /// use.
+    Bytes {
+        bytes: [u8; INLINE_CALLER_BYTES],
+        pid_len: u8,
+        len: u8,
+        pid: OnceLock<Pid>,
+        tag: OnceLock<Term>,
+    },
+}
+
+impl std::fmt::Debug for Who {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Who::Term { pid, tag } => f
+                .debug_struct("Term")
+                .field("pid", pid)
+                .field("tag", &crate::etf::summary(tag))
+                .finish(),
+            Who::Bytes { pid_len, len, .. } => f
+                .debug_struct("Bytes")
+                .field("pid_len", pid_len)
+                .field("len", len)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
 type LocalReply = std::sync::Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Term>>>>;
+
+/// Decodes one validated term (no version byte) without copying it.
+fn decode_unversioned(bytes: &[u8]) -> Option<Term> {
+    use std::io::Read;
+    Term::decode([crate::etf::VERSION_MAGIC].as_slice().chain(bytes)).ok()
+}
 
 impl Caller {
     /// A remote (or local-process) caller: the reply is the message `{tag, reply}` to `pid`.
     pub fn new(pid: Pid, tag: Term) -> Self {
         Caller {
-            pid,
-            tag,
+            who: Who::Term { pid, tag },
             local: None,
+        }
+    }
+
+    /// The caller of a call read as bytes (validated with `limits`); None if its parts do
+    /// not decode.
+    pub(crate) fn from_bytes(
+        from: &protocol::From<'_>,
+        limits: &crate::etf::Limits,
+    ) -> Option<Self> {
+        let len = from.pid.len() + from.tag.len();
+        if len > INLINE_CALLER_BYTES {
+            let decode = |b: &[u8]| {
+                let mut v = Vec::with_capacity(b.len() + 1);
+                v.push(crate::etf::VERSION_MAGIC);
+                v.extend_from_slice(b);
+                crate::etf::decode_exact(&v, limits).ok()
+            };
+            let Term::Pid(pid) = decode(from.pid)? else {
+                return None;
+            };
+            return Some(Caller::new(pid, decode(from.tag)?));
+        }
+        let mut bytes = [0; INLINE_CALLER_BYTES];
+        bytes[..from.pid.len()].copy_from_slice(from.pid);
+        bytes[from.pid.len()..len].copy_from_slice(from.tag);
+        Some(Caller {
+            who: Who::Bytes {
+                bytes,
+                pid_len: from.pid.len() as u8,
+                len: len as u8,
+                pid: OnceLock::new(),
+                tag: OnceLock::new(),
+            },
+            local: None,
+        })
+    }
+
+    /// The calling process.
+    pub fn pid(&self) -> &Pid {
+        match &self.who {
+            Who::Term { pid, .. } => pid,
+            Who::Bytes {
+                bytes,
+                pid_len,
+                pid,
+                ..
+            } => pid.get_or_init(
+                || match decode_unversioned(&bytes[..usize::from(*pid_len)]) {
+                    Some(Term::Pid(p)) => p,
+                    // Validated as a pid on arrival, so eetf decodes it; stay total regardless.
+                    _ => {
+                        tracing::warn!("a caller's pid does not decode");
+                        Pid::new("nonode@nohost", 0, 0, 0)
+                    }
+                },
+            ),
+        }
+    }
+
+    /// The call's tag, echoed verbatim in the reply.
+    pub fn tag(&self) -> &Term {
+        match &self.who {
+            Who::Term { tag, .. } => tag,
+            Who::Bytes {
+                bytes,
+                pid_len,
+                len,
+                tag,
+                ..
+            } => tag.get_or_init(|| {
+                decode_unversioned(&bytes[usize::from(*pid_len)..usize::from(*len)]).unwrap_or_else(
+                    || {
+                        tracing::warn!("a caller's tag does not decode");
+                        List::nil().into()
+                    },
+                )
+            }),
         }
     }
 }
@@ -100,7 +234,6 @@ impl<'a> Request<'a> {
     }
 
     /// A request in external format (one term, no version byte), validated with `limits`.
-    #[allow(dead_code)] // used by the fast path
     pub(crate) fn from_bytes(bytes: &'a [u8], limits: &'a crate::etf::Limits) -> Self {
         Request {
             repr: RequestRepr::Bytes { bytes, limits },
@@ -122,6 +255,33 @@ impl<'a> Request<'a> {
             RequestRepr::Term(t) => Some(t),
             RequestRepr::Bytes { .. } => None,
         }
+    }
+
+    /// The length of the term at the start of `part`, a slice of [`Request::bytes`] (to find
+    /// the elements of a request without decoding it). None for a decoded request, or if
+    /// `part` does not start with a term.
+    pub fn term_len(&self, part: &[u8]) -> Option<usize> {
+        let RequestRepr::Bytes { limits, .. } = &self.repr else {
+            return None;
+        };
+        match crate::etf::skip::skip(part) {
+            Some(len) => Some(len),
+            None => crate::etf::validate_term(part, limits).ok(),
+        }
+    }
+
+    /// Decodes one term found inside [`Request::bytes`] (a key, say), with the limits the
+    /// request was validated with.
+    pub fn decode_part(&self, part: &[u8]) -> Result<Term, DecodeError> {
+        let default = crate::etf::Limits::default();
+        let limits = match &self.repr {
+            RequestRepr::Bytes { limits, .. } => limits,
+            RequestRepr::Term(_) => &default,
+        };
+        let mut with_version = Vec::with_capacity(part.len() + 1);
+        with_version.push(crate::etf::VERSION_MAGIC);
+        with_version.extend_from_slice(part);
+        crate::etf::decode_exact(&with_version, limits).map_err(|e| DecodeError(e.to_string()))
     }
 
     /// The request as a term, decoding it if it is still bytes.
@@ -146,7 +306,8 @@ pub enum CallResult<'a> {
     /// Reply with this term now.
     Reply(Term),
     /// Reply now with a term already in external format (one term, no version byte), for
-    /// example a stored value: it is copied into the reply frame as it is, never decoded.
+    /// example a stored value: it is copied into the reply frame as it is, never decoded, so
+    /// it must be one valid term (bytes taken from a [`Request`] or a validated store are).
     Encoded(&'a [u8]),
     /// No reply now: the server answers later with [`Ctx::reply`] or a [`Replier`].
     NoReply,
@@ -173,15 +334,6 @@ pub trait GenServer: Send + 'static {
     fn handle_info(&mut self, ctx: &mut Ctx, message: Term) {
         let _ = ctx;
         tracing::debug!(message = %crate::etf::summary(&message), "info message ignored");
-    }
-    /// A message still in external format (see [`crate::node::RawMessage`]), offered before
-    /// it is decoded, when the server is idle. Return true if it was handled completely
-    /// (replies included); false leaves the message untouched for the decoding path
-    /// (`handle_call` and friends). The default handles nothing.
-    #[doc(hidden)]
-    fn handle_raw(&mut self, ctx: &mut Ctx, raw: &RawMessage) -> bool {
-        let _ = (ctx, raw);
-        false
     }
     /// A monitor placed with [`Ctx::monitor`] fired.
     fn handle_down(&mut self, ctx: &mut Ctx, reference: Reference, pid: Pid, reason: Term) {
@@ -295,21 +447,22 @@ impl Replier {
             }
             return;
         }
-        let message: Term = Tuple::from(vec![to.tag.clone(), reply]).into();
-        if !self.node.is_local(&to.pid)
-            && let Some(alias) = alias_of(&to.tag)
+        let (to_pid, tag) = (to.pid(), to.tag());
+        let message: Term = Tuple::from(vec![tag.clone(), reply]).into();
+        if !self.node.is_local(to_pid)
+            && let Some(alias) = alias_of(tag)
         {
             // By ALIAS_SEND only to a peer that negotiated ALIAS; decided once its flags are
             // known (at once when it is connected).
-            let (server, alias, pid) = (self.server.clone(), alias.clone(), to.pid.clone());
+            let (server, alias, pid) = (self.server.clone(), alias.clone(), to_pid.clone());
             // The size is only needed when the reply has to wait for the connection.
-            let size = match self.node.manager().peer_flags(&to.pid.node.name) {
+            let size = match self.node.manager().peer_flags(&to_pid.node.name) {
                 Some(_) => 0,
                 None => encoded_len(&message),
             };
             let weight = move || size;
             self.node
-                .send_when_connected(&to.pid.node.name, weight, move |flags| {
+                .send_when_connected(&to_pid.node.name, weight, move |flags| {
                     Some(if flags.contains(DistributionFlags::ALIAS) {
                         Message::alias_send(server, alias, message)
                     } else {
@@ -318,7 +471,7 @@ impl Replier {
                 });
             return;
         }
-        send(&self.node, &to.pid, message);
+        send(&self.node, to_pid, message);
     }
 }
 
@@ -342,19 +495,37 @@ fn encoded_len(term: &Term) -> usize {
     count.0
 }
 
-/// The alias reference in a `[:alias | ref]` (or `[[:alias | ref] | _]`) call tag.
-pub fn alias_of(tag: &Term) -> Option<&Reference> {
-    let Term::ImproperList(l) = tag else {
-        if let Term::List(List { elements }) = tag {
-            return elements.first().and_then(alias_of);
-        }
-        return None;
-    };
-    match (l.elements.as_slice(), l.last.as_ref()) {
-        ([Term::Atom(a)], Term::Reference(r)) if a.name == "alias" => Some(&**r),
-        ([first, ..], _) => alias_of(first),
-        _ => None,
+/// Appends `term` in external format without its version byte; false (nothing appended) if
+/// eetf cannot encode it.
+fn encode_unversioned(term: &Term, out: &mut Vec<u8>) -> bool {
+    struct SkipVersion<'a> {
+        out: &'a mut Vec<u8>,
+        skipped: bool,
     }
+    impl std::io::Write for SkipVersion<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut rest = buf;
+            if !self.skipped && !rest.is_empty() {
+                rest = &rest[1..];
+                self.skipped = true;
+            }
+            self.out.extend_from_slice(rest);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let start = out.len();
+    let mut w = SkipVersion {
+        out,
+        skipped: false,
+    };
+    if term.encode(&mut w).is_err() {
+        out.truncate(start);
+        return false;
+    }
+    true
 }
 
 /// Spawns `server` as a process, registered under `name` when given. Returns its mailbox.
@@ -451,6 +622,8 @@ struct Host<S> {
     max_bytes: usize,
     pressure: Arc<Pressure>,
     stats: Stats,
+    /// `pid` in external format (no version byte), for replies written as bytes.
+    pid_etf: Vec<u8>,
 }
 
 impl<S: GenServer> Host<S> {
@@ -463,6 +636,16 @@ impl<S: GenServer> Host<S> {
             max_bytes: node.config().max_mailbox_bytes.max(1),
             pressure,
             stats: Stats::default(),
+            pid_etf: {
+                let mut v = Vec::new();
+                // A pid always encodes; an empty `pid_etf` only turns the fast path off.
+                if Term::from(pid.clone()).encode(&mut v).is_ok() && v.len() > 1 {
+                    v.remove(0);
+                    v
+                } else {
+                    Vec::new()
+                }
+            },
         }
     }
 
@@ -850,8 +1033,7 @@ fn local_time() -> Term {
 /// Whether `signal` is a system message (`{:system, from, request}`): those run even while
 /// the process is suspended.
 fn is_system(signal: &Signal) -> bool {
-    matches!(signal, Signal::Message(Term::Tuple(t))
-        if t.elements.len() == 3 && is_atom(&t.elements[0], "system"))
+    matches!(signal, Signal::Message(t) if protocol::is_system(t))
 }
 
 impl<S: GenServer> Dispatch for Host<S> {
@@ -869,7 +1051,18 @@ impl<S: GenServer> Dispatch for Host<S> {
         self.report_pressure();
     }
 
+    /// The fast path (see the module docs): a call or cast from a peer, run as bytes when
+    /// the server is idle. False leaves the message to the decoding path.
     fn dispatch_raw(&self, node: &Node, raw: &RawMessage) -> bool {
+        let (from, request) = match protocol::parse(raw.message, raw.limits) {
+            Some(protocol::Envelope::Call { from, request }) => (Some(from), request),
+            Some(protocol::Envelope::Cast { request }) => (None, request),
+            // System and info messages are decoded.
+            _ => return false,
+        };
+        if self.pid_etf.is_empty() {
+            return false;
+        }
         let mut server = match self.server.try_lock() {
             Ok(guard) => guard,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
@@ -896,23 +1089,85 @@ impl<S: GenServer> Dispatch for Host<S> {
         if held {
             return false;
         }
-        let handled = server.handle_raw(
-            &mut Ctx {
-                node,
-                pid: &self.pid,
-                pressure: &self.pressure,
+        let caller = match &from {
+            Some(from) => match Caller::from_bytes(from, raw.limits) {
+                Some(caller) => Some(caller),
+                None => return false,
             },
-            raw,
-        );
+            None => None,
+        };
+        let mut ctx = Ctx {
+            node,
+            pid: &self.pid,
+            pressure: &self.pressure,
+        };
+        let request = Request::from_bytes(request, raw.limits);
+        match (from, caller) {
+            (Some(from), Some(caller)) => {
+                let result = server.handle_call(&mut ctx, &caller, request);
+                self.answer_on_conn(&ctx, raw, &from, &caller, result);
+            }
+            _ => server.handle_cast(&mut ctx, request),
+        }
         drop(server);
         // Others may have queued signals while we held the server.
         if self.has_pending() {
             self.run_pending(node);
         }
-        if handled {
-            self.report_pressure();
+        self.report_pressure();
+        true
+    }
+}
+
+impl<S: GenServer> Host<S> {
+    /// Sends what `handle_call` answered on the fast path: written straight into the outbox
+    /// of the connection the call came in on (by ALIAS_SEND when the tag is an alias and the
+    /// peer negotiated ALIAS, else SEND to the caller's pid), when the caller lives on that
+    /// peer; else through [`answer`]. An outbox over its bound closes the connection.
+    fn answer_on_conn(
+        &self,
+        ctx: &Ctx,
+        raw: &RawMessage,
+        from: &protocol::From<'_>,
+        caller: &Caller,
+        result: CallResult<'_>,
+    ) {
+        if protocol::pid_node(from.pid) != Some(raw.peer.as_bytes()) {
+            answer(ctx, caller, result);
+            return;
         }
-        handled
+        let reply_len = match &result {
+            CallResult::Reply(term) => encoded_len(term).saturating_sub(1),
+            CallResult::Encoded(bytes) => bytes.len(),
+            CallResult::NoReply => return,
+        };
+        let alias_ok = raw.conn.flags.contains(DistributionFlags::ALIAS);
+        let route = protocol::Route::of(from, alias_ok, raw.limits);
+        let size = protocol::reply_frame_len(&self.pid_etf, route, from.tag, reply_len);
+        let mut written = false;
+        let pushed = raw.conn.outbox.push_with(size, |out| {
+            written =
+                protocol::reply_frame(out, &self.pid_etf, route, from.tag, |out| match &result {
+                    CallResult::Reply(term) => encode_unversioned(term, out),
+                    CallResult::Encoded(bytes) => {
+                        out.extend_from_slice(bytes);
+                        true
+                    }
+                    CallResult::NoReply => false,
+                });
+        });
+        if pushed.is_err() {
+            tracing::warn!(
+                peer = raw.peer,
+                "peer is not reading: its outbound buffer is full, disconnecting it"
+            );
+            raw.conn.close();
+        } else if !written {
+            tracing::warn!(
+                peer = raw.peer,
+                "the server's reply does not encode: no reply sent"
+            );
+        }
     }
 }
 
@@ -965,8 +1220,10 @@ fn dispatch<S: GenServer>(ctx: &mut Ctx, server: &mut S, signal: Signal) {
         } => server.handle_down(ctx, reference, pid, reason),
         Signal::Call { request, reply } => {
             let caller = Caller {
-                pid: ctx.pid.clone(),
-                tag: List::nil().into(),
+                who: Who::Term {
+                    pid: ctx.pid.clone(),
+                    tag: List::nil().into(),
+                },
                 local: Some(std::sync::Arc::new(std::sync::Mutex::new(Some(reply)))),
             };
             let result = server.handle_call(ctx, &caller, Request::from_term(request));
@@ -975,58 +1232,9 @@ fn dispatch<S: GenServer>(ctx: &mut Ctx, server: &mut S, signal: Signal) {
     }
 }
 
-enum Incoming {
-    System(Caller, Term),
-    Call(Caller, Term),
-    Cast(Term),
-    Info(Term),
-}
-
-fn is_atom(t: &Term, name: &str) -> bool {
-    matches!(t, Term::Atom(Atom { name: n }) if n == name)
-}
-
-fn classify(term: Term) -> Incoming {
-    let Term::Tuple(Tuple { elements }) = term else {
-        return Incoming::Info(term);
-    };
-    match elements.len() {
-        3 if (is_atom(&elements[0], "$gen_call") || is_atom(&elements[0], "system"))
-            && matches!(&elements[1], Term::Tuple(t) if t.elements.len() == 2 && matches!(t.elements[0], Term::Pid(_))) =>
-        {
-            let system = is_atom(&elements[0], "system");
-            let mut it = elements.into_iter();
-            let (_, from, request) = match (it.next(), it.next(), it.next()) {
-                (Some(a), Some(b), Some(c)) => (a, b, c),
-                _ => unreachable!("length checked above"), // ok: len == 3 checked
-            };
-            let Term::Tuple(Tuple { elements: from }) = from else {
-                unreachable!("shape checked above") // ok: matched as a 2-tuple above
-            };
-            let mut from = from.into_iter();
-            match (from.next(), from.next()) {
-                (Some(Term::Pid(pid)), Some(tag)) if system => {
-                    Incoming::System(Caller::new(pid, tag), request)
-                }
-                (Some(Term::Pid(pid)), Some(tag)) => Incoming::Call(Caller::new(pid, tag), request),
-                _ => unreachable!("shape checked above"), // ok: matched above
-            }
-        }
-        2 if is_atom(&elements[0], "$gen_cast") => {
-            let request = elements
-                .into_iter()
-                .nth(1)
-                .unwrap_or_else(|| List::nil().into());
-            Incoming::Cast(request)
-        }
-        _ => Incoming::Info(Tuple { elements }.into()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use erl_dist::term::ImproperList;
     use std::sync::mpsc;
 
     /// A server whose casts block until the test lets them go, and that counts them.
@@ -1113,21 +1321,5 @@ mod tests {
         assert!(!pressure.is_congested(), "drained, so relieved");
         assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 11);
         threads.stop();
-    }
-
-    #[test]
-    fn alias_tags() {
-        let r = Reference {
-            node: Atom::from("a@h"),
-            id: vec![1, 2, 3],
-            creation: 7,
-        };
-        let tag: Term =
-            ImproperList::from((vec![Atom::from("alias").into()], r.clone().into())).into();
-        assert_eq!(alias_of(&tag), Some(&r));
-        let nested: Term = ImproperList::from((vec![tag.clone()], Atom::from("x").into())).into();
-        assert_eq!(alias_of(&nested), Some(&r));
-        let plain: Term = r.clone().into();
-        assert_eq!(alias_of(&plain), None);
     }
 }

@@ -31,7 +31,7 @@ impl GenServer for NetKernel {
                 if elements.len() == 2
                     && matches!(&elements[0], Term::Atom(a) if a.name == "is_auth") =>
             {
-                tracing::debug!(from = %from.pid, "is_auth: yes");
+                tracing::debug!(from = %from.pid(), "is_auth: yes");
                 Atom::from("yes").into()
             }
             _ => {

@@ -115,10 +115,10 @@ impl GenServer for Rex {
             return CallResult::NoReply;
         }
         if matches!(&request, Term::Atom(a) if a.name == "stop") {
-            tracing::debug!(from = %crate::etf::text::name(&from.pid.node.name), "rex: stop requested; answering stopped and serving on");
+            tracing::debug!(from = %crate::etf::text::name(&from.pid().node.name), "rex: stop requested; answering stopped and serving on");
             return CallResult::Reply(atom("stopped"));
         }
-        tracing::debug!(from = %crate::etf::text::name(&from.pid.node.name), "rex: unknown call ignored (as OTP's rex does)");
+        tracing::debug!(from = %crate::etf::text::name(&from.pid().node.name), "rex: unknown call ignored (as OTP's rex does)");
         CallResult::NoReply
     }
 

@@ -10,10 +10,23 @@ use crate::etf::{
 };
 use crate::node::monitors::{MAX_REF_WORDS, PeerPid, RefKey};
 
-/// Operation codes handled here.
-const REG_SEND: u8 = 6;
-const MONITOR_P: u8 = 19;
-const DEMONITOR_P: u8 = 20;
+/// Distribution operation codes (the first element of a control tuple), for the code that
+/// reads or writes frames as bytes. erl_dist has them only as private constants (its
+/// `DistributionMessage::OP`), so they are named here, once; the test
+/// `op_codes_match_erl_dist` checks each against what erl_dist encodes.
+pub(crate) mod op {
+    /// `{2, Unused, ToPid}` + message.
+    pub const SEND: u8 = 2;
+    /// `{6, FromPid, Unused, ToName}` + message.
+    pub const REG_SEND: u8 = 6;
+    /// `{19, FromPid, ToProc, Ref}`.
+    pub const MONITOR_P: u8 = 19;
+    /// `{20, FromPid, ToProc, Ref}`.
+    pub const DEMONITOR_P: u8 = 20;
+    /// `{33, FromPid, Alias}` + message.
+    pub const ALIAS_SEND: u8 = 33;
+}
+use op::{DEMONITOR_P, MONITOR_P, REG_SEND};
 
 /// What the fast path made of a frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -264,6 +277,44 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn op_codes_match_erl_dist() {
+        let op_of = |m: Message| {
+            let b = body(m);
+            // VERSION, SMALL_TUPLE, arity, SMALL_INTEGER, op
+            assert_eq!(b[0..2], [VERSION, SMALL_TUPLE]);
+            assert_eq!(b[3], SMALL_INTEGER);
+            b[4]
+        };
+        let name = Atom::from("n");
+        let msg: Term = Atom::from("m").into();
+        assert_eq!(op_of(Message::send(pid(), msg.clone())), op::SEND);
+        assert_eq!(
+            op_of(Message::reg_send(pid(), name.clone(), msg.clone())),
+            op::REG_SEND
+        );
+        assert_eq!(
+            op_of(Message::monitor_p(
+                pid(),
+                PidOrAtom::Atom(name.clone()),
+                reference()
+            )),
+            op::MONITOR_P
+        );
+        assert_eq!(
+            op_of(Message::demonitor_p(
+                pid(),
+                PidOrAtom::Atom(name),
+                reference()
+            )),
+            op::DEMONITOR_P
+        );
+        assert_eq!(
+            op_of(Message::alias_send(pid(), reference(), msg)),
+            op::ALIAS_SEND
+        );
     }
 
     #[test]
