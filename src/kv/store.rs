@@ -202,6 +202,7 @@ impl Request {
     /// Decodes a request, or `None` if it has no known shape (reply with
     /// [`unknown_request_reply`]). Clones the parts it keeps; prefer [`Request::from_term`]
     /// when the term is owned.
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests
     pub fn parse(term: &Term) -> Option<Request> {
         // Check the shape first so an unknown request (possibly large) is never cloned.
         if !Self::is_known_shape(term) {
@@ -555,6 +556,7 @@ impl Store {
     }
 
     /// Removes `key`; returns whether it existed.
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests
     pub fn delete(&mut self, key: &Term) -> bool {
         self.remove(key).is_some()
     }
@@ -655,6 +657,7 @@ impl Store {
     }
 
     /// Whether the store has no keys.
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
@@ -663,6 +666,7 @@ impl Store {
     ///
     /// Replies are listed in the module docs. Events: put always; put_new, cas and incr only
     /// on success; delete only when the key existed; get, keys and size never.
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests
     pub fn apply(&mut self, req: DataRequest) -> (Term, Option<Event>) {
         self.apply_with(req, true)
     }

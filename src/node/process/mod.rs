@@ -332,6 +332,8 @@ struct Inner {
     threads: transport::threads::Threads,
     /// What peers may run here (rpc, spawn, rex): see [`crate::node::services::functions`].
     functions: crate::node::services::functions::Functions,
+    /// A peer's `init:stop`/`erlang:halt` (see [`crate::node::services::control`]).
+    stop_request: crate::node::services::control::StopRequest,
 }
 
 impl Node {
@@ -362,7 +364,13 @@ impl Node {
             tracker,
             threads,
             functions: Default::default(),
+            stop_request: Default::default(),
         }))
+    }
+
+    /// Where a peer's `init:stop`/`erlang:halt` lands (see [`Node::stop_requested`]).
+    pub(crate) fn stop_request(&self) -> &crate::node::services::control::StopRequest {
+        &self.0.stop_request
     }
 
     /// The table of functions peers may run on this node (rpc, spawn, `rex`).

@@ -24,9 +24,6 @@ pub const FLAG_SPAWN: u64 = 1 << 32;
 pub const FLAG_MANDATORY_25_DIGEST: u64 = 0x0400_0000;
 /// The flags OTP 25 folds into [`FLAG_MANDATORY_25_DIGEST`].
 pub const MANDATORY_25: u64 = 0x107_0F94;
-/// What a peer must support for kvnode to talk to it (OTP's mandatory set up to OTP 25,
-/// which is what we decode and encode).
-pub const REQUIRED_PEER_FLAGS: u64 = 0x4 | 0x10 | 0x80 | 0x100 | 0x10000 | 0x40000;
 /// Flag names for log lines.
 const FLAG_NAMES: &[(u64, &str)] = &[
     (0x4, "EXTENDED_REFERENCES"),
