@@ -101,7 +101,7 @@ pub(crate) mod node;
 pub(crate) mod storage;
 
 pub use node::builder::{Limits, NodeBuilder, StartError};
-pub use node::gen_server::{CallResult, Caller, Ctx, GenServer, Request};
+pub use node::gen_server::{CallResult, Caller, Ctx, GenServer, Replier, Request};
 pub use node::{Node, SpawnError};
 
 /// The Erlang term types, as `erl_dist` (and `eetf`) define them: [`Term`](term::Term) and

@@ -49,8 +49,16 @@ use crate::storage::{self, StorageError};
 /// The default registered name: what `DistributedExample.KVStore` is as an atom.
 pub const DEFAULT_PROCESS_NAME: &str = "Elixir.DistributedExample.KVStore";
 
-/// The KV app's settings (the node's own are in [`crate::config::Config`]).
+/// The KV app's settings (the node's own are set on [`crate::NodeBuilder`]). The defaults
+/// are the `kvnode` binary's: registered as `Elixir.DistributedExample.KVStore`, in memory.
+///
+/// ```
+/// let mut config = kvnode::kv::KvConfig::default();
+/// config.process_name = "Elixir.MyApp.Cache".into();
+/// config.data_dir = Some("/var/lib/myapp/kv".into());
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct KvConfig {
     /// Registered name of the key-value GenServer (`--process-name`), also the module its
     /// rpc functions answer under.
@@ -75,10 +83,10 @@ impl Default for KvConfig {
     }
 }
 
-/// The KV state read back from `--data-dir` by [`recover`], ready for [`start`].
+/// The KV state read back from `--data-dir` by [`recover`], ready for [`start_recovered`].
 pub struct Recovered(Option<(storage::Storage, Vec<storage::Entry>)>);
 
-/// Why the KV app could not start.
+/// Why the KV app could not start ([`start`], [`start_recovered`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KvError {
@@ -91,8 +99,18 @@ pub enum KvError {
 }
 
 /// Opens `config.data_dir` (when set) and recovers it, merging records by the store's
-/// canonical keys ([`durable::key_identity`]). Needs no node: kvnode recovers before it
-/// registers with EPMD, so no peer finds the node before its data is back.
+/// canonical keys. Needs no node: kvnode recovers before it registers with EPMD, so no peer
+/// finds the node before its data is back.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = kvnode::kv::KvConfig::default();
+/// let recovered = kvnode::kv::recover(&config).await?;
+/// let node = kvnode::NodeBuilder::new("kv@127.0.0.1").cookie("secret").start().await?;
+/// kvnode::kv::start_recovered(&node, &config, recovered)?;
+/// # Ok(())
+/// # }
+/// ```
 pub async fn recover(config: &KvConfig) -> Result<Recovered, StorageError> {
     let Some(dir) = config.data_dir.clone() else {
         return Ok(Recovered(None));
@@ -124,8 +142,9 @@ pub async fn recover(config: &KvConfig) -> Result<Recovered, StorageError> {
 }
 
 /// Starts the KV app on `node` with state [`recover`]ed from `config`: spawns the server
-/// under `config.process_name` and registers its rpc functions ([`rpc::register`]) and its
-/// `kvnode:info/0` ([`rpc::register_info`]).
+/// under `config.process_name` and registers its rpc functions (`Module.get/1,2`, `put/2`,
+/// `delete/1`, `keys/0`, `size/0` under the process name) and its `kvnode:info/0`. See
+/// [`recover`] for an example.
 pub fn start_recovered(
     node: &Node,
     config: &KvConfig,
@@ -153,7 +172,16 @@ pub fn start_recovered(
 }
 
 /// Starts the KV app on a running `node`: recovers `config.data_dir` (if any), spawns the
-/// server and registers its rpc functions.
+/// server and registers its rpc functions. Peers can call it as soon as this returns.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let node = kvnode::NodeBuilder::new("kv@127.0.0.1").cookie("secret").start().await?;
+/// kvnode::kv::start(&node, &kvnode::kv::KvConfig::default()).await?;
+/// // From Elixir: GenServer.call({DistributedExample.KVStore, :"kv@127.0.0.1"}, {:get, :k})
+/// # Ok(())
+/// # }
+/// ```
 pub async fn start(node: &Node, config: &KvConfig) -> Result<(), KvError> {
     let recovered = recover(config).await?;
     start_recovered(node, config, recovered)

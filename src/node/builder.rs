@@ -180,7 +180,7 @@ struct TlsFiles {
 ///     .port(0) // any free port
 ///     .start()
 ///     .await?;
-/// println!("{} listens on port {}", node.name(), node.port());
+/// println!("{} listens on port {}", node.name().name, node.port());
 /// node.stop().await;
 /// # Ok(())
 /// # }
@@ -370,7 +370,7 @@ impl NodeBuilder {
         let config = self.into_config()?;
         let node = bind(config)?.register().await?.serve();
         tracing::info!(
-            node = %node.name(),
+            node = %node.name().name,
             port = node.port(),
             "node ready"
         );
