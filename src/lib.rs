@@ -100,7 +100,9 @@ pub mod kv;
 pub(crate) mod node;
 pub(crate) mod storage;
 
-pub use node::builder::{Limits, NodeBuilder, StartError};
+pub use node::builder::{
+    Limits, NodeBuilder, STOP_PROCESSES_DEADLINE, STOP_TASKS_DEADLINE, StartError,
+};
 pub use node::gen_server::{CallResult, Caller, Ctx, GenServer, Replier, Request};
 pub use node::{Node, SpawnError};
 
@@ -111,7 +113,7 @@ pub use node::{Node, SpawnError};
 /// ```
 /// use kvnode::term::{Atom, FixInteger, Term, Tuple};
 /// let reply: Term = Tuple::from(vec![Atom::from("ok").into(), FixInteger::from(1).into()]).into();
-/// assert_eq!(reply.to_string(), "{ok, 1}");
+/// assert_eq!(reply.to_string(), "{'ok',1}");
 /// ```
 pub mod term {
     pub use erl_dist::term::*;

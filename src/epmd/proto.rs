@@ -52,7 +52,7 @@ pub const MAX_NAME_CHARS: usize = 255;
 pub const MAX_EXTRA_BYTES: usize = 255 * 4;
 
 /// Checks a node name (the part before `@`) the way epmd does: non-empty, valid UTF-8, no NUL
-/// byte, at most [`MAX_NAME_CHARS`] characters. Returns the reason on failure.
+/// byte, at most `MAX_NAME_CHARS` characters. Returns the reason on failure.
 pub fn check_name(name: &[u8]) -> Result<&str, &'static str> {
     if name.is_empty() {
         return Err("the name is empty");

@@ -180,7 +180,7 @@ pub struct Recovered {
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    /// Another process (or another [`Storage`] in this one) holds the directory's lock.
+    /// Another process (or another `Storage` in this one) holds the directory's lock.
     #[error(
         "data directory {dir} is in use by another kvnode ({holder}); refusing to open it twice"
     )]

@@ -754,7 +754,7 @@ impl Node {
     }
 
     /// Counts a function call (rpc, erpc, spawn, rex) that is starting, on the thread of the
-    /// reader that received it: over [`MAX_CALLS_IN_FLIGHT`] that reader pauses until half
+    /// reader that received it: over `MAX_CALLS_IN_FLIGHT` that reader pauses until half
     /// of them have finished. Hold the slot until the call has finished.
     pub fn call_slot(&self) -> CallSlot {
         let now = self.0.calls.fetch_add(1, Ordering::AcqRel) + 1;
@@ -875,7 +875,7 @@ impl Node {
     }
 
     /// Monitors a remote pid on behalf of `watcher`. The monitor fires as a
-    /// [`Signal::Down`] when the peer reports the pid's exit or the connection goes down.
+    /// `Signal::Down` when the peer reports the pid's exit or the connection goes down.
     /// Toward a peer without DIST_MONITOR no MONITOR_P is sent (BEAM's local-only monitor):
     /// it fires only when that node goes down.
     pub fn monitor_remote(&self, watcher: &Pid, target: &Pid) -> Reference {

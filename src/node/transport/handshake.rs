@@ -61,7 +61,7 @@ pub enum Error {
     /// The peer's digest did not match: it has another cookie. `node` is the name the peer
     /// claimed (acceptor side: from its `send_name`, or the name given to a NAME_ME peer);
     /// `None` when we dialed (the dialed name is in the log span). At most
-    /// [`MAX_LOGGED_NAME`] characters, escaped: it comes from a peer that has not authenticated.
+    /// `MAX_LOGGED_NAME` characters, escaped: it comes from a peer that has not authenticated.
     #[error("wrong cookie (challenge digest mismatch){}", node.as_deref().map(|n| format!(" from node {n}")).unwrap_or_default())]
     WrongCookie {
         /// The node that claimed to connect.
@@ -71,12 +71,12 @@ pub enum Error {
     /// name from (empty, or too long with the generated name).
     #[error("cannot name a NAME_ME peer on host {host:?}: {reason}")]
     BadDynamicHost {
-        /// The host the peer sent (escaped, at most [`LOG_EXCERPT`] bytes).
+        /// The host the peer sent (escaped, at most `LOG_EXCERPT` bytes).
         host: String,
         /// Why.
         reason: String,
     },
-    /// No free dynamic name after [`DYNAMIC_NAME_ATTEMPTS`] random draws (practically
+    /// No free dynamic name after `DYNAMIC_NAME_ATTEMPTS` random draws (practically
     /// impossible: 64 random bits each).
     #[error("no free dynamic node name after {DYNAMIC_NAME_ATTEMPTS} attempts")]
     NoDynamicName,
@@ -369,7 +369,7 @@ fn local_node(name: &NodeName, creation: u32) -> LocalNode {
     node
 }
 
-/// Accepts a handshake ([`accept_with`] for a node where no name is ever taken: the fuzzers
+/// Accepts a handshake (`accept_with` for a node where no name is ever taken: the fuzzers
 /// and unit tests).
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
