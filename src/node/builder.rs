@@ -780,4 +780,90 @@ mod tests {
             .into_config();
         assert!(matches!(missing_tls, Err(StartError::Tls(_))));
     }
+
+    fn unused_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    }
+
+    struct Echo;
+    impl GenServer for Echo {
+        fn handle_call(
+            &mut self,
+            _: &mut crate::node::gen_server::Ctx,
+            _: &crate::node::gen_server::Caller,
+            request: crate::node::gen_server::Request<'_>,
+        ) -> crate::node::gen_server::CallResult<'_> {
+            let term = request
+                .decode()
+                .unwrap_or_else(|_| erl_dist::term::Atom::from("bad").into());
+            crate::node::gen_server::CallResult::Reply(term)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn start_serve_epmd_refuse_taken_names_and_stop() {
+        let epmd_port = unused_port();
+        let builder = |name: &str| {
+            NodeBuilder::new(name)
+                .cookie("c")
+                .bind([127, 0, 0, 1].into())
+                .epmd_port(epmd_port)
+                .threads(1)
+        };
+        // No EPMD there and none to be served: a clear error, nothing left bound.
+        let refused = builder("builder_a@127.0.0.1")
+            .embedded_epmd(false)
+            .start()
+            .await;
+        match refused {
+            Err(StartError::Epmd(e)) => {
+                assert!(e.to_string().contains("no EPMD"), "{e}")
+            }
+            other => panic!("expected an EPMD error, got {:?}", other.map(|n| n.port())),
+        }
+        // With the embedded EPMD (the default) it starts, findable through that EPMD.
+        let node = builder("builder_a@127.0.0.1")
+            .start()
+            .await
+            .expect("node starts");
+        assert_ne!(node.port(), 0);
+        let epmd = SocketAddr::from(([127, 0, 0, 1], epmd_port));
+        let found = crate::epmd::client::port_please(epmd, "builder_a")
+            .await
+            .expect("EPMD answers")
+            .expect("registered");
+        assert_eq!(found.port, node.port());
+        // Names: one server per name, as erlang:register/2.
+        let pid = node.spawn_server(Some("echo"), Echo).expect("spawned");
+        assert_eq!(node.whereis("echo").map(|m| m.pid), Some(pid));
+        assert_eq!(
+            node.spawn_server(Some("echo"), Echo),
+            Err(SpawnError::NameTaken("echo".into()))
+        );
+        assert_eq!(node.spawn_server(Some(""), Echo), Err(SpawnError::BadName));
+        assert!(node.spawn_server(None, Echo).is_ok());
+        // A second node under the same name is refused by EPMD.
+        match builder("builder_a@127.0.0.1").start().await {
+            Err(StartError::Epmd(e)) => {
+                assert!(e.to_string().contains("already registered"), "{e}")
+            }
+            other => panic!("expected name taken, got {:?}", other.map(|n| n.port())),
+        }
+        // Stop: unregistered, the embedded EPMD and the listener gone.
+        node.stop().await;
+        assert!(
+            crate::epmd::client::port_please(epmd, "builder_a")
+                .await
+                .is_err()
+        );
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", node.port()))
+                .await
+                .is_err()
+        );
+        node.stop().await; // a second stop is harmless
+    }
 }
