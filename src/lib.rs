@@ -125,9 +125,7 @@ pub mod term {
 pub mod internals {
     pub use crate::cli::{Cli, CliError, Settings};
     pub use crate::config::{Config, DEFAULT_MAX_HANDSHAKES_PER_IP};
-    pub use crate::kv::{KvConfig, KvError};
     pub use crate::storage::StorageError;
-    pub use crate::{Error, run};
 
     /// EPMD pieces the tests and fuzz targets drive directly.
     pub mod epmd {
