@@ -1,10 +1,11 @@
-//! Command-line flags (clap derive) and their resolution into a [`Config`]: node name
-//! (`--name`/`--sname`), cookie (`--cookie`, `ERLANG_COOKIE`, `~/.erlang.cookie`), ports.
+//! Command-line flags (clap derive) and their resolution into the node's [`Config`] and the
+//! KV app's [`KvConfig`]: node name (`--name`/`--sname`), cookie (`--cookie`,
+//! `ERLANG_COOKIE`, `~/.erlang.cookie`), ports, limits, the KV store's settings.
 
 use crate::config::{
     Config, DEFAULT_BUSY_WAIT_US, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_PROCESS_NAME,
 };
+use crate::kv::{DEFAULT_PROCESS_NAME, KvConfig};
 use clap::Parser;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -206,7 +207,16 @@ pub struct Cli {
     pub tls_verify_peer: bool,
 }
 
-/// Errors turning flags into a [`Config`].
+/// What the flags resolve to: the node core's configuration and the KV app's.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The node core (name, cookie, ports, TLS, limits).
+    pub node: Config,
+    /// The KV app (registered name, data directory, storage bounds).
+    pub kv: KvConfig,
+}
+
+/// Errors turning flags into [`Settings`].
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// `--name` without a host part.
@@ -256,8 +266,8 @@ pub enum CliError {
 }
 
 impl Cli {
-    /// Resolves the flags (and the environment) into a [`Config`].
-    pub fn into_config(self) -> Result<Config, CliError> {
+    /// Resolves the flags (and the environment) into the node's and the KV app's settings.
+    pub fn into_settings(self) -> Result<Settings, CliError> {
         let node_name = match (&self.name, &self.sname) {
             (Some(name), _) => {
                 if !name.contains('@') {
@@ -292,12 +302,9 @@ impl Cli {
         config.dist_port = self.port;
         config.bind = self.bind;
         config.epmd_port = self.epmd_port;
-        config.process_name = self.process_name;
         config.max_message_size = self.max_message_size;
         config.handshake_timeout = Duration::from_secs(self.handshake_timeout.max(1));
         config.net_ticktime = Duration::from_secs(self.net_ticktime.max(4));
-        config.data_dir = self.data_dir;
-        config.compaction_floor = self.compaction_floor;
         config.ready_file = self.ready_file;
         config.max_connections = self.max_connections.max(1);
         config.max_terms_per_message = self.max_terms_per_message.max(1);
@@ -308,7 +315,6 @@ impl Cli {
         config.max_dials = self.max_dials.max(1);
         config.max_monitors_per_peer = self.max_monitors_per_peer.max(1);
         config.max_mailbox_bytes = self.max_mailbox_bytes.max(1);
-        config.max_storage_queue_bytes = self.max_storage_queue_bytes.max(1);
         config.max_term_depth = self.max_term_depth as usize;
         if let (Some(cert), Some(key), Some(cacert)) =
             (self.tls_cert, self.tls_key, self.tls_cacert)
@@ -326,36 +332,21 @@ impl Cli {
         if let Some(n) = self.threads {
             config.threads = usize::from(n);
         }
-        Ok(config)
+        let kv = KvConfig {
+            process_name: self.process_name,
+            data_dir: self.data_dir,
+            compaction_floor: self.compaction_floor,
+            max_storage_queue_bytes: self.max_storage_queue_bytes.max(1),
+        };
+        Ok(Settings { node: config, kv })
     }
 }
 
 fn validate_node_name(name: &str) -> Result<(), CliError> {
-    let invalid = |reason| {
-        Err(CliError::InvalidName {
-            name: name.to_owned(),
-            reason,
-        })
-    };
-    let Some((alive, host)) = name.split_once('@') else {
-        return invalid("missing '@'");
-    };
-    if alive.is_empty() {
-        return invalid("the part before '@' is empty");
-    }
-    if host.is_empty() || host.contains('@') {
-        return invalid("the host part is empty or has another '@'");
-    }
-    if name.len() > 255 {
-        return invalid("longer than 255 bytes");
-    }
-    if !alive
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        return invalid("the part before '@' may hold only letters, digits, '_' and '-'");
-    }
-    Ok(())
+    crate::config::check_node_name(name).map_err(|reason| CliError::InvalidName {
+        name: name.to_owned(),
+        reason,
+    })
 }
 
 fn short_hostname() -> Result<String, CliError> {
@@ -415,9 +406,15 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, CliError> {
+        parse_all(args).map(|s| s.node)
+    }
+
+    fn parse_all(args: &[&str]) -> Result<Settings, CliError> {
         let mut all = vec!["kvnode"];
         all.extend_from_slice(args);
-        Cli::try_parse_from(all).expect("flags parse").into_config()
+        Cli::try_parse_from(all)
+            .expect("flags parse")
+            .into_settings()
     }
 
     #[test]
@@ -430,7 +427,12 @@ mod tests {
             crate::etf::DEFAULT_MAX_DEPTH as u64
         );
         assert_eq!(
-            with("5000").unwrap().into_config().unwrap().max_term_depth,
+            with("5000")
+                .unwrap()
+                .into_settings()
+                .unwrap()
+                .node
+                .max_term_depth,
             5000
         );
         assert!(with("0").is_err());
@@ -443,7 +445,10 @@ mod tests {
         assert_eq!(c.node_name, "kv@127.0.0.1");
         assert_eq!(c.cookie, "s");
         assert_eq!(c.alive_name(), "kv");
-        assert_eq!(c.process_name, "Elixir.DistributedExample.KVStore");
+        let kv = parse_all(&["--name", "kv@127.0.0.1", "--cookie", "s"])
+            .expect("config")
+            .kv;
+        assert_eq!(kv.process_name, "Elixir.DistributedExample.KVStore");
     }
 
     #[test]

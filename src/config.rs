@@ -1,10 +1,11 @@
-//! The resolved run-time configuration of a kvnode (what the CLI flags, environment and
-//! `~/.erlang.cookie` boil down to). Tests build one directly.
+//! The resolved configuration of the generic node core: what [`crate::NodeBuilder`] and the
+//! binary's CLI flags (with the environment and `~/.erlang.cookie`) boil down to. Nothing in
+//! it belongs to an app: the KV store's settings are in `crate::kv::KvConfig`.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-/// Everything [`crate::run`] needs to start a node.
+/// Everything the node core needs to start (see [`crate::NodeBuilder`]).
 #[derive(Clone)]
 pub struct Config {
     /// Full node name, `name@host`, exactly as peers will dial it.
@@ -17,8 +18,9 @@ pub struct Config {
     pub bind: IpAddr,
     /// Port of EPMD (a system one, or the embedded one kvnode starts when none answers).
     pub epmd_port: u16,
-    /// Registered name of the key-value GenServer.
-    pub process_name: String,
+    /// Serve EPMD on `epmd_port` when none answers there (and again whenever the
+    /// registration is lost and none answers); false fails the start instead.
+    pub embedded_epmd: bool,
     /// Largest distribution frame accepted from a peer, in bytes.
     pub max_message_size: usize,
     /// Time a peer gets to complete the handshake.
@@ -30,10 +32,6 @@ pub struct Config {
     pub max_term_depth: usize,
     /// Most terms in one message (control tuple and payload together) accepted from a peer.
     pub max_terms_per_message: usize,
-    /// Where the KV state is persisted; None keeps it in memory only.
-    pub data_dir: Option<std::path::PathBuf>,
-    /// `--compaction-floor`: the log is never compacted while smaller than this.
-    pub compaction_floor: u64,
     /// Most inbound distribution connections that have completed the handshake, at once
     /// (handshaking ones count against `max_handshakes`).
     pub max_connections: usize,
@@ -61,9 +59,6 @@ pub struct Config {
     pub max_monitors_per_peer: usize,
     /// Backpressure bound of a process's mailbox, in wire bytes (`--max-mailbox-bytes`).
     pub max_mailbox_bytes: usize,
-    /// Backpressure bound of the storage queue, in bytes not yet durable
-    /// (`--max-storage-queue-bytes`).
-    pub max_storage_queue_bytes: usize,
     /// `--ready-file`: written (atomically) once the node is ready, removed on an orderly
     /// stop; scripts and tests wait for it instead of scraping logs ([`crate::ready`]).
     pub ready_file: Option<std::path::PathBuf>,
@@ -77,14 +72,12 @@ impl std::fmt::Debug for Config {
             .field("dist_port", &self.dist_port)
             .field("bind", &self.bind)
             .field("epmd_port", &self.epmd_port)
-            .field("process_name", &self.process_name)
+            .field("embedded_epmd", &self.embedded_epmd)
             .field("max_message_size", &self.max_message_size)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("net_ticktime", &self.net_ticktime)
             .field("max_term_depth", &self.max_term_depth)
             .field("max_terms_per_message", &self.max_terms_per_message)
-            .field("data_dir", &self.data_dir)
-            .field("compaction_floor", &self.compaction_floor)
             .field("max_connections", &self.max_connections)
             .field("tls", &self.tls)
             .field("threads", &self.threads)
@@ -95,14 +88,11 @@ impl std::fmt::Debug for Config {
             .field("max_dials", &self.max_dials)
             .field("max_monitors_per_peer", &self.max_monitors_per_peer)
             .field("max_mailbox_bytes", &self.max_mailbox_bytes)
-            .field("max_storage_queue_bytes", &self.max_storage_queue_bytes)
             .field("ready_file", &self.ready_file)
             .finish()
     }
 }
 
-/// The default registered name: what `DistributedExample.KVStore` is as an atom.
-pub const DEFAULT_PROCESS_NAME: &str = "Elixir.DistributedExample.KVStore";
 /// Default `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
@@ -137,14 +127,12 @@ impl Config {
             dist_port: 0,
             bind: IpAddr::from([0, 0, 0, 0]),
             epmd_port: 4369,
-            process_name: DEFAULT_PROCESS_NAME.to_owned(),
+            embedded_epmd: true,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             handshake_timeout: Duration::from_secs(10),
             net_ticktime: Duration::from_secs(60),
             max_term_depth: crate::etf::DEFAULT_MAX_DEPTH,
             max_terms_per_message: crate::etf::DEFAULT_MAX_TERMS,
-            data_dir: None,
-            compaction_floor: crate::storage::DEFAULT_COMPACTION_FLOOR,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             tls: None,
             threads: default_threads(),
@@ -155,7 +143,6 @@ impl Config {
             max_dials: crate::node::transport::manager::DEFAULT_MAX_DIALS,
             max_monitors_per_peer: crate::node::monitors::DEFAULT_MAX_MONITORS_PER_PEER,
             max_mailbox_bytes: crate::node::gen_server::DEFAULT_MAX_MAILBOX_BYTES,
-            max_storage_queue_bytes: crate::kv::durable::DEFAULT_MAX_STORAGE_QUEUE_BYTES,
             ready_file: None,
         }
     }
@@ -164,4 +151,29 @@ impl Config {
     pub fn alive_name(&self) -> &str {
         self.node_name.split('@').next().unwrap_or(&self.node_name)
     }
+}
+
+/// Checks a full node name (`name@host`) as `erl -name` would: the part before `@` non-empty
+/// and made of letters, digits, `_` and `-`; a non-empty host with no other `@`; at most 255
+/// bytes. The error says why, in words.
+pub fn check_node_name(name: &str) -> Result<(), &'static str> {
+    let Some((alive, host)) = name.split_once('@') else {
+        return Err("missing '@'");
+    };
+    if alive.is_empty() {
+        return Err("the part before '@' is empty");
+    }
+    if host.is_empty() || host.contains('@') {
+        return Err("the host part is empty or has another '@'");
+    }
+    if name.len() > 255 {
+        return Err("longer than 255 bytes");
+    }
+    if !alive
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err("the part before '@' may hold only letters, digits, '_' and '-'");
+    }
+    Ok(())
 }

@@ -1,59 +1,185 @@
-//! kvnode: a Rust program that is a real Erlang node. It speaks the Erlang distribution
-//! protocol and EPMD, so unmodified Elixir and Erlang nodes connect to it and call the
-//! `DistributedExample.KVStore` GenServer it hosts.
+//! kvnode: put Rust code into an Erlang cluster. A kvnode [`Node`] is a real Erlang node: it
+//! speaks the Erlang distribution protocol (plain TCP or TLS) and EPMD, so unmodified Elixir
+//! and Erlang nodes connect to it, find its registered processes and call them with
+//! `GenServer.call`, `:rpc.call` or plain `send`, exactly as they would a BEAM node's.
 //!
-//! Module map (data flows top to bottom, and back up for replies):
-//! - [`cli`]: command-line flags -> [`config`]`::Config`.
-//! - [`epmd`]: EPMD client (register, keep the registration) and the embedded EPMD server.
-//! - [`etf`]: validation of untrusted external-term bytes before decoding, bounded text.
-//! - [`node`]: the generic Erlang node, in layers: `transport` (admission, handshake, TLS,
-//!   connections, the peer table), `process` (pids, refs, names, mailboxes, monitors, links,
-//!   routing), `gen_server` (the GenServer protocol and host), `services` (`net_kernel`,
-//!   `rex`, rpc via SPAWN_REQUEST over one table of functions apps extend).
-//! - [`kv`]: the `DistributedExample.KVStore` app: its wire interface, store, server,
-//!   durability and rpc functions.
-//! - [`storage`]: the write-ahead log and snapshots behind `--data-dir`.
+//! The crate is a library plus the `kvnode` binary. The binary is the first app built on
+//! the library: it hosts the `DistributedExample.KVStore` GenServer (a durable key-value
+//! store); see the README for its flags and wire interface.
+//!
+//! # Quick start: a Rust GenServer called from iex
+//!
+//! ```no_run
+//! use kvnode::term::{Atom, FixInteger, Term};
+//! use kvnode::{CallResult, Caller, Ctx, GenServer, NodeBuilder, Request};
+//!
+//! /// Counts; `:get` answers the count, `:bump` (a call or a cast) adds one.
+//! struct Counter(i32);
+//!
+//! impl GenServer for Counter {
+//!     fn handle_call(&mut self, _: &mut Ctx, _: &Caller, request: Request<'_>) -> CallResult<'_> {
+//!         match request.decode() {
+//!             Ok(Term::Atom(a)) if a.name == "get" => {
+//!                 CallResult::Reply(FixInteger::from(self.0).into())
+//!             }
+//!             Ok(Term::Atom(a)) if a.name == "bump" => {
+//!                 self.0 += 1;
+//!                 CallResult::Reply(Atom::from("ok").into())
+//!             }
+//!             _ => CallResult::Reply(Atom::from("unknown_request").into()),
+//!         }
+//!     }
+//!
+//!     fn handle_cast(&mut self, _: &mut Ctx, request: Request<'_>) {
+//!         if matches!(request.decode(), Ok(Term::Atom(a)) if a.name == "bump") {
+//!             self.0 += 1;
+//!         }
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let node = NodeBuilder::new("rust@127.0.0.1").cookie("secret").start().await?;
+//!     node.spawn_server(Some("counter"), Counter(0))?;
+//!     // Runs until a peer calls init:stop.
+//!     node.stop_requested().await;
+//!     node.stop().await;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Then, from Elixir (`iex --name me@127.0.0.1 --cookie secret`):
+//!
+//! ```text
+//! iex> GenServer.call({:counter, :"rust@127.0.0.1"}, :bump)
+//! :ok
+//! iex> GenServer.call({:counter, :"rust@127.0.0.1"}, :get)
+//! 1
+//! ```
+//!
+//! The node registers with the EPMD on port 4369, and serves EPMD itself when none runs
+//! there ([`NodeBuilder::embedded_epmd`]). Peers see it as a hidden node.
+//!
+//! # What is here
+//! - [`NodeBuilder`] starts a [`Node`] (name, cookie, listener, EPMD, TLS, [`Limits`]);
+//!   [`Node::stop`] stops it.
+//! - [`GenServer`], with [`Request`] (the request as bytes or a term, decoded on demand),
+//!   [`CallResult`], [`Ctx`] and [`Caller`]: a server process that Elixir calls and casts to,
+//!   spawned with [`Node::spawn_server`].
+//! - [`term`]: the Erlang term types (`Term`, `Atom`, `Pid`, ...), from `erl_dist`/`eetf`.
+//!
+//! # Examples
+//! `examples/rust_server.rs` is the quick start above as a program (a counter with calls,
+//! casts and info messages); the tests run it against real Elixir nodes. Run it with
+//! `cargo run --example rust_server -- rust@127.0.0.1 secret`.
+//!
+//! # Layout
+//! Data flows top to bottom, and back up for replies:
+//! - `epmd`: EPMD client (register, keep the registration) and the embedded EPMD server;
+//! - `etf`: validation of untrusted external-term bytes before decoding, bounded text;
+//! - `node`: the generic Erlang node, in layers: `transport` (admission, handshake, TLS,
+//!   connections, the peer table), `process` (pids, refs, names, mailboxes, monitors,
+//!   links, routing), `gen_server` (the GenServer protocol and host), `services`
+//!   (`net_kernel`, `rex`, rpc via SPAWN_REQUEST over one table of functions apps extend),
+//!   `builder` (start and stop). Nothing in it knows the KV store;
+//! - `kv`: the `DistributedExample.KVStore` app: its wire interface, store, server,
+//!   durability and rpc functions;
+//! - `storage`: the write-ahead log and snapshots behind `--data-dir`;
+//! - `cli` and `config`: the binary's flags and the settings they resolve to.
 //!
 //! Accept -> handshake (in the connection's own task, under a timeout) -> reader -> router ->
 //! mailbox -> GenServer -> the peer's bounded writer queue -> socket.
 
 #![warn(missing_docs)]
 
-pub mod cli;
-pub mod config;
-pub mod epmd;
-pub mod etf;
+pub(crate) mod cli;
+pub(crate) mod config;
+pub(crate) mod epmd;
+pub(crate) mod etf;
 pub mod kv;
-pub mod node;
-pub mod ready;
-pub mod storage;
+pub(crate) mod node;
+pub(crate) mod ready;
+pub(crate) mod storage;
+
+pub use node::builder::{
+    Limits, NodeBuilder, STOP_PROCESSES_DEADLINE, STOP_TASKS_DEADLINE, StartError,
+};
+pub use node::gen_server::{CallResult, Caller, Ctx, GenServer, Replier, Request};
+pub use node::{Node, SpawnError};
+
+/// The Erlang term types, as `erl_dist` (and `eetf`) define them: [`Term`](term::Term) and
+/// its variants ([`Atom`](term::Atom), [`Pid`](term::Pid), [`Reference`](term::Reference),
+/// [`Tuple`](term::Tuple), [`List`](term::List), [`Map`](term::Map), ...).
+///
+/// ```
+/// use kvnode::term::{Atom, FixInteger, Term, Tuple};
+/// let reply: Term = Tuple::from(vec![Atom::from("ok").into(), FixInteger::from(1).into()]).into();
+/// assert_eq!(reply.to_string(), "{'ok',1}");
+/// ```
+pub mod term {
+    pub use erl_dist::term::*;
+}
+
+/// Not part of the API, no semver promise: what the `kvnode` binary, the integration tests
+/// and the fuzz targets reach inside the crate for. May change in any release.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::cli::{Cli, CliError, Settings};
+    pub use crate::config::{Config, DEFAULT_MAX_HANDSHAKES_PER_IP};
+    pub use crate::storage::StorageError;
+
+    /// EPMD pieces the tests and fuzz targets drive directly.
+    pub mod epmd {
+        /// The EPMD client.
+        pub mod client {
+            pub use crate::epmd::client::port_please;
+        }
+        /// The EPMD wire format.
+        pub mod proto {
+            pub use crate::epmd::proto::check_name;
+        }
+        /// The embedded EPMD server.
+        pub mod server {
+            pub use crate::epmd::server::{
+                DEFAULT_MAX_REGISTRATIONS_PER_IP, DEFAULT_MAX_REQUESTS_PER_IP, REQUEST_TIMEOUT,
+                parse_request,
+            };
+        }
+    }
+
+    /// Term validation and decoding.
+    pub mod etf {
+        pub use crate::etf::{
+            DEFAULT_MAX_DEPTH, DEFAULT_MAX_TERMS, Limits, TermError, decode, stack_size_for_depth,
+        };
+    }
+
+    /// Distribution transport pieces.
+    pub mod transport {
+        /// Frame decoding.
+        pub mod connection {
+            pub use crate::node::transport::connection::decode_frame;
+        }
+        /// The handshake.
+        pub mod handshake {
+            pub use crate::node::transport::handshake::{Error, accept, connect, local_flags};
+        }
+    }
+}
 
 use config::Config;
-use node::{Node, gen_server, transport, transport::admission};
+use kv::KvConfig;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio::net::TcpListener;
 
-/// Errors that stop a node from starting.
+/// Errors that stop the `kvnode` binary from starting.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
-    /// The distribution listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        /// The address asked for.
-        addr: SocketAddr,
-        /// The socket error (`AddrInUse` when another process holds the port).
-        source: std::io::Error,
-    },
-    /// EPMD registration failed (for example: the name is taken).
+    /// The node did not start.
     #[error(transparent)]
-    Epmd(#[from] epmd::EpmdError),
-    /// The connection threads could not be started.
-    #[error("cannot start the connection threads: {0}")]
-    Threads(std::io::Error),
+    Start(#[from] StartError),
     /// The data directory could not be opened or recovered.
     #[error(transparent)]
     Storage(#[from] storage::StorageError),
@@ -62,9 +188,21 @@ pub enum Error {
     ReadyFile {
         /// The path given.
         path: std::path::PathBuf,
-        /// Why.
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The KV server could not be spawned (its name is taken or invalid).
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+}
+
+impl From<kv::KvError> for Error {
+    fn from(error: kv::KvError) -> Self {
+        match error {
+            kv::KvError::Storage(e) => Error::Storage(e),
+            kv::KvError::Spawn(e) => Error::Spawn(e),
+        }
+    }
 }
 
 /// The listen backlog of kvnode's sockets (the kernel caps it at `net.core.somaxconn`).
@@ -72,11 +210,11 @@ pub enum Error {
 /// many nodes starting at once) then has SYNs dropped: each dropped one costs its sender a
 /// 1 s retransmission, real peers included. Measured: 1,000 connections at once took 5.1 s
 /// with 128 and 0.1 s with this.
-pub const LISTEN_BACKLOG: u32 = 1024;
+pub(crate) const LISTEN_BACKLOG: u32 = 1024;
 
 /// Binds a TCP listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as
 /// `TcpListener::bind` sets it).
-pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -87,15 +225,10 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// File descriptors kvnode may need beyond one per inbound connection (established or
-/// handshaking): the embedded EPMD's connection caps ([`epmd::server::MAX_FDS`]) and some
-/// slack for listeners, logs, storage files, dialed peers and TLS bridges.
-const FD_OVERHEAD: u64 = epmd::server::MAX_FDS as u64 + 64;
-
 /// Raises the soft limit on open files to the hard limit (as Go's runtime does), so
 /// `--max-connections` is reached before EMFILE is: a common soft limit is 1024, the default
 /// `--max-connections`. Returns the soft limit now in force.
-pub fn raise_fd_limit() -> std::io::Result<u64> {
+pub(crate) fn raise_fd_limit() -> std::io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -119,141 +252,30 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
     Ok(lim.rlim_cur as u64)
 }
 
-/// A started node. Dropping it does not stop it; call [`Running::stop`].
-pub struct Running {
-    /// The node.
-    pub node: Node,
-    /// The bound distribution port.
-    pub dist_port: u16,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-    stop_request: node::services::control::StopRequest,
-}
-
-impl Running {
-    /// Resolves when a peer asks the node to stop (`init:stop`, `erlang:halt`, `erl_call
-    /// -q`), with the exit status asked for.
-    pub async fn stop_requested(&self) -> u8 {
-        self.stop_request.requested().await
-    }
-
-    /// Stops accepting, closes peer connections, unregisters from EPMD and waits (up to a few
-    /// seconds) for every task to finish.
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        self.node.manager().close_all();
-        self.tracker.close();
-        if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("some tasks did not stop within 5 s");
-        }
-        // Let go of the processes: the KV server's storage then commits everything queued
-        // (casts included) and joins its threads before we return. (The server's replier
-        // holds the node, so without this the store would never be dropped.)
-        let node = self.node.clone();
-        let flushed = tokio::task::spawn_blocking(move || {
-            for name in node.registered_names() {
-                if let Some(mb) = node.whereis(&name) {
-                    node.remove_process(&mb.pid);
-                }
-            }
-        });
-        if tokio::time::timeout(Duration::from_secs(30), flushed)
-            .await
-            .is_err()
-        {
-            tracing::warn!("the processes did not let go within 30 s (storage flush)");
-        }
-        self.node.threads().stop();
-    }
-}
-
-/// Starts a node: binds the distribution port, registers with EPMD (or serves EPMD itself),
-/// starts the built-in processes and the accept loop.
-pub async fn start(config: Config) -> Result<Running, Error> {
-    // Threads started below without the configuration at hand (storage) size their stacks
-    // from it, and recovery accepts terms as deep as peers may send.
-    etf::set_configured_depth(config.max_term_depth);
-    match raise_fd_limit() {
-        Ok(limit)
-            if limit
-                < (config.max_connections + config.max_handshakes + config.max_dials) as u64
-                    + FD_OVERHEAD =>
-        {
-            tracing::warn!(
-                limit,
-                max_connections = config.max_connections,
-                max_handshakes = config.max_handshakes,
-                max_dials = config.max_dials,
-                "the open-file limit (ulimit -n) is low for --max-connections + --max-handshakes + --max-dials: connections may fail with EMFILE before the limits"
-            )
-        }
-        Ok(_) => {}
-        Err(error) => tracing::warn!(%error, "cannot read or raise the open-file limit"),
-    }
-    let addr = SocketAddr::new(config.bind, config.dist_port);
-    let listener = listen(addr).map_err(|source| Error::Listen { addr, source })?;
-    let dist_port = listener
-        .local_addr()
-        .map_err(|source| Error::Listen { addr, source })?
-        .port();
+/// The `kvnode` binary: runs a node with the KV app until `shutdown` resolves or a peer asks
+/// it to stop (`init:stop`, `erlang:halt`), then stops it gracefully. Returns the exit
+/// status: 0, or what `erlang:halt/1` / `init:stop/1` asked for.
+///
+/// The start order matters: the KV state is recovered before the node registers with EPMD
+/// (no peer finds a node whose data is not back yet), and the KV server is up before the
+/// first peer is accepted.
+pub async fn run(
+    config: Config,
+    kv_config: KvConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<u8, Error> {
+    let ready_path = config.ready_file.clone();
+    let bound = node::builder::bind(config)?;
+    let dist_port = bound.port();
     // Recover the state before anyone can find us through EPMD.
-    let recovered = match config.data_dir.clone() {
-        Some(dir) => Some(open_storage(dir, config.compaction_floor).await?),
-        None => None,
-    };
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let epmd = epmd::start(
-        config.epmd_port,
-        config.alive_name(),
-        dist_port,
-        true,
-        shutdown.clone(),
-        &tracker,
-    )
-    .await?;
-    let threads = transport::threads::Threads::start(
-        config.threads,
-        etf::stack_size_for_depth(config.max_term_depth),
-    )
-    .map_err(Error::Threads)?;
-    let node = Node::new(
-        config,
-        epmd.creation,
-        shutdown.clone(),
-        tracker.clone(),
-        threads,
-    );
-    let stop_request = node::services::control::StopRequest::default();
-    node::services::builtins::register(node.functions());
-    node::services::control::register(node.functions(), &stop_request);
-    let process_name = node.config().process_name.clone();
-    match recovered {
-        Some((storage, entries)) => {
-            gen_server::spawn_with(&node, Some(&process_name), move |ctx| {
-                kv::server::KvServer::with_storage(kv::durable::Durable::new(storage, ctx), entries)
-            });
-        }
-        None => {
-            gen_server::spawn(&node, Some(&process_name), kv::server::KvServer::new());
-        }
+    let recovered = kv::recover(&kv_config).await?;
+    let registered = bound.register().await?;
+    let epmd = registered.epmd().clone();
+    if let Err(error) = kv::start_recovered(registered.node(), &kv_config, recovered) {
+        registered.serve().stop().await;
+        return Err(error.into());
     }
-    // The KV server's API, callable through rpc, spawn and rex under its module name.
-    kv::rpc::register(node.functions(), &process_name, &process_name);
-    gen_server::spawn(
-        &node,
-        Some(node::services::net_kernel::NAME),
-        node::services::net_kernel::NetKernel,
-    );
-    gen_server::spawn(
-        &node,
-        Some(node::services::rex::NAME),
-        node::services::rex::Rex,
-    );
-    tracker.spawn(accept_loop(node.clone(), listener, shutdown.clone()));
+    let node = registered.serve();
     let tls = match &node.config().tls {
         None => "off",
         Some(tls) if tls.verify_peer() => "on, verify-peer",
@@ -263,63 +285,16 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         node = %node.name().name,
         port = dist_port,
         epmd = %epmd,
-        process = %process_name,
+        process = %kv_config.process_name,
         creation = epmd.creation,
         tls,
         "kvnode ready"
     );
-    Ok(Running {
-        node,
-        dist_port,
-        shutdown,
-        tracker,
-        stop_request,
-    })
-}
-
-/// Opens `--data-dir` and recovers it, merging records by the store's canonical keys
-/// ([`kv::durable::key_identity`]).
-async fn open_storage(
-    dir: std::path::PathBuf,
-    compaction_floor: u64,
-) -> Result<(storage::Storage, Vec<storage::Entry>), Error> {
-    let shown = dir.display().to_string();
-    let options = storage::Options {
-        compaction_floor,
-        ..storage::Options::default()
-    };
-    let (storage, recovered) = tokio::task::spawn_blocking(move || {
-        storage::Storage::open_with(&dir, options, &kv::durable::key_identity)
-    })
-    .await
-    .map_err(|e| storage::StorageError::Unavailable {
-        reason: format!("recovery task failed: {e}"),
-    })??;
-    // The storage already warned about a dropped torn tail, with file, offset and bytes.
-    tracing::info!(
-        dir = %shown,
-        keys = recovered.entries.len(),
-        snapshot_entries = recovered.snapshot_entries,
-        records_replayed = recovered.records_replayed,
-        ms = recovered.elapsed.as_millis() as u64,
-        "recovered {} keys in {} ms",
-        recovered.entries.len(),
-        recovered.elapsed.as_millis()
-    );
-    Ok((storage, recovered.entries))
-}
-
-/// Runs a node until `shutdown` resolves or a peer asks it to stop (`init:stop`,
-/// `erlang:halt`), then stops it gracefully. Returns the exit status: 0, or what
-/// `erlang:halt/1` / `init:stop/1` asked for.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<u8, Error> {
-    let ready_path = config.ready_file.clone();
-    let running = start(config).await?;
     // Written now the node is ready; removed (dropped) after the orderly stop below.
-    let _ready = match ready::publish(ready_path, &running) {
+    let _ready = match ready::publish(ready_path, &node) {
         Ok(file) => file,
         Err(error) => {
-            running.stop().await;
+            node.stop().await;
             return Err(error);
         }
     };
@@ -328,74 +303,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<u
             tracing::info!("shutting down");
             0
         }
-        status = running.stop_requested() => {
+        status = node.stop_requested() => {
             tracing::info!(status, "shutting down: a peer asked the node to stop");
             status
         }
     };
-    running.stop().await;
+    node.stop().await;
     tracing::info!(status, "stopped");
     Ok(status)
-}
-
-async fn accept_loop(node: Node, listener: TcpListener, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(10);
-    let cfg = node.config();
-    // Unauthenticated connections never take an authenticated peer's place: they have a
-    // budget of their own, with oldest-first eviction (see `admission`), and move to
-    // --max-connections once the handshake succeeds (`transport::accept`).
-    let admission = transport::InboundBudgets {
-        handshakes: admission::Budget::new(
-            "handshake",
-            cfg.max_handshakes,
-            cfg.max_handshakes_per_ip,
-        ),
-        established: std::sync::Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
-    };
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, addr)) => {
-                backoff = Duration::from_millis(10);
-                // Always admitted: a full budget closes the oldest handshake of the address
-                // holding the most instead.
-                let slot = admission.handshakes.admit(addr.ip());
-                // The connection lives on one connection thread: hand the socket over as a std
-                // socket and register it with that thread's runtime there.
-                let stream = match stream.into_std() {
-                    Ok(s) => s,
-                    Err(error) => {
-                        tracing::warn!(%addr, %error, "cannot hand the connection over");
-                        continue;
-                    }
-                };
-                let (runtime, placement) = node.threads().place();
-                let node2 = node.clone();
-                let established = admission.established.clone();
-                runtime.spawn(node.tracker().track_future(async move {
-                    let _placement = placement;
-                    match TcpStream::from_std(stream) {
-                        Ok(stream) => {
-                            transport::accept(node2, stream, addr, slot, established).await
-                        }
-                        Err(error) => {
-                            tracing::warn!(%addr, %error, "cannot register the connection")
-                        }
-                    }
-                }));
-            }
-            Err(error) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-        }
-    }
 }

@@ -5,7 +5,7 @@ use clap::Parser;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use kvnode::cli::Cli;
+use kvnode::internals::Cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -18,8 +18,8 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let config = match cli.into_config() {
-        Ok(c) => c,
+    let settings = match cli.into_settings() {
+        Ok(s) => s,
         Err(error) => {
             eprintln!("kvnode: {error}");
             return ExitCode::from(2);
@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     };
     // Every thread that may decode, encode or drop a peer's term gets a stack sized for
     // --max-term-depth: eetf recurses once per level of nesting (see kvnode::etf).
-    let stack = kvnode::etf::stack_size_for_depth(config.max_term_depth);
+    let stack = kvnode::internals::etf::stack_size_for_depth(settings.node.max_term_depth);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_stack_size(stack)
@@ -44,7 +44,9 @@ fn main() -> ExitCode {
     let node = std::thread::Builder::new()
         .name("kvnode-main".into())
         .stack_size(stack)
-        .spawn(move || runtime.block_on(kvnode::run(config, shutdown_signal())));
+        .spawn(move || {
+            runtime.block_on(kvnode::run(settings.node, settings.kv, shutdown_signal()))
+        });
     let result = match node.map(|thread| thread.join()) {
         Ok(Ok(result)) => result,
         Ok(Err(_)) => {

@@ -37,6 +37,7 @@ pub struct Ready {
 /// Errors reading a ready line back ([`Ready::parse`]).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
+#[cfg_attr(not(test), allow(dead_code))] // read back by the unit tests; tests/ parse their own
 pub enum ParseError {
     /// A key the format requires is absent.
     #[error("ready line has no {key}=")]
@@ -64,6 +65,7 @@ impl Ready {
     }
 
     /// Reads a line written by [`Ready::to_line`]; unknown keys are ignored.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn parse(line: &str) -> Result<Ready, ParseError> {
         let field = |key: &'static str| {
             line.split_whitespace()
@@ -85,14 +87,14 @@ impl Ready {
         })
     }
 
-    /// Describes the running node `running`, in this process.
-    pub fn of(running: &crate::Running) -> Ready {
+    /// Describes the running `node`, in this process.
+    pub fn of(node: &crate::Node) -> Ready {
         Ready {
-            node: running.node.config().node_name.clone(),
-            dist_port: running.dist_port,
-            epmd_port: running.node.config().epmd_port,
+            node: node.config().node_name.clone(),
+            dist_port: node.port(),
+            epmd_port: node.config().epmd_port,
             pid: std::process::id(),
-            creation: running.node.creation(),
+            creation: node.creation(),
         }
     }
 }
@@ -119,11 +121,6 @@ impl ReadyFile {
             path: path.to_owned(),
         })
     }
-
-    /// Where the file is.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 impl Drop for ReadyFile {
@@ -136,13 +133,13 @@ impl Drop for ReadyFile {
     }
 }
 
-/// Writes the ready file for `running` when `path` is given (`--ready-file`).
+/// Writes the ready file for `node` when `path` is given (`--ready-file`).
 pub(crate) fn publish(
     path: Option<PathBuf>,
-    running: &crate::Running,
+    node: &crate::Node,
 ) -> Result<Option<ReadyFile>, crate::Error> {
     let Some(path) = path else { return Ok(None) };
-    match ReadyFile::write(&path, &Ready::of(running)) {
+    match ReadyFile::write(&path, &Ready::of(node)) {
         Ok(file) => {
             tracing::debug!(path = %path.display(), "ready file written");
             Ok(Some(file))

@@ -155,7 +155,7 @@ fn rust_drives_an_elixir_node_with_erl_rpc() {
         .expect("runtime");
     let epmd = std::net::SocketAddr::from(([127, 0, 0, 1], kv.epmd_port));
     let peer_port = wait_for("elixir peer registered", Duration::from_secs(20), || {
-        rt.block_on(kvnode::epmd::client::port_please(epmd, &alive))
+        rt.block_on(kvnode::internals::epmd::client::port_please(epmd, &alive))
             .ok()
             .flatten()
             .map(|i| i.port)

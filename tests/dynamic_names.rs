@@ -45,7 +45,7 @@ fn dist_port_of(epmd_port: u16, alive: &str) -> u16 {
         &format!("{alive} registered with EPMD"),
         Duration::from_secs(30),
         || {
-            rt.block_on(kvnode::epmd::client::port_please(epmd, alive))
+            rt.block_on(kvnode::internals::epmd::client::port_please(epmd, alive))
                 .ok()
                 .flatten()
                 .map(|i| i.port)

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{elixir_raw, free_port, unique};
-use kvnode::node::gen_server::{self, CallResult, Caller, Ctx, GenServer, Request};
+use kvnode::{CallResult, Caller, Ctx, GenServer, NodeBuilder, Request};
 use std::time::Duration;
 
 use erl_dist::term::{Atom, Term, Tuple};
@@ -89,11 +89,17 @@ fn a_user_server_gets_requests_as_bytes_and_its_replies_reach_the_caller() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let epmd_port = free_port();
     let name = format!("{}@127.0.0.1", unique("fast"));
-    let mut config = kvnode::config::Config::new(&name, "fastcookie");
-    config.epmd_port = epmd_port;
-    config.bind = [127, 0, 0, 1].into();
-    let running = rt.block_on(kvnode::start(config)).expect("node starts");
-    gen_server::spawn(&running.node, Some("Probe"), Probe::default());
+    let node = rt
+        .block_on(
+            NodeBuilder::new(&name)
+                .cookie("fastcookie")
+                .epmd_port(epmd_port)
+                .bind([127, 0, 0, 1].into())
+                .start(),
+        )
+        .expect("node starts");
+    node.spawn_server(Some("Probe"), Probe::default())
+        .expect("Probe spawns");
 
     let script = r#"
 defmodule PlainTag do
@@ -132,7 +138,7 @@ IO.puts("FAST_PATH_OK")
         script,
         Duration::from_secs(120),
     );
-    rt.block_on(running.stop());
+    rt.block_on(node.stop());
     assert!(
         out.status.success() && out.stdout.contains("FAST_PATH_OK"),
         "script failed ({}):\n--- stdout\n{}\n--- stderr\n{}",

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use erl_dist::handshake::HandshakeStatus;
 use erl_dist::node::NodeName;
-use kvnode::epmd::server::parse_request;
-use kvnode::etf::{self, Limits};
-use kvnode::node::transport::connection::decode_frame;
-use kvnode::node::transport::handshake;
+use kvnode::internals::epmd::server::parse_request;
+use kvnode::internals::etf::{self, Limits};
+use kvnode::internals::transport::connection::decode_frame;
+use kvnode::internals::transport::handshake;
 use tokio::io::AsyncWriteExt;
 
 /// Every file of `fuzz/<dir>/<target>/` (none if the directory does not exist).

@@ -146,7 +146,7 @@ IO.puts("SCRIPT-OK served in #{System.monotonic_time(:millisecond) - t} ms")
         out.trim()
     );
     assert!(
-        open <= kvnode::config::DEFAULT_MAX_HANDSHAKES_PER_IP,
+        open <= kvnode::internals::DEFAULT_MAX_HANDSHAKES_PER_IP,
         "{open} flood sockets still held"
     );
     kv.wait_log(
@@ -280,7 +280,7 @@ true = GenServer.call({DistributedExample.KVStore, kv}, {:get, :found})
 "#,
     );
     assert!(
-        accepted <= kvnode::epmd::server::DEFAULT_MAX_REGISTRATIONS_PER_IP,
+        accepted <= kvnode::internals::epmd::server::DEFAULT_MAX_REGISTRATIONS_PER_IP,
         "{accepted} registrations from one address"
     );
 }
@@ -288,7 +288,7 @@ true = GenServer.call({DistributedExample.KVStore, kv}, {:get, :found})
 /// kvnode's distribution flags without `without` (a real, otherwise complete, flag set).
 fn flags_without(without: u64) -> erl_dist::DistributionFlags {
     erl_dist::DistributionFlags::from_bits_truncate(
-        kvnode::node::transport::handshake::local_flags().bits() & !without,
+        kvnode::internals::transport::handshake::local_flags().bits() & !without,
     )
 }
 

@@ -63,7 +63,7 @@ fn handshaken(kv: &KvNode) -> TcpStream {
         let me: NodeName = format!("{}@127.0.0.1", unique("fake"))
             .parse()
             .expect("name");
-        let (s, _) = kvnode::node::transport::handshake::connect(
+        let (s, _) = kvnode::internals::transport::handshake::connect(
             s,
             &me,
             7,
@@ -138,7 +138,7 @@ fn bad_frames_after_the_handshake_cost_only_that_connection() {
         "nesting deeper than --max-term-depth (twice the default)",
         || {
             let mut body = vec![112, 131];
-            for _ in 0..2 * kvnode::etf::DEFAULT_MAX_DEPTH {
+            for _ in 0..2 * kvnode::internals::etf::DEFAULT_MAX_DEPTH {
                 body.extend_from_slice(&[104, 1]);
             }
             body.push(106);
@@ -342,7 +342,7 @@ fn a_message_of_the_most_terms_allowed_by_default_is_served_with_bounded_memory(
     // The frame is the control tuple `{6, from_pid, :"", name}` (6 terms, the pid's node atom
     // included) and `{:"$gen_cast", {:put, :big, list}}`: the list's elements plus 7 (the
     // tuples, the atoms, the list and its tail). One more element is over the default limit.
-    let n = kvnode::etf::DEFAULT_MAX_TERMS - 13;
+    let n = kvnode::internals::etf::DEFAULT_MAX_TERMS - 13;
     // A `put` is served from the frame's bytes (the raw lane); a `put_new` is decoded into an
     // eetf tree, the worst case the limit exists for. Its call carries a few more terms (the
     // caller's pid and alias tag), so 40 fewer elements keep it under the limit.

@@ -319,7 +319,7 @@ fn a_thousand_half_open_and_slowloris_connections_on_the_epmd_port() {
         &cookie,
         epmd_port,
         request,
-        kvnode::epmd::server::REQUEST_TIMEOUT,
-        0..=kvnode::epmd::server::DEFAULT_MAX_REQUESTS_PER_IP,
+        kvnode::internals::epmd::server::REQUEST_TIMEOUT,
+        0..=kvnode::internals::epmd::server::DEFAULT_MAX_REQUESTS_PER_IP,
     );
 }

@@ -5,8 +5,8 @@
 //! for every shorter prefix, and trailing bytes do not change the answer.
 #![no_main]
 
-use kvnode::epmd::proto::check_name;
-use kvnode::epmd::server::parse_request;
+use kvnode::internals::epmd::proto::check_name;
+use kvnode::internals::epmd::server::parse_request;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

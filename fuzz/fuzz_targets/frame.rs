@@ -8,8 +8,8 @@
 #![no_main]
 
 use eetf::DecodeError;
-use kvnode::node::transport::connection::decode_frame;
-use kvnode::etf::{self, Limits, TermError};
+use kvnode::internals::transport::connection::decode_frame;
+use kvnode::internals::etf::{self, Limits, TermError};
 use libfuzzer_sys::fuzz_target;
 
 fn decode_term(bytes: &[u8]) {

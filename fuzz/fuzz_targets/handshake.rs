@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use erl_dist::handshake::HandshakeStatus;
 use erl_dist::node::NodeName;
-use kvnode::node::transport::handshake::{accept, connect};
+use kvnode::internals::transport::handshake::{accept, connect};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::AsyncWriteExt;
 use tokio::runtime::{Builder, Runtime};

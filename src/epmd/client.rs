@@ -25,6 +25,7 @@ use super::proto::{
 pub const NETWORK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Upper bound on a `NAMES_REQ` answer we are willing to buffer.
+#[cfg_attr(not(test), allow(dead_code))] // used by tests
 const MAX_NAMES_RESPONSE: usize = 1 << 20;
 
 /// What the EPMD knows about a registered node (`PORT2_RESP`).
@@ -52,6 +53,7 @@ pub struct NodeInfo {
 pub struct Registration {
     /// The creation the EPMD handed out (32-bit, or a widened 16-bit value from old EPMDs).
     pub creation: u32,
+    #[allow(dead_code)] // read by `name`, for logs and debugging
     name: String,
     epmd: SocketAddr,
     stream: TcpStream,
@@ -60,13 +62,9 @@ pub struct Registration {
 
 impl Registration {
     /// The registered name.
+    #[allow(dead_code)] // not used inside the crate now
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// The EPMD this registration lives on.
-    pub fn epmd_addr(&self) -> SocketAddr {
-        self.epmd
     }
 
     /// Resolves when the EPMD side closes the connection (the EPMD died or dropped us), so the
@@ -227,6 +225,7 @@ pub async fn port_please(epmd: SocketAddr, name: &str) -> Result<Option<NodeInfo
 
 /// Lists the nodes registered with the EPMD on `epmd` as `(name, port)` pairs, in the EPMD's
 /// order.
+#[cfg_attr(not(test), allow(dead_code))] // used by tests
 pub async fn names(epmd: SocketAddr) -> Result<Vec<(String, u16)>, EpmdError> {
     const OP: &str = "NAMES_REQ";
     let mut stream = connect(epmd, OP).await?;
@@ -259,6 +258,7 @@ pub async fn names(epmd: SocketAddr) -> Result<Vec<(String, u16)>, EpmdError> {
 }
 
 /// Parses the lines of a `NAMES_REQ` answer (`name <name> at port <port>\n`).
+#[cfg_attr(not(test), allow(dead_code))] // used by tests
 fn parse_names(text: &[u8]) -> Option<Vec<(String, u16)>> {
     let text = String::from_utf8_lossy(text);
     text.lines()

@@ -169,16 +169,19 @@ pub struct EpmdHandle {
     pub mode: EpmdMode,
     /// The EPMD port.
     pub epmd_port: u16,
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests
     status: watch::Receiver<EpmdStatus>,
 }
 
 impl EpmdHandle {
     /// The registration as it is now (re-registrations may change mode and creation).
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests
     pub fn status(&self) -> EpmdStatus {
         *self.status.borrow()
     }
 
     /// A receiver notified on every registration change.
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests
     pub fn watch(&self) -> watch::Receiver<EpmdStatus> {
         self.status.clone()
     }
@@ -198,6 +201,8 @@ struct Target {
     name: String,
     dist_port: u16,
     hidden: bool,
+    /// Serve EPMD when none answers (else fail, and keep retrying as a client).
+    embedded: bool,
 }
 
 /// Registers `name` (the part before `@`; anything from `@` on is ignored) with `dist_port`.
@@ -210,11 +215,27 @@ struct Target {
 /// A taken name yields [`EpmdError::NameTaken`]. After success a task on `tracker` keeps the
 /// registration: when the EPMD connection drops it registers again the same way, with backoff,
 /// until `shutdown` is cancelled; then it closes the registration (unregisters).
+#[cfg_attr(not(test), allow(dead_code))] // used by tests
 pub async fn start(
     epmd_port: u16,
     name: &str,
     dist_port: u16,
     hidden: bool,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<EpmdHandle, EpmdError> {
+    start_with(epmd_port, name, dist_port, hidden, true, shutdown, tracker).await
+}
+
+/// [`start`], choosing whether to serve EPMD when none answers: with `embedded` false, no
+/// EPMD on `epmd_port` fails the registration with [`EpmdError::Unreachable`] (and a lost
+/// registration is retried as a client only).
+pub async fn start_with(
+    epmd_port: u16,
+    name: &str,
+    dist_port: u16,
+    hidden: bool,
+    embedded: bool,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<EpmdHandle, EpmdError> {
@@ -224,6 +245,7 @@ pub async fn start(
         name: short.to_owned(),
         dist_port,
         hidden,
+        embedded,
     };
     let (registration, mode) = tokio::select! {
         _ = shutdown.cancelled() => return Err(EpmdError::Cancelled),
@@ -268,6 +290,9 @@ async fn register_anywhere(
                 Err(refused @ EpmdError::Unreachable { .. }) => refused,
                 Err(other) => return Err(other),
             };
+        if !target.embedded {
+            return Err(refused);
+        }
         match EpmdServer::bind(any).await {
             Ok(server) => {
                 tracker.spawn(server.run(shutdown.clone()));

@@ -4,9 +4,6 @@
 //! first of which is the request tag. Shapes follow the OTP ERTS User's Guide, "Distribution
 //! Protocol", section "EPMD Protocol", and `erts/epmd/src/epmd_srv.c` (OTP 23+).
 
-/// The well-known EPMD port.
-pub const DEFAULT_PORT: u16 = 4369;
-
 /// `ALIVE2_REQ` (`'x'`): register a node; the connection stays open while the node is alive.
 pub const ALIVE2_REQ: u8 = 120;
 /// `ALIVE2_RESP` (`'y'`): registration result with a 16-bit creation (distribution version < 6).
@@ -55,7 +52,7 @@ pub const MAX_NAME_CHARS: usize = 255;
 pub const MAX_EXTRA_BYTES: usize = 255 * 4;
 
 /// Checks a node name (the part before `@`) the way epmd does: non-empty, valid UTF-8, no NUL
-/// byte, at most [`MAX_NAME_CHARS`] characters. Returns the reason on failure.
+/// byte, at most `MAX_NAME_CHARS` characters. Returns the reason on failure.
 pub fn check_name(name: &[u8]) -> Result<&str, &'static str> {
     if name.is_empty() {
         return Err("the name is empty");

@@ -190,6 +190,7 @@ impl EpmdServer {
     }
 
     /// The bound address (useful after binding port 0).
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }

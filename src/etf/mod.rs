@@ -180,10 +180,10 @@ pub struct Limits {
     /// Maximum number of terms (eetf `decode_term` calls: every list element and tail, tuple
     /// element, map key and value, and the atoms, pids and integers inside pids, ports,
     /// references and funs) in one term, or in the terms of one message when they are
-    /// validated with [`validate_versioned_counted`].
+    /// validated with `validate_versioned_counted`.
     pub max_terms: usize,
     /// Maximum number of map keys any term may sit inside (see
-    /// [`DEFAULT_MAX_MAP_KEY_NESTING`]).
+    /// `DEFAULT_MAX_MAP_KEY_NESTING`).
     pub max_map_key_nesting: usize,
 }
 

@@ -142,6 +142,7 @@ impl Request {
     /// Decodes a request, or `None` if it has no known shape (reply with
     /// [`unknown_request_reply`]). Clones the parts it keeps; prefer [`Request::from_term`]
     /// when the term is owned.
+    #[cfg(test)]
     pub fn parse(term: &Term) -> Option<Request> {
         // Check the shape first so an unknown request (possibly large) is never cloned.
         if !Self::is_known_shape(term) {

@@ -85,3 +85,40 @@ pub async fn call(node: &Node, server: &str, request: Term) -> Outcome {
         ])),
     }
 }
+
+/// Registers `kvnode:info/0` with the KV app's counters added to the node's
+/// ([`crate::node::services::builtins::node_info`]):
+///
+/// - `subscriptions`: the KV server's subscriptions (as `:subscribers` answers);
+/// - `keys`: keys in the store;
+/// - `storage_syncs`: commits the storage made durable (fsyncs), 0 without `--data-dir`.
+pub fn register_info(functions: &Functions, server: &str) {
+    let server: Arc<str> = Arc::from(server);
+    functions.register(
+        "kvnode",
+        "info",
+        0,
+        Arc::new(move |node: Node, _| {
+            let server = server.clone();
+            async move {
+                let keys = match call(&node, &server, atom("size")).await {
+                    Outcome::Return(v) => v,
+                    other => return Finished::from(other),
+                };
+                let subscriptions = match call(&node, &server, atom("subscribers")).await {
+                    Outcome::Return(v) => v,
+                    other => return Finished::from(other),
+                };
+                let mut entries = crate::node::services::builtins::node_info(&node);
+                entries.insert(atom("keys"), keys);
+                entries.insert(atom("subscriptions"), subscriptions);
+                entries.insert(
+                    atom("storage_syncs"),
+                    crate::node::services::builtins::int(crate::storage::commit_syncs()),
+                );
+                Finished::from(Outcome::Return(erl_dist::term::Map::from(entries).into()))
+            }
+            .boxed()
+        }),
+    );
+}

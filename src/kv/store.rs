@@ -272,6 +272,7 @@ impl Store {
     }
 
     /// Removes `key`; returns whether it existed.
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests
     pub fn delete(&mut self, key: &Term) -> bool {
         self.remove(key).is_some()
     }
@@ -372,6 +373,7 @@ impl Store {
     }
 
     /// Whether the store has no keys.
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
@@ -380,6 +382,7 @@ impl Store {
     ///
     /// Replies are listed in the module docs. Events: put always; put_new, cas and incr only
     /// on success; delete only when the key existed; get, keys and size never.
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests
     pub fn apply(&mut self, req: DataRequest) -> (Term, Option<Event>) {
         self.apply_with(req, true)
     }

@@ -10,7 +10,9 @@
 //!   system messages) and the host that runs servers.
 //! - [`services`]: what every Erlang node has (`net_kernel`, `rex`, rpc/erpc over one function
 //!   table that apps extend).
+//! - [`builder`]: starting ([`builder::NodeBuilder`]) and stopping a node.
 
+pub mod builder;
 pub mod gen_server;
 pub mod process;
 pub mod services;

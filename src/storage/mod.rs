@@ -171,6 +171,7 @@ pub struct Recovered {
     /// Entries loaded from the snapshot.
     pub snapshot_entries: u64,
     /// The torn tail that was dropped, if any.
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests
     pub dropped_tail: Option<DroppedTail>,
     /// How long recovery took.
     pub elapsed: Duration,
@@ -179,7 +180,7 @@ pub struct Recovered {
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    /// Another process (or another [`Storage`] in this one) holds the directory's lock.
+    /// Another process (or another `Storage` in this one) holds the directory's lock.
     #[error(
         "data directory {dir} is in use by another kvnode ({holder}); refusing to open it twice"
     )]
@@ -346,6 +347,7 @@ impl Storage {
     /// the newest snapshot, replays the log in order, merging by `identity` (see "Key
     /// identity" in the module docs), truncates a torn tail (with a warning) and returns the
     /// live entries.
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests
     pub fn open(dir: &Path, identity: &KeyIdentity) -> Result<(Storage, Recovered), StorageError> {
         Storage::open_with(dir, Options::default(), identity)
     }
@@ -559,11 +561,14 @@ impl Storage {
     }
 
     /// Bytes of the files in the data directory now.
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests
     pub fn disk_bytes(&self) -> u64 {
         dir_bytes(&self.shared.dir)
     }
 
     /// The data directory.
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests
+    #[allow(dead_code)] // not used inside the crate now; kept with its pair/siblings
     pub fn dir(&self) -> &Path {
         &self.shared.dir
     }
@@ -588,6 +593,7 @@ impl Drop for Storage {
     }
 }
 
+#[cfg_attr(not(test), allow(dead_code))] // used by tests
 fn dir_bytes(dir: &Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return 0;

@@ -540,7 +540,26 @@ pub fn spawn_with<S: GenServer>(
     name: Option<&str>,
     make: impl FnOnce(&Ctx) -> S,
 ) -> Mailbox {
-    node.spawn_process(name, |pid| {
+    node.spawn_process(name, host_maker(node, name, make))
+}
+
+/// Like [`spawn_with`], but refuses a `name` another process holds (see
+/// [`Node::try_spawn_process`]); `make` then never runs.
+pub fn try_spawn_with<S: GenServer>(
+    node: &Node,
+    name: Option<&str>,
+    make: impl FnOnce(&Ctx) -> S,
+) -> Result<Mailbox, crate::node::SpawnError> {
+    node.try_spawn_process(name, host_maker(node, name, make))
+}
+
+/// What runs a fresh server process's signals, given its pid.
+fn host_maker<'a, S: GenServer>(
+    node: &'a Node,
+    name: Option<&'a str>,
+    make: impl FnOnce(&Ctx) -> S + 'a,
+) -> impl FnOnce(&Pid) -> Arc<dyn Dispatch> + 'a {
+    move |pid| {
         let pressure = Arc::new(Pressure::default());
         let server = make(&Ctx {
             node,
@@ -548,7 +567,7 @@ pub fn spawn_with<S: GenServer>(
             pressure: &pressure,
         });
         Arc::new(Host::new(node, pid, name, server, pressure)) as Arc<dyn Dispatch>
-    })
+    }
 }
 
 /// Signals waiting for the server, with what they count for against the mailbox bound.

@@ -332,6 +332,8 @@ struct Inner {
     threads: transport::threads::Threads,
     /// What peers may run here (rpc, spawn, rex): see [`crate::node::services::functions`].
     functions: crate::node::services::functions::Functions,
+    /// A peer's `init:stop`/`erlang:halt` (see [`crate::node::services::control`]).
+    stop_request: crate::node::services::control::StopRequest,
 }
 
 impl Node {
@@ -362,7 +364,13 @@ impl Node {
             tracker,
             threads,
             functions: Default::default(),
+            stop_request: Default::default(),
         }))
+    }
+
+    /// Where a peer's `init:stop`/`erlang:halt` lands (see [`Node::stop_requested`]).
+    pub(crate) fn stop_request(&self) -> &crate::node::services::control::StopRequest {
+        &self.0.stop_request
     }
 
     /// The table of functions peers may run on this node (rpc, spawn, `rex`).
@@ -746,7 +754,7 @@ impl Node {
     }
 
     /// Counts a function call (rpc, erpc, spawn, rex) that is starting, on the thread of the
-    /// reader that received it: over [`MAX_CALLS_IN_FLIGHT`] that reader pauses until half
+    /// reader that received it: over `MAX_CALLS_IN_FLIGHT` that reader pauses until half
     /// of them have finished. Hold the slot until the call has finished.
     pub fn call_slot(&self) -> CallSlot {
         let now = self.0.calls.fetch_add(1, Ordering::AcqRel) + 1;
@@ -867,7 +875,7 @@ impl Node {
     }
 
     /// Monitors a remote pid on behalf of `watcher`. The monitor fires as a
-    /// [`Signal::Down`] when the peer reports the pid's exit or the connection goes down.
+    /// `Signal::Down` when the peer reports the pid's exit or the connection goes down.
     /// Toward a peer without DIST_MONITOR no MONITOR_P is sent (BEAM's local-only monitor):
     /// it fires only when that node goes down.
     pub fn monitor_remote(&self, watcher: &Pid, target: &Pid) -> Reference {

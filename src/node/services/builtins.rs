@@ -6,16 +6,15 @@
 //! | `erlang:node/0` | the node name |
 //! | `erlang:nodes/0,1` | `[]` (kvnode is hidden: peers are `hidden`/`connected`, never `visible`) |
 //! | `erlang:whereis/1` | the pid registered under the name, or `undefined` |
-//! | `erlang:registered/0` | the registered names (the KV server, `net_kernel`, `rex`) |
+//! | `erlang:registered/0` | the registered names (`net_kernel`, `rex`, the apps' servers) |
 //! | `erlang:system_info/1` | the keys in [`system_info`]; others raise `badarg` as on BEAM |
 //! | `erlang:statistics/1` | the keys in [`statistics`]; others raise `badarg` |
 //! | `erlang:memory/0,1` | resident memory under `total` and `system`, 0 for the BEAM-only keys |
 //! | `erlang:apply/3` | applies a function of this table |
 //! | `os:getpid/0` | the OS pid, as a charlist |
-//! | `kvnode:info/0` | kvnode's counters (see [`info`]) |
+//! | `kvnode:info/0` | the node's counters (see [`node_info`]); apps may register a richer one |
 
-use super::functions::{Functions, Outcome, apply, args_vec, atom, badarg, ret, tuple};
-use crate::kv::rpc as kv_api;
+use super::functions::{Functions, apply, args_vec, atom, badarg, ret, tuple};
 use crate::node::Node;
 use eetf::ByteList;
 use erl_dist::term::{Atom, BigInteger, FixInteger, List, Map, Term};
@@ -100,12 +99,9 @@ pub fn register(functions: &Functions) {
             .boxed()
         }),
     );
-    functions.register(
-        "kvnode",
-        "info",
-        0,
-        Arc::new(|node: Node, _| async move { info(&node).await.into() }.boxed()),
-    );
+    functions.register_sync("kvnode", "info", 0, |node, _| {
+        ret(Map::from(node_info(node)).into())
+    });
 }
 
 fn nodes(node: &Node, which: &Term) -> Option<Term> {
@@ -320,46 +316,35 @@ fn io_bytes() -> (u64, u64) {
     (field("rchar:"), field("wchar:"))
 }
 
-/// `kvnode:info/0`: a map of the counters a soak test watches for leaks.
+/// `kvnode:info/0` of the bare node: a map of the counters a soak test watches for leaks.
 ///
 /// - `connections`: connected peers (established distribution connections);
-/// - `monitors`: monitors kvnode's processes hold on remote pids (one per subscribed pid);
-/// - `subscriptions`: the KV server's subscriptions (as `:subscribers` answers);
-/// - `keys`: keys in the store;
+/// - `monitors`: monitors the node's processes hold on remote pids;
 /// - `rss_bytes`: resident set size; `open_fds`: entries in `/proc/self/fd`;
 /// - `monitored_by`: monitors peers hold on local processes (each call holds one briefly);
 /// - `linked_by`: links peers' processes hold on local processes.
-/// - `processes`: local mailboxes (pids) alive; `registered`: registered names.
-async fn info(node: &Node) -> Outcome {
-    let server = node.config().process_name.clone();
-    let keys = match kv_api::call(node, &server, atom("size")).await {
-        Outcome::Return(v) => v,
-        other => return other,
-    };
-    let subscriptions = match kv_api::call(node, &server, atom("subscribers")).await {
-        Outcome::Return(v) => v,
-        other => return other,
-    };
+/// - `processes`: local mailboxes (pids) alive; `registered`: registered names;
+/// - `backpressure_pauses`: times a connection reader paused for a congested process.
+///
+/// An app adds its own counters by registering a `kvnode:info/0` that extends this map (the
+/// KV app adds `keys`, `subscriptions` and `storage_syncs`).
+pub fn node_info(node: &Node) -> HashMap<Term, Term> {
     let count = |n: usize| int(n as u64);
     let (processes, registered) = node.process_counts();
-    let entries: HashMap<Term, Term> = [
+    [
         ("connections", count(node.manager().connected().len())),
         ("monitors", count(node.remote_monitor_count())),
         ("monitored_by", count(node.incoming_monitor_count())),
         ("linked_by", count(node.incoming_link_count())),
-        ("subscriptions", subscriptions),
-        ("keys", keys),
         ("rss_bytes", int(resident_bytes().unwrap_or(0))),
         ("open_fds", count(open_fds().unwrap_or(0))),
         ("processes", count(processes)),
         ("registered", count(registered)),
         ("backpressure_pauses", int(node.backpressure_pauses())),
-        ("storage_syncs", int(crate::storage::commit_syncs())),
     ]
     .into_iter()
     .map(|(k, v)| (atom(k), v))
-    .collect();
-    Outcome::Return(Map::from(entries).into())
+    .collect()
 }
 
 /// Number of open file descriptors of this process (entries of `/proc/self/fd`, minus the one

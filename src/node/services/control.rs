@@ -50,6 +50,7 @@ impl StopRequest {
     }
 
     /// Whether a stop was requested.
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests
     pub fn is_requested(&self) -> bool {
         self.0.token.is_cancelled()
     }

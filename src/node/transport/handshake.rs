@@ -24,9 +24,6 @@ pub const FLAG_SPAWN: u64 = 1 << 32;
 pub const FLAG_MANDATORY_25_DIGEST: u64 = 0x0400_0000;
 /// The flags OTP 25 folds into [`FLAG_MANDATORY_25_DIGEST`].
 pub const MANDATORY_25: u64 = 0x107_0F94;
-/// What a peer must support for kvnode to talk to it (OTP's mandatory set up to OTP 25,
-/// which is what we decode and encode).
-pub const REQUIRED_PEER_FLAGS: u64 = 0x4 | 0x10 | 0x80 | 0x100 | 0x10000 | 0x40000;
 /// Flag names for log lines.
 const FLAG_NAMES: &[(u64, &str)] = &[
     (0x4, "EXTENDED_REFERENCES"),
@@ -64,7 +61,7 @@ pub enum Error {
     /// The peer's digest did not match: it has another cookie. `node` is the name the peer
     /// claimed (acceptor side: from its `send_name`, or the name given to a NAME_ME peer);
     /// `None` when we dialed (the dialed name is in the log span). At most
-    /// [`MAX_LOGGED_NAME`] characters, escaped: it comes from a peer that has not authenticated.
+    /// `MAX_LOGGED_NAME` characters, escaped: it comes from a peer that has not authenticated.
     #[error("wrong cookie (challenge digest mismatch){}", node.as_deref().map(|n| format!(" from node {n}")).unwrap_or_default())]
     WrongCookie {
         /// The node that claimed to connect.
@@ -74,12 +71,12 @@ pub enum Error {
     /// name from (empty, or too long with the generated name).
     #[error("cannot name a NAME_ME peer on host {host:?}: {reason}")]
     BadDynamicHost {
-        /// The host the peer sent (escaped, at most [`LOG_EXCERPT`] bytes).
+        /// The host the peer sent (escaped, at most `LOG_EXCERPT` bytes).
         host: String,
         /// What is wrong with it.
         reason: String,
     },
-    /// No free dynamic name after [`DYNAMIC_NAME_ATTEMPTS`] random draws (practically
+    /// No free dynamic name after `DYNAMIC_NAME_ATTEMPTS` random draws (practically
     /// impossible: 64 random bits each).
     #[error("no free dynamic node name after {DYNAMIC_NAME_ATTEMPTS} attempts")]
     NoDynamicName,
@@ -372,7 +369,7 @@ fn local_node(name: &NodeName, creation: u32) -> LocalNode {
     node
 }
 
-/// Accepts a handshake ([`accept_with`] for a node where no name is ever taken: the fuzzers
+/// Accepts a handshake (`accept_with` for a node where no name is ever taken: the fuzzers
 /// and unit tests).
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
