@@ -60,7 +60,7 @@ pub struct Config {
     /// Backpressure bound of a process's mailbox, in wire bytes (`--max-mailbox-bytes`).
     pub max_mailbox_bytes: usize,
     /// `--ready-file`: written (atomically) once the node is ready, removed on an orderly
-    /// stop; scripts and tests wait for it instead of scraping logs ([`crate::ready`]).
+    /// stop; scripts and tests wait for it instead of scraping logs (see `src/ready.rs` for the format).
     pub ready_file: Option<std::path::PathBuf>,
 }
 

@@ -1,5 +1,5 @@
 //! `DistributedExample.KVStore`: the key-value GenServer kvnode hosts, and the one source of
-//! truth for its wire interface (implemented, shapes and replies, in [`protocol`]).
+//! truth for its wire interface (implemented, shapes and replies, in `src/kv/protocol.rs`).
 //!
 //! Keys and values are arbitrary Erlang terms. Keys compare with exact term equality, as
 //! Elixir map keys do: `1` and `1.0` are different keys, maps are equal regardless of encoding
