@@ -27,6 +27,10 @@ pub mod kv;
 pub mod node;
 pub mod storage;
 
+pub use node::{
+    CallError, ConnectError, Dest, NodeEvent, NodeEvents, Process, Received, SpawnError,
+};
+
 use config::Config;
 use node::{Node, gen_server, transport, transport::admission};
 use std::future::Future;
