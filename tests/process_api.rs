@@ -1,0 +1,458 @@
+//! The Rust process API (`kvnode::Process`) against real Elixir nodes and against servers on
+//! its own node: calls done the OTP way (reply, timeout with the late reply dropped, `noproc`,
+//! exit, node down mid-call), monitors, links both ways, selective receive, connect and node
+//! events.
+
+mod common;
+
+use common::BeamNode;
+use kvnode::config::Config;
+use kvnode::node::Node;
+use kvnode::node::gen_server::{self, CallResult, Caller, Ctx, GenServer, Request};
+use kvnode::{CallError, ConnectError, Dest, NodeEvent, Process, Received};
+use erl_dist::term::{Atom, FixInteger, Pid, Term, Tuple};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Generous bound for anything that needs a few network round trips on a busy 2-core machine.
+const LONG: Duration = Duration::from_secs(30);
+
+fn atom(name: &str) -> Term {
+    Atom::from(name).into()
+}
+
+fn tuple(elements: Vec<Term>) -> Term {
+    Tuple::from(elements).into()
+}
+
+fn is_atom(t: &Term, name: &str) -> bool {
+    matches!(t, Term::Atom(a) if a.name == name)
+}
+
+/// An in-process node `<alive>@127.0.0.1` (serving EPMD on `epmd_port` if none is there).
+async fn start_node(alive: &str, cookie: &str, epmd_port: u16) -> kvnode::Running {
+    let mut config = Config::new(format!("{alive}@127.0.0.1"), cookie);
+    config.epmd_port = epmd_port;
+    config.bind = [127, 0, 0, 1].into();
+    config.threads = 1;
+    config.handshake_timeout = Duration::from_secs(5);
+    kvnode::start(config).await.expect("start the Rust node")
+}
+
+/// Connects to `peer`, retrying until it is up (it may still be booting) or `LONG` passes.
+async fn connect(node: &Node, peer: &str) {
+    let deadline = Instant::now() + LONG;
+    loop {
+        match node.connect(peer).await {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("cannot connect to {peer}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// The Elixir side: `:srv`, a GenServer with the replies the tests need.
+const SERVER: &str = r#"
+defmodule Srv do
+  use GenServer
+  def init(s), do: {:ok, s}
+  def handle_call(:ping, _from, s), do: {:reply, :pong, s}
+  def handle_call({:echo, x}, _from, s), do: {:reply, x, s}
+  # Answered only when :release is cast; then the caller hears :late_sent (same sender, so
+  # after the reply).
+  def handle_call(:late, from, _s), do: {:noreply, from}
+  def handle_call(:hang, {pid, _}, s), do: (send(pid, :hanging); {:noreply, s})
+  def handle_call({:stop, reason}, _from, s), do: {:stop, reason, s}
+  def handle_call(:worker, _from, s) do
+    {:reply, spawn(fn -> receive do {:die, r} -> exit(r) end end), s}
+  end
+  # A process that links to `p`, traps exits, and reports to the caller.
+  def handle_call({:link_watch, p}, {caller, _}, s) do
+    spawn(fn ->
+      Process.flag(:trap_exit, true)
+      Process.link(p)
+      send(caller, :linked)
+      receive do
+        {:EXIT, ^p, r} -> send(caller, {:saw_exit, r})
+      end
+    end)
+    {:reply, :ok, s}
+  end
+  def handle_cast(:release, {pid, _} = from) do
+    GenServer.reply(from, :late)
+    send(pid, :late_sent)
+    {:noreply, nil}
+  end
+end
+{:ok, _} = GenServer.start(Srv, nil, name: :srv)
+{:ok, _} = GenServer.start(Srv, nil, name: :srv2)
+"#;
+
+struct Pair {
+    rust: kvnode::Running,
+    elixir: BeamNode,
+}
+
+async fn pair(test: &str) -> Pair {
+    let cookie = common::unique("cookie");
+    let epmd = common::free_port();
+    let rust = start_node(&common::unique(&format!("rs_{test}")), &cookie, epmd).await;
+    let elixir = BeamNode::start(&common::unique(&format!("ex_{test}")), &cookie, epmd, SERVER);
+    connect(&rust.node, &elixir.name).await;
+    Pair { rust, elixir }
+}
+
+/// Calls `:srv` until it answers (the Elixir node may be connected before its boot code ran).
+async fn until_ready(p: &Process, node: &str) {
+    let deadline = Instant::now() + LONG;
+    loop {
+        match p.call(("srv", node), atom("ping"), LONG).await {
+            Ok(t) if is_atom(&t, "pong") => return,
+            r if Instant::now() > deadline => panic!("srv never answered: {r:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_an_elixir_genserver_by_name_and_by_pid_and_a_missing_name() {
+    let pair = pair("call").await;
+    let ex = pair.elixir.name.as_str();
+    let p = pair.rust.node.process(None).expect("process");
+    until_ready(&p, ex).await;
+    let big: Term = tuple(vec![atom("echo"), FixInteger::from(42).into()]);
+    let reply = p.call(("srv", ex), big, LONG).await.expect("echo");
+    assert_eq!(reply, FixInteger::from(42).into());
+    // By pid: ask for a worker pid, then call... the worker is no GenServer, so call the
+    // server's pid found through a name call instead: `:erlang.whereis` is not callable, so
+    // the worker answers nothing and the call ends with its exit.
+    let worker = match p.call(("srv", ex), atom("worker"), LONG).await {
+        Ok(Term::Pid(pid)) => pid,
+        other => panic!("worker: {other:?}"),
+    };
+    let call = p.call(
+        worker.clone(),
+        atom("anything"),
+        Duration::from_secs(60),
+    );
+    let kill = async {
+        p.send(worker.clone(), tuple(vec![atom("die"), atom("boom")]));
+    };
+    let (result, ()) = tokio::join!(call, kill);
+    match result {
+        Err(CallError::Exit { dest, reason }) => {
+            assert_eq!(dest, Dest::Pid(worker.clone()));
+            assert!(is_atom(&reason, "boom"), "{reason:?}");
+        }
+        other => panic!("call to a worker that exits: {other:?}"),
+    }
+    // A pid that is gone: noproc at once.
+    match p.call(worker.clone(), atom("x"), LONG).await {
+        Err(CallError::NoProc { .. }) => {}
+        other => panic!("call to a dead pid: {other:?}"),
+    }
+    // A name nobody holds: noproc.
+    match p.call(("nobody_here", ex), atom("x"), LONG).await {
+        Err(CallError::NoProc { dest }) => assert_eq!(dest, Dest::from(("nobody_here", ex))),
+        other => panic!("call to a missing name: {other:?}"),
+    }
+    // A server that stops without replying: the call ends with its exit reason.
+    match p
+        .call(("srv2", ex), tuple(vec![atom("stop"), atom("bye")]), LONG)
+        .await
+    {
+        Err(CallError::Exit { reason, .. }) => assert!(is_atom(&reason, "bye"), "{reason:?}"),
+        other => panic!("call to a stopping server: {other:?}"),
+    }
+    assert_eq!(p.queued(), 0, "nothing left in the mailbox");
+    assert_eq!(pair.rust.node.remote_monitor_count(), 0, "every call's monitor removed");
+    pair.rust.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_timeout_then_the_late_reply_is_dropped() {
+    let pair = pair("late").await;
+    let ex = pair.elixir.name.as_str();
+    let p = pair.rust.node.process(None).expect("process");
+    until_ready(&p, ex).await;
+    match p
+        .call(("srv", ex), atom("late"), Duration::from_millis(300))
+        .await
+    {
+        Err(CallError::Timeout { after, .. }) => assert_eq!(after, Duration::from_millis(300)),
+        other => panic!("expected a timeout: {other:?}"),
+    }
+    // The server replies now (by ALIAS_SEND: OTP peers have ALIAS), then says so.
+    p.cast(("srv", ex), atom("release"));
+    let next = p.recv_timeout(LONG).await.expect("a message");
+    assert_eq!(
+        next,
+        Received::Message(atom("late_sent")),
+        "the late reply must not reach the mailbox"
+    );
+    assert_eq!(p.queued(), 0);
+    // A later call gets its own reply.
+    let reply = p.call(("srv", ex), atom("ping"), LONG).await.expect("ping");
+    assert!(is_atom(&reply, "pong"));
+    pair.rust.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_down_mid_call_fires_noconnection_everywhere() {
+    let mut pair = pair("down").await;
+    let ex = pair.elixir.name.clone();
+    let node = pair.rust.node.clone();
+    let mut events = node.monitor_nodes();
+    let p = node.process(None).expect("process");
+    until_ready(&p, &ex).await;
+    let worker = match p.call(("srv", ex.as_str()), atom("worker"), LONG).await {
+        Ok(Term::Pid(pid)) => pid,
+        other => panic!("worker: {other:?}"),
+    };
+    let by_name = p.monitor(("srv", ex.as_str()));
+    let by_pid = p.monitor(worker.clone());
+    p.link(&worker);
+    let elixir_pid = pair.elixir.guard.pid();
+    let call = p.call(("srv", ex.as_str()), atom("hang"), Duration::from_secs(120));
+    let kill = async {
+        let hanging = p
+            .recv_matching_timeout(|r| *r == Received::Message(atom("hanging")), LONG)
+            .await;
+        assert!(hanging.is_some(), "the server got the call");
+        // Kill exactly the Elixir node this test started.
+        let _ = pair.elixir.guard.child.kill();
+        elixir_pid
+    };
+    let (result, _) = tokio::join!(call, kill);
+    let _ = pair.elixir.guard.child.wait();
+    match result {
+        Err(CallError::NoConnection { node }) => assert_eq!(node, ex),
+        other => panic!("call while the node dies: {other:?}"),
+    }
+    let mut downs = Vec::new();
+    let mut exits = Vec::new();
+    while downs.len() < 2 || exits.is_empty() {
+        match p.recv_timeout(LONG).await {
+            Some(Received::Down {
+                reference,
+                object,
+                reason,
+            }) => {
+                assert!(is_atom(&reason, "noconnection"), "{reason:?}");
+                downs.push((reference, object));
+            }
+            Some(Received::Exit { from, reason }) => {
+                assert!(is_atom(&reason, "noconnection"), "{reason:?}");
+                exits.push(from);
+            }
+            other => panic!("expected DOWNs and an exit, got {other:?}"),
+        }
+    }
+    assert!(downs.contains(&(by_name, Dest::from(("srv", ex.as_str())))));
+    assert!(downs.contains(&(by_pid, Dest::Pid(worker.clone()))));
+    assert_eq!(exits, vec![worker]);
+    let deadline = Instant::now() + LONG;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(NodeEvent::Down(n))) if n == ex => break,
+            Ok(Some(_)) => continue,
+            other => panic!("no Down event for {ex}: {other:?}"),
+        }
+    }
+    assert_eq!(node.remote_monitor_count(), 0);
+    pair.rust.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitors_and_links_with_elixir_processes() {
+    let pair = pair("links").await;
+    let ex = pair.elixir.name.as_str();
+    let node = pair.rust.node.clone();
+    let p = node.process(None).expect("process");
+    until_ready(&p, ex).await;
+    // Monitor a pid; it exits with a reason.
+    let w1 = new_worker(&p, ex).await;
+    let m1 = p.monitor(w1.clone());
+    p.send(w1.clone(), tuple(vec![atom("die"), atom("bye")]));
+    let down = p.recv_timeout(LONG).await;
+    assert_eq!(
+        down,
+        Some(Received::Down {
+            reference: m1,
+            object: Dest::Pid(w1.clone()),
+            reason: atom("bye")
+        })
+    );
+    // Demonitor: nothing arrives for it.
+    let w2 = new_worker(&p, ex).await;
+    let m2 = p.monitor(w2.clone());
+    assert!(p.demonitor(&m2));
+    // Link: the linked worker's exit arrives as an exit signal.
+    p.link(&w2);
+    p.send(w2.clone(), tuple(vec![atom("die"), atom("boom")]));
+    let exit = p.recv_timeout(LONG).await;
+    assert_eq!(
+        exit,
+        Some(Received::Exit {
+            from: w2.clone(),
+            reason: atom("boom")
+        })
+    );
+    // Unlink: the next worker's exit does not arrive (a monitor shows it happened).
+    let w3 = new_worker(&p, ex).await;
+    p.link(&w3);
+    p.unlink(&w3);
+    let m3 = p.monitor(w3.clone());
+    p.send(w3.clone(), tuple(vec![atom("die"), atom("quiet")]));
+    let after = p.recv_timeout(LONG).await;
+    assert!(
+        matches!(&after, Some(Received::Down { reference, .. }) if *reference == m3),
+        "only the DOWN, no exit signal: {after:?}"
+    );
+    // The other way round: an Elixir process links to a Rust process, which then exits.
+    let linked = node.process(None).expect("linked process");
+    let linked_pid = linked.pid().clone();
+    let ok = p
+        .call(
+            ("srv", ex),
+            tuple(vec![atom("link_watch"), linked_pid.clone().into()]),
+            LONG,
+        )
+        .await
+        .expect("link_watch");
+    assert!(is_atom(&ok, "ok"));
+    assert_eq!(p.recv_timeout(LONG).await, Some(Received::Message(atom("linked"))));
+    linked.exit(atom("shutdown"));
+    assert_eq!(
+        p.recv_timeout(LONG).await,
+        Some(Received::Message(tuple(vec![
+            atom("saw_exit"),
+            atom("shutdown")
+        ])))
+    );
+    assert_eq!(p.queued(), 0);
+    pair.rust.stop().await;
+}
+
+/// A fresh Elixir process that exits with `r` when sent `{:die, r}`.
+async fn new_worker(p: &Process, ex: &str) -> Pid {
+    match p.call(("srv", ex), atom("worker"), LONG).await {
+        Ok(Term::Pid(pid)) => pid,
+        other => panic!("worker: {other:?}"),
+    }
+}
+
+/// A server on the Rust node that answers `:hold` only when cast `:release`.
+struct Holder(Option<Caller>);
+
+impl GenServer for Holder {
+    fn handle_call(&mut self, _: &mut Ctx, from: &Caller, request: Request<'_>) -> CallResult<'_> {
+        match request.decode() {
+            Ok(t) if is_atom(&t, "hold") => {
+                self.0 = Some(from.clone());
+                CallResult::NoReply
+            }
+            Ok(t) => CallResult::Reply(t),
+            Err(_) => CallResult::Reply(atom("error")),
+        }
+    }
+    fn handle_cast(&mut self, ctx: &mut Ctx, _: Request<'_>) {
+        if let Some(from) = self.0.take() {
+            ctx.reply(&from, atom("late"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_calls_selective_receive_monitors_and_links() {
+    let running = start_node(&common::unique("rs_local"), "c", common::free_port()).await;
+    let node = running.node.clone();
+    gen_server::spawn(&node, Some("holder"), Holder(None));
+    let p = node.process(Some("me")).expect("process");
+    assert!(matches!(
+        node.process(Some("me")),
+        Err(kvnode::SpawnError::NameTaken(_))
+    ));
+    // Local call and echo.
+    let r = p.call("holder", atom("hi"), LONG).await.expect("local call");
+    assert!(is_atom(&r, "hi"));
+    // Timeout, then the late reply (sent to our pid by a server on this node) is dropped.
+    match p.call("holder", atom("hold"), Duration::from_millis(100)).await {
+        Err(CallError::Timeout { .. }) => {}
+        other => panic!("expected a timeout: {other:?}"),
+    }
+    p.cast("holder", atom("release"));
+    p.send("me", atom("marker"));
+    assert_eq!(p.recv().await, Received::Message(atom("marker")));
+    assert_eq!(p.queued(), 0, "the late reply was dropped");
+    // noproc for a missing local name.
+    match p.call("nobody", atom("x"), LONG).await {
+        Err(CallError::NoProc { dest }) => assert_eq!(dest, Dest::from("nobody")),
+        other => panic!("{other:?}"),
+    }
+    // Selective receive keeps the others in order.
+    for i in 1..=3 {
+        p.send(p.pid().clone(), FixInteger::from(i).into());
+    }
+    let two = p
+        .recv_matching(|r| *r == Received::Message(FixInteger::from(2).into()))
+        .await;
+    assert_eq!(two, Received::Message(FixInteger::from(2).into()));
+    assert_eq!(p.recv().await, Received::Message(FixInteger::from(1).into()));
+    assert_eq!(p.recv().await, Received::Message(FixInteger::from(3).into()));
+    // Monitor and link a local Rust process; its exit reaches both.
+    let other = node.process(Some("other")).expect("other");
+    let other_pid: Pid = other.pid().clone();
+    let by_name = p.monitor("other");
+    let by_pid = p.monitor(other_pid.clone());
+    p.link(&other_pid);
+    other.exit(atom("done"));
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(p.recv_timeout(LONG).await.expect("signal"));
+    }
+    assert!(got.contains(&Received::Down {
+        reference: by_name,
+        object: Dest::from("other"),
+        reason: atom("done")
+    }));
+    assert!(got.contains(&Received::Down {
+        reference: by_pid,
+        object: Dest::Pid(other_pid.clone()),
+        reason: atom("done")
+    }));
+    assert!(got.contains(&Received::Exit {
+        from: other_pid.clone(),
+        reason: atom("done")
+    }));
+    // The name is free again; monitoring a gone pid is `noproc` at once.
+    let again = node.process(Some("other")).expect("name free after exit");
+    drop(again);
+    let m = p.monitor(other_pid.clone());
+    assert_eq!(
+        p.recv_timeout(LONG).await,
+        Some(Received::Down {
+            reference: m,
+            object: Dest::Pid(other_pid),
+            reason: atom("noproc")
+        })
+    );
+    assert_eq!(node.incoming_monitor_count(), 0, "local monitors all removed");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_a_node_that_is_not_there_fails_within_the_deadline() {
+    let running = start_node(&common::unique("rs_conn"), "c", common::free_port()).await;
+    let started = Instant::now();
+    match running.node.connect("nobody_there@127.0.0.1").await {
+        Err(ConnectError::Failed { node }) => assert_eq!(node, "nobody_there@127.0.0.1"),
+        other => panic!("{other:?}"),
+    }
+    eprintln!("connect to a missing node failed after {:?}", started.elapsed());
+    assert!(matches!(
+        running.node.connect("no_at_sign").await,
+        Err(ConnectError::BadName { .. })
+    ));
+    running.stop().await;
+}
