@@ -6,11 +6,11 @@
 mod common;
 
 use common::BeamNode;
+use erl_dist::term::{Atom, FixInteger, Pid, Term, Tuple};
 use kvnode::config::Config;
 use kvnode::node::Node;
 use kvnode::node::gen_server::{self, CallResult, Caller, Ctx, GenServer, Request};
 use kvnode::{CallError, ConnectError, Dest, NodeEvent, Process, Received};
-use erl_dist::term::{Atom, FixInteger, Pid, Term, Tuple};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -97,7 +97,12 @@ async fn pair(test: &str) -> Pair {
     let cookie = common::unique("cookie");
     let epmd = common::free_port();
     let rust = start_node(&common::unique(&format!("rs_{test}")), &cookie, epmd).await;
-    let elixir = BeamNode::start(&common::unique(&format!("ex_{test}")), &cookie, epmd, SERVER);
+    let elixir = BeamNode::start(
+        &common::unique(&format!("ex_{test}")),
+        &cookie,
+        epmd,
+        SERVER,
+    );
     connect(&rust.node, &elixir.name).await;
     Pair { rust, elixir }
 }
@@ -130,11 +135,7 @@ async fn call_an_elixir_genserver_by_name_and_by_pid_and_a_missing_name() {
         Ok(Term::Pid(pid)) => pid,
         other => panic!("worker: {other:?}"),
     };
-    let call = p.call(
-        worker.clone(),
-        atom("anything"),
-        Duration::from_secs(60),
-    );
+    let call = p.call(worker.clone(), atom("anything"), Duration::from_secs(60));
     let kill = async {
         p.send(worker.clone(), tuple(vec![atom("die"), atom("boom")]));
     };
@@ -165,7 +166,11 @@ async fn call_an_elixir_genserver_by_name_and_by_pid_and_a_missing_name() {
         other => panic!("call to a stopping server: {other:?}"),
     }
     assert_eq!(p.queued(), 0, "nothing left in the mailbox");
-    assert_eq!(pair.rust.node.remote_monitor_count(), 0, "every call's monitor removed");
+    assert_eq!(
+        pair.rust.node.remote_monitor_count(),
+        0,
+        "every call's monitor removed"
+    );
     pair.rust.stop().await;
 }
 
@@ -321,7 +326,10 @@ async fn monitors_and_links_with_elixir_processes() {
         .await
         .expect("link_watch");
     assert!(is_atom(&ok, "ok"));
-    assert_eq!(p.recv_timeout(LONG).await, Some(Received::Message(atom("linked"))));
+    assert_eq!(
+        p.recv_timeout(LONG).await,
+        Some(Received::Message(atom("linked")))
+    );
     linked.exit(atom("shutdown"));
     assert_eq!(
         p.recv_timeout(LONG).await,
@@ -374,10 +382,16 @@ async fn local_calls_selective_receive_monitors_and_links() {
         Err(kvnode::SpawnError::NameTaken(_))
     ));
     // Local call and echo.
-    let r = p.call("holder", atom("hi"), LONG).await.expect("local call");
+    let r = p
+        .call("holder", atom("hi"), LONG)
+        .await
+        .expect("local call");
     assert!(is_atom(&r, "hi"));
     // Timeout, then the late reply (sent to our pid by a server on this node) is dropped.
-    match p.call("holder", atom("hold"), Duration::from_millis(100)).await {
+    match p
+        .call("holder", atom("hold"), Duration::from_millis(100))
+        .await
+    {
         Err(CallError::Timeout { .. }) => {}
         other => panic!("expected a timeout: {other:?}"),
     }
@@ -398,8 +412,14 @@ async fn local_calls_selective_receive_monitors_and_links() {
         .recv_matching(|r| *r == Received::Message(FixInteger::from(2).into()))
         .await;
     assert_eq!(two, Received::Message(FixInteger::from(2).into()));
-    assert_eq!(p.recv().await, Received::Message(FixInteger::from(1).into()));
-    assert_eq!(p.recv().await, Received::Message(FixInteger::from(3).into()));
+    assert_eq!(
+        p.recv().await,
+        Received::Message(FixInteger::from(1).into())
+    );
+    assert_eq!(
+        p.recv().await,
+        Received::Message(FixInteger::from(3).into())
+    );
     // Monitor and link a local Rust process; its exit reaches both.
     let other = node.process(Some("other")).expect("other");
     let other_pid: Pid = other.pid().clone();
@@ -437,7 +457,11 @@ async fn local_calls_selective_receive_monitors_and_links() {
             reason: atom("noproc")
         })
     );
-    assert_eq!(node.incoming_monitor_count(), 0, "local monitors all removed");
+    assert_eq!(
+        node.incoming_monitor_count(),
+        0,
+        "local monitors all removed"
+    );
     running.stop().await;
 }
 
@@ -449,7 +473,10 @@ async fn connect_to_a_node_that_is_not_there_fails_within_the_deadline() {
         Err(ConnectError::Failed { node }) => assert_eq!(node, "nobody_there@127.0.0.1"),
         other => panic!("{other:?}"),
     }
-    eprintln!("connect to a missing node failed after {:?}", started.elapsed());
+    eprintln!(
+        "connect to a missing node failed after {:?}",
+        started.elapsed()
+    );
     assert!(matches!(
         running.node.connect("no_at_sign").await,
         Err(ConnectError::BadName { .. })
