@@ -7,7 +7,7 @@ use erl_dist::term::{Atom, Pid, Term, Tuple};
 /// A process to talk to: a pid, a locally registered name, or a name on a node.
 ///
 /// ```
-/// use kvnode::node::Dest;
+/// use kvnode::Dest;
 /// let local: Dest = "my_server".into();
 /// let remote: Dest = ("Elixir.MyApp.Server", "app@127.0.0.1").into();
 /// assert_eq!(remote, Dest::Remote { name: "Elixir.MyApp.Server".into(), node: "app@127.0.0.1".into() });
@@ -33,7 +33,7 @@ impl Dest {
     /// The node this destination is on, given the local node's name.
     ///
     /// ```
-    /// use kvnode::node::Dest;
+    /// use kvnode::Dest;
     /// let d: Dest = ("srv", "app@h").into();
     /// assert_eq!(d.node_of("me@h"), "app@h");
     /// assert_eq!(Dest::from("srv").node_of("me@h"), "me@h");
@@ -49,8 +49,8 @@ impl Dest {
     /// The destination as a term, as `erlang:send/2` takes it (`pid`, `name`, `{name, node}`).
     ///
     /// ```
-    /// use kvnode::node::Dest;
-    /// use kvnode::term::{Atom, Term};
+    /// use kvnode::Dest;
+    /// use erl_dist::term::{Atom, Term};
     /// assert_eq!(Dest::from("srv").to_term(), Term::from(Atom::from("srv")));
     /// ```
     pub fn to_term(&self) -> Term {

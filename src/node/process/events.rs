@@ -49,7 +49,7 @@ impl NodeEvents {
     ///
     /// ```no_run
     /// # async fn f(node: kvnode::node::Node) {
-    /// use kvnode::node::NodeEvent;
+    /// use kvnode::NodeEvent;
     /// let mut events = node.monitor_nodes();
     /// if let Some(NodeEvent::Down(name)) = events.recv().await {
     ///     println!("{name} went down");
@@ -154,7 +154,7 @@ impl Node {
     /// handshake (at most the configured handshake timeout plus [`CONNECT_SLACK`]).
     ///
     /// ```no_run
-    /// # async fn f(node: kvnode::node::Node) -> Result<(), kvnode::node::ConnectError> {
+    /// # async fn f(node: kvnode::node::Node) -> Result<(), kvnode::ConnectError> {
     /// node.connect("app@127.0.0.1").await?;
     /// # Ok(()) }
     /// ```

@@ -320,7 +320,7 @@ impl Node {
     /// another process holds the name).
     ///
     /// ```no_run
-    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::node::SpawnError> {
+    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
     /// let worker = node.process(Some("worker"))?;
     /// println!("{:?}", worker.pid());
     /// # Ok(()) }
@@ -361,7 +361,7 @@ impl Process {
     /// The process's pid.
     ///
     /// ```no_run
-    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::node::SpawnError> {
+    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
     /// let p = node.process(None)?;
     /// assert_eq!(p.pid().node.name, node.name().name);
     /// # Ok(()) }
@@ -373,7 +373,7 @@ impl Process {
     /// The node the process runs on.
     ///
     /// ```no_run
-    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::node::SpawnError> {
+    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
     /// let p = node.process(None)?;
     /// println!("{}", p.node().name().name);
     /// # Ok(()) }
@@ -398,7 +398,7 @@ impl Process {
     /// (bounded by `--max-pending-bytes`).
     ///
     /// ```no_run
-    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::node::SpawnError> {
+    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
     /// use erl_dist::term::Atom;
     /// let p = node.process(None)?;
     /// p.send(("logger_proxy", "app@127.0.0.1"), Atom::from("hello").into());
@@ -435,7 +435,7 @@ impl Process {
     /// `{:"$gen_cast", request}`).
     ///
     /// ```no_run
-    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::node::SpawnError> {
+    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
     /// use erl_dist::term::{Atom, Term, Tuple};
     /// let p = node.process(None)?;
     /// let put: Term = Tuple::from(vec![Atom::from("put").into(), Atom::from("k").into(), Atom::from("v").into()]).into();
@@ -610,8 +610,8 @@ impl Process {
     /// goes down) this process receives [`Received::Down`] with the returned reference.
     ///
     /// ```no_run
-    /// # async fn f(node: kvnode::node::Node) -> Result<(), kvnode::node::SpawnError> {
-    /// use kvnode::node::Received;
+    /// # async fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
+    /// use kvnode::Received;
     /// let p = node.process(None)?;
     /// let mref = p.monitor(("Elixir.MyApp.Worker", "app@127.0.0.1"));
     /// let down = p
@@ -630,7 +630,7 @@ impl Process {
     /// already fired or was removed.
     ///
     /// ```no_run
-    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::node::SpawnError> {
+    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
     /// let p = node.process(None)?;
     /// let mref = p.monitor("some_server");
     /// p.demonitor(&mref);
@@ -659,7 +659,7 @@ impl Process {
     /// when `pid` does not exist, `noconnection` when its node goes down).
     ///
     /// ```no_run
-    /// # fn f(node: kvnode::node::Node, worker: erl_dist::term::Pid) -> Result<(), kvnode::node::SpawnError> {
+    /// # fn f(node: kvnode::node::Node, worker: erl_dist::term::Pid) -> Result<(), kvnode::SpawnError> {
     /// let p = node.process(None)?;
     /// p.link(&worker);
     /// # Ok(()) }
@@ -695,7 +695,7 @@ impl Process {
     /// arrives after this returns (one already queued stays).
     ///
     /// ```no_run
-    /// # fn f(node: kvnode::node::Node, worker: erl_dist::term::Pid) -> Result<(), kvnode::node::SpawnError> {
+    /// # fn f(node: kvnode::node::Node, worker: erl_dist::term::Pid) -> Result<(), kvnode::SpawnError> {
     /// let p = node.process(None)?;
     /// p.link(&worker);
     /// p.unlink(&worker);
@@ -731,8 +731,8 @@ impl Process {
     /// The next item in the mailbox, waiting for one.
     ///
     /// ```no_run
-    /// # async fn f(node: kvnode::node::Node) -> Result<(), kvnode::node::SpawnError> {
-    /// use kvnode::node::Received;
+    /// # async fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
+    /// use kvnode::Received;
     /// let p = node.process(Some("inbox"))?;
     /// match p.recv().await {
     ///     Received::Message(term) => println!("got {term:?}"),
@@ -747,7 +747,7 @@ impl Process {
     /// The next item, or `None` after `timeout` without one.
     ///
     /// ```no_run
-    /// # async fn f(node: kvnode::node::Node) -> Result<(), kvnode::node::SpawnError> {
+    /// # async fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
     /// use std::time::Duration;
     /// let p = node.process(None)?;
     /// if p.recv_timeout(Duration::from_millis(100)).await.is_none() {
@@ -763,8 +763,8 @@ impl Process {
     /// stay in the mailbox, in order.
     ///
     /// ```no_run
-    /// # async fn f(node: kvnode::node::Node) -> Result<(), kvnode::node::SpawnError> {
-    /// use kvnode::node::Received;
+    /// # async fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
+    /// use kvnode::Received;
     /// let p = node.process(None)?;
     /// let exit = p.recv_matching(|r| matches!(r, Received::Exit { .. })).await;
     /// # Ok(()) }
@@ -784,8 +784,8 @@ impl Process {
     /// [`Process::recv_matching`] with a timeout: `None` when no accepted item arrived in time.
     ///
     /// ```no_run
-    /// # async fn f(node: kvnode::node::Node) -> Result<(), kvnode::node::SpawnError> {
-    /// use kvnode::node::Received;
+    /// # async fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
+    /// use kvnode::Received;
     /// use std::time::Duration;
     /// let p = node.process(None)?;
     /// let msg = p
@@ -810,7 +810,7 @@ impl Process {
     /// How many items wait in the mailbox.
     ///
     /// ```no_run
-    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::node::SpawnError> {
+    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
     /// let p = node.process(None)?;
     /// assert_eq!(p.queued(), 0);
     /// # Ok(()) }
@@ -823,7 +823,7 @@ impl Process {
     /// fire with `reason`, linked processes get the exit signal, its name is free again.
     ///
     /// ```no_run
-    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::node::SpawnError> {
+    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
     /// use erl_dist::term::Atom;
     /// let p = node.process(Some("job"))?;
     /// p.exit(Atom::from("shutdown").into());
