@@ -31,7 +31,17 @@ fn is_atom(t: &Term, name: &str) -> bool {
 
 /// An in-process node `<alive>@127.0.0.1` (serving EPMD on `epmd_port` if none is there).
 async fn start_node(alive: &str, cookie: &str, epmd_port: u16) -> kvnode::Running {
+    start_node_with(alive, cookie, epmd_port, |_| {}).await
+}
+
+async fn start_node_with(
+    alive: &str,
+    cookie: &str,
+    epmd_port: u16,
+    tune: impl FnOnce(&mut Config),
+) -> kvnode::Running {
     let mut config = Config::new(format!("{alive}@127.0.0.1"), cookie);
+    tune(&mut config);
     config.epmd_port = epmd_port;
     config.bind = [127, 0, 0, 1].into();
     config.threads = 1;
@@ -78,6 +88,14 @@ defmodule Srv do
     end)
     {:reply, :ok, s}
   end
+  # Floods `{:sink, node}` with n messages of 1 KB, then :flood_done.
+  def handle_call({:flood, node, n}, _from, s) do
+    spawn(fn ->
+      for i <- 1..n, do: send({:sink, node}, {:f, i, :binary.copy("x", 1000)})
+      send({:sink, node}, :flood_done)
+    end)
+    {:reply, :ok, s}
+  end
   def handle_cast(:release, {pid, _} = from) do
     GenServer.reply(from, :late)
     send(pid, :late_sent)
@@ -94,9 +112,13 @@ struct Pair {
 }
 
 async fn pair(test: &str) -> Pair {
+    pair_with(test, |_| {}).await
+}
+
+async fn pair_with(test: &str, tune: impl FnOnce(&mut Config)) -> Pair {
     let cookie = common::unique("cookie");
     let epmd = common::free_port();
-    let rust = start_node(&common::unique(&format!("rs_{test}")), &cookie, epmd).await;
+    let rust = start_node_with(&common::unique(&format!("rs_{test}")), &cookie, epmd, tune).await;
     let elixir = BeamNode::start(
         &common::unique(&format!("ex_{test}")),
         &cookie,
@@ -482,4 +504,64 @@ async fn connect_to_a_node_that_is_not_there_fails_within_the_deadline() {
         Err(ConnectError::BadName { .. })
     ));
     running.stop().await;
+}
+
+/// Max mailbox bytes for the flood test: 64 KiB, about 64 of its 1 KB messages.
+const SMALL_MAILBOX: usize = 64 << 10;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooded_process_mailbox_stays_bounded_and_loses_nothing() {
+    let pair = pair_with("flood", |c| c.max_mailbox_bytes = SMALL_MAILBOX).await;
+    let ex = pair.elixir.name.as_str();
+    let node = pair.rust.node.clone();
+    let p = node.process(None).expect("process");
+    until_ready(&p, ex).await;
+    let sink = node.process(Some("sink")).expect("sink");
+    const N: i32 = 2000;
+    let ok = p
+        .call(
+            ("srv", ex),
+            tuple(vec![
+                atom("flood"),
+                atom(&node.name().name),
+                FixInteger::from(N).into(),
+            ]),
+            LONG,
+        )
+        .await
+        .expect("flood");
+    assert!(is_atom(&ok, "ok"));
+    // The reader pauses once the mailbox is over its bound; the mailbox stays near it.
+    let deadline = Instant::now() + LONG;
+    let mut peak = 0;
+    while node.backpressure_pauses() == 0 {
+        peak = peak.max(sink.queued());
+        assert!(Instant::now() < deadline, "the reader never paused");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Paused until we receive: the mailbox holds what it had.
+    peak = peak.max(sink.queued());
+    eprintln!(
+        "flood: peak mailbox {peak} messages, {} reader pauses",
+        node.backpressure_pauses()
+    );
+    // 64 KiB of 1 KB messages is about 64; the margin covers one frame batch in flight.
+    assert!(
+        peak <= 400,
+        "mailbox grew to {peak} messages past its bound"
+    );
+    // Everything arrives, in order.
+    for i in 1..=N {
+        match sink.recv_timeout(LONG).await {
+            Some(Received::Message(Term::Tuple(t)))
+                if t.elements.first().is_some_and(|f| is_atom(f, "f"))
+                    && t.elements.get(1) == Some(&FixInteger::from(i).into()) => {}
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        sink.recv_timeout(LONG).await,
+        Some(Received::Message(atom("flood_done")))
+    );
+    pair.rust.stop().await;
 }
