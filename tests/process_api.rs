@@ -565,3 +565,168 @@ async fn a_flooded_process_mailbox_stays_bounded_and_loses_nothing() {
     );
     pair.rust.stop().await;
 }
+
+/// A Jinterface node (no DIST_MONITOR, no ALIAS) with an mbox registered as `jsrv` that
+/// answers `$gen_call`s as a GenServer would: echoes the request, holds `:hold` until any
+/// cast (then replies `:late` and sends `:late_sent`), and answers `:hang` never (it sends
+/// the caller `:hanging`).
+const JAVA_SERVER: &str = r#"
+import com.ericsson.otp.erlang.*;
+
+public class JSrv {
+    public static void main(String[] args) throws Exception {
+        OtpEpmd.useEpmdPort(Integer.parseInt(args[2]));
+        OtpNode node = new OtpNode(args[0], args[1]);
+        OtpMbox mbox = node.createMbox("jsrv");
+        System.out.println("READY");
+        System.out.flush();
+        OtpErlangPid heldPid = null;
+        OtpErlangObject heldTag = null;
+        while (true) {
+            OtpErlangObject m = mbox.receive();
+            if (!(m instanceof OtpErlangTuple)) continue;
+            OtpErlangTuple t = (OtpErlangTuple) m;
+            if (t.arity() == 3 && t.elementAt(0).equals(new OtpErlangAtom("$gen_call"))) {
+                OtpErlangTuple from = (OtpErlangTuple) t.elementAt(1);
+                OtpErlangPid pid = (OtpErlangPid) from.elementAt(0);
+                OtpErlangObject tag = from.elementAt(1);
+                OtpErlangObject req = t.elementAt(2);
+                if (req.equals(new OtpErlangAtom("hold"))) {
+                    heldPid = pid;
+                    heldTag = tag;
+                } else if (req.equals(new OtpErlangAtom("hang"))) {
+                    mbox.send(pid, new OtpErlangAtom("hanging"));
+                } else {
+                    mbox.send(pid, new OtpErlangTuple(new OtpErlangObject[] { tag, req }));
+                }
+            } else if (t.arity() == 2 && t.elementAt(0).equals(new OtpErlangAtom("$gen_cast"))
+                    && heldPid != null) {
+                mbox.send(heldPid, new OtpErlangTuple(new OtpErlangObject[] { heldTag, new OtpErlangAtom("late") }));
+                mbox.send(heldPid, new OtpErlangAtom("late_sent"));
+                heldPid = null;
+            }
+        }
+    }
+}
+"#;
+
+/// The Jinterface jar, or a panic saying how to install it.
+fn jinterface_jar() -> std::path::PathBuf {
+    let mut candidates = vec![std::path::PathBuf::from("/usr/share/java/OtpErlang.jar")];
+    if let Ok(dir) = std::fs::read_dir("/usr/lib/erlang/lib") {
+        for e in dir.flatten() {
+            if e.file_name().to_string_lossy().starts_with("jinterface-") {
+                candidates.push(e.path().join("priv/OtpErlang.jar"));
+            }
+        }
+    }
+    candidates.into_iter().find(|p| p.exists()).unwrap_or_else(|| {
+        panic!(
+            "Jinterface is not installed (no OtpErlang.jar): apt-get install -y erlang-jinterface default-jdk-headless"
+        )
+    })
+}
+
+/// Compiles and starts the Java server as `<alive>@127.0.0.1`; returns once it is ready.
+fn start_java_server(alive: &str, cookie: &str, epmd_port: u16) -> common::ChildGuard {
+    use std::io::BufRead;
+    let jar = jinterface_jar();
+    let dir = std::env::temp_dir().join(common::unique("kvnode_jsrv"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("JSrv.java"), JAVA_SERVER).expect("write JSrv.java");
+    let out = std::process::Command::new("javac")
+        .arg("-cp")
+        .arg(&jar)
+        .arg("-d")
+        .arg(&dir)
+        .arg(dir.join("JSrv.java"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run javac ({e}): apt-get install -y default-jdk-headless")
+        });
+    assert!(
+        out.status.success(),
+        "javac failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = std::process::Command::new("java")
+        .arg("-cp")
+        .arg(format!("{}:{}", dir.display(), jar.display()))
+        .arg("JSrv")
+        .arg(format!("{alive}@127.0.0.1"))
+        .arg(cookie)
+        .arg(epmd_port.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("run java");
+    let stdout = child.stdout.take().expect("stdout piped");
+    let guard = common::ChildGuard {
+        child,
+        what: alive.to_owned(),
+    };
+    // Blocks until READY or EOF; the guard kills the JVM if the test fails.
+    let ready = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l == "READY");
+    assert!(ready, "the Java server exited before it was ready");
+    guard
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_a_peer_without_alias_or_dist_monitor() {
+    let cookie = common::unique("cookie");
+    let epmd = common::free_port();
+    let running = start_node(&common::unique("rs_java"), &cookie, epmd).await;
+    let node = running.node.clone();
+    let alive = common::unique("jsrv");
+    let java_name = format!("{alive}@127.0.0.1");
+    let mut java = tokio::task::spawn_blocking({
+        let cookie = cookie.clone();
+        move || start_java_server(&alive, &cookie, epmd)
+    })
+    .await
+    .expect("java start");
+    let p = node.process(None).expect("process");
+    let jsrv = ("jsrv", java_name.as_str());
+    let r = p.call(jsrv, atom("ping"), LONG).await.expect("echo");
+    assert!(is_atom(&r, "ping"));
+    assert!(
+        !node
+            .manager()
+            .peer_flags(&java_name)
+            .is_some_and(|f| f.contains(erl_dist::DistributionFlags::ALIAS)),
+        "Jinterface negotiates no ALIAS"
+    );
+    // Timeout; the late reply then comes to the pid (no ALIAS) and is dropped.
+    match p.call(jsrv, atom("hold"), Duration::from_millis(300)).await {
+        Err(CallError::Timeout { .. }) => {}
+        other => panic!("expected a timeout: {other:?}"),
+    }
+    p.cast(jsrv, atom("release"));
+    assert_eq!(
+        p.recv_timeout(LONG).await,
+        Some(Received::Message(atom("late_sent")))
+    );
+    assert_eq!(p.queued(), 0, "the late reply was dropped");
+    let r = p.call(jsrv, atom("again"), LONG).await.expect("echo");
+    assert!(is_atom(&r, "again"));
+    // The call's monitor is local-only: the node going down ends a call in progress.
+    let call = p.call(jsrv, atom("hang"), Duration::from_secs(120));
+    let kill = async {
+        let hanging = p
+            .recv_matching_timeout(|r| *r == Received::Message(atom("hanging")), LONG)
+            .await;
+        assert!(hanging.is_some(), "the Java server got the call");
+        let _ = java.child.kill();
+    };
+    let (result, ()) = tokio::join!(call, kill);
+    let _ = java.child.wait();
+    match result {
+        Err(CallError::NoConnection { node }) => assert_eq!(node, java_name),
+        other => panic!("call while the Java node dies: {other:?}"),
+    }
+    running.stop().await;
+}
