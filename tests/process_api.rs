@@ -730,3 +730,57 @@ async fn calls_to_a_peer_without_alias_or_dist_monitor() {
     }
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_subscribes_to_the_kv_server_on_its_own_node() {
+    let running = start_node(&common::unique("rs_kvlocal"), "c", common::free_port()).await;
+    let node = running.node.clone();
+    let kv = node.config().process_name.clone();
+    let watcher = node.process(None).expect("watcher");
+    let writer = node.process(None).expect("writer");
+    let ok = watcher
+        .call(
+            kv.as_str(),
+            tuple(vec![atom("subscribe"), atom("all")]),
+            LONG,
+        )
+        .await
+        .expect("subscribe");
+    assert!(is_atom(&ok, "ok"));
+    let ok = writer
+        .call(
+            kv.as_str(),
+            tuple(vec![atom("put"), atom("k"), FixInteger::from(1).into()]),
+            LONG,
+        )
+        .await
+        .expect("put");
+    assert!(is_atom(&ok, "ok"));
+    let event = watcher.recv_timeout(LONG).await;
+    assert_eq!(
+        event,
+        Some(Received::Message(tuple(vec![
+            atom("kv_event"),
+            atom("k"),
+            tuple(vec![atom("put"), FixInteger::from(1).into()])
+        ])))
+    );
+    let subscribers = || async {
+        writer
+            .call(kv.as_str(), atom("subscribers"), LONG)
+            .await
+            .expect("subscribers")
+    };
+    assert_eq!(subscribers().await, FixInteger::from(1).into());
+    // The server monitors its subscriber (a local pid): its exit ends the subscription.
+    drop(watcher);
+    let deadline = Instant::now() + LONG;
+    while subscribers().await != FixInteger::from(0).into() {
+        assert!(
+            Instant::now() < deadline,
+            "the subscription outlived its process"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.stop().await;
+}

@@ -908,7 +908,8 @@ impl Node {
         }
     }
 
-    /// Monitors a remote pid on behalf of `watcher`. The monitor fires as a
+    /// Monitors a pid on behalf of `watcher` (a local pid too: then no connection is
+    /// involved, it fires when the process exits). The monitor fires as a
     /// [`Signal::Down`] when the peer reports the pid's exit or the connection goes down.
     /// Toward a peer without DIST_MONITOR no MONITOR_P is sent (BEAM's local-only monitor):
     /// it fires only when that node goes down.
@@ -931,6 +932,10 @@ impl Node {
         target: PidOrAtom,
         reference: Reference,
     ) -> Reference {
+        if peer == self.0.name.name {
+            self.monitor_local(watcher, &target, &reference);
+            return reference;
+        }
         let peer = peer.to_owned();
         let state = {
             let mut peers = self.lock_peers();
@@ -969,6 +974,35 @@ impl Node {
         reference
     }
 
+    /// A monitor a local process places on a local process: recorded in the table of
+    /// incoming monitors under this node's own name (fired by [`Node::exit_process`]). A
+    /// missing target fires `noproc` at once, as BEAM does.
+    fn monitor_local(&self, watcher: &Pid, target: &PidOrAtom, reference: &Reference) {
+        let key = monitors::RefKey::of(reference);
+        let placed = key.is_some_and(|key| {
+            let target = match target {
+                PidOrAtom::Pid(pid) => MonitorTarget::Pid(pid),
+                PidOrAtom::Atom(name) => MonitorTarget::Name(&name.name),
+            };
+            let watcher = monitors::PeerPid {
+                id: watcher.id,
+                serial: watcher.serial,
+                creation: watcher.creation,
+            };
+            self.monitor_incoming(&self.0.name.name, target, key, watcher, None)
+        });
+        if !placed && let Some(mb) = self.lookup_pid(watcher) {
+            mb.deliver(
+                self,
+                Signal::Down {
+                    reference: reference.clone(),
+                    pid: target_pid(&self.0.name.name, target.clone()),
+                    reason: Atom::from("noproc").into(),
+                },
+            );
+        }
+    }
+
     /// Removes a monitor placed with [`Node::monitor_remote`] and tells the peer (if it was
     /// told of the monitor).
     pub fn demonitor_remote(&self, watcher: &Pid, target: &Pid, reference: &Reference) {
@@ -977,6 +1011,12 @@ impl Node {
 
     /// Removes a monitor placed with [`Node::monitor_remote_target`] on node `peer`.
     pub(crate) fn demonitor_remote_on(&self, watcher: &Pid, peer: &str, reference: &Reference) {
+        if peer == self.0.name.name {
+            if let Some(key) = monitors::RefKey::of(reference) {
+                self.demonitor_incoming(peer, &key);
+            }
+            return;
+        }
         let peer = peer.to_owned();
         let mut peers = self.lock_peers();
         let removed = peers
