@@ -67,6 +67,7 @@ defmodule Srv do
   use GenServer
   def init(s), do: {:ok, s}
   def handle_call(:ping, _from, s), do: {:reply, :pong, s}
+  def handle_call(:self, _from, s), do: {:reply, self(), s}
   def handle_call({:echo, x}, _from, s), do: {:reply, x, s}
   # Answered only when :release is cast; then the caller hears :late_sent (same sender, so
   # after the reply).
@@ -150,9 +151,14 @@ async fn call_an_elixir_genserver_by_name_and_by_pid_and_a_missing_name() {
     let big: Term = tuple(vec![atom("echo"), FixInteger::from(42).into()]);
     let reply = p.call(("srv", ex), big, LONG).await.expect("echo");
     assert_eq!(reply, FixInteger::from(42).into());
-    // By pid: ask for a worker pid, then call... the worker is no GenServer, so call the
-    // server's pid found through a name call instead: `:erlang.whereis` is not callable, so
-    // the worker answers nothing and the call ends with its exit.
+    // By pid.
+    let srv = match p.call(("srv", ex), atom("self"), LONG).await {
+        Ok(Term::Pid(pid)) => pid,
+        other => panic!("self: {other:?}"),
+    };
+    let reply = p.call(srv, atom("ping"), LONG).await.expect("call by pid");
+    assert!(is_atom(&reply, "pong"));
+    // A pid that is no GenServer: it answers nothing, and its exit ends the call.
     let worker = match p.call(("srv", ex), atom("worker"), LONG).await {
         Ok(Term::Pid(pid)) => pid,
         other => panic!("worker: {other:?}"),
@@ -421,6 +427,10 @@ async fn local_calls_selective_receive_monitors_and_links() {
     p.send("me", atom("marker"));
     assert_eq!(p.recv().await, Received::Message(atom("marker")));
     assert_eq!(p.queued(), 0, "the late reply was dropped");
+    assert_eq!(
+        p.call("me", atom("x"), LONG).await,
+        Err(CallError::CallingSelf)
+    );
     // noproc for a missing local name.
     match p.call("nobody", atom("x"), LONG).await {
         Err(CallError::NoProc { dest }) => assert_eq!(dest, Dest::from("nobody")),
@@ -503,6 +513,16 @@ async fn connect_to_a_node_that_is_not_there_fails_within_the_deadline() {
         running.node.connect("no_at_sign").await,
         Err(ConnectError::BadName { .. })
     ));
+    // A call to a name on a node that is not there ends with noconnection.
+    let p = running.node.process(None).expect("process");
+    match p
+        .call(("srv", "nobody_there@127.0.0.1"), atom("x"), LONG)
+        .await
+    {
+        Err(CallError::NoConnection { node }) => assert_eq!(node, "nobody_there@127.0.0.1"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(running.node.remote_monitor_count(), 0);
     running.stop().await;
 }
 
@@ -689,10 +709,12 @@ async fn calls_to_a_peer_without_alias_or_dist_monitor() {
     })
     .await
     .expect("java start");
+    let mut events = node.monitor_nodes();
     let p = node.process(None).expect("process");
     let jsrv = ("jsrv", java_name.as_str());
     let r = p.call(jsrv, atom("ping"), LONG).await.expect("echo");
     assert!(is_atom(&r, "ping"));
+    assert_eq!(events.recv().await, Some(NodeEvent::Up(java_name.clone())));
     assert!(
         !node
             .manager()

@@ -85,6 +85,9 @@ pub enum CallError {
         /// The node.
         node: String,
     },
+    /// The process called itself (it could never answer; OTP exits with `calling_self`).
+    #[error("a process cannot call itself")]
+    CallingSelf,
     /// The target exited during the call.
     #[error("{dest} exited during the call: {}", crate::etf::summary(reason))]
     Exit {
@@ -473,6 +476,14 @@ impl Process {
         timeout: Duration,
     ) -> Result<Term, CallError> {
         let dest = dest.into();
+        let calling_self = match self.place(&dest) {
+            Place::LocalPid(pid) => *pid == self.pid,
+            Place::LocalName(name) => self.node.whereis(name).is_some_and(|m| m.pid == self.pid),
+            Place::RemotePid(_) | Place::RemoteName { .. } => false,
+        };
+        if calling_self {
+            return Err(CallError::CallingSelf);
+        }
         let deadline = Instant::now() + timeout;
         // The monitor reference is the alias, as `monitor(process, dest, [{alias,
         // demonitor}])` makes it in gen.erl.
