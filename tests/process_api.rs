@@ -431,6 +431,17 @@ async fn local_calls_selective_receive_monitors_and_links() {
         p.call("me", atom("x"), LONG).await,
         Err(CallError::CallingSelf)
     );
+    // A call future dropped mid-wait ends the call the same way.
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(100),
+        p.call("holder", atom("hold"), LONG),
+    )
+    .await;
+    assert!(abandoned.is_err(), "{abandoned:?}");
+    p.cast("holder", atom("release"));
+    p.send("me", atom("marker"));
+    assert_eq!(p.recv().await, Received::Message(atom("marker")));
+    assert_eq!(p.queued(), 0, "the reply to the dropped call was dropped");
     // noproc for a missing local name.
     match p.call("nobody", atom("x"), LONG).await {
         Err(CallError::NoProc { dest }) => assert_eq!(dest, Dest::from("nobody")),

@@ -352,6 +352,34 @@ fn atom(name: &str) -> Term {
     Atom::from(name).into()
 }
 
+/// The end of a call, on every path out of [`Process::call`] (a reply, a `DOWN`, the
+/// timeout, or the future dropped): the alias is deactivated, so later replies are dropped;
+/// the monitor is removed; a reply or `DOWN` that came meanwhile is flushed.
+struct CallEnd<'a> {
+    process: &'a Process,
+    reference: &'a Reference,
+    key: RefKey,
+    tag: &'a Term,
+}
+
+impl Drop for CallEnd<'_> {
+    fn drop(&mut self) {
+        let p = self.process;
+        p.node.deactivate_alias(self.reference);
+        p.shared.lock().calls.remove(&self.key);
+        p.demonitor(self.reference);
+        let tag = self.tag;
+        while p
+            .shared
+            .take(&mut |item, _| {
+                matches!(item, Received::Message(Term::Tuple(t))
+                    if t.elements.len() == 2 && t.elements[0] == *tag)
+            })
+            .is_some()
+        {}
+    }
+}
+
 /// Where a destination is, from this node.
 enum Place<'a> {
     LocalPid(&'a Pid),
@@ -497,6 +525,13 @@ impl Process {
         self.shared.lock().calls.insert(key, tag.clone());
         self.node.activate_alias(&reference, &self.pid);
         self.place_monitor(&dest, reference.clone());
+        // Ends the call however this future ends (also when it is dropped mid-wait).
+        let _ending = CallEnd {
+            process: self,
+            reference: &reference,
+            key,
+            tag: &tag,
+        };
         self.send(
             dest.clone(),
             Tuple::from(vec![
@@ -519,12 +554,8 @@ impl Process {
                 Some(deadline),
             )
             .await;
-        // The call is over: later replies to the alias are dropped.
-        self.node.deactivate_alias(&reference);
-        shared.lock().calls.remove(&key);
         match got {
             Some(Received::Message(Term::Tuple(t))) => {
-                self.demonitor(&reference);
                 let mut elements = t.elements.into_iter();
                 Ok(elements.nth(1).unwrap_or_else(|| atom("undefined")))
             }
@@ -535,20 +566,10 @@ impl Process {
                 },
                 _ => CallError::Exit { dest, reason },
             }),
-            _ => {
-                // Demonitor and flush: a reply or DOWN queued meanwhile goes too.
-                self.demonitor(&reference);
-                let _ = shared.take(&mut |item, _| match item {
-                    Received::Message(Term::Tuple(t)) => {
-                        t.elements.len() == 2 && t.elements[0] == tag
-                    }
-                    _ => false,
-                });
-                Err(CallError::Timeout {
-                    dest,
-                    after: timeout,
-                })
-            }
+            _ => Err(CallError::Timeout {
+                dest,
+                after: timeout,
+            }),
         }
     }
 
