@@ -21,6 +21,21 @@ pub const NODE_EVENTS_CAPACITY: usize = 1024;
 pub const CONNECT_SLACK: Duration = Duration::from_secs(5);
 
 /// A change in the set of connected nodes.
+///
+/// ```no_run
+/// # async fn f(node: kvnode::node::Node) {
+/// use kvnode::NodeEvent;
+/// let mut events = node.monitor_nodes();
+/// while let Some(event) = events.recv().await {
+///     match event {
+///         NodeEvent::Up(name) => println!("{name} up"),
+///         NodeEvent::Down(name) => println!("{name} down"),
+///         NodeEvent::Lagged(n) => println!("missed {n} events"),
+///         _ => {}
+///     }
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NodeEvent {
@@ -66,6 +81,17 @@ impl NodeEvents {
 }
 
 /// Why [`Node::connect`] failed.
+///
+/// ```no_run
+/// # async fn f(node: kvnode::node::Node) {
+/// use kvnode::ConnectError;
+/// match node.connect("app@127.0.0.1").await {
+///     Ok(()) => println!("connected"),
+///     Err(ConnectError::Timeout { waited, .. }) => println!("no answer in {waited:?}"),
+///     Err(e) => println!("{e}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {

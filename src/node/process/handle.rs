@@ -33,6 +33,18 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Something a [`Process`] received.
+///
+/// ```no_run
+/// # async fn f(p: kvnode::Process) {
+/// use kvnode::Received;
+/// match p.recv().await {
+///     Received::Message(term) => println!("message {term}"),
+///     Received::Down { object, reason, .. } => println!("{object} is down: {reason}"),
+///     Received::Exit { from, reason } => println!("linked {from} exited: {reason}"),
+///     _ => {}
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Received {
@@ -61,6 +73,21 @@ pub enum Received {
 }
 
 /// Why [`Process::call`] failed.
+///
+/// ```no_run
+/// # async fn f(p: kvnode::Process) {
+/// use erl_dist::term::Atom;
+/// use kvnode::CallError;
+/// use std::time::Duration;
+/// match p.call(("worker", "app@127.0.0.1"), Atom::from("job").into(), Duration::from_secs(5)).await {
+///     Ok(reply) => println!("{reply}"),
+///     Err(CallError::NoProc { .. }) => println!("no worker registered"),
+///     Err(CallError::NoConnection { node }) => println!("{node} is down"),
+///     Err(CallError::Timeout { .. }) => println!("too slow"),
+///     Err(other) => println!("{other}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CallError {
