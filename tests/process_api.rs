@@ -89,6 +89,17 @@ defmodule Srv do
     end)
     {:reply, :ok, s}
   end
+  # Monitors `p` and reports its DOWN to the caller.
+  def handle_call({:monitor_watch, p}, {caller, _}, s) do
+    spawn(fn ->
+      ref = Process.monitor(p)
+      send(caller, :monitoring)
+      receive do
+        {:DOWN, ^ref, :process, ^p, r} -> send(caller, {:saw_down, r})
+      end
+    end)
+    {:reply, :ok, s}
+  end
   # Floods `{:sink, node}` with n messages of 1 KB, then :flood_done.
   def handle_call({:flood, node, n}, _from, s) do
     spawn(fn ->
@@ -364,6 +375,29 @@ async fn monitors_and_links_with_elixir_processes() {
         Some(Received::Message(tuple(vec![
             atom("saw_exit"),
             atom("shutdown")
+        ])))
+    );
+    // An Elixir process monitors a Rust process, which is dropped: DOWN with `normal`.
+    let watched = node.process(None).expect("watched process");
+    let ok = p
+        .call(
+            ("srv", ex),
+            tuple(vec![atom("monitor_watch"), watched.pid().clone().into()]),
+            LONG,
+        )
+        .await
+        .expect("monitor_watch");
+    assert!(is_atom(&ok, "ok"));
+    assert_eq!(
+        p.recv_timeout(LONG).await,
+        Some(Received::Message(atom("monitoring")))
+    );
+    drop(watched);
+    assert_eq!(
+        p.recv_timeout(LONG).await,
+        Some(Received::Message(tuple(vec![
+            atom("saw_down"),
+            atom("normal")
         ])))
     );
     assert_eq!(p.queued(), 0);
