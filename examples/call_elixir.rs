@@ -13,7 +13,8 @@
 //!     def handle_call(:incr, _from, n), do: {:reply, n + 1, n + 1}
 //!     def handle_cast(:crash, _n), do: raise "crash requested"
 //!   end
-//!   Supervisor.start_link([Counter], strategy: :one_for_one)'
+//!   {:ok, sup} = Supervisor.start_link([Counter], strategy: :one_for_one)
+//!   Process.unlink(sup)'
 //! ```
 //!
 //! then run `cargo run --example call_elixir -- rust@127.0.0.1 secret app@127.0.0.1`.

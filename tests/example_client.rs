@@ -25,7 +25,9 @@ defmodule Counter do
   def handle_cast(:crash, _n), do: raise "crash requested"
 end
 Logger.configure(level: :none)
-Supervisor.start_link([Counter], strategy: :one_for_one)
+# Unlinked: the supervisor must outlive the `-e` code that starts it.
+{:ok, sup} = Supervisor.start_link([Counter], strategy: :one_for_one)
+Process.unlink(sup)
 "#;
 
 fn epmd_names(port: u16) -> String {
