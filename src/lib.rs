@@ -105,7 +105,9 @@ pub use node::builder::{
     Limits, NodeBuilder, STOP_PROCESSES_DEADLINE, STOP_TASKS_DEADLINE, StartError,
 };
 pub use node::gen_server::{CallResult, Caller, Ctx, GenServer, Replier, Request};
-pub use node::{Node, SpawnError};
+pub use node::{
+    CallError, ConnectError, Dest, Node, NodeEvent, NodeEvents, Process, Received, SpawnError,
+};
 
 /// The Erlang term types, as `erl_dist` (and `eetf`) define them: [`Term`](term::Term) and
 /// its variants ([`Atom`](term::Atom), [`Pid`](term::Pid), [`Reference`](term::Reference),

@@ -149,13 +149,12 @@ impl KvServer {
     }
 
     fn subscribe(&mut self, ctx: &Ctx, pid: &Pid, topic: Topic) {
-        let node_local = ctx.node().is_local(pid);
         let sub = self
             .subscribers
             .entry(pid.clone())
             .or_insert_with(|| Subscriber {
-                // Local callers (in-node rpc) have no remote node to monitor.
-                monitor: (!node_local).then(|| ctx.monitor(pid)),
+                // Local subscribers (Rust processes on this node) are monitored too.
+                monitor: Some(ctx.monitor(pid)),
                 all: false,
                 keys: HashSet::new(),
             });

@@ -23,8 +23,15 @@
 //! reports relief ([`take_congested`]), so the peer's own TCP and distribution buffers hold the
 //! excess instead of kvnode's memory.
 
+pub mod dest;
+pub mod events;
+pub mod handle;
 pub mod monitors;
 pub mod router;
+
+pub use dest::Dest;
+pub use events::{ConnectError, NodeEvent, NodeEvents};
+pub use handle::{CallError, Process, Received};
 
 use crate::config::Config;
 use crate::node::transport::manager::Manager;
@@ -91,6 +98,13 @@ pub trait Dispatch: Send + Sync {
     fn pressure(&self) -> Option<Arc<Pressure>> {
         None
     }
+
+    /// An exit signal reached the process: a linked process exited (EXIT, or `noconnection`
+    /// when its node went down) or `exit/2` was called on it. The default ignores it, as the
+    /// built-in processes trap exits; a [`Process`] receives it as [`Received::Exit`].
+    fn exit_signal(&self, node: &Node, from: Pid, reason: Term) {
+        let _ = (node, from, reason);
+    }
 }
 
 /// A message for a local process as it arrived: validated external-format bytes, and the
@@ -153,10 +167,10 @@ enum MonitorState {
     Unsent,
 }
 
-/// A monitor held by a local process on a remote pid.
+/// A monitor held by a local process on a remote pid (or a registered name on a remote node).
 struct RemoteMonitor {
     watcher: Pid,
-    target: Pid,
+    target: PidOrAtom,
     reference: Reference,
     state: MonitorState,
 }
@@ -334,6 +348,10 @@ struct Inner {
     functions: crate::node::services::functions::Functions,
     /// A peer's `init:stop`/`erlang:halt` (see [`crate::node::services::control`]).
     stop_request: crate::node::services::control::StopRequest,
+    /// Active aliases (ALIAS_SEND targets) of local processes: alias -> the process's pid.
+    aliases: Mutex<HashMap<monitors::RefKey, Pid, foldhash::fast::RandomState>>,
+    /// Node up/down events for [`Node::monitor_nodes`].
+    events: events::Hub,
 }
 
 impl Node {
@@ -365,6 +383,8 @@ impl Node {
             threads,
             functions: Default::default(),
             stop_request: Default::default(),
+            aliases: Mutex::new(HashMap::default()),
+            events: events::Hub::default(),
         }))
     }
 
@@ -554,6 +574,14 @@ impl Node {
         // void (its side already saw `noconnection`), and dialing back would be wrong (a
         // NAME_ME peer cannot even be dialed).
         for (peer, remote) in links {
+            if peer == self.0.name.name {
+                // A local link: the other side gets the signal, and its half of the link goes.
+                let _ = self.lock_incoming().unlink(&peer, pid_key(&remote), pid);
+                if let Some(mb) = self.lookup_pid(&remote) {
+                    mb.target.exit_signal(self, pid.clone(), reason.clone());
+                }
+                continue;
+            }
             if self.0.manager.is_up(&peer) {
                 self.send_to_node(&peer, Message::exit(pid.clone(), remote, reason.clone()));
             }
@@ -574,6 +602,20 @@ impl Node {
                 Some(name) if m.by_name => PidOrAtom::Atom(Atom::from(name.as_str())),
                 _ => PidOrAtom::Pid(pid.clone()),
             };
+            if peer == self.0.name.name {
+                // A monitor a local process holds (see [`handle::Process::monitor`]).
+                if let Some(mb) = self.lookup_pid(&watcher) {
+                    mb.deliver(
+                        self,
+                        Signal::Down {
+                            reference,
+                            pid: pid.clone(),
+                            reason: reason.clone(),
+                        },
+                    );
+                }
+                continue;
+            }
             // Only peers with DIST_MONITOR place monitors; sent on their connection after
             // anything the process sent them before (its last replies included).
             if !self.0.manager.is_up(&peer) {
@@ -666,11 +708,11 @@ impl Node {
         true
     }
 
-    /// Removes a link `remote` (on `peer`) had to the local process `target`.
-    pub fn unlink_incoming(&self, peer: &str, target: &Pid, remote: &Pid) {
-        if self.lookup_pid(target).is_some() {
-            self.lock_incoming().unlink(peer, pid_key(target), remote);
-        }
+    /// Removes a link `remote` (on `peer`) had to the local process `target`. True if the
+    /// link existed.
+    pub fn unlink_incoming(&self, peer: &str, target: &Pid, remote: &Pid) -> bool {
+        self.lookup_pid(target).is_some()
+            && self.lock_incoming().unlink(peer, pid_key(target), remote)
     }
 
     /// Removes a monitor `peer` held (DEMONITOR_P); unknown ones are ignored, as BEAM does.
@@ -874,13 +916,35 @@ impl Node {
         }
     }
 
-    /// Monitors a remote pid on behalf of `watcher`. The monitor fires as a
+    /// Monitors a pid on behalf of `watcher` (a local pid too: then no connection is
+    /// involved, it fires when the process exits). The monitor fires as a
     /// `Signal::Down` when the peer reports the pid's exit or the connection goes down.
     /// Toward a peer without DIST_MONITOR no MONITOR_P is sent (BEAM's local-only monitor):
     /// it fires only when that node goes down.
     pub fn monitor_remote(&self, watcher: &Pid, target: &Pid) -> Reference {
-        let reference = self.new_ref();
-        let peer = target.node.name.clone();
+        self.monitor_remote_target(
+            watcher,
+            &target.node.name,
+            PidOrAtom::Pid(target.clone()),
+            self.new_ref(),
+        )
+    }
+
+    /// Like [`Node::monitor_remote`] for a pid or a registered name on node `peer`, with the
+    /// monitor reference chosen by the caller. A monitor by name fires [`Signal::Down`] with
+    /// a placeholder pid (id 0 on `peer`): the watcher knows what it monitored.
+    pub(crate) fn monitor_remote_target(
+        &self,
+        watcher: &Pid,
+        peer: &str,
+        target: PidOrAtom,
+        reference: Reference,
+    ) -> Reference {
+        if peer == self.0.name.name {
+            self.monitor_local(watcher, &target, &reference);
+            return reference;
+        }
+        let peer = peer.to_owned();
         let state = {
             let mut peers = self.lock_peers();
             let state = match self.0.manager.peer_flags(&peer) {
@@ -901,11 +965,7 @@ impl Node {
                 // Under the lock, so a DEMONITOR_P for it cannot overtake it.
                 self.send_to_node(
                     &peer,
-                    Message::monitor_p(
-                        watcher.clone(),
-                        PidOrAtom::Pid(target.clone()),
-                        reference.clone(),
-                    ),
+                    Message::monitor_p(watcher.clone(), target, reference.clone()),
                 );
             }
             state
@@ -922,10 +982,50 @@ impl Node {
         reference
     }
 
+    /// A monitor a local process places on a local process: recorded in the table of
+    /// incoming monitors under this node's own name (fired by [`Node::exit_process`]). A
+    /// missing target fires `noproc` at once, as BEAM does.
+    fn monitor_local(&self, watcher: &Pid, target: &PidOrAtom, reference: &Reference) {
+        let key = monitors::RefKey::of(reference);
+        let placed = key.is_some_and(|key| {
+            let target = match target {
+                PidOrAtom::Pid(pid) => MonitorTarget::Pid(pid),
+                PidOrAtom::Atom(name) => MonitorTarget::Name(&name.name),
+            };
+            let watcher = monitors::PeerPid {
+                id: watcher.id,
+                serial: watcher.serial,
+                creation: watcher.creation,
+            };
+            self.monitor_incoming(&self.0.name.name, target, key, watcher, None)
+        });
+        if !placed && let Some(mb) = self.lookup_pid(watcher) {
+            mb.deliver(
+                self,
+                Signal::Down {
+                    reference: reference.clone(),
+                    pid: target_pid(&self.0.name.name, target.clone()),
+                    reason: Atom::from("noproc").into(),
+                },
+            );
+        }
+    }
+
     /// Removes a monitor placed with [`Node::monitor_remote`] and tells the peer (if it was
     /// told of the monitor).
     pub fn demonitor_remote(&self, watcher: &Pid, target: &Pid, reference: &Reference) {
-        let peer = target.node.name.clone();
+        self.demonitor_remote_on(watcher, &target.node.name, reference);
+    }
+
+    /// Removes a monitor placed with [`Node::monitor_remote_target`] on node `peer`.
+    pub(crate) fn demonitor_remote_on(&self, watcher: &Pid, peer: &str, reference: &Reference) {
+        if peer == self.0.name.name {
+            if let Some(key) = monitors::RefKey::of(reference) {
+                self.demonitor_incoming(peer, &key);
+            }
+            return;
+        }
+        let peer = peer.to_owned();
         let mut peers = self.lock_peers();
         let removed = peers
             .monitors
@@ -936,14 +1036,13 @@ impl Node {
         {
             peers.monitors.remove(&peer);
         }
-        if removed.is_some_and(|m| m.state == MonitorState::Sent) && self.0.manager.is_up(&peer) {
+        if let Some(m) = removed
+            && m.state == MonitorState::Sent
+            && self.0.manager.is_up(&peer)
+        {
             self.send_to_node(
                 &peer,
-                Message::demonitor_p(
-                    watcher.clone(),
-                    PidOrAtom::Pid(target.clone()),
-                    reference.clone(),
-                ),
+                Message::demonitor_p(watcher.clone(), m.target, reference.clone()),
             );
         }
     }
@@ -964,7 +1063,7 @@ impl Node {
                 self,
                 Signal::Down {
                     reference: mon.reference,
-                    pid: mon.target,
+                    pid: target_pid(peer, mon.target),
                     reason,
                 },
             );
@@ -987,7 +1086,7 @@ impl Node {
                         peer,
                         Message::monitor_p(
                             mon.watcher.clone(),
-                            PidOrAtom::Pid(mon.target.clone()),
+                            mon.target.clone(),
                             mon.reference.clone(),
                         ),
                     );
@@ -1002,13 +1101,28 @@ impl Node {
                 self.send_to_node(peer, message);
             }
         }
+        drop(peers);
+        self.0.events.up(peer);
     }
 
     /// The connection to `peer` went down (or could not be made): every monitor our processes
     /// hold on that node fires with `noconnection`, and messages waiting for it are dropped.
     pub(crate) fn node_down(&self, peer: &str) {
-        // The peer's monitors on our processes went with it (its side fired them).
-        self.lock_incoming().remove_peer(peer);
+        // The peer's monitors on our processes went with it (its side fired them); links
+        // with its processes break with `noconnection` (BEAM's exit signal on node-down).
+        let links = {
+            let mut table = self.lock_incoming();
+            let links = table.links.remove(peer).unwrap_or_default();
+            table.remove_peer(peer);
+            links
+        };
+        for (key, remote) in links {
+            if let Some(mb) = self.lookup_key(key) {
+                mb.target
+                    .exit_signal(self, remote, Atom::from("noconnection").into());
+            }
+        }
+        self.0.events.down(peer);
         let (fired, dropped): (Vec<RemoteMonitor>, usize) = {
             let mut peers = self.lock_peers();
             let fired = peers
@@ -1030,7 +1144,7 @@ impl Node {
                 self,
                 Signal::Down {
                     reference: mon.reference,
-                    pid: mon.target,
+                    pid: target_pid(peer, mon.target),
                     reason: Atom::from("noconnection").into(),
                 },
             );
@@ -1047,9 +1161,64 @@ impl Node {
         self.0.pauses.load(Ordering::Relaxed)
     }
 
+    /// The mailbox of the local process with registry key `key`.
+    fn lookup_key(&self, key: u32) -> Option<Mailbox> {
+        let reg = self.0.registry.read().unwrap_or_else(|e| e.into_inner());
+        reg.pids.get(&key).cloned()
+    }
+
+    /// Delivers an exit signal from `from` to the local process `to` (see
+    /// [`Dispatch::exit_signal`]); nothing when there is no such process.
+    pub(crate) fn deliver_exit(&self, to: &Pid, from: Pid, reason: Term) {
+        if let Some(mb) = self.lookup_pid(to) {
+            mb.target.exit_signal(self, from, reason);
+        }
+    }
+
+    /// Makes `alias` (a reference of this node) an alias of the local process `pid`:
+    /// ALIAS_SEND to it reaches that process until [`Node::deactivate_alias`].
+    pub(crate) fn activate_alias(&self, alias: &Reference, pid: &Pid) {
+        if let Some(key) = monitors::RefKey::of(alias) {
+            self.lock_aliases().insert(key, pid.clone());
+        }
+    }
+
+    /// Ends an alias: messages sent to it from now on are dropped, as BEAM drops them.
+    pub(crate) fn deactivate_alias(&self, alias: &Reference) {
+        if let Some(key) = monitors::RefKey::of(alias) {
+            self.lock_aliases().remove(&key);
+        }
+    }
+
+    /// The process an active alias of this node belongs to.
+    pub(crate) fn alias_target(&self, alias: &Reference) -> Option<Mailbox> {
+        if alias.node != self.0.name || alias.creation != self.0.creation {
+            return None;
+        }
+        let key = monitors::RefKey::of(alias)?;
+        let pid = self.lock_aliases().get(&key).cloned()?;
+        self.lookup_pid(&pid)
+    }
+
+    fn lock_aliases(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<monitors::RefKey, Pid, foldhash::fast::RandomState>>
+    {
+        self.0.aliases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Number of monitors our processes hold on remote pids (for tests and diagnostics).
     pub fn remote_monitor_count(&self) -> usize {
         let peers = self.lock_peers();
         peers.monitors.values().map(|m| m.len()).sum()
+    }
+}
+
+/// The pid a [`Signal::Down`] names for a remote monitor: the monitored pid, or for a
+/// monitor by name a placeholder on that node (id 0; the watcher knows the name).
+fn target_pid(peer: &str, target: PidOrAtom) -> Pid {
+    match target {
+        PidOrAtom::Pid(pid) => pid,
+        PidOrAtom::Atom(_) => Pid::new(peer, 0, 0, 0),
     }
 }

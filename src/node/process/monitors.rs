@@ -164,11 +164,12 @@ impl Table {
         true
     }
 
-    /// Removes a link (UNLINK, UNLINK_ID, or the remote process's exit signal).
-    pub fn unlink(&mut self, peer: &str, target: u32, remote: &Pid) {
-        if let Some(links) = self.links.get_mut(peer) {
-            links.remove(&(target, remote.clone()));
-        }
+    /// Removes a link (UNLINK, UNLINK_ID, or the remote process's exit signal). True if the
+    /// link existed.
+    pub fn unlink(&mut self, peer: &str, target: u32, remote: &Pid) -> bool {
+        self.links
+            .get_mut(peer)
+            .is_some_and(|links| links.remove(&(target, remote.clone())))
     }
 
     /// Removes and returns the links to the process `target`: (peer, remote pid).

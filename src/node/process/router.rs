@@ -43,6 +43,23 @@ fn deliver_to_name(node: &Node, name: &str, message: Term) {
     }
 }
 
+/// Delivers an ALIAS_SEND to the process whose active alias it names; dropped when the alias
+/// is not (or no longer) active, as BEAM drops a reply that arrives after its call ended.
+fn deliver_to_alias(node: &Node, alias: &Reference, message: Term) {
+    match node.alias_target(alias) {
+        Some(mb) => mb.deliver(node, Signal::Message(message)),
+        None => tracing::debug!("alias send to an inactive alias: dropped"),
+    }
+}
+
+/// A linked process on `peer` exited: the link is gone and `to` gets the exit signal.
+fn linked_exit(node: &Node, peer: &str, from: Pid, to: &Pid, reason: Term) {
+    // No link (never made, or unlinked meanwhile): the signal has no effect, as in BEAM.
+    if node.unlink_incoming(peer, to, &from) {
+        node.deliver_exit(to, from, reason);
+    }
+}
+
 /// Records a monitor from `peer`; false when the target does not exist (or the reference
 /// cannot be one: more id words than any node makes).
 fn monitor(node: &Node, peer: &str, from: &Pid, to: &PidOrAtom, reference: &Reference) -> bool {
@@ -80,9 +97,8 @@ pub fn handle(node: &Node, peer: &str, message: Message) {
         Message::SendSenderTt(m) => deliver_to_pid(node, &m.to_pid, m.message),
         Message::RegSend(m) => deliver_to_name(node, &m.to_name.name, m.message),
         Message::RegSendTt(m) => deliver_to_name(node, &m.to_name.name, m.message),
-        Message::AliasSend(_) | Message::AliasSendTt(_) => {
-            tracing::debug!("alias send to an alias this node never created: dropped");
-        }
+        Message::AliasSend(m) => deliver_to_alias(node, &m.alias, m.message),
+        Message::AliasSendTt(m) => deliver_to_alias(node, &m.alias, m.message),
         Message::MonitorP(m) => {
             if !node.peer_has(peer, DistributionFlags::DIST_MONITOR) {
                 tracing::debug!("MONITOR_P from a peer without DIST_MONITOR: not answered");
@@ -106,7 +122,9 @@ pub fn handle(node: &Node, peer: &str, message: Message) {
                 node.send_to_node(peer, Message::exit(m.to_pid, m.from_pid, noproc()));
             }
         }
-        Message::Unlink(m) => node.unlink_incoming(peer, &m.to_pid, &m.from_pid),
+        Message::Unlink(m) => {
+            node.unlink_incoming(peer, &m.to_pid, &m.from_pid);
+        }
         Message::UnlinkId(m) => {
             node.unlink_incoming(peer, &m.to_pid, &m.from_pid);
             if node.peer_has(peer, DistributionFlags::UNLINK_ID) {
@@ -133,18 +151,18 @@ pub fn handle(node: &Node, peer: &str, message: Message) {
                 arg_list: m.arg_list,
             },
         ),
-        // A linked remote process exited: the link is gone (the built-in processes trap
-        // exits, so nothing else happens).
-        Message::Exit(m) => node.unlink_incoming(peer, &m.to_pid, &m.from_pid),
-        Message::ExitTt(m) => node.unlink_incoming(peer, &m.to_pid, &m.from_pid),
-        Message::PayloadExit(m) => node.unlink_incoming(peer, &m.to_pid, &m.from_pid),
-        Message::PayloadExitTt(m) => node.unlink_incoming(peer, &m.to_pid, &m.from_pid),
-        Message::Exit2(_)
-        | Message::Exit2Tt(_)
-        | Message::PayloadExit2(_)
-        | Message::PayloadExit2Tt(_) => {
-            tracing::debug!("exit signal to a built-in process: ignored (they trap exits)");
-        }
+        // A linked remote process exited: the link is gone, and the local process gets the
+        // exit signal (the built-in processes trap exits and ignore it; a Rust `Process`
+        // receives it).
+        Message::Exit(m) => linked_exit(node, peer, m.from_pid, &m.to_pid, m.reason),
+        Message::ExitTt(m) => linked_exit(node, peer, m.from_pid, &m.to_pid, m.reason),
+        Message::PayloadExit(m) => linked_exit(node, peer, m.from_pid, &m.to_pid, m.reason),
+        Message::PayloadExitTt(m) => linked_exit(node, peer, m.from_pid, &m.to_pid, m.reason),
+        // `exit/2` on a local process.
+        Message::Exit2(m) => node.deliver_exit(&m.to_pid, m.from_pid, m.reason),
+        Message::Exit2Tt(m) => node.deliver_exit(&m.to_pid, m.from_pid, m.reason),
+        Message::PayloadExit2(m) => node.deliver_exit(&m.to_pid, m.from_pid, m.reason),
+        Message::PayloadExit2Tt(m) => node.deliver_exit(&m.to_pid, m.from_pid, m.reason),
         Message::UnlinkIdAck(_)
         | Message::NodeLink(_)
         | Message::GroupLeader(_)
