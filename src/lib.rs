@@ -104,7 +104,7 @@ pub(crate) mod storage;
 pub use node::builder::{
     Limits, NodeBuilder, STOP_PROCESSES_DEADLINE, STOP_TASKS_DEADLINE, StartError,
 };
-pub use node::gen_server::{CallResult, Caller, Ctx, GenServer, Replier, Request};
+pub use node::gen_server::{CallResult, Caller, Ctx, DecodeError, GenServer, Replier, Request};
 pub use node::{
     CallError, ConnectError, Dest, Node, NodeEvent, NodeEvents, Process, Received, SpawnError,
 };

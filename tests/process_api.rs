@@ -780,7 +780,6 @@ async fn calls_to_a_peer_without_alias_or_dist_monitor() {
     assert_eq!(events.recv().await, Some(NodeEvent::Up(java_name.clone())));
     assert!(
         !node
-            .manager()
             .peer_flags(&java_name)
             .is_some_and(|f| f.contains(erl_dist::DistributionFlags::ALIAS)),
         "Jinterface negotiates no ALIAS"

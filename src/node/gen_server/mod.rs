@@ -382,7 +382,7 @@ impl Ctx<'_> {
 
     /// The server's congestion state: a server that queues work elsewhere (the KV server's
     /// storage queue) sets its own source there, so readers delivering to it pause.
-    pub fn pressure(&self) -> &Arc<Pressure> {
+    pub(crate) fn pressure(&self) -> &Arc<Pressure> {
         self.pressure
     }
 

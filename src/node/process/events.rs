@@ -177,7 +177,7 @@ impl Node {
     }
 
     /// Connects to `node` (`name@host`) unless connected already, and waits for the
-    /// handshake (at most the configured handshake timeout plus [`CONNECT_SLACK`]).
+    /// handshake (at most the configured handshake timeout plus 5 s).
     ///
     /// ```no_run
     /// # async fn f(node: kvnode::node::Node) -> Result<(), kvnode::ConnectError> {

@@ -357,7 +357,7 @@ struct Inner {
 impl Node {
     /// Creates the node state. `creation` is the value EPMD handed out; connections (accepted
     /// or dialed, also when asked from non-tokio threads) run on `threads`.
-    pub fn new(
+    pub(crate) fn new(
         config: Config,
         creation: u32,
         shutdown: CancellationToken,
@@ -394,7 +394,7 @@ impl Node {
     }
 
     /// The table of functions peers may run on this node (rpc, spawn, `rex`).
-    pub fn functions(&self) -> &crate::node::services::functions::Functions {
+    pub(crate) fn functions(&self) -> &crate::node::services::functions::Functions {
         &self.0.functions
     }
 
@@ -409,32 +409,38 @@ impl Node {
     }
 
     /// The configuration the node runs with.
-    pub fn config(&self) -> &Config {
+    pub(crate) fn config(&self) -> &Config {
         &self.0.config
     }
 
     /// The connection manager.
-    pub fn manager(&self) -> &Manager {
+    pub(crate) fn manager(&self) -> &Manager {
         &self.0.manager
     }
 
+    /// The distribution flags `peer` negotiated, while it is connected.
+    #[doc(hidden)] // introspection for tests, not API
+    pub fn peer_flags(&self, peer: &str) -> Option<DistributionFlags> {
+        self.0.manager.peer_flags(peer)
+    }
+
     /// Cancelled when the node shuts down.
-    pub fn shutdown_token(&self) -> &CancellationToken {
+    pub(crate) fn shutdown_token(&self) -> &CancellationToken {
         &self.0.shutdown
     }
 
     /// The tracker every node task is spawned on (so shutdown can wait for them).
-    pub fn tracker(&self) -> &TaskTracker {
+    pub(crate) fn tracker(&self) -> &TaskTracker {
         &self.0.tracker
     }
 
     /// The connection threads.
-    pub fn threads(&self) -> &transport::threads::Threads {
+    pub(crate) fn threads(&self) -> &transport::threads::Threads {
         &self.0.threads
     }
 
     /// Mints a fresh local pid.
-    pub fn new_pid(&self) -> Pid {
+    pub(crate) fn new_pid(&self) -> Pid {
         let n = self.0.next_pid.fetch_add(1, Ordering::Relaxed);
         Pid::new(
             self.0.name.name.as_str(),
@@ -465,7 +471,7 @@ impl Node {
 
     /// Registers a process: `make` gets its fresh pid and returns what runs its signals.
     /// Registered under `name` when given.
-    pub fn spawn_process(
+    pub(crate) fn spawn_process(
         &self,
         name: Option<&str>,
         make: impl FnOnce(&Pid) -> Arc<dyn Dispatch>,
@@ -483,7 +489,7 @@ impl Node {
 
     /// Like [`Node::spawn_process`], but refuses a `name` another process holds (as
     /// `erlang:register/2` does), without creating the process.
-    pub fn try_spawn_process(
+    pub(crate) fn try_spawn_process(
         &self,
         name: Option<&str>,
         make: impl FnOnce(&Pid) -> Arc<dyn Dispatch>,
@@ -512,7 +518,7 @@ impl Node {
     }
 
     /// Removes a process (and its registered name) from the registry.
-    pub fn remove_process(&self, pid: &Pid) {
+    pub(crate) fn remove_process(&self, pid: &Pid) {
         let mut reg = self.0.registry.write().unwrap_or_else(|e| e.into_inner());
         reg.pids.remove(&pid_key(pid));
         reg.names.retain(|_, m| m.pid != *pid);
@@ -524,7 +530,7 @@ impl Node {
     /// registered names in the same registry update, as a supervisor's restart would, so a
     /// caller finds either the old process (and its monitor fires) or the new one, never no
     /// process. Returns the new process's mailbox.
-    pub fn exit_process(
+    pub(crate) fn exit_process(
         &self,
         pid: &Pid,
         reason: Term,
@@ -636,7 +642,7 @@ impl Node {
     /// Records a monitor `peer` places on a local process (by registered name or pid). False
     /// when there is no such process: the caller answers `noproc`. A peer over
     /// `--max-monitors-per-peer` is disconnected instead.
-    pub fn monitor_incoming(
+    pub(crate) fn monitor_incoming(
         &self,
         peer: &str,
         target: MonitorTarget<'_>,
@@ -692,7 +698,7 @@ impl Node {
     /// Records a link from `remote` (on `peer`) to the local process `target`. False when
     /// there is no such process: the caller answers with an exit `noproc`. A peer over
     /// `--max-monitors-per-peer` links is disconnected instead.
-    pub fn link_incoming(&self, peer: &str, target: &Pid, remote: &Pid) -> bool {
+    pub(crate) fn link_incoming(&self, peer: &str, target: &Pid, remote: &Pid) -> bool {
         let mut table = self.lock_incoming();
         let key = pid_key(target);
         let alive = self.lookup_pid(target).is_some();
@@ -710,41 +716,42 @@ impl Node {
 
     /// Removes a link `remote` (on `peer`) had to the local process `target`. True if the
     /// link existed.
-    pub fn unlink_incoming(&self, peer: &str, target: &Pid, remote: &Pid) -> bool {
+    pub(crate) fn unlink_incoming(&self, peer: &str, target: &Pid, remote: &Pid) -> bool {
         self.lookup_pid(target).is_some()
             && self.lock_incoming().unlink(peer, pid_key(target), remote)
     }
 
     /// Removes a monitor `peer` held (DEMONITOR_P); unknown ones are ignored, as BEAM does.
-    pub fn demonitor_incoming(&self, peer: &str, key: &monitors::RefKey) {
+    pub(crate) fn demonitor_incoming(&self, peer: &str, key: &monitors::RefKey) {
         self.lock_incoming().remove(peer, key);
     }
 
     /// Number of monitors peers hold on local processes.
+    #[doc(hidden)] // introspection for tests, not API
     pub fn incoming_monitor_count(&self) -> usize {
         self.lock_incoming().len()
     }
 
     /// Number of links peers' processes hold on local processes.
-    pub fn incoming_link_count(&self) -> usize {
+    pub(crate) fn incoming_link_count(&self) -> usize {
         self.lock_incoming().link_count()
     }
 
     /// The mailbox registered under `name`.
-    pub fn whereis(&self, name: &str) -> Option<Mailbox> {
+    pub(crate) fn whereis(&self, name: &str) -> Option<Mailbox> {
         let reg = self.0.registry.read().unwrap_or_else(|e| e.into_inner());
         reg.names.get(name).cloned()
     }
 
     /// What runs the signals of the process registered under `name` (cheaper than
     /// [`Node::whereis`]: no pid is cloned).
-    pub fn whereis_target(&self, name: &str) -> Option<Arc<dyn Dispatch>> {
+    pub(crate) fn whereis_target(&self, name: &str) -> Option<Arc<dyn Dispatch>> {
         let reg = self.0.registry.read().unwrap_or_else(|e| e.into_inner());
         reg.names.get(name).map(|m| m.target.clone())
     }
 
     /// The mailbox of a local pid (None for other nodes, other incarnations, dead pids).
-    pub fn lookup_pid(&self, pid: &Pid) -> Option<Mailbox> {
+    pub(crate) fn lookup_pid(&self, pid: &Pid) -> Option<Mailbox> {
         if !self.is_local(pid) || pid.creation != self.0.creation {
             return None;
         }
@@ -753,7 +760,7 @@ impl Node {
     }
 
     /// The registered names, sorted.
-    pub fn registered_names(&self) -> Vec<String> {
+    pub(crate) fn registered_names(&self) -> Vec<String> {
         let reg = self.0.registry.read().unwrap_or_else(|e| e.into_inner());
         let mut names: Vec<String> = reg.names.keys().cloned().collect();
         names.sort();
@@ -761,13 +768,13 @@ impl Node {
     }
 
     /// How many local processes are alive, and how many of them have a registered name.
-    pub fn process_counts(&self) -> (usize, usize) {
+    pub(crate) fn process_counts(&self) -> (usize, usize) {
         let reg = self.0.registry.read().unwrap_or_else(|e| e.into_inner());
         (reg.pids.len(), reg.names.len())
     }
 
     /// Sends a control message to `peer`, dialing it if we are not connected.
-    pub fn send_to_node(&self, peer: &str, message: Message) {
+    pub(crate) fn send_to_node(&self, peer: &str, message: Message) {
         match transport::encode_frame(message) {
             Ok(frame) => self.send_frame(peer, frame),
             Err(error) => tracing::warn!(%peer, %error, "cannot encode an outbound message"),
@@ -775,7 +782,7 @@ impl Node {
     }
 
     /// Sends an encoded frame to `peer`, dialing it if we are not connected.
-    pub fn send_frame(&self, peer: &str, frame: Frame) {
+    pub(crate) fn send_frame(&self, peer: &str, frame: Frame) {
         match self.0.manager.send(peer, frame) {
             transport::manager::Sent::Done => {}
             transport::manager::Sent::Dial(dial) => self.spawn_dial(peer, dial),
@@ -784,7 +791,7 @@ impl Node {
     }
 
     /// Whether the connected peer negotiated `flag` (false when not connected).
-    pub fn peer_has(&self, peer: &str, flag: DistributionFlags) -> bool {
+    pub(crate) fn peer_has(&self, peer: &str, flag: DistributionFlags) -> bool {
         self.0
             .manager
             .peer_flags(peer)
@@ -798,7 +805,7 @@ impl Node {
     /// Counts a function call (rpc, erpc, spawn, rex) that is starting, on the thread of the
     /// reader that received it: over `MAX_CALLS_IN_FLIGHT` that reader pauses until half
     /// of them have finished. Hold the slot until the call has finished.
-    pub fn call_slot(&self) -> CallSlot {
+    pub(crate) fn call_slot(&self) -> CallSlot {
         let now = self.0.calls.fetch_add(1, Ordering::AcqRel) + 1;
         if now >= MAX_CALLS_IN_FLIGHT {
             self.0.calls_pressure.set(Pressure::CALLS, true);
@@ -861,7 +868,7 @@ impl Node {
     /// wait, and counts against the same bounds as frames queued for a node being dialed
     /// (`--max-pending-bytes`): a message that does not fit is dropped like a send to a down
     /// node.
-    pub fn send_when_connected(
+    pub(crate) fn send_when_connected(
         &self,
         peer: &str,
         weight: impl FnOnce() -> usize,
@@ -921,7 +928,7 @@ impl Node {
     /// `Signal::Down` when the peer reports the pid's exit or the connection goes down.
     /// Toward a peer without DIST_MONITOR no MONITOR_P is sent (BEAM's local-only monitor):
     /// it fires only when that node goes down.
-    pub fn monitor_remote(&self, watcher: &Pid, target: &Pid) -> Reference {
+    pub(crate) fn monitor_remote(&self, watcher: &Pid, target: &Pid) -> Reference {
         self.monitor_remote_target(
             watcher,
             &target.node.name,
@@ -1013,7 +1020,7 @@ impl Node {
 
     /// Removes a monitor placed with [`Node::monitor_remote`] and tells the peer (if it was
     /// told of the monitor).
-    pub fn demonitor_remote(&self, watcher: &Pid, target: &Pid, reference: &Reference) {
+    pub(crate) fn demonitor_remote(&self, watcher: &Pid, target: &Pid, reference: &Reference) {
         self.demonitor_remote_on(watcher, &target.node.name, reference);
     }
 
@@ -1152,11 +1159,12 @@ impl Node {
     }
 
     /// Counts a connection reader pausing for a congested process.
-    pub fn note_backpressure_pause(&self) {
+    pub(crate) fn note_backpressure_pause(&self) {
         self.0.pauses.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Times connection readers paused for congested processes (`:kvnode.info`).
+    #[doc(hidden)] // introspection for tests, not API
     pub fn backpressure_pauses(&self) -> u64 {
         self.0.pauses.load(Ordering::Relaxed)
     }
@@ -1208,6 +1216,7 @@ impl Node {
     }
 
     /// Number of monitors our processes hold on remote pids (for tests and diagnostics).
+    #[doc(hidden)] // introspection for tests, not API
     pub fn remote_monitor_count(&self) -> usize {
         let peers = self.lock_peers();
         peers.monitors.values().map(|m| m.len()).sum()

@@ -232,12 +232,14 @@ impl Manager {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Bytes of frames waiting for peers being dialed (for tests and diagnostics).
+    /// Bytes of frames waiting for peers being dialed (for tests).
+    #[cfg(test)]
     pub fn pending_bytes(&self) -> usize {
         self.lock().pending_bytes
     }
 
-    /// Dials in flight (for tests and diagnostics).
+    /// Dials in flight (for tests).
+    #[cfg(test)]
     pub fn dials_in_flight(&self) -> usize {
         self.dials.load(Ordering::Relaxed)
     }
