@@ -50,7 +50,7 @@ impl Dest {
     ///
     /// ```
     /// use kvnode::Dest;
-    /// use erl_dist::term::{Atom, Term};
+    /// use kvnode::term::{Atom, Term};
     /// assert_eq!(Dest::from("srv").to_term(), Term::from(Atom::from("srv")));
     /// ```
     pub fn to_term(&self) -> Term {

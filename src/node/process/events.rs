@@ -23,7 +23,7 @@ pub const CONNECT_SLACK: Duration = Duration::from_secs(5);
 /// A change in the set of connected nodes.
 ///
 /// ```no_run
-/// # async fn f(node: kvnode::node::Node) {
+/// # async fn f(node: kvnode::Node) {
 /// use kvnode::NodeEvent;
 /// let mut events = node.monitor_nodes();
 /// while let Some(event) = events.recv().await {
@@ -50,7 +50,7 @@ pub enum NodeEvent {
 /// Node up/down events, from [`Node::monitor_nodes`].
 ///
 /// ```no_run
-/// # async fn f(node: kvnode::node::Node) {
+/// # async fn f(node: kvnode::Node) {
 /// let mut events = node.monitor_nodes();
 /// while let Some(event) = events.recv().await {
 ///     println!("{event:?}");
@@ -63,7 +63,7 @@ impl NodeEvents {
     /// The next event; `None` once the node is gone.
     ///
     /// ```no_run
-    /// # async fn f(node: kvnode::node::Node) {
+    /// # async fn f(node: kvnode::Node) {
     /// use kvnode::NodeEvent;
     /// let mut events = node.monitor_nodes();
     /// if let Some(NodeEvent::Down(name)) = events.recv().await {
@@ -83,7 +83,7 @@ impl NodeEvents {
 /// Why [`Node::connect`] failed.
 ///
 /// ```no_run
-/// # async fn f(node: kvnode::node::Node) {
+/// # async fn f(node: kvnode::Node) {
 /// use kvnode::ConnectError;
 /// match node.connect("app@127.0.0.1").await {
 ///     Ok(()) => println!("connected"),
@@ -167,7 +167,7 @@ impl Node {
     /// `node.manager().connected()`).
     ///
     /// ```no_run
-    /// # async fn f(node: kvnode::node::Node) {
+    /// # async fn f(node: kvnode::Node) {
     /// let mut events = node.monitor_nodes();
     /// let first = events.recv().await;
     /// # }
@@ -180,7 +180,7 @@ impl Node {
     /// handshake (at most the configured handshake timeout plus 5 s).
     ///
     /// ```no_run
-    /// # async fn f(node: kvnode::node::Node) -> Result<(), kvnode::ConnectError> {
+    /// # async fn f(node: kvnode::Node) -> Result<(), kvnode::ConnectError> {
     /// node.connect("app@127.0.0.1").await?;
     /// # Ok(()) }
     /// ```

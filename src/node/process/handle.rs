@@ -76,7 +76,7 @@ pub enum Received {
 ///
 /// ```no_run
 /// # async fn f(p: kvnode::Process) {
-/// use erl_dist::term::Atom;
+/// use kvnode::term::Atom;
 /// use kvnode::CallError;
 /// use std::time::Duration;
 /// match p.call(("worker", "app@127.0.0.1"), Atom::from("job").into(), Duration::from_secs(5)).await {
@@ -321,8 +321,8 @@ impl Dispatch for Shared {
 /// an async mailbox. Made by [`Node::process`].
 ///
 /// ```no_run
-/// # async fn f(node: kvnode::node::Node) -> Result<(), Box<dyn std::error::Error>> {
-/// use erl_dist::term::{Atom, Term};
+/// # async fn f(node: kvnode::Node) -> Result<(), Box<dyn std::error::Error>> {
+/// use kvnode::term::{Atom, Term};
 /// use std::time::Duration;
 /// let me = node.process(None)?;
 /// let reply = me
@@ -350,7 +350,7 @@ impl Node {
     /// another process holds the name).
     ///
     /// ```no_run
-    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
+    /// # fn f(node: kvnode::Node) -> Result<(), kvnode::SpawnError> {
     /// let worker = node.process(Some("worker"))?;
     /// println!("{:?}", worker.pid());
     /// # Ok(()) }
@@ -419,7 +419,7 @@ impl Process {
     /// The process's pid.
     ///
     /// ```no_run
-    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
+    /// # fn f(node: kvnode::Node) -> Result<(), kvnode::SpawnError> {
     /// let p = node.process(None)?;
     /// assert_eq!(p.pid().node.name, node.name().name);
     /// # Ok(()) }
@@ -431,7 +431,7 @@ impl Process {
     /// The node the process runs on.
     ///
     /// ```no_run
-    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
+    /// # fn f(node: kvnode::Node) -> Result<(), kvnode::SpawnError> {
     /// let p = node.process(None)?;
     /// println!("{}", p.node().name().name);
     /// # Ok(()) }
@@ -456,8 +456,8 @@ impl Process {
     /// (bounded by `--max-pending-bytes`).
     ///
     /// ```no_run
-    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
-    /// use erl_dist::term::Atom;
+    /// # fn f(node: kvnode::Node) -> Result<(), kvnode::SpawnError> {
+    /// use kvnode::term::Atom;
     /// let p = node.process(None)?;
     /// p.send(("logger_proxy", "app@127.0.0.1"), Atom::from("hello").into());
     /// # Ok(()) }
@@ -493,8 +493,8 @@ impl Process {
     /// `{:"$gen_cast", request}`).
     ///
     /// ```no_run
-    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
-    /// use erl_dist::term::{Atom, Term, Tuple};
+    /// # fn f(node: kvnode::Node) -> Result<(), kvnode::SpawnError> {
+    /// use kvnode::term::{Atom, Term, Tuple};
     /// let p = node.process(None)?;
     /// let put: Term = Tuple::from(vec![Atom::from("put").into(), Atom::from("k").into(), Atom::from("v").into()]).into();
     /// p.cast(("Elixir.DistributedExample.KVStore", "kv@127.0.0.1"), put);
@@ -514,8 +514,8 @@ impl Process {
     /// `DOWN`.
     ///
     /// ```no_run
-    /// # async fn f(node: kvnode::node::Node) -> Result<(), Box<dyn std::error::Error>> {
-    /// use erl_dist::term::{Atom, Term, Tuple};
+    /// # async fn f(node: kvnode::Node) -> Result<(), Box<dyn std::error::Error>> {
+    /// use kvnode::term::{Atom, Term, Tuple};
     /// use std::time::Duration;
     /// let p = node.process(None)?;
     /// let get: Term = Tuple::from(vec![Atom::from("get").into(), Atom::from("k").into()]).into();
@@ -669,7 +669,7 @@ impl Process {
     /// goes down) this process receives [`Received::Down`] with the returned reference.
     ///
     /// ```no_run
-    /// # async fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
+    /// # async fn f(node: kvnode::Node) -> Result<(), kvnode::SpawnError> {
     /// use kvnode::Received;
     /// let p = node.process(None)?;
     /// let mref = p.monitor(("Elixir.MyApp.Worker", "app@127.0.0.1"));
@@ -689,7 +689,7 @@ impl Process {
     /// already fired or was removed.
     ///
     /// ```no_run
-    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
+    /// # fn f(node: kvnode::Node) -> Result<(), kvnode::SpawnError> {
     /// let p = node.process(None)?;
     /// let mref = p.monitor("some_server");
     /// p.demonitor(&mref);
@@ -718,7 +718,7 @@ impl Process {
     /// when `pid` does not exist, `noconnection` when its node goes down).
     ///
     /// ```no_run
-    /// # fn f(node: kvnode::node::Node, worker: erl_dist::term::Pid) -> Result<(), kvnode::SpawnError> {
+    /// # fn f(node: kvnode::Node, worker: kvnode::term::Pid) -> Result<(), kvnode::SpawnError> {
     /// let p = node.process(None)?;
     /// p.link(&worker);
     /// # Ok(()) }
@@ -754,7 +754,7 @@ impl Process {
     /// arrives after this returns (one already queued stays).
     ///
     /// ```no_run
-    /// # fn f(node: kvnode::node::Node, worker: erl_dist::term::Pid) -> Result<(), kvnode::SpawnError> {
+    /// # fn f(node: kvnode::Node, worker: kvnode::term::Pid) -> Result<(), kvnode::SpawnError> {
     /// let p = node.process(None)?;
     /// p.link(&worker);
     /// p.unlink(&worker);
@@ -790,7 +790,7 @@ impl Process {
     /// The next item in the mailbox, waiting for one.
     ///
     /// ```no_run
-    /// # async fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
+    /// # async fn f(node: kvnode::Node) -> Result<(), kvnode::SpawnError> {
     /// use kvnode::Received;
     /// let p = node.process(Some("inbox"))?;
     /// match p.recv().await {
@@ -806,7 +806,7 @@ impl Process {
     /// The next item, or `None` after `timeout` without one.
     ///
     /// ```no_run
-    /// # async fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
+    /// # async fn f(node: kvnode::Node) -> Result<(), kvnode::SpawnError> {
     /// use std::time::Duration;
     /// let p = node.process(None)?;
     /// if p.recv_timeout(Duration::from_millis(100)).await.is_none() {
@@ -822,7 +822,7 @@ impl Process {
     /// stay in the mailbox, in order.
     ///
     /// ```no_run
-    /// # async fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
+    /// # async fn f(node: kvnode::Node) -> Result<(), kvnode::SpawnError> {
     /// use kvnode::Received;
     /// let p = node.process(None)?;
     /// let exit = p.recv_matching(|r| matches!(r, Received::Exit { .. })).await;
@@ -843,7 +843,7 @@ impl Process {
     /// [`Process::recv_matching`] with a timeout: `None` when no accepted item arrived in time.
     ///
     /// ```no_run
-    /// # async fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
+    /// # async fn f(node: kvnode::Node) -> Result<(), kvnode::SpawnError> {
     /// use kvnode::Received;
     /// use std::time::Duration;
     /// let p = node.process(None)?;
@@ -869,7 +869,7 @@ impl Process {
     /// How many items wait in the mailbox.
     ///
     /// ```no_run
-    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
+    /// # fn f(node: kvnode::Node) -> Result<(), kvnode::SpawnError> {
     /// let p = node.process(None)?;
     /// assert_eq!(p.queued(), 0);
     /// # Ok(()) }
@@ -882,8 +882,8 @@ impl Process {
     /// fire with `reason`, linked processes get the exit signal, its name is free again.
     ///
     /// ```no_run
-    /// # fn f(node: kvnode::node::Node) -> Result<(), kvnode::SpawnError> {
-    /// use erl_dist::term::Atom;
+    /// # fn f(node: kvnode::Node) -> Result<(), kvnode::SpawnError> {
+    /// use kvnode::term::Atom;
     /// let p = node.process(Some("job"))?;
     /// p.exit(Atom::from("shutdown").into());
     /// # Ok(()) }
