@@ -66,12 +66,39 @@
 //! - [`GenServer`], with [`Request`] (the request as bytes or a term, decoded on demand),
 //!   [`CallResult`], [`Ctx`] and [`Caller`]: a server process that Elixir calls and casts to,
 //!   spawned with [`Node::spawn_server`].
+//! - [`Process`] (from [`Node::process`]): a Rust-side process with a pid and an async
+//!   mailbox that calls ([`Process::call`], done as `gen:call` does: monitor, alias tag, late
+//!   replies dropped), casts, sends, monitors and links to any [`Dest`] (a pid, a local name,
+//!   or a name on a node); [`Received`] is what its mailbox yields.
+//! - [`Node::connect`] and [`Node::monitor_nodes`] ([`NodeEvent`]).
 //! - [`term`]: the Erlang term types (`Term`, `Atom`, `Pid`, ...), from `erl_dist`/`eetf`.
+//! - [`kv`]: the KV store app, to host `DistributedExample.KVStore` on your own node.
+//!
+//! # Calling Elixir
+//!
+//! ```no_run
+//! # async fn demo(node: kvnode::Node) -> Result<(), Box<dyn std::error::Error>> {
+//! use kvnode::term::Atom;
+//! use std::time::Duration;
+//! node.connect("app@127.0.0.1").await?;
+//! let me = node.process(None)?;
+//! // GenServer.call({MyApp.Counter, :"app@127.0.0.1"}, :incr)
+//! let count = me
+//!     .call(("Elixir.MyApp.Counter", "app@127.0.0.1"), Atom::from("incr").into(), Duration::from_secs(5))
+//!     .await?;
+//! println!("{count}");
+//! # Ok(()) }
+//! ```
 //!
 //! # Examples
-//! `examples/rust_server.rs` is the quick start above as a program (a counter with calls,
-//! casts and info messages); the tests run it against real Elixir nodes. Run it with
-//! `cargo run --example rust_server -- rust@127.0.0.1 secret`.
+//! Each is run by the tests against real nodes (`tests/example_*.rs`):
+//! - `examples/rust_server.rs`: the quick start above as a program (a stack with calls,
+//!   casts, info messages and `:sys`); `cargo run --example rust_server -- rust@127.0.0.1
+//!   secret`.
+//! - `examples/call_elixir.rs`: Rust calls a supervised Elixir GenServer, monitors it, sees
+//!   it crash and calls the restarted one.
+//! - `examples/kv_watch.rs`: a Rust process subscribed to a kvnode's KV events.
+//! - `examples/mixed_cluster.rs`: an Elixir node, a kvnode and a Rust node talking to both.
 //!
 //! # Layout
 //! Data flows top to bottom, and back up for replies:

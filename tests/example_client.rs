@@ -40,16 +40,7 @@ fn epmd_names(port: u16) -> String {
 
 /// Collects what an example reports, until `n` lines came or `LONG` passed.
 fn lines(rx: &mpsc::Receiver<String>, n: usize) -> Vec<String> {
-    let deadline = std::time::Instant::now() + LONG;
-    let mut got = Vec::new();
-    while got.len() < n {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => got.push(line),
-            Err(_) => panic!("only {} of {n} lines: {got:?}", got.len()),
-        }
-    }
-    got
+    common::recv_lines(rx, n, LONG)
 }
 
 #[test]

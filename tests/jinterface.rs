@@ -91,23 +91,6 @@ public class JClient {
 }
 "#;
 
-/// The Jinterface jar, or a panic saying how to install it.
-fn jinterface_jar() -> PathBuf {
-    let mut candidates = vec![PathBuf::from("/usr/share/java/OtpErlang.jar")];
-    if let Ok(dir) = std::fs::read_dir("/usr/lib/erlang/lib") {
-        for e in dir.flatten() {
-            if e.file_name().to_string_lossy().starts_with("jinterface-") {
-                candidates.push(e.path().join("priv/OtpErlang.jar"));
-            }
-        }
-    }
-    candidates.into_iter().find(|p| p.exists()).unwrap_or_else(|| {
-        panic!(
-            "Jinterface is not installed (no OtpErlang.jar): apt-get install -y erlang-jinterface default-jdk-headless"
-        )
-    })
-}
-
 /// Compiles the client into a fresh directory; returns it.
 fn compile_client(jar: &Path) -> PathBuf {
     let dir = std::env::temp_dir().join(unique("kvnode_jclient"));
@@ -224,7 +207,7 @@ impl JavaNode {
 
 #[test]
 fn jinterface_subscriber_without_dist_monitor_keeps_its_connection() {
-    let jar = jinterface_jar();
+    let jar = common::jinterface_jar();
     let classes = compile_client(&jar);
     let kv = KvNode::fresh("kv_jinterface");
     let java_alive = unique("java");

@@ -693,27 +693,10 @@ public class JSrv {
 }
 "#;
 
-/// The Jinterface jar, or a panic saying how to install it.
-fn jinterface_jar() -> std::path::PathBuf {
-    let mut candidates = vec![std::path::PathBuf::from("/usr/share/java/OtpErlang.jar")];
-    if let Ok(dir) = std::fs::read_dir("/usr/lib/erlang/lib") {
-        for e in dir.flatten() {
-            if e.file_name().to_string_lossy().starts_with("jinterface-") {
-                candidates.push(e.path().join("priv/OtpErlang.jar"));
-            }
-        }
-    }
-    candidates.into_iter().find(|p| p.exists()).unwrap_or_else(|| {
-        panic!(
-            "Jinterface is not installed (no OtpErlang.jar): apt-get install -y erlang-jinterface default-jdk-headless"
-        )
-    })
-}
-
 /// Compiles and starts the Java server as `<alive>@127.0.0.1`; returns once it is ready.
 fn start_java_server(alive: &str, cookie: &str, epmd_port: u16) -> common::ChildGuard {
     use std::io::BufRead;
-    let jar = jinterface_jar();
+    let jar = common::jinterface_jar();
     let dir = std::env::temp_dir().join(common::unique("kvnode_jsrv"));
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::write(dir.join("JSrv.java"), JAVA_SERVER).expect("write JSrv.java");

@@ -748,3 +748,41 @@ pub fn kvnode_refuses(args: &[&str]) -> String {
     );
     err
 }
+
+/// Receives `n` lines from `rx` (what an example run in-process reports), failing the test
+/// with what came so far when `timeout` passes first.
+#[allow(dead_code)]
+pub fn recv_lines(
+    rx: &std::sync::mpsc::Receiver<String>,
+    n: usize,
+    timeout: Duration,
+) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => got.push(line),
+            Err(_) => panic!("only {} of {n} lines: {got:?}", got.len()),
+        }
+    }
+    got
+}
+
+/// The Jinterface jar (`OtpErlang.jar`), or a panic saying how to install it.
+#[allow(dead_code)]
+pub fn jinterface_jar() -> PathBuf {
+    let mut candidates = vec![PathBuf::from("/usr/share/java/OtpErlang.jar")];
+    if let Ok(dir) = std::fs::read_dir("/usr/lib/erlang/lib") {
+        for e in dir.flatten() {
+            if e.file_name().to_string_lossy().starts_with("jinterface-") {
+                candidates.push(e.path().join("priv/OtpErlang.jar"));
+            }
+        }
+    }
+    candidates.into_iter().find(|p| p.exists()).unwrap_or_else(|| {
+        panic!(
+            "Jinterface is not installed (no OtpErlang.jar): apt-get install -y erlang-jinterface default-jdk-headless"
+        )
+    })
+}
