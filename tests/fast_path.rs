@@ -1,7 +1,8 @@
 //! The fast path belongs to the core: a user-written GenServer (not the KV store) hosted on
 //! an in-process node receives calls and casts from a real Elixir node as bytes
 //! (`Request::bytes`), and its replies (a term, pre-encoded bytes, or a later reply) reach
-//! the caller by ALIAS_SEND (an OTP 24+ alias tag) or by SEND (a plain reference tag).
+//! the caller by ALIAS_SEND (an OTP 24+ alias tag, either of `gen:reply`'s two alias shapes)
+//! or by SEND (a plain reference tag).
 
 mod common;
 
@@ -126,6 +127,27 @@ for x <- [1, odd, big, self()] do
 end
 # A pre-OTP-24 caller: a plain reference tag, so the reply comes by SEND to our pid.
 {:echo, true, ^odd} = PlainTag.call(probe, {:echo, odd})
+# gen:reply's second alias shape, [[:alias | ref] | _], is answered by ALIAS_SEND too: a
+# reply to an alias already given up is dropped, so it is not in the mailbox once the reply
+# to a later call (same server, same connection, so sent after it) is here.
+gone = :erlang.alias()
+gone_tag = [[:alias | gone] | :label]
+true = :erlang.unalias(gone)
+send(probe, {:"$gen_call", {self(), gone_tag}, {:echo, 1}})
+{:echo, true, 2} = PlainTag.call(probe, {:echo, 2})
+receive do
+  {^gone_tag, reply} -> raise "a reply to an inactive alias reached the mailbox: #{inspect(reply)}"
+after
+  0 -> :ok
+end
+live = :erlang.alias()
+live_tag = [[:alias | live] | :label]
+send(probe, {:"$gen_call", {self(), live_tag}, {:echo, 3}})
+receive do
+  {^live_tag, {:echo, true, 3}} -> :ok
+after
+  10_000 -> raise "no reply to a [[:alias | ref] | _] tag"
+end
 GenServer.cast(probe, {:store, odd})
 {true, ^odd} = GenServer.call(probe, :last_cast)
 IO.puts("FAST_PATH_OK")

@@ -386,18 +386,20 @@ impl Ctx<'_> {
         self.pressure
     }
 
-    /// Sends `message` to `to` without waiting (a full local mailbox drops it, with a log).
+    /// Sends `message` to `to` without waiting (a local process over its mailbox bound takes
+    /// it anyway: mailboxes pause the connection readers delivering to them, never drop).
     pub fn send(&self, to: &Pid, message: Term) {
         send(self.node, to, message);
     }
 
-    /// Answers a call made earlier (for servers that returned `None` from `handle_call`).
+    /// Answers a call made earlier (for servers that returned [`CallResult::NoReply`] from
+    /// `handle_call`).
     pub fn reply(&self, to: &Caller, reply: Term) {
         self.replier().reply(to, reply);
     }
 
-    /// A handle that can answer calls from any thread, after `handle_call` returned `None`
-    /// (for example once a write is durable).
+    /// A handle that can answer calls from any thread, after `handle_call` returned
+    /// [`CallResult::NoReply`] (for example once a write is durable).
     pub fn replier(&self) -> Replier {
         Replier {
             node: self.node.clone(),
@@ -405,8 +407,8 @@ impl Ctx<'_> {
         }
     }
 
-    /// Monitors a remote pid; [`GenServer::handle_down`] runs when it exits or its node goes
-    /// down.
+    /// Monitors a pid (on this node or another); [`GenServer::handle_down`] runs when it
+    /// exits (`noproc` at once when it does not exist) or its node goes down.
     pub fn monitor(&self, pid: &Pid) -> Reference {
         self.node.monitor_remote(self.pid, pid)
     }
@@ -417,8 +419,8 @@ impl Ctx<'_> {
     }
 }
 
-/// Sends `message` to `to` without waiting, from any thread (a full local mailbox drops it,
-/// with a log).
+/// Sends `message` to `to` without waiting, from any thread (a local mailbox over its bound
+/// takes it anyway; it never drops).
 pub fn send(node: &Node, to: &Pid, message: Term) {
     if node.is_local(to) {
         if let Some(mb) = node.lookup_pid(to) {

@@ -115,10 +115,23 @@ pub fn parse<'a>(message: &'a [u8], limits: &Limits) -> Option<Envelope<'a>> {
     })
 }
 
-/// The alias reference in a call tag `[:alias | ref]` (how OTP 24+ `gen:call` tags calls),
-/// as bytes.
+/// The alias reference in a call tag, as bytes: `[:alias | ref]` (how OTP 24+ `gen:call`
+/// tags calls) or `[[:alias | ref] | _]`, the two shapes `gen:reply/2` answers by alias
+/// (and [`alias_of`] reads from a term).
 pub fn alias_of_bytes<'a>(tag: &'a [u8], limits: &Limits) -> Option<&'a [u8]> {
-    let rest = match tag {
+    if let Some((alias, rest)) = direct_alias(tag, limits) {
+        return rest.is_empty().then_some(alias);
+    }
+    // `[[:alias | ref] | _]`: the alias of the list's first element.
+    let [LIST, _, _, _, _, ref first @ ..] = *tag else {
+        return None;
+    };
+    direct_alias(first, limits).map(|(alias, _)| alias)
+}
+
+/// The reference of an `[:alias | ref]` at the start of `bytes`, and what follows it.
+fn direct_alias<'a>(bytes: &'a [u8], limits: &Limits) -> Option<(&'a [u8], &'a [u8])> {
+    let rest = match bytes {
         [LIST, 0, 0, 0, 1, rest @ ..] => rest,
         _ => return None,
     };
@@ -130,22 +143,26 @@ pub fn alias_of_bytes<'a>(tag: &'a [u8], limits: &Limits) -> Option<&'a [u8]> {
     if !matches!(reference.first(), Some(&(NEWER_REFERENCE | NEW_REFERENCE))) {
         return None;
     }
-    (measure(reference, limits)? == reference.len()).then_some(reference)
+    reference.split_at_checked(measure(reference, limits)?)
 }
 
-/// The alias reference in a `[:alias | ref]` (or `[[:alias | ref] | _]`) call tag.
+/// The alias reference in a call tag: `[:alias | ref]` or `[[:alias | ref] | _]`, the two
+/// shapes `gen:reply/2` answers by alias (what [`alias_of_bytes`] reads from bytes).
 pub fn alias_of(tag: &Term) -> Option<&Reference> {
-    let Term::ImproperList(l) = tag else {
-        if let Term::List(List { elements }) = tag {
-            return elements.first().and_then(alias_of);
+    fn direct(tag: &Term) -> Option<&Reference> {
+        let Term::ImproperList(l) = tag else {
+            return None;
+        };
+        match (l.elements.as_slice(), l.last.as_ref()) {
+            ([Term::Atom(a)], Term::Reference(r)) if a.name == ALIAS => Some(&**r),
+            _ => None,
         }
-        return None;
-    };
-    match (l.elements.as_slice(), l.last.as_ref()) {
-        ([Term::Atom(a)], Term::Reference(r)) if a.name == ALIAS => Some(&**r),
-        ([first, ..], _) => alias_of(first),
-        _ => None,
     }
+    direct(tag).or_else(|| match tag {
+        Term::ImproperList(l) => l.elements.first().and_then(direct),
+        Term::List(List { elements }) => elements.first().and_then(direct),
+        _ => None,
+    })
 }
 
 /// The node name in a pid (external format).
@@ -462,8 +479,27 @@ mod tests {
             alias_of_bytes(&body(&tag), &limits),
             Some(&body(&r.clone().into())[..])
         );
+        // `[[:alias | ref] | _]` (gen:reply's second alias shape): the byte view and the term
+        // view agree, so the fast path answers it by ALIAS_SEND as the decoding path does.
         let nested: Term = ImproperList::from((vec![tag.clone()], atom_t("x"))).into();
-        assert_eq!(alias_of(&nested), Some(&r));
+        let nested_proper: Term = List::from(vec![tag.clone(), atom_t("x")]).into();
+        for t in [&tag, &nested, &nested_proper] {
+            assert_eq!(alias_of(t), Some(&r), "{t}");
+            assert_eq!(
+                alias_of_bytes(&body(t), &limits),
+                Some(&body(&r.clone().into())[..]),
+                "{t}"
+            );
+        }
+        // Neither view looks deeper than OTP does, nor past an `[:alias | ref]` that is not
+        // the whole tag or its first element.
+        let deeper: Term = List::from(vec![nested.clone()]).into();
+        let longer: Term =
+            ImproperList::from((vec![atom_t("alias"), atom_t("x")], r.clone().into())).into();
+        for t in [&deeper, &longer] {
+            assert_eq!(alias_of(t), None, "{t}");
+            assert_eq!(alias_of_bytes(&body(t), &limits), None, "{t}");
+        }
         let plain: Term = r.clone().into();
         assert_eq!(alias_of(&plain), None);
         // A pre-OTP-24 tag (a plain reference) has no alias.

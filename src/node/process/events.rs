@@ -163,8 +163,9 @@ fn excerpt(name: &str) -> String {
 }
 
 impl Node {
-    /// Subscribes to node up/down events (from now on; nodes already connected are in
-    /// `node.manager().connected()`).
+    /// Subscribes to node up/down events, from now on: nodes already connected are not
+    /// reported (no public call lists them yet; [`Node::connect`] to a connected node
+    /// returns at once).
     ///
     /// ```no_run
     /// # async fn f(node: kvnode::Node) {

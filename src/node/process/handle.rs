@@ -161,12 +161,23 @@ impl Shared {
     }
 
     fn push(&self, item: Received, weight: usize) {
+        self.push_with(weight, |_| Some(item));
+    }
+
+    /// Queues what `make` returns (None: nothing), deciding under the same lock that queues
+    /// it. A reply or `DOWN` checked against the calls and monitors in progress must be, or
+    /// a call ending between the check and the push (its [`CallEnd`] flushing the mailbox
+    /// first) would leave its late reply or `DOWN` where [`Process::recv`] sees it.
+    fn push_with(&self, weight: usize, make: impl FnOnce(&mut State) -> Option<Received>) {
         let weight = weight.max(MIN_SIGNAL_WEIGHT);
         {
             let mut st = self.lock();
             if st.closed {
                 return;
             }
+            let Some(item) = make(&mut st) else {
+                return;
+            };
             st.queue.push_back((item, weight));
             st.bytes += weight;
             if !st.congested
@@ -262,19 +273,19 @@ impl Dispatch for Shared {
     }
 
     fn dispatch_weighted(&self, _node: &Node, signal: Signal, bytes: usize) {
-        let item = match signal {
+        match signal {
             Signal::Message(term) => {
                 // A reply to a call of ours that has ended (alias deactivated): dropped, as
                 // BEAM drops a message to an inactive alias. Covers replies sent to the pid
                 // by peers without ALIAS and by servers on this node.
-                if let Some(alias) = self.reply_alias(&term)
-                    && let Some(key) = RefKey::of(alias)
-                    && !self.lock().calls.contains_key(&key)
-                {
-                    tracing::debug!("reply to a call that has ended: dropped");
-                    return;
-                }
-                Received::Message(term)
+                let key = self.reply_alias(&term).and_then(RefKey::of);
+                self.push_with(bytes, |st| match key {
+                    Some(key) if !st.calls.contains_key(&key) => {
+                        tracing::debug!("reply to a call that has ended: dropped");
+                        None
+                    }
+                    _ => Some(Received::Message(term)),
+                });
             }
             Signal::Down {
                 reference,
@@ -284,28 +295,26 @@ impl Dispatch for Shared {
                 let Some(key) = RefKey::of(&reference) else {
                     return;
                 };
-                // Unknown: demonitored meanwhile; the DOWN is void.
-                let Some(held) = self.lock().monitors.remove(&key) else {
-                    return;
-                };
-                let object = match held.object {
-                    Dest::Pid(_) => Dest::Pid(pid),
-                    named => named,
-                };
-                Received::Down {
-                    reference,
-                    object,
-                    reason,
-                }
+                self.push_with(bytes, |st| {
+                    // Unknown: demonitored meanwhile; the DOWN is void.
+                    let held = st.monitors.remove(&key)?;
+                    let object = match held.object {
+                        Dest::Pid(_) => Dest::Pid(pid),
+                        named => named,
+                    };
+                    Some(Received::Down {
+                        reference,
+                        object,
+                        reason,
+                    })
+                });
             }
             Signal::Call { .. } => {
                 // An in-node call made for a GenServer (rpc): a Rust process answers none;
                 // dropping the reply sender fails that call at once.
                 tracing::debug!("in-node call to a Rust process: refused");
-                return;
             }
-        };
-        self.push(item, bytes);
+        }
     }
 
     fn pressure(&self) -> Option<Arc<Pressure>> {
