@@ -20,8 +20,8 @@
 //! then run `cargo run --example call_elixir -- rust@127.0.0.1 secret app@127.0.0.1`.
 //! It prints one line per step.
 
-use erl_dist::term::{Atom, Term};
 use kvnode::NodeBuilder;
+use kvnode::term::{Atom, Term};
 use kvnode::{CallError, Process, Received};
 use std::time::Duration;
 

@@ -10,9 +10,9 @@
 //! GenServer.call({DistributedExample.KVStore, :"kv@127.0.0.1"}, {:put, :a, 1})
 //! ```
 
-use erl_dist::term::{Atom, Term, Tuple};
 use kvnode::NodeBuilder;
 use kvnode::Received;
+use kvnode::term::{Atom, Term, Tuple};
 use std::time::Duration;
 
 /// Where to connect and as whom.

@@ -29,7 +29,6 @@ fn is_atom(t: &Term, name: &str) -> bool {
     matches!(t, Term::Atom(a) if a.name == name)
 }
 
-/// An in-process node `<alive>@127.0.0.1` (serving EPMD on `epmd_port` if none is there).
 /// A started in-process node.
 struct Running {
     node: Node,
@@ -41,6 +40,7 @@ impl Running {
     }
 }
 
+/// An in-process node `<alive>@127.0.0.1` (serving EPMD on `epmd_port` if none is there).
 async fn start_node(alive: &str, cookie: &str, epmd_port: u16) -> Running {
     start_node_with(alive, cookie, epmd_port, |_| {}).await
 }

@@ -86,6 +86,17 @@ impl Default for KvConfig {
 /// The KV state read back from `--data-dir` by [`recover`], ready for [`start_recovered`].
 pub struct Recovered(Option<(storage::Storage, Vec<storage::Entry>)>);
 
+impl std::fmt::Debug for Recovered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recovered")
+            .field(
+                "keys",
+                &self.0.as_ref().map_or(0, |(_, entries)| entries.len()),
+            )
+            .finish()
+    }
+}
+
 /// Why the KV app could not start ([`start`], [`start_recovered`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -369,6 +369,14 @@ pub struct Ctx<'a> {
     pressure: &'a Arc<Pressure>,
 }
 
+impl std::fmt::Debug for Ctx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("pid", self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Ctx<'_> {
     /// The node the server runs on.
     pub fn node(&self) -> &Node {
@@ -437,6 +445,14 @@ pub fn send(node: &Node, to: &Pid, message: Term) {
 pub struct Replier {
     node: Node,
     server: Pid,
+}
+
+impl std::fmt::Debug for Replier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replier")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Replier {

@@ -59,6 +59,14 @@ pub enum NodeEvent {
 /// ```
 pub struct NodeEvents(broadcast::Receiver<NodeEvent>);
 
+impl std::fmt::Debug for NodeEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeEvents")
+            .field("queued", &self.0.len())
+            .finish()
+    }
+}
+
 impl NodeEvents {
     /// The next event; `None` once the node is gone.
     ///

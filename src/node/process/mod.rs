@@ -300,6 +300,15 @@ fn pid_key(pid: &Pid) -> u32 {
     pid.id | (pid.serial << 15)
 }
 
+/// Whether a peer with `flags` takes a MONITOR_P on `target`: DIST_MONITOR for a pid, and
+/// DIST_MONITOR_NAME as well for a registered name (else the monitor stays local-only and
+/// fires at node-down, as BEAM does toward such a peer).
+fn may_monitor(flags: DistributionFlags, target: &PidOrAtom) -> bool {
+    flags.contains(DistributionFlags::DIST_MONITOR)
+        && (matches!(target, PidOrAtom::Pid(_))
+            || flags.contains(DistributionFlags::DIST_MONITOR_NAME))
+}
+
 /// Why a process could not be started.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -324,6 +333,15 @@ pub enum MonitorTarget<'a> {
 /// The local node. Cheap to clone (an `Arc`).
 #[derive(Clone)]
 pub struct Node(Arc<Inner>);
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.0.name.name)
+            .field("creation", &self.0.creation)
+            .finish_non_exhaustive()
+    }
+}
 
 struct Inner {
     name: Atom,
@@ -955,7 +973,7 @@ impl Node {
         let state = {
             let mut peers = self.lock_peers();
             let state = match self.0.manager.peer_flags(&peer) {
-                Some(f) if f.contains(DistributionFlags::DIST_MONITOR) => MonitorState::Sent,
+                Some(f) if may_monitor(f, &target) => MonitorState::Sent,
                 Some(_) => MonitorState::LocalOnly,
                 None => MonitorState::Unsent,
             };
@@ -1081,13 +1099,12 @@ impl Node {
     /// and messages that waited for its flags are sent, in the shape it negotiated.
     pub(crate) fn node_up(&self, peer: &str, flags: DistributionFlags) {
         let mut peers = self.lock_peers();
-        let with_monitor = flags.contains(DistributionFlags::DIST_MONITOR);
         if let Some(mons) = peers.monitors.get_mut(peer) {
             for mon in mons.values_mut() {
                 if mon.state != MonitorState::Unsent {
                     continue;
                 }
-                if with_monitor {
+                if may_monitor(flags, &mon.target) {
                     mon.state = MonitorState::Sent;
                     self.send_to_node(
                         peer,
