@@ -23,7 +23,8 @@ fn lines(rx: &mpsc::Receiver<String>, n: usize) -> Vec<String> {
 fn a_rust_node_talks_to_an_elixir_node_and_a_kvnode() {
     let kv = KvNode::fresh("kv_mixed");
     // The Elixir node: writes the greeting, then hosts Echo and says so in a file.
-    let flag = std::env::temp_dir().join(unique("mixed_app_ready"));
+    // (The Elixir node may run in an OTP root's chroot: the flag's path as each side sees it.)
+    let (flag, flag_inside) = common::shared_path("mixed_app_ready");
     let boot = format!(
         r#"
 defmodule Echo do
@@ -38,7 +39,7 @@ true = Node.connect(kv)
 File.write!("{flag}", "ready")
 "#,
         kv = kv.name,
-        flag = flag.display()
+        flag = flag_inside
     );
     let app = BeamNode::start(&unique("mixed_app"), &kv.cookie, kv.epmd_port, &boot);
     wait_for("the Elixir node's Echo", LONG, || {
