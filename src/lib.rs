@@ -127,6 +127,7 @@ pub mod kv;
 pub(crate) mod node;
 pub(crate) mod ready;
 pub(crate) mod storage;
+pub(crate) mod syntax;
 
 pub use node::builder::{
     Limits, NodeBuilder, STOP_PROCESSES_DEADLINE, STOP_TASKS_DEADLINE, StartError,
@@ -156,6 +157,10 @@ pub mod internals {
     pub use crate::cli::{Cli, CliError, Settings};
     pub use crate::config::{Config, DEFAULT_MAX_HANDSHAKES_PER_IP};
     pub use crate::storage::StorageError;
+    /// Erlang/Elixir term syntax and JSON (the command-line client's).
+    pub mod syntax {
+        pub use crate::syntax::{Syntax, SyntaxError, parse, print, to_json};
+    }
 
     /// EPMD pieces the tests and fuzz targets drive directly.
     pub mod epmd {
