@@ -82,8 +82,9 @@ enum Who {
         bytes: [u8; INLINE_CALLER_BYTES],
         pid_len: u8,
         len: u8,
-        pid: OnceLock<Pid>,
-        tag: OnceLock<Term>,
+        /// The pid and tag, decoded on first use (boxed: the fast path moves a `Caller`
+        /// around and seldom decodes it, so the slot is kept one word wide).
+        decoded: OnceLock<Box<(Pid, Term)>>,
     },
 }
 
@@ -123,6 +124,7 @@ impl Caller {
 
     /// The caller of a call read as bytes (validated with `limits`); None if its parts do
     /// not decode.
+    #[inline]
     pub(crate) fn from_bytes(
         from: &protocol::From<'_>,
         limits: &crate::etf::Limits,
@@ -148,8 +150,7 @@ impl Caller {
                 bytes,
                 pid_len: from.pid.len() as u8,
                 len: len as u8,
-                pid: OnceLock::new(),
-                tag: OnceLock::new(),
+                decoded: OnceLock::new(),
             },
             local: None,
         })
@@ -159,21 +160,7 @@ impl Caller {
     pub fn pid(&self) -> &Pid {
         match &self.who {
             Who::Term { pid, .. } => pid,
-            Who::Bytes {
-                bytes,
-                pid_len,
-                pid,
-                ..
-            } => pid.get_or_init(
-                || match decode_unversioned(&bytes[..usize::from(*pid_len)]) {
-                    Some(Term::Pid(p)) => p,
-                    // Validated as a pid on arrival, so eetf decodes it; stay total regardless.
-                    _ => {
-                        tracing::warn!("a caller's pid does not decode");
-                        Pid::new("nonode@nohost", 0, 0, 0)
-                    }
-                },
-            ),
+            Who::Bytes { .. } => &self.decoded().0,
         }
     }
 
@@ -181,21 +168,38 @@ impl Caller {
     pub fn tag(&self) -> &Term {
         match &self.who {
             Who::Term { tag, .. } => tag,
-            Who::Bytes {
-                bytes,
-                pid_len,
-                len,
-                tag,
-                ..
-            } => tag.get_or_init(|| {
-                decode_unversioned(&bytes[usize::from(*pid_len)..usize::from(*len)]).unwrap_or_else(
-                    || {
-                        tracing::warn!("a caller's tag does not decode");
-                        List::nil().into()
-                    },
-                )
-            }),
+            Who::Bytes { .. } => &self.decoded().1,
         }
+    }
+
+    /// A byte caller's pid and tag, decoded once. (Validated on arrival, so eetf decodes
+    /// them; stay total regardless.)
+    fn decoded(&self) -> &(Pid, Term) {
+        static NONE: OnceLock<(Pid, Term)> = OnceLock::new();
+        let Who::Bytes {
+            bytes,
+            pid_len,
+            len,
+            decoded,
+        } = &self.who
+        else {
+            return NONE.get_or_init(|| (Pid::new("nonode@nohost", 0, 0, 0), List::nil().into()));
+        };
+        decoded.get_or_init(|| {
+            let (pid_bytes, tag_bytes) = bytes[..usize::from(*len)].split_at(usize::from(*pid_len));
+            let pid = match decode_unversioned(pid_bytes) {
+                Some(Term::Pid(p)) => p,
+                _ => {
+                    tracing::warn!("a caller's pid does not decode");
+                    Pid::new("nonode@nohost", 0, 0, 0)
+                }
+            };
+            let tag = decode_unversioned(tag_bytes).unwrap_or_else(|| {
+                tracing::warn!("a caller's tag does not decode");
+                List::nil().into()
+            });
+            Box::new((pid, tag))
+        })
     }
 }
 
@@ -1126,25 +1130,22 @@ impl<S: GenServer> Dispatch for Host<S> {
         if held {
             return false;
         }
-        let caller = match &from {
-            Some(from) => match Caller::from_bytes(from, raw.limits) {
-                Some(caller) => Some(caller),
-                None => return false,
-            },
-            None => None,
-        };
         let mut ctx = Ctx {
             node,
             pid: &self.pid,
             pressure: &self.pressure,
         };
         let request = Request::from_bytes(request, raw.limits);
-        match (from, caller) {
-            (Some(from), Some(caller)) => {
+        match from {
+            Some(from) => {
+                // Built in place and lent, never moved: a byte caller is a few hundred bytes.
+                let Some(caller) = Caller::from_bytes(&from, raw.limits) else {
+                    return false;
+                };
                 let result = server.handle_call(&mut ctx, &caller, request);
                 self.answer_on_conn(&ctx, raw, &from, &caller, result);
             }
-            _ => server.handle_cast(&mut ctx, request),
+            None => server.handle_cast(&mut ctx, request),
         }
         drop(server);
         // Others may have queued signals while we held the server.
