@@ -122,7 +122,7 @@
 pub(crate) mod cli;
 pub(crate) mod config;
 pub(crate) mod epmd;
-pub(crate) mod etf;
+pub mod etf;
 pub mod kv;
 pub(crate) mod node;
 pub(crate) mod ready;
@@ -132,7 +132,10 @@ pub(crate) mod syntax;
 pub use node::builder::{
     Limits, NodeBuilder, STOP_PROCESSES_DEADLINE, STOP_TASKS_DEADLINE, StartError,
 };
-pub use node::gen_server::{CallResult, Caller, Ctx, DecodeError, GenServer, Replier, Request};
+pub use node::gen_server::{
+    CallResult, Caller, Congestion, Ctx, DecodeError, GenServer, Replier, Request,
+};
+pub use node::services::functions::Outcome;
 pub use node::{
     CallError, ConnectError, Dest, Node, NodeEvent, NodeEvents, Process, Received, SpawnError,
 };

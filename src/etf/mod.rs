@@ -122,7 +122,7 @@ pub const MAX_MAX_DEPTH: usize = 1_000_000;
 ///
 /// eetf stores maps in a `HashMap<Term, Term>` and hashes every key, whole, when it inserts
 /// it, so a map nested `n` levels deep through its keys costs `n²/2` steps to decode (and the
-/// canonical key of [`crate::kv::key`] encodes keys apart before sorting them, the same
+/// KV store's canonical key encodes keys apart before sorting them, the same
 /// again). With at most 16 key positions above any term, decoding costs at most 16 steps
 /// per term. Nesting through map *values*, lists and tuples is limited only by
 /// [`Limits::max_depth`].

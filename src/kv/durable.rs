@@ -15,7 +15,7 @@
 //!   until a restart, like a write whose call timed out: its outcome is unknown.
 //! - Backpressure: the bytes submitted and not yet durable are bounded by
 //!   `--max-storage-queue-bytes`. Over it, the KV server reports itself congested
-//!   ([`Pressure::STORAGE`]) and the connections delivering to it stop reading their peers
+//!   ([`Pressure::SERVER`]) and the connections delivering to it stop reading their peers
 //!   until half of it is on disk. Nothing is refused or dropped: a slow disk slows the
 //!   writers down instead of filling memory.
 //!
@@ -24,9 +24,8 @@
 //! identifies them by [`key_identity`]: the canonical [`Key`](super::key::Key) the store
 //! itself uses.
 
-use crate::node::Pressure;
-use crate::node::gen_server::{Caller, Ctx, Replier};
 use crate::storage::{Op, Storage};
+use crate::{Caller, Congestion, Ctx, Replier};
 use erl_dist::term::{Atom, Term, Tuple};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -104,7 +103,7 @@ struct Progress {
     durable: u64,
     /// Bytes submitted and not yet durable (or failed).
     queued_bytes: usize,
-    /// Whether the storage source of the server's [`Pressure`] is set (cleared at half).
+    /// Whether the server's [`Congestion`] is set (cleared at half).
     congested: bool,
     /// Replies waiting for `durable >= seq`, in seq order.
     waiting: VecDeque<(u64, Caller, Term)>,
@@ -115,7 +114,7 @@ pub struct Durable {
     storage: Arc<Storage>,
     progress: Arc<Mutex<Progress>>,
     replier: Replier,
-    pressure: Arc<Pressure>,
+    congestion: Congestion,
     max_queued: usize,
 }
 
@@ -127,7 +126,7 @@ impl Durable {
             storage: Arc::new(storage),
             progress: Arc::new(Mutex::new(Progress::default())),
             replier: ctx.replier(),
-            pressure: ctx.pressure().clone(),
+            congestion: ctx.congestion(),
             max_queued: max_queued.max(1),
         }
     }
@@ -158,7 +157,7 @@ impl Durable {
             // Set and cleared under this lock, so the flag always matches the count.
             if !p.congested && p.queued_bytes >= self.max_queued {
                 p.congested = true;
-                self.pressure.set(Pressure::STORAGE, true);
+                self.congestion.set(true);
                 tracing::debug!(
                     queued_bytes = p.queued_bytes,
                     "storage queue over its bound: readers delivering to the KV server pause"
@@ -168,7 +167,7 @@ impl Durable {
         };
         let progress = self.progress.clone();
         let replier = self.replier.clone();
-        let pressure = self.pressure.clone();
+        let congestion = self.congestion.clone();
         let low = self.max_queued / 2;
         self.storage.submit(
             ops,
@@ -178,7 +177,7 @@ impl Durable {
                     p.queued_bytes = p.queued_bytes.saturating_sub(bytes);
                     if p.congested && p.queued_bytes <= low {
                         p.congested = false;
-                        pressure.set(Pressure::STORAGE, false);
+                        congestion.set(false);
                     }
                     p.durable = p.durable.max(seq);
                     let mut out = Vec::new();

@@ -42,8 +42,7 @@ pub(crate) mod store;
 #[cfg(test)]
 mod test_terms;
 
-use crate::node::Node;
-use crate::node::gen_server;
+use crate::Node;
 use crate::storage::{self, StorageError};
 
 /// The default registered name: what `DistributedExample.KVStore` is as an atom.
@@ -106,7 +105,7 @@ pub enum KvError {
     Storage(#[from] StorageError),
     /// The registered name is taken or invalid.
     #[error(transparent)]
-    Spawn(#[from] crate::node::SpawnError),
+    Spawn(#[from] crate::SpawnError),
 }
 
 /// Opens `config.data_dir` (when set) and recovers it, merging records by the store's
@@ -165,7 +164,7 @@ pub fn start_recovered(
     match recovered.0 {
         Some((storage, entries)) => {
             let max_queued = config.max_storage_queue_bytes;
-            gen_server::try_spawn_with(node, Some(name), move |ctx| {
+            node.spawn_server_with(Some(name), move |ctx| {
                 server::KvServer::with_storage(
                     durable::Durable::new(storage, ctx, max_queued),
                     entries,
@@ -173,12 +172,12 @@ pub fn start_recovered(
             })?;
         }
         None => {
-            gen_server::try_spawn_with(node, Some(name), |_| server::KvServer::new())?;
+            node.spawn_server(Some(name), server::KvServer::new())?;
         }
     }
     // The KV server's API, callable through rpc, spawn and rex under its module name.
-    rpc::register(node.functions(), name, name);
-    rpc::register_info(node.functions(), name);
+    rpc::register(node, name, name);
+    rpc::register_info(node, name);
     Ok(())
 }
 

@@ -11,9 +11,9 @@
 //! `byte_view_and_term_view_agree` checks that over a zoo of keys and values.
 
 use super::store::Event;
+use crate::Request as ServerRequest;
 use crate::etf::skip::atom as atom_at;
 use crate::etf::{SMALL_ATOM_UTF8_EXT as SMALL_ATOM_UTF8, SMALL_TUPLE_EXT as SMALL_TUPLE};
-use crate::node::gen_server::Request as ServerRequest;
 use eetf::{Atom, FixInteger, Term, Tuple};
 
 /// Atom names used on the wire, one constant per protocol tag.

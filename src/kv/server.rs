@@ -8,8 +8,8 @@ use super::durable::{self, Durable};
 use super::key::Key;
 use super::protocol::{self, ByteRequest, Request, Topic};
 use super::store::{Event, Store};
-use crate::node::gen_server::{self, CallResult, Caller, Ctx, GenServer};
 use crate::storage::Op;
+use crate::{CallResult, Caller, Ctx, GenServer};
 use erl_dist::term::{Atom, BigInteger, FixInteger, Pid, Reference, Term};
 use std::collections::{HashMap, HashSet};
 
@@ -309,7 +309,7 @@ impl KvServer {
     /// The byte view of `request`, when it may be used: the request arrived as bytes, is a
     /// `get`, `put` or `delete`, and nothing else needs its terms (no durability: replies
     /// wait for the log; for changes, no subscribers: events carry the terms).
-    fn byte_view<'r>(&self, request: &gen_server::Request<'r>) -> Option<ByteRequest<'r>> {
+    fn byte_view<'r>(&self, request: &crate::Request<'r>) -> Option<ByteRequest<'r>> {
         if self.durable.is_some() {
             return None;
         }
@@ -323,7 +323,7 @@ impl GenServer for KvServer {
         &mut self,
         ctx: &mut Ctx,
         from: &Caller,
-        request: gen_server::Request<'_>,
+        request: crate::Request<'_>,
     ) -> CallResult<'_> {
         if let Some(view) = self.byte_view(&request) {
             let decode = |k: &[u8]| request.decode_part(k).ok();
@@ -366,7 +366,7 @@ impl GenServer for KvServer {
         CallResult::Reply(reply)
     }
 
-    fn handle_cast(&mut self, ctx: &mut Ctx, request: gen_server::Request<'_>) {
+    fn handle_cast(&mut self, ctx: &mut Ctx, request: crate::Request<'_>) {
         if let Some(view) = self.byte_view(&request) {
             let decode = |k: &[u8]| request.decode_part(k).ok();
             if apply_bytes(&mut self.store, &mut self.default_reply, view, decode).is_none() {

@@ -381,6 +381,32 @@ impl std::fmt::Debug for Ctx<'_> {
     }
 }
 
+/// A server's own congestion switch, from [`Ctx::congestion`]: cheap to clone and to keep
+/// in threads the server hands work to.
+#[derive(Clone)]
+pub struct Congestion(Arc<Pressure>);
+
+impl Congestion {
+    /// Sets (`true`) or clears the server's congestion. Setting it again, or clearing it
+    /// when clear, does nothing.
+    pub fn set(&self, congested: bool) {
+        self.0.set(Pressure::SERVER, congested);
+    }
+
+    /// Whether the server is congested (by this switch or by its mailbox).
+    pub fn is_congested(&self) -> bool {
+        self.0.is_congested()
+    }
+}
+
+impl std::fmt::Debug for Congestion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Congestion")
+            .field("congested", &self.is_congested())
+            .finish()
+    }
+}
+
 impl Ctx<'_> {
     /// The node the server runs on.
     pub fn node(&self) -> &Node {
@@ -392,10 +418,31 @@ impl Ctx<'_> {
         self.pid
     }
 
-    /// The server's congestion state: a server that queues work elsewhere (the KV server's
-    /// storage queue) sets its own source there, so readers delivering to it pause.
-    pub(crate) fn pressure(&self) -> &Arc<Pressure> {
-        self.pressure
+    /// The server's own congestion switch: a server that queues work elsewhere (a disk
+    /// writer, a worker pool) sets it while that queue is over its bound, and the node stops
+    /// reading from the peers whose messages go to the server until it is cleared. The
+    /// server's mailbox bound works the same way on its own.
+    ///
+    /// ```
+    /// use kvnode::{CallResult, Caller, Congestion, Ctx, GenServer, Request};
+    ///
+    /// struct Writer {
+    ///     congestion: Option<Congestion>,
+    ///     queued: usize,
+    /// }
+    ///
+    /// impl GenServer for Writer {
+    ///     fn handle_call(&mut self, ctx: &mut Ctx, _: &Caller, _: Request<'_>) -> CallResult<'_> {
+    ///         let congestion = self.congestion.get_or_insert_with(|| ctx.congestion());
+    ///         self.queued += 1;
+    ///         // Peers calling this server are not read while 1000 writes wait.
+    ///         congestion.set(self.queued >= 1000);
+    ///         CallResult::Reply(kvnode::term::Atom::from("ok").into())
+    ///     }
+    /// }
+    /// ```
+    pub fn congestion(&self) -> Congestion {
+        Congestion(self.pressure.clone())
     }
 
     /// Sends `message` to `to` without waiting (a local process over its mailbox bound takes
@@ -573,6 +620,91 @@ pub fn try_spawn_with<S: GenServer>(
     make: impl FnOnce(&Ctx) -> S,
 ) -> Result<Mailbox, crate::node::SpawnError> {
     node.try_spawn_process(name, host_maker(node, name, make))
+}
+
+impl Node {
+    /// Spawns a server built by `make`, which gets the new process's [`Ctx`] (its pid, its
+    /// [`Ctx::congestion`] switch, a [`Ctx::replier`] for answers sent from other threads);
+    /// registered as `name` when given. Otherwise as [`Node::spawn_server`].
+    ///
+    /// ```no_run
+    /// # use kvnode::{CallResult, Caller, Congestion, Ctx, GenServer, Request};
+    /// struct Worker { congestion: Congestion }
+    /// impl GenServer for Worker {
+    ///     fn handle_call(&mut self, _: &mut Ctx, _: &Caller, _: Request<'_>) -> CallResult<'_> {
+    ///         CallResult::Reply(kvnode::term::Atom::from("ok").into())
+    ///     }
+    /// }
+    /// # fn demo(node: &kvnode::Node) -> Result<(), kvnode::SpawnError> {
+    /// node.spawn_server_with(Some("worker"), |ctx| Worker { congestion: ctx.congestion() })?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn spawn_server_with<S: GenServer>(
+        &self,
+        name: Option<&str>,
+        make: impl FnOnce(&Ctx) -> S,
+    ) -> Result<Pid, crate::node::SpawnError> {
+        try_spawn_with(self, name, make).map(|mailbox| mailbox.pid)
+    }
+
+    /// Calls the server registered as `name` on this node from outside any process (from a
+    /// task, an HTTP handler, a registered function) and waits up to `timeout` for its reply.
+    /// While the server is congested (a full mailbox, [`Ctx::congestion`]) the call waits
+    /// before it is delivered, within the same timeout, instead of adding to the queue.
+    ///
+    /// Errors: [`CallError::NoProc`](crate::CallError::NoProc) when no process has that name or it ends before
+    /// answering, [`CallError::Timeout`](crate::CallError::Timeout) when no reply comes in time (a later reply is
+    /// dropped; a server that drops the call without answering is waited for until the
+    /// timeout, as a BEAM caller would).
+    ///
+    /// ```no_run
+    /// # async fn demo(node: kvnode::Node) -> Result<(), kvnode::CallError> {
+    /// use kvnode::term::Atom;
+    /// let size = node
+    ///     .call_local("Elixir.DistributedExample.KVStore", Atom::from("size").into(),
+    ///         std::time::Duration::from_secs(5))
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn call_local(
+        &self,
+        name: &str,
+        request: Term,
+        timeout: std::time::Duration,
+    ) -> Result<Term, crate::node::CallError> {
+        let dest = || crate::node::Dest::Name(name.to_owned());
+        let Some(mailbox) = self.whereis(name) else {
+            return Err(crate::node::CallError::NoProc { dest: dest() });
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let work = async {
+            if let Some(pressure) = mailbox.pressure() {
+                pressure.relieved().await;
+            }
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            mailbox.deliver(self, Signal::Call { request, reply });
+            answer.await
+        };
+        let timed_out = || crate::node::CallError::Timeout {
+            dest: dest(),
+            after: timeout,
+        };
+        match tokio::time::timeout_at(deadline, work).await {
+            Ok(Ok(term)) => Ok(term),
+            // The server let go of the call without answering. Still there: as a BEAM
+            // caller, wait out the timeout (no answer can come now). Gone: `noproc`.
+            Ok(Err(_)) => match self.whereis(name) {
+                Some(now) if now.pid == mailbox.pid => {
+                    tokio::time::sleep_until(deadline).await;
+                    Err(timed_out())
+                }
+                _ => Err(crate::node::CallError::NoProc { dest: dest() }),
+            },
+            Err(_) => Err(timed_out()),
+        }
+    }
 }
 
 /// What runs a fresh server process's signals, given its pid.

@@ -215,8 +215,9 @@ pub struct Pressure {
 impl Pressure {
     /// The process's queue of undelivered signals is over its bound.
     pub const MAILBOX: u32 = 1;
-    /// The storage submission queue is over its bound.
-    pub const STORAGE: u32 = 2;
+    /// Set by the server itself through [`crate::Congestion`] (the KV server: its storage
+    /// queue is over its bound).
+    pub const SERVER: u32 = 2;
     /// Too many function calls (rpc, erpc, spawn, rex) run at once ([`MAX_CALLS_IN_FLIGHT`]).
     pub const CALLS: u32 = 4;
 

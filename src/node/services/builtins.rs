@@ -329,22 +329,43 @@ fn io_bytes() -> (u64, u64) {
 /// An app adds its own counters by registering a `kvnode:info/0` that extends this map (the
 /// KV app adds `keys`, `subscriptions` and `storage_syncs`).
 pub fn node_info(node: &Node) -> HashMap<Term, Term> {
-    let count = |n: usize| int(n as u64);
-    let (processes, registered) = node.process_counts();
-    [
-        ("connections", count(node.manager().connected().len())),
-        ("monitors", count(node.remote_monitor_count())),
-        ("monitored_by", count(node.incoming_monitor_count())),
-        ("linked_by", count(node.incoming_link_count())),
-        ("rss_bytes", int(resident_bytes().unwrap_or(0))),
-        ("open_fds", count(open_fds().unwrap_or(0))),
-        ("processes", count(processes)),
-        ("registered", count(registered)),
-        ("backpressure_pauses", int(node.backpressure_pauses())),
-    ]
-    .into_iter()
-    .map(|(k, v)| (atom(k), v))
-    .collect()
+    node.info()
+        .into_iter()
+        .map(|(k, v)| (atom(k), int(v)))
+        .collect()
+}
+
+impl Node {
+    /// The node's counters, as `:kvnode.info/0` reports them (a program adds its own and
+    /// serves them the same way, see [`Node::register_function`]): `connections` (peers
+    /// connected now), `monitors` (monitors this node's processes hold on remote ones),
+    /// `monitored_by` and `linked_by` (remote processes monitoring or linked to ours),
+    /// `rss_bytes`, `open_fds`, `processes`, `registered` (names), and
+    /// `backpressure_pauses` (times a connection stopped reading because a process it
+    /// delivers to was congested).
+    ///
+    /// ```no_run
+    /// # fn demo(node: &kvnode::Node) {
+    /// for (name, value) in node.info() {
+    ///     println!("{name} {value}");
+    /// }
+    /// # }
+    /// ```
+    pub fn info(&self) -> Vec<(&'static str, u64)> {
+        let count = |n: usize| n as u64;
+        let (processes, registered) = self.process_counts();
+        vec![
+            ("connections", count(self.manager().connected().len())),
+            ("monitors", count(self.remote_monitor_count())),
+            ("monitored_by", count(self.incoming_monitor_count())),
+            ("linked_by", count(self.incoming_link_count())),
+            ("rss_bytes", resident_bytes().unwrap_or(0)),
+            ("open_fds", count(open_fds().unwrap_or(0))),
+            ("processes", count(processes)),
+            ("registered", count(registered)),
+            ("backpressure_pauses", self.backpressure_pauses()),
+        ]
+    }
 }
 
 /// Number of open file descriptors of this process (entries of `/proc/self/fd`, minus the one

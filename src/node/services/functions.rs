@@ -21,15 +21,23 @@ use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-/// How a function ended, in the terms of an Erlang process: the four ways `erpc` tells apart,
-/// and one more for the functions that stop the node without answering (`erlang:halt`).
+/// How a function ended, in the terms of an Erlang process: the four ways `erpc` tells apart
+/// (a registered function returns one, see [`Node::register_function`]).
+///
+/// What the caller sees for each:
+///
+/// | outcome | `:erpc.call` | `:rpc.call` / `rex` |
+/// |---|---|---|
+/// | `Return(v)` | `v` | `v` |
+/// | `Throw(v)` | raises (throws) `v` | `v` |
+/// | `Error { reason, stack }` | raises the error `{:exception, reason, stack}` | `{:badrpc, {:EXIT, {reason, stack}}}` |
+/// | `Exit(r)` | exits with `{:exception, r}` | `{:badrpc, {:EXIT, r}}` |
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Outcome {
     /// Returned a value.
     Return(Term),
-    /// `throw(Term)`. No built-in function throws today; kept because the erpc and rex
-    /// answers must tell it apart for the functions an app adds.
-    #[allow(dead_code)]
+    /// `throw(Term)`.
     Throw(Term),
     /// `error(Reason)` with its (already trimmed) stack, e.g. `[{M, F, Args, []}]`.
     Error {
@@ -41,7 +49,8 @@ pub enum Outcome {
     /// `exit(Reason)`.
     Exit(Term),
     /// The node halts: no answer is sent (the caller sees the connection close, as with a
-    /// BEAM node that halts).
+    /// BEAM node that halts). Only the node's own `erlang:halt` answers this.
+    #[doc(hidden)]
     Halt,
 }
 
@@ -242,6 +251,54 @@ pub fn atom(s: &str) -> Term {
 /// A tuple term.
 pub fn tuple(elements: Vec<Term>) -> Term {
     Tuple::from(elements).into()
+}
+
+impl Node {
+    /// Makes `module:function/arity` callable by peers, as if a BEAM node had that module
+    /// loaded: `:rpc.call`, `:erpc.call`, `:rpc.cast`, `Node.spawn(node, m, f, a)`, and the
+    /// classic `rex` clients (`erl_call -a`, Jinterface `sendRPC`, ei) all reach it, and get
+    /// the same answers for its [`Outcome`]. Registering an existing name replaces it. A call
+    /// with another arity, or of a name nobody registered, fails as on BEAM (`undef`).
+    ///
+    /// `f` runs as a task on the node's runtime, with the node and exactly `arity` arguments;
+    /// the number of calls running at once is bounded (the node stops reading from peers that
+    /// start more).
+    ///
+    /// ```no_run
+    /// use kvnode::Outcome;
+    /// use kvnode::term::{FixInteger, Term};
+    /// # fn demo(node: &kvnode::Node) {
+    /// // From Elixir: :erpc.call(:"app@127.0.0.1", :calc, :add, [1, 2]) returns 3.
+    /// node.register_function("calc", "add", 2, |_node, args| async move {
+    ///     match (&args[0], &args[1]) {
+    ///         (Term::FixInteger(a), Term::FixInteger(b)) => match a.value.checked_add(b.value) {
+    ///             Some(sum) => Outcome::Return(FixInteger::from(sum).into()),
+    ///             None => Outcome::Exit(kvnode::term::Atom::from("overflow").into()),
+    ///         },
+    ///         _ => Outcome::Error {
+    ///             reason: kvnode::term::Atom::from("badarg").into(),
+    ///             stack: kvnode::term::List::nil().into(),
+    ///         },
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    pub fn register_function<F, Fut>(&self, module: &str, function: &str, arity: usize, f: F)
+    where
+        F: Fn(Node, Vec<Term>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Outcome> + Send + 'static,
+    {
+        use futures::FutureExt;
+        self.functions().register(
+            module,
+            function,
+            arity,
+            Arc::new(move |node, args| {
+                let run = f(node, args);
+                async move { Finished::from(run.await) }.boxed()
+            }),
+        );
+    }
 }
 
 #[cfg(test)]
