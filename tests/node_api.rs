@@ -201,6 +201,7 @@ async fn call_local_answers_and_reports_noproc_and_timeout() {
     assert!(info["registered"] >= 1, "{info:?}");
     assert!(info["rss_bytes"] > 0, "{info:?}");
     assert_eq!(info["connections"], 0, "{info:?}");
+    assert!(node.connected_nodes().is_empty());
     node.stop().await;
 }
 
@@ -247,12 +248,19 @@ async fn a_congested_server_stops_its_peers_until_it_clears() {
     });
     let deadline = tokio::time::Instant::now() + LONG;
     while pauses(&node) == pauses_before {
+        // The peer is connected before its first cast can be delivered.
         assert!(
             tokio::time::Instant::now() < deadline,
             "the reader never paused"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(
+        node.connected_nodes().len(),
+        1,
+        "{:?}",
+        node.connected_nodes()
+    );
     // Paused after the first cast: the others and the call wait in the socket.
     assert_eq!(*casts.lock().unwrap_or_else(|e| e.into_inner()), 1);
     assert!(!script.is_finished());

@@ -53,20 +53,12 @@ pub struct NodeInfo {
 pub struct Registration {
     /// The creation the EPMD handed out (32-bit, or a widened 16-bit value from old EPMDs).
     pub creation: u32,
-    #[allow(dead_code)] // read by `name`, for logs and debugging
-    name: String,
     epmd: SocketAddr,
     stream: TcpStream,
     closed: bool,
 }
 
 impl Registration {
-    /// The registered name.
-    #[allow(dead_code)] // not used inside the crate now
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Resolves when the EPMD side closes the connection (the EPMD died or dropped us), so the
     /// caller can register again. Cancel-safe; returns immediately once the connection is gone.
     pub async fn closed(&mut self) {
@@ -158,7 +150,6 @@ pub async fn register(
     }
     Ok(Registration {
         creation,
-        name: name.to_owned(),
         epmd,
         stream,
         closed: false,

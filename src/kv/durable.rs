@@ -131,16 +131,6 @@ impl Durable {
         }
     }
 
-    /// Bytes submitted to the log and not yet durable.
-    #[cfg_attr(not(test), allow(dead_code))] // used by tests
-    #[allow(dead_code)] // not used inside the crate now; kept with its pair/siblings
-    pub fn queued_bytes(&self) -> usize {
-        self.progress
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .queued_bytes
-    }
-
     /// The storage (for compaction).
     pub fn storage(&self) -> &Storage {
         &self.storage

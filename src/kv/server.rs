@@ -291,18 +291,6 @@ impl KvServer {
         }
         None
     }
-
-    /// Number of keys (for tests and logs).
-    #[allow(dead_code)] // not used inside the crate now; kept with its pair/siblings
-    pub fn len(&self) -> usize {
-        self.store.len()
-    }
-
-    /// True when the store holds no keys.
-    #[allow(dead_code)] // not used inside the crate now; kept with its pair/siblings
-    pub fn is_empty(&self) -> bool {
-        self.store.is_empty()
-    }
 }
 
 impl KvServer {

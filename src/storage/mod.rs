@@ -565,13 +565,6 @@ impl Storage {
     pub fn disk_bytes(&self) -> u64 {
         dir_bytes(&self.shared.dir)
     }
-
-    /// The data directory.
-    #[cfg_attr(not(test), allow(dead_code))] // used by tests
-    #[allow(dead_code)] // not used inside the crate now; kept with its pair/siblings
-    pub fn dir(&self) -> &Path {
-        &self.shared.dir
-    }
 }
 
 impl Drop for Storage {

@@ -69,10 +69,10 @@ impl Dest {
 impl std::fmt::Display for Dest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            // As the Erlang shell shows a pid (`<0.ID.SERIAL>`), with its node named.
             Dest::Pid(pid) => write!(
                 f,
-                "<{}.{}.{}>@{}",
-                pid.creation,
+                "<0.{}.{}> on {}",
                 pid.id,
                 pid.serial,
                 crate::etf::text::name(&pid.node.name)

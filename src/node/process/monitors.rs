@@ -213,11 +213,4 @@ impl Table {
     pub fn link_count(&self) -> usize {
         self.links.values().map(|l| l.len()).sum()
     }
-
-    /// True when no monitor is held.
-    #[cfg_attr(not(test), allow(dead_code))] // used by tests
-    #[allow(dead_code)] // not used inside the crate now; kept with its pair/siblings
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

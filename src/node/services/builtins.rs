@@ -366,6 +366,20 @@ impl Node {
             ("backpressure_pauses", self.backpressure_pauses()),
         ]
     }
+
+    /// The nodes connected now (handshake done), by full name: what `Node.list(:connected)`
+    /// answers on a BEAM node. Order is unspecified.
+    ///
+    /// ```no_run
+    /// # async fn demo(node: kvnode::Node) -> Result<(), kvnode::ConnectError> {
+    /// node.connect("app@127.0.0.1").await?;
+    /// assert!(node.connected_nodes().iter().any(|n| n == "app@127.0.0.1"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn connected_nodes(&self) -> Vec<String> {
+        self.manager().connected()
+    }
 }
 
 /// Number of open file descriptors of this process (entries of `/proc/self/fd`, minus the one
