@@ -91,7 +91,8 @@ defmodule KVClient.Test.Sharding do
           do: Path.join(List.to_string(dir), "ebin")
 
     args =
-      ["-epmd_port", Integer.to_string(info.epmd_port), "-setcookie", info.cookie] ++
+      # Hidden, as kvnode is: no `global` partition bookkeeping between peers.
+      ["-hidden", "-epmd_port", Integer.to_string(info.epmd_port), "-setcookie", info.cookie] ++
         Enum.flat_map([own | paths], &["-pa", &1])
 
     {:ok, peer, node} =
