@@ -90,8 +90,8 @@ defmodule KVClient.Test.Sharding do
           is_list(dir),
           do: Path.join(List.to_string(dir), "ebin")
 
+    # Hidden, as kvnode is: no `global` partition bookkeeping between peers.
     args =
-      # Hidden, as kvnode is: no `global` partition bookkeeping between peers.
       ["-hidden", "-epmd_port", Integer.to_string(info.epmd_port), "-setcookie", info.cookie] ++
         Enum.flat_map([own | paths], &["-pa", &1])
 
