@@ -90,7 +90,7 @@ defmodule KVClientStoreTest do
       # Maps: any insertion order, small (flatmap) and large (HAMT) alike.
       for n <- [3, 40] do
         up = Enum.reduce(1..n, %{}, &Map.put(&2, &1, &1))
-        down = Enum.reduce(n..1, %{}, &Map.put(&2, &1, &1))
+        down = Enum.reduce(n..1//-1, %{}, &Map.put(&2, &1, &1))
         assert Owner.canonical_key(up) == Owner.canonical_key(down)
       end
 
