@@ -364,6 +364,36 @@ defmodule KVClient do
   @spec subscribers(target(), opts()) :: non_neg_integer() | transport_error()
   def subscribers(target, opts \\ []), do: call(target, :subscribers, opts)
 
+  @doc """
+  Moves keys to their owner after the kvnode list changed (sharded stores,
+  see `KVClient.Store`), and returns what it did:
+  `{:ok, %{moved: n, kept_newer: n, vanished: n, failed: []}}`, or
+  `{:error, same_map}` when some keys could not be moved (`failed` lists
+  `{node, key, reason}`, at most 100; `key` is `:keys` when a node could not
+  be listed). Nothing is deleted from a node before its owner acknowledged
+  the copy. Running it again is harmless.
+
+  Options:
+
+    * `:nodes` - the new node list (default: the running
+      `DistributedExample.KVStore`'s, else `KVClient.Store.nodes/1`);
+    * `:from` - nodes no longer in the list to drain as well (default `[]`);
+    * `:server` - the kvnodes' registered name (default
+      `DistributedExample.KVStore`);
+    * `:concurrency` - keys moved at once (default 8);
+    * `:timeout` - per request, in ms (default 30000).
+
+  See `KVClient.Rebalance` for the race with concurrent writers.
+
+  ## Examples
+
+      iex> KVClient.rebalance(nodes: [:"kv1@h", :"kv2@h", :"kv3@h", :"kv4@h"])
+      {:ok, %{moved: 2496, kept_newer: 0, vanished: 0, failed: []}}
+  """
+  @spec rebalance(keyword()) ::
+          {:ok, KVClient.Rebalance.result()} | {:error, KVClient.Rebalance.result()}
+  def rebalance(opts \\ []), do: KVClient.Rebalance.run(opts)
+
   ## Helpers
 
   defp call(target, request, opts) do
