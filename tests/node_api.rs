@@ -277,3 +277,59 @@ fn pauses(node: &Node) -> u64 {
         .map(|(_, v)| v)
         .unwrap_or(0)
 }
+
+/// Monitors the pid it is called with (`{:watch, pid}`), answers `:ok`.
+struct Watcher;
+
+impl GenServer for Watcher {
+    fn handle_call(&mut self, ctx: &mut Ctx, _: &Caller, request: Request<'_>) -> CallResult<'_> {
+        match request.decode() {
+            Ok(Term::Tuple(t)) if t.elements.len() == 2 => {
+                if let Term::Pid(pid) = &t.elements[1] {
+                    ctx.monitor(pid);
+                }
+                CallResult::Reply(atom("ok"))
+            }
+            _ => CallResult::Reply(atom("badarg")),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_releases_the_monitors_it_placed() {
+    let epmd = common::free_port();
+    let node = start_node(&common::unique("mnode"), "mcookie", epmd).await;
+    node.spawn_server(Some("watcher"), Watcher).expect("spawn");
+    let out = elixir(
+        &node,
+        epmd,
+        "mcall",
+        "mcookie",
+        r##"
+        n = String.to_atom(System.fetch_env!("KV_NODE"))
+        target = spawn(fn -> receive do :never -> :ok end end)
+        :ok = GenServer.call({:watcher, n}, {:watch, target})
+        {:monitored_by, [_]} = Process.info(target, :monitored_by)
+        :ok = GenServer.stop({:watcher, n}, :normal, 10_000)
+        # The DEMONITOR from the server's end reaches the target's node.
+        wait = fn wait, tries ->
+          case Process.info(target, :monitored_by) do
+            {:monitored_by, []} -> :released
+            other when tries == 0 -> other
+            _ -> Process.sleep(20); wait.(wait, tries - 1)
+          end
+        end
+        IO.puts("target #{inspect(wait.(wait, 1500))}")
+        "##,
+    )
+    .await;
+    assert!(out.contains("target :released"), "{out}");
+    assert_eq!(
+        node.info()
+            .into_iter()
+            .find(|(k, _)| *k == "monitors")
+            .map(|(_, v)| v),
+        Some(0)
+    );
+    node.stop().await;
+}

@@ -1158,6 +1158,8 @@ impl<S: GenServer> Host<S> {
             }
         }
         let node = ctx.node;
+        // The monitors this process placed end with it (a restarted server starts afresh).
+        node.release_monitors_held_by(&self.pid);
         let next = server.restart(ctx, &reason);
         let pressure = self.pressure.clone();
         let name = self.name.clone();

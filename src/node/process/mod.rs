@@ -1073,6 +1073,30 @@ impl Node {
         }
     }
 
+    /// Removes the monitors `pid` holds on other nodes' processes (telling each peer with
+    /// DEMONITOR_P, as a BEAM node does for a process that dies), so a server that ends
+    /// leaves none behind to fire into its dead pid. Scans every remote monitor: for the
+    /// rare end of a server, not for each short-lived process (a [`crate::Process`] drops
+    /// its own).
+    pub(crate) fn release_monitors_held_by(&self, pid: &Pid) {
+        let held: Vec<(String, Reference)> = {
+            let peers = self.lock_peers();
+            peers
+                .monitors
+                .iter()
+                .flat_map(|(peer, monitors)| {
+                    monitors
+                        .values()
+                        .filter(|m| m.watcher == *pid)
+                        .map(move |m| (peer.clone(), m.reference.clone()))
+                })
+                .collect()
+        };
+        for (peer, reference) in held {
+            self.demonitor_remote_on(pid, &peer, &reference);
+        }
+    }
+
     /// A peer reported that a pid we monitor exited.
     pub(crate) fn remote_monitor_fired(&self, peer: &str, reference: &Reference, reason: Term) {
         let mon = {
