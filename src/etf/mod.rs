@@ -806,6 +806,7 @@ impl<'a> Validator<'a> {
     }
 }
 
+pub mod encode;
 pub mod skip;
 pub mod text;
 

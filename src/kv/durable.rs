@@ -44,7 +44,7 @@ pub fn encode(term: &Term) -> Vec<u8> {
     let mut buf = Vec::with_capacity(32);
     // Encoding into a Vec cannot fail for I/O reasons; a term eetf cannot encode (none of the
     // ones the validator lets in) would leave an empty record, which recovery rejects loudly.
-    if let Err(error) = term.encode(&mut buf) {
+    if let Err(error) = crate::etf::encode::encode(term, &mut buf) {
         tracing::error!(%error, "cannot encode a term for the log");
         buf.clear();
     }

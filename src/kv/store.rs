@@ -119,7 +119,7 @@ thread_local! {
 
 fn encode_etf(term: &Term, out: &mut Vec<u8>) {
     // Encoding into a Vec has no I/O to fail; eetf can encode every term it can decode.
-    if let Err(error) = term.encode(&mut *out) {
+    if let Err(error) = crate::etf::encode::encode(term, &mut *out) {
         tracing::error!(%error, "cannot encode a stored term");
     }
 }

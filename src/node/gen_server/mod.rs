@@ -560,7 +560,7 @@ fn encoded_len(term: &Term) -> usize {
     let mut count = Count(0);
     // Counting cannot fail for I/O reasons; a term eetf cannot encode is counted as far as
     // it got (it would not be sent either).
-    let _ = term.encode(&mut count);
+    let _ = crate::etf::encode::encode(term, &mut count);
     count.0
 }
 
@@ -590,7 +590,7 @@ fn encode_unversioned(term: &Term, out: &mut Vec<u8>) -> bool {
         out,
         skipped: false,
     };
-    if term.encode(&mut w).is_err() {
+    if crate::etf::encode::encode(term, &mut w).is_err() {
         out.truncate(start);
         return false;
     }

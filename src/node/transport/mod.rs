@@ -38,16 +38,23 @@ fn write_terms(
     control: Term,
     message: &Term,
 ) -> Result<(), erl_dist::message::SendError> {
-    control
-        .encode(&mut *frame)
+    crate::etf::encode::encode(&control, &mut *frame)
         .map_err(erl_dist::message::SendError::Encode)?;
-    message
-        .encode(&mut *frame)
-        .map_err(erl_dist::message::SendError::Encode)
+    crate::etf::encode::encode(message, &mut *frame).map_err(erl_dist::message::SendError::Encode)
 }
 
 /// Encodes a control message (and its payload) as a complete frame.
-pub fn encode_frame(message: Message) -> Result<Frame, erl_dist::message::SendError> {
+pub fn encode_frame(mut message: Message) -> Result<Frame, erl_dist::message::SendError> {
+    // eetf writes some lists wrong ([`crate::etf::encode`]): correct the terms a peer's data
+    // can reach before erl_dist writes them (SEND, REG_SEND and SPAWN_REQUEST are written
+    // below, through the corrected encoder).
+    match &mut message {
+        Message::AliasSend(m) => crate::etf::encode::fix(&mut m.message),
+        Message::Exit(m) => crate::etf::encode::fix(&mut m.reason),
+        Message::Exit2(m) => crate::etf::encode::fix(&mut m.reason),
+        Message::MonitorPExit(m) => crate::etf::encode::fix(&mut m.reason),
+        _ => {}
+    }
     let mut frame = Vec::with_capacity(64);
     frame.extend_from_slice(&[0, 0, 0, 0, PASS_THROUGH]);
     // SEND and REG_SEND carry an unused slot that OTP fills with the atom '' (erts `dsig_send`).
@@ -70,6 +77,19 @@ pub fn encode_frame(message: Message) -> Result<Frame, erl_dist::message::SendEr
                 m.to_name.into(),
             ]);
             write_terms(&mut frame, control.into(), &m.message)?;
+        }
+        // Written here so its argument list (a list eetf may write wrong, in a field that
+        // cannot hold the corrected form) goes through the corrected encoder.
+        Message::SpawnRequest(m) => {
+            let control = Tuple::from(vec![
+                FixInteger::from(29).into(),
+                m.req_id.into(),
+                m.from_pid.into(),
+                m.group_leader.into(),
+                m.mfa.into(),
+                m.opt_list.into(),
+            ]);
+            write_terms(&mut frame, control.into(), &m.arg_list.into())?;
         }
         other => other.write_into(&mut frame)?,
     }
