@@ -112,7 +112,8 @@
 //! - `kv`: the `DistributedExample.KVStore` app: its wire interface, store, server,
 //!   durability and rpc functions;
 //! - `storage`: the write-ahead log and snapshots behind `--data-dir`;
-//! - `cli` and `config`: the binary's flags and the settings they resolve to.
+//! - `cli` and `config`: the binary's flags and the settings they resolve to;
+//! - `client`: the binary's client commands (`kvnode call`, `rpc`, `ping`, `names`, `epmd`).
 //!
 //! Accept -> handshake (in the connection's own task, under a timeout) -> reader -> router ->
 //! mailbox -> GenServer -> the peer's bounded writer queue -> socket.
@@ -120,6 +121,7 @@
 #![warn(missing_docs)]
 
 pub(crate) mod cli;
+pub(crate) mod client;
 pub(crate) mod config;
 pub(crate) mod epmd;
 pub(crate) mod etf;
@@ -154,7 +156,11 @@ pub mod term {
 /// and the fuzz targets reach inside the crate for. May change in any release.
 #[doc(hidden)]
 pub mod internals {
-    pub use crate::cli::{Cli, CliError, Settings};
+    pub use crate::cli::{Cli, CliError, ClientOpts, Command, Settings};
+    /// The command-line client (`kvnode call`, `rpc`, `ping`, `names`, `epmd`, ...).
+    pub mod client {
+        pub use crate::client::{DEFAULT_TIMEOUT_MS, Failure, Status, main};
+    }
     pub use crate::config::{Config, DEFAULT_MAX_HANDSHAKES_PER_IP};
     pub use crate::storage::StorageError;
     /// Erlang/Elixir term syntax and JSON (the command-line client's).

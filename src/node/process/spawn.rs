@@ -133,11 +133,6 @@ impl std::fmt::Debug for SpawnRequest {
 }
 
 impl SpawnRequest {
-    /// The request reference (`ReqId` in Erlang).
-    pub fn id(&self) -> &Reference {
-        &self.req_id
-    }
-
     /// The next event of the request; after [`SpawnEvent::Refused`], [`SpawnEvent::Down`]
     /// or [`SpawnEvent::NoConnection`] there is none (it waits forever: put a timeout
     /// around it).
