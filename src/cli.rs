@@ -289,6 +289,10 @@ pub enum Command {
         function: String,
         /// The arguments, a list term (e.g. `[1, two]`).
         args: String,
+        /// Use rpc:call's older way (a call to the node's `rex`) even when the node supports
+        /// spawn requests (erpc).
+        #[arg(long)]
+        rex: bool,
         /// The connection flags.
         #[command(flatten)]
         opts: ClientOpts,

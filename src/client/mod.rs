@@ -133,8 +133,9 @@ async fn run(command: Command) -> Result<(), Failure> {
             module,
             function,
             args,
+            rex,
             opts,
-        } => rpc::rpc(&opts, &node, &module, &function, &args).await,
+        } => rpc::rpc(&opts, &node, &module, &function, &args, rex).await,
         Command::Ping { node, opts } => rpc::ping(&opts, &node).await,
         Command::Names {
             host,

@@ -42,6 +42,7 @@ pub async fn rpc(
     module: &str,
     function: &str,
     args: &str,
+    use_rex: bool,
 ) -> Result<(), Failure> {
     let syntax = terms::syntax_of(opts);
     let module = terms::atom_name(module, syntax);
@@ -59,7 +60,7 @@ pub async fn rpc(
         }
     };
     let client = connect(opts, node).await?;
-    let result = call(&client, &module, &function, args, opts).await;
+    let result = call(&client, &module, &function, args, opts, use_rex).await;
     client.stop().await;
     let value = result?;
     println!("{}", terms::render(&value, opts));
@@ -72,11 +73,15 @@ async fn call(
     function: &str,
     args: Vec<Term>,
     opts: &ClientOpts,
+    use_rex: bool,
 ) -> Result<Term, Failure> {
     let me = client
         .node
         .process(None)
         .map_err(|e| Failure::new(Status::Usage, format!("cannot start a process: {e}")))?;
+    if use_rex {
+        return rex(client, &me, module, function, args, opts).await;
+    }
     let tag = client.node.new_ref();
     let erpc_args = vec![
         tag.clone().into(),
@@ -230,11 +235,18 @@ fn io_reply(request: &Term) -> Term {
     match t.elements.as_slice() {
         [kind, _encoding, chars] if is_atom(kind, "put_chars") => put_chars(chars),
         [kind, chars] if is_atom(kind, "put_chars") => put_chars(chars),
-        [kind, _encoding, m, f, a] if is_atom(kind, "put_chars") => {
-            // Formatting on our side would need the peer's modules: say so in the output.
-            let _ = (m, f, a);
+        // Output to be made by a function (`io:format` sends io_lib:format and its
+        // arguments; without DFLAG_UNICODE_IO, no encoding). The function is the peer's:
+        // the call is shown as it was asked for.
+        [kind, _, m, f, a] | [kind, m, f, a] if is_atom(kind, "put_chars") => {
+            let call = format!(
+                "[{}:{}({})]\n",
+                crate::syntax::print(m, crate::syntax::Syntax::Erlang),
+                crate::syntax::print(f, crate::syntax::Syntax::Erlang),
+                crate::syntax::print(a, crate::syntax::Syntax::Erlang)
+            );
             let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "[io_request put_chars with a function: not shown]");
+            let _ = err.write_all(&call.as_bytes()[..call.len().min(MAX_IO_OUTPUT)]);
             atom("ok")
         }
         [kind, requests] if is_atom(kind, "requests") => {
