@@ -311,7 +311,12 @@ pub enum Command {
         /// The host whose EPMD to ask.
         host: Option<String>,
         /// EPMD port. Default: ERL_EPMD_PORT, else 4369.
-        #[arg(long, env = "ERL_EPMD_PORT", default_value_t = 4369, value_name = "PORT")]
+        #[arg(
+            long,
+            env = "ERL_EPMD_PORT",
+            default_value_t = 4369,
+            value_name = "PORT"
+        )]
         epmd_port: u16,
         /// Milliseconds to wait for the EPMD.
         #[arg(long, default_value_t = crate::client::DEFAULT_TIMEOUT_MS, value_name = "MS")]
@@ -323,7 +328,12 @@ pub enum Command {
     /// Run an EPMD server on its own (on all addresses), until SIGINT/SIGTERM.
     Epmd {
         /// The port. Default: ERL_EPMD_PORT, else 4369.
-        #[arg(long, env = "ERL_EPMD_PORT", default_value_t = 4369, value_name = "PORT")]
+        #[arg(
+            long,
+            env = "ERL_EPMD_PORT",
+            default_value_t = 4369,
+            value_name = "PORT"
+        )]
         port: u16,
         /// Detach: start the EPMD in the background (its own session, no terminal), print its
         /// pid and exit 0 once it listens.
@@ -350,7 +360,12 @@ pub struct ClientOpts {
     #[arg(long, value_name = "COOKIE")]
     pub cookie: Option<String>,
     /// EPMD port used to find NODE. Default: ERL_EPMD_PORT, else 4369.
-    #[arg(long, env = "ERL_EPMD_PORT", default_value_t = 4369, value_name = "PORT")]
+    #[arg(
+        long,
+        env = "ERL_EPMD_PORT",
+        default_value_t = 4369,
+        value_name = "PORT"
+    )]
     pub epmd_port: u16,
     /// Milliseconds the whole command may take (connect, handshake, reply); past it the
     /// command fails with exit status 4.
@@ -602,13 +617,16 @@ mod tests {
     fn the_command_line_is_consistent_and_bare_flags_still_start_the_server() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
-        let bare = Cli::try_parse_from(["kvnode", "--cookie", "c", "--port", "9100"]).expect("bare flags");
+        let bare =
+            Cli::try_parse_from(["kvnode", "--cookie", "c", "--port", "9100"]).expect("bare flags");
         assert!(bare.command.is_none());
         let call = Cli::try_parse_from([
             "kvnode", "call", "kv@h", "Elixir.X", "{get, k}", "--cookie", "c", "--name", "me@h",
         ])
         .expect("call");
-        assert!(matches!(call.command, Some(Command::Call { ref process, .. }) if process == "Elixir.X"));
+        assert!(
+            matches!(call.command, Some(Command::Call { ref process, .. }) if process == "Elixir.X")
+        );
         // Server flags do not mix with a client command.
         assert!(Cli::try_parse_from(["kvnode", "--port", "1", "ping", "kv@h"]).is_err());
     }

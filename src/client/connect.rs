@@ -39,7 +39,10 @@ impl Client {
     pub fn timed_out(&self, doing: &str) -> Failure {
         Failure::new(
             Status::Timeout,
-            format!("timeout: {doing} took longer than {} ms", self.timeout.as_millis()),
+            format!(
+                "timeout: {doing} took longer than {} ms",
+                self.timeout.as_millis()
+            ),
         )
     }
 }

@@ -46,7 +46,10 @@ pub async fn rpc(
 ) -> Result<(), Failure> {
     let syntax = terms::syntax_of(opts);
     let module = terms::atom_name(module, syntax);
-    let function = terms::atom_name(function.trim_start_matches(':'), crate::syntax::Syntax::Erlang);
+    let function = terms::atom_name(
+        function.trim_start_matches(':'),
+        crate::syntax::Syntax::Erlang,
+    );
     let args = match terms::parse(args, syntax)? {
         Term::List(list) => list.elements,
         other => {
@@ -91,7 +94,9 @@ async fn call(
     ];
     let mut request = match me.spawn_request(&client.peer, "erpc", "execute_call", erpc_args) {
         Ok(request) => request,
-        Err(SpawnRequestError::NotSupported(_)) => return rex(client, &me, module, function, args, opts).await,
+        Err(SpawnRequestError::NotSupported(_)) => {
+            return rex(client, &me, module, function, args, opts).await;
+        }
         Err(SpawnRequestError::NotConnected(node)) => {
             return Err(Failure::new(
                 Status::Unreachable,
@@ -155,13 +160,22 @@ fn erpc_result(
         match t.elements.as_slice() {
             [r, kind, value] if ours(r) && is_atom(kind, "return") => return Ok(value.clone()),
             [r, kind, value] if ours(r) && is_atom(kind, "throw") => {
-                return Err(remote(format!("throw: {}", terms::render_error(value, opts))));
+                return Err(remote(format!(
+                    "throw: {}",
+                    terms::render_error(value, opts)
+                )));
             }
             [r, kind, value] if ours(r) && is_atom(kind, "exit") => {
-                return Err(remote(format!("exit: {}", terms::render_error(value, opts))));
+                return Err(remote(format!(
+                    "exit: {}",
+                    terms::render_error(value, opts)
+                )));
             }
             [r, kind, value] if ours(r) && is_atom(kind, "error") => {
-                return Err(remote(format!("error: {}", terms::render_error(value, opts))));
+                return Err(remote(format!(
+                    "error: {}",
+                    terms::render_error(value, opts)
+                )));
             }
             [r, kind, value, stack] if ours(r) && is_atom(kind, "error") => {
                 return Err(remote(format!(
@@ -198,9 +212,7 @@ async fn rex(
     ]);
     let dest = ("rex", client.peer.as_str());
     match me.call(dest, request, client.remaining()).await {
-        Ok(Term::Tuple(t))
-            if t.elements.len() == 2 && is_atom(&t.elements[0], "badrpc") =>
-        {
+        Ok(Term::Tuple(t)) if t.elements.len() == 2 && is_atom(&t.elements[0], "badrpc") => {
             let reply = Term::Tuple(t);
             Err(Failure::new(
                 Status::Remote,
@@ -331,7 +343,10 @@ pub async fn ping(opts: &ClientOpts, node: &str) -> Result<(), Failure> {
         }
         Err(e) => {
             client.stop().await;
-            return Err(Failure::new(Status::Usage, format!("cannot start a process: {e}")));
+            return Err(Failure::new(
+                Status::Usage,
+                format!("cannot start a process: {e}"),
+            ));
         }
     };
     let result = match answer {

@@ -173,7 +173,10 @@ mod tests {
         assert_eq!(caret("{a,", 4), "  {a,\n     ^");
         let long = "x".repeat(200);
         let shown = caret(&long, 150);
-        assert!(shown.starts_with("  ...") && shown.ends_with('^'), "{shown}");
+        assert!(
+            shown.starts_with("  ...") && shown.ends_with('^'),
+            "{shown}"
+        );
         let lines: Vec<&str> = shown.lines().collect();
         // The caret sits under the 150th character: after the indent, "..." and the window.
         assert_eq!(lines[1].len(), 2 + 3 + ERROR_WINDOW + 1);

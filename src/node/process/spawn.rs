@@ -22,7 +22,7 @@
 use super::{NodeEvent, NodeEvents, Process};
 use erl_dist::DistributionFlags;
 use erl_dist::message::Message;
-use erl_dist::term::{Atom, FixInteger, List, Mfa, PidOrAtom, Pid, Reference, Term};
+use erl_dist::term::{Atom, FixInteger, List, Mfa, Pid, PidOrAtom, Reference, Term};
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 use tokio::sync::mpsc;
