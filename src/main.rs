@@ -12,7 +12,11 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
     // Client commands print what matters themselves: their logs are for RUST_LOG only.
-    let default_level = if cli.command.is_some() { "error" } else { "info" };
+    let default_level = if cli.command.is_some() {
+        "error"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
