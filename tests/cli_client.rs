@@ -205,9 +205,10 @@ fn every_command_against_a_kvnode() {
 
 #[test]
 fn a_node_that_never_answers_is_a_timeout() {
-    // A kvnode stopped with SIGSTOP: the kernel accepts the connection, nobody answers the
-    // handshake.
-    let kv = KvNode::fresh("cli_stopped");
+    // A kvnode stopped with SIGSTOP: its EPMD (a stand-alone one, still answering) gives its
+    // port, the kernel accepts the connection, nobody answers the handshake.
+    let (epmd, _daemon) = epmd_daemon(None);
+    let kv = KvNode::start(&unique("cli_stopped"), &unique("cookie"), epmd);
     let pid = libc::pid_t::try_from(kv.guard.pid()).expect("pid");
     // SAFETY: kill(2) on the kvnode this test started (SIGKILLed by its guard on drop).
     unsafe { libc::kill(pid, libc::SIGSTOP) };
