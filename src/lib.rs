@@ -160,7 +160,7 @@ pub mod internals {
     /// Erlang/Elixir term syntax and JSON (the command-line client's).
     pub mod syntax {
         pub use crate::syntax::{
-            MAX_ATOM_CHARS, MAX_DEPTH, MAX_JSON_SAFE_INTEGER, MAX_MAP_KEY_NESTING,
+            MAX_ATOM_CHARS, MAX_DEPTH, MAX_JSON_DEPTH, MAX_JSON_SAFE_INTEGER, MAX_MAP_KEY_NESTING,
             MAX_SEGMENT_BITS, Syntax, SyntaxError, compare, exact_eq, from_json, parse, parse_pid,
             print, to_json,
         };

@@ -1,10 +1,10 @@
 //! Terms as JSON and back, by the mapping in the module docs of [`super`] ("JSON mapping").
-//! Both directions are iterative; reading is bounded by [`MAX_DEPTH`].
+//! Both directions are iterative; reading is bounded by [`MAX_JSON_DEPTH`].
 
-use super::order::{bit_len, sorted_entries};
+use super::order::{sorted_entries, wire_bits};
 use super::parse::{cons, int_term};
 use super::print::fmt_float;
-use super::{MAX_DEPTH, SyntaxError};
+use super::{MAX_JSON_DEPTH, SyntaxError};
 use eetf::{
     Atom, Binary, BitBinary, ExternalFun, InternalFun, List, Map, Pid, Port, Reference, Term, Tuple,
 };
@@ -157,13 +157,7 @@ pub(super) fn to_json(term: &Term) -> String {
                 }
             },
             Term::BitBinary(b) => {
-                let bits = bit_len(b);
-                let mut bytes = b.bytes[..bits.div_ceil(8)].to_vec();
-                if bits % 8 != 0
-                    && let Some(last) = bytes.last_mut()
-                {
-                    *last &= 0xFFu8 << (8 - bits % 8);
-                }
+                let (bytes, bits) = wire_bits(b);
                 if bits % 8 == 0 {
                     match std::str::from_utf8(&bytes) {
                         Ok(s) => json_str(&mut out, s),
@@ -510,10 +504,10 @@ fn read(text: &str) -> Result<J, SyntaxError> {
                         J::Arr(Vec::new())
                     }
                 } else {
-                    if stack.len() >= MAX_DEPTH {
+                    if stack.len() >= MAX_JSON_DEPTH {
                         return Err(err(
                             col,
-                            format!("JSON nested deeper than {MAX_DEPTH} levels is refused"),
+                            format!("JSON nested deeper than {MAX_JSON_DEPTH} levels is refused"),
                         ));
                     }
                     stack.push(if obj {
@@ -670,7 +664,13 @@ pub(super) fn from_json(text: &str) -> Result<Term, SyntaxError> {
                             if bits % 8 == 0 {
                                 Term::from(Binary::from(bytes))
                             } else {
-                                Term::from(BitBinary::from((bytes, (bits % 8) as u8)))
+                                // eetf keeps the tail bits in the low end of the last byte.
+                                let mut bytes = bytes;
+                                let tail = (bits % 8) as u8;
+                                if let Some(last) = bytes.last_mut() {
+                                    *last >>= 8 - tail;
+                                }
+                                Term::from(BitBinary::from((bytes, tail)))
                             }
                         }
                         ("$tuple", J::Arr(items)) => {

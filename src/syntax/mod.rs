@@ -114,11 +114,16 @@ use std::fmt;
 pub use json::MAX_JSON_SAFE_INTEGER;
 pub use order::{compare, exact_eq};
 
-/// Deepest nesting [`parse`] and [`from_json`] accept: at most this many tuples, lists and
+/// Deepest nesting [`parse`] accepts: at most this many tuples, lists and
 /// maps may be open at once. Deeper text is an error, never a stack overflow (the parsers are
 /// iterative); a term this deep still needs a thread stack of
 /// [`crate::etf::stack_size_for_depth`]`(MAX_DEPTH)` to be encoded or dropped.
 pub const MAX_DEPTH: usize = 10_000;
+
+/// Deepest JSON nesting [`from_json`] accepts: three times [`MAX_DEPTH`], because a tagged
+/// form takes up to three JSON levels for one level of term (`{"$improper_list":
+/// {"elements": [...]}}`), so every term [`parse`] accepts also reads back from its JSON.
+pub const MAX_JSON_DEPTH: usize = 3 * MAX_DEPTH;
 
 /// How many map keys a term in parsed text may sit inside (a map used as a key of a map used
 /// as a key ...): the limit kvnode applies to terms from peers,

@@ -15,6 +15,7 @@
 use eetf::{BitBinary, Map, Term};
 use num_bigint::BigInt;
 use num_traits::{FromPrimitive, ToPrimitive};
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 #[derive(Clone, Copy)]
@@ -57,7 +58,7 @@ enum Shape<'a> {
     Map(&'a Map),
     Nil,
     Cons(V<'a>, V<'a>),
-    Bits(&'a [u8], usize),
+    Bits(Cow<'a, [u8]>, usize),
 }
 
 impl Shape<'_> {
@@ -86,6 +87,21 @@ pub(super) fn bit_len(b: &BitBinary) -> usize {
     }
 }
 
+/// A bitstring's bytes as they go on the wire: eetf keeps the tail bits in the low end of the
+/// last byte; here they are moved to its high end and the unused bits cleared.
+pub(super) fn wire_bits(b: &BitBinary) -> (Cow<'_, [u8]>, usize) {
+    let bits = bit_len(b);
+    if bits % 8 == 0 {
+        return (Cow::Borrowed(&b.bytes[..bits / 8]), bits);
+    }
+    let mut bytes = b.bytes.clone();
+    let tail = bits % 8;
+    if let Some(last) = bytes.last_mut() {
+        *last = (*last & ((1u8 << tail) - 1)) << (8 - tail);
+    }
+    (Cow::Owned(bytes), bits)
+}
+
 fn shape(v: V<'_>) -> Shape<'_> {
     match v {
         V::Byte(b) => Shape::Num(Num::I(i64::from(b))),
@@ -107,8 +123,11 @@ fn shape(v: V<'_>) -> Shape<'_> {
             Term::List(l) => seq_shape(Seq::Terms(&l.elements, None), 0),
             Term::ByteList(b) => seq_shape(Seq::Bytes(&b.bytes), 0),
             Term::ImproperList(l) => seq_shape(Seq::Terms(&l.elements, Some(&l.last)), 0),
-            Term::Binary(b) => Shape::Bits(&b.bytes, b.bytes.len() * 8),
-            Term::BitBinary(b) => Shape::Bits(&b.bytes, bit_len(b)),
+            Term::Binary(b) => Shape::Bits(Cow::Borrowed(&b.bytes), b.bytes.len() * 8),
+            Term::BitBinary(b) => {
+                let (bytes, bits) = wire_bits(b);
+                Shape::Bits(bytes, bits)
+            }
         },
     }
 }
@@ -272,7 +291,7 @@ pub fn compare(a: &Term, b: &Term) -> Ordering {
                 stack.push((hp, hq));
                 Ordering::Equal
             }
-            (Shape::Bits(p, pl), Shape::Bits(q, ql)) => cmp_bits(p, pl, q, ql),
+            (Shape::Bits(p, pl), Shape::Bits(q, ql)) => cmp_bits(&p, pl, &q, ql),
             _ => unreachable!("ranks are equal"),
         };
         if o != Ordering::Equal {

@@ -38,8 +38,13 @@ pub(super) fn charlist(s: &str) -> Term {
     ))
 }
 
-/// `[elements | tail]` in the shape Erlang itself would give it: a proper tail is spliced in.
-pub(super) fn cons(mut elements: Vec<Term>, tail: Term) -> Term {
+/// `[elements | tail]` in the shape Erlang itself would give it: a list tail is spliced in
+/// (as often as it takes).
+pub(super) fn cons(mut elements: Vec<Term>, mut tail: Term) -> Term {
+    while let Term::ImproperList(il) = tail {
+        elements.extend(il.elements);
+        tail = *il.last;
+    }
     match tail {
         Term::List(l) => {
             elements.extend(l.elements);
@@ -52,13 +57,6 @@ pub(super) fn cons(mut elements: Vec<Term>, tail: Term) -> Term {
                     .map(|&x| Term::from(FixInteger::from(i32::from(x)))),
             );
             Term::from(List::from(elements))
-        }
-        Term::ImproperList(il) => {
-            elements.extend(il.elements);
-            Term::from(ImproperList {
-                elements,
-                last: il.last,
-            })
         }
         other if elements.is_empty() => other,
         other => Term::from(ImproperList {
@@ -410,11 +408,15 @@ impl Bits {
         }
         self.len += 1;
     }
-    fn into_term(self) -> Term {
+    fn into_term(mut self) -> Term {
         let tail = (self.len % 8) as u8;
         if tail == 0 {
             Term::from(Binary::from(self.bytes))
         } else {
+            // eetf keeps the tail bits in the low end of the last byte.
+            if let Some(last) = self.bytes.last_mut() {
+                *last >>= 8 - tail;
+            }
             Term::from(BitBinary::from((self.bytes, tail)))
         }
     }

@@ -4,6 +4,7 @@
 use super::Syntax;
 use super::lex::erlang_reserved;
 use super::order::{bit_len, sorted_entries};
+use super::parse::cons;
 use eetf::{InternalFun, Term};
 use std::fmt::Write;
 
@@ -346,7 +347,8 @@ pub(super) fn print(term: &Term, syntax: Syntax) -> String {
                 } else {
                     let whole = bits / 8;
                     let tail = (bits % 8) as u8;
-                    let value = b.bytes[whole] >> (8 - tail);
+                    // eetf keeps the tail bits in the low end of the last byte.
+                    let value = b.bytes[whole] & ((1u8 << tail) - 1);
                     write_bytes(&mut out, &b.bytes[..whole], Some((value, tail)), syntax);
                 }
             }
@@ -386,6 +388,18 @@ pub(super) fn print(term: &Term, syntax: Syntax) -> String {
                 out.push('[');
                 jobs.push(Job::S("]"));
                 seq(&mut jobs, l.elements.iter().map(Job::T).collect(), sep);
+            }
+            // No elements: the term is its tail (eetf can hold this shape; Erlang cannot).
+            Term::ImproperList(l) if l.elements.is_empty() => jobs.push(Job::T(&l.last)),
+            // A list tail (which Erlang never sends) prints spliced, as it parses.
+            Term::ImproperList(l)
+                if matches!(
+                    *l.last,
+                    Term::List(_) | Term::ByteList(_) | Term::ImproperList(_)
+                ) =>
+            {
+                let spliced = cons(l.elements.clone(), (*l.last).clone());
+                out.push_str(&print(&spliced, syntax));
             }
             Term::ImproperList(l) => {
                 out.push('[');
