@@ -39,7 +39,7 @@ fn base64(bytes: &[u8]) -> String {
 
 fn unbase64(text: &str) -> Option<Vec<u8>> {
     let t = text.trim_end_matches('=');
-    if text.len() % 4 != 0 || text.len() - t.len() > 2 {
+    if !text.len().is_multiple_of(4) || text.len() - t.len() > 2 {
         return None;
     }
     let mut out = Vec::with_capacity(t.len() * 3 / 4);
@@ -158,7 +158,7 @@ pub(super) fn to_json(term: &Term) -> String {
             },
             Term::BitBinary(b) => {
                 let (bytes, bits) = wire_bits(b);
-                if bits % 8 == 0 {
+                if bits.is_multiple_of(8) {
                     match std::str::from_utf8(&bytes) {
                         Ok(s) => json_str(&mut out, s),
                         Err(_) => {
@@ -661,7 +661,7 @@ pub(super) fn from_json(text: &str) -> Result<Term, SyntaxError> {
                             if bits.div_ceil(8) != bytes.len() {
                                 return Err(err(c, "\"bits\" does not match the bytes"));
                             }
-                            if bits % 8 == 0 {
+                            if bits.is_multiple_of(8) {
                                 Term::from(Binary::from(bytes))
                             } else {
                                 // eetf keeps the tail bits in the low end of the last byte.

@@ -91,7 +91,7 @@ pub(super) fn bit_len(b: &BitBinary) -> usize {
 /// last byte; here they are moved to its high end and the unused bits cleared.
 pub(super) fn wire_bits(b: &BitBinary) -> (Cow<'_, [u8]>, usize) {
     let bits = bit_len(b);
-    if bits % 8 == 0 {
+    if bits.is_multiple_of(8) {
         return (Cow::Borrowed(&b.bytes[..bits / 8]), bits);
     }
     let mut bytes = b.bytes.clone();
@@ -281,7 +281,7 @@ pub fn compare(a: &Term, b: &Term) -> Ordering {
                     ep.iter()
                         .zip(&eq)
                         .rev()
-                        .map(|((_, vp), (_, vq))| (V::T(*vp), V::T(*vq))),
+                        .map(|((_, vp), (_, vq))| (V::T(vp), V::T(vq))),
                 );
                 Ordering::Equal
             }

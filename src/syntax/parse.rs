@@ -388,7 +388,7 @@ struct Bits {
 
 impl Bits {
     fn push_byte(&mut self, b: u8) {
-        if self.len % 8 == 0 {
+        if self.len.is_multiple_of(8) {
             self.bytes.push(b);
             self.len += 8;
         } else {
@@ -398,13 +398,11 @@ impl Bits {
         }
     }
     fn push_bit(&mut self, bit: bool) {
-        if self.len % 8 == 0 {
+        if self.len.is_multiple_of(8) {
             self.bytes.push(0);
         }
-        if bit {
-            if let Some(last) = self.bytes.last_mut() {
-                *last |= 0x80 >> (self.len % 8);
-            }
+        if bit && let Some(last) = self.bytes.last_mut() {
+            *last |= 0x80 >> (self.len % 8);
         }
         self.len += 1;
     }
@@ -611,7 +609,7 @@ fn int_segment(bits: &mut Bits, v: &BigInt, n: usize, col: usize) -> Result<(), 
         v.clone()
     };
     let (_, mag) = u.into_parts();
-    if n % 8 == 0 && bits.len % 8 == 0 {
+    if n.is_multiple_of(8) && bits.len.is_multiple_of(8) {
         let mut le = mag.to_bytes_le();
         le.resize(n / 8, 0);
         for &b in le.iter().rev() {

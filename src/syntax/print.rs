@@ -342,7 +342,7 @@ pub(super) fn print(term: &Term, syntax: Syntax) -> String {
             Term::Binary(b) => write_binary(&mut out, &b.bytes, syntax),
             Term::BitBinary(b) => {
                 let bits = bit_len(b);
-                if bits % 8 == 0 {
+                if bits.is_multiple_of(8) {
                     write_binary(&mut out, &b.bytes[..bits / 8], syntax);
                 } else {
                     let whole = bits / 8;
