@@ -103,7 +103,7 @@ fn node_fields(out: &mut String, node: &Atom) {
     json_str(out, &node.name);
 }
 
-/// Renders `term` as JSON; see [`super::to_json`].
+/// Renders `term` as JSON; see [`super::to_json()`].
 pub(super) fn to_json(term: &Term) -> String {
     let mut out = String::new();
     let mut jobs = vec![Job::T(term)];
@@ -605,8 +605,8 @@ enum Step {
     Keyed(Vec<String>, bool),
 }
 
-/// Reads a JSON document written by [`to_json`] (or by hand, by the same mapping) back into
-/// a term; see [`super::from_json`].
+/// Reads a JSON document written by [`to_json()`] (or by hand, by the same mapping) back into
+/// a term; see [`super::from_json()`].
 pub(super) fn from_json(text: &str) -> Result<Term, SyntaxError> {
     let root = read(text)?;
     let mut steps = vec![Step::Conv(root)];

@@ -104,6 +104,15 @@ pub(super) fn erlang_reserved(name: &str) -> bool {
     ERLANG_RESERVED.contains(&name)
 }
 
+/// Elixir's operator atoms, which IEx prints bare (`:+`, `[+: 1]`); longest first so that a
+/// prefix never shadows a longer operator.
+const ELIXIR_OPERATORS: &[&str] = &[
+    "%{}", "<<>>", "...", "===", "!==", "&&&", "|||", "<<<", ">>>", "<<~", "~>>", "<~>", "<|>",
+    "~~~", "+++", "---", "..//", "\\\\", "==", "!=", "<=", ">=", "=~", "&&", "||", "|>", "<>",
+    "++", "--", "..", "<-", "->", "**", "::", "<~", "~>", "{}", "+", "-", "*", "/", "!", "^", "<",
+    ">", "=", "|", "&", "@", ".", "%",
+];
+
 pub(super) struct Lexer {
     chars: Vec<char>,
     pos: usize,
@@ -171,12 +180,30 @@ impl Lexer {
         }
     }
 
+    /// The Elixir operator at `pos`, if any (longest match).
+    fn operator_at(&self, pos: usize) -> Option<&'static str> {
+        let rest = &self.chars[pos.min(self.chars.len())..];
+        ELIXIR_OPERATORS.iter().copied().find(|op| {
+            op.chars().count() <= rest.len() && op.chars().zip(rest).all(|(a, &b)| a == b)
+        })
+    }
+
     fn scan(&mut self) -> Result<(Tok, usize), SyntaxError> {
         self.skip_ws();
         let start = self.col();
         let Some(c) = self.cur() else {
             return Ok((Tok::Eof, start));
         };
+        // An operator keyword key, as IEx prints it: `[+: 1]`.
+        if self.syntax == Syntax::Elixir
+            && let Some(op) = self.operator_at(self.pos)
+        {
+            let after = self.pos + op.chars().count();
+            if self.at(after) == Some(':') && self.at(after + 1).is_none_or(char::is_whitespace) {
+                self.pos = after + 1;
+                return Ok((Tok::Kw(op.to_string()), start));
+            }
+        }
         let next = self.at(self.pos + 1);
         let erlang = self.syntax == Syntax::Erlang;
         let tok = match c {
@@ -338,10 +365,16 @@ impl Lexer {
                 atom_len_ok(&name, start)?;
                 Ok(Tok::Atom(name))
             }
-            _ => Err(err(
-                self.col(),
-                "expected an atom name or a quote after `:` (write operators quoted: :\"+\")",
-            )),
+            _ => match self.operator_at(self.pos) {
+                Some(op) => {
+                    self.pos += op.chars().count();
+                    Ok(Tok::Atom(op.to_string()))
+                }
+                None => Err(err(
+                    self.col(),
+                    "expected an atom name or a quote after `:`",
+                )),
+            },
         }
     }
 

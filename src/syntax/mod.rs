@@ -5,7 +5,7 @@
 //! [`MAX_DEPTH`] deep cannot overflow the stack while it is read, and a term of any depth
 //! prints. The terms themselves are `eetf` terms, whose `Drop`, `Hash`, `Clone` and encoder
 //! recurse: a thread that keeps a term nested thousands deep needs the stack
-//! [`crate::etf::stack_size_for_depth`] gives (kvnode's threads have it).
+//! `crate::etf::stack_size_for_depth` gives (kvnode's threads have it).
 //!
 //! # What parses
 //!
@@ -39,7 +39,7 @@
 //!
 //! # How terms print
 //!
-//! As the language's shell would print them, on one line, so that [`parse`] reads the text
+//! As the language's shell would print them, on one line, so that [`parse()`] reads the text
 //! back to an exactly equal term (`=:=`, with `-0.0` apart from `0.0`):
 //!
 //! - Atoms bare when they can be (Erlang `ok`, `node@host`; Elixir `:ok`, `true`, `nil`,
@@ -47,7 +47,8 @@
 //!   atoms print quoted.
 //! - Integers in decimal; floats in the shortest text that reads back exactly, always with a
 //!   `.`, with an exponent when that is shorter: `1.0`, `-0.0`, `0.1`, `100.0`, `1.0e3`,
-//!   `1.0e300`, `1.5e-7` (as `float_to_list(F, [short])` and Elixir do).
+//!   `1.0e300`, `1.5e-7` (the Erlang shell's rule, `float_to_list(F, [short])`). Elixir as
+//!   IEx: the same, except integral values from 1 to 1e16 in plain form (`1000.0`).
 //! - Lists of integers that are all printable characters print as strings: Erlang `"abc"`
 //!   when every element is printable by `io_lib:printable_unicode_list/1` (the shell started
 //!   with `+pc unicode`); Elixir `~c"abc"` (the form of Elixir 1.15+, which Elixir 1.14 also
@@ -70,7 +71,7 @@
 //!
 //! ## JSON mapping
 //!
-//! [`to_json`] writes one JSON document; [`from_json`] reads it back to an exactly equal term
+//! [`to_json()`] writes one JSON document; [`from_json()`] reads it back to an exactly equal term
 //! for everything but internal funs (and reads hand-written documents by the same rules).
 //! Tagged forms are objects with exactly one key, which starts with `$`.
 //!
@@ -114,24 +115,24 @@ use std::fmt;
 pub use json::MAX_JSON_SAFE_INTEGER;
 pub use order::{compare, exact_eq};
 
-/// Deepest nesting [`parse`] accepts: at most this many tuples, lists and
+/// Deepest nesting [`parse()`] accepts: at most this many tuples, lists and
 /// maps may be open at once. Deeper text is an error, never a stack overflow (the parsers are
 /// iterative); a term this deep still needs a thread stack of
-/// [`crate::etf::stack_size_for_depth`]`(MAX_DEPTH)` to be encoded or dropped.
+/// `crate::etf::stack_size_for_depth``(MAX_DEPTH)` to be encoded or dropped.
 pub const MAX_DEPTH: usize = 10_000;
 
-/// Deepest JSON nesting [`from_json`] accepts: three times [`MAX_DEPTH`], because a tagged
+/// Deepest JSON nesting [`from_json()`] accepts: three times [`MAX_DEPTH`], because a tagged
 /// form takes up to three JSON levels for one level of term (`{"$improper_list":
-/// {"elements": [...]}}`), so every term [`parse`] accepts also reads back from its JSON.
+/// {"elements": [...]}}`), so every term [`parse()`] accepts also reads back from its JSON.
 pub const MAX_JSON_DEPTH: usize = 3 * MAX_DEPTH;
 
 /// How many map keys a term in parsed text may sit inside (a map used as a key of a map used
 /// as a key ...): the limit kvnode applies to terms from peers,
-/// [`crate::etf::DEFAULT_MAX_MAP_KEY_NESTING`]. Sorting map keys for printing recurses this
+/// `crate::etf::DEFAULT_MAX_MAP_KEY_NESTING`. Sorting map keys for printing recurses this
 /// deep.
 pub const MAX_MAP_KEY_NESTING: usize = crate::etf::DEFAULT_MAX_MAP_KEY_NESTING;
 
-/// Longest atom [`parse`] accepts, in characters: the BEAM's own limit, so an atom that
+/// Longest atom [`parse()`] accepts, in characters: the BEAM's own limit, so an atom that
 /// parses can be sent.
 pub const MAX_ATOM_CHARS: usize = 255;
 
@@ -172,7 +173,7 @@ pub fn parse(text: &str, syntax: Syntax) -> Result<Term, SyntaxError> {
 }
 
 /// Parses a pid, `<A.B.C>` or `#PID<A.B.C>` (either syntax), surrounding whitespace allowed.
-/// As with [`parse`], the node is `''` with creation 0 for the caller to fill in.
+/// As with [`parse()`], the node is `''` with creation 0 for the caller to fill in.
 pub fn parse_pid(text: &str) -> Result<eetf::Pid, SyntaxError> {
     let syntax = if text.trim_start().starts_with('#') {
         Syntax::Elixir
@@ -188,7 +189,7 @@ pub fn parse_pid(text: &str) -> Result<eetf::Pid, SyntaxError> {
     }
 }
 
-/// Prints `term` in `syntax`, such that [`parse`] reads it back to an equal term (pids, refs,
+/// Prints `term` in `syntax`, such that [`parse()`] reads it back to an equal term (pids, refs,
 /// ports and funs print in their `<...>`/`#Ref<...>`/`#Fun<...>` forms, which only pids parse).
 pub fn print(term: &Term, syntax: Syntax) -> String {
     print::print(term, syntax)

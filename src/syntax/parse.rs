@@ -87,7 +87,7 @@ enum Frame {
     },
 }
 
-/// Parses one term; see [`super::parse`].
+/// Parses one term; see [`super::parse()`].
 pub(super) fn parse(text: &str, syntax: Syntax) -> Result<Term, SyntaxError> {
     let mut lx = Lexer::new(text, syntax);
     let mut stack: Vec<Frame> = Vec::new();

@@ -15,8 +15,10 @@ enum Job<'a> {
     Kw(&'a str),
 }
 
-/// Shortest text that reads back as exactly `v`, always with a `.` (and an exponent when that
-/// is shorter): `1.0`, `-0.0`, `0.1`, `100.0`, `1.0e3`, `1.0e300`, `1.5e-7`.
+/// Shortest text that reads back as exactly `v`, always with a `.`, with an exponent when that
+/// is shorter (a tie goes to the plain form): `1.0`, `-0.0`, `0.1`, `100.0`, `1.0e3`,
+/// `1.0e300`, `1.5e-7`. This is `io_lib_format:fwrite_g/1`'s rule (`float_to_list(F,
+/// [short])`, the Erlang shell).
 pub(super) fn fmt_float(v: f64) -> String {
     let sci = format!("{v:e}"); // shortest round-trip digits: "1.5e-7", "-0e0", "1e300"
     let (mant, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
@@ -40,6 +42,16 @@ pub(super) fn fmt_float(v: f64) -> String {
         format!("{sign}0.{}{digits}", "0".repeat((-exp - 1) as usize))
     };
     if fixed.len() <= sci.len() { fixed } else { sci }
+}
+
+/// A float as Elixir's `inspect` writes it: integral values from 1 to 1e16 as `1000.0`,
+/// everything else as [`fmt_float`] (Erlang's shortest form, which Elixir also uses then).
+pub(super) fn fmt_float_elixir(v: f64) -> String {
+    if v.abs() >= 1.0 && v.abs() < 1.0e16 && v.trunc() == v {
+        format!("{v:.1}")
+    } else {
+        fmt_float(v)
+    }
 }
 
 /// `io_lib:printable_unicode_list/1`'s notion of a printable character.
@@ -234,7 +246,7 @@ fn write_binary(out: &mut String, bytes: &[u8], syntax: Syntax) {
     }
 }
 
-/// Prints `term`; see [`super::print`].
+/// Prints `term`; see [`super::print()`].
 pub(super) fn print(term: &Term, syntax: Syntax) -> String {
     let erlang = syntax == Syntax::Erlang;
     let sep = if erlang { "," } else { ", " };
@@ -270,7 +282,8 @@ pub(super) fn print(term: &Term, syntax: Syntax) -> String {
             Term::BigInteger(b) => {
                 let _ = write!(out, "{}", b.value);
             }
-            Term::Float(f) => out.push_str(&fmt_float(f.value)),
+            Term::Float(f) if erlang => out.push_str(&fmt_float(f.value)),
+            Term::Float(f) => out.push_str(&fmt_float_elixir(f.value)),
             Term::Pid(p) => {
                 let _ = write!(
                     out,

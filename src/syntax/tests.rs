@@ -155,6 +155,17 @@ fn elixir_forms_parse() {
     parses(":node@host", Elixir, atom("node@host"));
     parses(r#":"hello world""#, Elixir, atom("hello world"));
     parses(":'q'", Elixir, atom("q"));
+    parses(":+", Elixir, atom("+"));
+    parses(":<<>>", Elixir, atom("<<>>"));
+    parses(":日本", Elixir, atom("日本"));
+    parses(
+        "[+: 1, ===: 2]",
+        Elixir,
+        list(vec![
+            tuple(vec![atom("+"), int(1)]),
+            tuple(vec![atom("==="), int(2)]),
+        ]),
+    );
     parses("true", Elixir, atom("true"));
     parses("false", Elixir, atom("false"));
     parses("nil", Elixir, atom("nil"));
@@ -250,21 +261,26 @@ fn printing_follows_the_shells() {
         "1267650600228229401496703205376",
         "1267650600228229401496703205376",
     );
-    for (f, text) in [
-        (1.0, "1.0"),
-        (-0.0, "-0.0"),
-        (0.0, "0.0"),
-        (0.1, "0.1"),
-        (100.0, "100.0"),
-        (1000.0, "1.0e3"),
-        (123.456, "123.456"),
-        (1.0e300, "1.0e300"),
-        (1.5e-7, "1.5e-7"),
-        (5e-324, "5.0e-324"),
-        (f64::MAX, "1.7976931348623157e308"),
-        (-2.5, "-2.5"),
+    for (f, erlang, elixir) in [
+        (1.0, "1.0", "1.0"),
+        (-0.0, "-0.0", "-0.0"),
+        (0.0, "0.0", "0.0"),
+        (0.1, "0.1", "0.1"),
+        (100.0, "100.0", "100.0"),
+        (1000.0, "1.0e3", "1000.0"),
+        (-1.0e15, "-1.0e15", "-1000000000000000.0"),
+        (1.0e16, "1.0e16", "1.0e16"),
+        (123.456, "123.456", "123.456"),
+        (0.001, "0.001", "0.001"),
+        (0.0001, "0.0001", "0.0001"),
+        (0.00001, "1.0e-5", "1.0e-5"),
+        (1.0e300, "1.0e300", "1.0e300"),
+        (1.5e-7, "1.5e-7", "1.5e-7"),
+        (5e-324, "5.0e-324", "5.0e-324"),
+        (f64::MAX, "1.7976931348623157e308", "1.7976931348623157e308"),
+        (-2.5, "-2.5", "-2.5"),
     ] {
-        prints(&float(f), text, text);
+        prints(&float(f), erlang, elixir);
     }
     prints(&chars("hi"), r#""hi""#, r#"~c"hi""#);
     prints(&bytelist(b"hi\n"), r#""hi\n""#, r#"~c"hi\n""#);
@@ -401,7 +417,7 @@ fn errors_name_the_column_and_what_was_expected() {
     fails("[a: 1, 2]", Elixir, 8, "keyword pairs must come last");
     fails(r#""a#{b}""#, Elixir, 3, "interpolation");
     fails("{a: 1}", Elixir, 2, "keyword key");
-    fails(":+", Elixir, 2, "expected an atom name");
+    fails(":#", Elixir, 2, "expected an atom name");
     fails("%{a => 1}", Elixir, 3, "not a term");
     fails("<<1::size(3>>", Elixir, 12, "expected `)`");
 }
@@ -888,5 +904,110 @@ fn exact_equality_is_erlangs() {
             w[1]
         );
         assert_eq!(super::compare(&w[1], &w[0]), Less.reverse());
+    }
+}
+
+fn has_pid(t: &Term) -> bool {
+    let mut stack = vec![t];
+    while let Some(x) = stack.pop() {
+        match x {
+            Term::Pid(_) => return true,
+            Term::List(l) => stack.extend(&l.elements),
+            Term::ImproperList(l) => {
+                stack.extend(&l.elements);
+                stack.push(&l.last);
+            }
+            Term::Tuple(tu) => stack.extend(&tu.elements),
+            Term::Map(m) => stack.extend(m.map.iter().flat_map(|(k, v)| [k, v])),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Reads each line of the file named by `KVNODE_SYNTAX_IN` as a term, prints the hex of its
+/// `term_to_binary` (UTF-8 atoms, as the distribution sends them: kvnode refuses latin-1 ones) and the shell's own printing of it, one line each.
+const ERLANG_READER: &str = r#"
+io:setopts(standard_io, [{encoding, unicode}]),
+{ok, B} = file:read_file(os:getenv("KVNODE_SYNTAX_IN")),
+[try
+   {ok, Ts, _} = erl_scan:string(unicode:characters_to_list(<<L/binary, ". ">>)),
+   {ok, [E]} = erl_parse:parse_exprs(Ts),
+   {value, V, _} = erl_eval:expr(E, []),
+   io:put_chars([binary:encode_hex(term_to_binary(V, [{minor_version, 2}])), $\n,
+                 io_lib_pretty:print(V, [{line_length, 100000000}, {encoding, unicode}]), $\n])
+ catch C:R -> io:format("ERR ~p:~p~nERR~n", [C, R])
+ end || L <- binary:split(B, <<"\n">>, [global, trim_all])],
+halt()."#;
+
+const ELIXIR_READER: &str = r#"
+System.fetch_env!("KVNODE_SYNTAX_IN") |> File.read!() |> String.split("\n", trim: true)
+|> Enum.each(fn l ->
+  try do
+    {v, _} = Code.eval_string(l)
+    IO.puts(Base.encode16(:erlang.term_to_binary(v, minor_version: 2)))
+    IO.puts(inspect(v, limit: :infinity, printable_limit: :infinity))
+  rescue
+    e -> IO.puts("ERR " <> Exception.message(e)); IO.puts("ERR")
+  end
+end)"#;
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The real shells (the host's `erl` and `elixir`) read what we print to exactly the terms we
+/// printed (compared through their `term_to_binary`, decoded by kvnode's decoder), and we read
+/// what they print (`io_lib_pretty`, IEx's `inspect`) back to the same terms. Pids are left
+/// out: their text does not parse in a shell.
+#[test]
+fn real_shells_agree_with_our_syntax() {
+    let zoo = printable_zoo();
+    let mut rng = StdRng::seed_from_u64(15);
+    let terms: Vec<Term> = (0..300)
+        .map(|_| random_term(&mut rng, &zoo, 3))
+        .filter(|t| !has_pid(t))
+        .collect();
+    for (syntax, cmd, args) in [
+        (Erlang, "erl", vec!["-noshell", "-eval", ERLANG_READER]),
+        (Elixir, "elixir", vec!["-e", ELIXIR_READER]),
+    ] {
+        let input = std::env::temp_dir().join(format!(
+            "kvnode-syntax-{}-{syntax:?}.txt",
+            std::process::id()
+        ));
+        let texts: Vec<String> = terms.iter().map(|t| print(t, syntax)).collect();
+        std::fs::write(&input, texts.join("\n") + "\n").expect("write input");
+        let out = std::process::Command::new(cmd)
+            .args(&args)
+            .env("KVNODE_SYNTAX_IN", &input)
+            .output()
+            .unwrap_or_else(|e| panic!("run {cmd}: {e}"));
+        let _ = std::fs::remove_file(&input);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(
+            lines.len(),
+            2 * terms.len(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for (i, (t, text)) in terms.iter().zip(&texts).enumerate() {
+            let (hex, shown) = (lines[2 * i], lines[2 * i + 1]);
+            let bytes = unhex(hex).unwrap_or_else(|| panic!("{cmd} could not read {text}: {hex}"));
+            let theirs = crate::etf::decode_exact(&bytes, &crate::etf::Limits::default())
+                .unwrap_or_else(|e| panic!("{cmd}: {text}: {e:?}"));
+            assert!(
+                exact_eq(&theirs, t),
+                "{cmd} read {text} as {}",
+                print(&theirs, syntax)
+            );
+            let ours =
+                parse(shown, syntax).unwrap_or_else(|e| panic!("{cmd} printed {shown}: {e}"));
+            assert!(exact_eq(&ours, t), "{cmd} printed {text} as {shown}");
+        }
     }
 }
