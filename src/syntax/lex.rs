@@ -196,6 +196,9 @@ impl Lexer {
         };
         // An operator keyword key, as IEx prints it: `[+: 1]`.
         if self.syntax == Syntax::Elixir
+            && !c.is_alphanumeric()
+            && !matches!(c, '"' | '\'' | ':')
+            && self.chars[self.pos..(self.pos + 6).min(self.chars.len())].contains(&':')
             && let Some(op) = self.operator_at(self.pos)
         {
             let after = self.pos + op.chars().count();

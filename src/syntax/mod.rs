@@ -183,7 +183,7 @@ pub fn parse_pid(text: &str) -> Result<eetf::Pid, SyntaxError> {
     match parse(text, syntax)? {
         Term::Pid(p) => Ok(p),
         _ => Err(SyntaxError {
-            column: text.len() - text.trim_start().len() + 1,
+            column: text.chars().take_while(|c| c.is_whitespace()).count() + 1,
             message: "expected a pid, <A.B.C> or #PID<A.B.C>".into(),
         }),
     }

@@ -490,6 +490,7 @@ fn parse_pid_reads_both_forms() {
     assert_eq!(parse_pid(" <0.85.3> ").unwrap(), Pid::new("", 85, 3, 0));
     assert_eq!(parse_pid("#PID<1.2.3>").unwrap(), Pid::new("", 2, 3, 0));
     assert_eq!(parse_pid("ok").unwrap_err().column, 1);
+    assert_eq!(parse_pid("\u{3000} ok").unwrap_err().column, 3);
     assert!(parse_pid("<0.1.99999999999>").is_err());
 }
 
@@ -1010,4 +1011,44 @@ fn real_shells_agree_with_our_syntax() {
             assert!(exact_eq(&ours, t), "{cmd} printed {text} as {shown}");
         }
     }
+}
+
+/// Throughput figures for the report (debug build unless run with --release):
+/// `cargo test --lib measure_syntax_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_syntax_throughput() {
+    let zoo = printable_zoo();
+    let mut rng = StdRng::seed_from_u64(16);
+    let big = list(
+        (0..20_000)
+            .map(|_| random_term(&mut rng, &zoo, 2))
+            .collect(),
+    );
+    for s in [Erlang, Elixir] {
+        let t0 = std::time::Instant::now();
+        let text = print(&big, s);
+        let printed = t0.elapsed();
+        let t0 = std::time::Instant::now();
+        let back = parse(&text, s).expect("parses");
+        let parsed = t0.elapsed();
+        assert!(exact_eq(&back, &big));
+        eprintln!(
+            "{s:?}: {} bytes printed in {printed:?} ({:.1} MB/s), parsed in {parsed:?} ({:.1} MB/s)",
+            text.len(),
+            text.len() as f64 / printed.as_secs_f64() / 1e6,
+            text.len() as f64 / parsed.as_secs_f64() / 1e6
+        );
+    }
+    let t0 = std::time::Instant::now();
+    let json = to_json(&big);
+    let written = t0.elapsed();
+    let t0 = std::time::Instant::now();
+    let back = from_json(&json).expect("reads");
+    let read = t0.elapsed();
+    assert!(exact_eq(&back, &big));
+    eprintln!(
+        "JSON: {} bytes written in {written:?}, read in {read:?}",
+        json.len()
+    );
 }
