@@ -14,7 +14,7 @@
 //! | atom | `ok`, `node@host`, `'Quoted \' atom'` | `:ok`, `:"quoted atom"`, `:'q'`, `true`, `false`, `nil`, `Foo.Bar` (= `'Elixir.Foo.Bar'`) |
 //! | integer | `42`, `-7`, `1_000`, `16#ff`, `2#1010`, `$a`, `$\n`, bignums | `42`, `-7`, `1_000`, `0xff`, `0o17`, `0b1010`, `?a`, `?\n`, bignums |
 //! | float | `1.0`, `-0.0`, `1.5e-7`, `1_000.5` | same |
-//! | string | `"abc"`: a charlist (list of code points; `""` is `[]`) | `"abc"`: a UTF-8 binary |
+//! | string | `"abc"`: a charlist (list of code points; `""` is `[]`; `"ab" "cd"` is one) | `"abc"`: a UTF-8 binary |
 //! | charlist | (the string above) | `'abc'`, `~c"abc"`, `~c'abc'` |
 //! | binary | `<<"abc">>` (latin-1), `<<"é"/utf8>>`, `<<1,2,3>>`, `<<"a",1>>`, `<<1:3>>`, `<<-1:16>>`, `<<233/utf8>>` | `<<1, 2>>`, `<<"a", 1>>`, `<<1::3>>`, `<<1::size(3)>>`, `<<233::utf8>>` |
 //! | tuple | `{a, 1}`, `{}` | `{:a, 1}`, `{}` |

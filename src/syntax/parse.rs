@@ -133,7 +133,14 @@ pub(super) fn parse(text: &str, syntax: Syntax) -> Result<Term, SyntaxError> {
             Tok::Atom(name) => atom(name),
             Tok::Int(v) => int_term(v),
             Tok::Float(value) => Term::from(eetf::Float { value }),
-            Tok::Str(s) if erlang => charlist(&s),
+            Tok::Str(mut s) if erlang => {
+                // Adjacent strings are one string, as in Erlang: "ab" "cd".
+                while let Tok::Str(more) = &lx.peek()?.0 {
+                    s.push_str(more);
+                    lx.next()?;
+                }
+                charlist(&s)
+            }
             Tok::Str(s) => Term::from(Binary::from(s.into_bytes())),
             Tok::CharList(s) => charlist(&s),
             Tok::Pid(id, serial) => Term::from(Pid::new("", id, serial, 0)),

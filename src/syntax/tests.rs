@@ -104,6 +104,7 @@ fn erlang_forms_parse() {
     parses("1_000.5", Erlang, float(1000.5));
     parses(r#""abc""#, Erlang, chars("abc"));
     parses(r#""""#, Erlang, list(vec![]));
+    parses(r#""ab" "cd""#, Erlang, chars("abcd"));
     parses(r#""é\t😀""#, Erlang, chars("é\t😀"));
     parses(r#"<<"bin">>"#, Erlang, bin("bin"));
     parses("<<>>", Erlang, bin(""));
