@@ -165,7 +165,11 @@ pub mod internals {
     pub use crate::storage::StorageError;
     /// Erlang/Elixir term syntax and JSON (the command-line client's).
     pub mod syntax {
-        pub use crate::syntax::{Syntax, SyntaxError, parse, print, to_json};
+        pub use crate::syntax::{
+            MAX_ATOM_CHARS, MAX_DEPTH, MAX_JSON_DEPTH, MAX_JSON_SAFE_INTEGER, MAX_MAP_KEY_NESTING,
+            MAX_SEGMENT_BITS, Syntax, SyntaxError, compare, exact_eq, from_json, parse, parse_pid,
+            print, to_json,
+        };
     }
 
     /// EPMD pieces the tests and fuzz targets drive directly.
