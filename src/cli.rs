@@ -24,9 +24,22 @@ use std::time::Duration;
     Then, from Elixir:\n  \
       iex --name me@127.0.0.1 --cookie secret\n  \
       iex> GenServer.call({DistributedExample.KVStore, :\"kv@127.0.0.1\"}, {:get, :message})\n\n\
-    Logs go to stderr; RUST_LOG controls them (default: info), e.g. RUST_LOG=kvnode=debug."
+    Logs go to stderr; RUST_LOG controls them (default: info), e.g. RUST_LOG=kvnode=debug.\n\n\
+    Client commands (kvnode help COMMAND for each): call, cast, send, rpc, ping, names, epmd.\n\
+    Exit statuses of client commands:\n  \
+      0  success (ping: pong)\n  \
+      1  peer unreachable (ping: pang; no such name in EPMD; connection refused; node down)\n  \
+      2  usage error or bad term syntax (the column is shown)\n  \
+      3  handshake refused (wrong cookie, not allowed, TLS)\n  \
+      4  timeout (--timeout, default 5000 ms)\n  \
+      5  remote error (noproc, badrpc, an exception or exit reason; printed on stderr)",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
+    /// A client command; without one, kvnode runs the server.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Long node name `name@host`, as `erl -name` (e.g. `--name kv@127.0.0.1`).
     /// Default when neither --name nor --sname is given: kv@127.0.0.1.
     #[arg(long, value_name = "NAME@HOST", conflicts_with = "sname")]
@@ -207,6 +220,216 @@ pub struct Cli {
     pub tls_verify_peer: bool,
 }
 
+/// The client commands: kvnode as a short-lived Erlang node for scripts (see
+/// `crate::client`).
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// GenServer.call NAME on NODE with TERM and print the reply.
+    #[command(after_help = "Examples:\n  \
+      kvnode call kv@127.0.0.1 Elixir.DistributedExample.KVStore '{get, message}' --cookie secret\n  \
+      kvnode call --elixir kv@127.0.0.1 DistributedExample.KVStore '{:put, :k, \"v\"}'\n  \
+      kvnode call kv@127.0.0.1 '<0.95.0>' ping\n  \
+      kvnode call kv@127.0.0.1 Elixir.DistributedExample.KVStore '{get, k}' --repeat 10000 --concurrency 16")]
+    Call {
+        /// The node, `name@host` (e.g. `kv@127.0.0.1`).
+        node: String,
+        /// A registered name (e.g. `Elixir.DistributedExample.KVStore`; with --elixir also
+        /// `DistributedExample.KVStore`), or a pid on NODE written `<0.B.C>`.
+        #[arg(value_name = "NAME")]
+        process: String,
+        /// The request, in Erlang term syntax (Elixir with --elixir).
+        term: String,
+        /// Make N calls instead of one and print throughput and latency percentiles.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        repeat: Option<u64>,
+        /// With --repeat: calls in flight at once, each from its own process.
+        #[arg(long, default_value_t = 1, value_name = "C", value_parser = clap::value_parser!(u64).range(1..=crate::client::MAX_CONCURRENCY))]
+        concurrency: u64,
+        /// The connection flags.
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// GenServer.cast TERM to NAME on NODE (no reply; returns once it is sent).
+    Cast {
+        /// The node, `name@host`.
+        node: String,
+        /// A registered name, or a pid on NODE written `<0.B.C>`.
+        #[arg(value_name = "NAME")]
+        process: String,
+        /// The request.
+        term: String,
+        /// The connection flags.
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Send TERM as a plain message to NAME on NODE (`send/2`).
+    Send {
+        /// The node, `name@host`.
+        node: String,
+        /// A registered name, or a pid on NODE written `<0.B.C>`.
+        #[arg(value_name = "NAME")]
+        process: String,
+        /// The message.
+        term: String,
+        /// The connection flags.
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Call MOD:FUN(ARGS...) on NODE and print the result (erpc through a spawn request;
+    /// `rex`, as rpc:call, for nodes without spawn support).
+    #[command(after_help = "Examples:\n  \
+      kvnode rpc app@127.0.0.1 erlang node '[]'\n  \
+      kvnode rpc --elixir app@127.0.0.1 Enum sum '[[1, 2, 3]]'")]
+    Rpc {
+        /// The node, `name@host`.
+        node: String,
+        /// The module (an atom; with --elixir, `Enum` means `Elixir.Enum`).
+        module: String,
+        /// The function (an atom).
+        function: String,
+        /// The arguments, a list term (e.g. `[1, two]`).
+        args: String,
+        /// Use rpc:call's older way (a call to the node's `rex`) even when the node supports
+        /// spawn requests (erpc).
+        #[arg(long)]
+        rex: bool,
+        /// The connection flags.
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Ping NODE as net_adm:ping does: print pong (exit 0) or pang (exit 1, or 3 when the
+    /// handshake was refused, 4 on timeout).
+    Ping {
+        /// The node, `name@host`.
+        node: String,
+        /// The connection flags.
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// List the names registered with the EPMD on HOST (default 127.0.0.1), as `epmd -names`.
+    Names {
+        /// The host whose EPMD to ask.
+        host: Option<String>,
+        /// EPMD port. Default: ERL_EPMD_PORT, else 4369.
+        #[arg(
+            long,
+            env = "ERL_EPMD_PORT",
+            default_value_t = 4369,
+            value_name = "PORT"
+        )]
+        epmd_port: u16,
+        /// Milliseconds to wait for the EPMD.
+        #[arg(long, default_value_t = crate::client::DEFAULT_TIMEOUT_MS, value_name = "MS")]
+        timeout: u64,
+        /// Print one JSON document (`[{"name": ..., "port": ...}]`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run an EPMD server on its own (on all addresses), until SIGINT/SIGTERM.
+    Epmd {
+        /// The port. Default: ERL_EPMD_PORT, else 4369.
+        #[arg(
+            long,
+            env = "ERL_EPMD_PORT",
+            default_value_t = 4369,
+            value_name = "PORT"
+        )]
+        port: u16,
+        /// Detach: start the EPMD in the background (its own session, no terminal), print its
+        /// pid and exit 0 once it listens.
+        #[arg(long)]
+        daemon: bool,
+        /// Write the EPMD's pid to FILE once it listens (removed when it stops).
+        #[arg(long, value_name = "FILE")]
+        pid_file: Option<PathBuf>,
+    },
+}
+
+/// Flags every client command that talks to a node has.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientOpts {
+    /// This client's own node name, `name@host`. Default: a unique hidden name
+    /// `kvnode_cli_<pid>_<n>@<host of NODE>`. The client never registers with EPMD.
+    #[arg(long, value_name = "NAME@HOST", conflicts_with = "sname")]
+    pub name: Option<String>,
+    /// This client's own short node name (the host is this machine's short hostname).
+    #[arg(long, value_name = "NAME")]
+    pub sname: Option<String>,
+    /// The cookie; read as the server reads it: --cookie, else ERLANG_COOKIE, else
+    /// ~/.erlang.cookie.
+    #[arg(long, value_name = "COOKIE")]
+    pub cookie: Option<String>,
+    /// EPMD port used to find NODE. Default: ERL_EPMD_PORT, else 4369.
+    #[arg(
+        long,
+        env = "ERL_EPMD_PORT",
+        default_value_t = 4369,
+        value_name = "PORT"
+    )]
+    pub epmd_port: u16,
+    /// Milliseconds the whole command may take (connect, handshake, reply); past it the
+    /// command fails with exit status 4.
+    #[arg(long, default_value_t = crate::client::DEFAULT_TIMEOUT_MS, value_name = "MS")]
+    pub timeout: u64,
+    /// Read and print terms in Elixir syntax (`:atom`, `%{}`, `"binary"`).
+    #[arg(long)]
+    pub elixir: bool,
+    /// Print the result as one JSON document (see the README for the mapping).
+    #[arg(long)]
+    pub json: bool,
+    /// TLS distribution: this client's certificate, PEM. Needs --tls-key and --tls-cacert.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_cacert"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert, PEM.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_cacert"])]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate(s), PEM, NODE's certificate must chain to.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_cacert: Option<PathBuf>,
+}
+
+/// Resolves the cookie exactly as the server does: `flag`, else `ERLANG_COOKIE`, else
+/// `~/.erlang.cookie` (created as erl does when missing). Never empty.
+pub fn resolve_cookie(flag: Option<String>) -> Result<String, CliError> {
+    let cookie = match flag {
+        Some(c) => c,
+        None => match std::env::var("ERLANG_COOKIE") {
+            Ok(c) if !c.is_empty() => c,
+            _ => {
+                let home = std::env::var_os("HOME").ok_or(CliError::NoHome)?;
+                read_or_create_cookie(&Path::new(&home).join(".erlang.cookie"))?
+            }
+        },
+    };
+    if cookie.is_empty() {
+        return Err(CliError::EmptyCookie);
+    }
+    Ok(cookie)
+}
+
+/// Resolves `--name`/`--sname` as the server does (checked as `erl -name` would); None when
+/// neither is given.
+pub fn resolve_node_name(
+    name: Option<&str>,
+    sname: Option<&str>,
+) -> Result<Option<String>, CliError> {
+    let node_name = match (name, sname) {
+        (Some(name), _) => {
+            if !name.contains('@') {
+                return Err(CliError::NameWithoutHost {
+                    name: name.to_owned(),
+                });
+            }
+            name.to_owned()
+        }
+        (None, Some(sname)) if sname.contains('@') => sname.to_owned(),
+        (None, Some(sname)) => format!("{sname}@{}", short_hostname()?),
+        (None, None) => return Ok(None),
+    };
+    validate_node_name(&node_name)?;
+    Ok(Some(node_name))
+}
+
 /// What the flags resolve to: the node core's configuration and the KV app's.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -268,36 +491,9 @@ pub enum CliError {
 impl Cli {
     /// Resolves the flags (and the environment) into the node's and the KV app's settings.
     pub fn into_settings(self) -> Result<Settings, CliError> {
-        let node_name = match (&self.name, &self.sname) {
-            (Some(name), _) => {
-                if !name.contains('@') {
-                    return Err(CliError::NameWithoutHost { name: name.clone() });
-                }
-                name.clone()
-            }
-            (None, Some(sname)) => {
-                if sname.contains('@') {
-                    sname.clone()
-                } else {
-                    format!("{sname}@{}", short_hostname()?)
-                }
-            }
-            (None, None) => "kv@127.0.0.1".to_owned(),
-        };
-        validate_node_name(&node_name)?;
-        let cookie = match self.cookie {
-            Some(c) => c,
-            None => match std::env::var("ERLANG_COOKIE") {
-                Ok(c) if !c.is_empty() => c,
-                _ => {
-                    let home = std::env::var_os("HOME").ok_or(CliError::NoHome)?;
-                    read_or_create_cookie(&Path::new(&home).join(".erlang.cookie"))?
-                }
-            },
-        };
-        if cookie.is_empty() {
-            return Err(CliError::EmptyCookie);
-        }
+        let node_name = resolve_node_name(self.name.as_deref(), self.sname.as_deref())?
+            .unwrap_or_else(|| "kv@127.0.0.1".to_owned());
+        let cookie = resolve_cookie(self.cookie)?;
         let mut config = Config::new(node_name, cookie);
         config.dist_port = self.port;
         config.bind = self.bind;
@@ -415,6 +611,24 @@ mod tests {
         Cli::try_parse_from(all)
             .expect("flags parse")
             .into_settings()
+    }
+
+    #[test]
+    fn the_command_line_is_consistent_and_bare_flags_still_start_the_server() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let bare =
+            Cli::try_parse_from(["kvnode", "--cookie", "c", "--port", "9100"]).expect("bare flags");
+        assert!(bare.command.is_none());
+        let call = Cli::try_parse_from([
+            "kvnode", "call", "kv@h", "Elixir.X", "{get, k}", "--cookie", "c", "--name", "me@h",
+        ])
+        .expect("call");
+        assert!(
+            matches!(call.command, Some(Command::Call { ref process, .. }) if process == "Elixir.X")
+        );
+        // Server flags do not mix with a client command.
+        assert!(Cli::try_parse_from(["kvnode", "--port", "1", "ping", "kv@h"]).is_err());
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub struct Config {
     /// Serve EPMD on `epmd_port` when none answers there (and again whenever the
     /// registration is lost and none answers); false fails the start instead.
     pub embedded_epmd: bool,
+    /// Register the node's name with EPMD (true for a server). False makes a client-only
+    /// node: it dials peers but nobody finds it through EPMD, and no EPMD is served
+    /// (`embedded_epmd` is then ignored); its creation is drawn at random, as OTP's.
+    pub register_with_epmd: bool,
     /// Largest distribution frame accepted from a peer, in bytes.
     pub max_message_size: usize,
     /// Time a peer gets to complete the handshake.
@@ -73,6 +77,7 @@ impl std::fmt::Debug for Config {
             .field("bind", &self.bind)
             .field("epmd_port", &self.epmd_port)
             .field("embedded_epmd", &self.embedded_epmd)
+            .field("register_with_epmd", &self.register_with_epmd)
             .field("max_message_size", &self.max_message_size)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("net_ticktime", &self.net_ticktime)
@@ -128,6 +133,7 @@ impl Config {
             bind: IpAddr::from([0, 0, 0, 0]),
             epmd_port: 4369,
             embedded_epmd: true,
+            register_with_epmd: true,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             handshake_timeout: Duration::from_secs(10),
             net_ticktime: Duration::from_secs(60),

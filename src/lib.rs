@@ -112,7 +112,8 @@
 //! - `kv`: the `DistributedExample.KVStore` app: its wire interface, store, server,
 //!   durability and rpc functions;
 //! - `storage`: the write-ahead log and snapshots behind `--data-dir`;
-//! - `cli` and `config`: the binary's flags and the settings they resolve to.
+//! - `cli` and `config`: the binary's flags and the settings they resolve to;
+//! - `client`: the binary's client commands (`kvnode call`, `rpc`, `ping`, `names`, `epmd`).
 //!
 //! Accept -> handshake (in the connection's own task, under a timeout) -> reader -> router ->
 //! mailbox -> GenServer -> the peer's bounded writer queue -> socket.
@@ -120,6 +121,7 @@
 #![warn(missing_docs)]
 
 pub(crate) mod cli;
+pub(crate) mod client;
 pub(crate) mod config;
 pub(crate) mod epmd;
 pub mod etf;
@@ -157,12 +159,20 @@ pub mod term {
 /// and the fuzz targets reach inside the crate for. May change in any release.
 #[doc(hidden)]
 pub mod internals {
-    pub use crate::cli::{Cli, CliError, Settings};
+    pub use crate::cli::{Cli, CliError, ClientOpts, Command, Settings};
+    /// The command-line client (`kvnode call`, `rpc`, `ping`, `names`, `epmd`, ...).
+    pub mod client {
+        pub use crate::client::{DEFAULT_TIMEOUT_MS, Failure, Status, main};
+    }
     pub use crate::config::{Config, DEFAULT_MAX_HANDSHAKES_PER_IP};
     pub use crate::storage::StorageError;
     /// Erlang/Elixir term syntax and JSON (the command-line client's).
     pub mod syntax {
-        pub use crate::syntax::{Syntax, SyntaxError, parse, print, to_json};
+        pub use crate::syntax::{
+            MAX_ATOM_CHARS, MAX_DEPTH, MAX_JSON_DEPTH, MAX_JSON_SAFE_INTEGER, MAX_MAP_KEY_NESTING,
+            MAX_SEGMENT_BITS, Syntax, SyntaxError, compare, exact_eq, from_json, parse, parse_pid,
+            print, to_json,
+        };
     }
 
     /// EPMD pieces the tests and fuzz targets drive directly.

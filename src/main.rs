@@ -1,5 +1,6 @@
 //! The `kvnode` binary: parse flags, set up logging, run the node until SIGINT/SIGTERM or a
-//! peer's `init:stop` / `erlang:halt` (exit status 0, or the one `halt/1` asked for).
+//! peer's `init:stop` / `erlang:halt` (exit status 0, or the one `halt/1` asked for); or run
+//! a client command (`kvnode call ...`, see `kvnode::internals::client`).
 
 use clap::Parser;
 
@@ -9,15 +10,24 @@ use kvnode::internals::Cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // Client commands print what matters themselves: their logs are for RUST_LOG only.
+    let default_level = if cli.command.is_some() {
+        "error"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    if let Some(command) = cli.command.take() {
+        return ExitCode::from(kvnode::internals::client::main(command));
+    }
     let settings = match cli.into_settings() {
         Ok(s) => s,
         Err(error) => {

@@ -138,6 +138,8 @@ pub enum EpmdMode {
     Client,
     /// Runs the EPMD itself (and is registered with it).
     Embedded,
+    /// Not registered with any EPMD: a client-only node (`NodeBuilder::register_with_epmd`).
+    Unregistered,
 }
 
 impl fmt::Display for EpmdMode {
@@ -145,6 +147,7 @@ impl fmt::Display for EpmdMode {
         f.write_str(match self {
             EpmdMode::Client => "client of the EPMD",
             EpmdMode::Embedded => "embedded EPMD",
+            EpmdMode::Unregistered => "not registered with the EPMD",
         })
     }
 }
@@ -184,6 +187,23 @@ impl EpmdHandle {
     #[cfg_attr(not(test), allow(dead_code))] // used by tests
     pub fn watch(&self) -> watch::Receiver<EpmdStatus> {
         self.status.clone()
+    }
+}
+
+impl EpmdHandle {
+    /// The handle of a node that does not register with EPMD, with the creation it drew.
+    pub fn unregistered(creation: u32, epmd_port: u16) -> EpmdHandle {
+        let (_tx, status) = watch::channel(EpmdStatus {
+            registered: false,
+            creation,
+            mode: EpmdMode::Unregistered,
+        });
+        EpmdHandle {
+            creation,
+            mode: EpmdMode::Unregistered,
+            epmd_port,
+            status,
+        }
     }
 }
 

@@ -269,6 +269,22 @@ impl NodeBuilder {
         self
     }
 
+    /// Whether the node registers its name with EPMD (default true). A node that only
+    /// dials peers (a command-line client, a test driver) passes false: it is reachable
+    /// over the connections it opens but nobody finds it through EPMD, and it serves no
+    /// EPMD either (whatever [`NodeBuilder::embedded_epmd`] says). Its creation is drawn at
+    /// random.
+    ///
+    /// ```
+    /// let builder = kvnode::NodeBuilder::new("client_1@127.0.0.1")
+    ///     .cookie("secret")
+    ///     .register_with_epmd(false);
+    /// ```
+    pub fn register_with_epmd(mut self, register: bool) -> Self {
+        self.config.register_with_epmd = register;
+        self
+    }
+
     /// TLS distribution, as OTP's `inet_tls_dist`: this node's certificate and key, and the
     /// CA certificates peers' certificates must chain to (always checked when this node
     /// dials; for inbound peers only with `verify_peer`). PEM files, loaded at start.
@@ -480,16 +496,23 @@ impl Bound {
         let config = self.config;
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let epmd = crate::epmd::start_with(
-            config.epmd_port,
-            config.alive_name(),
-            config.dist_port,
-            true,
-            config.embedded_epmd,
-            shutdown.clone(),
-            &tracker,
-        )
-        .await?;
+        let epmd = if config.register_with_epmd {
+            crate::epmd::start_with(
+                config.epmd_port,
+                config.alive_name(),
+                config.dist_port,
+                true,
+                config.embedded_epmd,
+                shutdown.clone(),
+                &tracker,
+            )
+            .await?
+        } else {
+            // A client-only node: nobody finds it, so any creation will do; drawn at random
+            // (never 0..=3, which mean "old creation" to OTP) as OTP does for such nodes.
+            let creation = rand::random::<u32>().max(4);
+            crate::epmd::EpmdHandle::unregistered(creation, config.epmd_port)
+        };
         let threads = match transport::threads::Threads::start(
             config.threads,
             crate::etf::stack_size_for_depth(config.max_term_depth),

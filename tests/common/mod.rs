@@ -786,3 +786,68 @@ pub fn jinterface_jar() -> PathBuf {
         )
     })
 }
+
+/// What a `kvnode` client command (`kvnode call ...`) did: exit status, stdout, stderr.
+#[derive(Debug)]
+pub struct ClientRun {
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `kvnode <args>` (a client command) with `ERL_EPMD_PORT`, `ERLANG_COOKIE` and
+/// `RUST_LOG` unset, and waits for it to exit; killed (failing the test) after 60 s, so a
+/// hung client never hangs the test.
+pub fn kvnode_client(args: &[&str]) -> ClientRun {
+    let mut child = Command::new(kvnode_bin())
+        .args(args)
+        .env_remove("ERL_EPMD_PORT")
+        .env_remove("ERLANG_COOKIE")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kvnode");
+    let mut out = child.stdout.take().expect("stdout piped");
+    let mut err = child.stderr.take().expect("stderr piped");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let mut guard = ChildGuard {
+        child,
+        what: "kvnode client".into(),
+    };
+    let status = wait_for(
+        &format!("kvnode {args:?} to exit"),
+        Duration::from_secs(60),
+        || guard.child.try_wait().ok().flatten(),
+    );
+    ClientRun {
+        status: status.code(),
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    }
+}
+
+/// Kills (SIGKILL) the process `pid` when dropped: for processes a test started that are not
+/// its children (a daemon that detached).
+pub struct PidGuard(pub u32);
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.0) {
+            // SAFETY: kill(2) on a pid this test started.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}

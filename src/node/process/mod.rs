@@ -28,6 +28,7 @@ pub mod events;
 pub mod handle;
 pub mod monitors;
 pub mod router;
+pub mod spawn;
 
 pub use dest::Dest;
 pub use events::{ConnectError, NodeEvent, NodeEvents};

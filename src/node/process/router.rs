@@ -1,7 +1,8 @@
 //! Routes one inbound control message: messages to mailboxes (by pid or registered name),
 //! monitors (recorded per peer, see [`super::monitors`]; MONITOR_P on a missing process
 //! answers `noproc` at once), links (recorded the same way), exit
-//! signals, and SPAWN_REQUEST to the rpc service.
+//! signals, SPAWN_REQUEST to the rpc service, and SPAWN_REPLY (with the spawned process's
+//! `DOWN`) to the spawn request of ours it answers ([`super::spawn`]).
 //!
 //! Answers go only in shapes the peer negotiated: a peer without DIST_MONITOR gets no
 //! MONITOR_P_EXIT, one without UNLINK_ID no UNLINK_ID_ACK, one without SPAWN no SPAWN_REPLY
@@ -115,8 +116,20 @@ pub fn handle(node: &Node, peer: &str, message: Message) {
                 node.demonitor_incoming(peer, &key);
             }
         }
-        Message::MonitorPExit(m) => node.remote_monitor_fired(peer, &m.reference, m.reason),
-        Message::PayloadMonitorPExit(m) => node.remote_monitor_fired(peer, &m.reference, m.reason),
+        // The DOWN of a process we had the peer spawn (a spawn request's monitor) goes to
+        // that request; others to the monitors our processes placed.
+        Message::MonitorPExit(m) => {
+            if let Some(reason) = super::spawn::down(peer, &m.reference, m.reason) {
+                node.remote_monitor_fired(peer, &m.reference, reason)
+            }
+        }
+        Message::PayloadMonitorPExit(m) => {
+            if let Some(reason) = super::spawn::down(peer, &m.reference, m.reason) {
+                node.remote_monitor_fired(peer, &m.reference, reason)
+            }
+        }
+        Message::SpawnReply(m) => super::spawn::reply(peer, &m.req_id, &m.flags, &m.result),
+        Message::SpawnReplyTt(m) => super::spawn::reply(peer, &m.req_id, &m.flags, &m.result),
         Message::Link(m) => {
             if !node.link_incoming(peer, &m.to_pid, &m.from_pid) {
                 node.send_to_node(peer, Message::exit(m.to_pid, m.from_pid, noproc()));
@@ -166,8 +179,6 @@ pub fn handle(node: &Node, peer: &str, message: Message) {
         Message::UnlinkIdAck(_)
         | Message::NodeLink(_)
         | Message::GroupLeader(_)
-        | Message::SpawnReply(_)
-        | Message::SpawnReplyTt(_)
         | Message::Tick => {}
     }
 }

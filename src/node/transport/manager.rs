@@ -205,9 +205,48 @@ pub enum Admission {
     Nok,
 }
 
+/// Outcomes of outbound dials remembered (peer name -> [`DialOutcome`]), so a caller of
+/// `Node::connect` can tell why a dial failed (a command-line client maps it to its exit
+/// status) or learn the creation of the peer it reached. When full, the table is emptied
+/// before the next outcome is stored: it is a hint, and a server dialing many peers must not
+/// grow it without bound.
+pub const MAX_DIAL_OUTCOMES: usize = 256;
+
+/// Why an outbound dial failed, by class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialFailure {
+    /// No such node: its host does not resolve, EPMD does not answer or does not know the
+    /// name, or the TCP connect was refused.
+    Unreachable,
+    /// The handshake failed: the peer closed it after our challenge reply (a wrong cookie),
+    /// answered `not_allowed`, lacks flags, or the TLS handshake failed.
+    Refused,
+    /// The connect or the handshake did not finish in time.
+    Timeout,
+}
+
+/// What the latest dial of a peer came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialOutcome {
+    /// Connected; the peer's creation as it announced it in the handshake (None for a peer
+    /// that sent none).
+    Connected {
+        /// The peer's creation.
+        creation: Option<u32>,
+    },
+    /// Failed.
+    Failed {
+        /// The class of failure.
+        class: DialFailure,
+        /// The error, as logged.
+        message: String,
+    },
+}
+
 /// peer node name -> connection state.
 #[derive(Default)]
 pub struct Manager {
+    outcomes: Mutex<HashMap<String, DialOutcome>>,
     table: Mutex<Table>,
     next_id: AtomicU64,
     changed: Notify,
@@ -293,6 +332,21 @@ impl Manager {
             }
         }
         sent
+    }
+
+    /// Records what the latest dial of `peer` came to (see [`MAX_DIAL_OUTCOMES`]).
+    pub fn note_dial(&self, peer: &str, outcome: DialOutcome) {
+        let mut outcomes = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+        if outcomes.len() >= MAX_DIAL_OUTCOMES && !outcomes.contains_key(peer) {
+            outcomes.clear();
+        }
+        outcomes.insert(peer.to_owned(), outcome);
+    }
+
+    /// What the latest dial of `peer` came to, if it is remembered.
+    pub fn dial_outcome(&self, peer: &str) -> Option<DialOutcome> {
+        let outcomes = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+        outcomes.get(peer).cloned()
     }
 
     /// Makes sure `peer` is connected or being dialed, without queueing a frame (for messages

@@ -263,6 +263,40 @@ async fn try_dial(
     Ok((stream, peer_node))
 }
 
+/// What a dial came to, for [`manager::Manager::note_dial`].
+fn outcome_of<T>(
+    dialed: &Result<(T, erl_dist::node::PeerNode), DialError>,
+) -> manager::DialOutcome {
+    use manager::{DialFailure, DialOutcome};
+    let error = match dialed {
+        Ok((_, peer)) => {
+            return DialOutcome::Connected {
+                creation: peer.creation.map(|c| c.get()),
+            };
+        }
+        Err(error) => error,
+    };
+    let timed_out = |e: &std::io::Error| e.kind() == std::io::ErrorKind::TimedOut;
+    let class = match error {
+        DialError::BadName(_) | DialError::Resolve { .. } | DialError::NotRegistered { .. } => {
+            DialFailure::Unreachable
+        }
+        DialError::Epmd(crate::epmd::EpmdError::Timeout { .. }) => DialFailure::Timeout,
+        DialError::Epmd(_) => DialFailure::Unreachable,
+        DialError::Connect { source, .. } if timed_out(source) => DialFailure::Timeout,
+        DialError::Connect { .. } => DialFailure::Unreachable,
+        DialError::Tls { source, .. } if timed_out(source) => DialFailure::Timeout,
+        DialError::Handshake(handshake::Error::Timeout(_)) => DialFailure::Timeout,
+        DialError::Tls { .. } | DialError::Handshake(_) | DialError::NameMismatch { .. } => {
+            DialFailure::Refused
+        }
+    };
+    DialOutcome::Failed {
+        class,
+        message: error.to_string(),
+    }
+}
+
 /// Dials `peer` (the caller holds the [`manager::DialTicket`]) and serves the connection.
 /// Frames queued meanwhile are sent first. On failure they are dropped and monitors on that
 /// node fire `noconnection`. The ticket counts against `--max-dials` until the handshake is
@@ -278,6 +312,13 @@ pub async fn dial(node: Node, peer: String, ticket: manager::DialTicket) {
                 None
             }
         };
+        // A lost simultaneous connect is no failure: the peer's own connection comes.
+        if !matches!(
+            dialed,
+            Err(DialError::Handshake(handshake::Error::Simultaneous))
+        ) {
+            node.manager().note_dial(&peer, outcome_of(&dialed));
+        }
         match dialed {
             Ok((stream, peer_node)) => {
                 let flags = handshake::negotiated(peer_node.flags);

@@ -1,0 +1,374 @@
+//! `kvnode rpc NODE MOD FUN ARGS` and `kvnode ping NODE`.
+//!
+//! rpc is done as `erpc:call/5` does it when the peer negotiated DFLAG_SPAWN: a spawn request
+//! of `erpc:execute_call(Ref, M, F, A)` with a monitor, whose `DOWN` reason carries the
+//! result (`{Ref, return, V}`, `{Ref, throw, T}`, `{Ref, exit, R}`, `{Ref, error, R, Stack}`).
+//! Peers without spawn support get `rpc:call`'s older way: a GenServer call to their `rex`
+//! with `{call, M, F, A, user}`, answered with the value or `{badrpc, Reason}`.
+//!
+//! The client's process is the spawned function's group leader: its output (`io:format`)
+//! arrives as io requests, printed on stderr (stdout carries only the result) and answered,
+//! so the function never waits for an io reply; input requests are answered
+//! `{error, enotsup}`.
+
+use super::connect::{Client, connect};
+use super::terms;
+use super::{Failure, Status};
+use crate::Received;
+use crate::cli::ClientOpts;
+use crate::node::process::spawn::{SpawnEvent, SpawnRequestError};
+use erl_dist::term::{Atom, Binary, List, Pid, Reference, Term, Tuple};
+use std::io::Write;
+
+/// Most bytes of one io request's output printed (the rest is dropped, with a note).
+pub const MAX_IO_OUTPUT: usize = 1 << 20;
+
+fn atom(name: &str) -> Term {
+    Atom::from(name).into()
+}
+
+fn tuple(elements: Vec<Term>) -> Term {
+    Tuple::from(elements).into()
+}
+
+fn is_atom(term: &Term, name: &str) -> bool {
+    matches!(term, Term::Atom(a) if a.name == name)
+}
+
+/// `kvnode rpc`.
+pub async fn rpc(
+    opts: &ClientOpts,
+    node: &str,
+    module: &str,
+    function: &str,
+    args: &str,
+    use_rex: bool,
+) -> Result<(), Failure> {
+    let syntax = terms::syntax_of(opts);
+    let module = terms::atom_name(module, syntax);
+    let function = terms::atom_name(
+        function.trim_start_matches(':'),
+        crate::syntax::Syntax::Erlang,
+    );
+    let args = match terms::parse(args, syntax)? {
+        Term::List(list) => list.elements,
+        other => {
+            return Err(Failure::new(
+                Status::Usage,
+                format!(
+                    "ARGS must be a list of the arguments (e.g. [1, two]), got {}",
+                    terms::render_error(&other, opts)
+                ),
+            ));
+        }
+    };
+    let client = connect(opts, node).await?;
+    let result = call(&client, &module, &function, args, opts, use_rex).await;
+    client.stop().await;
+    let value = result?;
+    println!("{}", terms::render(&value, opts));
+    Ok(())
+}
+
+async fn call(
+    client: &Client,
+    module: &str,
+    function: &str,
+    args: Vec<Term>,
+    opts: &ClientOpts,
+    use_rex: bool,
+) -> Result<Term, Failure> {
+    let me = client
+        .node
+        .process(None)
+        .map_err(|e| Failure::new(Status::Usage, format!("cannot start a process: {e}")))?;
+    if use_rex {
+        return rex(client, &me, module, function, args, opts).await;
+    }
+    let tag = client.node.new_ref();
+    let erpc_args = vec![
+        tag.clone().into(),
+        atom(module),
+        atom(function),
+        List::from(args.clone()).into(),
+    ];
+    let mut request = match me.spawn_request(&client.peer, "erpc", "execute_call", erpc_args) {
+        Ok(request) => request,
+        Err(SpawnRequestError::NotSupported(_)) => {
+            return rex(client, &me, module, function, args, opts).await;
+        }
+        Err(SpawnRequestError::NotConnected(node)) => {
+            return Err(Failure::new(
+                Status::Unreachable,
+                format!("{node}: the connection went down"),
+            ));
+        }
+    };
+    let deadline = client.deadline;
+    loop {
+        tokio::select! {
+            event = request.next() => match event {
+                SpawnEvent::Spawned { monitored: true, .. } => {}
+                SpawnEvent::Spawned { monitored: false, .. } => {
+                    return Err(Failure::new(
+                        Status::Remote,
+                        "remote error: the node spawned erpc:execute_call/4 without the monitor asked for",
+                    ));
+                }
+                SpawnEvent::Refused(reason) => {
+                    return Err(Failure::new(
+                        Status::Remote,
+                        format!("remote error: the node cannot spawn erpc:execute_call/4: {}", terms::render_error(&reason, opts)),
+                    ));
+                }
+                SpawnEvent::Down(reason) => return erpc_result(&tag, reason, client, opts),
+                SpawnEvent::NoConnection => {
+                    return Err(Failure::new(
+                        Status::Unreachable,
+                        format!("{}: the connection went down during the call (noconnection)", client.peer),
+                    ));
+                }
+            },
+            received = me.recv() => {
+                if let Received::Message(message) = received {
+                    io_request(&me, message);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(client.timed_out(&format!("rpc {module}:{function} on {}", client.peer)));
+            }
+        }
+    }
+}
+
+/// The result of `erpc:execute_call/4` from its `DOWN` reason (as erpc.erl's `result/4`).
+fn erpc_result(
+    tag: &Reference,
+    reason: Term,
+    client: &Client,
+    opts: &ClientOpts,
+) -> Result<Term, Failure> {
+    let remote = |what: String| Failure::new(Status::Remote, format!("remote error: {what}"));
+    let ours = |t: &Term| matches!(t, Term::Reference(r) if **r == *tag);
+    if is_atom(&reason, "noconnection") {
+        return Err(Failure::new(
+            Status::Unreachable,
+            format!("{}: noconnection", client.peer),
+        ));
+    }
+    if let Term::Tuple(t) = &reason {
+        match t.elements.as_slice() {
+            [r, kind, value] if ours(r) && is_atom(kind, "return") => return Ok(value.clone()),
+            [r, kind, value] if ours(r) && is_atom(kind, "throw") => {
+                return Err(remote(format!(
+                    "throw: {}",
+                    terms::render_error(value, opts)
+                )));
+            }
+            [r, kind, value] if ours(r) && is_atom(kind, "exit") => {
+                return Err(remote(format!(
+                    "exit: {}",
+                    terms::render_error(value, opts)
+                )));
+            }
+            [r, kind, value] if ours(r) && is_atom(kind, "error") => {
+                return Err(remote(format!(
+                    "error: {}",
+                    terms::render_error(value, opts)
+                )));
+            }
+            [r, kind, value, stack] if ours(r) && is_atom(kind, "error") => {
+                return Err(remote(format!(
+                    "error: {}\n  stack: {}",
+                    terms::render_error(value, opts),
+                    terms::render_error(stack, opts)
+                )));
+            }
+            _ => {}
+        }
+    }
+    // The process died some other way (killed, or not erpc's execute_call).
+    Err(remote(format!(
+        "exit signal: {}",
+        terms::render_error(&reason, opts)
+    )))
+}
+
+/// `rpc:call`'s way: `{call, M, F, A, user}` to the peer's `rex`.
+async fn rex(
+    client: &Client,
+    me: &crate::Process,
+    module: &str,
+    function: &str,
+    args: Vec<Term>,
+    opts: &ClientOpts,
+) -> Result<Term, Failure> {
+    let request = tuple(vec![
+        atom("call"),
+        atom(module),
+        atom(function),
+        List::from(args).into(),
+        atom("user"),
+    ]);
+    let dest = ("rex", client.peer.as_str());
+    match me.call(dest, request, client.remaining()).await {
+        Ok(Term::Tuple(t)) if t.elements.len() == 2 && is_atom(&t.elements[0], "badrpc") => {
+            let reply = Term::Tuple(t);
+            Err(Failure::new(
+                Status::Remote,
+                format!("remote error: {}", terms::render_error(&reply, opts)),
+            ))
+        }
+        Ok(value) => Ok(value),
+        Err(error) => Err(super::call::call_failure(&error, client, opts)),
+    }
+}
+
+/// Answers an io request (`{io_request, From, ReplyAs, Request}`) sent to the client's
+/// process as the spawned function's group leader; anything else is ignored.
+fn io_request(me: &crate::Process, message: Term) {
+    let Term::Tuple(t) = message else { return };
+    let [tag, Term::Pid(from), reply_as, request] = t.elements.as_slice() else {
+        return;
+    };
+    if !is_atom(tag, "io_request") {
+        return;
+    }
+    let reply = io_reply(request);
+    let from: Pid = from.clone();
+    me.send(from, tuple(vec![atom("io_reply"), reply_as.clone(), reply]));
+}
+
+fn io_reply(request: &Term) -> Term {
+    let Term::Tuple(t) = request else {
+        // Not an io request shape; answer rather than leave the caller waiting.
+        return tuple(vec![atom("error"), atom("request")]);
+    };
+    match t.elements.as_slice() {
+        [kind, _encoding, chars] if is_atom(kind, "put_chars") => put_chars(chars),
+        [kind, chars] if is_atom(kind, "put_chars") => put_chars(chars),
+        // Output to be made by a function (`io:format` sends io_lib:format and its
+        // arguments; without DFLAG_UNICODE_IO, no encoding). The function is the peer's:
+        // the call is shown as it was asked for.
+        [kind, _, m, f, a] | [kind, m, f, a] if is_atom(kind, "put_chars") => {
+            let call = format!(
+                "[{}:{}({})]\n",
+                crate::syntax::print(m, crate::syntax::Syntax::Erlang),
+                crate::syntax::print(f, crate::syntax::Syntax::Erlang),
+                crate::syntax::print(a, crate::syntax::Syntax::Erlang)
+            );
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(&call.as_bytes()[..call.len().min(MAX_IO_OUTPUT)]);
+            atom("ok")
+        }
+        [kind, requests] if is_atom(kind, "requests") => {
+            if let Term::List(list) = requests {
+                for r in &list.elements {
+                    let reply = io_reply(r);
+                    if !is_atom(&reply, "ok") {
+                        return reply;
+                    }
+                }
+            }
+            atom("ok")
+        }
+        _ => tuple(vec![atom("error"), atom("enotsup")]),
+    }
+}
+
+/// Prints characters (a binary or a deep list of character codes and binaries) on stderr.
+fn put_chars(chars: &Term) -> Term {
+    let mut out = Vec::new();
+    if !collect_chars(chars, &mut out, 0) {
+        return tuple(vec![atom("error"), atom("put_chars")]);
+    }
+    let cut = out.len() > MAX_IO_OUTPUT;
+    out.truncate(MAX_IO_OUTPUT);
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(&out);
+    if cut {
+        let _ = writeln!(err, "\n[output cut at {MAX_IO_OUTPUT} bytes]");
+    }
+    atom("ok")
+}
+
+/// Deepest nesting of a character list walked (a term from the peer).
+const MAX_CHARS_DEPTH: usize = 100;
+
+fn collect_chars(term: &Term, out: &mut Vec<u8>, depth: usize) -> bool {
+    if depth > MAX_CHARS_DEPTH || out.len() > MAX_IO_OUTPUT {
+        return out.len() > MAX_IO_OUTPUT;
+    }
+    match term {
+        Term::Binary(Binary { bytes }) => {
+            out.extend_from_slice(bytes);
+            true
+        }
+        Term::ByteList(l) => {
+            out.extend_from_slice(&l.bytes);
+            true
+        }
+        Term::List(l) => l.elements.iter().all(|e| collect_chars(e, out, depth + 1)),
+        Term::FixInteger(i) => match u32::try_from(i.value).ok().and_then(char::from_u32) {
+            Some(c) => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                true
+            }
+            None => false,
+        },
+        _ => false,
+    }
+}
+
+/// `kvnode ping NODE`: `pong` (0), or `pang` with the status of why (1, 3 or 4).
+pub async fn ping(opts: &ClientOpts, node: &str) -> Result<(), Failure> {
+    let client = match connect(opts, node).await {
+        Ok(client) => client,
+        Err(failure) if failure.status == Status::Usage => return Err(failure),
+        Err(failure) => {
+            println!("pang");
+            return Err(failure);
+        }
+    };
+    let own = client.node.name().name.clone();
+    let answer = match client.node.process(None) {
+        Ok(me) => {
+            me.call(
+                ("net_kernel", client.peer.as_str()),
+                tuple(vec![atom("is_auth"), atom(&own)]),
+                client.remaining(),
+            )
+            .await
+        }
+        Err(e) => {
+            client.stop().await;
+            return Err(Failure::new(
+                Status::Usage,
+                format!("cannot start a process: {e}"),
+            ));
+        }
+    };
+    let result = match answer {
+        Ok(reply) if is_atom(&reply, "yes") => {
+            println!("pong");
+            Ok(())
+        }
+        Ok(other) => {
+            println!("pang");
+            Err(Failure::new(
+                Status::Unreachable,
+                format!(
+                    "{node}: net_kernel answered is_auth with {}",
+                    terms::render_error(&other, opts)
+                ),
+            ))
+        }
+        Err(error) => {
+            println!("pang");
+            Err(super::call::call_failure(&error, &client, opts))
+        }
+    };
+    client.stop().await;
+    result
+}

@@ -1,0 +1,429 @@
+//! `kvnode` as a command-line Erlang client (issue 13): `call`, `cast`, `send`, `rpc`,
+//! `ping`, `names` and `epmd`, run as the real binary against a real kvnode and a real
+//! Elixir node, with every exit status: 0 success, 1 unreachable, 2 bad term syntax,
+//! 3 refused handshake (wrong cookie), 4 timeout, 5 remote error.
+
+mod common;
+
+use common::{BeamNode, ClientRun, KvNode, PidGuard, free_port, kvnode_client, unique, wait_for};
+use std::time::Duration;
+
+/// `kvnode <cmd> <node> <rest...> --cookie C --epmd-port P`.
+fn run(cmd: &str, node: &str, rest: &[&str], cookie: &str, epmd_port: u16) -> ClientRun {
+    let port = epmd_port.to_string();
+    let mut args = vec![cmd, node];
+    args.extend_from_slice(rest);
+    args.extend_from_slice(&["--cookie", cookie, "--epmd-port", &port]);
+    kvnode_client(&args)
+}
+
+fn ok(r: &ClientRun) -> &str {
+    assert_eq!(r.status, Some(0), "{r:?}");
+    r.stdout.trim()
+}
+
+fn status(r: &ClientRun, want: i32) {
+    assert_eq!(r.status, Some(want), "{r:?}");
+}
+
+/// An Elixir node with a GenServer registered as `:echo` that answers `:pid` with its pid,
+/// `:last` with the messages it got (casts and plain messages, newest first), never
+/// answers `:never`, and answers anything else with `{:echo, request}`.
+const ECHO: &str = r#"
+defmodule Echo do
+  use GenServer
+  def init(got), do: {:ok, got}
+  def handle_call(:pid, _from, got), do: {:reply, self(), got}
+  def handle_call(:last, _from, got), do: {:reply, got, got}
+  def handle_call(:never, _from, got), do: {:noreply, got}
+  def handle_call(req, _from, got), do: {:reply, {:echo, req}, got}
+  def handle_cast(msg, got), do: {:noreply, [{:cast, msg} | got]}
+  def handle_info(msg, got), do: {:noreply, [{:info, msg} | got]}
+end
+{:ok, _} = GenServer.start(Echo, [], name: :echo)
+"#;
+
+/// Starts `kvnode epmd --daemon` on a free port; returns the port and a guard that kills it.
+fn epmd_daemon(pid_file: Option<&std::path::Path>) -> (u16, PidGuard) {
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut args = vec!["epmd", "--daemon", "--port", &port_text];
+    let pid_text;
+    if let Some(f) = pid_file {
+        pid_text = f.display().to_string();
+        args.extend_from_slice(&["--pid-file", &pid_text]);
+    }
+    let r = kvnode_client(&args);
+    let line = ok(&r).to_owned();
+    let pid: u32 = line
+        .rsplit_once("(pid ")
+        .and_then(|(_, p)| p.trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"));
+    assert!(line.contains(&format!("port {port}")), "{line}");
+    (port, PidGuard(pid))
+}
+
+#[test]
+fn every_command_against_a_kvnode() {
+    let kv = KvNode::fresh("cli_kv");
+    let (node, cookie, epmd) = (kv.name.as_str(), kv.cookie.as_str(), kv.epmd_port);
+    let store = "Elixir.DistributedExample.KVStore";
+
+    // call, in Erlang and Elixir syntax, and as JSON.
+    assert_eq!(
+        ok(&run(
+            "call",
+            node,
+            &[store, "{put, k, <<\"v\">>}"],
+            cookie,
+            epmd
+        )),
+        "ok"
+    );
+    assert_eq!(
+        ok(&run("call", node, &[store, "{get, k}"], cookie, epmd)),
+        "<<\"v\">>"
+    );
+    let elixir = run(
+        "call",
+        node,
+        &["--elixir", "DistributedExample.KVStore", "{:get, :k}"],
+        cookie,
+        epmd,
+    );
+    assert_eq!(ok(&elixir), "\"v\"");
+    let json = run("call", node, &["--json", store, "{get, k}"], cookie, epmd);
+    assert!(ok(&json).contains('v'), "{json:?}");
+
+    // cast and send, then observed with a call (polled: a cast has no reply).
+    ok(&run("cast", node, &[store, "{put, c, 1}"], cookie, epmd));
+    ok(&run(
+        "send",
+        node,
+        &[store, "{'$gen_cast', {put, s, 2}}"],
+        cookie,
+        epmd,
+    ));
+    for (key, want) in [("c", "1"), ("s", "2")] {
+        let request = format!("{{get, {key}}}");
+        wait_for(&format!("{key} stored"), Duration::from_secs(10), || {
+            let r = run("call", node, &[store, &request], cookie, epmd);
+            (r.status == Some(0) && r.stdout.trim() == want).then_some(())
+        });
+    }
+
+    // call --repeat: every call counted, percentiles printed.
+    let load = run(
+        "call",
+        node,
+        &[store, "{get, k}", "--repeat", "200", "--concurrency", "4"],
+        cookie,
+        epmd,
+    );
+    let text = ok(&load);
+    assert!(
+        text.contains("ok: 200") && text.contains("failed: 0"),
+        "{text}"
+    );
+    assert!(text.contains("calls/s") && text.contains("p99"), "{text}");
+
+    // rpc: erpc (kvnode has spawn support) and rex.
+    assert_eq!(
+        ok(&run("rpc", node, &["erlang", "node", "[]"], cookie, epmd)),
+        format!("'{node}'")
+    );
+    assert_eq!(
+        ok(&run(
+            "rpc",
+            node,
+            &["--rex", "erlang", "node", "[]"],
+            cookie,
+            epmd
+        )),
+        format!("'{node}'")
+    );
+
+    // ping and names.
+    assert_eq!(ok(&run("ping", node, &[], cookie, epmd)), "pong");
+    let names = kvnode_client(&["names", "--epmd-port", &epmd.to_string()]);
+    let alive = node.split('@').next().unwrap_or(node);
+    assert!(
+        ok(&names).contains(&format!("name {alive} at port {}", kv.dist_port())),
+        "{names:?}"
+    );
+    // The client nodes never registered.
+    assert!(!names.stdout.contains("kvnode_cli"), "{names:?}");
+
+    // Failures. 5: no such process, an undefined function (erpc and rex).
+    let noproc = run("call", node, &["nobody", "x"], cookie, epmd);
+    status(&noproc, 5);
+    assert!(noproc.stderr.contains("noproc"), "{noproc:?}");
+    let undef = run(
+        "rpc",
+        node,
+        &["erlang", "no_such_function", "[]"],
+        cookie,
+        epmd,
+    );
+    status(&undef, 5);
+    assert!(undef.stderr.contains("undef"), "{undef:?}");
+    let badrpc = run(
+        "rpc",
+        node,
+        &["--rex", "erlang", "no_such_function", "[]"],
+        cookie,
+        epmd,
+    );
+    status(&badrpc, 5);
+    assert!(badrpc.stderr.contains("badrpc"), "{badrpc:?}");
+    // 2: a bad term, with its column and a caret; nothing is sent.
+    let bad = run("call", node, &[store, "{get, k"], cookie, epmd);
+    status(&bad, 2);
+    assert!(bad.stderr.contains("bad term at column 8"), "{bad:?}");
+    assert!(
+        bad.stderr.contains("{get, k\n") && bad.stderr.contains('^'),
+        "{bad:?}"
+    );
+    // 3: a wrong cookie.
+    let refused = run("call", node, &[store, "{get, k}"], "wrong_cookie", epmd);
+    status(&refused, 3);
+    assert!(refused.stderr.contains("handshake refused"), "{refused:?}");
+    let pang = run("ping", node, &[], "wrong_cookie", epmd);
+    status(&pang, 3);
+    assert_eq!(pang.stdout.trim(), "pang");
+    // 1: a name EPMD does not know; a port where no EPMD listens.
+    let missing = format!("{}@127.0.0.1", unique("nobody"));
+    let pang = run("ping", &missing, &[], cookie, epmd);
+    status(&pang, 1);
+    assert_eq!(pang.stdout.trim(), "pang");
+    status(&run("call", node, &[store, "x"], cookie, free_port()), 1);
+    status(
+        &kvnode_client(&["names", "--epmd-port", &free_port().to_string()]),
+        1,
+    );
+}
+
+#[test]
+fn a_node_that_never_answers_is_a_timeout() {
+    // A kvnode stopped with SIGSTOP: its EPMD (a stand-alone one, still answering) gives its
+    // port, the kernel accepts the connection, nobody answers the handshake.
+    let (epmd, _daemon) = epmd_daemon(None);
+    let kv = KvNode::start(&unique("cli_stopped"), &unique("cookie"), epmd);
+    let pid = libc::pid_t::try_from(kv.guard.pid()).expect("pid");
+    // SAFETY: kill(2) on the kvnode this test started (SIGKILLed by its guard on drop).
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let started = std::time::Instant::now();
+    let r = run(
+        "call",
+        &kv.name,
+        &[
+            "Elixir.DistributedExample.KVStore",
+            "{get, k}",
+            "--timeout",
+            "500",
+        ],
+        &kv.cookie,
+        kv.epmd_port,
+    );
+    let took = started.elapsed();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    status(&r, 4);
+    assert!(r.stderr.contains("timeout"), "{r:?}");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+}
+
+#[test]
+fn every_command_against_an_elixir_node() {
+    let (epmd, _daemon) = epmd_daemon(None);
+    let cookie = unique("cookie");
+    let beam = BeamNode::start(&unique("cli_beam"), &cookie, epmd, ECHO);
+    let node = beam.name.as_str();
+    wait_for(
+        "the Elixir node answers ping",
+        Duration::from_secs(60),
+        || {
+            let r = run("ping", node, &["--timeout", "2000"], &cookie, epmd);
+            (r.status == Some(0) && r.stdout.trim() == "pong").then_some(())
+        },
+    );
+    wait_for("echo is registered", Duration::from_secs(30), || {
+        (run("call", node, &["echo", "hello"], &cookie, epmd).status == Some(0)).then_some(())
+    });
+
+    // call: terms make the round trip through the Elixir node intact.
+    let term = "{hello, [1, 2.5, \"str\"], #{a => <<1,2>>}, 123456789012345678901234567890}";
+    let reply = run("call", node, &["echo", term], &cookie, epmd);
+    assert_eq!(
+        ok(&reply),
+        "{echo,{hello,[1,2.5,\"str\"],#{a => <<1,2>>},123456789012345678901234567890}}"
+    );
+    let elixir = run(
+        "call",
+        node,
+        &["--elixir", ":echo", "{:hi, \"bin\"}"],
+        &cookie,
+        epmd,
+    );
+    assert_eq!(ok(&elixir), "{:echo, {:hi, \"bin\"}}");
+    // A pid as the Elixir node prints it: the peer's creation is filled in.
+    let pid = run("call", node, &["echo", "pid"], &cookie, epmd);
+    let pid = ok(&pid).to_owned();
+    assert!(pid.starts_with("<0.") && pid.ends_with('>'), "{pid}");
+    assert_eq!(
+        ok(&run("call", node, &[&pid, "via_pid"], &cookie, epmd)),
+        "{echo,via_pid}"
+    );
+
+    // cast and send, observed in the server's state.
+    ok(&run("cast", node, &["echo", "cast_1"], &cookie, epmd));
+    ok(&run("send", node, &["echo", "{sent, 2}"], &cookie, epmd));
+    wait_for(
+        "the cast and the message arrived",
+        Duration::from_secs(10),
+        || {
+            let r = run("call", node, &["echo", "last"], &cookie, epmd);
+            let got = r.stdout;
+            (got.contains("{cast,cast_1}") && got.contains("{info,{sent,2}}")).then_some(())
+        },
+    );
+
+    // rpc through erpc (a spawn request), in both syntaxes, and through rex.
+    assert_eq!(
+        ok(&run("rpc", node, &["erlang", "node", "[]"], &cookie, epmd)),
+        format!("'{node}'")
+    );
+    assert_eq!(
+        ok(&run(
+            "rpc",
+            node,
+            &["--elixir", "Enum", "sum", "[[1, 2, 3]]"],
+            &cookie,
+            epmd
+        )),
+        "6"
+    );
+    assert_eq!(
+        ok(&run(
+            "rpc",
+            node,
+            &["--rex", "lists", "reverse", "[[1, 2]]"],
+            &cookie,
+            epmd
+        )),
+        "[2,1]"
+    );
+    // The remote function's output (we are its group leader) does not block it.
+    let printed = run(
+        "rpc",
+        node,
+        &["io", "put_chars", "[\"hello from beam\\n\"]"],
+        &cookie,
+        epmd,
+    );
+    assert_eq!(ok(&printed), "ok");
+    assert!(printed.stderr.contains("hello from beam"), "{printed:?}");
+
+    // ping and names.
+    assert_eq!(ok(&run("ping", node, &[], &cookie, epmd)), "pong");
+    let names = kvnode_client(&["names", "--epmd-port", &epmd.to_string()]);
+    let alive = node.split('@').next().unwrap_or(node);
+    assert!(
+        ok(&names).contains(&format!("name {alive} at port")),
+        "{names:?}"
+    );
+
+    // Failures: 5 (noproc, throw, undefined function, badrpc), 4 (no reply), 3 (cookie),
+    // 2 (syntax), 1 (unknown node).
+    let noproc = run("call", node, &["nobody", "x"], &cookie, epmd);
+    status(&noproc, 5);
+    assert!(noproc.stderr.contains("noproc"), "{noproc:?}");
+    let thrown = run("rpc", node, &["erlang", "throw", "[oops]"], &cookie, epmd);
+    status(&thrown, 5);
+    assert!(thrown.stderr.contains("throw: oops"), "{thrown:?}");
+    let undef = run("rpc", node, &["no_such_module", "f", "[]"], &cookie, epmd);
+    status(&undef, 5);
+    assert!(undef.stderr.contains("undef"), "{undef:?}");
+    let badrpc = run(
+        "rpc",
+        node,
+        &["--rex", "no_such_module", "f", "[]"],
+        &cookie,
+        epmd,
+    );
+    status(&badrpc, 5);
+    assert!(badrpc.stderr.contains("badrpc"), "{badrpc:?}");
+    let slow = run(
+        "call",
+        node,
+        &["echo", "never", "--timeout", "500"],
+        &cookie,
+        epmd,
+    );
+    status(&slow, 4);
+    let slow_rpc = run(
+        "rpc",
+        node,
+        &["timer", "sleep", "[10000]", "--timeout", "500"],
+        &cookie,
+        epmd,
+    );
+    status(&slow_rpc, 4);
+    let refused = run("call", node, &["echo", "x"], "wrong_cookie", epmd);
+    status(&refused, 3);
+    let bad = run("rpc", node, &["erlang", "node", "[1,,2]"], &cookie, epmd);
+    status(&bad, 2);
+    assert!(bad.stderr.contains("column 4"), "{bad:?}");
+    let missing = format!("{}@127.0.0.1", unique("nobody"));
+    let pang = run("ping", &missing, &[], &cookie, epmd);
+    status(&pang, 1);
+    assert_eq!(pang.stdout.trim(), "pang");
+}
+
+#[test]
+fn a_stand_alone_epmd_outlives_the_nodes_registered_with_it() {
+    let dir = std::env::temp_dir().join(unique("cli_epmd"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let pid_file = dir.join("epmd.pid");
+    let (port, daemon) = epmd_daemon(Some(&pid_file));
+    let written: u32 = std::fs::read_to_string(&pid_file)
+        .expect("pid file written before --daemon returns")
+        .trim()
+        .parse()
+        .expect("a pid");
+    assert_eq!(written, daemon.0);
+    // A second EPMD on the same port is refused.
+    status(
+        &kvnode_client(&["epmd", "--daemon", "--port", &port.to_string()]),
+        1,
+    );
+
+    let names = || kvnode_client(&["names", "--epmd-port", &port.to_string()]);
+    let cookie = unique("cookie");
+    let first = KvNode::start(&unique("cli_first"), &cookie, port);
+    let alive = first.name.split('@').next().unwrap_or("").to_owned();
+    assert!(ok(&names()).contains(&format!("name {alive} at port")));
+    drop(first);
+    // The node is gone, the EPMD is not: it forgets the name and keeps answering.
+    wait_for(
+        "the stopped node's name to go",
+        Duration::from_secs(10),
+        || {
+            let r = names();
+            (r.status == Some(0) && !r.stdout.contains(&alive)).then_some(())
+        },
+    );
+    let second = KvNode::start(&unique("cli_second"), &cookie, port);
+    assert_eq!(ok(&run("ping", &second.name, &[], &cookie, port)), "pong");
+    drop(second);
+
+    // SIGTERM: an orderly stop that removes the pid file.
+    let pid = libc::pid_t::try_from(daemon.0).expect("pid");
+    // SAFETY: kill(2) on the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    wait_for("the pid file to go", Duration::from_secs(10), || {
+        (!pid_file.exists()).then_some(())
+    });
+    status(&names(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
