@@ -431,10 +431,11 @@ fn log_fds(pid: u32, dir: &str) -> Vec<u32> {
     {
         if let Ok(target) = std::fs::read_link(e.path()) {
             let t = target.display().to_string();
-            if t.starts_with(dir) && t.ends_with(".log") {
-                if let Some(fd) = e.file_name().to_str().and_then(|s| s.parse().ok()) {
-                    fds.push(fd);
-                }
+            if t.starts_with(dir)
+                && t.ends_with(".log")
+                && let Some(fd) = e.file_name().to_str().and_then(|s| s.parse().ok())
+            {
+                fds.push(fd);
             }
         }
     }
