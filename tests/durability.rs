@@ -97,11 +97,13 @@ fn acknowledged_writes_survive_sigkill_at_different_moments() {
         }
         // Verify everything acknowledged so far.
         let mut checks = String::new();
+        let mut every = String::new();
         for (r, acked) in puts.iter().enumerate() {
             for (i, last) in acked {
                 if *last >= 0 {
                     checks.push_str(&format!("{{{r}, {i}, {last}}},"));
                 }
+                every.push_str(&format!("{{{r}, {i}, {last}}},"));
             }
         }
         let mut counters = String::new();
@@ -125,8 +127,27 @@ for {{r, i, last}} <- [{checks}] do
     end
   end
 end
+# Exact bounds on everything else: caller i of round r had its puts 0..last acknowledged
+# (checked above) and at most one more in flight when kvnode died (seq last + 1: it may or
+# may not have reached the log, the only key whose presence the test cannot know); it never
+# sent seq last + 2. So the store holds exactly the acknowledged puts, the in-flight ones
+# found present, and the counters: `:size` must be that count (no lost, invented or
+# resurrected key), as must the recovery's own count in its log line.
+in_flight = Enum.count([{every}], fn {{r, i, last}} ->
+  nil = GenServer.call(store, {{:get, {{:p, r, i, last + 2}}}})
+  GenServer.call(store, {{:get, {{:p, r, i, last + 1}}}}) != nil
+end)
+acked_puts = Enum.sum(for {{_, _, last}} <- [{every}], do: last + 1)
+counters_present = Enum.count(0..({callers} - 1), fn i -> GenServer.call(store, {{:get, {{:c, i}}}}) != nil end)
+size = GenServer.call(store, :size)
+if size != acked_puts + in_flight + counters_present do
+  raise "size #{{size}}: #{{acked_puts}} acknowledged puts + #{{in_flight}} in flight + #{{counters_present}} counters"
+end
+IO.puts("SIZE #{{size}}")
 for {{i, acked}} <- [{counters}] do
   n = GenServer.call(store, {{:get, {{:c, i}}, 0}})
+  # The incr in flight at the crash (at most one per caller: each waits for its reply) may
+  # or may not have been applied: acked or acked + 1, nothing else.
   if n < acked or n > acked + 1 do
     raise "counter #{{i}} is #{{n}}, acknowledged #{{acked}}: the only allowed extra is the call in flight at the crash"
   end
@@ -184,6 +205,18 @@ end
             &[("KV_OS_PID", kv.guard.pid().to_string())],
         );
         assert!(out.contains("VERIFIED"), "{out}");
+        if round > 0 {
+            // The recovery's own count is the same exact number.
+            let size = out
+                .lines()
+                .find_map(|l| l.strip_prefix("SIZE "))
+                .expect("SIZE line");
+            assert!(
+                kv.logs().contains(&format!("recovered {size} keys")),
+                "round {round}: :size {size} after recovery; logs:\n{}",
+                kv.logs()
+            );
+        }
         assert!(out.contains("SCRIPT-OK"), "{out}");
         if round == ROUNDS {
             break;

@@ -850,4 +850,38 @@ impl Drop for PidGuard {
             }
         }
     }
+/// Attaches `strace -f` to the running process `pid` (all its threads), tracing the system
+/// calls that write, send or sync (`-xx`: every byte of their buffers in hex) into `out`.
+/// Returns the guard (SIGKILL on Drop) and strace's stderr, which says `attached` once it is
+/// tracing. Panics, saying how to install it, when strace is missing (scripts/test installs it).
+pub fn strace_attach(pid: u32, out: &std::path::Path) -> (ChildGuard, Arc<Mutex<String>>) {
+    let mut child = Command::new("strace")
+        .args(["-f", "-p", &pid.to_string(), "-s", "1000000", "-xx"])
+        .args([
+            "-e",
+            "trace=write,writev,pwrite64,pwritev,pwritev2,sendto,sendmsg,fdatasync,fsync",
+        ])
+        .arg("-o")
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run strace ({e}): apt-get install -y strace"));
+    let stderr = child.stderr.take().expect("stderr piped");
+    let text = Arc::new(Mutex::new(String::new()));
+    let text2 = text.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let mut t = text2.lock().unwrap_or_else(|e| e.into_inner());
+            t.push_str(&line);
+            t.push('\n');
+        }
+    });
+    let guard = ChildGuard {
+        child,
+        what: format!("strace -p {pid}"),
+    };
+    (guard, text)
 }
