@@ -850,6 +850,8 @@ impl Drop for PidGuard {
             }
         }
     }
+}
+
 /// Attaches `strace -f` to the running process `pid` (all its threads), tracing the system
 /// calls that write, send or sync (`-xx`: every byte of their buffers in hex) into `out`.
 /// Returns the guard (SIGKILL on Drop) and strace's stderr, which says `attached` once it is
