@@ -301,11 +301,14 @@ pub(crate) fn raise_fd_limit() -> std::io::Result<u64> {
 
 /// The `kvnode` binary: runs a node with the KV app until `shutdown` resolves or a peer asks
 /// it to stop (`init:stop`, `erlang:halt`), then stops it gracefully. Returns the exit
-/// status: 0, or what `erlang:halt/1` / `init:stop/1` asked for.
+/// status: 0, or what `erlang:halt/1` / `init:stop/1` asked for. Hidden from the documented
+/// API: its settings come from the command line (`internals::Cli`); a program builds its
+/// node with [`NodeBuilder`] and [`kv::start`].
 ///
 /// The start order matters: the KV state is recovered before the node registers with EPMD
 /// (no peer finds a node whose data is not back yet), and the KV server is up before the
 /// first peer is accepted.
+#[doc(hidden)]
 pub async fn run(
     config: Config,
     kv_config: KvConfig,
