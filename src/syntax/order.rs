@@ -235,8 +235,11 @@ thread_local! {
 /// whole print, keyed by the map's address (every map in it is borrowed for `'a`, so no
 /// address is reused while it lives).
 pub(super) struct Sorter<'a> {
-    sorted: RefCell<HashMap<*const Map, Rc<[(&'a Term, &'a Term)]>>>,
+    sorted: RefCell<HashMap<*const Map, Entries<'a>>>,
 }
+
+/// A map's entries, keys in term order.
+pub(super) type Entries<'a> = Rc<[(&'a Term, &'a Term)]>;
 
 impl<'a> Sorter<'a> {
     /// An empty cache.
@@ -247,7 +250,7 @@ impl<'a> Sorter<'a> {
     }
 
     /// The entries of `m`, keys sorted by [`compare`].
-    pub(super) fn entries(&self, m: &'a Map) -> Rc<[(&'a Term, &'a Term)]> {
+    pub(super) fn entries(&self, m: &'a Map) -> Entries<'a> {
         let key: *const Map = m;
         let cached = self.sorted.borrow().get(&key).cloned();
         if let Some(entries) = cached {
@@ -255,7 +258,7 @@ impl<'a> Sorter<'a> {
         }
         let mut v: Vec<(&'a Term, &'a Term)> = m.map.iter().collect();
         v.sort_by(|a, b| self.compare(a.0, b.0));
-        let entries: Rc<[(&'a Term, &'a Term)]> = v.into();
+        let entries: Entries<'a> = v.into();
         self.sorted.borrow_mut().insert(key, entries.clone());
         entries
     }

@@ -1027,7 +1027,8 @@ fn map_keys_nested_in_map_keys_print_in_near_linear_work() {
     let depth = 12;
     let (term, _) = nested_key_maps(depth);
     let terms = 1u64 << (depth + 2);
-    let outputs: [(&str, fn(&Term) -> String); 3] = [
+    type Output = fn(&Term) -> String;
+    let outputs: [(&str, Output); 3] = [
         ("Erlang", |t| print(t, Erlang)),
         ("Elixir", |t| print(t, Elixir)),
         ("JSON", to_json),
