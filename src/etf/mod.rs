@@ -202,7 +202,37 @@ impl Default for Limits {
 }
 
 /// Why a term was rejected. Offsets are byte positions in the buffer that was passed in.
+///
+/// Public (`kvnode::etf`) and open to new reasons: a `match` on it needs a wildcard arm.
+/// Naming every reason known today does not compile:
+///
+/// ```compile_fail
+/// use kvnode::etf::TermError as E;
+/// fn what(e: &E) -> &'static str {
+///     match e {
+///         E::Truncated { .. } | E::BadVersion { .. } | E::UnknownTag { .. } => "bytes",
+///         E::AtomCacheRef { .. } | E::Compressed { .. } => "unsupported",
+///         E::TooDeep { .. } | E::MapKeysTooDeep { .. } => "too deep",
+///         E::TooManyAtoms { .. } | E::TooManyTerms { .. } => "too big",
+///         E::BadLength { .. } | E::FunSizeMismatch { .. } | E::UnexpectedTag { .. } => "bad",
+///         E::BadSign { .. } | E::BadBitBinary { .. } | E::BadFloat { .. } => "bad",
+///         E::InvalidUtf8Atom { .. } | E::Latin1Atom { .. } => "atom",
+///         E::TrailingBytes { .. } | E::Decode(_) => "other",
+///     }
+/// }
+/// ```
+///
+/// ```
+/// use kvnode::etf::TermError as E;
+/// fn what(e: &E) -> &'static str {
+///     match e {
+///         E::TooDeep { .. } | E::MapKeysTooDeep { .. } => "too deep",
+///         _ => "other",
+///     }
+/// }
+/// ```
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TermError {
     /// The buffer ends before the term does.
     #[error("term truncated: the field at offset {offset} is {needed} byte(s) short")]

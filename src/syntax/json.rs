@@ -1,7 +1,7 @@
 //! Terms as JSON and back, by the mapping in the module docs of [`super`] ("JSON mapping").
 //! Both directions are iterative; reading is bounded by [`MAX_JSON_DEPTH`].
 
-use super::order::{sorted_entries, wire_bits};
+use super::order::{Sorter, wire_bits};
 use super::parse::{cons, int_term};
 use super::print::fmt_float;
 use super::{MAX_JSON_DEPTH, SyntaxError};
@@ -106,6 +106,8 @@ fn node_fields(out: &mut String, node: &Atom) {
 /// Renders `term` as JSON; see [`super::to_json()`].
 pub(super) fn to_json(term: &Term) -> String {
     let mut out = String::new();
+    // Map keys sorted once for the whole document (see [`Sorter`]).
+    let sorter = Sorter::new();
     let mut jobs = vec![Job::T(term)];
     fn seq<'a>(jobs: &mut Vec<Job<'a>>, items: &'a [Term]) {
         for (i, t) in items.iter().enumerate().rev() {
@@ -201,7 +203,7 @@ pub(super) fn to_json(term: &Term) -> String {
                 seq(&mut jobs, &tu.elements);
             }
             Term::Map(m) => {
-                let mut entries = sorted_entries(m);
+                let mut entries = sorter.entries(m).to_vec();
                 if entries.iter().all(|(k, _)| utf8_key(k).is_some()) {
                     entries.sort_by(|a, b| utf8_key(a.0).cmp(&utf8_key(b.0)));
                     out.push('{');

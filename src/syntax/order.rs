@@ -16,7 +16,10 @@ use eetf::{BitBinary, Map, Term};
 use num_bigint::BigInt;
 use num_traits::{FromPrimitive, ToPrimitive};
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 #[derive(Clone, Copy)]
 enum Seq<'a> {
@@ -219,86 +222,128 @@ fn fun_key(t: &Term) -> (u8, &str, String) {
     }
 }
 
-/// The entries of `m`, keys sorted by [`compare`].
-pub(super) fn sorted_entries(m: &Map) -> Vec<(&Term, &Term)> {
-    let mut v: Vec<(&Term, &Term)> = m.map.iter().collect();
-    v.sort_by(|a, b| compare(a.0, b.0));
-    v
+#[cfg(test)]
+thread_local! {
+    /// Pairs of terms compared on this thread (tests bound the work printing does).
+    pub(super) static STEPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Sorted map entries, each map sorted once. Comparing two maps compares their sorted keys,
+/// which may be maps whose keys must be sorted in turn: without the cache, printing a map
+/// whose keys nest maps `d` deep sorts the inner ones again at every comparison, 4^d steps
+/// (a 0.5 MB reply at the decoder's nesting limit of 16 took minutes). One cache serves a
+/// whole print, keyed by the map's address (every map in it is borrowed for `'a`, so no
+/// address is reused while it lives).
+pub(super) struct Sorter<'a> {
+    sorted: RefCell<HashMap<*const Map, Entries<'a>>>,
+}
+
+/// A map's entries, keys in term order.
+pub(super) type Entries<'a> = Rc<[(&'a Term, &'a Term)]>;
+
+impl<'a> Sorter<'a> {
+    /// An empty cache.
+    pub(super) fn new() -> Self {
+        Sorter {
+            sorted: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The entries of `m`, keys sorted by [`compare`].
+    pub(super) fn entries(&self, m: &'a Map) -> Entries<'a> {
+        let key: *const Map = m;
+        let cached = self.sorted.borrow().get(&key).cloned();
+        if let Some(entries) = cached {
+            return entries;
+        }
+        let mut v: Vec<(&'a Term, &'a Term)> = m.map.iter().collect();
+        v.sort_by(|a, b| self.compare(a.0, b.0));
+        let entries: Entries<'a> = v.into();
+        self.sorted.borrow_mut().insert(key, entries.clone());
+        entries
+    }
+
+    /// [`compare`], with the map entries sorted so far.
+    pub(super) fn compare(&self, a: &'a Term, b: &'a Term) -> Ordering {
+        let mut stack: Vec<(V<'a>, V<'a>)> = vec![(V::T(a), V::T(b))];
+        while let Some((x, y)) = stack.pop() {
+            #[cfg(test)]
+            STEPS.with(|s| s.set(s.get() + 1));
+            let (sx, sy) = (shape(x), shape(y));
+            let o = sx.rank().cmp(&sy.rank());
+            if o != Ordering::Equal {
+                return o;
+            }
+            let o = match (sx, sy) {
+                (Shape::Num(p), Shape::Num(q)) => cmp_num(&p, &q),
+                (Shape::Atom(p), Shape::Atom(q)) => p.cmp(q),
+                (Shape::Ref(p), Shape::Ref(q)) => p
+                    .node
+                    .name
+                    .cmp(&q.node.name)
+                    .then(p.creation.cmp(&q.creation))
+                    .then_with(|| p.id.iter().rev().cmp(q.id.iter().rev())),
+                (Shape::Fun(p), Shape::Fun(q)) => fun_key(p).cmp(&fun_key(q)),
+                (Shape::Port(p), Shape::Port(q)) => p
+                    .node
+                    .name
+                    .cmp(&q.node.name)
+                    .then(p.creation.cmp(&q.creation))
+                    .then(p.id.cmp(&q.id)),
+                (Shape::Pid(p), Shape::Pid(q)) => p
+                    .node
+                    .name
+                    .cmp(&q.node.name)
+                    .then(p.creation.cmp(&q.creation))
+                    .then(p.serial.cmp(&q.serial))
+                    .then(p.id.cmp(&q.id)),
+                (Shape::Tuple(p), Shape::Tuple(q)) => {
+                    let o = p.len().cmp(&q.len());
+                    if o == Ordering::Equal {
+                        stack.extend(p.iter().zip(q).rev().map(|(i, j)| (V::T(i), V::T(j))));
+                    }
+                    o
+                }
+                (Shape::Map(p), Shape::Map(q)) => {
+                    let o = p.map.len().cmp(&q.map.len());
+                    if o != Ordering::Equal {
+                        return o;
+                    }
+                    let (ep, eq) = (self.entries(p), self.entries(q));
+                    for ((kp, _), (kq, _)) in ep.iter().zip(eq.iter()) {
+                        let o = self.compare(kp, kq);
+                        if o != Ordering::Equal {
+                            return o;
+                        }
+                    }
+                    stack.extend(
+                        ep.iter()
+                            .zip(eq.iter())
+                            .rev()
+                            .map(|(&(_, vp), &(_, vq))| (V::T(vp), V::T(vq))),
+                    );
+                    Ordering::Equal
+                }
+                (Shape::Nil, Shape::Nil) => Ordering::Equal,
+                (Shape::Cons(hp, tp), Shape::Cons(hq, tq)) => {
+                    stack.push((tp, tq));
+                    stack.push((hp, hq));
+                    Ordering::Equal
+                }
+                (Shape::Bits(p, pl), Shape::Bits(q, ql)) => cmp_bits(&p, pl, &q, ql),
+                _ => unreachable!("ranks are equal"),
+            };
+            if o != Ordering::Equal {
+                return o;
+            }
+        }
+        Ordering::Equal
+    }
 }
 
 /// Compares two terms in the exact term order described in the module docs.
 pub fn compare(a: &Term, b: &Term) -> Ordering {
-    let mut stack: Vec<(V<'_>, V<'_>)> = vec![(V::T(a), V::T(b))];
-    while let Some((x, y)) = stack.pop() {
-        let (sx, sy) = (shape(x), shape(y));
-        let o = sx.rank().cmp(&sy.rank());
-        if o != Ordering::Equal {
-            return o;
-        }
-        let o = match (sx, sy) {
-            (Shape::Num(p), Shape::Num(q)) => cmp_num(&p, &q),
-            (Shape::Atom(p), Shape::Atom(q)) => p.cmp(q),
-            (Shape::Ref(p), Shape::Ref(q)) => p
-                .node
-                .name
-                .cmp(&q.node.name)
-                .then(p.creation.cmp(&q.creation))
-                .then_with(|| p.id.iter().rev().cmp(q.id.iter().rev())),
-            (Shape::Fun(p), Shape::Fun(q)) => fun_key(p).cmp(&fun_key(q)),
-            (Shape::Port(p), Shape::Port(q)) => p
-                .node
-                .name
-                .cmp(&q.node.name)
-                .then(p.creation.cmp(&q.creation))
-                .then(p.id.cmp(&q.id)),
-            (Shape::Pid(p), Shape::Pid(q)) => p
-                .node
-                .name
-                .cmp(&q.node.name)
-                .then(p.creation.cmp(&q.creation))
-                .then(p.serial.cmp(&q.serial))
-                .then(p.id.cmp(&q.id)),
-            (Shape::Tuple(p), Shape::Tuple(q)) => {
-                let o = p.len().cmp(&q.len());
-                if o == Ordering::Equal {
-                    stack.extend(p.iter().zip(q).rev().map(|(i, j)| (V::T(i), V::T(j))));
-                }
-                o
-            }
-            (Shape::Map(p), Shape::Map(q)) => {
-                let o = p.map.len().cmp(&q.map.len());
-                if o != Ordering::Equal {
-                    return o;
-                }
-                let (ep, eq) = (sorted_entries(p), sorted_entries(q));
-                for ((kp, _), (kq, _)) in ep.iter().zip(&eq) {
-                    let o = compare(kp, kq);
-                    if o != Ordering::Equal {
-                        return o;
-                    }
-                }
-                stack.extend(
-                    ep.iter()
-                        .zip(&eq)
-                        .rev()
-                        .map(|((_, vp), (_, vq))| (V::T(vp), V::T(vq))),
-                );
-                Ordering::Equal
-            }
-            (Shape::Nil, Shape::Nil) => Ordering::Equal,
-            (Shape::Cons(hp, tp), Shape::Cons(hq, tq)) => {
-                stack.push((tp, tq));
-                stack.push((hp, hq));
-                Ordering::Equal
-            }
-            (Shape::Bits(p, pl), Shape::Bits(q, ql)) => cmp_bits(&p, pl, &q, ql),
-            _ => unreachable!("ranks are equal"),
-        };
-        if o != Ordering::Equal {
-            return o;
-        }
-    }
-    Ordering::Equal
+    Sorter::new().compare(a, b)
 }
 
 /// Whether two terms are exactly equal (Erlang's `=:=`, OTP 27+: `0.0` and `-0.0` differ).

@@ -3,7 +3,7 @@
 
 use super::Syntax;
 use super::lex::erlang_reserved;
-use super::order::{bit_len, sorted_entries};
+use super::order::{Sorter, bit_len};
 use super::parse::cons;
 use eetf::{InternalFun, Term};
 use std::fmt::Write;
@@ -251,6 +251,8 @@ pub(super) fn print(term: &Term, syntax: Syntax) -> String {
     let erlang = syntax == Syntax::Erlang;
     let sep = if erlang { "," } else { ", " };
     let mut out = String::new();
+    // Map keys sorted once for the whole print (see [`Sorter`]).
+    let sorter = Sorter::new();
     let mut jobs = vec![Job::T(term)];
     // Pushes `items` (in order) separated by `sep`, to be printed before what is already queued.
     fn seq<'a>(jobs: &mut Vec<Job<'a>>, items: Vec<Job<'a>>, sep: &'static str) {
@@ -429,10 +431,10 @@ pub(super) fn print(term: &Term, syntax: Syntax) -> String {
             Term::Map(m) => {
                 out.push_str(if erlang { "#{" } else { "%{" });
                 jobs.push(Job::S("}"));
-                let entries = sorted_entries(m);
+                let entries = sorter.entries(m);
                 let kw = !erlang && entries.iter().all(|(k, _)| matches!(k, Term::Atom(_)));
                 let n = entries.len();
-                for (i, (k, v)) in entries.into_iter().enumerate().rev() {
+                for (i, &(k, v)) in entries.iter().enumerate().rev() {
                     jobs.push(Job::T(v));
                     match k {
                         Term::Atom(a) if kw => jobs.push(Job::Kw(&a.name)),

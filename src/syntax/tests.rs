@@ -1004,3 +1004,43 @@ fn measure_syntax_throughput() {
         json.len()
     );
 }
+
+/// Two maps of depth `d` whose keys are maps of depth `d - 1`, differing only in the value of
+/// their last key: sorting a map's keys must look deep into them, and every level doubles
+/// the term.
+fn nested_key_maps(d: u32) -> (Term, Term) {
+    if d == 0 {
+        return (int(0), int(1));
+    }
+    let (a, b) = nested_key_maps(d - 1);
+    (
+        map(vec![(a.clone(), int(0)), (b.clone(), int(0))]),
+        map(vec![(a, int(0)), (b, int(1))]),
+    )
+}
+
+#[test]
+fn map_keys_nested_in_map_keys_print_in_near_linear_work() {
+    // A peer's reply of this shape at the decoder's key nesting limit (16) is about 0.5 MB;
+    // each map sorted once, printing it is a few million steps. Sorting every map again at
+    // each comparison (4^depth steps) took 72 s for depth 13 in `kvnode rpc` (debug build).
+    let depth = 12;
+    let (term, _) = nested_key_maps(depth);
+    let terms = 1u64 << (depth + 2);
+    type Output = fn(&Term) -> String;
+    let outputs: [(&str, Output); 3] = [
+        ("Erlang", |t| print(t, Erlang)),
+        ("Elixir", |t| print(t, Elixir)),
+        ("JSON", to_json),
+    ];
+    for (what, output) in outputs {
+        super::order::STEPS.with(|s| s.set(0));
+        let text = output(&term);
+        let steps = super::order::STEPS.with(|s| s.get());
+        assert!(
+            steps <= terms * u64::from(depth) * 4,
+            "{what}: {steps} comparison steps for a term of about {terms} terms"
+        );
+        assert!(text.len() > terms as usize, "{what}: {} bytes", text.len());
+    }
+}
