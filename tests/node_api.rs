@@ -73,6 +73,8 @@ fn register_calc(node: &Node) {
     node.register_function("calc", "bye", 0, |_, _| async {
         Outcome::Exit(atom("gone"))
     });
+    // Only the node's own erlang:halt may end without an answer: from an app it is an exit.
+    node.register_function("calc", "halt", 0, |_, _| async { Outcome::Halt });
     // The calling node is passed in: a function can use the whole API.
     node.register_function("calc", "whoami", 0, |node, _| async move {
         Outcome::Return(atom(&node.name().name))
@@ -101,6 +103,7 @@ async fn registered_functions_answer_erpc_rpc_and_rex_with_every_outcome() {
         show.("erpc_bye", fn -> :erpc.call(n, :calc, :bye, []) end)
         show.("erpc_undef", fn -> :erpc.call(n, :calc, :add, [1]) end)
         show.("erpc_who", fn -> :erpc.call(n, :calc, :whoami, []) end)
+        show.("erpc_halt", fn -> :erpc.call(n, :calc, :halt, [], 10_000) end)
         show.("rpc_add", fn -> :rpc.call(n, :calc, :add, [1, 2]) end)
         show.("rpc_bye", fn -> :rpc.call(n, :calc, :bye, []) end)
         show.("rpc_toss", fn -> :rpc.call(n, :calc, :toss, []) end)
@@ -127,6 +130,7 @@ async fn registered_functions_answer_erpc_rpc_and_rex_with_every_outcome() {
         line("erpc_who"),
         format!("{{:ok, :\"{}\"}}", node.name().name)
     );
+    assert_eq!(line("erpc_halt"), "{:exit, {:exception, :halt}}");
     assert_eq!(line("rpc_add"), "{:ok, 3}");
     assert_eq!(line("rpc_bye"), "{:ok, {:badrpc, {:EXIT, :gone}}}");
     assert_eq!(line("rpc_toss"), "{:ok, :tossed}");
@@ -190,6 +194,13 @@ async fn call_local_answers_and_reports_noproc_and_timeout() {
         Err(CallError::Timeout { after, .. }) => assert_eq!(after, Duration::from_millis(200)),
         other => panic!("expected Timeout, got {other:?}"),
     }
+    // A timeout too long for the clock is "never", not an overflow.
+    assert_eq!(
+        node.call_local("gate", atom("ping"), Duration::MAX)
+            .await
+            .expect("ping"),
+        atom("pong")
+    );
     // The server still answers after a call it left unanswered.
     assert_eq!(
         node.call_local("gate", atom("ping"), LONG)

@@ -151,7 +151,9 @@ static CONFIGURED_DEPTH: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_DEPTH);
 
 /// Records the node's `--max-term-depth`, for threads started where the configuration is not
-/// at hand (storage) and for terms that come back from the data directory.
+/// at hand (storage) and for terms that come back from the data directory. The node's own
+/// business: [`crate::NodeBuilder`] sets it.
+#[doc(hidden)]
 pub fn set_configured_depth(max_depth: usize) {
     CONFIGURED_DEPTH.store(
         max_depth.min(MAX_MAX_DEPTH),
@@ -160,17 +162,21 @@ pub fn set_configured_depth(max_depth: usize) {
 }
 
 /// The depth recorded by [`set_configured_depth`] ([`DEFAULT_MAX_DEPTH`] before).
+#[doc(hidden)]
 pub fn configured_depth() -> usize {
     CONFIGURED_DEPTH.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// [`stack_size_for_depth`] of [`configured_depth`]: what every thread that may touch a
 /// decoded term is started with.
+#[doc(hidden)]
 pub fn thread_stack_size() -> usize {
     stack_size_for_depth(configured_depth())
 }
 
-/// Resource limits enforced by the validator on top of the structural checks.
+/// Resource limits enforced by the validator on top of the structural checks, for one term.
+/// Not the node's [`crate::Limits`] (connections, messages, mailboxes), which sets some of
+/// these for the terms peers send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Maximum nesting depth, counted in eetf `decode_term` calls (see the module docs).

@@ -87,6 +87,10 @@ defmodule KVClient.Store do
   # Calls remembered per node to answer `{:error, :noconnection}` if it drops them.
   @inflight_cap 10_000
 
+  # Requests held for a node while its connection is being set up; past this,
+  # requests for that node answer {:error, :overloaded} until it connects.
+  @max_connect_queue 10_000
+
   @doc false
   defmacro __using__(defaults) do
     quote do
@@ -267,7 +271,13 @@ defmodule KVClient.Store do
         send_item(state, node, item)
 
       {:connecting, queue} ->
-        put_conn(state, node, {:connecting, :queue.in(item, queue)})
+        # Bounded: a node that takes long to connect (up to net_setuptime) must not
+        # make this process hold every request sent meanwhile.
+        if :queue.len(queue) >= @max_connect_queue do
+          fail_item(state, node, item, :overloaded)
+        else
+          put_conn(state, node, {:connecting, :queue.in(item, queue)})
+        end
 
       :down ->
         start_connect(node, state.server)
@@ -344,6 +354,13 @@ defmodule KVClient.Store do
     case Map.fetch!(state.conn, node) do
       {:connecting, queue} ->
         items = :queue.to_list(queue)
+
+        # A :nodedown that came while connecting was not acted on: check the
+        # connection is still there before marking the node up.
+        result =
+          if result == :ok and node != node() and node not in Node.list([:visible, :hidden]),
+            do: {:error, :noconnection},
+            else: result
 
         case result do
           :ok ->

@@ -388,7 +388,8 @@ pub struct Congestion(Arc<Pressure>);
 
 impl Congestion {
     /// Sets (`true`) or clears the server's congestion. Setting it again, or clearing it
-    /// when clear, does nothing.
+    /// when clear, does nothing. It is one switch per server: a server with two queues of
+    /// its own sets it while either is over its bound (clearing it when both are under).
     pub fn set(&self, congested: bool) {
         self.0.set(Pressure::SERVER, congested);
     }
@@ -678,7 +679,7 @@ impl Node {
         let Some(mailbox) = self.whereis(name) else {
             return Err(crate::node::CallError::NoProc { dest: dest() });
         };
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::node::deadline_after(timeout);
         let work = async {
             if let Some(pressure) = mailbox.pressure() {
                 pressure.relieved().await;

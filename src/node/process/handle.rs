@@ -548,7 +548,7 @@ impl Process {
         if calling_self {
             return Err(CallError::CallingSelf);
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::node::deadline_after(timeout);
         // The monitor reference is the alias, as `monitor(process, dest, [{alias,
         // demonitor}])` makes it in gen.erl.
         let reference = self.node.new_ref();

@@ -199,6 +199,14 @@ struct Peers {
     deferred: HashMap<String, Vec<Deferred>>,
 }
 
+/// `timeout` from now, saturated: a timeout too long for the clock (`Duration::MAX`) means
+/// about a century, i.e. never, instead of an overflow panic.
+pub(crate) fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 /// How often a reader waiting for a congested process looks again even without a wake-up
 /// (a safety net: relief is always notified).
 const PRESSURE_RECHECK: Duration = Duration::from_millis(250);

@@ -295,7 +295,15 @@ impl Node {
             arity,
             Arc::new(move |node, args| {
                 let run = f(node, args);
-                async move { Finished::from(run.await) }.boxed()
+                async move {
+                    match run.await {
+                        // Only the node's own `erlang:halt` may end without an answer; from
+                        // an app's function it would leave the caller waiting forever.
+                        Outcome::Halt => Finished::from(Outcome::Exit(atom("halt"))),
+                        outcome => Finished::from(outcome),
+                    }
+                }
+                .boxed()
             }),
         );
     }
