@@ -555,6 +555,7 @@ impl Storage {
             return;
         }
         self.shared.compactions.fetch_add(1, Ordering::AcqRel);
+        crate::metrics::STORAGE_COMPACTIONS.inc();
         q.items.push_back(Item::Rotate { live });
         drop(q);
         self.shared.wake.notify_one();
@@ -802,10 +803,13 @@ impl Writer {
         let result = match result {
             Ok(written) => {
                 self.end += written;
-                self.shared.log_bytes.fetch_add(written, Ordering::AcqRel);
+                let log = self.shared.log_bytes.fetch_add(written, Ordering::AcqRel) + written;
+                crate::metrics::STORAGE_LOG_BYTES.set(i64::try_from(log).unwrap_or(i64::MAX));
+                crate::metrics::STORAGE_GROUP_SIZE.observe(batch.len() as u64);
                 Ok(())
             }
             Err(error) => {
+                crate::metrics::STORAGE_COMMIT_FAILURES.inc();
                 self.failed_since_rotate = true;
                 self.needs_truncate = true;
                 tracing::error!(%error, groups = batch.len(), seq = self.seq, "log commit failed; replying storage_unavailable");
@@ -854,7 +858,9 @@ impl Writer {
             self.buf = Vec::new();
         }
         if self.shared.options.sync {
+            let since = std::time::Instant::now();
             self.file.sync_data()?;
+            crate::metrics::STORAGE_FSYNC_SECONDS.observe_duration(since.elapsed());
             COMMIT_SYNCS.fetch_add(1, Ordering::Relaxed);
         }
         Ok(pos - start)
