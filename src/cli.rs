@@ -313,6 +313,22 @@ pub enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Show a one-screen summary of NODE (`kvnode:info/0` by rpc: connections, keys,
+    /// subscriptions, storage syncs, monitors, memory, ...), redrawn every second; q or
+    /// Ctrl-C quits.
+    #[command(after_help = "Examples:\n  \
+      kvnode top kv@127.0.0.1 --cookie secret\n  \
+      kvnode top kv@127.0.0.1 --once")]
+    Top {
+        /// The node, `name@host`.
+        node: String,
+        /// Print one summary and exit.
+        #[arg(long)]
+        once: bool,
+        /// The connection flags.
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
     /// List the names registered with the EPMD on HOST (default 127.0.0.1), as `epmd -names`.
     Names {
         /// The host whose EPMD to ask.

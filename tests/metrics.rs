@@ -238,7 +238,10 @@ fn prometheus_scrapes(target: &str) {
     let web = free_port();
     let child = Command::new("prometheus")
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{web}"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -302,7 +305,69 @@ fn readyz_is_503_until_the_node_is_registered() {
     });
     assert_eq!(status, 200, "alive while registering");
     let (status, body) = http_get(mport, "/readyz").expect("readyz");
-    assert_eq!(status, 503, "not ready while the EPMD has not answered: {body}");
+    assert_eq!(
+        status, 503,
+        "not ready while the EPMD has not answered: {body}"
+    );
     let metrics = scrape(mport);
     assert_eq!(value(&metrics, "kvnode_ready"), 0.0);
+}
+
+#[test]
+fn top_once_prints_the_summary() {
+    let kv = KvNode::fresh("top");
+    let epmd = kv.epmd_port.to_string();
+    for key in ["a", "b", "c"] {
+        let put = kvnode_client(&[
+            "call",
+            &kv.name,
+            "Elixir.DistributedExample.KVStore",
+            &format!("{{put, {key}, 1}}"),
+            "--cookie",
+            &kv.cookie,
+            "--epmd-port",
+            &epmd,
+        ]);
+        assert_eq!(put.stdout.trim(), "ok", "{put:?}");
+    }
+    let top = kvnode_client(&[
+        "top",
+        &kv.name,
+        "--once",
+        "--cookie",
+        &kv.cookie,
+        "--epmd-port",
+        &epmd,
+    ]);
+    assert_eq!(top.status, Some(0), "{top:?}");
+    let line = |name: &str| {
+        top.stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} line in:\n{}", top.stdout))
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert!(top.stdout.contains(&kv.name), "{}", top.stdout);
+    assert_eq!(line("keys"), "3");
+    // The top client itself is connected while it asks.
+    assert_eq!(line("connections"), "1");
+    assert_eq!(line("subscriptions"), "0");
+    assert!(line("rss_bytes").ends_with("MiB"), "{}", top.stdout);
+    // No terminal control codes with --once.
+    assert!(!top.stdout.contains('\x1b'), "{:?}", top.stdout);
+
+    // A wrong cookie: the handshake is refused, exit status 3 as for the other commands.
+    let refused = kvnode_client(&[
+        "top",
+        &kv.name,
+        "--once",
+        "--cookie",
+        "nope",
+        "--epmd-port",
+        &epmd,
+    ]);
+    assert_eq!(refused.status, Some(3), "{refused:?}");
 }

@@ -349,7 +349,12 @@ impl KvServer {
         metrics::KV_SUBSCRIPTIONS.set(self.subscriptions as i64);
     }
 
-    fn call(&mut self, ctx: &mut Ctx, from: &Caller, request: crate::Request<'_>) -> CallResult<'_> {
+    fn call(
+        &mut self,
+        ctx: &mut Ctx,
+        from: &Caller,
+        request: crate::Request<'_>,
+    ) -> CallResult<'_> {
         if let Some(view) = self.byte_view(&request) {
             metrics::kv_request(true, byte_kind(&view));
             let decode = |k: &[u8]| request.decode_part(k).ok();

@@ -427,7 +427,10 @@ impl prometheus_client::collector::Collector for Collector {
 
         // Connections.
         {
-            let dialing = self.node.as_ref().map_or(0, |n| n.manager().dials_in_flight());
+            let dialing = self
+                .node
+                .as_ref()
+                .map_or(0, |n| n.manager().dials_in_flight());
             let mut m = e.encode_descriptor(
                 "kvnode_connections",
                 "Distribution connections by state and direction",

@@ -110,9 +110,9 @@ pub async fn serve<S: RawStream>(node: Node, stream: S, peer: String, flags: Dis
         Err(Error::Closed) => crate::metrics::Disconnect::Closed,
         Err(Error::TickTimeout(_)) => crate::metrics::Disconnect::TickTimeout,
         Err(Error::TooLarge { .. }) => crate::metrics::Disconnect::TooLarge,
-        Err(
-            Error::FrameType(_) | Error::Term(_) | Error::Control(_) | Error::Trailing(_),
-        ) => crate::metrics::Disconnect::BadFrame,
+        Err(Error::FrameType(_) | Error::Term(_) | Error::Control(_) | Error::Trailing(_)) => {
+            crate::metrics::Disconnect::BadFrame
+        }
         Err(Error::Io(_)) => crate::metrics::Disconnect::Io,
         Err(Error::Shutdown) | Ok(()) => crate::metrics::Disconnect::Shutdown,
     });

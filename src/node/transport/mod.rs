@@ -532,7 +532,10 @@ async fn handshake_in(
                     return None;
                 }
                 Err(_) => {
-                    crate::metrics::handshake_failed(true, crate::metrics::HandshakeFailure::Timeout);
+                    crate::metrics::handshake_failed(
+                        true,
+                        crate::metrics::HandshakeFailure::Timeout,
+                    );
                     tracing::info!(%addr, "TLS handshake timed out");
                     return None;
                 }
