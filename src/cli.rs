@@ -130,8 +130,8 @@ pub struct Cli {
     /// Serve HTTP on ADDR:PORT: `/metrics` (Prometheus text format), `/healthz` (200 while
     /// the process runs) and `/readyz` (200 once the node is ready, as --ready-file; 503
     /// before). Off by default. Bind it to a private address: it has no authentication
-    /// (e.g. `--metrics-addr 127.0.0.1:9464`).
-    #[arg(long, value_name = "ADDR:PORT")]
+    /// (e.g. `--metrics-addr 127.0.0.1:9464`). Also read from KVNODE_METRICS_ADDR.
+    #[arg(long, env = "KVNODE_METRICS_ADDR", value_name = "ADDR:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// Most terms (list elements, tuple elements, map keys and values, atoms, ...) in one
