@@ -349,10 +349,10 @@ pub async fn dial(node: Node, peer: String, ticket: manager::DialTicket) {
         ) {
             node.manager().note_dial(&peer, outcome_of(&dialed));
         }
-        if let Err(error) = &dialed {
-            if let Some(reason) = dial_failure_reason(error) {
-                crate::metrics::handshake_failed(false, reason);
-            }
+        if let Err(error) = &dialed
+            && let Some(reason) = dial_failure_reason(error)
+        {
+            crate::metrics::handshake_failed(false, reason);
         }
         match dialed {
             Ok((stream, peer_node)) => {
