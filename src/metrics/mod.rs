@@ -6,6 +6,9 @@
 //! no lazy initialisation check). Everything else is read at scrape time. The latency
 //! histogram of KV requests reads the clock only while a metrics endpoint runs
 //! ([`enabled`]), so a node without `--metrics-addr` pays one relaxed load per request.
+//!
+//! The counters are per process, not per node: a program running several nodes (tests, a
+//! library user) sees their sum. The `kvnode` binary runs one.
 
 pub(crate) mod http;
 

@@ -450,6 +450,7 @@ impl Storage {
             log_bytes = FILE_HEADER_LEN as u64;
         }
 
+        crate::metrics::STORAGE_LOG_BYTES.set(i64::try_from(log_bytes).unwrap_or(i64::MAX));
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
@@ -920,7 +921,9 @@ fn snapshot_loop(shared: &Shared, rx: mpsc::Receiver<SnapshotJob>) {
             Ok(bytes) => {
                 shared.snapshot_bytes.store(bytes, Ordering::Release);
                 let removed = remove_before(&shared.dir, job.seq);
-                shared.log_bytes.fetch_sub(removed, Ordering::AcqRel);
+                let log = shared.log_bytes.fetch_sub(removed, Ordering::AcqRel);
+                crate::metrics::STORAGE_LOG_BYTES
+                    .set(i64::try_from(log.saturating_sub(removed)).unwrap_or(i64::MAX));
                 shared.retry_at.store(0, Ordering::Release);
                 shared.compaction_done();
                 tracing::info!(
