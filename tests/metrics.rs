@@ -371,3 +371,27 @@ fn top_once_prints_the_summary() {
     ]);
     assert_eq!(refused.status, Some(3), "{refused:?}");
 }
+
+#[test]
+fn a_metrics_address_in_use_stops_kvnode_with_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let epmd = free_port().to_string();
+    let name = format!("{}@127.0.0.1", unique("busy"));
+    let err = kvnode_refuses(&[
+        "--name",
+        &name,
+        "--cookie",
+        "c",
+        "--epmd-port",
+        &epmd,
+        "--metrics-addr",
+        &addr,
+    ]);
+    assert!(
+        err.contains(&format!("cannot listen on --metrics-addr {addr}")),
+        "{err}"
+    );
+    let err = kvnode_refuses(&["--metrics-addr", "not-an-address"]);
+    assert!(err.contains("--metrics-addr"), "{err}");
+}
