@@ -127,6 +127,13 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
 
+    /// Serve HTTP on ADDR:PORT: `/metrics` (Prometheus text format), `/healthz` (200 while
+    /// the process runs) and `/readyz` (200 once the node is ready, as --ready-file; 503
+    /// before). Off by default. Bind it to a private address: it has no authentication
+    /// (e.g. `--metrics-addr 127.0.0.1:9464`). Also read from KVNODE_METRICS_ADDR.
+    #[arg(long, env = "KVNODE_METRICS_ADDR", value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// Most terms (list elements, tuple elements, map keys and values, atoms, ...) in one
     /// message from a peer; more closes only that peer's connection. Bounds the memory one
     /// decoded message takes: each term costs ~56 bytes once decoded, so a 128 MiB message
@@ -302,6 +309,22 @@ pub enum Command {
     Ping {
         /// The node, `name@host`.
         node: String,
+        /// The connection flags.
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Show a one-screen summary of NODE (`kvnode:info/0` by rpc: connections, keys,
+    /// subscriptions, storage syncs, monitors, memory, ...), redrawn every second; q or
+    /// Ctrl-C quits.
+    #[command(after_help = "Examples:\n  \
+      kvnode top kv@127.0.0.1 --cookie secret\n  \
+      kvnode top kv@127.0.0.1 --once")]
+    Top {
+        /// The node, `name@host`.
+        node: String,
+        /// Print one summary and exit.
+        #[arg(long)]
+        once: bool,
         /// The connection flags.
         #[command(flatten)]
         opts: ClientOpts,
@@ -502,6 +525,7 @@ impl Cli {
         config.handshake_timeout = Duration::from_secs(self.handshake_timeout.max(1));
         config.net_ticktime = Duration::from_secs(self.net_ticktime.max(4));
         config.ready_file = self.ready_file;
+        config.metrics_addr = self.metrics_addr;
         config.max_connections = self.max_connections.max(1);
         config.max_terms_per_message = self.max_terms_per_message.max(1);
         // Admission (issue 10).

@@ -66,6 +66,9 @@ pub struct Config {
     /// `--ready-file`: written (atomically) once the node is ready, removed on an orderly
     /// stop; scripts and tests wait for it instead of scraping logs (see `src/ready.rs` for the format).
     pub ready_file: Option<std::path::PathBuf>,
+    /// `--metrics-addr`: where the HTTP endpoint serving `/metrics` (Prometheus),
+    /// `/healthz` and `/readyz` listens; None (the default) serves none.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for Config {
@@ -94,6 +97,7 @@ impl std::fmt::Debug for Config {
             .field("max_monitors_per_peer", &self.max_monitors_per_peer)
             .field("max_mailbox_bytes", &self.max_mailbox_bytes)
             .field("ready_file", &self.ready_file)
+            .field("metrics_addr", &self.metrics_addr)
             .finish()
     }
 }
@@ -150,6 +154,7 @@ impl Config {
             max_monitors_per_peer: crate::node::monitors::DEFAULT_MAX_MONITORS_PER_PEER,
             max_mailbox_bytes: crate::node::gen_server::DEFAULT_MAX_MAILBOX_BYTES,
             ready_file: None,
+            metrics_addr: None,
         }
     }
 

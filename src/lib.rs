@@ -126,6 +126,7 @@ pub(crate) mod config;
 pub(crate) mod epmd;
 pub mod etf;
 pub mod kv;
+pub(crate) mod metrics;
 pub(crate) mod node;
 pub(crate) mod ready;
 pub(crate) mod storage;
@@ -241,6 +242,14 @@ pub enum Error {
     /// The KV server could not be spawned (its name is taken or invalid).
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+    /// The `--metrics-addr` could not be bound.
+    #[error("cannot listen on --metrics-addr {addr}: {source}")]
+    Metrics {
+        /// The address given.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 impl From<kv::KvError> for Error {
@@ -315,6 +324,23 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<u8, Error> {
     let ready_path = config.ready_file.clone();
+    // The metrics endpoint comes first: /healthz answers and /readyz says 503 during
+    // recovery. Stopped when this function returns (the guard).
+    let (scrape, _metrics_stop) = match config.metrics_addr {
+        Some(addr) => {
+            let listener = listen(addr).map_err(|source| Error::Metrics { addr, source })?;
+            let scrape = std::sync::Arc::new(metrics::Scrape {
+                node: std::sync::OnceLock::new(),
+                started: std::time::Instant::now(),
+            });
+            let stop = tokio_util::sync::CancellationToken::new();
+            metrics::enable();
+            tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "metrics endpoint listening (/metrics, /healthz, /readyz)");
+            tokio::spawn(metrics::http::serve(listener, scrape.clone(), stop.clone()));
+            (Some(scrape), Some(stop.drop_guard()))
+        }
+        None => (None, None),
+    };
     let bound = node::builder::bind(config)?;
     let dist_port = bound.port();
     // Recover the state before anyone can find us through EPMD.
@@ -348,6 +374,10 @@ pub async fn run(
             return Err(error);
         }
     };
+    // Ready: /readyz answers 200 from now on (the same moment as the ready file).
+    if let Some(scrape) = &scrape {
+        let _ = scrape.node.set(node.clone());
+    }
     let status = tokio::select! {
         () = shutdown => {
             tracing::info!("shutting down");

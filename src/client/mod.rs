@@ -8,13 +8,15 @@
 //! - [`terms`]: terms from the command line (Erlang or Elixir syntax) and to stdout (or JSON);
 //! - [`call`]: `call` (and `--repeat`), `cast`, `send`;
 //! - [`rpc`]: `rpc` (erpc through a spawn request, `rex` as a fallback) and `ping`;
-//! - [`epmd`]: `names` and the stand-alone EPMD server (`epmd [--daemon]`).
+//! - [`epmd`]: `names` and the stand-alone EPMD server (`epmd [--daemon]`);
+//! - [`top`]: `top`, a refreshing summary of `kvnode:info/0`.
 
 pub mod call;
 pub mod connect;
 pub mod epmd;
 pub mod rpc;
 pub mod terms;
+pub mod top;
 
 use crate::cli::Command;
 use std::fmt;
@@ -137,6 +139,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             opts,
         } => rpc::rpc(&opts, &node, &module, &function, &args, rex).await,
         Command::Ping { node, opts } => rpc::ping(&opts, &node).await,
+        Command::Top { node, once, opts } => top::top(&opts, &node, once).await,
         Command::Names {
             host,
             epmd_port,

@@ -70,7 +70,9 @@ pub async fn rpc(
     Ok(())
 }
 
-async fn call(
+/// Calls `module:function(args)` on the client's peer (erpc, or `rex` when asked or when
+/// the peer has no spawn support); used by `rpc` and `top`.
+pub(crate) async fn call(
     client: &Client,
     module: &str,
     function: &str,

@@ -306,6 +306,7 @@ impl Registry {
         }
         inner.creation = inner.creation.wrapping_add(1).max(1);
         inner.nodes.insert(name.to_vec(), node);
+        crate::metrics::EPMD_REGISTERED.set(inner.nodes.len() as i64);
         Some(inner.creation)
     }
 
@@ -318,6 +319,7 @@ impl Registry {
             .is_some_and(|node| node.conn_id == conn_id)
         {
             inner.nodes.remove(name);
+            crate::metrics::EPMD_REGISTERED.set(inner.nodes.len() as i64);
         }
     }
 
@@ -460,6 +462,13 @@ impl Connection {
         let Some(&tag) = request.first() else {
             return Err(ConnectionError::EmptyRequest);
         };
+        crate::metrics::epmd_request(match tag {
+            ALIVE2_REQ => 0,
+            PORT_PLEASE2_REQ => 1,
+            NAMES_REQ => 2,
+            DUMP_REQ => 3,
+            _ => 4,
+        });
         let answered = match tag {
             ALIVE2_REQ if !local => Err(ConnectionError::NotLocal {
                 request: "ALIVE2_REQ",

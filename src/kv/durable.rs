@@ -144,6 +144,7 @@ impl Durable {
             let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
             p.submitted += 1;
             p.queued_bytes += bytes;
+            crate::metrics::STORAGE_QUEUE_BYTES.set(p.queued_bytes as i64);
             // Set and cleared under this lock, so the flag always matches the count.
             if !p.congested && p.queued_bytes >= self.max_queued {
                 p.congested = true;
@@ -165,6 +166,7 @@ impl Durable {
                 let released: Vec<(Caller, Term)> = {
                     let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
                     p.queued_bytes = p.queued_bytes.saturating_sub(bytes);
+                    crate::metrics::STORAGE_QUEUE_BYTES.set(p.queued_bytes as i64);
                     if p.congested && p.queued_bytes <= low {
                         p.congested = false;
                         congestion.set(false);

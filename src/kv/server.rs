@@ -8,6 +8,7 @@ use super::durable::{self, Durable};
 use super::key::Key;
 use super::protocol::{self, ByteRequest, Request, Topic};
 use super::store::{Event, Store};
+use crate::metrics::{self, KvKind};
 use crate::storage::Op;
 use crate::{CallResult, Caller, Ctx, GenServer};
 use erl_dist::term::{Atom, BigInteger, FixInteger, Pid, Reference, Term};
@@ -94,10 +95,12 @@ pub(crate) fn apply_bytes<'s>(
                 },
                 ByteRequest::Put { key, value } => {
                     store.put_encoded(canon, key, value);
+                    crate::metrics::KV_KEYS.set(store.len() as i64);
                     protocol::OK_BYTES
                 }
                 ByteRequest::Delete { .. } => {
                     store.delete_encoded(canon);
+                    crate::metrics::KV_KEYS.set(store.len() as i64);
                     protocol::OK_BYTES
                 }
             })
@@ -141,6 +144,7 @@ impl KvServer {
                 _ => tracing::error!("skipping a recovered entry with an empty key"),
             }
         }
+        metrics::KV_KEYS.set(store.len() as i64);
         KvServer {
             store,
             durable: Some(durable),
@@ -174,6 +178,7 @@ impl KvServer {
                 }
             }
         }
+        self.publish_gauges();
     }
 
     fn unsubscribe(&mut self, ctx: &Ctx, pid: &Pid, topic: Topic) {
@@ -208,6 +213,7 @@ impl KvServer {
         {
             ctx.demonitor(pid, &r);
         }
+        self.publish_gauges();
     }
 
     fn drop_subscriber(&mut self, pid: &Pid) {
@@ -226,6 +232,7 @@ impl KvServer {
                 }
             }
         }
+        self.publish_gauges();
     }
 
     fn publish(&self, ctx: &Ctx, event: &Event) {
@@ -253,12 +260,14 @@ impl KvServer {
         let Some(durable) = &self.durable else {
             let emit = self.subscriptions > 0;
             let (reply, event) = self.store.apply_with(req, emit);
+            metrics::KV_KEYS.set(self.store.len() as i64);
             if let Some(event) = event {
                 self.publish(ctx, &event);
             }
             return Some(reply);
         };
         let (reply, event) = self.store.apply_with(req, true);
+        metrics::KV_KEYS.set(self.store.len() as i64);
         match event {
             Some(event) => {
                 if self.subscriptions > 0 {
@@ -306,14 +315,48 @@ impl KvServer {
     }
 }
 
-impl GenServer for KvServer {
-    fn handle_call(
+/// The metrics kind of a byte-view request.
+fn byte_kind(view: &ByteRequest<'_>) -> KvKind {
+    match view {
+        ByteRequest::Get { .. } => KvKind::Get,
+        ByteRequest::Put { .. } => KvKind::Put,
+        ByteRequest::Delete { .. } => KvKind::Delete,
+    }
+}
+
+/// The metrics kind of a decoded request.
+fn request_kind(request: &Request) -> KvKind {
+    use protocol::DataRequest as D;
+    match request {
+        Request::Data(D::Get { .. }) => KvKind::Get,
+        Request::Data(D::Put { .. }) => KvKind::Put,
+        Request::Data(D::PutNew { .. }) => KvKind::PutNew,
+        Request::Data(D::Delete { .. }) => KvKind::Delete,
+        Request::Data(D::Cas { .. }) => KvKind::Cas,
+        Request::Data(D::Incr { .. }) => KvKind::Incr,
+        Request::Data(D::Keys) => KvKind::Keys,
+        Request::Data(D::Size) => KvKind::Size,
+        Request::Subscribe(_) => KvKind::Subscribe,
+        Request::Unsubscribe(_) => KvKind::Unsubscribe,
+        Request::Subscribers => KvKind::Subscribers,
+    }
+}
+
+impl KvServer {
+    /// Publishes the store's gauges (a relaxed store each; read at scrape time).
+    fn publish_gauges(&self) {
+        metrics::KV_KEYS.set(self.store.len() as i64);
+        metrics::KV_SUBSCRIPTIONS.set(self.subscriptions as i64);
+    }
+
+    fn call(
         &mut self,
         ctx: &mut Ctx,
         from: &Caller,
         request: crate::Request<'_>,
     ) -> CallResult<'_> {
         if let Some(view) = self.byte_view(&request) {
+            metrics::kv_request(true, byte_kind(&view));
             let decode = |k: &[u8]| request.decode_part(k).ok();
             return match apply_bytes(&mut self.store, &mut self.default_reply, view, decode) {
                 Some(reply) => CallResult::Encoded(reply),
@@ -326,11 +369,14 @@ impl GenServer for KvServer {
         let request = match request.decode() {
             Ok(request) => request,
             Err(error) => {
+                metrics::kv_request(true, KvKind::Unknown);
                 tracing::debug!(%error, "undecodable call");
                 return CallResult::NoReply;
             }
         };
-        let reply = match Request::from_term(request) {
+        let parsed = Request::from_term(request);
+        metrics::kv_request(true, parsed.as_ref().map_or(KvKind::Unknown, request_kind));
+        let reply = match parsed {
             Ok(Request::Data(req)) => {
                 return match self.data(ctx, req, Some(from)) {
                     Some(reply) => CallResult::Reply(reply),
@@ -353,9 +399,24 @@ impl GenServer for KvServer {
         };
         CallResult::Reply(reply)
     }
+}
+
+impl GenServer for KvServer {
+    fn handle_call(
+        &mut self,
+        ctx: &mut Ctx,
+        from: &Caller,
+        request: crate::Request<'_>,
+    ) -> CallResult<'_> {
+        let timer = metrics::kv_timer();
+        let result = self.call(ctx, from, request);
+        metrics::kv_timed(timer);
+        result
+    }
 
     fn handle_cast(&mut self, ctx: &mut Ctx, request: crate::Request<'_>) {
         if let Some(view) = self.byte_view(&request) {
+            metrics::kv_request(false, byte_kind(&view));
             let decode = |k: &[u8]| request.decode_part(k).ok();
             if apply_bytes(&mut self.store, &mut self.default_reply, view, decode).is_none() {
                 tracing::debug!("undecodable key in a cast: ignored");
@@ -365,11 +426,14 @@ impl GenServer for KvServer {
         let request = match request.decode() {
             Ok(request) => request,
             Err(error) => {
+                metrics::kv_request(false, KvKind::Unknown);
                 tracing::debug!(%error, "undecodable cast: ignored");
                 return;
             }
         };
-        match Request::from_term(request) {
+        let parsed = Request::from_term(request);
+        metrics::kv_request(false, parsed.as_ref().map_or(KvKind::Unknown, request_kind));
+        match parsed {
             Ok(Request::Data(req)) => {
                 self.data(ctx, req, None);
             }
@@ -409,6 +473,7 @@ impl GenServer for KvServer {
                 ctx.demonitor(&pid, &r);
             }
         }
+        metrics::KV_SUBSCRIPTIONS.set(0);
         Some(KvServer {
             store: std::mem::take(&mut self.store),
             durable: self.durable.take(),

@@ -450,6 +450,7 @@ impl Storage {
             log_bytes = FILE_HEADER_LEN as u64;
         }
 
+        crate::metrics::STORAGE_LOG_BYTES.set(i64::try_from(log_bytes).unwrap_or(i64::MAX));
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
@@ -555,6 +556,7 @@ impl Storage {
             return;
         }
         self.shared.compactions.fetch_add(1, Ordering::AcqRel);
+        crate::metrics::STORAGE_COMPACTIONS.inc();
         q.items.push_back(Item::Rotate { live });
         drop(q);
         self.shared.wake.notify_one();
@@ -802,10 +804,13 @@ impl Writer {
         let result = match result {
             Ok(written) => {
                 self.end += written;
-                self.shared.log_bytes.fetch_add(written, Ordering::AcqRel);
+                let log = self.shared.log_bytes.fetch_add(written, Ordering::AcqRel) + written;
+                crate::metrics::STORAGE_LOG_BYTES.set(i64::try_from(log).unwrap_or(i64::MAX));
+                crate::metrics::STORAGE_GROUP_SIZE.observe(batch.len() as u64);
                 Ok(())
             }
             Err(error) => {
+                crate::metrics::STORAGE_COMMIT_FAILURES.inc();
                 self.failed_since_rotate = true;
                 self.needs_truncate = true;
                 tracing::error!(%error, groups = batch.len(), seq = self.seq, "log commit failed; replying storage_unavailable");
@@ -854,7 +859,9 @@ impl Writer {
             self.buf = Vec::new();
         }
         if self.shared.options.sync {
+            let since = std::time::Instant::now();
             self.file.sync_data()?;
+            crate::metrics::STORAGE_FSYNC_SECONDS.observe_duration(since.elapsed());
             COMMIT_SYNCS.fetch_add(1, Ordering::Relaxed);
         }
         Ok(pos - start)
@@ -914,7 +921,9 @@ fn snapshot_loop(shared: &Shared, rx: mpsc::Receiver<SnapshotJob>) {
             Ok(bytes) => {
                 shared.snapshot_bytes.store(bytes, Ordering::Release);
                 let removed = remove_before(&shared.dir, job.seq);
-                shared.log_bytes.fetch_sub(removed, Ordering::AcqRel);
+                let log = shared.log_bytes.fetch_sub(removed, Ordering::AcqRel);
+                crate::metrics::STORAGE_LOG_BYTES
+                    .set(i64::try_from(log.saturating_sub(removed)).unwrap_or(i64::MAX));
                 shared.retry_at.store(0, Ordering::Release);
                 shared.compaction_done();
                 tracing::info!(

@@ -106,6 +106,16 @@ pub async fn serve<S: RawStream>(node: Node, stream: S, peer: String, flags: Dis
     let result = read_loop(&node, &stream, &handle, &peer, ticked_tx, cancel.clone()).await;
     cancel.cancel();
     let _ = writer.await;
+    crate::metrics::disconnected(match &result {
+        Err(Error::Closed) => crate::metrics::Disconnect::Closed,
+        Err(Error::TickTimeout(_)) => crate::metrics::Disconnect::TickTimeout,
+        Err(Error::TooLarge { .. }) => crate::metrics::Disconnect::TooLarge,
+        Err(Error::FrameType(_) | Error::Term(_) | Error::Control(_) | Error::Trailing(_)) => {
+            crate::metrics::Disconnect::BadFrame
+        }
+        Err(Error::Io(_)) => crate::metrics::Disconnect::Io,
+        Err(Error::Shutdown) | Ok(()) => crate::metrics::Disconnect::Shutdown,
+    });
     match &result {
         Err(Error::Closed) | Err(Error::Shutdown) => {
             tracing::info!(reason = %result.as_ref().err().map(|e| e.to_string()).unwrap_or_default(), "disconnected")
@@ -175,6 +185,7 @@ async fn read_loop<S: RawStream>(
                     break;
                 }
                 handle_frame(node, peer, conn, &avail[4..4 + len], &limits)?;
+                crate::metrics::MESSAGES_IN.inc();
                 start += 4 + len;
                 if let Some(pressure) = crate::node::take_congested() {
                     paused = Some(pressure);
@@ -255,6 +266,7 @@ async fn read_loop<S: RawStream>(
         if read == 0 {
             return Err(Error::Closed);
         }
+        crate::metrics::BYTES_IN.add(read as u64);
         deadline
             .as_mut()
             .reset(tokio::time::Instant::now() + silence);

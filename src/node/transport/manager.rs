@@ -277,8 +277,7 @@ impl Manager {
         self.lock().pending_bytes
     }
 
-    /// Dials in flight (for tests).
-    #[cfg(test)]
+    /// Dials in flight (tests, and the metrics' outbound handshakes).
     pub fn dials_in_flight(&self) -> usize {
         self.dials.load(Ordering::Relaxed)
     }

@@ -297,6 +297,36 @@ fn outcome_of<T>(
     }
 }
 
+/// The metrics reason of a failed dial (None: a lost simultaneous connect, no failure).
+fn dial_failure_reason(error: &DialError) -> Option<crate::metrics::HandshakeFailure> {
+    use crate::metrics::HandshakeFailure as F;
+    Some(match error {
+        DialError::Handshake(handshake::Error::Simultaneous) => return None,
+        DialError::Handshake(handshake::Error::WrongCookie { .. }) => F::WrongCookie,
+        DialError::Handshake(handshake::Error::Timeout(_)) => F::Timeout,
+        DialError::Handshake(
+            handshake::Error::MissingFlags { .. }
+            | handshake::Error::OwnName(_)
+            | handshake::Error::BadDynamicHost { .. }
+            | handshake::Error::NoDynamicName,
+        ) => F::NotAllowed,
+        DialError::Handshake(_) | DialError::NameMismatch { .. } => F::Other,
+        DialError::Tls { source, .. } if source.kind() == std::io::ErrorKind::TimedOut => {
+            F::Timeout
+        }
+        DialError::Tls { .. } => F::Tls,
+        DialError::Connect { source, .. } if source.kind() == std::io::ErrorKind::TimedOut => {
+            F::Timeout
+        }
+        DialError::Epmd(crate::epmd::EpmdError::Timeout { .. }) => F::Timeout,
+        DialError::BadName(_)
+        | DialError::Resolve { .. }
+        | DialError::NotRegistered { .. }
+        | DialError::Epmd(_)
+        | DialError::Connect { .. } => F::Unreachable,
+    })
+}
+
 /// Dials `peer` (the caller holds the [`manager::DialTicket`]) and serves the connection.
 /// Frames queued meanwhile are sent first. On failure they are dropped and monitors on that
 /// node fire `noconnection`. The ticket counts against `--max-dials` until the handshake is
@@ -319,9 +349,15 @@ pub async fn dial(node: Node, peer: String, ticket: manager::DialTicket) {
         ) {
             node.manager().note_dial(&peer, outcome_of(&dialed));
         }
+        if let Err(error) = &dialed
+            && let Some(reason) = dial_failure_reason(error)
+        {
+            crate::metrics::handshake_failed(false, reason);
+        }
         match dialed {
             Ok((stream, peer_node)) => {
                 let flags = handshake::negotiated(peer_node.flags);
+                let _up = crate::metrics::CONNECTIONS_OUT.track();
                 stream.serve(node, peer, flags).await;
             }
             Err(DialError::Handshake(handshake::Error::Simultaneous)) => {
@@ -378,16 +414,20 @@ pub async fn accept(
 ) {
     let span = tracing::info_span!("conn", %addr, peer = tracing::field::Empty, dir = "in");
     async move {
+        let handshaking = crate::metrics::HANDSHAKING_IN.track();
         let handshake = handshake_in(&node, stream, addr);
         let result = tokio::select! {
             result = handshake => result,
             _ = slot.evicted() => {
+                crate::metrics::handshake_failed(true, crate::metrics::HandshakeFailure::Evicted);
                 tracing::debug!(%addr, "handshake closed to make room for a newer connection (--max-handshakes, --max-handshakes-per-ip)");
                 return;
             }
         };
         // Authenticated (or failed): out of the handshake budget either way.
         drop(slot);
+        drop(handshaking);
+        use crate::metrics::{HandshakeFailure as F, handshake_failed};
         let Some(result) = result else { return };
         match result {
             Ok((stream, peer_node)) => {
@@ -403,13 +443,17 @@ pub async fn accept(
                         limit = node.config().max_connections,
                         "too many connections (--max-connections): closing this one after its handshake"
                     );
+                    handshake_failed(true, F::TooManyConnections);
                     return;
                 };
                 let flags = handshake::negotiated(peer_node.flags);
+                let up = crate::metrics::CONNECTIONS_IN.track();
                 stream.serve(node, peer, flags).await;
+                drop(up);
                 drop(permit);
             }
             Err(handshake::Error::WrongCookie { node }) => {
+                handshake_failed(true, F::WrongCookie);
                 let node = node.as_deref().unwrap_or("?");
                 tracing::warn!(%addr, %node, "handshake rejected: the peer has a different cookie");
             }
@@ -422,9 +466,12 @@ pub async fn accept(
                 | handshake::Error::BadDynamicHost { .. }
                 | handshake::Error::NoDynamicName),
             ) => {
+                handshake_failed(true, F::NotAllowed);
                 tracing::warn!(%addr, %error, "handshake refused (not_allowed)");
             }
             Err(error) => {
+                let timed_out = matches!(error, handshake::Error::Timeout(_));
+                handshake_failed(true, if timed_out { F::Timeout } else { F::Other });
                 tracing::info!(%addr, %error, "handshake failed");
             }
         }
@@ -474,15 +521,21 @@ async fn handshake_in(
                 Ok(Err(error)) if error.is_refusal() => {
                     // A plain-TCP peer, an unknown CA, no client certificate, ...: refused
                     // credentials, logged as a wrong cookie is.
+                    crate::metrics::handshake_failed(true, crate::metrics::HandshakeFailure::Tls);
                     tracing::warn!(%addr, %error, "TLS handshake failed");
                     return None;
                 }
                 Ok(Err(error)) => {
                     // The peer went away (closed, reset) before TLS was up.
+                    crate::metrics::handshake_failed(true, crate::metrics::HandshakeFailure::Tls);
                     tracing::info!(%addr, %error, "TLS handshake failed");
                     return None;
                 }
                 Err(_) => {
+                    crate::metrics::handshake_failed(
+                        true,
+                        crate::metrics::HandshakeFailure::Timeout,
+                    );
                     tracing::info!(%addr, "TLS handshake timed out");
                     return None;
                 }

@@ -134,6 +134,7 @@ impl Outbox {
             st.bufs.push_back(frame);
             st.last_is_big = true;
         }
+        crate::metrics::MESSAGES_OUT.inc();
         self.queued_by_other_thread();
         Ok(())
     }
@@ -171,6 +172,7 @@ impl Outbox {
                 return Err(Full);
             }
         }
+        crate::metrics::MESSAGES_OUT.inc();
         self.queued_by_other_thread();
         Ok(())
     }
@@ -207,6 +209,7 @@ impl Outbox {
             match result {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(mut n) => {
+                    crate::metrics::BYTES_OUT.add(n as u64);
                     st.last_write = Instant::now();
                     st.queued -= n;
                     // Drop (or keep for reuse) the buffers written completely.
