@@ -257,15 +257,11 @@ async fn a_congested_server_stops_its_peers_until_it_clears() {
             .await
         }
     });
-    let deadline = tokio::time::Instant::now() + LONG;
-    while pauses(&node) == pauses_before {
-        // The peer is connected before its first cast can be delivered.
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the reader never paused"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The peer is connected before its first cast can be delivered.
+    common::wait_for_async("the reader never paused", LONG, || {
+        std::future::ready((pauses(&node) != pauses_before).then_some(()))
+    })
+    .await;
     assert_eq!(
         node.connected_nodes().len(),
         1,

@@ -615,13 +615,12 @@ async fn a_flooded_process_mailbox_stays_bounded_and_loses_nothing() {
         .expect("flood");
     assert!(is_atom(&ok, "ok"));
     // The reader pauses once the mailbox is over its bound; the mailbox stays near it.
-    let deadline = Instant::now() + LONG;
     let mut peak = 0;
-    while node.backpressure_pauses() == 0 {
+    common::wait_for_async("the reader never paused", LONG, || {
         peak = peak.max(sink.queued());
-        assert!(Instant::now() < deadline, "the reader never paused");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        std::future::ready((node.backpressure_pauses() != 0).then_some(()))
+    })
+    .await;
     // Paused until we receive: the mailbox holds what it had.
     peak = peak.max(sink.queued());
     eprintln!(
@@ -845,13 +844,9 @@ async fn a_process_subscribes_to_the_kv_server_on_its_own_node() {
     assert_eq!(subscribers().await, FixInteger::from(1).into());
     // The server monitors its subscriber (a local pid): its exit ends the subscription.
     drop(watcher);
-    let deadline = Instant::now() + LONG;
-    while subscribers().await != FixInteger::from(0).into() {
-        assert!(
-            Instant::now() < deadline,
-            "the subscription outlived its process"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_for_async("the subscription outlived its process", LONG, || async {
+        (subscribers().await == FixInteger::from(0).into()).then_some(())
+    })
+    .await;
     running.stop().await;
 }

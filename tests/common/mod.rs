@@ -887,3 +887,20 @@ pub fn strace_attach(pid: u32, out: &std::path::Path) -> (ChildGuard, Arc<Mutex<
     };
     (guard, text)
 }
+
+/// [`wait_for`] for async tests: awaits `f` until it yields Some, or panics with `what`
+/// after `timeout`. Yields to the runtime between looks (never blocks its thread).
+pub async fn wait_for_async<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
