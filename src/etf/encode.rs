@@ -24,15 +24,22 @@ fn miswritten(list: &List) -> bool {
 /// Whether `term` holds a list eetf would write wrong (see the module docs). Walks the term
 /// without recursion.
 pub fn needs_fix(term: &Term) -> bool {
-    if !matches!(
-        term,
-        Term::List(_)
-            | Term::ImproperList(_)
-            | Term::Tuple(_)
-            | Term::Map(_)
-            | Term::InternalFun(_)
-    ) {
-        return false;
+    let container = |t: &Term| {
+        matches!(
+            t,
+            Term::List(_)
+                | Term::ImproperList(_)
+                | Term::Tuple(_)
+                | Term::Map(_)
+                | Term::InternalFun(_)
+        )
+    };
+    // Most replies are a leaf or a tuple of leaves (`{:ok, "v"}`): answered without the
+    // walk's allocation.
+    match term {
+        t if !container(t) => return false,
+        Term::Tuple(t) if !t.elements.iter().any(container) => return false,
+        _ => {}
     }
     let mut stack = vec![term];
     while let Some(t) = stack.pop() {
