@@ -312,3 +312,161 @@ async fn priority_messages_and_exit_signals_reach_rust_processes() {
     drop(p);
     node.stop().await;
 }
+
+/// Completes a real handshake with kvnode as a fake node (kvnode's own flags, so ALTACT_SIG
+/// is negotiated) and returns the raw socket and the fake node's name.
+fn handshaken(kv: &KvNode) -> (TcpStream, String) {
+    let port = kv.dist_port();
+    let cookie = kv.cookie.clone();
+    let name = format!("{}@127.0.0.1", unique("fake"));
+    let me: erl_dist::node::NodeName = name.parse().expect("name");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stream = rt.block_on(async move {
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let (s, _) = kvnode::internals::transport::handshake::connect(
+            s,
+            &me,
+            7,
+            &cookie,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("handshake");
+        s.into_std().expect("into_std")
+    });
+    stream.set_nonblocking(false).expect("blocking");
+    (stream, name)
+}
+
+/// A frame: length, pass-through, the control tuple and the payload, if any.
+fn op37_frame(control: Vec<Term>, payload: Option<Term>) -> Vec<u8> {
+    let mut body = vec![112];
+    kvnode::etf::encode::encode(&tuple(control), &mut body).expect("encode");
+    if let Some(p) = payload {
+        kvnode::etf::encode::encode(&p, &mut body).expect("encode");
+    }
+    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(&body);
+    f
+}
+
+/// Reads until EOF or `within` passes; true if the peer closed.
+fn closed_by_peer(stream: &mut TcpStream, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        stream
+            .set_read_timeout(Some(left.min(Duration::from_millis(200))))
+            .expect("timeout");
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                continue;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// A peer's op 37 to a name (with and without a seq-trace token) is delivered; malformed
+/// ones (flags that do not match To, negative flags, TOKEN without a token, no message,
+/// too few elements) close only that peer's connection with a clear log line.
+#[test]
+fn op_37_from_a_raw_peer_is_served_and_malformed_ones_cost_only_its_connection() {
+    let kv = KvNode::fresh("altact_raw");
+    let store = atom("Elixir.DistributedExample.KVStore");
+    let int = |v: i32| -> Term { erl_dist::term::FixInteger::from(v).into() };
+    let cast = |key: &str, v: Term| {
+        tuple(vec![
+            atom("$gen_cast"),
+            tuple(vec![atom("put"), atom(key), v]),
+        ])
+    };
+    let (mut s, fake) = handshaken(&kv);
+    let from: Term = erl_dist::term::Pid::new(fake.as_str(), 1, 0, 7).into();
+    // NAME|PRIO, then NAME|TOKEN with a token as fifth element.
+    s.write_all(&op37_frame(
+        vec![int(37), int(8 | 1), from.clone(), store.clone()],
+        Some(cast("altact_prio", atom("via_op_37"))),
+    ))
+    .expect("write");
+    s.write_all(&op37_frame(
+        vec![int(37), int(8 | 2), from.clone(), store.clone(), int(0)],
+        Some(cast("altact_token", int(37))),
+    ))
+    .expect("write");
+    kv.script(
+        "altact_raw",
+        r#"
+TestWait.until(fn -> GenServer.call(store, {:get, :altact_prio}) == :via_op_37 end)
+37 = GenServer.call(store, {:get, :altact_token})
+"#,
+    );
+    assert!(
+        !closed_by_peer(&mut s, Duration::from_millis(300)),
+        "valid op 37 keeps the connection"
+    );
+    let mut checks = common::Scenarios::new();
+    let bad: Vec<(&str, Vec<Term>, Option<Term>)> = vec![
+        (
+            "ALIAS with a pid as To",
+            vec![int(37), int(4), from.clone(), from.clone()],
+            Some(int(1)),
+        ),
+        (
+            "negative flags",
+            vec![int(37), int(-8), from.clone(), store.clone()],
+            Some(int(1)),
+        ),
+        (
+            "TOKEN without a token",
+            vec![int(37), int(8 | 2), from.clone(), store.clone()],
+            Some(int(1)),
+        ),
+        (
+            "no message",
+            vec![int(37), int(8), from.clone(), store.clone()],
+            None,
+        ),
+        (
+            "three elements",
+            vec![int(37), int(8), from.clone()],
+            Some(int(1)),
+        ),
+    ];
+    for (what, control, payload) in bad {
+        checks.check(what, || {
+            let before = kv.logs().matches("malformed ALTACT_SIG_SEND").count();
+            let (mut s, _) = handshaken(&kv);
+            s.write_all(&op37_frame(control, payload)).expect("write");
+            assert!(closed_by_peer(&mut s, LONG), "closed");
+            wait_for("the log line", LONG, || {
+                (kv.logs().matches("malformed ALTACT_SIG_SEND").count() > before).then_some(())
+            });
+        });
+    }
+    checks.check("a real node is still served", || {
+        kv.script(
+            "altact_after",
+            r#"
+:ok = GenServer.call(store, {:put, :alive, true})
+true = GenServer.call(store, {:get, :alive})
+"#,
+        );
+    });
+    checks.finish();
+}
