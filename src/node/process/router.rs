@@ -104,7 +104,7 @@ pub fn handle_altact(node: &Node, peer: &str, signal: altact::Signal) {
     );
     let signal = match signal.into_message() {
         Ok(message) => return handle(node, peer, message),
-        Err(signal) => signal,
+        Err(signal) => *signal,
     };
     let target = match &signal.to {
         altact::To::Alias(alias) => node.alias_target(alias),

@@ -75,7 +75,7 @@ impl Signal {
     /// pid (SEND_SENDER), an alias (ALIAS_SEND) or a name (REG_SEND), an exit signal to a pid
     /// (PAYLOAD_EXIT2), each the `*_TT` variant with a token. An exit signal to an alias or a
     /// name (a priority exit signal through a priority alias) has none: returned as is.
-    pub fn into_message(self) -> Result<Message, Signal> {
+    pub fn into_message(self) -> Result<Message, Box<Signal>> {
         let Signal {
             flags,
             from,
@@ -130,13 +130,13 @@ impl Signal {
                 reason: payload,
             }),
             (true, to, token) => {
-                return Err(Signal {
+                return Err(Box::new(Signal {
                     flags,
                     from: from_pid,
                     to,
                     token,
                     payload,
-                });
+                }));
             }
         })
     }
@@ -149,11 +149,11 @@ pub fn is_altact(control: &[u8]) -> bool {
     const SMALL_TUPLE: u8 = 104;
     const LARGE_TUPLE: u8 = 105;
     const SMALL_INTEGER: u8 = 97;
-    match control {
-        [VERSION, SMALL_TUPLE, _, SMALL_INTEGER, OP, ..] => true,
-        [VERSION, LARGE_TUPLE, _, _, _, _, SMALL_INTEGER, OP, ..] => true,
-        _ => false,
-    }
+    matches!(
+        control,
+        [VERSION, SMALL_TUPLE, _, SMALL_INTEGER, OP, ..]
+            | [VERSION, LARGE_TUPLE, _, _, _, _, SMALL_INTEGER, OP, ..]
+    )
 }
 
 /// Decodes an ALTACT_SIG_SEND from a validated frame (`rest`: the bytes after the
@@ -288,7 +288,8 @@ mod tests {
     fn every_target_kind_and_the_classic_equivalents() {
         let msg: Term = Atom::from("hi").into();
         let from = pid("ex@h");
-        let cases: Vec<(i32, Term, Vec<Term>, fn(&Message) -> bool)> = vec![
+        type Case = (i32, Term, Vec<Term>, fn(&Message) -> bool);
+        let cases: Vec<Case> = vec![
             (0, pid("kv@h").into(), vec![], |m| {
                 matches!(m, Message::SendSender(_))
             }),

@@ -449,9 +449,9 @@ fn validate_frame<'a>(body: &'a [u8], limits: &Limits) -> Result<(usize, &'a [u8
 }
 
 /// Decodes a frame body (after the length): pass-through byte, control message, payload.
-/// An ALTACT_SIG_SEND (op 37) comes as the classic message that does the same (see
-/// [`super::altact::Signal::into_message`]); an exit signal to an alias or a name, which
-/// has none, is an error here (the connection handles it, see [`super::altact`]).
+/// An ALTACT_SIG_SEND (op 37) comes as the classic message that does the same (SEND_SENDER,
+/// ALIAS_SEND, REG_SEND, PAYLOAD_EXIT2, or their `*_TT` forms); an exit signal to an alias or
+/// a name, which has none, is an error here (a connection delivers it all the same).
 pub fn decode_frame(body: &[u8], limits: &Limits) -> Result<Message, Error> {
     let (ctrl_len, rest) = validate_frame(body, limits)?;
     if let Some(signal) = super::altact::parse(rest, ctrl_len, limits)? {
