@@ -316,8 +316,12 @@ async fn priority_messages_and_exit_signals_reach_rust_processes() {
 /// Completes a real handshake with kvnode as a fake node (kvnode's own flags, so ALTACT_SIG
 /// is negotiated) and returns the raw socket and the fake node's name.
 fn handshaken(kv: &KvNode) -> (TcpStream, String) {
-    let port = kv.dist_port();
-    let cookie = kv.cookie.clone();
+    handshaken_to(kv.dist_port(), &kv.cookie)
+}
+
+/// [`handshaken`] to the node listening on `port` (call it off any tokio runtime).
+fn handshaken_to(port: u16, cookie: &str) -> (TcpStream, String) {
+    let cookie = cookie.to_owned();
     let name = format!("{}@127.0.0.1", unique("fake"));
     let me: erl_dist::node::NodeName = name.parse().expect("name");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -469,4 +473,121 @@ true = GenServer.call(store, {:get, :alive})
         );
     });
     checks.finish();
+}
+
+/// The next frame kvnode wrote to a raw peer, decoded (ticks skipped).
+fn read_message(s: &mut TcpStream) -> erl_dist::message::Message {
+    s.set_read_timeout(Some(LONG)).expect("timeout");
+    loop {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).expect("a frame length");
+        let len = u32::from_be_bytes(len) as usize;
+        if len == 0 {
+            continue;
+        }
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).expect("a frame body");
+        return kvnode::internals::transport::connection::decode_frame(
+            &body,
+            &kvnode::internals::etf::Limits::default(),
+        )
+        .expect("kvnode writes valid frames");
+    }
+}
+
+/// Exit signals through op 37 to an alias (EXIT|ALIAS|PRIO) and to a name (EXIT|NAME), and
+/// an alias reply (ALIAS|PRIO), from a raw peer a Rust process calls: while the call's alias
+/// is active both reach the process; after the call they are dropped, as erts drops them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_signals_by_op_37_to_an_alias_and_a_name_reach_rust_processes() {
+    use erl_dist::message::Message;
+    use erl_dist::term::{FixInteger, ImproperList};
+    let cookie = unique("cookie");
+    let epmd = free_port();
+    let node = start_node(&unique("rs_altexit"), &cookie, epmd).await;
+    let name = unique("rsnamed");
+    let p = node.process(None).expect("process");
+    let named = node.process(Some(&name)).expect("named process");
+    let me: Term = p.pid().clone().into();
+    let (port, c) = (node.port(), cookie.clone());
+    let (mut s, fake) = tokio::task::spawn_blocking(move || handshaken_to(port, &c))
+        .await
+        .expect("handshake thread");
+    let from: Term = erl_dist::term::Pid::new(fake.as_str(), 1, 0, 7).into();
+    let int = |v: i32| -> Term { FixInteger::from(v).into() };
+    // The raw peer: answer the call's REG_SEND by op 37, exit signal first.
+    let (f, n) = (from.clone(), name.clone());
+    let peer = tokio::task::spawn_blocking(move || {
+        let (tag, alias) = loop {
+            if let Message::RegSend(m) = read_message(&mut s) {
+                let Term::Tuple(call) = m.message else {
+                    panic!("not a call")
+                };
+                let Term::Tuple(from_tag) = &call.elements[1] else {
+                    panic!("no {{from, tag}}")
+                };
+                let tag = from_tag.elements[1].clone();
+                let Term::ImproperList(ImproperList { last, .. }) = &tag else {
+                    panic!("not an alias tag: {tag:?}")
+                };
+                break (tag.clone(), (**last).clone());
+            }
+        };
+        let send = |s: &mut TcpStream, flags: i32, to: Term, payload: Term| {
+            s.write_all(&op37_frame(
+                vec![int(37), int(flags), f.clone(), to],
+                Some(payload),
+            ))
+            .expect("write");
+        };
+        send(&mut s, 16 | 4 | 1, alias.clone(), atom("exit_via_alias"));
+        send(&mut s, 16 | 8, atom(&n), atom("exit_via_name"));
+        send(
+            &mut s,
+            4 | 1,
+            alias.clone(),
+            tuple(vec![tag.clone(), atom("reply_via_op_37")]),
+        );
+        (s, tag, alias)
+    });
+    let reply = p
+        .call(("srv", fake.as_str()), atom("req"), LONG)
+        .await
+        .expect("the op 37 reply");
+    assert_eq!(reply, atom("reply_via_op_37"));
+    let (mut s, tag, alias) = peer.await.expect("peer thread");
+    assert!(
+        matches!(p.recv_timeout(LONG).await,
+            Some(Received::Exit { reason, .. }) if reason == atom("exit_via_alias")),
+        "the exit signal through the active alias"
+    );
+    assert!(
+        matches!(named.recv_timeout(LONG).await,
+            Some(Received::Exit { reason, .. }) if reason == atom("exit_via_name")),
+        "the exit signal to the name"
+    );
+    // The call is over: its alias is inactive, so a late reply and an exit signal through it
+    // are dropped; a message to the pid (flags 0) after them arrives alone.
+    for (flags, payload) in [
+        (4, tuple(vec![tag, atom("late")])),
+        (16 | 4, atom("late_exit")),
+    ] {
+        s.write_all(&op37_frame(
+            vec![int(37), int(flags), from.clone(), alias.clone()],
+            Some(payload),
+        ))
+        .expect("write");
+    }
+    s.write_all(&op37_frame(
+        vec![int(37), int(0), from.clone(), me],
+        Some(atom("after")),
+    ))
+    .expect("write");
+    assert_eq!(
+        p.recv_timeout(LONG).await,
+        Some(Received::Message(atom("after")))
+    );
+    assert_eq!(p.queued(), 0);
+    drop(s);
+    node.stop().await;
 }
