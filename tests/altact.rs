@@ -122,6 +122,7 @@ end
     let samples = scrape(mport);
     let sent = counter(&samples, "kvnode_dist_altact_sent_signals");
     let received = counter(&samples, "kvnode_dist_altact_received_signals");
+    eprintln!("OTP {otp}: flags {flags:#x}, op 37 sent {sent}, received {received}");
     if otp >= 28 {
         assert!(out.contains("PRIORITY-OK"), "{out}");
         assert_ne!(
