@@ -233,6 +233,10 @@ pub(crate) static BYTES_OUT: Counter = Counter::new();
 pub(crate) static MESSAGES_IN: Counter = Counter::new();
 /// Frames (messages) queued to distribution connections.
 pub(crate) static MESSAGES_OUT: Counter = Counter::new();
+/// ALTACT_SIG_SEND (op 37) signals received (alias and priority sends from OTP 28+).
+pub(crate) static ALTACT_IN: Counter = Counter::new();
+/// ALTACT_SIG_SEND (op 37) signals sent (alias sends to peers that negotiated ALTACT_SIG).
+pub(crate) static ALTACT_OUT: Counter = Counter::new();
 
 // ---- KV ---------------------------------------------------------------------------------
 
@@ -502,6 +506,18 @@ impl prometheus_client::collector::Collector for Collector {
             "kvnode_dist_sent_messages",
             "Distribution messages (frames, ticks excluded) queued to peers",
             MESSAGES_OUT.get(),
+        )?;
+        counter(
+            e,
+            "kvnode_dist_altact_received_signals",
+            "ALTACT_SIG_SEND (op 37) signals received: alias and priority sends from OTP 28+",
+            ALTACT_IN.get(),
+        )?;
+        counter(
+            e,
+            "kvnode_dist_altact_sent_signals",
+            "ALTACT_SIG_SEND (op 37) signals sent: alias sends to peers with ALTACT_SIG",
+            ALTACT_OUT.get(),
         )?;
         let info_gauge = |e: &mut DescriptorEncoder, key: &str, name: &str, help: &str| {
             gauge(e, name, help, get(key).unwrap_or(0))

@@ -1314,8 +1314,7 @@ impl<S: GenServer> Host<S> {
             CallResult::Encoded(bytes) => bytes.len(),
             CallResult::NoReply => return,
         };
-        let alias_ok = raw.conn.flags.contains(DistributionFlags::ALIAS);
-        let route = protocol::Route::of(from, alias_ok, raw.limits);
+        let route = protocol::Route::for_flags(from, raw.conn.flags, raw.limits);
         let size = protocol::reply_frame_len(&self.pid_etf, route, from.tag, reply_len);
         let mut written = false;
         let pushed = raw.conn.outbox.push_with(size, |out| {

@@ -178,6 +178,9 @@ pub fn pid_node(pid: &[u8]) -> Option<&[u8]> {
 pub enum Route<'a> {
     /// ALIAS_SEND to this alias reference (external format).
     Alias(&'a [u8]),
+    /// ALTACT_SIG_SEND (op 37) with the ALIAS flag to this alias reference (external
+    /// format), for a peer that negotiated DFLAG_ALTACT_SIG (OTP 28+).
+    AltactAlias(&'a [u8]),
     /// SEND to this pid (external format).
     Pid(&'a [u8]),
 }
@@ -189,6 +192,20 @@ impl<'a> Route<'a> {
         match alias_of_bytes(from.tag, limits) {
             Some(alias) if alias_ok => Route::Alias(alias),
             _ => Route::Pid(from.pid),
+        }
+    }
+
+    /// How to answer `from` on a connection whose peer negotiated `flags`: an alias by op 37
+    /// when the peer has ALTACT_SIG, by op 33 when it has ALIAS only, else the pid.
+    pub fn for_flags(from: &From<'a>, flags: erl_dist::DistributionFlags, limits: &Limits) -> Self {
+        let alias_ok = flags.contains(erl_dist::DistributionFlags::ALIAS);
+        match Self::of(from, alias_ok, limits) {
+            Route::Alias(alias)
+                if flags.bits() & crate::node::transport::handshake::FLAG_ALTACT_SIG != 0 =>
+            {
+                Route::AltactAlias(alias)
+            }
+            route => route,
         }
     }
 }
@@ -210,6 +227,10 @@ pub fn reply_frame(
             out.extend_from_slice(&[VERSION, SMALL_TUPLE, 3, SMALL_INTEGER, op::ALIAS_SEND]);
             out.extend_from_slice(server_pid);
             out.extend_from_slice(alias);
+        }
+        Route::AltactAlias(alias) => {
+            crate::node::transport::altact::write_alias_control(out, server_pid, alias);
+            crate::metrics::ALTACT_OUT.inc();
         }
         Route::Pid(pid) => {
             // Unused: the empty atom, as OTP writes it.
@@ -233,6 +254,7 @@ pub fn reply_frame(
 pub fn reply_frame_len(server_pid: &[u8], route: Route<'_>, tag: &[u8], reply_len: usize) -> usize {
     let ctrl = match route {
         Route::Alias(alias) => server_pid.len() + alias.len(),
+        Route::AltactAlias(alias) => 2 + server_pid.len() + alias.len(),
         Route::Pid(pid) => 2 + pid.len(),
     };
     13 + ctrl + tag.len() + reply_len
@@ -521,8 +543,32 @@ mod tests {
             pid: &body(&pid()),
             tag: &tag,
         };
-        for alias_ok in [true, false] {
-            let route = Route::of(&from, alias_ok, &limits);
+        let altact = erl_dist::DistributionFlags::from_bits_truncate(
+            crate::node::transport::handshake::local_flags().bits(),
+        );
+        let alias_only = erl_dist::DistributionFlags::from_bits_truncate(
+            altact.bits() & !crate::node::transport::handshake::FLAG_ALTACT_SIG,
+        );
+        assert!(matches!(
+            Route::for_flags(&from, altact, &limits),
+            Route::AltactAlias(_)
+        ));
+        assert!(matches!(
+            Route::for_flags(&from, alias_only, &limits),
+            Route::Alias(_)
+        ));
+        for (alias_ok, route) in [
+            (true, Route::for_flags(&from, altact, &limits)),
+            (true, Route::of(&from, true, &limits)),
+            (false, Route::of(&from, false, &limits)),
+        ] {
+            let op = if matches!(route, Route::AltactAlias(_)) {
+                crate::node::transport::altact::OP
+            } else if alias_ok {
+                op::ALIAS_SEND
+            } else {
+                op::SEND
+            };
             let mut frame = vec![9u8];
             let reply_bytes = body(&reply);
             assert!(reply_frame(
@@ -542,6 +588,8 @@ mod tests {
             );
             let len = u32::from_be_bytes(frame[1..5].try_into().expect("4 bytes")) as usize;
             assert_eq!(len, frame.len() - 5);
+            // pass-through, VERSION, SMALL_TUPLE, arity, SMALL_INTEGER, op
+            assert_eq!(frame[10], op, "{route:?}");
             let message = crate::node::transport::connection::decode_frame(&frame[5..], &limits)
                 .expect("a valid frame");
             let expected = tuple(vec![alias_tag(), reply.clone()]);

@@ -803,7 +803,16 @@ impl Node {
 
     /// Sends a control message to `peer`, dialing it if we are not connected.
     pub(crate) fn send_to_node(&self, peer: &str, message: Message) {
-        match transport::encode_frame(message) {
+        let encoded = match &message {
+            // Its shape depends on the peer's flags: op 37 to a peer with ALTACT_SIG (OTP 28+),
+            // op 33 to others. Alias sends are made once the peer's flags are known.
+            Message::AliasSend(_) => match self.0.manager.peer_flags(peer) {
+                Some(flags) => transport::encode_frame_for(message, flags),
+                None => transport::encode_frame(message),
+            },
+            _ => transport::encode_frame(message),
+        };
+        match encoded {
             Ok(frame) => self.send_frame(peer, frame),
             Err(error) => tracing::warn!(%peer, %error, "cannot encode an outbound message"),
         }

@@ -10,6 +10,7 @@
 
 use super::monitors::{Foreign, PeerPid, RefKey};
 use super::{MonitorTarget, Node, Signal};
+use crate::node::transport::altact;
 use erl_dist::DistributionFlags;
 use erl_dist::message::Message;
 use erl_dist::term::{Atom, Pid, PidOrAtom, Reference, Term};
@@ -87,6 +88,35 @@ fn monitor(node: &Node, peer: &str, from: &Pid, to: &PidOrAtom, reference: &Refe
         PidOrAtom::Atom(name) => MonitorTarget::Name(&name.name),
     };
     node.monitor_incoming(peer, target, key, watcher, foreign)
+}
+
+/// Handles an ALTACT_SIG_SEND (op 37, OTP 28+) from `peer`: as the classic operation that
+/// does the same (SEND_SENDER, ALIAS_SEND, REG_SEND, PAYLOAD_EXIT2, see
+/// [`altact::Signal::into_message`]), so a priority signal is delivered as an ordinary one
+/// (kvnode processes have no priority queue). An exit signal to an alias goes to the process
+/// owning the alias while it is active, one to a name to the process registered under it;
+/// dropped otherwise, as erts drops them.
+pub fn handle_altact(node: &Node, peer: &str, signal: altact::Signal) {
+    tracing::trace!(
+        flags = signal.flags,
+        priority = signal.is_priority(),
+        "ALTACT_SIG_SEND"
+    );
+    let signal = match signal.into_message() {
+        Ok(message) => return handle(node, peer, message),
+        Err(signal) => *signal,
+    };
+    let target = match &signal.to {
+        altact::To::Alias(alias) => node.alias_target(alias),
+        altact::To::Name(name) => node.whereis(&name.name),
+        altact::To::Pid(pid) => node.lookup_pid(pid),
+    };
+    match target {
+        Some(mb) => mb.target.exit_signal(node, signal.from, signal.payload),
+        None => {
+            tracing::debug!("exit signal to an inactive alias or an unregistered name: dropped")
+        }
+    }
 }
 
 /// Handles one control message from `peer`.

@@ -332,7 +332,13 @@ fn handle_frame(
             Ok(())
         }
         _ => {
-            router::handle(node, peer, decode_frame(body, limits)?);
+            // ALTACT_SIG_SEND (op 37), which erl_dist does not know.
+            if let Some(signal) = super::altact::parse(rest, ctrl_len, limits)? {
+                crate::metrics::ALTACT_IN.inc();
+                router::handle_altact(node, peer, signal);
+                return Ok(());
+            }
+            router::handle(node, peer, decode_message(rest, ctrl_len, limits)?);
             Ok(())
         }
     }
@@ -443,8 +449,25 @@ fn validate_frame<'a>(body: &'a [u8], limits: &Limits) -> Result<(usize, &'a [u8
 }
 
 /// Decodes a frame body (after the length): pass-through byte, control message, payload.
+/// An ALTACT_SIG_SEND (op 37) comes as the classic message that does the same (SEND_SENDER,
+/// ALIAS_SEND, REG_SEND, PAYLOAD_EXIT2, or their `*_TT` forms); an exit signal to an alias or
+/// a name, which has none, is an error here (a connection delivers it all the same).
 pub fn decode_frame(body: &[u8], limits: &Limits) -> Result<Message, Error> {
     let (ctrl_len, rest) = validate_frame(body, limits)?;
+    if let Some(signal) = super::altact::parse(rest, ctrl_len, limits)? {
+        return signal.into_message().map_err(|_| {
+            Error::Control(
+                "ALTACT_SIG_SEND exit signal to an alias or a name: no classic equivalent"
+                    .to_owned(),
+            )
+        });
+    }
+    decode_message(rest, ctrl_len, limits)
+}
+
+/// Decodes a validated frame's control message and payload with erl_dist (`rest`: the
+/// bytes after the pass-through byte).
+fn decode_message(rest: &[u8], ctrl_len: usize, limits: &Limits) -> Result<Message, Error> {
     if let Some(message) = spawn_request_with_string_args(rest, ctrl_len, limits)? {
         return Ok(message);
     }

@@ -20,6 +20,11 @@ use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 pub const BASE_FLAGS: u64 = 0xC_0307_0FBC;
 /// `DFLAG_SPAWN`: we answer SPAWN_REQUEST (needed for `:rpc.call`/`:erpc.call` on OTP 25+).
 pub const FLAG_SPAWN: u64 = 1 << 32;
+/// `DFLAG_ALTACT_SIG` (OTP 28+): we decode and send ALTACT_SIG_SEND (op 37, see
+/// [`super::altact`]), so OTP 28+ sends alias messages, priority messages and priority exit
+/// signals to us as op 37, and we send alias messages to such a peer as op 37 (OTP 30 drops
+/// ALIAS_SEND, op 33).
+pub const FLAG_ALTACT_SIG: u64 = 1 << 37;
 /// `DFLAG_MANDATORY_25_DIGEST` as OTP defines it (erl_dist 0.8 has it at the wrong bit).
 pub const FLAG_MANDATORY_25_DIGEST: u64 = 0x0400_0000;
 /// The flags OTP 25 folds into [`FLAG_MANDATORY_25_DIGEST`].
@@ -36,7 +41,7 @@ const FLAG_NAMES: &[(u64, &str)] = &[
 
 /// The flags kvnode advertises.
 pub fn local_flags() -> DistributionFlags {
-    DistributionFlags::from_bits_truncate(BASE_FLAGS | FLAG_SPAWN)
+    DistributionFlags::from_bits_truncate(BASE_FLAGS | FLAG_SPAWN | FLAG_ALTACT_SIG)
 }
 
 /// Expands a peer's MANDATORY_25_DIGEST as `dist_util` does and intersects with ours.

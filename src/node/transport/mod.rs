@@ -8,6 +8,7 @@
 //! <https://www.erlang.org/doc/apps/erts/erl_dist_protocol.html#protocol-between-connected-nodes>
 
 pub mod admission;
+pub mod altact;
 pub mod connection;
 pub mod fast;
 pub mod handshake;
@@ -43,7 +44,45 @@ fn write_terms(
     crate::etf::encode::encode(message, &mut *frame).map_err(erl_dist::message::SendError::Encode)
 }
 
-/// Encodes a control message (and its payload) as a complete frame.
+/// Encodes a control message (and its payload) as a complete frame for a peer that
+/// negotiated `flags`: an ALIAS_SEND goes as ALTACT_SIG_SEND (op 37, ALIAS flag) to a peer
+/// with `DFLAG_ALTACT_SIG` (OTP 28+; OTP 30 no longer takes op 33), as op 33 to others.
+pub fn encode_frame_for(
+    message: Message,
+    flags: erl_dist::DistributionFlags,
+) -> Result<Frame, erl_dist::message::SendError> {
+    let altact = flags.bits() & handshake::FLAG_ALTACT_SIG != 0;
+    match message {
+        Message::AliasSend(mut m) if altact => {
+            crate::etf::encode::fix(&mut m.message);
+            let mut frame = Vec::with_capacity(64);
+            frame.extend_from_slice(&[0, 0, 0, 0, PASS_THROUGH]);
+            write_terms(
+                &mut frame,
+                altact::alias_control(m.from_pid, m.alias),
+                &m.message,
+            )?;
+            crate::metrics::ALTACT_OUT.inc();
+            finish_frame(frame)
+        }
+        other => encode_frame(other),
+    }
+}
+
+/// Writes the length prefix of a frame built after a 4-byte placeholder.
+fn finish_frame(mut frame: Frame) -> Result<Frame, erl_dist::message::SendError> {
+    let len = u32::try_from(frame.len() - 4).map_err(|_| {
+        erl_dist::message::SendError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "message larger than 4 GiB",
+        ))
+    })?;
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(frame)
+}
+
+/// Encodes a control message (and its payload) as a complete frame (an ALIAS_SEND as op 33:
+/// use [`encode_frame_for`] when the peer's flags are known).
 pub fn encode_frame(mut message: Message) -> Result<Frame, erl_dist::message::SendError> {
     // eetf writes some lists wrong ([`crate::etf::encode`]): correct the terms a peer's data
     // can reach before erl_dist writes them (SEND, REG_SEND and SPAWN_REQUEST are written
@@ -93,14 +132,7 @@ pub fn encode_frame(mut message: Message) -> Result<Frame, erl_dist::message::Se
         }
         other => other.write_into(&mut frame)?,
     }
-    let len = u32::try_from(frame.len() - 4).map_err(|_| {
-        erl_dist::message::SendError::Io(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "message larger than 4 GiB",
-        ))
-    })?;
-    frame[..4].copy_from_slice(&len.to_be_bytes());
-    Ok(frame)
+    finish_frame(frame)
 }
 
 /// Errors dialing a peer.
