@@ -72,6 +72,8 @@ mod tag {
     pub const TUPLE: u8 = 15;
     /// A map: varint size, entries (key then value) sorted by encoded key bytes.
     pub const MAP: u8 = 16;
+    /// An OTP 29 native record: flags, module, name, arity, then field names and values.
+    pub const RECORD: u8 = 17;
 }
 
 /// A canonical, hashable identity for an Erlang term: two terms have equal keys iff they are
@@ -426,6 +428,189 @@ pub fn encode_etf_into(etf: &[u8], out: &mut Vec<u8>) -> bool {
         out.truncate(start);
     }
     ok
+}
+
+/// Appends the canonical key bytes of any valid term in external format (tag first, no
+/// version byte): read directly for the usual kinds ([`encode_etf_into`]), else decoded and
+/// encoded ([`encode_into`]), else, for terms no `eetf::Term` can hold (native records, maps
+/// whose keys differ only in the sign of a zero float), read from the bytes container by
+/// container ([`encode_etf_full`]). False, with `out` as it was, when the bytes are not
+/// one valid term or are nested deeper than [`MAX_FULL_DEPTH`] around such a term.
+pub fn canonical_from_etf(etf: &[u8], out: &mut Vec<u8>) -> bool {
+    if encode_etf_into(etf, out) {
+        return true;
+    }
+    let mut versioned = Vec::with_capacity(etf.len() + 1);
+    versioned.push(crate::etf::VERSION_MAGIC);
+    versioned.extend_from_slice(etf);
+    let limits = crate::kv::durable::recovery_limits();
+    match crate::etf::decode_exact(&versioned, &limits) {
+        Ok(term) => {
+            encode_into(&term, out);
+            true
+        }
+        Err(crate::etf::TermError::NativeRecord { .. } | crate::etf::TermError::MapKeysMerged) => {
+            let start = out.len();
+            let ok = encode_etf_full(etf, out, 0) == Some(etf.len());
+            if !ok {
+                out.truncate(start);
+            }
+            ok
+        }
+        Err(_) => false,
+    }
+}
+
+/// How deep [`encode_etf_full`] follows containers (it recurses); only terms eetf cannot
+/// hold take it, and one nested deeper has no canonical key (refused as a key or `cas`
+/// operand, never stored changed).
+pub const MAX_FULL_DEPTH: u32 = 2_000;
+
+/// The length of the valid term at the start of `b`.
+fn term_len(b: &[u8]) -> Option<usize> {
+    crate::etf::validate_term(b, &crate::kv::durable::recovery_limits()).ok()
+}
+
+/// One leaf term (no map or record inside it), decoded and encoded canonically.
+fn encode_leaf(b: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    let len = term_len(b)?;
+    let mut versioned = Vec::with_capacity(len + 1);
+    versioned.push(crate::etf::VERSION_MAGIC);
+    versioned.extend_from_slice(&b[..len]);
+    let term = crate::etf::decode_exact(&versioned, &crate::kv::durable::recovery_limits()).ok()?;
+    encode_into(&term, out);
+    Some(len)
+}
+
+/// The canonical bytes of the term at the start of `b` (see [`canonical_from_etf`]), read
+/// container by container; returns its length. The output equals [`Key::from_term`]'s for
+/// every term eetf can hold (the test `full_reader_agrees_with_from_term` checks the zoo).
+fn encode_etf_full(b: &[u8], out: &mut Vec<u8>, depth: u32) -> Option<usize> {
+    use crate::etf::{
+        LARGE_TUPLE_EXT, LIST_EXT, MAP_EXT, NIL_EXT, RECORD_EXT, SMALL_TUPLE_EXT, STRING_EXT,
+    };
+    if depth > MAX_FULL_DEPTH {
+        return None;
+    }
+    let (&tag, rest) = b.split_first()?;
+    let be32 = |at: usize| -> Option<usize> {
+        Some(u32::from_be_bytes(rest.get(at..at + 4)?.try_into().ok()?) as usize)
+    };
+    match tag {
+        SMALL_TUPLE_EXT | LARGE_TUPLE_EXT => {
+            let (arity, mut pos) = if tag == SMALL_TUPLE_EXT {
+                (usize::from(*rest.first()?), 2)
+            } else {
+                (be32(0)?, 5)
+            };
+            out.push(tag::TUPLE);
+            put_varint(out, arity as u64);
+            for _ in 0..arity {
+                pos += encode_etf_full(b.get(pos..)?, out, depth + 1)?;
+            }
+            Some(pos)
+        }
+        NIL_EXT | STRING_EXT | LIST_EXT => {
+            // Gather the cells through chained list tails, then write them as from_term does.
+            enum Cell<'a> {
+                Term(&'a [u8]),
+                Byte(u8),
+            }
+            let mut cells = Vec::new();
+            let mut pos = 0;
+            let tail = loop {
+                let here = b.get(pos..)?;
+                match *here.first()? {
+                    NIL_EXT => {
+                        pos += 1;
+                        break None;
+                    }
+                    STRING_EXT => {
+                        let n = usize::from(u16::from_be_bytes([*here.get(1)?, *here.get(2)?]));
+                        cells.extend(here.get(3..3 + n)?.iter().map(|&c| Cell::Byte(c)));
+                        pos += 3 + n;
+                        break None;
+                    }
+                    LIST_EXT => {
+                        let n = u32::from_be_bytes(here.get(1..5)?.try_into().ok()?) as usize;
+                        pos += 5;
+                        for _ in 0..n {
+                            let len = term_len(b.get(pos..)?)?;
+                            cells.push(Cell::Term(&b[pos..pos + len]));
+                            pos += len;
+                        }
+                    }
+                    _ => {
+                        let len = term_len(here)?;
+                        let t = &b[pos..pos + len];
+                        pos += len;
+                        break Some(t);
+                    }
+                }
+            };
+            if cells.is_empty() {
+                match tail {
+                    None => out.push(tag::NIL),
+                    Some(t) => {
+                        encode_etf_full(t, out, depth + 1)?;
+                    }
+                }
+                return Some(pos);
+            }
+            out.push(tag::LIST);
+            put_varint(out, cells.len() as u64);
+            for cell in cells {
+                match cell {
+                    Cell::Byte(c) => put_i64(out, i64::from(c)),
+                    Cell::Term(t) => {
+                        encode_etf_full(t, out, depth + 1)?;
+                    }
+                }
+            }
+            match tail {
+                None => out.push(tag::NIL),
+                Some(t) => {
+                    encode_etf_full(t, out, depth + 1)?;
+                }
+            }
+            Some(pos)
+        }
+        MAP_EXT => {
+            let pairs = be32(0)?;
+            let mut pos = 5;
+            let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(pairs.min(1 << 16));
+            for _ in 0..pairs {
+                let mut k = Vec::new();
+                pos += encode_etf_full(b.get(pos..)?, &mut k, depth + 1)?;
+                let mut v = Vec::new();
+                pos += encode_etf_full(b.get(pos..)?, &mut v, depth + 1)?;
+                entries.push((k, v));
+            }
+            // By key; equal keys (a malformed map) by value too, as `put_map` does.
+            entries.sort_unstable();
+            out.push(tag::MAP);
+            put_varint(out, entries.len() as u64);
+            for (k, v) in entries {
+                out.extend_from_slice(&k);
+                out.extend_from_slice(&v);
+            }
+            Some(pos)
+        }
+        RECORD_EXT => {
+            let arity = be32(0)?;
+            let flags = *rest.get(4)?;
+            out.push(tag::RECORD);
+            out.push(flags);
+            let mut pos = 6;
+            // Module and name, then the field names, then the values: all in order, since
+            // OTP 29 `=:=` compares records field by field in declaration order.
+            for _ in 0..2 + 2 * arity {
+                pos += encode_etf_full(b.get(pos..)?, out, depth + 1)?;
+            }
+            Some(pos)
+        }
+        _ => encode_leaf(b, out),
+    }
 }
 
 /// External term format tags that [`encode_etf_into`] reads.
