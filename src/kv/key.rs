@@ -1090,3 +1090,119 @@ mod tests {
         assert_eq!(out, vec![7u8]);
     }
 }
+
+#[cfg(test)]
+mod bytes_tests {
+    use super::*;
+    use crate::kv::test_terms::zoo;
+
+    fn etf(term: &Term) -> Vec<u8> {
+        let mut v = Vec::new();
+        crate::etf::encode::encode(term, &mut v).expect("encode");
+        v.split_off(1)
+    }
+
+    fn canon(bytes: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        canonical_from_etf(bytes, &mut out).then_some(out)
+    }
+
+    /// The container-by-container reader gives [`Key::from_term`]'s bytes for every term eetf
+    /// can hold, so keys stored either way meet.
+    #[test]
+    fn full_reader_agrees_with_from_term() {
+        for term in zoo() {
+            let bytes = etf(&term);
+            let mut out = Vec::new();
+            assert_eq!(
+                encode_etf_full(&bytes, &mut out, 0),
+                Some(bytes.len()),
+                "{term}"
+            );
+            assert_eq!(out, Key::from_term(&term).as_bytes(), "{term}");
+        }
+    }
+
+    /// `%{0.0 => :pos, -0.0 => :neg}` (two keys since OTP 27; eetf merges them) has a key of
+    /// its own, different from either one-entry map, whatever the entry order.
+    #[test]
+    fn maps_with_both_signed_zeros_have_their_own_key() {
+        let zero = |neg: bool| {
+            let mut v = vec![crate::etf::NEW_FLOAT_EXT];
+            v.extend_from_slice(&(if neg { -0.0f64 } else { 0.0 }).to_be_bytes());
+            v
+        };
+        let atom = |a: &str| {
+            let mut v = vec![crate::etf::SMALL_ATOM_UTF8_EXT, a.len() as u8];
+            v.extend_from_slice(a.as_bytes());
+            v
+        };
+        let map = |entries: &[(Vec<u8>, Vec<u8>)]| {
+            let mut v = vec![crate::etf::MAP_EXT];
+            v.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+            for (k, x) in entries {
+                v.extend_from_slice(k);
+                v.extend_from_slice(x);
+            }
+            v
+        };
+        let both = map(&[(zero(false), atom("pos")), (zero(true), atom("neg"))]);
+        let swapped = map(&[(zero(true), atom("neg")), (zero(false), atom("pos"))]);
+        let pos = map(&[(zero(false), atom("pos"))]);
+        let neg = map(&[(zero(true), atom("pos"))]);
+        let key = canon(&both).expect("a key");
+        assert_eq!(Some(&key), canon(&swapped).as_ref());
+        assert_ne!(Some(&key), canon(&pos).as_ref());
+        assert_ne!(Some(&key), canon(&neg).as_ref());
+        assert_ne!(canon(&pos), canon(&neg));
+    }
+
+    /// A Latin-1 atom is the same atom (and key) as its UTF-8 spelling.
+    #[test]
+    fn latin1_and_utf8_atoms_are_one_key() {
+        let latin1 = [crate::etf::ATOM_EXT, 0, 2, b'c', 0xe9];
+        let small_latin1 = [crate::etf::SMALL_ATOM_EXT, 2, b'c', 0xe9];
+        let utf8 = [crate::etf::SMALL_ATOM_UTF8_EXT, 3, b'c', 0xc3, 0xa9];
+        assert_eq!(canon(&latin1), canon(&utf8));
+        assert_eq!(canon(&small_latin1), canon(&utf8));
+        assert_eq!(
+            canon(&utf8).as_deref(),
+            Some(Key::from_term(&Term::from(eetf::Atom::from("c\u{e9}"))).as_bytes())
+        );
+    }
+
+    /// OTP 29 native records: `=:=` compares module, name, the exported flag, and the fields
+    /// in order with their values.
+    #[test]
+    fn native_records_compare_as_otp_29_does() {
+        // #geo:pt{x = 1, y = 2}, as OTP 29's term_to_binary writes it.
+        let record = |exported: u8, fields: [(&[u8], u8); 2]| {
+            let mut v = vec![crate::etf::RECORD_EXT, 0, 0, 0, 2, exported];
+            v.extend_from_slice(&[119, 3, b'g', b'e', b'o', 119, 2, b'p', b't']);
+            for (name, _) in fields {
+                v.extend_from_slice(&[119, name.len() as u8]);
+                v.extend_from_slice(name);
+            }
+            for (_, value) in fields {
+                v.extend_from_slice(&[crate::etf::SMALL_INTEGER_EXT, value]);
+            }
+            v
+        };
+        let xy = record(1, [(b"x", 1), (b"y", 2)]);
+        let key = canon(&xy).expect("a record has a key");
+        assert_eq!(Some(&key), canon(&xy.clone()).as_ref());
+        assert_ne!(Some(&key), canon(&record(0, [(b"x", 1), (b"y", 2)])).as_ref());
+        assert_ne!(Some(&key), canon(&record(1, [(b"y", 2), (b"x", 1)])).as_ref());
+        assert_ne!(Some(&key), canon(&record(1, [(b"x", 1), (b"y", 3)])).as_ref());
+        // Inside a tuple and a map.
+        let mut tuple = vec![crate::etf::SMALL_TUPLE_EXT, 1];
+        tuple.extend_from_slice(&xy);
+        assert!(canon(&tuple).is_some());
+        let mut map = vec![crate::etf::MAP_EXT, 0, 0, 0, 1];
+        map.extend_from_slice(&xy);
+        map.extend_from_slice(&xy);
+        assert!(canon(&map).is_some());
+        // Truncated: no key.
+        assert_eq!(canon(&xy[..xy.len() - 1]), None);
+    }
+}
