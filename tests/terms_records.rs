@@ -101,6 +101,29 @@ fn native_records_in_memory() {
     let kv = KvNode::fresh("kv_rec_mem");
     let out = kv.script("rec_mem", &format!("{PRELUDE}\n{ZOO_IF}\n{WRITES}"));
     eprintln!("{out}");
+    // `kvnode call` answered with a record: no term can hold it, so a clear error (never a
+    // panic, exit 101) rather than something printed wrong.
+    let port = kv.epmd_port.to_string();
+    let run = kvnode_client(&[
+        "call",
+        &kv.name,
+        "Elixir.DistributedExample.KVStore",
+        "{get, {put, 0}}",
+        "--cookie",
+        &kv.cookie,
+        "--epmd-port",
+        &port,
+    ]);
+    eprintln!("kvnode call of a record: {run:?}");
+    if out.contains("OTP 29") || out.contains("OTP 3") {
+        assert!(
+            matches!(run.status, Some(s) if s != 0 && s != 101),
+            "{run:?}"
+        );
+        assert!(!run.stderr.trim().is_empty(), "{run:?}");
+    } else {
+        assert_eq!(run.status, Some(0), "{run:?}");
+    }
 }
 
 /// [`ZOO`] only where records exist (binds `r`, `other`, `zoo` to `nil` elsewhere).

@@ -391,7 +391,9 @@ pub enum TermError {
     /// A map whose keys eetf cannot tell apart although they are different terms (`0.0` and
     /// `-0.0` since OTP 27, or terms holding them): decoding it would silently drop entries,
     /// so it is refused instead.
-    #[error("a map holds keys that differ only in the sign of a zero float (0.0 and -0.0): decoding it would merge them")]
+    #[error(
+        "a map holds keys that differ only in the sign of a zero float (0.0 and -0.0): decoding it would merge them"
+    )]
     MapKeysMerged,
     /// eetf rejected a term that passed validation (a float precision quirk at worst;
     /// anything else is a bug in the validator).
@@ -498,7 +500,9 @@ pub fn checked_for_eetf<'b>(
         }
         let (len, _, traits) = Validator::new(rest, 1, limits, 0).run_keep()?;
         if let Some(offset) = traits.record {
-            return Err(TermError::NativeRecord { offset: at + offset });
+            return Err(TermError::NativeRecord {
+                offset: at + offset,
+            });
         }
         if traits.latin1_in_fun {
             return Err(TermError::Latin1Atom {
@@ -968,11 +972,7 @@ impl<'a> Validator<'a> {
                 if !name.is_ascii() {
                     // Each byte is its code point: valid as it is, rewritten for eetf.
                     self.traits.latin1.push(offset);
-                    if self
-                        .stack
-                        .iter()
-                        .any(|f| matches!(f, Frame::FunEnd { .. }))
-                    {
+                    if self.stack.iter().any(|f| matches!(f, Frame::FunEnd { .. })) {
                         self.traits.latin1_in_fun = true;
                     }
                 }

@@ -888,16 +888,27 @@ fn terms_eetf_cannot_hold_are_refused_not_changed() {
     let mut map = vec![131, 116, 0, 0, 0, 2, 70, 0, 0, 0, 0, 0, 0, 0, 0, 97, 1];
     map.extend_from_slice(&[70, 128, 0, 0, 0, 0, 0, 0, 0, 97, 2]);
     assert_eq!(validate_versioned(&map, &limits).ok(), Some(map.len()));
-    assert!(matches!(decode(&map, &limits), Err(TermError::MapKeysMerged)));
+    assert!(matches!(
+        decode(&map, &limits),
+        Err(TermError::MapKeysMerged)
+    ));
     let mut nested = vec![131, 104, 1];
     nested.extend_from_slice(&map[1..]);
-    assert!(matches!(decode(&nested, &limits), Err(TermError::MapKeysMerged)));
+    assert!(matches!(
+        decode(&nested, &limits),
+        Err(TermError::MapKeysMerged)
+    ));
     // One signed zero alone is fine.
     let one = [131, 116, 0, 0, 0, 1, 70, 128, 0, 0, 0, 0, 0, 0, 0, 97, 2];
     assert!(decode(&one, &limits).is_ok());
     // #m:n{a = 1}, as OTP 29 writes it.
-    let record = [131, 67, 0, 0, 0, 1, 0, 119, 1, b'm', 119, 1, b'n', 119, 1, b'a', 97, 1];
-    assert_eq!(validate_versioned(&record, &limits).ok(), Some(record.len()));
+    let record = [
+        131, 67, 0, 0, 0, 1, 0, 119, 1, b'm', 119, 1, b'n', 119, 1, b'a', 97, 1,
+    ];
+    assert_eq!(
+        validate_versioned(&record, &limits).ok(),
+        Some(record.len())
+    );
     assert!(matches!(
         decode(&record, &limits),
         Err(TermError::NativeRecord { offset: 1 })

@@ -1191,9 +1191,18 @@ mod bytes_tests {
         let xy = record(1, [(b"x", 1), (b"y", 2)]);
         let key = canon(&xy).expect("a record has a key");
         assert_eq!(Some(&key), canon(&xy.clone()).as_ref());
-        assert_ne!(Some(&key), canon(&record(0, [(b"x", 1), (b"y", 2)])).as_ref());
-        assert_ne!(Some(&key), canon(&record(1, [(b"y", 2), (b"x", 1)])).as_ref());
-        assert_ne!(Some(&key), canon(&record(1, [(b"x", 1), (b"y", 3)])).as_ref());
+        assert_ne!(
+            Some(&key),
+            canon(&record(0, [(b"x", 1), (b"y", 2)])).as_ref()
+        );
+        assert_ne!(
+            Some(&key),
+            canon(&record(1, [(b"y", 2), (b"x", 1)])).as_ref()
+        );
+        assert_ne!(
+            Some(&key),
+            canon(&record(1, [(b"x", 1), (b"y", 3)])).as_ref()
+        );
         // Inside a tuple and a map.
         let mut tuple = vec![crate::etf::SMALL_TUPLE_EXT, 1];
         tuple.extend_from_slice(&xy);

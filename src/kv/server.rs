@@ -439,7 +439,12 @@ impl KvServer {
                 if self.store.delete_encoded(&canon) {
                     metrics::KV_KEYS.set(self.store.len() as i64);
                     self.has_raw = true;
-                    return self.commit(caller, Op::Delete { key: versioned(key) });
+                    return self.commit(
+                        caller,
+                        Op::Delete {
+                            key: versioned(key),
+                        },
+                    );
                 }
                 return self.answer_term(caller, protocol::ok());
             }

@@ -319,8 +319,10 @@ impl Store {
             Some(blob) => {
                 let (_, stored_key, current) = unpack(blob);
                 let mut current_canon = Vec::new();
-                let comparable =
-                    super::key::canonical_from_etf(current.get(1..).unwrap_or_default(), &mut current_canon);
+                let comparable = super::key::canonical_from_etf(
+                    current.get(1..).unwrap_or_default(),
+                    &mut current_canon,
+                );
                 let current = decode_stored(current);
                 if comparable && current_canon.as_slice() == Key::from_term(expected).as_bytes() {
                     let stored_key = decode_stored(stored_key);

@@ -330,7 +330,10 @@ fn handle_frame(
                     Ok((message, _)) => message,
                     // A valid term eetf cannot hold (an OTP 29 native record, a map with
                     // 0.0 and -0.0 keys): refused, never delivered changed; the peer is fine.
-                    Err(error @ (etf::TermError::NativeRecord { .. } | etf::TermError::MapKeysMerged)) => {
+                    Err(
+                        error @ (etf::TermError::NativeRecord { .. }
+                        | etf::TermError::MapKeysMerged),
+                    ) => {
                         tracing::warn!(%peer, name = %etf::text::name(name), %error, "a message kvnode cannot decode unchanged: dropped");
                         return Ok(());
                     }
