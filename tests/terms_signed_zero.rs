@@ -50,6 +50,13 @@ impl Drop for DirGuard {
 }
 
 const WRITES: &str = r##"
+# A byte-lane put first, then requests answered with what it stored.
+:ok = GenServer.call(store, {:put, :first, m})
+check.("first mismatch", GenServer.call(store, {:cas, :first, :nope, 1}), {:error, {:mismatch, m}})
+:ok = GenServer.call(store, {:put, m, :first_key})
+check.("keys", GenServer.call(store, :keys) |> Enum.sort(), Enum.sort([:first, m]))
+:ok = GenServer.call(store, {:delete, m})
+:ok = GenServer.call(store, {:delete, :first})
 for {v, i} <- Enum.with_index(zoo) do
   :ok = GenServer.call(store, {:put, {:put, i}, v})
   check.("put #{i}", GenServer.call(store, {:get, {:put, i}}), v)
@@ -80,6 +87,9 @@ if otp >= 27 do
   {:error, :unrepresentable} = GenServer.call(store, {:put_new, :watched, m})
   nil = GenServer.call(store, {:get, :watched})
   :ok = GenServer.call(store, {:unsubscribe, :all})
+  # Requests outside the byte lane are refused with a reply, not left unanswered.
+  {:error, :unrepresentable} = GenServer.call(store, {:incr, m, 1})
+  {:error, :unrepresentable} = GenServer.call(store, {:subscribe, m})
 end
 "##;
 

@@ -396,6 +396,16 @@ enum RawReply {
 }
 
 impl KvServer {
+    /// Notes that a byte-view `put` may store a term eetf cannot hold (see `has_raw`): a
+    /// scan for the tags that can make one, until the first is seen.
+    fn note_raw(&mut self, view: &ByteRequest<'_>) {
+        if let ByteRequest::Put { key, value } = view
+            && !self.has_raw
+        {
+            self.has_raw = may_be_raw(key) || may_be_raw(value);
+        }
+    }
+
     /// Whether a change of the key whose canonical bytes are `canon` has subscribers.
     fn notifies(&self, canon: &[u8]) -> bool {
         self.subscriptions > 0 && (!self.all.is_empty() || self.by_key.contains_key(canon))
@@ -572,6 +582,7 @@ impl KvServer {
     ) -> CallResult<'_> {
         if let Some(view) = self.byte_view(&request) {
             metrics::kv_request(true, byte_kind(&view));
+            self.note_raw(&view);
             let decode = |k: &[u8]| request.decode_part(k).ok();
             return match apply_bytes(&mut self.store, &mut self.default_reply, view, decode) {
                 Some(reply) => CallResult::Encoded(reply),
@@ -595,13 +606,34 @@ impl KvServer {
                     return self.raw_result(Some(from), view);
                 }
                 metrics::kv_request(true, KvKind::Unknown);
-                tracing::debug!(%error, "undecodable call");
-                return CallResult::NoReply;
+                // Validated on arrival, so only a term eetf cannot hold gets here (a native
+                // record or a map with 0.0 and -0.0 keys in `incr`, `subscribe`, ...): say so.
+                tracing::info!(%error, "a call holding a term eetf cannot hold: refused");
+                return CallResult::Reply(unrepresentable());
             }
         };
         let parsed = Request::from_term(request);
         metrics::kv_request(true, parsed.as_ref().map_or(KvKind::Unknown, request_kind));
         let reply = match parsed {
+            Ok(Request::Data(protocol::DataRequest::Keys)) if self.has_raw => {
+                // The keys as stored (some may be terms eetf cannot hold), as bytes.
+                let mut list = Vec::new();
+                if self.store.is_empty() {
+                    list.push(crate::etf::NIL_EXT);
+                } else {
+                    list.push(crate::etf::LIST_EXT);
+                    list.extend_from_slice(&(self.store.len() as u32).to_be_bytes());
+                    for (key, _) in self.store.iter_encoded() {
+                        list.extend_from_slice(key.get(1..).unwrap_or_default());
+                    }
+                    list.push(crate::etf::NIL_EXT);
+                }
+                return match self.answer_bytes(Some(from), list) {
+                    RawReply::Term(t) => CallResult::Reply(t),
+                    RawReply::Bytes => CallResult::Encoded(&self.default_reply),
+                    RawReply::Later => CallResult::NoReply,
+                };
+            }
             Ok(Request::Data(req)) => {
                 return match self.data(ctx, req, Some(from)) {
                     Some(reply) => CallResult::Reply(reply),
@@ -652,6 +684,7 @@ impl GenServer for KvServer {
     fn handle_cast(&mut self, ctx: &mut Ctx, request: crate::Request<'_>) {
         if let Some(view) = self.byte_view(&request) {
             metrics::kv_request(false, byte_kind(&view));
+            self.note_raw(&view);
             let decode = |k: &[u8]| request.decode_part(k).ok();
             if apply_bytes(&mut self.store, &mut self.default_reply, view, decode).is_none() {
                 tracing::debug!("undecodable key in a cast: ignored");

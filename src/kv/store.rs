@@ -386,7 +386,6 @@ impl Store {
     }
 
     /// Whether the store has no keys.
-    #[cfg_attr(not(test), allow(dead_code))] // used by tests
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
