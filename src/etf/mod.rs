@@ -330,8 +330,9 @@ pub enum TermError {
         /// Position of the atom's tag.
         offset: usize,
     },
-    /// No longer produced: Latin-1 atoms (`ATOM_EXT`, `SMALL_ATOM_EXT`) with non-ASCII bytes
-    /// are accepted and decoded as the same atom in UTF-8. Kept for API compatibility.
+    /// A Latin-1 atom (`ATOM_EXT`, `SMALL_ATOM_EXT`) with non-ASCII bytes inside a fun
+    /// (`NEW_FUN_EXT`), whose size field a rewrite to UTF-8 would change: refused when
+    /// decoding. Elsewhere such atoms are valid and decode as the same atom in UTF-8.
     #[error("Latin-1 atom at offset {offset} has non-ASCII bytes")]
     Latin1Atom {
         /// Position of the atom's tag.

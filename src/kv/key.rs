@@ -25,7 +25,10 @@
 //!   same key as the `Binary` of the same bytes (a `tail_bits_size` of 0 means the last byte holds
 //!   no bits; values above 8 are treated as 8);
 //! - **tuples** by arity and elements; **funs** by all of their fields (deterministic, though
-//!   Erlang's own fun equality is not specified beyond that).
+//!   Erlang's own fun equality is not specified beyond that);
+//! - **native records** (OTP 29, `RECORD_EXT`; no `eetf::Term` holds them, so only
+//!   [`canonical_from_etf`] reads them) by exported flag, module, name, then field names and
+//!   values in order, as OTP 29 `=:=` compares them. A Latin-1 atom is read as its UTF-8 name.
 //!
 //! The ordering of keys as byte strings is *not* Erlang term order; only equality is meaningful.
 //!
