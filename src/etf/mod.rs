@@ -53,6 +53,10 @@
 /// The version byte that starts every externally encoded term.
 pub const VERSION_MAGIC: u8 = 131;
 
+/// `RECORD_EXT` (OTP 29 native records): `67, Arity:u32, Flags:u8, Module atom, Name atom`,
+/// then `Arity` field-name atoms, then `Arity` values. Flags bit 0: the record is exported.
+/// eetf has no term for it: kvnode keeps such terms as bytes (see [`TermError::NativeRecord`]).
+pub(crate) const RECORD_EXT: u8 = 67;
 pub(crate) const NEW_FLOAT_EXT: u8 = 70;
 pub(crate) const BIT_BINARY_EXT: u8 = 77;
 const COMPRESSED: u8 = 80;
@@ -326,8 +330,9 @@ pub enum TermError {
         /// Position of the atom's tag.
         offset: usize,
     },
-    /// A Latin-1 atom (`ATOM_EXT`, `SMALL_ATOM_EXT`) with non-ASCII bytes, which eetf would
-    /// misread as UTF-8. Peers speaking distribution send UTF-8 atoms.
+    /// A Latin-1 atom (`ATOM_EXT`, `SMALL_ATOM_EXT`) with non-ASCII bytes inside a fun
+    /// (`NEW_FUN_EXT`), whose size field a rewrite to UTF-8 would change: refused when
+    /// decoding. Elsewhere such atoms are valid and decode as the same atom in UTF-8.
     #[error("Latin-1 atom at offset {offset} has non-ASCII bytes")]
     Latin1Atom {
         /// Position of the atom's tag.
@@ -376,6 +381,21 @@ pub enum TermError {
         /// Bytes left over.
         extra: usize,
     },
+    /// An OTP 29 native record (`RECORD_EXT`), which eetf has no term for. Validation
+    /// accepts it (it can be stored, measured and compared as bytes); only decoding it into
+    /// an `eetf::Term` is refused.
+    #[error("native record (OTP 29 RECORD_EXT) at offset {offset}: no eetf term can hold it")]
+    NativeRecord {
+        /// Position of the record's tag.
+        offset: usize,
+    },
+    /// A map whose keys eetf cannot tell apart although they are different terms (`0.0` and
+    /// `-0.0` since OTP 27, or terms holding them): decoding it would silently drop entries,
+    /// so it is refused instead.
+    #[error(
+        "a map holds keys that differ only in the sign of a zero float (0.0 and -0.0): decoding it would merge them"
+    )]
+    MapKeysMerged,
     /// eetf rejected a term that passed validation (a float precision quirk at worst;
     /// anything else is a bug in the validator).
     #[error("eetf failed to decode a validated term: {}", DecodeErrorText(.0))]
@@ -425,10 +445,141 @@ pub fn validate_versioned_counted(
 
 /// Decodes a version-prefixed term from the start of `buf` with eetf after validating it, and
 /// returns the term and the number of bytes consumed. Bytes after the term are left alone.
+///
+/// Never returns a term different from the one the bytes hold: Latin-1 atoms with non-ASCII
+/// bytes are rewritten as the same atoms in UTF-8 first (BEAM treats both encodings as one
+/// atom); a native record ([`TermError::NativeRecord`]) or a map whose keys eetf would merge
+/// ([`TermError::MapKeysMerged`]) is refused rather than decoded into something else.
 pub fn decode(buf: &[u8], limits: &Limits) -> Result<(eetf::Term, usize), TermError> {
-    let len = validate_versioned(buf, limits)?;
-    let term = eetf::Term::decode(&buf[..len])?;
+    let (len, traits) = match buf.first() {
+        None => {
+            return Err(TermError::Truncated {
+                offset: 0,
+                needed: 1,
+            });
+        }
+        Some(&VERSION_MAGIC) => {
+            let (len, _, traits) = Validator::new(buf, 1, limits, 0).run_keep()?;
+            (len, traits)
+        }
+        Some(&found) => return Err(TermError::BadVersion { found }),
+    };
+    if let Some(offset) = traits.record {
+        return Err(TermError::NativeRecord { offset });
+    }
+    let term = if traits.latin1.is_empty() {
+        eetf::Term::decode(&buf[..len])?
+    } else {
+        if traits.latin1_in_fun {
+            return Err(TermError::Latin1Atom {
+                offset: traits.latin1[0],
+            });
+        }
+        eetf::Term::decode(latin1_to_utf8(&buf[..len], &traits.latin1).as_slice())?
+    };
+    if traits.map_pairs > 0 && map_entries(&term) < traits.map_pairs {
+        return Err(TermError::MapKeysMerged);
+    }
     Ok((term, len))
+}
+
+/// Prepares bytes holding versioned terms back to back (a frame's control message and
+/// payload) for a decoder that uses eetf directly (erl_dist's): Latin-1 atoms with non-ASCII
+/// bytes are rewritten as UTF-8 (borrowed as they are when there are none), and a native
+/// record or a map whose keys eetf would merge is refused ([`TermError::NativeRecord`],
+/// [`TermError::MapKeysMerged`]) instead of being decoded into a different term.
+pub fn checked_for_eetf<'b>(
+    buf: &'b [u8],
+    limits: &Limits,
+) -> Result<std::borrow::Cow<'b, [u8]>, TermError> {
+    let mut at = 0;
+    let mut latin1 = Vec::new();
+    while at < buf.len() {
+        let rest = &buf[at..];
+        if rest.first() != Some(&VERSION_MAGIC) {
+            break;
+        }
+        let (len, _, traits) = Validator::new(rest, 1, limits, 0).run_keep()?;
+        if let Some(offset) = traits.record {
+            return Err(TermError::NativeRecord {
+                offset: at + offset,
+            });
+        }
+        if traits.latin1_in_fun {
+            return Err(TermError::Latin1Atom {
+                offset: at + traits.latin1[0],
+            });
+        }
+        if traits.map_pairs > 0 {
+            // Decoded once more only to count: maps are where eetf may merge keys.
+            decode(rest, limits)?;
+        }
+        latin1.extend(traits.latin1.iter().map(|o| at + o));
+        at += len;
+    }
+    Ok(if latin1.is_empty() {
+        std::borrow::Cow::Borrowed(buf)
+    } else {
+        std::borrow::Cow::Owned(latin1_to_utf8(buf, &latin1))
+    })
+}
+
+/// `buf` with every Latin-1 atom at `offsets` (tag positions, in order) rewritten as the
+/// same atom in UTF-8 (`ATOM_UTF8_EXT`; each Latin-1 byte is its code point).
+fn latin1_to_utf8(buf: &[u8], offsets: &[usize]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(buf.len() + 16 * offsets.len());
+    let mut at = 0;
+    for &offset in offsets {
+        let Some(&tag) = buf.get(offset) else { break };
+        let (len, header) = if tag == ATOM_EXT {
+            let b = buf.get(offset + 1..offset + 3).unwrap_or(&[0, 0]);
+            (usize::from(u16::from_be_bytes([b[0], b[1]])), 3)
+        } else {
+            (usize::from(buf.get(offset + 1).copied().unwrap_or(0)), 2)
+        };
+        let Some(name) = buf.get(offset + header..offset + header + len) else {
+            break;
+        };
+        out.extend_from_slice(&buf[at..offset]);
+        let utf8: String = name.iter().map(|&b| char::from(b)).collect();
+        out.push(ATOM_UTF8_EXT);
+        out.extend_from_slice(&(utf8.len() as u16).to_be_bytes());
+        out.extend_from_slice(utf8.as_bytes());
+        at = offset + header + len;
+    }
+    out.extend_from_slice(&buf[at..]);
+    out
+}
+
+/// Map entries in a decoded term, summed over every map (iterative).
+fn map_entries(term: &eetf::Term) -> u64 {
+    use eetf::Term as T;
+    let mut count = 0u64;
+    let mut stack = vec![term];
+    while let Some(t) = stack.pop() {
+        match t {
+            T::Map(m) => {
+                count += m.map.len() as u64;
+                for (k, v) in &m.map {
+                    stack.push(k);
+                    stack.push(v);
+                }
+            }
+            T::List(l) => stack.extend(l.elements.iter()),
+            T::ImproperList(l) => {
+                stack.extend(l.elements.iter());
+                stack.push(&l.last);
+            }
+            T::Tuple(x) => stack.extend(x.elements.iter()),
+            T::InternalFun(f) => {
+                let (eetf::InternalFun::New { free_vars, .. }
+                | eetf::InternalFun::Old { free_vars, .. }) = f.as_ref();
+                stack.extend(free_vars.iter());
+            }
+            _ => {}
+        }
+    }
+    count
 }
 
 /// Like [`decode`], but the term must fill `buf` exactly.
@@ -466,6 +617,23 @@ struct Validator<'a> {
     atoms: usize,
     terms: usize,
     stack: Vec<Frame>,
+    /// What decoding this term with eetf must take care of.
+    traits: Traits,
+}
+
+/// What the validator noticed that matters for decoding with eetf (see [`decode`]).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Traits {
+    /// Offset of the first native record (`RECORD_EXT`), which eetf cannot decode.
+    pub(crate) record: Option<usize>,
+    /// Offsets of Latin-1 atoms with non-ASCII bytes, which must be rewritten as UTF-8
+    /// before eetf decodes them.
+    pub(crate) latin1: Vec<usize>,
+    /// Whether one of those sits inside a `NEW_FUN_EXT` (whose size field the rewrite
+    /// would have to patch: refused instead).
+    pub(crate) latin1_in_fun: bool,
+    /// Map entries the bytes declare, summed over every map.
+    pub(crate) map_pairs: u64,
 }
 
 impl<'a> Validator<'a> {
@@ -477,12 +645,17 @@ impl<'a> Validator<'a> {
             atoms: 0,
             terms,
             stack: Vec::new(),
+            traits: Traits::default(),
         }
     }
 
     /// Validates the term at `pos` and returns the position just past it, relative to the
     /// start of the buffer, and the term count (including any the validator started with).
-    fn run(mut self) -> Result<(usize, usize), TermError> {
+    fn run(self) -> Result<(usize, usize), TermError> {
+        self.run_keep().map(|(len, terms, _)| (len, terms))
+    }
+
+    fn run_keep(mut self) -> Result<(usize, usize, Traits), TermError> {
         self.term(1, 0)?;
         while let Some(frame) = self.stack.last_mut() {
             match frame {
@@ -522,7 +695,7 @@ impl<'a> Validator<'a> {
                 }
             }
         }
-        Ok((self.pos, self.terms))
+        Ok((self.pos, self.terms, self.traits))
     }
 
     fn remaining(&self) -> usize {
@@ -697,8 +870,19 @@ impl<'a> Validator<'a> {
                 let len = self.u32()?;
                 self.big_body(offset, len as usize)?;
             }
+            RECORD_EXT => {
+                let arity = self.u32()?;
+                // Flags (bit 0: exported), then the module and the record's name.
+                self.take(1)?;
+                self.atom(inner)?;
+                self.atom(inner)?;
+                self.traits.record.get_or_insert(offset);
+                // The field names, then the values.
+                self.children("record", offset, 2 * u64::from(arity), nested)?;
+            }
             MAP_EXT => {
                 let pairs = self.u32()?;
+                self.traits.map_pairs += u64::from(pairs);
                 self.children("map", offset, 2 * u64::from(pairs), nested)?;
             }
             EXPORT_EXT => {
@@ -787,7 +971,11 @@ impl<'a> Validator<'a> {
             }
             _ => {
                 if !name.is_ascii() {
-                    return Err(TermError::Latin1Atom { offset });
+                    // Each byte is its code point: valid as it is, rewritten for eetf.
+                    self.traits.latin1.push(offset);
+                    if self.stack.iter().any(|f| matches!(f, Frame::FunEnd { .. })) {
+                        self.traits.latin1_in_fun = true;
+                    }
                 }
             }
         }

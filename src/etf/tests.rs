@@ -240,11 +240,12 @@ fn hostile_inputs_are_rejected() {
         check(&[131, 118, 0, 1, 0xff]),
         TermError::InvalidUtf8Atom { offset: 1 }
     ));
-    // Latin-1 'é': eetf would read it as (invalid) UTF-8.
-    assert!(matches!(
-        check(&[131, 100, 0, 1, 0xe9]),
-        TermError::Latin1Atom { offset: 1 }
-    ));
+    // Latin-1 'é' is valid (eetf alone would read it as invalid UTF-8): decoded as 'é'.
+    for latin1 in [&[131, 100, 0, 1, 0xe9][..], &[131, 115, 1, 0xe9]] {
+        assert_eq!(validate_versioned(latin1, &limits).ok(), Some(latin1.len()));
+        let (term, _) = decode(latin1, &limits).expect("a Latin-1 atom decodes");
+        assert_eq!(term, eetf::Term::from(eetf::Atom::from("\u{e9}")));
+    }
     assert!(matches!(
         check(&[131, 110, 1, 2, 7]),
         TermError::BadSign { sign: 2, .. }
@@ -862,9 +863,11 @@ fn real_erlang_terms_validate_and_decode() {
                     "{label}"
                 );
             }
-            "latin1" => assert!(
-                matches!(result, Err(TermError::Latin1Atom { .. })),
-                "{label}: {result:?}"
+            // OTP 25's term_to_binary writes 'é' as a Latin-1 ATOM_EXT: the same atom.
+            "latin1" => assert_eq!(
+                result.map(|(t, _)| t).ok(),
+                Some(eetf::Term::from(eetf::Atom::from("\u{e9}"))),
+                "{label}"
             ),
             "compressed" => assert!(
                 matches!(result, Err(TermError::Compressed { offset: 1 })),
@@ -875,4 +878,48 @@ fn real_erlang_terms_validate_and_decode() {
         seen += 1;
     }
     assert_eq!(seen, 23, "erl printed: {stdout}");
+}
+
+/// A map with both `0.0` and `-0.0` keys (two keys since OTP 27) validates, but decoding it
+/// with eetf would merge them: refused. A native record validates and is refused too.
+#[test]
+fn terms_eetf_cannot_hold_are_refused_not_changed() {
+    let limits = Limits::default();
+    let mut map = vec![131, 116, 0, 0, 0, 2, 70, 0, 0, 0, 0, 0, 0, 0, 0, 97, 1];
+    map.extend_from_slice(&[70, 128, 0, 0, 0, 0, 0, 0, 0, 97, 2]);
+    assert_eq!(validate_versioned(&map, &limits).ok(), Some(map.len()));
+    assert!(matches!(
+        decode(&map, &limits),
+        Err(TermError::MapKeysMerged)
+    ));
+    let mut nested = vec![131, 104, 1];
+    nested.extend_from_slice(&map[1..]);
+    assert!(matches!(
+        decode(&nested, &limits),
+        Err(TermError::MapKeysMerged)
+    ));
+    // One signed zero alone is fine.
+    let one = [131, 116, 0, 0, 0, 1, 70, 128, 0, 0, 0, 0, 0, 0, 0, 97, 2];
+    assert!(decode(&one, &limits).is_ok());
+    // #m:n{a = 1}, as OTP 29 writes it.
+    let record = [
+        131, 67, 0, 0, 0, 1, 0, 119, 1, b'm', 119, 1, b'n', 119, 1, b'a', 97, 1,
+    ];
+    assert_eq!(
+        validate_versioned(&record, &limits).ok(),
+        Some(record.len())
+    );
+    assert!(matches!(
+        decode(&record, &limits),
+        Err(TermError::NativeRecord { offset: 1 })
+    ));
+    assert!(validate_versioned(&record[..record.len() - 1], &limits).is_err());
+    assert!(matches!(
+        checked_for_eetf(&record, &limits),
+        Err(TermError::NativeRecord { .. })
+    ));
+    // Two terms back to back (a frame): a Latin-1 atom in the second is rewritten.
+    let frame = [131, 97, 1, 131, 100, 0, 1, 0xe9];
+    let checked = checked_for_eetf(&frame, &limits).expect("valid");
+    assert_eq!(&checked[..], &[131, 97, 1, 131, 118, 0, 2, 0xc3, 0xa9]);
 }

@@ -77,13 +77,18 @@ pub fn key_identity(etf: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     let Some((&version, term)) = etf.split_first() else {
         return Err("empty key".into());
     };
-    if version == crate::etf::VERSION_MAGIC && super::key::encode_etf_into(term, out) {
+    if version != crate::etf::VERSION_MAGIC {
+        return Err(format!("bad version byte {version}"));
+    }
+    if super::key::canonical_from_etf(term, out) {
         return Ok(());
     }
-    let limits = recovery_limits();
-    let term = crate::etf::decode_exact(etf, &limits).map_err(|e| e.to_string())?;
-    super::key::encode_into(&term, out);
-    Ok(())
+    // Say why: the validator's error, else the nesting bound of terms eetf cannot hold.
+    match crate::etf::validate_versioned(etf, &recovery_limits()) {
+        Err(e) => Err(e.to_string()),
+        Ok(len) if len != etf.len() => Err(format!("{} trailing bytes", etf.len() - len)),
+        Ok(_) => Err("a key eetf cannot hold, nested too deep for its canonical form".into()),
+    }
 }
 
 /// Limits for terms read back from the log: the configured depth and default atom bounds, no term-count

@@ -25,7 +25,10 @@
 //!   same key as the `Binary` of the same bytes (a `tail_bits_size` of 0 means the last byte holds
 //!   no bits; values above 8 are treated as 8);
 //! - **tuples** by arity and elements; **funs** by all of their fields (deterministic, though
-//!   Erlang's own fun equality is not specified beyond that).
+//!   Erlang's own fun equality is not specified beyond that);
+//! - **native records** (OTP 29, `RECORD_EXT`; no `eetf::Term` holds them, so only
+//!   [`canonical_from_etf`] reads them) by exported flag, module, name, then field names and
+//!   values in order, as OTP 29 `=:=` compares them. A Latin-1 atom is read as its UTF-8 name.
 //!
 //! The ordering of keys as byte strings is *not* Erlang term order; only equality is meaningful.
 //!
@@ -72,6 +75,8 @@ mod tag {
     pub const TUPLE: u8 = 15;
     /// A map: varint size, entries (key then value) sorted by encoded key bytes.
     pub const MAP: u8 = 16;
+    /// An OTP 29 native record: flags, module, name, arity, then field names and values.
+    pub const RECORD: u8 = 17;
 }
 
 /// A canonical, hashable identity for an Erlang term: two terms have equal keys iff they are
@@ -426,6 +431,189 @@ pub fn encode_etf_into(etf: &[u8], out: &mut Vec<u8>) -> bool {
         out.truncate(start);
     }
     ok
+}
+
+/// Appends the canonical key bytes of any valid term in external format (tag first, no
+/// version byte): read directly for the usual kinds ([`encode_etf_into`]), else decoded and
+/// encoded ([`encode_into`]), else, for terms no `eetf::Term` can hold (native records, maps
+/// whose keys differ only in the sign of a zero float), read from the bytes container by
+/// container ([`encode_etf_full`]). False, with `out` as it was, when the bytes are not
+/// one valid term or are nested deeper than [`MAX_FULL_DEPTH`] around such a term.
+pub fn canonical_from_etf(etf: &[u8], out: &mut Vec<u8>) -> bool {
+    if encode_etf_into(etf, out) {
+        return true;
+    }
+    let mut versioned = Vec::with_capacity(etf.len() + 1);
+    versioned.push(crate::etf::VERSION_MAGIC);
+    versioned.extend_from_slice(etf);
+    let limits = crate::kv::durable::recovery_limits();
+    match crate::etf::decode_exact(&versioned, &limits) {
+        Ok(term) => {
+            encode_into(&term, out);
+            true
+        }
+        Err(crate::etf::TermError::NativeRecord { .. } | crate::etf::TermError::MapKeysMerged) => {
+            let start = out.len();
+            let ok = encode_etf_full(etf, out, 0) == Some(etf.len());
+            if !ok {
+                out.truncate(start);
+            }
+            ok
+        }
+        Err(_) => false,
+    }
+}
+
+/// How deep [`encode_etf_full`] follows containers (it recurses); only terms eetf cannot
+/// hold take it, and one nested deeper has no canonical key (refused as a key or `cas`
+/// operand, never stored changed).
+pub const MAX_FULL_DEPTH: u32 = 2_000;
+
+/// The length of the valid term at the start of `b`.
+fn term_len(b: &[u8]) -> Option<usize> {
+    crate::etf::validate_term(b, &crate::kv::durable::recovery_limits()).ok()
+}
+
+/// One leaf term (no map or record inside it), decoded and encoded canonically.
+fn encode_leaf(b: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    let len = term_len(b)?;
+    let mut versioned = Vec::with_capacity(len + 1);
+    versioned.push(crate::etf::VERSION_MAGIC);
+    versioned.extend_from_slice(&b[..len]);
+    let term = crate::etf::decode_exact(&versioned, &crate::kv::durable::recovery_limits()).ok()?;
+    encode_into(&term, out);
+    Some(len)
+}
+
+/// The canonical bytes of the term at the start of `b` (see [`canonical_from_etf`]), read
+/// container by container; returns its length. The output equals [`Key::from_term`]'s for
+/// every term eetf can hold (the test `full_reader_agrees_with_from_term` checks the zoo).
+fn encode_etf_full(b: &[u8], out: &mut Vec<u8>, depth: u32) -> Option<usize> {
+    use crate::etf::{
+        LARGE_TUPLE_EXT, LIST_EXT, MAP_EXT, NIL_EXT, RECORD_EXT, SMALL_TUPLE_EXT, STRING_EXT,
+    };
+    if depth > MAX_FULL_DEPTH {
+        return None;
+    }
+    let (&tag, rest) = b.split_first()?;
+    let be32 = |at: usize| -> Option<usize> {
+        Some(u32::from_be_bytes(rest.get(at..at + 4)?.try_into().ok()?) as usize)
+    };
+    match tag {
+        SMALL_TUPLE_EXT | LARGE_TUPLE_EXT => {
+            let (arity, mut pos) = if tag == SMALL_TUPLE_EXT {
+                (usize::from(*rest.first()?), 2)
+            } else {
+                (be32(0)?, 5)
+            };
+            out.push(tag::TUPLE);
+            put_varint(out, arity as u64);
+            for _ in 0..arity {
+                pos += encode_etf_full(b.get(pos..)?, out, depth + 1)?;
+            }
+            Some(pos)
+        }
+        NIL_EXT | STRING_EXT | LIST_EXT => {
+            // Gather the cells through chained list tails, then write them as from_term does.
+            enum Cell<'a> {
+                Term(&'a [u8]),
+                Byte(u8),
+            }
+            let mut cells = Vec::new();
+            let mut pos = 0;
+            let tail = loop {
+                let here = b.get(pos..)?;
+                match *here.first()? {
+                    NIL_EXT => {
+                        pos += 1;
+                        break None;
+                    }
+                    STRING_EXT => {
+                        let n = usize::from(u16::from_be_bytes([*here.get(1)?, *here.get(2)?]));
+                        cells.extend(here.get(3..3 + n)?.iter().map(|&c| Cell::Byte(c)));
+                        pos += 3 + n;
+                        break None;
+                    }
+                    LIST_EXT => {
+                        let n = u32::from_be_bytes(here.get(1..5)?.try_into().ok()?) as usize;
+                        pos += 5;
+                        for _ in 0..n {
+                            let len = term_len(b.get(pos..)?)?;
+                            cells.push(Cell::Term(&b[pos..pos + len]));
+                            pos += len;
+                        }
+                    }
+                    _ => {
+                        let len = term_len(here)?;
+                        let t = &b[pos..pos + len];
+                        pos += len;
+                        break Some(t);
+                    }
+                }
+            };
+            if cells.is_empty() {
+                match tail {
+                    None => out.push(tag::NIL),
+                    Some(t) => {
+                        encode_etf_full(t, out, depth + 1)?;
+                    }
+                }
+                return Some(pos);
+            }
+            out.push(tag::LIST);
+            put_varint(out, cells.len() as u64);
+            for cell in cells {
+                match cell {
+                    Cell::Byte(c) => put_i64(out, i64::from(c)),
+                    Cell::Term(t) => {
+                        encode_etf_full(t, out, depth + 1)?;
+                    }
+                }
+            }
+            match tail {
+                None => out.push(tag::NIL),
+                Some(t) => {
+                    encode_etf_full(t, out, depth + 1)?;
+                }
+            }
+            Some(pos)
+        }
+        MAP_EXT => {
+            let pairs = be32(0)?;
+            let mut pos = 5;
+            let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(pairs.min(1 << 16));
+            for _ in 0..pairs {
+                let mut k = Vec::new();
+                pos += encode_etf_full(b.get(pos..)?, &mut k, depth + 1)?;
+                let mut v = Vec::new();
+                pos += encode_etf_full(b.get(pos..)?, &mut v, depth + 1)?;
+                entries.push((k, v));
+            }
+            // By key; equal keys (a malformed map) by value too, as `put_map` does.
+            entries.sort_unstable();
+            out.push(tag::MAP);
+            put_varint(out, entries.len() as u64);
+            for (k, v) in entries {
+                out.extend_from_slice(&k);
+                out.extend_from_slice(&v);
+            }
+            Some(pos)
+        }
+        RECORD_EXT => {
+            let arity = be32(0)?;
+            let flags = *rest.get(4)?;
+            out.push(tag::RECORD);
+            out.push(flags);
+            let mut pos = 6;
+            // Module and name, then the field names, then the values: all in order, since
+            // OTP 29 `=:=` compares records field by field in declaration order.
+            for _ in 0..2 + 2 * arity {
+                pos += encode_etf_full(b.get(pos..)?, out, depth + 1)?;
+            }
+            Some(pos)
+        }
+        _ => encode_leaf(b, out),
+    }
 }
 
 /// External term format tags that [`encode_etf_into`] reads.
@@ -903,5 +1091,130 @@ mod tests {
         assert!(!encode_etf_into(&etf_of(&bin(b"hello"))[..4], &mut out));
         assert!(!encode_etf_into(&[115, 1, 0xe9], &mut out));
         assert_eq!(out, vec![7u8]);
+    }
+}
+
+#[cfg(test)]
+mod bytes_tests {
+    use super::*;
+    use crate::kv::test_terms::zoo;
+
+    fn etf(term: &Term) -> Vec<u8> {
+        let mut v = Vec::new();
+        crate::etf::encode::encode(term, &mut v).expect("encode");
+        v.split_off(1)
+    }
+
+    fn canon(bytes: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        canonical_from_etf(bytes, &mut out).then_some(out)
+    }
+
+    /// The container-by-container reader gives [`Key::from_term`]'s bytes for every term eetf
+    /// can hold, so keys stored either way meet.
+    #[test]
+    fn full_reader_agrees_with_from_term() {
+        for term in zoo() {
+            let bytes = etf(&term);
+            let mut out = Vec::new();
+            assert_eq!(
+                encode_etf_full(&bytes, &mut out, 0),
+                Some(bytes.len()),
+                "{term}"
+            );
+            assert_eq!(out, Key::from_term(&term).as_bytes(), "{term}");
+        }
+    }
+
+    /// `%{0.0 => :pos, -0.0 => :neg}` (two keys since OTP 27; eetf merges them) has a key of
+    /// its own, different from either one-entry map, whatever the entry order.
+    #[test]
+    fn maps_with_both_signed_zeros_have_their_own_key() {
+        let zero = |neg: bool| {
+            let mut v = vec![crate::etf::NEW_FLOAT_EXT];
+            v.extend_from_slice(&(if neg { -0.0f64 } else { 0.0 }).to_be_bytes());
+            v
+        };
+        let atom = |a: &str| {
+            let mut v = vec![crate::etf::SMALL_ATOM_UTF8_EXT, a.len() as u8];
+            v.extend_from_slice(a.as_bytes());
+            v
+        };
+        let map = |entries: &[(Vec<u8>, Vec<u8>)]| {
+            let mut v = vec![crate::etf::MAP_EXT];
+            v.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+            for (k, x) in entries {
+                v.extend_from_slice(k);
+                v.extend_from_slice(x);
+            }
+            v
+        };
+        let both = map(&[(zero(false), atom("pos")), (zero(true), atom("neg"))]);
+        let swapped = map(&[(zero(true), atom("neg")), (zero(false), atom("pos"))]);
+        let pos = map(&[(zero(false), atom("pos"))]);
+        let neg = map(&[(zero(true), atom("pos"))]);
+        let key = canon(&both).expect("a key");
+        assert_eq!(Some(&key), canon(&swapped).as_ref());
+        assert_ne!(Some(&key), canon(&pos).as_ref());
+        assert_ne!(Some(&key), canon(&neg).as_ref());
+        assert_ne!(canon(&pos), canon(&neg));
+    }
+
+    /// A Latin-1 atom is the same atom (and key) as its UTF-8 spelling.
+    #[test]
+    fn latin1_and_utf8_atoms_are_one_key() {
+        let latin1 = [crate::etf::ATOM_EXT, 0, 2, b'c', 0xe9];
+        let small_latin1 = [crate::etf::SMALL_ATOM_EXT, 2, b'c', 0xe9];
+        let utf8 = [crate::etf::SMALL_ATOM_UTF8_EXT, 3, b'c', 0xc3, 0xa9];
+        assert_eq!(canon(&latin1), canon(&utf8));
+        assert_eq!(canon(&small_latin1), canon(&utf8));
+        assert_eq!(
+            canon(&utf8).as_deref(),
+            Some(Key::from_term(&Term::from(eetf::Atom::from("c\u{e9}"))).as_bytes())
+        );
+    }
+
+    /// OTP 29 native records: `=:=` compares module, name, the exported flag, and the fields
+    /// in order with their values.
+    #[test]
+    fn native_records_compare_as_otp_29_does() {
+        // #geo:pt{x = 1, y = 2}, as OTP 29's term_to_binary writes it.
+        let record = |exported: u8, fields: [(&[u8], u8); 2]| {
+            let mut v = vec![crate::etf::RECORD_EXT, 0, 0, 0, 2, exported];
+            v.extend_from_slice(&[119, 3, b'g', b'e', b'o', 119, 2, b'p', b't']);
+            for (name, _) in fields {
+                v.extend_from_slice(&[119, name.len() as u8]);
+                v.extend_from_slice(name);
+            }
+            for (_, value) in fields {
+                v.extend_from_slice(&[crate::etf::SMALL_INTEGER_EXT, value]);
+            }
+            v
+        };
+        let xy = record(1, [(b"x", 1), (b"y", 2)]);
+        let key = canon(&xy).expect("a record has a key");
+        assert_eq!(Some(&key), canon(&xy.clone()).as_ref());
+        assert_ne!(
+            Some(&key),
+            canon(&record(0, [(b"x", 1), (b"y", 2)])).as_ref()
+        );
+        assert_ne!(
+            Some(&key),
+            canon(&record(1, [(b"y", 2), (b"x", 1)])).as_ref()
+        );
+        assert_ne!(
+            Some(&key),
+            canon(&record(1, [(b"x", 1), (b"y", 3)])).as_ref()
+        );
+        // Inside a tuple and a map.
+        let mut tuple = vec![crate::etf::SMALL_TUPLE_EXT, 1];
+        tuple.extend_from_slice(&xy);
+        assert!(canon(&tuple).is_some());
+        let mut map = vec![crate::etf::MAP_EXT, 0, 0, 0, 1];
+        map.extend_from_slice(&xy);
+        map.extend_from_slice(&xy);
+        assert!(canon(&map).is_some());
+        // Truncated: no key.
+        assert_eq!(canon(&xy[..xy.len() - 1]), None);
     }
 }

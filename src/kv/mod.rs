@@ -3,8 +3,14 @@
 //!
 //! Keys and values are arbitrary Erlang terms. Keys compare with exact term equality, as
 //! Elixir map keys do: `1` and `1.0` are different keys, maps are equal regardless of encoding
-//! order, an atom is the same key however it was encoded, and `0.0` and `-0.0` are different
-//! keys (OTP 27+ `=:=`).
+//! order, an atom is the same key however it was encoded (Latin-1 or UTF-8), and `0.0` and
+//! `-0.0` are different keys (OTP 27+ `=:=`).
+//!
+//! Terms eetf cannot hold (OTP 29 native records; maps with both `0.0` and `-0.0` as keys)
+//! are kept as bytes on every write path (`get`, `put`, `put_new`, `delete`, `cas`; see
+//! `KvServer::raw_lane`) and returned unchanged. A request that would need one as a term (an
+//! event for a subscriber, `incr`, `subscribe`, an in-node call reading one) is answered
+//! `{:error, :unrepresentable}` and changes nothing.
 //!
 //! Casts (`GenServer.cast/2`, no reply): `{:put, k, v}`, `{:delete, k}` (any data request is
 //! accepted as a cast; its reply is dropped).

@@ -365,6 +365,22 @@ pub enum ByteRequest<'a> {
         /// The key.
         key: &'a [u8],
     },
+    /// `{:put_new, key, value}` (only from [`ByteRequest::parse_all`]).
+    PutNew {
+        /// The key.
+        key: &'a [u8],
+        /// The value.
+        value: &'a [u8],
+    },
+    /// `{:cas, key, expected, new}` (only from [`ByteRequest::parse_all`]).
+    Cas {
+        /// The key.
+        key: &'a [u8],
+        /// The value the key must hold.
+        expected: &'a [u8],
+        /// The value to store on a match.
+        new: &'a [u8],
+    },
 }
 
 impl<'a> ByteRequest<'a> {
@@ -372,6 +388,18 @@ impl<'a> ByteRequest<'a> {
     /// decoded request, any other request, or an encoding this reader does not take (use
     /// the term view).
     pub fn parse(request: &ServerRequest<'a>) -> Option<Self> {
+        Self::parse_all(request).filter(|r| {
+            matches!(
+                r,
+                ByteRequest::Get { .. } | ByteRequest::Put { .. } | ByteRequest::Delete { .. }
+            )
+        })
+    }
+
+    /// Like [`ByteRequest::parse`], also reading `put_new` and `cas`: the byte lane for
+    /// requests whose terms eetf cannot hold (native records, maps with `0.0` and `-0.0`
+    /// keys), which must never be decoded into something else.
+    pub fn parse_all(request: &ServerRequest<'a>) -> Option<Self> {
         let [SMALL_TUPLE, arity, ref rest @ ..] = *request.bytes()? else {
             return None;
         };
@@ -399,6 +427,13 @@ impl<'a> ByteRequest<'a> {
             ByteRequest::Put { key, value }
         } else if is(atoms::DELETE, 2) {
             ByteRequest::Delete { key: rest }
+        } else if is(atoms::PUT_NEW, 3) {
+            let (key, value) = split(rest)?;
+            ByteRequest::PutNew { key, value }
+        } else if is(atoms::CAS, 4) {
+            let (key, rest) = split(rest)?;
+            let (expected, new) = split(rest)?;
+            ByteRequest::Cas { key, expected, new }
         } else {
             return None;
         };
@@ -410,7 +445,9 @@ impl<'a> ByteRequest<'a> {
         match *self {
             ByteRequest::Get { key, .. }
             | ByteRequest::Put { key, .. }
-            | ByteRequest::Delete { key } => key,
+            | ByteRequest::Delete { key }
+            | ByteRequest::PutNew { key, .. }
+            | ByteRequest::Cas { key, .. } => key,
         }
     }
 

@@ -31,6 +31,10 @@ pub struct KvServer {
     subscriptions: usize,
     /// Where a byte-view `get` that misses copies its default, so the reply can borrow it.
     default_reply: Vec<u8>,
+    /// Whether the store may hold a term eetf cannot hold (stored through the raw lane, or
+    /// recovered): then `get` and `cas` requests that arrive as bytes take the raw lane, so
+    /// such a value is answered as its bytes, never decoded into something else.
+    has_raw: bool,
 }
 
 fn count(n: usize) -> Term {
@@ -60,8 +64,30 @@ fn raw_canonical_key(
             super::key::encode_into(&term, out);
             true
         }
-        None => false,
+        // A key eetf cannot hold (a native record, a map with `0.0` and `-0.0` keys): read
+        // from its bytes.
+        None => super::key::canonical_from_etf(key, out),
     }
+}
+
+/// Builds `{:error, {:mismatch, current}}` around `current` (external format, no version byte).
+fn mismatch_bytes(current: &[u8], out: &mut Vec<u8>) {
+    use crate::etf::SMALL_TUPLE_EXT as T;
+    out.clear();
+    out.extend_from_slice(&[T, 2]);
+    out.extend_from_slice(&[crate::etf::SMALL_ATOM_UTF8_EXT, 5]);
+    out.extend_from_slice(b"error");
+    out.extend_from_slice(&[T, 2]);
+    out.extend_from_slice(&[crate::etf::SMALL_ATOM_UTF8_EXT, 8]);
+    out.extend_from_slice(b"mismatch");
+    out.extend_from_slice(current);
+}
+
+/// `{:error, :unrepresentable}`: a request holding a term eetf cannot hold (a native record,
+/// a map with `0.0` and `-0.0` keys) that would need one (an event for a subscriber), or
+/// whose key is nested too deep to read from its bytes. Nothing was changed.
+fn unrepresentable() -> Term {
+    protocol::error(protocol::atom("unrepresentable"))
 }
 
 /// Applies a byte-view request to `store`: no term is built, values are stored and answered
@@ -103,6 +129,8 @@ pub(crate) fn apply_bytes<'s>(
                     crate::metrics::KV_KEYS.set(store.len() as i64);
                     protocol::OK_BYTES
                 }
+                // Only the raw lane ([`KvServer::raw_lane`]) reads these.
+                ByteRequest::PutNew { .. } | ByteRequest::Cas { .. } => return None,
             })
         } else {
             None
@@ -130,6 +158,7 @@ impl KvServer {
     pub fn with_storage(durable: Durable, entries: Vec<crate::storage::Entry>) -> Self {
         let limits = durable::recovery_limits();
         let mut store = Store::new();
+        let mut has_raw = false;
         for e in entries {
             let value_ok = match crate::etf::validate_versioned(&e.value, &limits) {
                 Ok(len) if len == e.value.len() => Ok(()),
@@ -137,7 +166,10 @@ impl KvServer {
                 Err(error) => Err(error.to_string()),
             };
             match (e.key.get(1..), e.value.get(1..), value_ok) {
-                (Some(key), Some(value), Ok(())) => store.put_encoded(&e.id, key, value),
+                (Some(key), Some(value), Ok(())) => {
+                    has_raw = has_raw || may_be_raw(&e.key) || may_be_raw(&e.value);
+                    store.put_encoded(&e.id, key, value)
+                }
                 (_, _, Err(error)) => {
                     tracing::error!(%error, key_len = e.key.len(), "skipping a recovered entry whose value is not a valid term");
                 }
@@ -148,6 +180,7 @@ impl KvServer {
         KvServer {
             store,
             durable: Some(durable),
+            has_raw,
             ..Self::default()
         }
     }
@@ -315,12 +348,22 @@ impl KvServer {
     }
 }
 
+/// Whether an external term (version byte first) may be one eetf cannot hold: it holds a
+/// native record's tag byte or a map's (a cheap, conservative scan: false positives only
+/// cost the raw lane for `get` and `cas`).
+fn may_be_raw(etf: &[u8]) -> bool {
+    etf.iter()
+        .any(|&b| b == crate::etf::RECORD_EXT || b == crate::etf::MAP_EXT)
+}
+
 /// The metrics kind of a byte-view request.
 fn byte_kind(view: &ByteRequest<'_>) -> KvKind {
     match view {
         ByteRequest::Get { .. } => KvKind::Get,
         ByteRequest::Put { .. } => KvKind::Put,
         ByteRequest::Delete { .. } => KvKind::Delete,
+        ByteRequest::PutNew { .. } => KvKind::PutNew,
+        ByteRequest::Cas { .. } => KvKind::Cas,
     }
 }
 
@@ -342,7 +385,189 @@ fn request_kind(request: &Request) -> KvKind {
     }
 }
 
+/// What the raw lane answers.
+enum RawReply {
+    /// A term, now.
+    Term(Term),
+    /// The bytes in `KvServer::default_reply`, now.
+    Bytes,
+    /// Nothing now: the durability layer answers.
+    Later,
+}
+
 impl KvServer {
+    /// Notes that a byte-view `put` may store a term eetf cannot hold (see `has_raw`): a
+    /// scan for the tags that can make one, until the first is seen.
+    fn note_raw(&mut self, view: &ByteRequest<'_>) {
+        if let ByteRequest::Put { key, value } = view
+            && !self.has_raw
+        {
+            self.has_raw = may_be_raw(key) || may_be_raw(value);
+        }
+    }
+
+    /// Whether a change of the key whose canonical bytes are `canon` has subscribers.
+    fn notifies(&self, canon: &[u8]) -> bool {
+        self.subscriptions > 0 && (!self.all.is_empty() || self.by_key.contains_key(canon))
+    }
+
+    /// The raw lane: `get`, `put`, `put_new`, `delete` and `cas` read, stored, compared and
+    /// answered as bytes, for requests holding terms eetf cannot hold (native records, maps
+    /// with both `0.0` and `-0.0` keys) and, once the store may hold such terms, for `get`
+    /// and `cas`. Keys and values are compared by their canonical bytes (`=:=`). A change
+    /// that subscribers would need an event term for is refused (`{:error,
+    /// :unrepresentable}`), as is a key nested too deep to read; nothing is stored changed.
+    fn raw_lane(&mut self, caller: Option<&Caller>, view: ByteRequest<'_>) -> RawReply {
+        let mut canon = Vec::new();
+        if !super::key::canonical_from_etf(view.key(), &mut canon) {
+            tracing::warn!(
+                key = %crate::etf::excerpt(view.key()),
+                "a key eetf cannot hold is nested too deep to read: refused"
+            );
+            return RawReply::Term(unrepresentable());
+        }
+        if view.mutates() && self.notifies(&canon) {
+            tracing::warn!(
+                key = %crate::etf::excerpt(view.key()),
+                "a change holding a term eetf cannot hold has subscribers, who could not be told: refused"
+            );
+            return RawReply::Term(unrepresentable());
+        }
+        let versioned = |b: &[u8]| {
+            let mut v = Vec::with_capacity(b.len() + 1);
+            v.push(crate::etf::VERSION_MAGIC);
+            v.extend_from_slice(b);
+            v
+        };
+        let (key, value) = match view {
+            ByteRequest::Get { default, .. } => {
+                let value = self.store.get_encoded(&canon).and_then(|v| v.get(1..));
+                let answer = value.or(default).unwrap_or(protocol::NIL_BYTES);
+                return self.answer_bytes(caller, answer.to_vec());
+            }
+            ByteRequest::Delete { key } => {
+                if self.store.delete_encoded(&canon) {
+                    metrics::KV_KEYS.set(self.store.len() as i64);
+                    self.has_raw = true;
+                    return self.commit(
+                        caller,
+                        Op::Delete {
+                            key: versioned(key),
+                        },
+                    );
+                }
+                return self.answer_term(caller, protocol::ok());
+            }
+            ByteRequest::Put { key, value } => (key, value),
+            ByteRequest::PutNew { key, value } => {
+                if self.store.get_encoded(&canon).is_some() {
+                    return self.answer_term(caller, protocol::exists());
+                }
+                (key, value)
+            }
+            ByteRequest::Cas { key, expected, new } => {
+                let mut want = Vec::new();
+                if !super::key::canonical_from_etf(expected, &mut want) {
+                    return RawReply::Term(unrepresentable());
+                }
+                let current = self.store.get_encoded(&canon).and_then(|v| v.get(1..));
+                let matches = match current {
+                    None => want == super::key::Key::from_term(&protocol::nil()).as_bytes(),
+                    Some(current) => {
+                        let mut have = Vec::new();
+                        super::key::canonical_from_etf(current, &mut have) && have == want
+                    }
+                };
+                if !matches {
+                    let mut reply = Vec::new();
+                    mismatch_bytes(current.unwrap_or(protocol::NIL_BYTES), &mut reply);
+                    return self.answer_bytes(caller, reply);
+                }
+                (key, new)
+            }
+        };
+        // A `cas` or `put_new` keeps the key as first written when it was present.
+        let stored_key = self
+            .store
+            .key_encoded(&canon)
+            .and_then(|k| k.get(1..))
+            .map(<[u8]>::to_vec)
+            .unwrap_or_else(|| key.to_vec());
+        self.store.put_encoded(&canon, &stored_key, value);
+        metrics::KV_KEYS.set(self.store.len() as i64);
+        self.has_raw = true;
+        self.commit(
+            caller,
+            Op::Put {
+                key: versioned(&stored_key),
+                value: versioned(value),
+            },
+        )
+    }
+
+    /// `:ok` for a change: now in memory, once durable with `--data-dir`.
+    fn commit(&mut self, caller: Option<&Caller>, op: Op) -> RawReply {
+        let Some(durable) = &self.durable else {
+            return RawReply::Term(protocol::ok());
+        };
+        durable.write(vec![op], caller.map(|c| (c.clone(), protocol::ok())));
+        if durable.storage().wants_compaction() {
+            let live = self
+                .store
+                .iter_encoded()
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect();
+            durable.storage().compact(live);
+        }
+        RawReply::Later
+    }
+
+    /// A reply term that changed nothing (after pending writes with `--data-dir`).
+    fn answer_term(&mut self, caller: Option<&Caller>, reply: Term) -> RawReply {
+        match (&self.durable, caller) {
+            (Some(durable), Some(caller)) => {
+                durable.reply_after_pending(caller, reply);
+                RawReply::Later
+            }
+            _ => RawReply::Term(reply),
+        }
+    }
+
+    /// A reply given as bytes. With `--data-dir` it waits for pending writes as a term when
+    /// it decodes to itself; one eetf cannot hold is answered as its bytes at once.
+    fn answer_bytes(&mut self, caller: Option<&Caller>, reply: Vec<u8>) -> RawReply {
+        if self.durable.is_some() {
+            let mut versioned = vec![crate::etf::VERSION_MAGIC];
+            versioned.extend_from_slice(&reply);
+            if let Ok(term) = crate::etf::decode_exact(&versioned, &durable::recovery_limits()) {
+                return self.answer_term(caller, term);
+            }
+        }
+        self.default_reply = reply;
+        RawReply::Bytes
+    }
+
+    /// The raw-lane view of a request that must take it (see [`KvServer::raw_lane`]) when
+    /// it did not decode, or when the store may hold raw terms and it is a `get` or `cas`.
+    fn raw_view<'r>(&self, request: &crate::Request<'r>) -> Option<ByteRequest<'r>> {
+        if !self.has_raw {
+            return None;
+        }
+        let view = ByteRequest::parse_all(request)?;
+        let canon_ok = |k: &[u8]| {
+            let mut c = Vec::new();
+            super::key::canonical_from_etf(k, &mut c).then_some(c)
+        };
+        match view {
+            ByteRequest::Get { .. } => Some(view),
+            ByteRequest::Cas { key, .. } => match canon_ok(key) {
+                Some(c) if !self.notifies(&c) => Some(view),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// Publishes the store's gauges (a relaxed store each; read at scrape time).
     fn publish_gauges(&self) {
         metrics::KV_KEYS.set(self.store.len() as i64);
@@ -357,6 +582,7 @@ impl KvServer {
     ) -> CallResult<'_> {
         if let Some(view) = self.byte_view(&request) {
             metrics::kv_request(true, byte_kind(&view));
+            self.note_raw(&view);
             let decode = |k: &[u8]| request.decode_part(k).ok();
             return match apply_bytes(&mut self.store, &mut self.default_reply, view, decode) {
                 Some(reply) => CallResult::Encoded(reply),
@@ -366,17 +592,48 @@ impl KvServer {
                 }
             };
         }
+        let raw = ByteRequest::parse_all(&request);
+        if let Some(view) = self.raw_view(&request) {
+            metrics::kv_request(true, byte_kind(&view));
+            return self.raw_result(Some(from), view);
+        }
         let request = match request.decode() {
             Ok(request) => request,
             Err(error) => {
+                if let Some(view) = raw {
+                    // A term eetf cannot hold: the raw lane keeps it as it came.
+                    metrics::kv_request(true, byte_kind(&view));
+                    return self.raw_result(Some(from), view);
+                }
                 metrics::kv_request(true, KvKind::Unknown);
-                tracing::debug!(%error, "undecodable call");
-                return CallResult::NoReply;
+                // Validated on arrival, so only a term eetf cannot hold gets here (a native
+                // record or a map with 0.0 and -0.0 keys in `incr`, `subscribe`, ...): say so.
+                tracing::info!(%error, "a call holding a term eetf cannot hold: refused");
+                return CallResult::Reply(unrepresentable());
             }
         };
         let parsed = Request::from_term(request);
         metrics::kv_request(true, parsed.as_ref().map_or(KvKind::Unknown, request_kind));
         let reply = match parsed {
+            Ok(Request::Data(protocol::DataRequest::Keys)) if self.has_raw => {
+                // The keys as stored (some may be terms eetf cannot hold), as bytes.
+                let mut list = Vec::new();
+                if self.store.is_empty() {
+                    list.push(crate::etf::NIL_EXT);
+                } else {
+                    list.push(crate::etf::LIST_EXT);
+                    list.extend_from_slice(&(self.store.len() as u32).to_be_bytes());
+                    for (key, _) in self.store.iter_encoded() {
+                        list.extend_from_slice(key.get(1..).unwrap_or_default());
+                    }
+                    list.push(crate::etf::NIL_EXT);
+                }
+                return match self.answer_bytes(Some(from), list) {
+                    RawReply::Term(t) => CallResult::Reply(t),
+                    RawReply::Bytes => CallResult::Encoded(&self.default_reply),
+                    RawReply::Later => CallResult::NoReply,
+                };
+            }
             Ok(Request::Data(req)) => {
                 return match self.data(ctx, req, Some(from)) {
                     Some(reply) => CallResult::Reply(reply),
@@ -401,6 +658,16 @@ impl KvServer {
     }
 }
 
+impl KvServer {
+    fn raw_result(&mut self, caller: Option<&Caller>, view: ByteRequest<'_>) -> CallResult<'_> {
+        match self.raw_lane(caller, view) {
+            RawReply::Term(t) => CallResult::Reply(t),
+            RawReply::Bytes => CallResult::Encoded(&self.default_reply),
+            RawReply::Later => CallResult::NoReply,
+        }
+    }
+}
+
 impl GenServer for KvServer {
     fn handle_call(
         &mut self,
@@ -417,15 +684,31 @@ impl GenServer for KvServer {
     fn handle_cast(&mut self, ctx: &mut Ctx, request: crate::Request<'_>) {
         if let Some(view) = self.byte_view(&request) {
             metrics::kv_request(false, byte_kind(&view));
+            self.note_raw(&view);
             let decode = |k: &[u8]| request.decode_part(k).ok();
             if apply_bytes(&mut self.store, &mut self.default_reply, view, decode).is_none() {
                 tracing::debug!("undecodable key in a cast: ignored");
             }
             return;
         }
+        let raw = ByteRequest::parse_all(&request);
+        if let Some(view) = self.raw_view(&request) {
+            metrics::kv_request(false, byte_kind(&view));
+            self.raw_lane(None, view);
+            return;
+        }
         let request = match request.decode() {
             Ok(request) => request,
             Err(error) => {
+                if let Some(view) = raw {
+                    metrics::kv_request(false, byte_kind(&view));
+                    if let RawReply::Term(reply) = self.raw_lane(None, view)
+                        && reply != protocol::ok()
+                    {
+                        tracing::debug!(reply = %crate::etf::summary(&reply), "raw-lane cast refused");
+                    }
+                    return;
+                }
                 metrics::kv_request(false, KvKind::Unknown);
                 tracing::debug!(%error, "undecodable cast: ignored");
                 return;

@@ -165,10 +165,12 @@ fn canon_of(blob: &[u8]) -> &[u8] {
 }
 
 fn decode_stored(bytes: &[u8]) -> Term {
-    // Only bytes this module encoded are decoded here.
-    Term::decode(bytes).unwrap_or_else(|error| {
-        tracing::error!(error = %crate::etf::DecodeErrorText(&error), "cannot decode a stored term");
-        nil()
+    // Through the checked decoder: a stored term eetf cannot hold (a native record, a map
+    // with `0.0` and `-0.0` keys) is never turned into a different term.
+    crate::etf::decode_exact(bytes, &super::durable::recovery_limits()).unwrap_or_else(|error| {
+        // Reached through an in-node call (rpc `get`, `:keys`): a term cannot carry it.
+        tracing::warn!(%error, "a stored term has no decoded form: answered {{:error, :unrepresentable}}");
+        super::protocol::error(super::protocol::atom("unrepresentable"))
     })
 }
 
@@ -262,6 +264,12 @@ impl Store {
         self.upsert(canon, blob.into_boxed_slice());
     }
 
+    /// The stored key (external format, version byte included) under the canonical key
+    /// `canon`.
+    pub fn key_encoded(&self, canon: &[u8]) -> Option<&[u8]> {
+        self.find(canon).map(|b| unpack(b).1)
+    }
+
     /// Removes the entry under the canonical key `canon`; returns whether it existed.
     pub fn delete_encoded(&mut self, canon: &[u8]) -> bool {
         let hasher = &self.hasher;
@@ -310,8 +318,13 @@ impl Store {
             }
             Some(blob) => {
                 let (_, stored_key, current) = unpack(blob);
+                let mut current_canon = Vec::new();
+                let comparable = super::key::canonical_from_etf(
+                    current.get(1..).unwrap_or_default(),
+                    &mut current_canon,
+                );
                 let current = decode_stored(current);
-                if Key::from_term(&current) == Key::from_term(expected) {
+                if comparable && current_canon.as_slice() == Key::from_term(expected).as_bytes() {
                     let stored_key = decode_stored(stored_key);
                     let blob = pack(canon.as_bytes(), &stored_key, &new);
                     self.upsert(canon.as_bytes(), blob);
@@ -373,7 +386,6 @@ impl Store {
     }
 
     /// Whether the store has no keys.
-    #[cfg_attr(not(test), allow(dead_code))] // used by tests
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }

@@ -326,7 +326,19 @@ fn handle_frame(
             if !target.dispatch_raw(node, &raw) {
                 // The process could not take it as bytes: decode it and deliver it as a term.
                 let bytes = message.len();
-                let (message, _) = etf::decode(message, limits)?;
+                let message = match etf::decode(message, limits) {
+                    Ok((message, _)) => message,
+                    // A valid term eetf cannot hold (an OTP 29 native record, a map with
+                    // 0.0 and -0.0 keys): refused, never delivered changed; the peer is fine.
+                    Err(
+                        error @ (etf::TermError::NativeRecord { .. }
+                        | etf::TermError::MapKeysMerged),
+                    ) => {
+                        tracing::warn!(%peer, name = %etf::text::name(name), %error, "a message kvnode cannot decode unchanged: dropped");
+                        return Ok(());
+                    }
+                    Err(error) => return Err(error.into()),
+                };
                 target.dispatch_weighted(node, Signal::Message(message), bytes);
             }
             Ok(())
@@ -471,7 +483,9 @@ fn decode_message(rest: &[u8], ctrl_len: usize, limits: &Limits) -> Result<Messa
     if let Some(message) = spawn_request_with_string_args(rest, ctrl_len, limits)? {
         return Ok(message);
     }
-    let mut reader = rest;
+    // erl_dist decodes with eetf: Latin-1 atoms rewritten, terms it would change refused.
+    let checked = etf::checked_for_eetf(rest, limits)?;
+    let mut reader: &[u8] = &checked;
     // erl_dist's errors carry the offending term: describe it in bounded text (never its
     // Display, which prints a 16 MB binary whole and converts a bignum to decimal in
     // quadratic time), with an excerpt of the control message's bytes.

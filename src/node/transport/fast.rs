@@ -66,7 +66,12 @@ pub enum Fast<'a> {
 /// An atom at the start of `buf` (validated bytes): its name and encoded length.
 fn atom(buf: &[u8]) -> Option<(&str, usize)> {
     let (name, len) = etf::skip::atom(buf)?;
-    // Latin-1 atoms with bytes >= 128 are rejected by the validator, so UTF-8 covers all.
+    // A Latin-1 atom with bytes >= 128 is not its bytes read as UTF-8: the full decoder
+    // (which converts it) takes those.
+    let latin1 = matches!(buf.first(), Some(&(etf::ATOM_EXT | etf::SMALL_ATOM_EXT)));
+    if latin1 && !name.is_ascii() {
+        return None;
+    }
     Some((std::str::from_utf8(name).ok()?, len))
 }
 

@@ -1,0 +1,140 @@
+//! OTP 29 native records (`RECORD_EXT`, tag 67) as values and keys. eetf has no term for
+//! them: before, the validator refused the tag and the peer's connection was closed. Now
+//! kvnode validates, measures, stores, canonicalises (OTP 29 `=:=`: module, name, exported
+//! flag, field names in order and values) and returns them as the bytes they came as.
+//!
+//! On OTP 25 and 27 the feature does not exist: the script asserts that (no `:records`
+//! module) and stops. Run it on the sid row (OTP 29):
+//! `bash /work/notes/rowtest.sh sid terms_records`.
+
+mod common;
+
+use common::*;
+
+const PRELUDE: &str = r##"
+otp = :erlang.system_info(:otp_release) |> List.to_integer()
+IO.puts("OTP #{otp}")
+has_records = Code.ensure_loaded?(:records) and function_exported?(:records, :create, 4)
+if has_records != (otp >= 29), do: raise("native records on OTP #{otp}: #{has_records}")
+show = fn t -> :io_lib.format(~c"~p", [t]) |> IO.iodata_to_binary() end
+check = fn label, got, want ->
+  if got !== want, do: raise("#{label}: got #{show.(got)}, want #{show.(want)}")
+end
+"##;
+
+const WRITES: &str = r##"
+if has_records do
+  for {v, i} <- Enum.with_index(zoo) do
+    :ok = GenServer.call(store, {:put, {:put, i}, v})
+    check.("put #{i}", GenServer.call(store, {:get, {:put, i}}), v)
+    GenServer.cast(store, {:put, {:cast, i}, v})
+    check.("cast #{i}", GenServer.call(store, {:get, {:cast, i}}), v)
+    :ok = GenServer.call(store, {:put_new, {:new, i}, v})
+    check.("put_new #{i}", GenServer.call(store, {:get, {:new, i}}), v)
+    check.("exists #{i}", GenServer.call(store, {:put_new, {:new, i}, 0}), {:error, :exists})
+    :ok = GenServer.call(store, {:cas, {:cas, i}, nil, v})
+    check.("cas mismatch #{i}", GenServer.call(store, {:cas, {:cas, i}, :nope, 1}), {:error, {:mismatch, v}})
+    :ok = GenServer.call(store, {:cas, {:cas, i}, v, {:swapped, v}})
+    check.("cas #{i}", GenServer.call(store, {:get, {:cas, i}}), {:swapped, v})
+    :ok = GenServer.call(store, {:put, v, i})
+    check.("key #{i}", GenServer.call(store, {:get, v}), i)
+  end
+  # `r` and `other` are different keys; cas compares with =:=.
+  check.("r key", GenServer.call(store, {:get, r}), 0)
+  check.("other key", GenServer.call(store, {:get, other}), 4)
+  :ok = GenServer.call(store, {:put, :pt, r})
+  {:error, {:mismatch, ^r}} = GenServer.call(store, {:cas, :pt, other, :x})
+  :ok = GenServer.call(store, {:cas, :pt, r, other})
+  check.("cas to other", GenServer.call(store, {:get, :pt}), other)
+  # A change a subscriber would need an event term for is refused, not stored changed.
+  :ok = GenServer.call(store, {:subscribe, :all})
+  {:error, :unrepresentable} = GenServer.call(store, {:put_new, :watched, r})
+  nil = GenServer.call(store, {:get, :watched})
+  :ok = GenServer.call(store, {:unsubscribe, :all})
+  # In-node calls (rpc) carry terms: a record is answered as an error, never as another term.
+  {:error, :unrepresentable} = :rpc.call(kv, DistributedExample.KVStore, :get, [{:put, 0}])
+end
+"##;
+
+const READS: &str = r##"
+if has_records do
+  for {v, i} <- Enum.with_index(zoo) do
+    check.("recovered put #{i}", GenServer.call(store, {:get, {:put, i}}), v)
+    check.("recovered cast #{i}", GenServer.call(store, {:get, {:cast, i}}), v)
+    check.("recovered put_new #{i}", GenServer.call(store, {:get, {:new, i}}), v)
+    check.("recovered cas #{i}", GenServer.call(store, {:get, {:cas, i}}), {:swapped, v})
+    check.("recovered key #{i}", GenServer.call(store, {:get, v}), i)
+  end
+  check.("recovered pt", GenServer.call(store, {:get, :pt}), other)
+end
+"##;
+
+struct DirGuard(std::path::PathBuf);
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn native_records_as_values_and_keys_survive_every_path_and_a_restart() {
+    let dir = std::env::temp_dir().join(unique("kvnode_records"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _cleanup = DirGuard(dir.clone());
+    let dir_arg = dir.to_str().expect("utf-8 path").to_owned();
+    let alive = unique("kv_rec");
+    let cookie = unique("cookie");
+    let epmd = free_port();
+    {
+        let mut kv = KvNode::start_with(&alive, &cookie, epmd, &["--data-dir", &dir_arg]);
+        let out = kv.script("rec_w", &format!("{PRELUDE}\n{ZOO_IF}\n{WRITES}"));
+        eprintln!("{out}");
+        kv.guard.child.kill().expect("SIGKILL kvnode");
+        let _ = kv.guard.child.wait();
+    }
+    let kv = KvNode::start_with(&alive, &cookie, epmd, &["--data-dir", &dir_arg]);
+    kv.script("rec_r", &format!("{PRELUDE}\n{ZOO_IF}\n{READS}"));
+}
+
+#[test]
+fn native_records_in_memory() {
+    let kv = KvNode::fresh("kv_rec_mem");
+    let out = kv.script("rec_mem", &format!("{PRELUDE}\n{ZOO_IF}\n{WRITES}"));
+    eprintln!("{out}");
+    // `kvnode call` answered with a record: no term can hold it, so a clear error (never a
+    // panic, exit 101) rather than something printed wrong.
+    let port = kv.epmd_port.to_string();
+    let run = kvnode_client(&[
+        "call",
+        &kv.name,
+        "Elixir.DistributedExample.KVStore",
+        "{get, {put, 0}}",
+        "--cookie",
+        &kv.cookie,
+        "--epmd-port",
+        &port,
+    ]);
+    eprintln!("kvnode call of a record: {run:?}");
+    if out.contains("OTP 29") || out.contains("OTP 3") {
+        assert!(
+            matches!(run.status, Some(s) if s != 0 && s != 101),
+            "{run:?}"
+        );
+        assert!(!run.stderr.trim().is_empty(), "{run:?}");
+    } else {
+        assert_eq!(run.status, Some(0), "{run:?}");
+    }
+}
+
+/// [`ZOO`] only where records exist (binds `r`, `other`, `zoo` to `nil` elsewhere).
+const ZOO_IF: &str = r##"
+{r, other, zoo} =
+  if has_records do
+    r = :records.create(:geo, :pt, [x: 1, y: 2.5], %{is_exported: true})
+    other = :records.create(:geo, :pt, [y: 2.5, x: 1], %{is_exported: true})
+    if r === other, do: raise("field order should matter")
+    {r, other, [r, [r, other], %{r => r, :k => [r]}, {r, {r}}, other]}
+  else
+    {nil, nil, nil}
+  end
+"##;
