@@ -102,6 +102,9 @@ fn is_integer(term: &Term) -> bool {
 pub struct Store {
     table: HashTable<Box<[u8]>>,
     hasher: foldhash::fast::RandomState,
+    /// The sum of the packed entries' lengths (see [`Store::stored_bytes`]), kept by every
+    /// insert, replace and removal.
+    bytes: usize,
 }
 
 impl std::fmt::Debug for Store {
@@ -211,8 +214,12 @@ impl Store {
             |b| canon_of(b) == canon,
             |b| hasher.hash_one(canon_of(b)),
         ) {
-            hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = blob,
+            hashbrown::hash_table::Entry::Occupied(mut e) => {
+                self.bytes = self.bytes - e.get().len() + blob.len();
+                *e.get_mut() = blob;
+            }
             hashbrown::hash_table::Entry::Vacant(e) => {
+                self.bytes += blob.len();
                 e.insert(blob);
             }
         }
@@ -265,10 +272,16 @@ impl Store {
     /// Removes the entry under the canonical key `canon`; returns whether it existed.
     pub fn delete_encoded(&mut self, canon: &[u8]) -> bool {
         let hasher = &self.hasher;
-        self.table
+        match self
+            .table
             .find_entry(hasher.hash_one(canon), |b| canon_of(b) == canon)
-            .map(|e| e.remove())
-            .is_ok()
+        {
+            Ok(e) => {
+                self.bytes -= e.remove().0.len();
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Removes `key`; returns whether it existed.
@@ -289,6 +302,7 @@ impl Store {
                 Err(_) => None,
             }
         })?;
+        self.bytes -= blob.len();
         Some(decode_stored(unpack(&blob).1))
     }
 
@@ -365,6 +379,14 @@ impl Store {
             let (_, k, v) = unpack(b);
             (k, v)
         })
+    }
+
+    /// The bytes the entries hold, in O(1): for each key, its canonical form (see
+    /// [`super::key`]), the key and the value in external term format (version bytes
+    /// included), and 8 bytes of section lengths. The hash table's slots and the
+    /// allocator's overhead are not counted.
+    pub fn stored_bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The number of keys.

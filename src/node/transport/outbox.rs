@@ -59,6 +59,21 @@ struct State {
     /// A cleared small-frames buffer kept for reuse.
     spare: Vec<u8>,
     last_write: Instant,
+    /// When the requests of the KV replies queued here were read (metrics on only):
+    /// observed once a flush has written everything queued.
+    timed: Vec<Instant>,
+}
+
+impl State {
+    /// Takes the KV reply this thread armed, if any, for the frame just queued.
+    #[inline]
+    fn take_timed(&mut self) {
+        if crate::metrics::enabled()
+            && let Some(at) = crate::metrics::take_kv_reply()
+        {
+            self.timed.push(at);
+        }
+    }
 }
 
 impl State {
@@ -98,6 +113,7 @@ impl Outbox {
                 last_is_big: false,
                 spare: Vec::with_capacity(BIG_FRAME),
                 last_write: Instant::now(),
+                timed: Vec::new(),
             }),
             wake: Notify::new(),
             max_bytes,
@@ -133,6 +149,7 @@ impl Outbox {
             st.queued += frame.len();
             st.bufs.push_back(frame);
             st.last_is_big = true;
+            st.take_timed();
         }
         crate::metrics::MESSAGES_OUT.inc();
         self.queued_by_other_thread();
@@ -171,6 +188,7 @@ impl Outbox {
                 }
                 return Err(Full);
             }
+            st.take_timed();
         }
         crate::metrics::MESSAGES_OUT.inc();
         self.queued_by_other_thread();
@@ -239,6 +257,9 @@ impl Outbox {
         st.bufs.clear();
         st.sent = 0;
         st.last_is_big = false;
+        if !st.timed.is_empty() {
+            crate::metrics::kv_replies_written(st.timed.drain(..));
+        }
         Ok(true)
     }
 
