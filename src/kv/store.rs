@@ -648,6 +648,73 @@ mod tests {
         assert!(s.is_empty());
     }
 
+    /// The byte count every write keeps equals a recount of the entries, after each kind
+    /// of change; a binary key and value count exactly as documented.
+    #[test]
+    fn stored_bytes_follow_every_change() {
+        fn recount(s: &Store) -> usize {
+            s.table.iter().map(|b| b.len()).sum()
+        }
+        let mut s = Store::new();
+        assert_eq!(s.stored_bytes(), 0);
+        // "k1" => 10 bytes: 8 bytes of lengths, canonical key 3 + 2 (tag, length, bytes,
+        // tail bits), key ETF 6 + 2 and value ETF 6 + 10, version bytes included.
+        s.put(bin(b"k1"), bin(&[7; 10]));
+        assert_eq!(s.stored_bytes(), 8 + 5 + 8 + 16);
+        // Overwrite: bigger, then smaller.
+        s.put(bin(b"k1"), bin(&[7; 100]));
+        assert_eq!(s.stored_bytes(), 8 + 5 + 8 + 106);
+        s.put(bin(b"k1"), bin(&[7; 3]));
+        assert_eq!(s.stored_bytes(), 8 + 5 + 8 + 9);
+        let one = s.stored_bytes();
+        let check = |s: &mut Store, what: &str, f: &dyn Fn(&mut Store)| {
+            f(s);
+            assert_eq!(s.stored_bytes(), recount(s), "after {what}");
+        };
+        check(&mut s, "put_new", &|s| {
+            s.put_new(a("n"), int(1));
+        });
+        check(&mut s, "put_new refused", &|s| {
+            s.put_new(a("n"), int(2));
+        });
+        check(&mut s, "cas", &|s| {
+            let _ = s.cas(a("n"), &int(1), bin(&[1; 50]));
+        });
+        check(&mut s, "cas mismatch", &|s| {
+            let _ = s.cas(a("n"), &int(1), int(3));
+        });
+        check(&mut s, "incr", &|s| {
+            let _ = s.incr(a("c"), &big(i64::MAX));
+        });
+        check(&mut s, "incr again", &|s| {
+            let _ = s.incr(a("c"), &int(1));
+        });
+        check(&mut s, "put_encoded", &|s| {
+            let canon = Key::from_term(&a("e"));
+            s.put_encoded(canon.as_bytes(), &[119, 1, b'e'], &[97, 5]);
+        });
+        check(&mut s, "put_encoded overwrite", &|s| {
+            let canon = Key::from_term(&a("e"));
+            s.put_encoded(canon.as_bytes(), &[119, 1, b'e'], &[109, 0, 0, 0, 1, 9]);
+        });
+        check(&mut s, "delete_encoded", &|s| {
+            assert!(s.delete_encoded(Key::from_term(&a("e")).as_bytes()));
+        });
+        check(&mut s, "delete_encoded of nothing", &|s| {
+            assert!(!s.delete_encoded(Key::from_term(&a("e")).as_bytes()));
+        });
+        check(&mut s, "apply delete", &|s| {
+            s.apply(DataRequest::Delete { key: a("n") });
+        });
+        check(&mut s, "delete", &|s| {
+            assert!(s.delete(&a("c")));
+            assert!(!s.delete(&a("c")));
+        });
+        assert_eq!(s.stored_bytes(), one);
+        assert!(s.delete(&bin(b"k1")));
+        assert_eq!(s.stored_bytes(), 0);
+    }
+
     #[test]
     fn put_new_only_inserts_once() {
         let mut s = Store::new();
