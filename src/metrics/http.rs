@@ -134,8 +134,19 @@ mod tests {
 
     /// /readyz is 503 before the node is ready and again once shutdown begins; /healthz
     /// stays 200 throughout.
-    #[test]
-    fn readyz_turns_503_when_shutdown_begins() {
+    async fn body(response: Response<Full<Bytes>>) -> String {
+        use http_body_util::BodyExt;
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[tokio::test]
+    async fn readyz_turns_503_when_shutdown_begins() {
         let scrape = Scrape {
             node: std::sync::OnceLock::new(),
             started: std::time::Instant::now(),
@@ -150,6 +161,7 @@ mod tests {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let response = respond(&scrape, &get("/readyz"));
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body(response).await, "not ready: shutting down\n");
         assert_eq!(respond(&scrape, &get("/healthz")).status(), StatusCode::OK);
         assert!(!scrape.ready());
         assert!(scrape.render().contains("kvnode_ready 0"));
