@@ -465,8 +465,8 @@ for i <- 1..3, do: :ok = GenServer.cast(store, {:put, {:d, i}, i})
     );
 }
 
-/// kvnode_kv_stored_bytes is exact (canonical key + key and value in external term format
-/// + 8 bytes of lengths per entry) after puts, overwrites and deletes, `kvnode:info/0` says
+/// kvnode_kv_stored_bytes is exact (canonical key, key and value in external term format,
+/// and 8 bytes of lengths per entry) after puts, overwrites and deletes, `kvnode:info/0` says
 /// the same, and a restart on the same `--data-dir` recovers the same number.
 #[test]
 fn stored_bytes_are_exact_and_survive_a_restart() {
