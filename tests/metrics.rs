@@ -369,6 +369,8 @@ fn top_once_prints_the_summary() {
     assert_eq!(line("connections"), "1");
     assert_eq!(line("subscriptions"), "0");
     assert!(line("rss_bytes").ends_with("MiB"), "{}", top.stdout);
+    // The store's bytes (exact in /metrics and kvnode:info/0), shown in MiB here.
+    assert_eq!(line("stored_bytes"), "0.0 MiB", "{}", top.stdout);
     // No terminal control codes with --once.
     assert!(!top.stdout.contains('\x1b'), "{:?}", top.stdout);
 

@@ -43,6 +43,8 @@ impl Drop for ReaderGuard {
 const BIG_FRAME: usize = 64 * 1024;
 /// The small frames' buffer is kept (cleared) after a flush up to this capacity.
 const KEEP_CAPACITY: usize = 1024 * 1024;
+/// The reply instants' vector is kept (cleared) after a flush up to this capacity.
+const KEEP_TIMED: usize = 4096;
 /// At most this many buffers go into one vectored write.
 const MAX_SLICES: usize = 64;
 
@@ -60,7 +62,8 @@ struct State {
     spare: Vec<u8>,
     last_write: Instant,
     /// When the requests of the KV replies queued here were read (metrics on only):
-    /// observed once a flush has written everything queued.
+    /// observed once a flush has written everything queued. One entry (16 bytes) per queued
+    /// reply frame (40 bytes and more), so bounded by the outbox's own bound.
     timed: Vec<Instant>,
 }
 
@@ -74,9 +77,7 @@ impl State {
             self.timed.push(at);
         }
     }
-}
 
-impl State {
     /// The buffer small frames are appended to.
     fn small_buf(&mut self) -> &mut Vec<u8> {
         if self.bufs.is_empty() || self.last_is_big {
@@ -259,6 +260,9 @@ impl Outbox {
         st.last_is_big = false;
         if !st.timed.is_empty() {
             crate::metrics::kv_replies_written(st.timed.drain(..));
+            if st.timed.capacity() > KEEP_TIMED {
+                st.timed = Vec::new();
+            }
         }
         Ok(true)
     }
