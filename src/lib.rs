@@ -332,6 +332,7 @@ pub async fn run(
             let scrape = std::sync::Arc::new(metrics::Scrape {
                 node: std::sync::OnceLock::new(),
                 started: std::time::Instant::now(),
+                stopping: std::sync::atomic::AtomicBool::new(false),
             });
             let stop = tokio_util::sync::CancellationToken::new();
             metrics::enable();
@@ -388,6 +389,13 @@ pub async fn run(
             status
         }
     };
+    // Not ready any more: load balancers and orchestrators stop sending work while the node
+    // drains (/healthz stays 200 until the process exits).
+    if let Some(scrape) = &scrape {
+        scrape
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     node.stop().await;
     tracing::info!(status, "stopped");
     Ok(status)

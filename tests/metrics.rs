@@ -54,6 +54,11 @@ fn kv_requests(lane: &str, kind: &str) -> String {
     format!("kvnode_kv_requests_total{{lane=\"{lane}\",kind=\"{kind}\"}}")
 }
 
+/// A sample of `kvnode_kv_request_duration_seconds` (`part`: count or sum).
+fn request_seconds(lane: &str, part: &str) -> String {
+    format!("kvnode_kv_request_duration_seconds_{part}{{lane=\"{lane}\"}}")
+}
+
 /// Runs `promtool check metrics` on `text`; a missing promtool fails the test.
 fn promtool_check(text: &str) {
     let mut child = Command::new("promtool")
@@ -153,6 +158,14 @@ for i <- 11..15, do: :ok = GenServer.cast(store, {:put, {:k, i}, i})
         assert_eq!(delta(&kv_requests("cast", "get")), 0.0);
         // Every call is timed once.
         assert_eq!(delta("kvnode_kv_call_duration_seconds_count"), 31.0);
+        // From frame read to reply written: the durable calls' replies leave after their
+        // fdatasync, from the storage thread; the casts count once applied.
+        assert_eq!(delta(&request_seconds("call", "count")), 31.0);
+        assert_eq!(delta(&request_seconds("cast", "count")), 5.0);
+        assert!(
+            delta(&request_seconds("call", "sum"))
+                >= delta("kvnode_kv_call_duration_seconds_sum") - 1e-9
+        );
         assert_eq!(value(&after, "kvnode_kv_keys"), 15.0);
     });
 
@@ -356,6 +369,8 @@ fn top_once_prints_the_summary() {
     assert_eq!(line("connections"), "1");
     assert_eq!(line("subscriptions"), "0");
     assert!(line("rss_bytes").ends_with("MiB"), "{}", top.stdout);
+    // The store's bytes (exact in /metrics and kvnode:info/0), shown in MiB here.
+    assert_eq!(line("stored_bytes"), "0.0 MiB", "{}", top.stdout);
     // No terminal control codes with --once.
     assert!(!top.stdout.contains('\x1b'), "{:?}", top.stdout);
 
@@ -394,4 +409,139 @@ fn a_metrics_address_in_use_stops_kvnode_with_a_clear_error() {
     );
     let err = kvnode_refuses(&["--metrics-addr", "not-an-address"]);
     assert!(err.contains("--metrics-addr"), "{err}");
+}
+
+/// kvnode_kv_request_duration_seconds (frame read to reply written) counts every call and
+/// cast exactly once, on the byte fast path (get, put, delete answered as bytes), on the
+/// decoded path inside the fast dispatch (cas, size) and through the mailbox (while
+/// `:sys.statistics` is on, every message is queued and decoded), and each call's time
+/// covers the server's handling time.
+#[test]
+fn request_latency_counts_every_call_and_cast_on_both_paths() {
+    let mport = free_port();
+    let kv = KvNode::fresh_with("reqlat", &["--metrics-addr", &format!("127.0.0.1:{mport}")]);
+    let before = scrape(mport);
+    kv.script(
+        "driver",
+        r#"
+for i <- 1..20, do: :ok = GenServer.call(store, {:put, i, i})
+for i <- 1..10, do: ^i = GenServer.call(store, {:get, i})
+for i <- 1..5, do: :ok = GenServer.call(store, {:delete, i})
+:ok = GenServer.call(store, {:cas, 6, 6, 60})
+for i <- 1..4, do: :ok = GenServer.cast(store, {:put, {:c, i}, i})
+:ok = :sys.statistics(store, true)
+for i <- 7..13, do: ^i = GenServer.call(store, {:get, i})
+for i <- 1..3, do: :ok = GenServer.cast(store, {:put, {:d, i}, i})
+:ok = :sys.statistics(store, false)
+22 = GenServer.call(store, :size)
+"#,
+    );
+    // 20 + 10 + 5 + 1 + 7 + 1 calls, 4 + 3 casts. A reply is observed as its write returns,
+    // which the caller may see a moment before: poll, then require the exact count.
+    let (calls, casts) = (44.0, 7.0);
+    let after = wait_for(
+        "every request to be observed",
+        Duration::from_secs(30),
+        || {
+            let m = scrape(mport);
+            let d = |k: &str| value(&m, k) - value(&before, k);
+            (d(&request_seconds("call", "count")) >= calls
+                && d(&request_seconds("cast", "count")) >= casts)
+                .then_some(m)
+        },
+    );
+    let delta = |key: &str| value(&after, key) - value(&before, key);
+    assert_eq!(delta(&request_seconds("call", "count")), calls);
+    assert_eq!(delta(&request_seconds("cast", "count")), casts);
+    assert_eq!(delta("kvnode_kv_call_duration_seconds_count"), calls);
+    let handling = delta("kvnode_kv_call_duration_seconds_sum");
+    let end_to_end = delta(&request_seconds("call", "sum"));
+    assert!(
+        end_to_end >= handling - 1e-9,
+        "frame read to reply written ({end_to_end} s) covers handling ({handling} s)"
+    );
+    // Buckets are cumulative up to +Inf, which equals the count.
+    assert_eq!(
+        delta("kvnode_kv_request_duration_seconds_bucket{lane=\"call\",le=\"+Inf\"}"),
+        calls
+    );
+}
+
+/// kvnode_kv_stored_bytes is exact (canonical key, key and value in external term format,
+/// and 8 bytes of lengths per entry) after puts, overwrites and deletes, `kvnode:info/0` says
+/// the same, and a restart on the same `--data-dir` recovers the same number.
+#[test]
+fn stored_bytes_are_exact_and_survive_a_restart() {
+    let dir = std::env::temp_dir().join(unique("kvnode_stored_bytes"));
+    let data_dir = dir.to_str().expect("utf-8 temp dir").to_owned();
+    let alive = unique("stored");
+    let cookie = unique("cookie");
+    let start = || {
+        let mport = free_port();
+        let maddr = format!("127.0.0.1:{mport}");
+        let kv = KvNode::start_with(
+            &alive,
+            &cookie,
+            free_port(),
+            &["--metrics-addr", &maddr, "--data-dir", &data_dir],
+        );
+        (kv, mport)
+    };
+    // A binary key of k bytes and a binary value of v bytes (both under 128): 8 bytes of
+    // lengths, canonical key 3 + k, key ETF 6 + k, value ETF 6 + v.
+    let entry = |k: usize, v: usize| (8 + (3 + k) + (6 + k) + (6 + v)) as f64;
+    let stored = |mport: u16| value(&scrape(mport), "kvnode_kv_stored_bytes");
+
+    let (kv, mport) = start();
+    assert_eq!(stored(mport), 0.0);
+    let out = kv.script(
+        "sizes",
+        r##"
+:ok = GenServer.call(store, {:put, "k1", :binary.copy("a", 10)})
+:ok = GenServer.call(store, {:put, "key2", :binary.copy("b", 100)})
+IO.puts("PUTS #{:rpc.call(kv, :kvnode, :info, [])[:stored_bytes]}")
+"##,
+    );
+    let two = entry(2, 10) + entry(4, 100);
+    assert_eq!(stored(mport), two);
+    assert!(out.contains(&format!("PUTS {two}")), "kvnode:info/0: {out}");
+
+    kv.script(
+        "overwrite_bigger",
+        r#":ok = GenServer.call(store, {:put, "k1", :binary.copy("c", 50)})"#,
+    );
+    assert_eq!(stored(mport), entry(2, 50) + entry(4, 100));
+    kv.script(
+        "overwrite_smaller",
+        r#":ok = GenServer.call(store, {:put, "key2", "x"})"#,
+    );
+    assert_eq!(stored(mport), entry(2, 50) + entry(4, 1));
+    kv.script(
+        "delete",
+        r#"
+:ok = GenServer.call(store, {:delete, "k1"})
+:ok = GenServer.call(store, {:delete, "absent"})
+:ok = GenServer.call(store, {:put, "k3", :binary.copy("d", 20)})
+"#,
+    );
+    let before_restart = entry(4, 1) + entry(2, 20);
+    assert_eq!(stored(mport), before_restart);
+
+    drop(kv);
+    let (kv, mport) = start();
+    assert_eq!(
+        stored(mport),
+        before_restart,
+        "the recovered store holds the same bytes"
+    );
+    let out = kv.script(
+        "info",
+        r##"IO.puts("INFO #{:rpc.call(kv, :kvnode, :info, [])[:stored_bytes]}")"##,
+    );
+    assert!(
+        out.contains(&format!("INFO {before_restart}")),
+        "kvnode:info/0 after the restart: {out}"
+    );
+    drop(kv);
+    let _ = std::fs::remove_dir_all(&dir);
 }

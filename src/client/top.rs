@@ -14,9 +14,10 @@ use tokio::time::Instant;
 pub const REFRESH: Duration = Duration::from_secs(1);
 
 /// The counters shown first, in this order (the rest follow sorted by name).
-const ORDER: [&str; 12] = [
+const ORDER: [&str; 13] = [
     "connections",
     "keys",
+    "stored_bytes",
     "subscriptions",
     "storage_syncs",
     "processes",

@@ -130,7 +130,7 @@ impl Durable {
         Durable {
             storage: Arc::new(storage),
             progress: Arc::new(Mutex::new(Progress::default())),
-            replier: ctx.replier(),
+            replier: ctx.replier().kv_timed(),
             congestion: ctx.congestion(),
             max_queued: max_queued.max(1),
         }

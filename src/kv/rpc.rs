@@ -85,6 +85,8 @@ pub async fn call(node: &Node, server: &str, request: Term) -> Outcome {
 ///
 /// - `subscriptions`: the KV server's subscriptions (as `:subscribers` answers);
 /// - `keys`: keys in the store;
+/// - `stored_bytes`: bytes the store's entries hold (`Store::stored_bytes`; per process, as
+///   the metrics are: a program hosting several KV nodes sees the last one changed);
 /// - `storage_syncs`: commits the storage made durable (fsyncs), 0 without `--data-dir`.
 pub fn register_info(node: &Node, server: &str) {
     let server: Arc<str> = Arc::from(server);
@@ -105,6 +107,10 @@ pub fn register_info(node: &Node, server: &str) {
                 .map(|(k, v)| (atom(k), int(v)))
                 .collect();
             entries.push((atom("keys"), keys));
+            entries.push((
+                atom("stored_bytes"),
+                int(crate::metrics::KV_STORED_BYTES.get().max(0) as u64),
+            ));
             entries.push((atom("subscriptions"), subscriptions));
             entries.push((atom("storage_syncs"), int(crate::storage::commit_syncs())));
             let entries: std::collections::HashMap<Term, Term> = entries.into_iter().collect();

@@ -121,12 +121,12 @@ pub(crate) fn apply_bytes<'s>(
                 },
                 ByteRequest::Put { key, value } => {
                     store.put_encoded(canon, key, value);
-                    crate::metrics::KV_KEYS.set(store.len() as i64);
+                    store_gauges(store);
                     protocol::OK_BYTES
                 }
                 ByteRequest::Delete { .. } => {
                     store.delete_encoded(canon);
-                    crate::metrics::KV_KEYS.set(store.len() as i64);
+                    store_gauges(store);
                     protocol::OK_BYTES
                 }
                 // Only the raw lane ([`KvServer::raw_lane`]) reads these.
@@ -176,7 +176,7 @@ impl KvServer {
                 _ => tracing::error!("skipping a recovered entry with an empty key"),
             }
         }
-        metrics::KV_KEYS.set(store.len() as i64);
+        store_gauges(&store);
         KvServer {
             store,
             durable: Some(durable),
@@ -293,14 +293,14 @@ impl KvServer {
         let Some(durable) = &self.durable else {
             let emit = self.subscriptions > 0;
             let (reply, event) = self.store.apply_with(req, emit);
-            metrics::KV_KEYS.set(self.store.len() as i64);
+            store_gauges(&self.store);
             if let Some(event) = event {
                 self.publish(ctx, &event);
             }
             return Some(reply);
         };
         let (reply, event) = self.store.apply_with(req, true);
-        metrics::KV_KEYS.set(self.store.len() as i64);
+        store_gauges(&self.store);
         match event {
             Some(event) => {
                 if self.subscriptions > 0 {
@@ -354,6 +354,13 @@ impl KvServer {
 fn may_be_raw(etf: &[u8]) -> bool {
     etf.iter()
         .any(|&b| b == crate::etf::RECORD_EXT || b == crate::etf::MAP_EXT)
+}
+
+/// Publishes the store's size gauges (a relaxed store each; read at scrape time).
+#[inline]
+fn store_gauges(store: &Store) {
+    metrics::KV_KEYS.set(store.len() as i64);
+    metrics::KV_STORED_BYTES.set(store.stored_bytes() as i64);
 }
 
 /// The metrics kind of a byte-view request.
@@ -447,7 +454,7 @@ impl KvServer {
             }
             ByteRequest::Delete { key } => {
                 if self.store.delete_encoded(&canon) {
-                    metrics::KV_KEYS.set(self.store.len() as i64);
+                    store_gauges(&self.store);
                     self.has_raw = true;
                     return self.commit(
                         caller,
@@ -494,7 +501,7 @@ impl KvServer {
             .map(<[u8]>::to_vec)
             .unwrap_or_else(|| key.to_vec());
         self.store.put_encoded(&canon, &stored_key, value);
-        metrics::KV_KEYS.set(self.store.len() as i64);
+        store_gauges(&self.store);
         self.has_raw = true;
         self.commit(
             caller,
@@ -570,7 +577,7 @@ impl KvServer {
 
     /// Publishes the store's gauges (a relaxed store each; read at scrape time).
     fn publish_gauges(&self) {
-        metrics::KV_KEYS.set(self.store.len() as i64);
+        store_gauges(&self.store);
         metrics::KV_SUBSCRIPTIONS.set(self.subscriptions as i64);
     }
 
@@ -666,22 +673,8 @@ impl KvServer {
             RawReply::Later => CallResult::NoReply,
         }
     }
-}
 
-impl GenServer for KvServer {
-    fn handle_call(
-        &mut self,
-        ctx: &mut Ctx,
-        from: &Caller,
-        request: crate::Request<'_>,
-    ) -> CallResult<'_> {
-        let timer = metrics::kv_timer();
-        let result = self.call(ctx, from, request);
-        metrics::kv_timed(timer);
-        result
-    }
-
-    fn handle_cast(&mut self, ctx: &mut Ctx, request: crate::Request<'_>) {
+    fn cast(&mut self, ctx: &mut Ctx, request: crate::Request<'_>) {
         if let Some(view) = self.byte_view(&request) {
             metrics::kv_request(false, byte_kind(&view));
             self.note_raw(&view);
@@ -725,6 +718,29 @@ impl GenServer for KvServer {
                 tracing::debug!(request = %crate::etf::summary(&request), "unknown cast: ignored")
             }
         }
+    }
+}
+
+impl GenServer for KvServer {
+    fn handle_call(
+        &mut self,
+        ctx: &mut Ctx,
+        from: &Caller,
+        request: crate::Request<'_>,
+    ) -> CallResult<'_> {
+        let timer = metrics::kv_timer();
+        let result = self.call(ctx, from, request);
+        metrics::kv_timed(timer);
+        if !matches!(result, CallResult::NoReply) {
+            // Timed until the host writes the reply (a durable reply: once the log has it).
+            metrics::arm_kv_reply(from.received());
+        }
+        result
+    }
+
+    fn handle_cast(&mut self, ctx: &mut Ctx, request: crate::Request<'_>) {
+        self.cast(ctx, request);
+        metrics::kv_cast_applied(metrics::received());
     }
 
     /// `:sys.get_state`: `%{keys: n, subscribers: n, subscriptions: n, storage: :memory |

@@ -102,6 +102,9 @@ fn is_integer(term: &Term) -> bool {
 pub struct Store {
     table: HashTable<Box<[u8]>>,
     hasher: foldhash::fast::RandomState,
+    /// The sum of the packed entries' lengths (see [`Store::stored_bytes`]), kept by every
+    /// insert, replace and removal.
+    bytes: usize,
 }
 
 impl std::fmt::Debug for Store {
@@ -213,8 +216,12 @@ impl Store {
             |b| canon_of(b) == canon,
             |b| hasher.hash_one(canon_of(b)),
         ) {
-            hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = blob,
+            hashbrown::hash_table::Entry::Occupied(mut e) => {
+                self.bytes = self.bytes - e.get().len() + blob.len();
+                *e.get_mut() = blob;
+            }
             hashbrown::hash_table::Entry::Vacant(e) => {
+                self.bytes += blob.len();
                 e.insert(blob);
             }
         }
@@ -273,10 +280,16 @@ impl Store {
     /// Removes the entry under the canonical key `canon`; returns whether it existed.
     pub fn delete_encoded(&mut self, canon: &[u8]) -> bool {
         let hasher = &self.hasher;
-        self.table
+        match self
+            .table
             .find_entry(hasher.hash_one(canon), |b| canon_of(b) == canon)
-            .map(|e| e.remove())
-            .is_ok()
+        {
+            Ok(e) => {
+                self.bytes -= e.remove().0.len();
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Removes `key`; returns whether it existed.
@@ -297,6 +310,7 @@ impl Store {
                 Err(_) => None,
             }
         })?;
+        self.bytes -= blob.len();
         Some(decode_stored(unpack(&blob).1))
     }
 
@@ -378,6 +392,14 @@ impl Store {
             let (_, k, v) = unpack(b);
             (k, v)
         })
+    }
+
+    /// The bytes the entries hold, in O(1): for each key, its canonical form (see
+    /// [`super::key`]), the key and the value in external term format (version bytes
+    /// included), and 8 bytes of section lengths. The hash table's slots and the
+    /// allocator's overhead are not counted.
+    pub fn stored_bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The number of keys.
@@ -636,6 +658,73 @@ mod tests {
         assert!(s.delete(&a("k")));
         assert!(!s.delete(&a("k")));
         assert!(s.is_empty());
+    }
+
+    /// The byte count every write keeps equals a recount of the entries, after each kind
+    /// of change; a binary key and value count exactly as documented.
+    #[test]
+    fn stored_bytes_follow_every_change() {
+        fn recount(s: &Store) -> usize {
+            s.table.iter().map(|b| b.len()).sum()
+        }
+        let mut s = Store::new();
+        assert_eq!(s.stored_bytes(), 0);
+        // "k1" => 10 bytes: 8 bytes of lengths, canonical key 3 + 2 (tag, length, bytes,
+        // tail bits), key ETF 6 + 2 and value ETF 6 + 10, version bytes included.
+        s.put(bin(b"k1"), bin(&[7; 10]));
+        assert_eq!(s.stored_bytes(), 8 + 5 + 8 + 16);
+        // Overwrite: bigger, then smaller.
+        s.put(bin(b"k1"), bin(&[7; 100]));
+        assert_eq!(s.stored_bytes(), 8 + 5 + 8 + 106);
+        s.put(bin(b"k1"), bin(&[7; 3]));
+        assert_eq!(s.stored_bytes(), 8 + 5 + 8 + 9);
+        let one = s.stored_bytes();
+        let check = |s: &mut Store, what: &str, f: &dyn Fn(&mut Store)| {
+            f(s);
+            assert_eq!(s.stored_bytes(), recount(s), "after {what}");
+        };
+        check(&mut s, "put_new", &|s| {
+            s.put_new(a("n"), int(1));
+        });
+        check(&mut s, "put_new refused", &|s| {
+            s.put_new(a("n"), int(2));
+        });
+        check(&mut s, "cas", &|s| {
+            let _ = s.cas(a("n"), &int(1), bin(&[1; 50]));
+        });
+        check(&mut s, "cas mismatch", &|s| {
+            let _ = s.cas(a("n"), &int(1), int(3));
+        });
+        check(&mut s, "incr", &|s| {
+            let _ = s.incr(a("c"), &big(i64::MAX));
+        });
+        check(&mut s, "incr again", &|s| {
+            let _ = s.incr(a("c"), &int(1));
+        });
+        check(&mut s, "put_encoded", &|s| {
+            let canon = Key::from_term(&a("e"));
+            s.put_encoded(canon.as_bytes(), &[119, 1, b'e'], &[97, 5]);
+        });
+        check(&mut s, "put_encoded overwrite", &|s| {
+            let canon = Key::from_term(&a("e"));
+            s.put_encoded(canon.as_bytes(), &[119, 1, b'e'], &[109, 0, 0, 0, 1, 9]);
+        });
+        check(&mut s, "delete_encoded", &|s| {
+            assert!(s.delete_encoded(Key::from_term(&a("e")).as_bytes()));
+        });
+        check(&mut s, "delete_encoded of nothing", &|s| {
+            assert!(!s.delete_encoded(Key::from_term(&a("e")).as_bytes()));
+        });
+        check(&mut s, "apply delete", &|s| {
+            s.apply(DataRequest::Delete { key: a("n") });
+        });
+        check(&mut s, "delete", &|s| {
+            assert!(s.delete(&a("c")));
+            assert!(!s.delete(&a("c")));
+        });
+        assert_eq!(s.stored_bytes(), one);
+        assert!(s.delete(&bin(b"k1")));
+        assert_eq!(s.stored_bytes(), 0);
     }
 
     #[test]

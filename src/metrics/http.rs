@@ -1,5 +1,6 @@
 //! The `--metrics-addr` HTTP endpoint: `/metrics` (Prometheus text format), `/healthz`
-//! (200 while the process runs) and `/readyz` (200 once the node is ready, 503 before).
+//! (200 while the process runs) and `/readyz` (200 once the node is ready, 503 before and
+//! once shutdown begins).
 //!
 //! HTTP/1.1 by hyper on the node's tokio runtime, never on a connection thread. Bounded: at
 //! most [`MAX_SCRAPE_CONNECTIONS`] connections at once (more are closed at accept), request
@@ -104,7 +105,12 @@ fn respond<B>(scrape: &Scrape, request: &Request<B>) -> Response<Full<Bytes>> {
             scrape.render(),
         ),
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n".into()),
-        "/readyz" if scrape.node.get().is_some() => text(StatusCode::OK, PLAIN, "ready\n".into()),
+        "/readyz" if scrape.ready() => text(StatusCode::OK, PLAIN, "ready\n".into()),
+        "/readyz" if scrape.stopping.load(std::sync::atomic::Ordering::Relaxed) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            PLAIN,
+            "not ready: shutting down\n".into(),
+        ),
         "/readyz" => text(
             StatusCode::SERVICE_UNAVAILABLE,
             PLAIN,
@@ -115,5 +121,49 @@ fn respond<B>(scrape: &Scrape, request: &Request<B>) -> Response<Full<Bytes>> {
             PLAIN,
             "not found: try /metrics, /healthz or /readyz\n".into(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str) -> Request<()> {
+        Request::get(path).body(()).expect("request")
+    }
+
+    /// /readyz is 503 before the node is ready and again once shutdown begins; /healthz
+    /// stays 200 throughout.
+    async fn body(response: Response<Full<Bytes>>) -> String {
+        use http_body_util::BodyExt;
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[tokio::test]
+    async fn readyz_turns_503_when_shutdown_begins() {
+        let scrape = Scrape {
+            node: std::sync::OnceLock::new(),
+            started: std::time::Instant::now(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        };
+        assert_eq!(
+            respond(&scrape, &get("/readyz")).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        scrape
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let response = respond(&scrape, &get("/readyz"));
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body(response).await, "not ready: shutting down\n");
+        assert_eq!(respond(&scrape, &get("/healthz")).status(), StatusCode::OK);
+        assert!(!scrape.ready());
+        assert!(scrape.render().contains("kvnode_ready 0"));
     }
 }

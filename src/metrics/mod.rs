@@ -15,6 +15,7 @@ pub(crate) mod http;
 use crate::Node;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -64,7 +65,7 @@ impl Gauge {
     fn add(&self, n: i64) {
         self.0.fetch_add(n, Relaxed);
     }
-    fn get(&self) -> i64 {
+    pub(crate) fn get(&self) -> i64 {
         self.0.load(Relaxed)
     }
     /// Adds one now and takes it back when the guard drops.
@@ -311,6 +312,81 @@ pub(crate) fn kv_timed(start: Option<Instant>) {
     }
 }
 
+/// Time from reading a KV request's frame off the socket to writing its reply, by lane
+/// (`[call, cast]`): for a call, until the write that empties the connection's outbound
+/// queue holding the reply returns (replies to one batch of frames go out in one write);
+/// for a cast, until it is applied to the store. Observed only while metrics are on.
+pub(crate) static KV_REQUEST_SECONDS: [Histogram<13>; 2] = [
+    Histogram::new(LATENCY_US, 1e6),
+    Histogram::new(LATENCY_US, 1e6),
+];
+
+thread_local! {
+    /// When the frame being handled on this thread was read off its socket: set by a
+    /// connection reader around its batch of frames, and by a mailbox around a queued signal
+    /// (with the instant it was queued with). Only ever `Some` while metrics are on.
+    static RECEIVED: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// A KV reply about to be queued on this thread: its request's [`RECEIVED`]. The next
+    /// outbound queue push on this thread takes it ([`take_kv_reply`]).
+    static KV_REPLY: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// The instant of the frame being handled on this thread (see [`RECEIVED`]).
+#[inline]
+pub(crate) fn received() -> Option<Instant> {
+    RECEIVED.with(Cell::get)
+}
+
+/// Sets [`RECEIVED`] for this thread; returns what it was.
+#[inline]
+pub(crate) fn set_received(at: Option<Instant>) -> Option<Instant> {
+    RECEIVED.with(|r| r.replace(at))
+}
+
+/// The KV server is about to answer a call whose frame was read at `received`: the next
+/// outbound push on this thread carries the reply (see [`take_kv_reply`]).
+#[inline]
+pub(crate) fn arm_kv_reply(received: Option<Instant>) {
+    if received.is_some() {
+        KV_REPLY.with(|r| r.set(received));
+    }
+}
+
+/// Takes the armed KV reply instant, if any (an outbound queue, as it queues a frame).
+#[inline]
+pub(crate) fn take_kv_reply() -> Option<Instant> {
+    KV_REPLY.with(Cell::take)
+}
+
+/// The reply armed by [`arm_kv_reply`] went somewhere other than a connection's outbound
+/// queue (a local caller, a peer not connected yet): it counts as written now.
+#[inline]
+pub(crate) fn settle_kv_reply() {
+    if let Some(at) = take_kv_reply() {
+        KV_REQUEST_SECONDS[0].observe_duration(at.elapsed());
+    }
+}
+
+/// Replies (armed KV replies an outbound queue took) are now written to the socket.
+pub(crate) fn kv_replies_written(received: impl Iterator<Item = Instant>) {
+    let now = Instant::now();
+    for at in received {
+        KV_REQUEST_SECONDS[0].observe_duration(now.saturating_duration_since(at));
+    }
+}
+
+/// A KV cast whose frame was read at `received` has been applied.
+#[inline]
+pub(crate) fn kv_cast_applied(received: Option<Instant>) {
+    if let Some(at) = received {
+        KV_REQUEST_SECONDS[1].observe_duration(at.elapsed());
+    }
+}
+
+/// Bytes the KV store holds (see `Store::stored_bytes`), set by the KV server after each
+/// change.
+pub(crate) static KV_STORED_BYTES: Gauge = Gauge::new();
+
 /// Keys in the KV store (set by the KV server after each change).
 pub(crate) static KV_KEYS: Gauge = Gauge::new();
 /// Live subscriptions of the KV server.
@@ -355,6 +431,15 @@ pub(crate) struct Scrape {
     pub node: std::sync::OnceLock<Node>,
     /// When the process started serving (uptime).
     pub started: Instant,
+    /// Set once shutdown begins: /readyz answers 503 again, `kvnode_ready` is 0.
+    pub stopping: AtomicBool,
+}
+
+impl Scrape {
+    /// Whether the node is ready: registered, storage recovered, and not shutting down.
+    pub(crate) fn ready(&self) -> bool {
+        self.node.get().is_some() && !self.stopping.load(Relaxed)
+    }
 }
 
 fn labels<'a>(pairs: &'a [(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
@@ -383,6 +468,7 @@ impl Scrape {
         registry.register_collector(Box::new(Collector {
             node: self.node.get().cloned(),
             started: self.started,
+            ready: self.ready(),
         }));
         let mut out = String::with_capacity(16 << 10);
         if let Err(error) =
@@ -397,6 +483,7 @@ impl Scrape {
 struct Collector {
     node: Option<Node>,
     started: Instant,
+    ready: bool,
 }
 
 impl std::fmt::Debug for Collector {
@@ -428,8 +515,8 @@ impl prometheus_client::collector::Collector for Collector {
         gauge(
             e,
             "kvnode_ready",
-            "1 once registered with EPMD and storage recovered, else 0",
-            u64::from(self.node.is_some()),
+            "1 once registered with EPMD and storage recovered, 0 before and once shutdown begins",
+            u64::from(self.ready),
         )?;
 
         // Connections.
@@ -570,7 +657,24 @@ impl prometheus_client::collector::Collector for Collector {
             None,
             MetricType::Histogram,
         )?)?;
+        {
+            let mut m = e.encode_descriptor(
+                "kvnode_kv_request_duration_seconds",
+                "KV requests by lane, from reading the request frame off the socket to writing the reply (call: the write that empties the connection's queue holding it; replies to one batch of frames go out together) or to applying it (cast)",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (l, lane) in KV_LANES.iter().enumerate() {
+                KV_REQUEST_SECONDS[l].encode(m.encode_family(&labels(&[("lane", lane)]))?)?;
+            }
+        }
         gauge(e, "kvnode_kv_keys", "Keys in the KV store", KV_KEYS.get())?;
+        gauge(
+            e,
+            "kvnode_kv_stored_bytes",
+            "Bytes of the KV store's entries: canonical key, key and value in external term format, 8 bytes of lengths each (no table or allocator overhead)",
+            KV_STORED_BYTES.get(),
+        )?;
         gauge(
             e,
             "kvnode_kv_subscriptions",

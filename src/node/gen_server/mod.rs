@@ -66,6 +66,8 @@ pub struct Caller {
     who: Who,
     /// For in-node calls ([`Signal::Call`]): where the reply goes instead of a message.
     local: Option<LocalReply>,
+    /// When the call's frame was read off its socket (metrics on, calls from peers only).
+    received: Option<std::time::Instant>,
 }
 
 // The byte variant is inline on purpose: the fast path records a caller without allocating.
@@ -119,6 +121,7 @@ impl Caller {
         Caller {
             who: Who::Term { pid, tag },
             local: None,
+            received: crate::metrics::received(),
         }
     }
 
@@ -153,7 +156,13 @@ impl Caller {
                 decoded: OnceLock::new(),
             },
             local: None,
+            received: crate::metrics::received(),
         })
+    }
+
+    /// When the call's frame was read off its socket (metrics on, calls from peers only).
+    pub(crate) fn received(&self) -> Option<std::time::Instant> {
+        self.received
     }
 
     /// The calling process.
@@ -464,6 +473,7 @@ impl Ctx<'_> {
         Replier {
             node: self.node.clone(),
             server: self.pid.clone(),
+            kv_timed: false,
         }
     }
 
@@ -497,6 +507,9 @@ pub fn send(node: &Node, to: &Pid, message: Term) {
 pub struct Replier {
     node: Node,
     server: Pid,
+    /// Its replies count in kvnode_kv_request_duration_seconds (the KV server's durable
+    /// replies).
+    kv_timed: bool,
 }
 
 impl std::fmt::Debug for Replier {
@@ -511,6 +524,23 @@ impl Replier {
     /// Sends `{tag, reply}` to the caller: by ALIAS_SEND when the tag is an alias and the peer
     /// supports it (a late reply is then dropped by the caller's runtime), else to its pid.
     pub fn reply(&self, to: &Caller, reply: Term) {
+        if self.kv_timed {
+            crate::metrics::arm_kv_reply(to.received());
+            self.send_reply(to, reply);
+            crate::metrics::settle_kv_reply();
+        } else {
+            self.send_reply(to, reply);
+        }
+    }
+
+    /// This replier's replies count as KV replies in the metrics (from frame read to reply
+    /// written).
+    pub(crate) fn kv_timed(mut self) -> Self {
+        self.kv_timed = true;
+        self
+    }
+
+    fn send_reply(&self, to: &Caller, reply: Term) {
         if let Some(local) = &to.local {
             if let Some(tx) = local.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 let _ = tx.send(reply);
@@ -725,10 +755,14 @@ fn host_maker<'a, S: GenServer>(
     }
 }
 
+/// A queued signal, what it counts for against the mailbox bound, and when its frame was
+/// read off the socket (metrics on only; see [`crate::metrics::received`]).
+type Queued = (Signal, usize, Option<std::time::Instant>);
+
 /// Signals waiting for the server, with what they count for against the mailbox bound.
 #[derive(Default)]
 struct Pending {
-    queue: VecDeque<(Signal, usize)>,
+    queue: VecDeque<Queued>,
     bytes: usize,
     /// Whether this mailbox reported itself congested (cleared at half the bounds).
     congested: bool,
@@ -737,7 +771,7 @@ struct Pending {
     /// Signals that arrived while suspended, in order. They do not count toward the
     /// backpressure bound (readers must stay free to deliver the `:sys.resume`); they have a
     /// bound of their own, the same size, past which further signals are dropped.
-    held: VecDeque<(Signal, usize)>,
+    held: VecDeque<Queued>,
     /// Bytes in `held`.
     held_bytes: usize,
     /// Signals dropped because `held` was full (logged once per suspension).
@@ -828,7 +862,8 @@ impl<S: GenServer> Host<S> {
         if p.dead {
             return;
         }
-        p.queue.push_back((signal, weight));
+        p.queue
+            .push_back((signal, weight, crate::metrics::received()));
         p.bytes += weight;
         if !p.congested && (p.bytes >= self.max_bytes || p.queue.len() >= MAX_MAILBOX_SIGNALS) {
             p.congested = true;
@@ -841,10 +876,10 @@ impl<S: GenServer> Host<S> {
         }
     }
 
-    fn pop(&self) -> Option<Signal> {
+    fn pop(&self) -> Option<(Signal, Option<std::time::Instant>)> {
         let mut p = lock(&self.pending);
-        let (signal, weight) = loop {
-            let (signal, weight) = p.queue.pop_front()?;
+        let (signal, weight, received) = loop {
+            let (signal, weight, received) = p.queue.pop_front()?;
             if p.suspended && !is_system(&signal) {
                 p.bytes -= weight;
                 if p.held_bytes + weight > self.max_bytes || p.held.len() >= MAX_MAILBOX_SIGNALS {
@@ -858,16 +893,16 @@ impl<S: GenServer> Host<S> {
                     p.held_dropped += 1;
                 } else {
                     p.held_bytes += weight;
-                    p.held.push_back((signal, weight));
+                    p.held.push_back((signal, weight, received));
                 }
                 self.relieve_if_below(&mut p);
                 continue;
             }
-            break (signal, weight);
+            break (signal, weight, received);
         };
         p.bytes -= weight;
         self.relieve_if_below(&mut p);
-        Some(signal)
+        Some((signal, received))
     }
 
     /// Clears this mailbox's congestion once it has drained to half its bounds.
@@ -904,8 +939,12 @@ impl<S: GenServer> Host<S> {
                 pid: &self.pid,
                 pressure: &self.pressure,
             };
-            while let Some(signal) = self.pop() {
-                if let Flow::Stop(reason) = self.dispatch_one(&mut ctx, &mut server, signal) {
+            while let Some((signal, received)) = self.pop() {
+                // The signal's frame instant, not that of whatever this thread reads now.
+                let outer = crate::metrics::set_received(received);
+                let flow = self.dispatch_one(&mut ctx, &mut server, signal);
+                crate::metrics::set_received(outer);
+                if let Flow::Stop(reason) = flow {
                     self.stop(&mut ctx, &mut server, reason);
                     return;
                 }
@@ -931,6 +970,7 @@ impl<S: GenServer> Host<S> {
                     if answer(ctx, &caller, result) {
                         self.stats.count_out();
                     }
+                    crate::metrics::settle_kv_reply();
                     Flow::Continue
                 }
                 Incoming::Cast(request) => {
@@ -1279,6 +1319,7 @@ impl<S: GenServer> Dispatch for Host<S> {
                 };
                 let result = server.handle_call(&mut ctx, &caller, request);
                 self.answer_on_conn(&ctx, raw, &from, &caller, result);
+                crate::metrics::settle_kv_reply();
             }
             None => server.handle_cast(&mut ctx, request),
         }
@@ -1379,6 +1420,7 @@ fn dispatch<S: GenServer>(ctx: &mut Ctx, server: &mut S, signal: Signal) {
             Incoming::Call(caller, request) => {
                 let result = server.handle_call(ctx, &caller, Request::from_term(request));
                 answer(ctx, &caller, result);
+                crate::metrics::settle_kv_reply();
             }
             Incoming::Cast(request) => server.handle_cast(ctx, Request::from_term(request)),
             Incoming::Info(message) => server.handle_info(ctx, message),
@@ -1397,6 +1439,7 @@ fn dispatch<S: GenServer>(ctx: &mut Ctx, server: &mut S, signal: Signal) {
                     tag: List::nil().into(),
                 },
                 local: Some(std::sync::Arc::new(std::sync::Mutex::new(Some(reply)))),
+                received: None,
             };
             let result = server.handle_call(ctx, &caller, Request::from_term(request));
             answer(ctx, &caller, result);

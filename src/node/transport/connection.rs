@@ -155,6 +155,9 @@ async fn read_loop<S: RawStream>(
     tokio::pin!(deadline);
     let busy_wait = cfg.busy_wait;
     let mut hot = false;
+    // When the bytes completing the frames in `buf` were read (metrics on only): the start
+    // of kvnode_kv_request_duration_seconds for the KV requests among them.
+    let mut read_at = None;
     loop {
         // Handle every complete frame in the buffer; replies to this peer collect in its
         // outbox and go out in one write below.
@@ -163,6 +166,7 @@ async fn read_loop<S: RawStream>(
         let mut paused = None;
         {
             let _reading = outbox::reading(conn.id);
+            let _received = ReceivedGuard::set(read_at);
             // Nothing from before this batch (deliveries from other tasks on this thread).
             let _ = crate::node::take_congested();
             loop {
@@ -267,9 +271,27 @@ async fn read_loop<S: RawStream>(
             return Err(Error::Closed);
         }
         crate::metrics::BYTES_IN.add(read as u64);
+        read_at = crate::metrics::enabled().then(std::time::Instant::now);
         deadline
             .as_mut()
             .reset(tokio::time::Instant::now() + silence);
+    }
+}
+
+/// Marks the frames handled on this thread as read at the given instant until it drops.
+struct ReceivedGuard(Option<std::time::Instant>);
+
+impl ReceivedGuard {
+    #[inline]
+    fn set(at: Option<std::time::Instant>) -> Self {
+        ReceivedGuard(crate::metrics::set_received(at))
+    }
+}
+
+impl Drop for ReceivedGuard {
+    #[inline]
+    fn drop(&mut self) {
+        crate::metrics::set_received(self.0);
     }
 }
 

@@ -43,6 +43,8 @@ impl Drop for ReaderGuard {
 const BIG_FRAME: usize = 64 * 1024;
 /// The small frames' buffer is kept (cleared) after a flush up to this capacity.
 const KEEP_CAPACITY: usize = 1024 * 1024;
+/// The reply instants' vector is kept (cleared) after a flush up to this capacity.
+const KEEP_TIMED: usize = 4096;
 /// At most this many buffers go into one vectored write.
 const MAX_SLICES: usize = 64;
 
@@ -59,9 +61,23 @@ struct State {
     /// A cleared small-frames buffer kept for reuse.
     spare: Vec<u8>,
     last_write: Instant,
+    /// When the requests of the KV replies queued here were read (metrics on only):
+    /// observed once a flush has written everything queued. One entry (16 bytes) per queued
+    /// reply frame (40 bytes and more), so bounded by the outbox's own bound.
+    timed: Vec<Instant>,
 }
 
 impl State {
+    /// Takes the KV reply this thread armed, if any, for the frame just queued.
+    #[inline]
+    fn take_timed(&mut self) {
+        if crate::metrics::enabled()
+            && let Some(at) = crate::metrics::take_kv_reply()
+        {
+            self.timed.push(at);
+        }
+    }
+
     /// The buffer small frames are appended to.
     fn small_buf(&mut self) -> &mut Vec<u8> {
         if self.bufs.is_empty() || self.last_is_big {
@@ -98,6 +114,7 @@ impl Outbox {
                 last_is_big: false,
                 spare: Vec::with_capacity(BIG_FRAME),
                 last_write: Instant::now(),
+                timed: Vec::new(),
             }),
             wake: Notify::new(),
             max_bytes,
@@ -133,6 +150,7 @@ impl Outbox {
             st.queued += frame.len();
             st.bufs.push_back(frame);
             st.last_is_big = true;
+            st.take_timed();
         }
         crate::metrics::MESSAGES_OUT.inc();
         self.queued_by_other_thread();
@@ -171,6 +189,7 @@ impl Outbox {
                 }
                 return Err(Full);
             }
+            st.take_timed();
         }
         crate::metrics::MESSAGES_OUT.inc();
         self.queued_by_other_thread();
@@ -239,6 +258,12 @@ impl Outbox {
         st.bufs.clear();
         st.sent = 0;
         st.last_is_big = false;
+        if !st.timed.is_empty() {
+            crate::metrics::kv_replies_written(st.timed.drain(..));
+            if st.timed.capacity() > KEEP_TIMED {
+                st.timed = Vec::new();
+            }
+        }
         Ok(true)
     }
 
