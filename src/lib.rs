@@ -351,6 +351,30 @@ pub async fn run(
         registered.serve().stop().await;
         return Err(error.into());
     }
+    // A visible node: the KV server's global name and pg groups (--global-name, --pg).
+    if let Some(kv_pid) = registered
+        .node()
+        .whereis(&kv_config.process_name)
+        .map(|mb| mb.pid)
+    {
+        let cfg = registered.node().config().clone();
+        if let (Some(global), Some(name)) = (registered.global(), &cfg.global_name) {
+            node::services::global::register(global, name, kv_pid.clone());
+        }
+        let mut scopes: Vec<(String, Vec<String>)> = Vec::new();
+        for (scope, group) in &cfg.pg_groups {
+            match scopes.iter_mut().find(|(s, _)| s == scope) {
+                Some((_, groups)) if !groups.contains(group) => groups.push(group.clone()),
+                Some(_) => {}
+                None => scopes.push((scope.clone(), vec![group.clone()])),
+            }
+        }
+        if cfg.visible {
+            for (scope, groups) in scopes {
+                node::services::pg::start_scope(registered.node(), &scope, groups, kv_pid.clone());
+            }
+        }
+    }
     let node = registered.serve();
     let tls = match &node.config().tls {
         None => "off",
