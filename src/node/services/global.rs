@@ -449,7 +449,13 @@ impl Server {
         }
         let parts = elements(request)?;
         match parts {
-            [t, id] if is_atom(t, "set_lock") => Some(atom(self.set_lock(id, from))),
+            [t, id] if is_atom(t, "set_lock") => {
+                let granted = self.set_lock(id, from);
+                if let Some([resource, _]) = elements(id) {
+                    tracing::debug!(resource = %crate::etf::summary(resource), %from, granted, "global: set_lock");
+                }
+                Some(atom(granted))
+            }
             [t, id] if is_atom(t, "del_lock") => {
                 self.del_lock(id, from);
                 Some(atom("true"))
@@ -948,6 +954,11 @@ impl Server {
         {
             let mut st = self.lock();
             learn(&mut st, peer);
+            for n in &his_known_nodes {
+                if *n != self.me {
+                    learn(&mut st, n);
+                }
+            }
             st.synced.insert(peer.to_owned());
         }
         tracing::info!(%peer, "global: in sync");
@@ -961,13 +972,10 @@ impl Server {
             if *n == self.me {
                 continue;
             }
-            let learned = learn(&mut self.lock(), n);
-            if learned || self.node.manager().is_up(n) {
-                self.cast(
-                    n,
-                    tuple(vec![atom("in_sync"), self.me_term(), atom("true")]),
-                );
-            }
+            self.cast(
+                n,
+                tuple(vec![atom("in_sync"), self.me_term(), atom("true")]),
+            );
         }
     }
 
@@ -999,24 +1007,24 @@ impl Server {
                 .filter(|n| *n != self.me && learn(&mut st, n))
                 .collect()
         };
+        // A handshake we started with them is void: they know us through the others.
         for n in &added {
-            // A handshake we started with it is void: it knows us through the others.
             self.lock().sessions.remove(n);
-            self.cast(
-                n,
-                tuple(vec![atom("in_sync"), self.me_term(), atom("true")]),
-            );
         }
+        self.sync_others(&added);
         if let Some(ops) = list_items(ops) {
             self.do_ops(ops);
         }
         self.global.changed.notify_one();
     }
 
+    /// `{in_sync, Node, _}`: the peer learned of us through another node; our handshake with
+    /// it is void. As OTP, the peer becomes synced but not known: it becomes known (and gets
+    /// our own `in_sync`, which ends the handshake it started with us) when a `resolved` or
+    /// `new_nodes` lists it.
     fn in_sync(&self, peer: &str) {
         let mut st = self.lock();
         st.sessions.remove(peer);
-        learn(&mut st, peer);
         st.synced.insert(peer.to_owned());
         drop(st);
         tracing::debug!(%peer, "global: in_sync");
