@@ -261,3 +261,64 @@ true = kv in Node.list(:hidden)
     );
     assert!(!kv.logs().contains("global:"), "{}", kv.logs());
 }
+
+/// A name registered on both sides of a new connection is resolved as `global`'s default
+/// resolver (`random_exit_name/3`) resolves it: the pid on the node with the smaller name
+/// keeps it, the other is killed. kvnode resolves when its name is the smaller one; when it
+/// loses, it drops the name (its KV server ignores the kill and keeps serving) and registers
+/// it again once the name is free.
+#[test]
+fn name_clash_resolved_as_random_exit_name() {
+    let (_epmd_guard, epmd) = start_epmd();
+    let kv = visible_kv(&unique("vis_kv"), epmd, &["--global-name", "clash_name"]);
+    // Registers `clash_name` before connecting (its own partition), then joins kvnode's.
+    let clash = |check: &str| {
+        format!(
+            r#"
+kv = String.to_atom(System.get_env("KV_NODE"))
+p = spawn(fn -> receive do _ -> :ok end end)
+:yes = :global.register_name(:clash_name, p)
+ref = Process.monitor(p)
+true = Node.connect(kv)
+:ok = :global.sync()
+{check}
+"#
+        )
+    };
+    let kvnode_wins = r#"
+TestWait.until(fn ->
+  w = :global.whereis_name(:clash_name)
+  is_pid(w) and node(w) == kv
+end, 30_000)
+got = receive do
+  {:DOWN, ^ref, :process, _, reason} -> reason
+after
+  30_000 -> :no_down
+end
+:killed = got
+"#;
+    let beam_wins = r#"
+TestWait.until(fn -> :global.whereis_name(:clash_name) == p end, 30_000)
+# kvnode's KV server ignored the kill and serves on.
+n = GenServer.call({DistributedExample.KVStore, kv}, :size)
+true = is_integer(n)
+true = Process.alive?(p)
+"#;
+    // A node whose name sorts after kvnode's: kvnode resolves, its own pid wins.
+    elixir(&kv, &unique("zz_clash"), "vis", &clash(kvnode_wins));
+    // One whose name sorts before: it resolves and its pid wins; kvnode loses the name.
+    elixir(&kv, &unique("aa_clash"), "vis", &clash(beam_wins));
+    kv.wait_log("lost its global name", Duration::from_secs(30));
+    // That node is gone: kvnode registers the name again.
+    kv.script(
+        "mm_check",
+        r#"
+true = Node.connect(kv)
+:ok = :global.sync()
+TestWait.until(fn ->
+  w = :global.whereis_name(:clash_name)
+  is_pid(w) and node(w) == kv
+end, 30_000)
+"#,
+    );
+}
