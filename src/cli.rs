@@ -145,8 +145,14 @@ pub struct Cli {
     /// Register the KV server under this `:global` name (an atom), so
     /// `GenServer.call({:global, NAME}, req)` reaches it from any node of the cluster
     /// (e.g. `--global-name kv_store`). Needs --visible.
-    #[arg(long, value_name = "ATOM", requires = "visible")]
+    #[arg(long, value_name = "ATOM", requires = "visible", value_parser = parse_atom)]
     pub global_name: Option<String>,
+
+    /// Most `:global` names a visible kvnode keeps in its copy of the cluster's name table
+    /// (each costs about 200 bytes plus the name, pid and resolve method); a registration
+    /// beyond it is answered but not kept, with a warning (e.g. `--max-global-names 1000000`).
+    #[arg(long, default_value_t = crate::node::services::global::DEFAULT_MAX_GLOBAL_NAMES, value_name = "N")]
+    pub max_global_names: usize,
 
     /// Join the KV server to `:pg` group GROUP of scope SCOPE (atoms); repeatable. kvnode
     /// serves the scope under its name, so `:pg.get_members(SCOPE, GROUP)` on nodes running
@@ -531,6 +537,14 @@ pub enum CliError {
     Tls(#[from] crate::node::transport::tls::TlsError),
 }
 
+/// Parses an atom flag: 1 to 255 characters.
+fn parse_atom(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.chars().count() > 255 {
+        return Err("must be an atom of 1 to 255 characters".into());
+    }
+    Ok(value.to_owned())
+}
+
 /// Parses `--pg SCOPE:GROUP`: two non-empty atoms of at most 255 characters.
 fn parse_pg_group(value: &str) -> Result<(String, String), String> {
     let (scope, group) = value
@@ -562,6 +576,7 @@ impl Cli {
         config.visible = self.visible;
         config.global_name = self.global_name;
         config.pg_groups = self.pg;
+        config.max_global_names = self.max_global_names.max(1);
         config.max_connections = self.max_connections.max(1);
         config.max_terms_per_message = self.max_terms_per_message.max(1);
         // Admission (issue 10).

@@ -80,6 +80,8 @@ pub struct Config {
     /// `--pg SCOPE:GROUP` (repeatable): join the app's server to `pg` group GROUP of scope
     /// SCOPE (both atoms). Needs `visible`.
     pub pg_groups: Vec<(String, String)>,
+    /// `--max-global-names`: most `global` names a visible node keeps.
+    pub max_global_names: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -112,6 +114,7 @@ impl std::fmt::Debug for Config {
             .field("visible", &self.visible)
             .field("global_name", &self.global_name)
             .field("pg_groups", &self.pg_groups)
+            .field("max_global_names", &self.max_global_names)
             .finish()
     }
 }
@@ -172,6 +175,7 @@ impl Config {
             visible: false,
             global_name: None,
             pg_groups: Vec::new(),
+            max_global_names: crate::node::services::global::DEFAULT_MAX_GLOBAL_NAMES,
         }
     }
 

@@ -117,6 +117,8 @@ pub struct Limits {
     pub max_monitors_per_peer: usize,
     /// Backpressure bound of a process's mailbox, in wire bytes (`--max-mailbox-bytes`).
     pub max_mailbox_bytes: usize,
+    /// Most `global` names a visible node keeps (`--max-global-names`).
+    pub max_global_names: usize,
 }
 
 impl Default for Limits {
@@ -138,6 +140,7 @@ impl Limits {
             max_dials: c.max_dials,
             max_monitors_per_peer: c.max_monitors_per_peer,
             max_mailbox_bytes: c.max_mailbox_bytes,
+            max_global_names: c.max_global_names,
         }
     }
 
@@ -152,6 +155,7 @@ impl Limits {
         c.max_dials = self.max_dials;
         c.max_monitors_per_peer = self.max_monitors_per_peer;
         c.max_mailbox_bytes = self.max_mailbox_bytes;
+        c.max_global_names = self.max_global_names;
     }
 }
 
@@ -419,7 +423,7 @@ fn check(c: &Config) -> Result<(), StartError> {
     if c.cookie.is_empty() {
         return Err(StartError::EmptyCookie);
     }
-    let positive: [(&'static str, usize); 9] = [
+    let positive: [(&'static str, usize); 10] = [
         ("max_message_size", c.max_message_size),
         ("max_terms_per_message", c.max_terms_per_message),
         ("max_connections", c.max_connections),
@@ -428,6 +432,7 @@ fn check(c: &Config) -> Result<(), StartError> {
         ("max_dials", c.max_dials),
         ("max_monitors_per_peer", c.max_monitors_per_peer),
         ("max_mailbox_bytes", c.max_mailbox_bytes),
+        ("max_global_names", c.max_global_names),
         ("threads", c.threads),
     ];
     for (setting, value) in positive {

@@ -32,7 +32,8 @@
 //! gets `exit(Pid, kill)`. A name kvnode's process loses is dropped from the table and logged;
 //! kvnode's processes ignore the kill (built-in processes trap exits), so the KV server keeps
 //! serving under its local name. Everything a peer can make kvnode hold is bounded:
-//! [`MAX_GLOBAL_NAMES`], [`MAX_GLOBAL_LOCK_HOLDERS`], [`MAX_KNOWN_NODES`].
+//! `--max-global-names` ([`DEFAULT_MAX_GLOBAL_NAMES`]), [`MAX_GLOBAL_LOCK_HOLDERS`],
+//! [`MAX_KNOWN_NODES`].
 
 use crate::node::process::{Dest, Process, Received};
 use crate::node::{Node, NodeEvent};
@@ -49,10 +50,11 @@ pub const NAME: &str = "global_name_server";
 /// The `global` protocol version kvnode speaks (OTP 25, 27 and 29 all speak 8).
 pub const PROTOCOL_VERSION: i32 = 8;
 
-/// Most `global` names kvnode keeps (names registered anywhere in the cluster, kvnode's
-/// included). A registration beyond it is answered (`yes`, so the registering node does not
-/// stall) but not kept, with a warning: the name is then unknown to kvnode only.
-pub const MAX_GLOBAL_NAMES: usize = 100_000;
+/// Default `--max-global-names`: most `global` names kvnode keeps (names registered anywhere
+/// in the cluster, kvnode's included). A registration beyond it is answered (`yes`, so the
+/// registering node does not stall) but not kept, with a warning: the name is then unknown to
+/// kvnode only.
+pub const DEFAULT_MAX_GLOBAL_NAMES: usize = 100_000;
 
 /// Most lock holders (a pid holding a resource; one lock may have several holders with the same
 /// requester id) kvnode keeps. A `set_lock` beyond it is refused (`false`): the requester
@@ -577,8 +579,9 @@ impl Server {
     fn insert_name(&self, name: &Term, pid: &Pid, method: &Term) {
         let Some(k) = key(name) else { return };
         let mut st = self.lock();
-        if !st.names.contains_key(&k) && st.names.len() >= MAX_GLOBAL_NAMES {
-            tracing::warn!(limit = MAX_GLOBAL_NAMES, name = %crate::etf::summary(name), "global: too many names; this one is not kept");
+        let limit = self.node.config().max_global_names;
+        if !st.names.contains_key(&k) && st.names.len() >= limit {
+            tracing::warn!(limit, name = %crate::etf::summary(name), "global: too many names; this one is not kept");
             return;
         }
         let old = st.names.remove(&k);
