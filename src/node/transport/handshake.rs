@@ -40,7 +40,7 @@ const FLAG_NAMES: &[(u64, &str)] = &[
 pub const FLAG_PUBLISHED: u64 = 0x1;
 
 /// The flags kvnode advertises as a hidden node (the default); a visible node adds
-/// [`FLAG_PUBLISHED`].
+/// `FLAG_PUBLISHED` (`DFLAG_PUBLISHED`, 0x1).
 pub fn local_flags() -> DistributionFlags {
     DistributionFlags::from_bits_truncate(BASE_FLAGS | FLAG_SPAWN)
 }
