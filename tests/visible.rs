@@ -322,3 +322,41 @@ end, 30_000)
 "#,
     );
 }
+
+/// prevent_overlapping_partitions (§2.4 of the protocol notes): when a BEAM node loses its link
+/// to kvnode only, the other nodes ask kvnode (`remove_connection`) to drop its links to them,
+/// and it does, as OTP's `global` does. Otherwise they would keep kvnode in `nodes()` but out
+/// of `global`'s synced set, and `:global.sync()` would block on them.
+#[test]
+fn remove_connection_is_honoured() {
+    let (_epmd_guard, epmd) = start_epmd();
+    let kv = visible_kv(&unique("vis_kv"), epmd, &[]);
+    let a = BeamNode::start(&unique("vis_a"), "vis", epmd, "");
+    let script = format!(
+        r#"
+kv = String.to_atom(System.get_env("KV_NODE"))
+a = :"{a}"
+TestWait.until(fn -> Node.connect(a) end, 60_000)
+true = Node.connect(kv)
+true = :erpc.call(a, Node, :connect, [kv])
+:ok = :global.sync()
+:ok = :erpc.call(a, :global, :sync, [], 60_000)
+true = kv in Node.list()
+# a loses kvnode (only): we are asked to drop it and ask kvnode to drop us.
+true = :erpc.call(a, :erlang, :disconnect_node, [kv])
+TestWait.until(fn -> not (kv in Node.list()) end, 30_000)
+{{us, :ok}} = :timer.tc(:global, :sync, [])
+IO.puts("SYNC_AFTER_US #{{us}}")
+true = a in Node.list()
+"#,
+        a = a.name
+    );
+    let out = elixir(&kv, &unique("vis_c"), "vis", &script);
+    assert!(out.contains("SYNC_AFTER_US"), "{out}");
+    assert!(
+        kv.logs().contains("remove_connection"),
+        "kvnode logs the disconnect it was asked for:\n{}",
+        kv.logs()
+    );
+    drop(a);
+}
