@@ -360,3 +360,37 @@ true = a in Node.list()
     );
     drop(a);
 }
+
+/// prevent_overlapping_partitions, kvnode's side: when two BEAM nodes lose their link,
+/// each tells kvnode (`lost_connection`) and kvnode asks the node now in the other partition
+/// to disconnect from it (`remove_connection`), as a BEAM node in its place would, instead of
+/// bridging both partitions.
+#[test]
+fn lost_connection_makes_kvnode_leave_the_other_partition() {
+    let (_epmd_guard, epmd) = start_epmd();
+    let kv = visible_kv(&unique("vis_kv"), epmd, &[]);
+    let a = BeamNode::start(&unique("vis_a"), "vis", epmd, "");
+    let script = format!(
+        r#"
+kv = String.to_atom(System.get_env("KV_NODE"))
+a = :"{a}"
+TestWait.until(fn -> Node.connect(a) end, 60_000)
+true = Node.connect(kv)
+true = :erpc.call(a, Node, :connect, [kv])
+:ok = :global.sync()
+:ok = :erpc.call(a, :global, :sync, [], 60_000)
+# We lose a: kvnode hears it from both sides and leaves both partitions.
+true = :erlang.disconnect_node(a)
+TestWait.until(fn -> not (kv in Node.list()) end, 30_000)
+:ok = :global.sync()
+"#,
+        a = a.name
+    );
+    elixir(&kv, &unique("vis_c"), "vis", &script);
+    assert!(
+        kv.logs().contains("lost_connection"),
+        "kvnode logs the disconnect it requested:\n{}",
+        kv.logs()
+    );
+    drop(a);
+}

@@ -19,8 +19,9 @@
 //!   `resolved`/`new_nodes`): a table of every global name with its pid and resolve method (kept
 //!   as the term that came, closures included, and sent back unchanged in `exchange`). A name
 //!   goes when its pid exits or its node goes down (monitors).
-//! - `cancel_connect` restarts the handshake; `remove_connection` (prevent_overlapping_partitions)
-//!   closes the link to its sender, as OTP's `global` disconnects.
+//! - `cancel_connect` restarts the handshake; prevent_overlapping_partitions as OTP's `global`:
+//!   `remove_connection` closes the link to its sender, and `lost_connection` (NodeA lost
+//!   NodeB) makes kvnode ask the node now in another partition to disconnect.
 //! - [`register`]: a name for a local process, registered as `global:register_name/2` does it:
 //!   `set_lock {global, RegPid}` on every known node (the boss first), `register` on each,
 //!   `del_lock`; retried with a random sleep when a lock is refused, and again whenever the
@@ -422,6 +423,11 @@ impl Server {
                     self.start_session(&node.name);
                 }
             }
+            [t, Term::Atom(node_a), _xcre, _op_id, Term::Atom(node_b)]
+                if is_atom(t, "lost_connection") =>
+            {
+                self.lost_connection(&node_a.name, &node_b.name)
+            }
             [t, Term::Atom(node)] if is_atom(t, "remove_connection") => {
                 // prevent_overlapping_partitions: the sender lost us from its partition and
                 // wants the link gone; as OTP's global, disconnect.
@@ -435,6 +441,32 @@ impl Server {
                 tracing::debug!(message = %crate::etf::summary(&message), "global: message ignored")
             }
         }
+    }
+
+    /// `{lost_connection, NodeA, _, _, NodeB}` (prevent_overlapping_partitions): NodeA lost
+    /// its link to NodeB. As OTP's `global`, kvnode asks the node that is now in another
+    /// partition (NodeB, or NodeA when kvnode is NodeB) to disconnect (`remove_connection`)
+    /// and forgets it; the link goes when that node drops it. kvnode does not relay the
+    /// message (the BEAM nodes that got it do, to each other).
+    fn lost_connection(&self, node_a: &str, node_b: &str) {
+        let rm = if node_b == self.me { node_a } else { node_b };
+        let potentially_known = {
+            let st = self.lock();
+            st.known.contains(rm) || st.synced.contains(rm) || st.sessions.contains_key(rm)
+        };
+        if !potentially_known || !self.node.manager().is_up(rm) {
+            return;
+        }
+        tracing::warn!(
+            node = %crate::etf::text::name(rm),
+            reported_by = %crate::etf::text::name(node_a),
+            "global: requested disconnect from a node, to prevent overlapping partitions (lost_connection)"
+        );
+        self.process.send(
+            (NAME, rm),
+            tuple(vec![atom("remove_connection"), self.me_term()]),
+        );
+        self.node_down(rm);
     }
 
     fn handle_call(&self, from: &Pid, request: &Term) -> Option<Term> {
