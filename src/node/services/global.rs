@@ -130,6 +130,16 @@ fn random_exit_name() -> Term {
     ExternalFun::from(("global", "random_exit_name", 3)).into()
 }
 
+/// A pid for a log line: its node's name bounded and escaped (`crate::etf::text::name`).
+fn pid_text(pid: &Pid) -> String {
+    format!(
+        "<{}.{}.{}>",
+        crate::etf::text::name(&pid.node.name),
+        pid.id,
+        pid.serial
+    )
+}
+
 /// A registered name.
 struct NameEntry {
     name: Term,
@@ -419,7 +429,7 @@ impl Server {
                     .get(&node.name)
                     .is_some_and(|s| Term::from(FixInteger::from(s.my_tag)) == *tag);
                 if restart && self.node.manager().is_up(&node.name) {
-                    tracing::debug!(peer = %node.name, "global: cancel_connect: restarting the handshake");
+                    tracing::debug!(peer = %crate::etf::text::name(&node.name), "global: cancel_connect: restarting the handshake");
                     self.start_session(&node.name);
                 }
             }
@@ -432,7 +442,7 @@ impl Server {
                 // prevent_overlapping_partitions: the sender lost us from its partition and
                 // wants the link gone; as OTP's global, disconnect.
                 if self.node.manager().is_up(&node.name) {
-                    tracing::warn!(peer = %node.name, "global: disconnecting as the peer asked (remove_connection, to prevent overlapping partitions)");
+                    tracing::warn!(peer = %crate::etf::text::name(&node.name), "global: disconnecting as the peer asked (remove_connection, to prevent overlapping partitions)");
                     self.node_down(&node.name);
                     self.node.manager().close_peer(&node.name);
                 }
@@ -486,7 +496,7 @@ impl Server {
             [t, id] if is_atom(t, "set_lock") => {
                 let granted = self.set_lock(id, from);
                 if let Some([resource, _]) = elements(id) {
-                    tracing::debug!(resource = %crate::etf::summary(resource), %from, granted, "global: set_lock");
+                    tracing::debug!(resource = %crate::etf::summary(resource), from = %pid_text(from), granted, "global: set_lock");
                 }
                 Some(atom(granted))
             }
@@ -637,7 +647,7 @@ impl Server {
             self.process.demonitor(m);
         }
         if let Some(lost) = lost {
-            tracing::warn!(name = %crate::etf::summary(name), pid = %lost, winner = %pid, "global: kvnode's process lost its global name (name clash resolved for the other pid)");
+            tracing::warn!(name = %crate::etf::summary(name), pid = %pid_text(&lost), winner = %pid_text(pid), "global: kvnode's process lost its global name (name clash resolved for the other pid)");
         }
         // Monitored outside the table lock; the entry may have changed meanwhile.
         let mref = self.process.monitor(pid.clone());
@@ -674,7 +684,7 @@ impl Server {
         if let Some((k, i)) = lock_key {
             if let Some(lock) = st.locks.get_mut(&k) {
                 let (pid, _) = lock.holders.swap_remove(i);
-                tracing::debug!(resource = %crate::etf::summary(&lock.resource), holder = %pid, "global: lock holder gone; released");
+                tracing::debug!(resource = %crate::etf::summary(&lock.resource), holder = %pid_text(&pid), "global: lock holder gone; released");
                 if lock.holders.is_empty() {
                     st.locks.remove(&k);
                 }
@@ -733,7 +743,7 @@ impl Server {
         // {Vsn, Tag} (or a longer tuple from a future version).
         let Some([_his_vsn, his_tag, ..]) = elements(vsn) else {
             tracing::info!(
-                peer,
+                peer = %crate::etf::text::name(peer),
                 "global: init_connect with an illegal protocol version ignored"
             );
             return;
@@ -750,7 +760,7 @@ impl Server {
         if !self.lock().sessions.contains_key(peer) {
             if !self.visible(peer) {
                 tracing::debug!(
-                    peer,
+                    peer = %crate::etf::text::name(peer),
                     "global: init_connect from a peer that is not visible ignored"
                 );
                 return;
@@ -850,7 +860,7 @@ impl Server {
                     } else {
                         (pid.clone(), pid2.clone())
                     };
-                    tracing::warn!(name = %crate::etf::summary(name), kept = %keep, killed = %kill, "global: name clash resolved (random_exit_name)");
+                    tracing::warn!(name = %crate::etf::summary(name), kept = %pid_text(&keep), killed = %pid_text(&kill), "global: name clash resolved (random_exit_name)");
                     self.node.send_to_node(
                         &kill.node.name,
                         Message::exit2(self.process.pid().clone(), kill.clone(), atom("kill")),
@@ -1124,13 +1134,13 @@ impl Registrar {
                 match self.global.lock().names.get(&k) {
                     Some(e) if e.pid == pid => break,
                     Some(e) => {
-                        tracing::debug!(name = %crate::etf::summary(&name), holder = %e.pid, "global: name held by another pid; not registering");
+                        tracing::debug!(name = %crate::etf::summary(&name), holder = %pid_text(&e.pid), "global: name held by another pid; not registering");
                         break;
                     }
                     None => {}
                 }
                 if self.try_register(&name, &pid).await {
-                    tracing::info!(name = %crate::etf::summary(&name), %pid, "global: name registered");
+                    tracing::info!(name = %crate::etf::summary(&name), pid = %pid_text(&pid), "global: name registered");
                     break;
                 }
                 let cap = (REGISTER_MAX_SLEEP.as_millis() as u64).min(250 * u64::from(attempt));
