@@ -181,6 +181,16 @@ struct State {
     holders: usize,
     /// Our registrations: name key -> (name, pid).
     wanted: HashMap<Vec<u8>, (Term, Pid)>,
+    /// What each of our monitors watches (a DOWN finds its lock or name at once).
+    watched: HashMap<Reference, Watched>,
+}
+
+/// What a monitor of the server watches.
+enum Watched {
+    /// A holder of the lock with this resource key.
+    Lock(Vec<u8>),
+    /// The owner of the name with this key.
+    Name(Vec<u8>),
 }
 
 /// The running `global` server of a node (see [`start`]).
@@ -555,6 +565,7 @@ impl Server {
         }
         let mref = self.process.monitor(from.clone());
         st.holders += 1;
+        st.watched.insert(mref.clone(), Watched::Lock(k.clone()));
         st.locks
             .entry(k)
             .or_insert_with(|| Lock {
@@ -589,6 +600,7 @@ impl Server {
         }
         if let Some(mref) = removed {
             st.holders -= 1;
+            st.watched.remove(&mref);
             drop(st);
             self.process.demonitor(&mref);
         }
@@ -627,6 +639,9 @@ impl Server {
             return;
         }
         let old = st.names.remove(&k);
+        if let Some(m) = old.as_ref().and_then(|o| o.monitor.as_ref()) {
+            st.watched.remove(m);
+        }
         let lost = old.as_ref().and_then(|o| {
             (o.pid != *pid && st.wanted.get(&k).is_some_and(|(_, w)| *w == o.pid))
                 .then(|| o.pid.clone())
@@ -652,8 +667,12 @@ impl Server {
         // Monitored outside the table lock; the entry may have changed meanwhile.
         let mref = self.process.monitor(pid.clone());
         let mut st = self.lock();
-        match key(name).and_then(|k| st.names.get_mut(&k)) {
-            Some(e) if e.pid == *pid && e.monitor.is_none() => e.monitor = Some(mref),
+        let Some(k) = key(name) else { return };
+        match st.names.get_mut(&k) {
+            Some(e) if e.pid == *pid && e.monitor.is_none() => {
+                e.monitor = Some(mref.clone());
+                st.watched.insert(mref, Watched::Name(k));
+            }
             _ => {
                 drop(st);
                 self.process.demonitor(&mref);
@@ -663,7 +682,14 @@ impl Server {
 
     fn delete_name(&self, name: &Term) {
         let Some(k) = key(name) else { return };
-        let removed = self.lock().names.remove(&k);
+        let removed = {
+            let mut st = self.lock();
+            let removed = st.names.remove(&k);
+            if let Some(m) = removed.as_ref().and_then(|e| e.monitor.as_ref()) {
+                st.watched.remove(m);
+            }
+            removed
+        };
         if let Some(e) = removed {
             if let Some(m) = &e.monitor {
                 self.process.demonitor(m);
@@ -675,32 +701,32 @@ impl Server {
     /// A monitored lock holder or name owner is gone (or its node).
     fn down(&self, reference: &Reference) {
         let mut st = self.lock();
-        let lock_key = st.locks.iter().find_map(|(k, l)| {
-            l.holders
-                .iter()
-                .position(|(_, r)| r == reference)
-                .map(|i| (k.clone(), i))
-        });
-        if let Some((k, i)) = lock_key {
-            if let Some(lock) = st.locks.get_mut(&k) {
+        match st.watched.remove(reference) {
+            Some(Watched::Lock(k)) => {
+                let Some(lock) = st.locks.get_mut(&k) else {
+                    return;
+                };
+                let Some(i) = lock.holders.iter().position(|(_, r)| r == reference) else {
+                    return;
+                };
                 let (pid, _) = lock.holders.swap_remove(i);
                 tracing::debug!(resource = %crate::etf::summary(&lock.resource), holder = %pid_text(&pid), "global: lock holder gone; released");
                 if lock.holders.is_empty() {
                     st.locks.remove(&k);
                 }
+                st.holders -= 1;
             }
-            st.holders -= 1;
-            return;
-        }
-        let name_key = st
-            .names
-            .iter()
-            .find(|(_, e)| e.monitor.as_ref() == Some(reference))
-            .map(|(k, _)| k.clone());
-        if let Some(k) = name_key {
-            st.names.remove(&k);
-            drop(st);
-            self.global.changed.notify_one();
+            Some(Watched::Name(k))
+                if st
+                    .names
+                    .get(&k)
+                    .is_some_and(|e| e.monitor.as_ref() == Some(reference)) =>
+            {
+                st.names.remove(&k);
+                drop(st);
+                self.global.changed.notify_one();
+            }
+            Some(Watched::Name(_)) | None => {}
         }
     }
 
