@@ -394,3 +394,40 @@ TestWait.until(fn -> not (kv in Node.list()) end, 30_000)
     );
     drop(a);
 }
+
+/// The visible-only flags are refused without `--visible`, and malformed values with a clear
+/// error.
+#[test]
+fn visible_flags_are_checked() {
+    let err = kvnode_refuses(&["--global-name", "kv_store"]);
+    assert!(err.contains("--visible"), "{err}");
+    let err = kvnode_refuses(&["--pg", "kvscope:kvgroup"]);
+    assert!(err.contains("--visible"), "{err}");
+    let err = kvnode_refuses(&["--visible", "--pg", "no_colon"]);
+    assert!(err.contains("SCOPE:GROUP"), "{err}");
+    let err = kvnode_refuses(&["--visible", "--pg", ":group"]);
+    assert!(err.contains("scope"), "{err}");
+    let long = "a".repeat(256);
+    let err = kvnode_refuses(&["--visible", "--global-name", &long]);
+    assert!(err.contains("1 to 255"), "{err}");
+}
+
+/// `--max-global-names` bounds kvnode's copy of the name table: registrations beyond it are
+/// still answered (the BEAM node's `register_name` returns `:yes` at once) but not kept.
+#[test]
+fn global_names_are_bounded() {
+    let (_epmd_guard, epmd) = start_epmd();
+    let kv = visible_kv(&unique("vis_kv"), epmd, &["--max-global-names", "3"]);
+    let script = r#"
+kv = String.to_atom(System.get_env("KV_NODE"))
+true = Node.connect(kv)
+:ok = :global.sync()
+for i <- 1..10 do
+  p = spawn(fn -> receive do _ -> :ok end end)
+  :yes = :global.register_name({:bounded, i}, p)
+end
+10 = length(for {:bounded, _} = n <- :global.registered_names(), do: n)
+"#;
+    elixir(&kv, &unique("vis_c"), "vis", script);
+    kv.wait_log("too many names", Duration::from_secs(30));
+}
