@@ -58,7 +58,8 @@
 //! ```
 //!
 //! The node registers with the EPMD on port 4369, and serves EPMD itself when none runs
-//! there ([`NodeBuilder::embedded_epmd`]). Peers see it as a hidden node.
+//! there ([`NodeBuilder::embedded_epmd`]). Peers see it as a hidden node unless
+//! [`NodeBuilder::visible`] makes it a visible one (then it takes part in `:global` and `:pg`).
 //!
 //! # What is here
 //! - [`NodeBuilder`] starts a [`Node`] (name, cookie, listener, EPMD, TLS, [`Limits`]);
