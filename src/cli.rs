@@ -134,6 +134,32 @@ pub struct Cli {
     #[arg(long, env = "KVNODE_METRICS_ADDR", value_name = "ADDR:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
+    /// Run as a visible node: advertise DFLAG_PUBLISHED so BEAM peers list kvnode in
+    /// `Node.list()`, report it to `:net_kernel.monitor_nodes/1` and run `:global` (kvnode
+    /// serves `global_name_server`, a full protocol-8 member: locks, names, sync) and `:pg`
+    /// with it. Hidden (the default) costs peers nothing; visible adds a few messages per
+    /// connection and makes kvnode take part in every global lock and registration.
+    #[arg(long)]
+    pub visible: bool,
+
+    /// Register the KV server under this `:global` name (an atom), so
+    /// `GenServer.call({:global, NAME}, req)` reaches it from any node of the cluster
+    /// (e.g. `--global-name kv_store`). Needs --visible.
+    #[arg(long, value_name = "ATOM", requires = "visible", value_parser = parse_atom)]
+    pub global_name: Option<String>,
+
+    /// Most `:global` names a visible kvnode keeps in its copy of the cluster's name table
+    /// (each costs about 200 bytes plus the name, pid and resolve method); a registration
+    /// beyond it is answered but not kept, with a warning (e.g. `--max-global-names 1000000`).
+    #[arg(long, default_value_t = crate::node::services::global::DEFAULT_MAX_GLOBAL_NAMES, value_name = "N")]
+    pub max_global_names: usize,
+
+    /// Join the KV server to `:pg` group GROUP of scope SCOPE (atoms); repeatable. kvnode
+    /// serves the scope under its name, so `:pg.get_members(SCOPE, GROUP)` on nodes running
+    /// that scope lists the KV server (e.g. `--pg kvscope:kvgroup`). Needs --visible.
+    #[arg(long = "pg", value_name = "SCOPE:GROUP", requires = "visible", value_parser = parse_pg_group)]
+    pub pg: Vec<(String, String)>,
+
     /// Most terms (list elements, tuple elements, map keys and values, atoms, ...) in one
     /// message from a peer; more closes only that peer's connection. Bounds the memory one
     /// decoded message takes: each term costs ~56 bytes once decoded, so a 128 MiB message
@@ -511,6 +537,27 @@ pub enum CliError {
     Tls(#[from] crate::node::transport::tls::TlsError),
 }
 
+/// Parses an atom flag: 1 to 255 characters.
+fn parse_atom(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.chars().count() > 255 {
+        return Err("must be an atom of 1 to 255 characters".into());
+    }
+    Ok(value.to_owned())
+}
+
+/// Parses `--pg SCOPE:GROUP`: two non-empty atoms of at most 255 characters.
+fn parse_pg_group(value: &str) -> Result<(String, String), String> {
+    let (scope, group) = value
+        .split_once(':')
+        .ok_or_else(|| format!("{value:?} is not SCOPE:GROUP"))?;
+    for (what, atom) in [("scope", scope), ("group", group)] {
+        if atom.is_empty() || atom.chars().count() > 255 {
+            return Err(format!("the {what} must be an atom of 1 to 255 characters"));
+        }
+    }
+    Ok((scope.to_owned(), group.to_owned()))
+}
+
 impl Cli {
     /// Resolves the flags (and the environment) into the node's and the KV app's settings.
     pub fn into_settings(self) -> Result<Settings, CliError> {
@@ -526,6 +573,10 @@ impl Cli {
         config.net_ticktime = Duration::from_secs(self.net_ticktime.max(4));
         config.ready_file = self.ready_file;
         config.metrics_addr = self.metrics_addr;
+        config.visible = self.visible;
+        config.global_name = self.global_name;
+        config.pg_groups = self.pg;
+        config.max_global_names = self.max_global_names.max(1);
         config.max_connections = self.max_connections.max(1);
         config.max_terms_per_message = self.max_terms_per_message.max(1);
         // Admission (issue 10).

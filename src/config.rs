@@ -69,6 +69,19 @@ pub struct Config {
     /// `--metrics-addr`: where the HTTP endpoint serving `/metrics` (Prometheus),
     /// `/healthz` and `/readyz` listens; None (the default) serves none.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `--visible`: advertise DFLAG_PUBLISHED (and register with EPMD as a normal node), so
+    /// BEAM peers list the node in `nodes()` and run `global` and `pg` with it. The node
+    /// then serves `global_name_server` (a protocol-8 `global` member). False (the default):
+    /// a hidden node, as before.
+    pub visible: bool,
+    /// `--global-name NAME`: register the app's server (the KV store) under this `global`
+    /// name (an atom) once the node is visible. Needs `visible`.
+    pub global_name: Option<String>,
+    /// `--pg SCOPE:GROUP` (repeatable): join the app's server to `pg` group GROUP of scope
+    /// SCOPE (both atoms). Needs `visible`.
+    pub pg_groups: Vec<(String, String)>,
+    /// `--max-global-names`: most `global` names a visible node keeps.
+    pub max_global_names: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -98,6 +111,10 @@ impl std::fmt::Debug for Config {
             .field("max_mailbox_bytes", &self.max_mailbox_bytes)
             .field("ready_file", &self.ready_file)
             .field("metrics_addr", &self.metrics_addr)
+            .field("visible", &self.visible)
+            .field("global_name", &self.global_name)
+            .field("pg_groups", &self.pg_groups)
+            .field("max_global_names", &self.max_global_names)
             .finish()
     }
 }
@@ -155,6 +172,10 @@ impl Config {
             max_mailbox_bytes: crate::node::gen_server::DEFAULT_MAX_MAILBOX_BYTES,
             ready_file: None,
             metrics_addr: None,
+            visible: false,
+            global_name: None,
+            pg_groups: Vec::new(),
+            max_global_names: crate::node::services::global::DEFAULT_MAX_GLOBAL_NAMES,
         }
     }
 

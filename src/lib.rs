@@ -58,7 +58,8 @@
 //! ```
 //!
 //! The node registers with the EPMD on port 4369, and serves EPMD itself when none runs
-//! there ([`NodeBuilder::embedded_epmd`]). Peers see it as a hidden node.
+//! there ([`NodeBuilder::embedded_epmd`]). Peers see it as a hidden node unless
+//! [`NodeBuilder::visible`] makes it a visible one (then it takes part in `:global` and `:pg`).
 //!
 //! # What is here
 //! - [`NodeBuilder`] starts a [`Node`] (name, cookie, listener, EPMD, TLS, [`Limits`]);
@@ -351,6 +352,30 @@ pub async fn run(
     if let Err(error) = kv::start_recovered(registered.node(), &kv_config, recovered) {
         registered.serve().stop().await;
         return Err(error.into());
+    }
+    // A visible node: the KV server's global name and pg groups (--global-name, --pg).
+    if let Some(kv_pid) = registered
+        .node()
+        .whereis(&kv_config.process_name)
+        .map(|mb| mb.pid)
+    {
+        let cfg = registered.node().config().clone();
+        if let (Some(global), Some(name)) = (registered.global(), &cfg.global_name) {
+            node::services::global::register(global, name, kv_pid.clone());
+        }
+        let mut scopes: Vec<(String, Vec<String>)> = Vec::new();
+        for (scope, group) in &cfg.pg_groups {
+            match scopes.iter_mut().find(|(s, _)| s == scope) {
+                Some((_, groups)) if !groups.contains(group) => groups.push(group.clone()),
+                Some(_) => {}
+                None => scopes.push((scope.clone(), vec![group.clone()])),
+            }
+        }
+        if cfg.visible {
+            for (scope, groups) in scopes {
+                node::services::pg::start_scope(registered.node(), &scope, groups, kv_pid.clone());
+            }
+        }
     }
     let node = registered.serve();
     let tls = match &node.config().tls {

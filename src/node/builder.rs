@@ -117,6 +117,8 @@ pub struct Limits {
     pub max_monitors_per_peer: usize,
     /// Backpressure bound of a process's mailbox, in wire bytes (`--max-mailbox-bytes`).
     pub max_mailbox_bytes: usize,
+    /// Most `global` names a visible node keeps (`--max-global-names`).
+    pub max_global_names: usize,
 }
 
 impl Default for Limits {
@@ -138,6 +140,7 @@ impl Limits {
             max_dials: c.max_dials,
             max_monitors_per_peer: c.max_monitors_per_peer,
             max_mailbox_bytes: c.max_mailbox_bytes,
+            max_global_names: c.max_global_names,
         }
     }
 
@@ -152,6 +155,7 @@ impl Limits {
         c.max_dials = self.max_dials;
         c.max_monitors_per_peer = self.max_monitors_per_peer;
         c.max_mailbox_bytes = self.max_mailbox_bytes;
+        c.max_global_names = self.max_global_names;
     }
 }
 
@@ -354,6 +358,22 @@ impl NodeBuilder {
         self
     }
 
+    /// Runs the node as a visible node (default false: hidden). A visible node advertises
+    /// DFLAG_PUBLISHED and registers with EPMD as a normal node: BEAM peers list it in
+    /// `Node.list()` / `nodes()`, report it to `:net_kernel.monitor_nodes/1`, and run `:global`
+    /// and `:pg` with it. The node then serves `global_name_server`, a full member of OTP's
+    /// `global` (protocol 8): it answers the handshake, takes part in every global lock and
+    /// registration, and keeps the cluster's name table, so `:global.sync()` returns on BEAM
+    /// peers. A hidden node costs peers nothing of this.
+    ///
+    /// ```
+    /// let builder = kvnode::NodeBuilder::new("app@127.0.0.1").visible(true);
+    /// ```
+    pub fn visible(mut self, visible: bool) -> Self {
+        self.config.visible = visible;
+        self
+    }
+
     /// Checks the settings and loads the TLS files, without binding anything.
     fn into_config(self) -> Result<Config, StartError> {
         let mut config = self.config;
@@ -403,7 +423,7 @@ fn check(c: &Config) -> Result<(), StartError> {
     if c.cookie.is_empty() {
         return Err(StartError::EmptyCookie);
     }
-    let positive: [(&'static str, usize); 9] = [
+    let positive: [(&'static str, usize); 10] = [
         ("max_message_size", c.max_message_size),
         ("max_terms_per_message", c.max_terms_per_message),
         ("max_connections", c.max_connections),
@@ -412,6 +432,7 @@ fn check(c: &Config) -> Result<(), StartError> {
         ("max_dials", c.max_dials),
         ("max_monitors_per_peer", c.max_monitors_per_peer),
         ("max_mailbox_bytes", c.max_mailbox_bytes),
+        ("max_global_names", c.max_global_names),
         ("threads", c.threads),
     ];
     for (setting, value) in positive {
@@ -501,7 +522,7 @@ impl Bound {
                 config.epmd_port,
                 config.alive_name(),
                 config.dist_port,
-                true,
+                !config.visible,
                 config.embedded_epmd,
                 shutdown.clone(),
                 &tracker,
@@ -545,10 +566,17 @@ impl Bound {
             Some(crate::node::services::rex::NAME),
             crate::node::services::rex::Rex,
         );
+        // A visible node takes part in `global` (a hidden one never hears from it).
+        let global = if node.config().visible {
+            crate::node::services::global::start(&node)
+        } else {
+            None
+        };
         Ok(Registered {
             node,
             listener: self.listener,
             epmd,
+            global,
         })
     }
 }
@@ -559,6 +587,7 @@ pub struct Registered {
     node: Node,
     listener: TcpListener,
     epmd: crate::epmd::EpmdHandle,
+    global: Option<crate::node::services::global::Global>,
 }
 
 impl Registered {
@@ -570,6 +599,11 @@ impl Registered {
     /// The EPMD registration (mode, creation).
     pub fn epmd(&self) -> &crate::epmd::EpmdHandle {
         &self.epmd
+    }
+
+    /// The node's `global` server (a visible node only).
+    pub fn global(&self) -> Option<&crate::node::services::global::Global> {
+        self.global.as_ref()
     }
 
     /// Stage 3: starts accepting peers.

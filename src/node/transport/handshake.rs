@@ -39,18 +39,26 @@ const FLAG_NAMES: &[(u64, &str)] = &[
     (0x40000, "BIG_CREATION"),
 ];
 
-/// The flags kvnode advertises.
+/// `DFLAG_PUBLISHED`: advertised only by a visible node (`--visible`); a connection is
+/// visible when both sides set it (BEAM nodes then list the peer in `nodes()` and run
+/// `global`/`pg` with it).
+pub const FLAG_PUBLISHED: u64 = 0x1;
+
+/// The flags kvnode advertises as a hidden node (the default); a visible node adds
+/// `FLAG_PUBLISHED` (`DFLAG_PUBLISHED`, 0x1).
 pub fn local_flags() -> DistributionFlags {
     DistributionFlags::from_bits_truncate(BASE_FLAGS | FLAG_SPAWN | FLAG_ALTACT_SIG)
 }
 
-/// Expands a peer's MANDATORY_25_DIGEST as `dist_util` does and intersects with ours.
+/// Expands a peer's MANDATORY_25_DIGEST as `dist_util` does and intersects with ours. The
+/// peer's [`FLAG_PUBLISHED`] is kept as it sent it (it says whether the peer is visible, not
+/// something both sides must support).
 pub fn negotiated(peer: DistributionFlags) -> DistributionFlags {
     let mut bits = peer.bits();
     if bits & FLAG_MANDATORY_25_DIGEST != 0 {
         bits |= MANDATORY_25;
     }
-    DistributionFlags::from_bits_truncate(bits & local_flags().bits())
+    DistributionFlags::from_bits_truncate(bits & (local_flags().bits() | FLAG_PUBLISHED))
 }
 
 /// The most characters of a name claimed by a peer that has not authenticated that go into
@@ -368,9 +376,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FlagGate<S> {
     }
 }
 
-fn local_node(name: &NodeName, creation: u32) -> LocalNode {
+fn local_node(name: &NodeName, creation: u32, published: bool) -> LocalNode {
     let mut node = LocalNode::new(name.clone(), Creation::new(creation));
     node.flags = local_flags();
+    if published {
+        node.flags |= DistributionFlags::from_bits_truncate(FLAG_PUBLISHED);
+    }
     node
 }
 
@@ -384,7 +395,17 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     timeout: Duration,
     decide: impl FnOnce(&NodeName) -> HandshakeStatus,
 ) -> Result<(S, PeerNode), Error> {
-    accept_with(stream, name, creation, cookie, timeout, decide, |_| false).await
+    accept_with(
+        stream,
+        name,
+        creation,
+        cookie,
+        timeout,
+        decide,
+        |_| false,
+        false,
+    )
+    .await
 }
 
 /// Accepts a handshake. `decide` gets the peer's name and says what to answer; `in_use`
@@ -400,7 +421,8 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
 /// host it sent, a random creation, status `named:` (see [`random_dynamic_name`]).
 ///
 /// Generic over the stream (kvnode passes a `TcpStream`) so the fuzzer can drive it over an
-/// in-memory `tokio::io::duplex`.
+/// in-memory `tokio::io::duplex`. `published`: advertise [`FLAG_PUBLISHED`] (a visible node).
+#[allow(clippy::too_many_arguments)]
 pub async fn accept_with<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     name: &NodeName,
@@ -409,12 +431,14 @@ pub async fn accept_with<S: AsyncRead + AsyncWrite + Unpin>(
     timeout: Duration,
     decide: impl FnOnce(&NodeName) -> HandshakeStatus,
     in_use: impl Fn(&str) -> bool,
+    published: bool,
 ) -> Result<(S, PeerNode), Error> {
     let work = async {
         // The send_name is the peer's first message.
         let gate = FlagGate::new(stream, 0, false);
         let seen = gate.seen.clone();
-        let mut hs = ServerSideHandshake::new(gate.compat(), local_node(name, creation), cookie);
+        let mut hs =
+            ServerSideHandshake::new(gate.compat(), local_node(name, creation, published), cookie);
         let peer_name = hs.execute_recv_name().await?;
         // erl_dist has read the send_name whole: its flags are known.
         if let Some(missing) = seen.missing() {
@@ -525,11 +549,24 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     cookie: &str,
     timeout: Duration,
 ) -> Result<(S, PeerNode), Error> {
+    connect_with(stream, name, creation, cookie, timeout, false).await
+}
+
+/// [`connect`], advertising [`FLAG_PUBLISHED`] when `published` (a visible node).
+pub async fn connect_with<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    name: &NodeName,
+    creation: u32,
+    cookie: &str,
+    timeout: Duration,
+    published: bool,
+) -> Result<(S, PeerNode), Error> {
     let work = async {
         // The challenge is the peer's second message, after the status.
         let gate = FlagGate::new(stream, 1, true);
         let seen = gate.seen.clone();
-        let mut hs = ClientSideHandshake::new(gate.compat(), local_node(name, creation), cookie);
+        let mut hs =
+            ClientSideHandshake::new(gate.compat(), local_node(name, creation, published), cookie);
         let status = hs.execute_send_name(6).await?;
         match status {
             HandshakeStatus::Ok | HandshakeStatus::OkSimultaneous => {}
@@ -621,12 +658,13 @@ mod tests {
                 Duration::from_secs(5),
                 |_| HandshakeStatus::Ok,
                 in_use,
+                false,
             )
             .await
             .map(|(_, peer)| peer)
         };
         let client = async {
-            let mut local = local_node(&"nonode@localhost".parse().expect("name"), 0);
+            let mut local = local_node(&"nonode@localhost".parse().expect("name"), 0, false);
             local.flags |= DistributionFlags::NAME_ME;
             let mut hs = ClientSideHandshake::new(theirs.compat(), local, "c");
             let status = hs.execute_send_name(6).await.expect("a status");
@@ -700,7 +738,7 @@ mod tests {
             .await
             .map(|_| ())
         });
-        let mut peer = local_node(&"old@127.0.0.1".parse().expect("name"), 2);
+        let mut peer = local_node(&"old@127.0.0.1".parse().expect("name"), 2, false);
         peer.flags = DistributionFlags::from_bits_truncate((BASE_FLAGS | FLAG_SPAWN) & !0x40000);
         let mut hs = ClientSideHandshake::new(theirs.compat(), peer, "c");
         let status = hs.execute_send_name(6).await.expect("a status");

@@ -250,12 +250,13 @@ async fn try_dial(
         .map_err(|_| DialError::BadName(cfg.node_name.clone()))?;
     let (stream, peer_node) = match &cfg.tls {
         None => {
-            let (stream, peer_node) = handshake::connect(
+            let (stream, peer_node) = handshake::connect_with(
                 stream,
                 &local,
                 node.creation(),
                 &cfg.cookie,
                 cfg.handshake_timeout,
+                cfg.visible,
             )
             .await?;
             (Established::Plain(stream), peer_node)
@@ -272,12 +273,13 @@ async fn try_dial(
                     ))
                 })?
                 .map_err(tls_err)?;
-            let (stream, peer_node) = handshake::connect(
+            let (stream, peer_node) = handshake::connect_with(
                 tls::Packet4::new(stream),
                 &local,
                 node.creation(),
                 &cfg.cookie,
                 remaining(deadline),
+                cfg.visible,
             )
             .await?;
             (
@@ -543,6 +545,7 @@ async fn handshake_in(
             cfg.handshake_timeout,
             decide,
             in_use,
+            cfg.visible,
         )
         .await
         .map(|(stream, peer_node)| (Established::Plain(stream), peer_node)),
@@ -588,6 +591,7 @@ async fn handshake_in(
                 remaining(deadline),
                 decide,
                 in_use,
+                cfg.visible,
             )
             .await
             .map(|(stream, peer_node)| {

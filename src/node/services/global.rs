@@ -1,0 +1,1242 @@
+//! `global_name_server`: kvnode as a member of OTP's `global` (protocol 8, as OTP 25, 27 and 29
+//! speak it), run only on a visible node (`--visible`). Without it, `:global.sync()` on a BEAM
+//! node connected to a visible kvnode would block forever and `:global` registrations would
+//! stall (every `global` lock and registration is taken on every known node).
+//!
+//! What kvnode does, as `global.erl` does it (see /work/shared/VISIBLE-NODE.md §2):
+//! - **Connection handshake.** On nodeup of a visible peer not yet known, kvnode casts
+//!   `{init_connect, {8, MyTag}, Me, {locker, no_longer_a_pid, #{}, MyPid}}` and takes part as a
+//!   passive locker: it grants the peer's `set_lock`, answers its `lock_set` with its own
+//!   `lock_set` and `exchange` (kvnode's names), answers the peer's `exchange` with `resolved`
+//!   (name clashes resolved as `exchange_names/4` does), and once both sides' `resolved` are in,
+//!   applies the name operations, tells its known nodes with `new_nodes` and adds the peer (and
+//!   the nodes it knows) to its known set. A peer that already knows kvnode (it learned it from
+//!   another node) gets `{in_sync, Me, true}` instead, as OTP's `sync_other/2` sends it.
+//! - **Locks** (`{set_lock, {ResourceId, ReqId}}`, `{del_lock, ...}`): real mutual exclusion, a
+//!   lock is held by pids of one requester id at a time; a holder that exits or whose node goes
+//!   down releases it (monitors).
+//! - **Names** (`{register, ...}`, `{register_ext, ...}`, `{unregister, ...}`, the ops of
+//!   `resolved`/`new_nodes`): a table of every global name with its pid and resolve method (kept
+//!   as the term that came, closures included, and sent back unchanged in `exchange`). A name
+//!   goes when its pid exits or its node goes down (monitors).
+//! - `cancel_connect` restarts the handshake; prevent_overlapping_partitions as OTP's `global`:
+//!   `remove_connection` closes the link to its sender, and `lost_connection` (NodeA lost
+//!   NodeB) makes kvnode ask the node now in another partition to disconnect.
+//! - [`register`]: a name for a local process, registered as `global:register_name/2` does it:
+//!   `set_lock {global, RegPid}` on every known node (the boss first), `register` on each,
+//!   `del_lock`; retried with a random sleep when a lock is refused, and again whenever the
+//!   name is free again.
+//!
+//! Name clashes: where kvnode resolves (its node name is the smaller one) and the clashing name
+//! is held by a kvnode process, it runs `global:random_exit_name/3` (the only method kvnode
+//! registers with): the pid on the node with the smaller name keeps the name and the other one
+//! gets `exit(Pid, kill)`. A name kvnode's process loses is dropped from the table and logged;
+//! kvnode's processes ignore the kill (built-in processes trap exits), so the KV server keeps
+//! serving under its local name. Everything a peer can make kvnode hold is bounded:
+//! `--max-global-names` ([`DEFAULT_MAX_GLOBAL_NAMES`]), [`MAX_GLOBAL_LOCK_HOLDERS`],
+//! [`MAX_KNOWN_NODES`].
+
+use crate::node::process::{Dest, Process, Received};
+use crate::node::{Node, NodeEvent};
+use erl_dist::message::Message;
+use erl_dist::term::{Atom, ExternalFun, FixInteger, List, Map, Pid, Reference, Term, Tuple};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// The registered name of the `global` server on every node.
+pub const NAME: &str = "global_name_server";
+
+/// The `global` protocol version kvnode speaks (OTP 25, 27 and 29 all speak 8).
+pub const PROTOCOL_VERSION: i32 = 8;
+
+/// Default `--max-global-names`: most `global` names kvnode keeps (names registered anywhere
+/// in the cluster, kvnode's included). A registration beyond it is answered (`yes`, so the
+/// registering node does not stall) but not kept, with a warning: the name is then unknown to
+/// kvnode only.
+pub const DEFAULT_MAX_GLOBAL_NAMES: usize = 100_000;
+
+/// Most lock holders (a pid holding a resource; one lock may have several holders with the same
+/// requester id) kvnode keeps. A `set_lock` beyond it is refused (`false`): the requester
+/// retries, as it does for a lock held by another requester.
+pub const MAX_GLOBAL_LOCK_HOLDERS: usize = 100_000;
+
+/// Most nodes kvnode keeps in its known set (learned from `resolved`, `new_nodes`, `in_sync`
+/// and its own handshakes). Nodes beyond it are not learned (logged).
+pub const MAX_KNOWN_NODES: usize = 10_000;
+
+/// How long one call of kvnode's registrar (`set_lock`, `register`, `del_lock` on a node) may
+/// take before the attempt counts as failed and is retried. OTP waits forever; a node that
+/// does not answer within this is treated as one that refused the lock.
+pub const REGISTER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often kvnode's registrar tries to register a name before it waits for the next change
+/// (a node joining or leaving, a name going away).
+pub const REGISTER_ATTEMPTS: u32 = 20;
+
+/// The most one retry of the registrar sleeps (a random time up to this, growing with the
+/// attempts, as `global:random_sleep/1`).
+pub const REGISTER_MAX_SLEEP: Duration = Duration::from_secs(4);
+
+fn atom(name: &str) -> Term {
+    Atom::from(name).into()
+}
+
+fn tuple(elements: Vec<Term>) -> Term {
+    Tuple::from(elements).into()
+}
+
+fn list(elements: Vec<Term>) -> Term {
+    List::from(elements).into()
+}
+
+fn elements(term: &Term) -> Option<&[Term]> {
+    match term {
+        Term::Tuple(t) => Some(t.elements.as_slice()),
+        _ => None,
+    }
+}
+
+fn atom_name(term: &Term) -> Option<&str> {
+    match term {
+        Term::Atom(a) => Some(a.name.as_str()),
+        _ => None,
+    }
+}
+
+fn is_atom(term: &Term, name: &str) -> bool {
+    atom_name(term) == Some(name)
+}
+
+/// The elements of a proper list (`[]` included); None for anything else.
+fn list_items(term: &Term) -> Option<&[Term]> {
+    match term {
+        Term::List(l) => Some(l.elements.as_slice()),
+        _ => None,
+    }
+}
+
+/// A term as a table key: its external format. Equal terms have equal keys (kvnode's encoder is
+/// deterministic); a term it cannot encode has none.
+fn key(term: &Term) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    crate::etf::encode::encode(term, &mut out).ok()?;
+    Some(out)
+}
+
+/// `fun global:random_exit_name/3`, the method kvnode registers its names with.
+fn random_exit_name() -> Term {
+    ExternalFun::from(("global", "random_exit_name", 3)).into()
+}
+
+/// A pid for a log line: its node's name bounded and escaped (`crate::etf::text::name`).
+fn pid_text(pid: &Pid) -> String {
+    format!(
+        "<{}.{}.{}>",
+        crate::etf::text::name(&pid.node.name),
+        pid.id,
+        pid.serial
+    )
+}
+
+/// A registered name.
+struct NameEntry {
+    name: Term,
+    pid: Pid,
+    method: Term,
+    monitor: Option<Reference>,
+}
+
+/// A lock: the requester id and its holders with their monitors.
+struct Lock {
+    resource: Term,
+    req_id: Term,
+    holders: Vec<(Pid, Reference)>,
+}
+
+/// A handshake in progress with one peer.
+#[derive(Default)]
+struct Session {
+    my_tag: i32,
+    his_tag: Option<Term>,
+    /// Our `lock_set` and `exchange` went (once per tag).
+    exchanged: bool,
+    /// Our ops from `exchange_names`, once we answered the peer's `exchange`.
+    ops: Option<Vec<Term>>,
+    /// The peer's `resolved`: its ops for us and the nodes it knows.
+    his: Option<(Vec<Term>, Vec<Term>)>,
+    /// The lock id the peer's locker took on us (`{global, [Lockers]}`), for `new_nodes`.
+    lock_id: Option<Term>,
+}
+
+/// What the server and the registrar share.
+#[derive(Default)]
+struct State {
+    known: BTreeSet<String>,
+    synced: BTreeSet<String>,
+    sessions: HashMap<String, Session>,
+    names: HashMap<Vec<u8>, NameEntry>,
+    locks: HashMap<Vec<u8>, Lock>,
+    holders: usize,
+    /// Our registrations: name key -> (name, pid).
+    wanted: HashMap<Vec<u8>, (Term, Pid)>,
+    /// What each of our monitors watches (a DOWN finds its lock or name at once).
+    watched: HashMap<Reference, Watched>,
+}
+
+/// What a monitor of the server watches.
+enum Watched {
+    /// A holder of the lock with this resource key.
+    Lock(Vec<u8>),
+    /// The owner of the name with this key.
+    Name(Vec<u8>),
+}
+
+/// The running `global` server of a node (see [`start`]).
+#[derive(Clone)]
+pub struct Global {
+    state: Arc<Mutex<State>>,
+    /// Poked whenever the registrar may have work (a node synced, a name gone).
+    changed: Arc<Notify>,
+}
+
+impl Global {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Starts `global_name_server` on `node` (a visible node). Returns None when the name is taken.
+pub fn start(node: &Node) -> Option<Global> {
+    let process = match node.process(Some(NAME)) {
+        Ok(p) => p,
+        Err(error) => {
+            tracing::warn!(%error, "global: cannot start global_name_server");
+            return None;
+        }
+    };
+    let registrar = match node.process(None) {
+        Ok(p) => p,
+        Err(error) => {
+            tracing::warn!(%error, "global: cannot start the registrar");
+            return None;
+        }
+    };
+    let global = Global {
+        state: Arc::new(Mutex::new(State::default())),
+        changed: Arc::new(Notify::new()),
+    };
+    let events = node.monitor_nodes();
+    let server = Server {
+        node: node.clone(),
+        me: node.name().name.clone(),
+        process,
+        global: global.clone(),
+    };
+    let shutdown = node.shutdown_token().clone();
+    let tracker = node.tracker().clone();
+    tracker.spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = server.run(events) => {}
+            }
+        }
+    });
+    let reg = Registrar {
+        me: node.name().name.clone(),
+        process: registrar,
+        global: global.clone(),
+    };
+    tracker.spawn(async move {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = reg.run() => {}
+        }
+    });
+    Some(global)
+}
+
+/// Registers `pid` (a local process) under the global name `name` (an atom), now and whenever
+/// the name is free again while kvnode runs (as `global:register_name/2`, over every node
+/// kvnode knows).
+pub fn register(global: &Global, name: &str, pid: Pid) {
+    let name: Term = atom(name);
+    let Some(k) = key(&name) else { return };
+    global.lock().wanted.insert(k, (name, pid));
+    global.changed.notify_one();
+}
+
+struct Server {
+    node: Node,
+    me: String,
+    process: Process,
+    global: Global,
+}
+
+impl Server {
+    async fn run(self, mut events: crate::node::NodeEvents) {
+        // Peers connected before the subscription (none on a fresh node; kept for safety).
+        self.resync();
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(NodeEvent::Up(peer)) => self.node_up(&peer),
+                    Some(NodeEvent::Down(peer)) => self.node_down(&peer),
+                    Some(NodeEvent::Lagged(n)) => {
+                        tracing::warn!(missed = n, "global: missed node events; resynchronising");
+                        self.resync();
+                    }
+                    None => return,
+                },
+                item = self.process.recv() => self.handle(item),
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.global.lock()
+    }
+
+    fn me_term(&self) -> Term {
+        atom(&self.me)
+    }
+
+    fn self_pid(&self) -> Term {
+        self.process.pid().clone().into()
+    }
+
+    /// Whether `peer` is connected and visible (both sides PUBLISHED).
+    fn visible(&self, peer: &str) -> bool {
+        self.node
+            .peer_flags(peer)
+            .is_some_and(|f| f.bits() & crate::node::transport::handshake::FLAG_PUBLISHED != 0)
+    }
+
+    fn cast(&self, peer: &str, request: Term) {
+        self.process.cast((NAME, peer), request);
+    }
+
+    /// Brings the sessions in line with the connections (after missed node events).
+    fn resync(&self) {
+        let connected: BTreeSet<String> = self.node.manager().connected().into_iter().collect();
+        let stale: Vec<String> = {
+            let st = self.lock();
+            st.known
+                .iter()
+                .chain(st.sessions.keys())
+                .filter(|n| !connected.contains(*n))
+                .cloned()
+                .collect()
+        };
+        for peer in stale {
+            self.node_down(&peer);
+        }
+        for peer in connected {
+            let tracked = {
+                let st = self.lock();
+                st.known.contains(&peer) || st.sessions.contains_key(&peer)
+            };
+            if !tracked {
+                self.node_up(&peer);
+            }
+        }
+    }
+
+    fn node_up(&self, peer: &str) {
+        if !self.visible(peer) {
+            return;
+        }
+        let known = self.lock().known.contains(peer);
+        if known {
+            // It learned of us (or we of it) through another node: OTP's sync_other/2.
+            self.cast(
+                peer,
+                tuple(vec![atom("in_sync"), self.me_term(), atom("true")]),
+            );
+            return;
+        }
+        if self.lock().sessions.contains_key(peer) {
+            return; // its init_connect came first and started the session
+        }
+        self.start_session(peer);
+    }
+
+    fn start_session(&self, peer: &str) {
+        let my_tag = rand::random_range(1..i32::MAX);
+        self.lock().sessions.insert(
+            peer.to_owned(),
+            Session {
+                my_tag,
+                ..Session::default()
+            },
+        );
+        tracing::debug!(%peer, my_tag, "global: init_connect");
+        let locker = tuple(vec![
+            atom("locker"),
+            atom("no_longer_a_pid"),
+            Map::from(HashMap::<Term, Term>::new()).into(),
+            self.self_pid(),
+        ]);
+        self.cast(
+            peer,
+            tuple(vec![
+                atom("init_connect"),
+                tuple(vec![
+                    FixInteger::from(PROTOCOL_VERSION).into(),
+                    FixInteger::from(my_tag).into(),
+                ]),
+                self.me_term(),
+                locker,
+            ]),
+        );
+    }
+
+    fn node_down(&self, peer: &str) {
+        let mut st = self.lock();
+        st.sessions.remove(peer);
+        let was_known = st.known.remove(peer);
+        st.synced.remove(peer);
+        drop(st);
+        if was_known {
+            tracing::debug!(%peer, "global: node down");
+        }
+        // Its names and locks go with the monitors' DOWN (noconnection).
+        self.global.changed.notify_one();
+    }
+
+    fn handle(&self, item: Received) {
+        match item {
+            Received::Message(message) => self.message(message),
+            Received::Down { reference, .. } => self.down(&reference),
+            _ => {}
+        }
+    }
+
+    fn message(&self, message: Term) {
+        let Some(parts) = elements(&message) else {
+            tracing::debug!(message = %crate::etf::summary(&message), "global: message ignored");
+            return;
+        };
+        match parts {
+            [t, request] if is_atom(t, "$gen_cast") => self.handle_cast(request),
+            [t, from, request] if is_atom(t, "$gen_call") => {
+                let Some([Term::Pid(pid), tag]) = elements(from) else {
+                    tracing::debug!("global: call with a bad From ignored");
+                    return;
+                };
+                if let Some(reply) = self.handle_call(pid, request) {
+                    let reply = tuple(vec![tag.clone(), reply]);
+                    self.process.send(pid.clone(), reply);
+                }
+            }
+            [t, Term::Atom(node), tag] if is_atom(t, "cancel_connect") => {
+                let restart = self
+                    .lock()
+                    .sessions
+                    .get(&node.name)
+                    .is_some_and(|s| Term::from(FixInteger::from(s.my_tag)) == *tag);
+                if restart && self.node.manager().is_up(&node.name) {
+                    tracing::debug!(peer = %crate::etf::text::name(&node.name), "global: cancel_connect: restarting the handshake");
+                    self.start_session(&node.name);
+                }
+            }
+            [t, Term::Atom(node_a), _xcre, _op_id, Term::Atom(node_b)]
+                if is_atom(t, "lost_connection") =>
+            {
+                self.lost_connection(&node_a.name, &node_b.name)
+            }
+            [t, Term::Atom(node)] if is_atom(t, "remove_connection") => {
+                // prevent_overlapping_partitions: the sender lost us from its partition and
+                // wants the link gone; as OTP's global, disconnect.
+                if self.node.manager().is_up(&node.name) {
+                    tracing::warn!(peer = %crate::etf::text::name(&node.name), "global: disconnecting as the peer asked (remove_connection, to prevent overlapping partitions)");
+                    self.node_down(&node.name);
+                    self.node.manager().close_peer(&node.name);
+                }
+            }
+            _ => {
+                tracing::debug!(message = %crate::etf::summary(&message), "global: message ignored")
+            }
+        }
+    }
+
+    /// `{lost_connection, NodeA, _, _, NodeB}` (prevent_overlapping_partitions): NodeA lost
+    /// its link to NodeB. As OTP's `global`, kvnode asks the node that is now in another
+    /// partition (NodeB, or NodeA when kvnode is NodeB) to disconnect (`remove_connection`)
+    /// and forgets it; the link goes when that node drops it. kvnode does not relay the
+    /// message (the BEAM nodes that got it do, to each other).
+    fn lost_connection(&self, node_a: &str, node_b: &str) {
+        let rm = if node_b == self.me { node_a } else { node_b };
+        let potentially_known = {
+            let st = self.lock();
+            st.known.contains(rm) || st.synced.contains(rm) || st.sessions.contains_key(rm)
+        };
+        if !potentially_known || !self.node.manager().is_up(rm) {
+            return;
+        }
+        tracing::warn!(
+            node = %crate::etf::text::name(rm),
+            reported_by = %crate::etf::text::name(node_a),
+            "global: requested disconnect from a node, to prevent overlapping partitions (lost_connection)"
+        );
+        self.process.send(
+            (NAME, rm),
+            tuple(vec![atom("remove_connection"), self.me_term()]),
+        );
+        self.node_down(rm);
+    }
+
+    fn handle_call(&self, from: &Pid, request: &Term) -> Option<Term> {
+        if is_atom(request, "get_protocol_version") {
+            return Some(FixInteger::from(PROTOCOL_VERSION).into());
+        }
+        if is_atom(request, "get_synced") {
+            let synced = self.lock().synced.iter().map(|n| atom(n)).collect();
+            return Some(list(synced));
+        }
+        if is_atom(request, "get_known") {
+            let known = self.lock().known.iter().map(|n| atom(n)).collect();
+            return Some(list(known));
+        }
+        let parts = elements(request)?;
+        match parts {
+            [t, id] if is_atom(t, "set_lock") => {
+                let granted = self.set_lock(id, from);
+                if let Some([resource, _]) = elements(id) {
+                    tracing::debug!(resource = %crate::etf::summary(resource), from = %pid_text(from), granted, "global: set_lock");
+                }
+                Some(atom(granted))
+            }
+            [t, id] if is_atom(t, "del_lock") => {
+                self.del_lock(id, from);
+                Some(atom("true"))
+            }
+            [t, name, Term::Pid(pid), method] if is_atom(t, "register") => {
+                self.register_call(name, pid, method, from);
+                Some(atom("yes"))
+            }
+            [t, name, Term::Pid(pid), method, _reg_node] if is_atom(t, "register_ext") => {
+                self.register_call(name, pid, method, from);
+                Some(atom("yes"))
+            }
+            [t, name] if is_atom(t, "unregister") => {
+                self.delete_name(name);
+                Some(atom("ok"))
+            }
+            _ => {
+                // OTP's global logs and does not answer either.
+                tracing::debug!(request = %crate::etf::summary(request), "global: unknown call ignored");
+                None
+            }
+        }
+    }
+
+    /// `handle_set_lock/3`: "true" or "false".
+    fn set_lock(&self, id: &Term, from: &Pid) -> &'static str {
+        let Some([resource, req_id]) = elements(id) else {
+            return "false";
+        };
+        let Some(k) = key(resource) else {
+            return "false";
+        };
+        let mut st = self.lock();
+        // The lock a peer's locker takes on us for a handshake: {global, [Lockers]} with our
+        // pid among them; `new_nodes` carries it.
+        if is_atom(resource, "global")
+            && list_items(req_id).is_some_and(|l| l.iter().any(|p| *p == self.self_pid()))
+            && let Some(s) = st.sessions.get_mut(&from.node.name)
+        {
+            s.lock_id = Some(id.clone());
+        }
+        match st.locks.get(&k) {
+            Some(lock) if lock.req_id != *req_id => return "false",
+            Some(lock) if lock.holders.iter().any(|(p, _)| p == from) => return "true",
+            _ => {}
+        }
+        if st.holders >= MAX_GLOBAL_LOCK_HOLDERS {
+            tracing::warn!(
+                limit = MAX_GLOBAL_LOCK_HOLDERS,
+                "global: too many lock holders; set_lock refused"
+            );
+            return "false";
+        }
+        let mref = self.process.monitor(from.clone());
+        st.holders += 1;
+        st.watched.insert(mref.clone(), Watched::Lock(k.clone()));
+        st.locks
+            .entry(k)
+            .or_insert_with(|| Lock {
+                resource: resource.clone(),
+                req_id: req_id.clone(),
+                holders: Vec::new(),
+            })
+            .holders
+            .push((from.clone(), mref));
+        "true"
+    }
+
+    fn del_lock(&self, id: &Term, from: &Pid) {
+        let Some([resource, req_id]) = elements(id) else {
+            return;
+        };
+        let Some(k) = key(resource) else { return };
+        let mut st = self.lock();
+        let Some(lock) = st.locks.get_mut(&k) else {
+            return;
+        };
+        if lock.req_id != *req_id {
+            return;
+        }
+        let mut removed = None;
+        if let Some(i) = lock.holders.iter().position(|(p, _)| p == from) {
+            removed = Some(lock.holders.swap_remove(i).1);
+        }
+        let empty = lock.holders.is_empty();
+        if empty {
+            st.locks.remove(&k);
+        }
+        if let Some(mref) = removed {
+            st.holders -= 1;
+            st.watched.remove(&mref);
+            drop(st);
+            self.process.demonitor(&mref);
+        }
+    }
+
+    /// `lock_still_set/3` for a pid: a name registration is kept only when its registrar
+    /// holds the global lock (or no global lock is set).
+    fn lock_still_set(&self, st: &State, from: &Pid) -> bool {
+        let Some(k) = key(&atom("global")) else {
+            return true;
+        };
+        match st.locks.get(&k) {
+            Some(lock) => lock.holders.iter().any(|(p, _)| p == from),
+            None => true,
+        }
+    }
+
+    fn register_call(&self, name: &Term, pid: &Pid, method: &Term, from: &Pid) {
+        let still_set = {
+            let st = self.lock();
+            self.lock_still_set(&st, from)
+        };
+        if still_set {
+            self.insert_name(name, pid, method);
+        } else {
+            tracing::debug!(name = %crate::etf::summary(name), "global: register without the global lock ignored");
+        }
+    }
+
+    fn insert_name(&self, name: &Term, pid: &Pid, method: &Term) {
+        let Some(k) = key(name) else { return };
+        let mut st = self.lock();
+        let limit = self.node.config().max_global_names;
+        if !st.names.contains_key(&k) && st.names.len() >= limit {
+            tracing::warn!(limit, name = %crate::etf::summary(name), "global: too many names; this one is not kept");
+            return;
+        }
+        let old = st.names.remove(&k);
+        if let Some(m) = old.as_ref().and_then(|o| o.monitor.as_ref()) {
+            st.watched.remove(m);
+        }
+        let lost = old.as_ref().and_then(|o| {
+            (o.pid != *pid && st.wanted.get(&k).is_some_and(|(_, w)| *w == o.pid))
+                .then(|| o.pid.clone())
+        });
+        st.names.insert(
+            k,
+            NameEntry {
+                name: name.clone(),
+                pid: pid.clone(),
+                method: method.clone(),
+                monitor: None,
+            },
+        );
+        drop(st);
+        if let Some(old) = old
+            && let Some(m) = &old.monitor
+        {
+            self.process.demonitor(m);
+        }
+        if let Some(lost) = lost {
+            tracing::warn!(name = %crate::etf::summary(name), pid = %pid_text(&lost), winner = %pid_text(pid), "global: kvnode's process lost its global name (name clash resolved for the other pid)");
+        }
+        // Monitored outside the table lock; the entry may have changed meanwhile.
+        let mref = self.process.monitor(pid.clone());
+        let mut st = self.lock();
+        let Some(k) = key(name) else { return };
+        match st.names.get_mut(&k) {
+            Some(e) if e.pid == *pid && e.monitor.is_none() => {
+                e.monitor = Some(mref.clone());
+                st.watched.insert(mref, Watched::Name(k));
+            }
+            _ => {
+                drop(st);
+                self.process.demonitor(&mref);
+            }
+        }
+    }
+
+    fn delete_name(&self, name: &Term) {
+        let Some(k) = key(name) else { return };
+        let removed = {
+            let mut st = self.lock();
+            let removed = st.names.remove(&k);
+            if let Some(m) = removed.as_ref().and_then(|e| e.monitor.as_ref()) {
+                st.watched.remove(m);
+            }
+            removed
+        };
+        if let Some(e) = removed {
+            if let Some(m) = &e.monitor {
+                self.process.demonitor(m);
+            }
+            self.global.changed.notify_one();
+        }
+    }
+
+    /// A monitored lock holder or name owner is gone (or its node).
+    fn down(&self, reference: &Reference) {
+        let mut st = self.lock();
+        match st.watched.remove(reference) {
+            Some(Watched::Lock(k)) => {
+                let Some(lock) = st.locks.get_mut(&k) else {
+                    return;
+                };
+                let Some(i) = lock.holders.iter().position(|(_, r)| r == reference) else {
+                    return;
+                };
+                let (pid, _) = lock.holders.swap_remove(i);
+                tracing::debug!(resource = %crate::etf::summary(&lock.resource), holder = %pid_text(&pid), "global: lock holder gone; released");
+                if lock.holders.is_empty() {
+                    st.locks.remove(&k);
+                }
+                st.holders -= 1;
+            }
+            Some(Watched::Name(k))
+                if st
+                    .names
+                    .get(&k)
+                    .is_some_and(|e| e.monitor.as_ref() == Some(reference)) =>
+            {
+                st.names.remove(&k);
+                drop(st);
+                self.global.changed.notify_one();
+            }
+            Some(Watched::Name(_)) | None => {}
+        }
+    }
+
+    fn session_tag_matches(&self, peer: &str, tag: &Term) -> bool {
+        self.lock()
+            .sessions
+            .get(peer)
+            .is_some_and(|s| Term::from(FixInteger::from(s.my_tag)) == *tag)
+    }
+
+    fn handle_cast(&self, request: &Term) {
+        let Some(parts) = elements(request) else {
+            tracing::debug!("global: cast ignored");
+            return;
+        };
+        match parts {
+            [t, vsn, Term::Atom(node), _init] if is_atom(t, "init_connect") => {
+                self.init_connect(&node.name, vsn)
+            }
+            [t, Term::Pid(locker), set, _his_known, tag] if is_atom(t, "lock_set") => {
+                self.lock_set(&locker.node.name, set, tag)
+            }
+            [t, Term::Atom(node), names, _ext, tag] if is_atom(t, "exchange") => {
+                self.exchange(&node.name, names, tag)
+            }
+            [t, Term::Atom(node), resolved, known, _unused, _ext, tag]
+                if is_atom(t, "resolved") =>
+            {
+                self.resolved(&node.name, resolved, known, tag)
+            }
+            [t, Term::Atom(node), ops, _ext, nodes, _extra] if is_atom(t, "new_nodes") => {
+                self.new_nodes(&node.name, ops, nodes)
+            }
+            [t, Term::Atom(node), _is_known] if is_atom(t, "in_sync") => self.in_sync(&node.name),
+            _ => tracing::debug!(request = %crate::etf::summary(request), "global: cast ignored"),
+        }
+    }
+
+    fn init_connect(&self, peer: &str, vsn: &Term) {
+        // {Vsn, Tag} (or a longer tuple from a future version).
+        let Some([_his_vsn, his_tag, ..]) = elements(vsn) else {
+            tracing::info!(
+                peer = %crate::etf::text::name(peer),
+                "global: init_connect with an illegal protocol version ignored"
+            );
+            return;
+        };
+        if self.lock().known.contains(peer) {
+            // It does not know us yet, we know it: tell it we are in sync (erases its attempt).
+            self.cast(
+                peer,
+                tuple(vec![atom("in_sync"), self.me_term(), atom("true")]),
+            );
+            self.lock().synced.insert(peer.to_owned());
+            return;
+        }
+        if !self.lock().sessions.contains_key(peer) {
+            if !self.visible(peer) {
+                tracing::debug!(
+                    peer = %crate::etf::text::name(peer),
+                    "global: init_connect from a peer that is not visible ignored"
+                );
+                return;
+            }
+            // Its init_connect came before our nodeup event.
+            self.start_session(peer);
+        }
+        let mut st = self.lock();
+        if let Some(s) = st.sessions.get_mut(peer) {
+            if s.his_tag.is_some() {
+                // A new attempt from the peer: its old session is void.
+                s.exchanged = false;
+                s.ops = None;
+                s.his = None;
+            }
+            s.his_tag = Some(his_tag.clone());
+        }
+    }
+
+    fn lock_set(&self, peer: &str, set: &Term, tag: &Term) {
+        if !is_atom(set, "true") || !self.session_tag_matches(peer, tag) {
+            return; // false: its locker retries
+        }
+        let his_tag = {
+            let mut st = self.lock();
+            let Some(s) = st.sessions.get_mut(peer) else {
+                return;
+            };
+            if s.exchanged {
+                return;
+            }
+            let Some(his_tag) = s.his_tag.clone() else {
+                return;
+            };
+            s.exchanged = true;
+            his_tag
+        };
+        // We are a passive locker: our side is "locked" at once. Then our names.
+        self.cast(
+            peer,
+            tuple(vec![
+                atom("lock_set"),
+                self.self_pid(),
+                atom("true"),
+                list(vec![]),
+                his_tag.clone(),
+            ]),
+        );
+        let names: Vec<Term> = self
+            .lock()
+            .names
+            .values()
+            .map(|e| tuple(vec![e.name.clone(), e.pid.clone().into(), e.method.clone()]))
+            .collect();
+        self.cast(
+            peer,
+            tuple(vec![
+                atom("exchange"),
+                self.me_term(),
+                list(names),
+                list(vec![]),
+                his_tag,
+            ]),
+        );
+    }
+
+    /// `exchange_names/4`: our ops (applied once both `resolved` are in) and the ops for the
+    /// peer (`Res`).
+    fn exchange_names(&self, peer: &str, names: &[Term]) -> (Vec<Term>, Vec<Term>) {
+        let (mut ops, mut res) = (Vec::new(), Vec::new());
+        let insert = |item: &Term| tuple(vec![atom("insert"), item.clone()]);
+        for item in names {
+            let Some([name, Term::Pid(pid), _method]) = elements(item) else {
+                continue;
+            };
+            let Some(k) = key(name) else { continue };
+            let mine = self
+                .lock()
+                .names
+                .get(&k)
+                .map(|e| (e.pid.clone(), e.method.clone()));
+            match mine {
+                Some((pid2, _)) if pid2 == *pid => {}
+                Some((pid2, method2)) if self.me.as_str() < peer => {
+                    // A clash we resolve, on the node of our entry's pid.
+                    if !self.node.is_local(&pid2) {
+                        // OTP asks that node by rpc; kvnode cannot: as OTP on a badrpc,
+                        // take the peer's entry.
+                        tracing::info!(name = %crate::etf::summary(name), "global: name clash with a third node's pid: taking the peer's entry");
+                        ops.push(insert(item));
+                        continue;
+                    }
+                    // random_exit_name/3: the pid on the node with the smaller name wins,
+                    // the other is killed.
+                    let (keep, kill) = if pid2.node.name < pid.node.name {
+                        (pid2.clone(), pid.clone())
+                    } else {
+                        (pid.clone(), pid2.clone())
+                    };
+                    tracing::warn!(name = %crate::etf::summary(name), kept = %pid_text(&keep), killed = %pid_text(&kill), "global: name clash resolved (random_exit_name)");
+                    self.node.send_to_node(
+                        &kill.node.name,
+                        Message::exit2(self.process.pid().clone(), kill.clone(), atom("kill")),
+                    );
+                    if keep == *pid {
+                        ops.push(insert(item));
+                    } else {
+                        res.push(insert(&tuple(vec![
+                            name.clone(),
+                            pid2.clone().into(),
+                            method2,
+                        ])));
+                    }
+                }
+                Some(_) => {} // the peer resolves this clash
+                None => ops.push(insert(item)),
+            }
+        }
+        (ops, res)
+    }
+
+    fn known_list(&self, except: &str) -> Term {
+        let st = self.lock();
+        list(
+            st.known
+                .iter()
+                .filter(|n| n.as_str() != except)
+                .map(|n| tuple(vec![atom(n), FixInteger::from(PROTOCOL_VERSION).into()]))
+                .collect(),
+        )
+    }
+
+    fn exchange(&self, peer: &str, names: &Term, tag: &Term) {
+        if !self.session_tag_matches(peer, tag) {
+            return;
+        }
+        let Some(items) = list_items(names) else {
+            return;
+        };
+        let (ops, res) = self.exchange_names(peer, items);
+        let Some(his_tag) = self
+            .lock()
+            .sessions
+            .get(peer)
+            .and_then(|s| s.his_tag.clone())
+        else {
+            return;
+        };
+        self.cast(
+            peer,
+            tuple(vec![
+                atom("resolved"),
+                self.me_term(),
+                list(res),
+                self.known_list(peer),
+                atom("unused"),
+                list(vec![]),
+                his_tag,
+            ]),
+        );
+        let ready = {
+            let mut st = self.lock();
+            match st.sessions.get_mut(peer) {
+                Some(s) => {
+                    s.ops = Some(ops);
+                    s.his.is_some()
+                }
+                None => false,
+            }
+        };
+        if ready {
+            self.finish(peer);
+        }
+    }
+
+    fn resolved(&self, peer: &str, resolved: &Term, known: &Term, tag: &Term) {
+        if !self.session_tag_matches(peer, tag) {
+            return;
+        }
+        let his_ops = list_items(resolved)
+            .map(<[Term]>::to_vec)
+            .unwrap_or_default();
+        let his_known = list_items(known).map(<[Term]>::to_vec).unwrap_or_default();
+        let ready = {
+            let mut st = self.lock();
+            match st.sessions.get_mut(peer) {
+                Some(s) => {
+                    s.his = Some((his_ops, his_known));
+                    s.ops.is_some()
+                }
+                None => false,
+            }
+        };
+        if ready {
+            self.finish(peer);
+        }
+    }
+
+    /// `resolved/5`: both sides' ops are in; the peer is in sync.
+    fn finish(&self, peer: &str) {
+        let Some(session) = self.lock().sessions.remove(peer) else {
+            return;
+        };
+        let mut ops = session.ops.unwrap_or_default();
+        let (his_ops, his_known) = session.his.unwrap_or_default();
+        ops.extend(his_ops);
+        self.do_ops(&ops);
+        let his_known_nodes: Vec<String> = his_known.iter().filter_map(node_of_vsn).collect();
+        // Tell the nodes we knew before about the peer and the nodes it knows.
+        let mut new_nodes = vec![tuple(vec![
+            atom(peer),
+            FixInteger::from(PROTOCOL_VERSION).into(),
+        ])];
+        new_nodes.extend(his_known.iter().cloned());
+        let extra = list(vec![
+            tuple(vec![atom("vsn"), FixInteger::from(PROTOCOL_VERSION).into()]),
+            tuple(vec![
+                atom("lock"),
+                session
+                    .lock_id
+                    .unwrap_or_else(|| tuple(vec![atom("global"), list(vec![])])),
+            ]),
+        ]);
+        let message = tuple(vec![
+            atom("new_nodes"),
+            self.me_term(),
+            list(ops),
+            list(vec![]),
+            list(new_nodes),
+            extra,
+        ]);
+        let old_known: Vec<String> = self.lock().known.iter().cloned().collect();
+        for n in &old_known {
+            self.cast(n, message.clone());
+        }
+        {
+            let mut st = self.lock();
+            learn(&mut st, peer);
+            for n in &his_known_nodes {
+                if *n != self.me {
+                    learn(&mut st, n);
+                }
+            }
+            st.synced.insert(peer.to_owned());
+        }
+        tracing::info!(%peer, "global: in sync");
+        self.sync_others(&his_known_nodes);
+        self.global.changed.notify_one();
+    }
+
+    /// `sync_others/1`: `{in_sync, Me, true}` to each node (dialing it when needed).
+    fn sync_others(&self, nodes: &[String]) {
+        for n in nodes {
+            if *n == self.me {
+                continue;
+            }
+            self.cast(
+                n,
+                tuple(vec![atom("in_sync"), self.me_term(), atom("true")]),
+            );
+        }
+    }
+
+    /// `do_ops/5`: inserts and deletes, in order.
+    fn do_ops(&self, ops: &[Term]) {
+        for op in ops {
+            match elements(op) {
+                Some([t, item]) if is_atom(t, "insert") => {
+                    if let Some([name, Term::Pid(pid), method]) = elements(item) {
+                        self.insert_name(name, pid, method);
+                    }
+                }
+                Some([t, name]) if is_atom(t, "delete") => self.delete_name(name),
+                _ => {}
+            }
+        }
+    }
+
+    fn new_nodes(&self, _from: &str, ops: &Term, nodes: &Term) {
+        let nodes: Vec<String> = list_items(nodes)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(node_of_vsn)
+            .collect();
+        let added: Vec<String> = {
+            let mut st = self.lock();
+            nodes
+                .into_iter()
+                .filter(|n| *n != self.me && learn(&mut st, n))
+                .collect()
+        };
+        // A handshake we started with them is void: they know us through the others.
+        for n in &added {
+            self.lock().sessions.remove(n);
+        }
+        self.sync_others(&added);
+        if let Some(ops) = list_items(ops) {
+            self.do_ops(ops);
+        }
+        self.global.changed.notify_one();
+    }
+
+    /// `{in_sync, Node, _}`: the peer learned of us through another node; our handshake with
+    /// it is void. As OTP, the peer becomes synced but not known: it becomes known (and gets
+    /// our own `in_sync`, which ends the handshake it started with us) when a `resolved` or
+    /// `new_nodes` lists it.
+    fn in_sync(&self, peer: &str) {
+        let mut st = self.lock();
+        st.sessions.remove(peer);
+        st.synced.insert(peer.to_owned());
+        drop(st);
+        tracing::debug!(%peer, "global: in_sync");
+        self.global.changed.notify_one();
+    }
+}
+
+/// Adds `node` to the known set; true when it was not known (and fits).
+fn learn(st: &mut State, node: &str) -> bool {
+    if st.known.contains(node) {
+        return false;
+    }
+    if st.known.len() >= MAX_KNOWN_NODES {
+        tracing::warn!(limit = MAX_KNOWN_NODES, node = %crate::etf::text::name(node), "global: too many known nodes; not learned");
+        return false;
+    }
+    st.known.insert(node.to_owned())
+}
+
+/// A node of a known list: `{Node, Vsn}` or a bare `Node`.
+fn node_of_vsn(term: &Term) -> Option<String> {
+    match term {
+        Term::Atom(a) => Some(a.name.clone()),
+        Term::Tuple(t) => match t.elements.first() {
+            Some(Term::Atom(a)) => Some(a.name.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Registers kvnode's wanted names, as `global:register_name/2` and `trans_all_known/1` do.
+struct Registrar {
+    me: String,
+    process: Process,
+    global: Global,
+}
+
+impl Registrar {
+    async fn run(self) {
+        loop {
+            let notified = self.global.changed.notified();
+            self.register_wanted().await;
+            notified.await;
+        }
+    }
+
+    async fn register_wanted(&self) {
+        let wanted: Vec<(Vec<u8>, Term, Pid)> = self
+            .global
+            .lock()
+            .wanted
+            .iter()
+            .map(|(k, (n, p))| (k.clone(), n.clone(), p.clone()))
+            .collect();
+        for (k, name, pid) in wanted {
+            if !self.process.node().is_local(&pid) || self.process.node().lookup_pid(&pid).is_none()
+            {
+                continue;
+            }
+            for attempt in 1..=REGISTER_ATTEMPTS {
+                match self.global.lock().names.get(&k) {
+                    Some(e) if e.pid == pid => break,
+                    Some(e) => {
+                        tracing::debug!(name = %crate::etf::summary(&name), holder = %pid_text(&e.pid), "global: name held by another pid; not registering");
+                        break;
+                    }
+                    None => {}
+                }
+                if self.try_register(&name, &pid).await {
+                    tracing::info!(name = %crate::etf::summary(&name), pid = %pid_text(&pid), "global: name registered");
+                    break;
+                }
+                let cap = (REGISTER_MAX_SLEEP.as_millis() as u64).min(250 * u64::from(attempt));
+                let sleep = Duration::from_millis(rand::random_range(0..=cap));
+                tokio::time::sleep(sleep).await;
+            }
+        }
+    }
+
+    /// One attempt: lock on every node (the boss first), register, unlock.
+    async fn try_register(&self, name: &Term, pid: &Pid) -> bool {
+        let mut nodes: Vec<String> = {
+            let st = self.global.lock();
+            st.known
+                .iter()
+                .filter(|n| self.process.node().manager().is_up(n))
+                .cloned()
+                .collect()
+        };
+        nodes.push(self.me.clone());
+        nodes.sort();
+        nodes.dedup();
+        // The boss (the greatest name) first, as global's lock order.
+        nodes.reverse();
+        let lock_id = tuple(vec![atom("global"), self.process.pid().clone().into()]);
+        let mut locked = Vec::new();
+        let mut ok = true;
+        for n in &nodes {
+            let reply = self
+                .call(n, tuple(vec![atom("set_lock"), lock_id.clone()]))
+                .await;
+            if reply.as_ref().is_some_and(|r| is_atom(r, "true")) {
+                locked.push(n.clone());
+            } else {
+                ok = false;
+                break;
+            }
+        }
+        if ok {
+            // Still free? (checked locally, as register_name's `where(Name)`)
+            let free = key(name).is_some_and(|k| !self.global.lock().names.contains_key(&k));
+            if free {
+                let request = tuple(vec![
+                    atom("register"),
+                    name.clone(),
+                    pid.clone().into(),
+                    random_exit_name(),
+                ]);
+                for n in &nodes {
+                    let _ = self.call(n, request.clone()).await;
+                }
+            }
+        }
+        for n in &locked {
+            let _ = self
+                .call(n, tuple(vec![atom("del_lock"), lock_id.clone()]))
+                .await;
+        }
+        ok
+    }
+
+    async fn call(&self, node: &str, request: Term) -> Option<Term> {
+        let dest: Dest = if node == self.me {
+            Dest::Name(NAME.to_owned())
+        } else {
+            (NAME, node).into()
+        };
+        self.process
+            .call(dest, request, REGISTER_CALL_TIMEOUT)
+            .await
+            .ok()
+    }
+}
