@@ -431,3 +431,30 @@ end
     elixir(&kv, &unique("vis_c"), "vis", script);
     kv.wait_log("too many names", Duration::from_secs(30));
 }
+
+/// A node kvnode learns of (`new_nodes`, `resolved`) but cannot reach is forgotten, as OTP's
+/// `global` forgets it (`sync_other/2` fails, `extra_nodedown`). Otherwise it stays in kvnode's
+/// known set for good: kvnode lists it to every node that joins (which then tries to reach it),
+/// casts `new_nodes` to it on every handshake, and a peer sending names of nodes that do not
+/// exist fills the set (`MAX_KNOWN_NODES`) until real nodes are no longer learned (their
+/// `:global.sync()` then blocks).
+#[test]
+fn unreachable_known_nodes_are_forgotten() {
+    let (_epmd_guard, epmd) = start_epmd();
+    let kv = visible_kv(&unique("vis_kv"), epmd, &[]);
+    let ghost = format!("{}@127.0.0.1", unique("vis_ghost"));
+    let script = format!(
+        r#"
+kv = String.to_atom(System.get_env("KV_NODE"))
+ghost = :"{ghost}"
+true = Node.connect(kv)
+:ok = :global.sync()
+# As a BEAM node's global tells the nodes it knows about a node that joined it.
+GenServer.cast({{:global_name_server, kv}}, {{:new_nodes, node(), [], [], [{{ghost, 8}}], [{{:vsn, 8}}]}})
+TestWait.until(fn -> not (ghost in GenServer.call({{:global_name_server, kv}}, :get_known)) end, 30_000)
+true = node() in GenServer.call({{:global_name_server, kv}}, :get_known)
+"#
+    );
+    elixir(&kv, &unique("vis_c"), "vis", &script);
+    kv.wait_log("cannot be reached; forgotten", Duration::from_secs(30));
+}

@@ -75,6 +75,13 @@ pub const REGISTER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// (a node joining or leaving, a name going away).
 pub const REGISTER_ATTEMPTS: u32 = 20;
 
+/// How often the server forgets known nodes it cannot reach: a node learned from `new_nodes`
+/// or `resolved` is dialed (kvnode's `in_sync` to it); when that dial fails (or `--max-dials`
+/// refuses it) the node is dropped from the known set, as OTP's `sync_other/2` does
+/// (`extra_nodedown`). A known node kvnode never reaches would otherwise stay for good: listed
+/// to every joining node, sent `new_nodes` on every handshake, and filling [`MAX_KNOWN_NODES`].
+pub const UNREACHABLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The most one retry of the registrar sleeps (a random time up to this, growing with the
 /// attempts, as `global:random_sleep/1`).
 pub const REGISTER_MAX_SLEEP: Duration = Duration::from_secs(4);
@@ -280,8 +287,11 @@ impl Server {
     async fn run(self, mut events: crate::node::NodeEvents) {
         // Peers connected before the subscription (none on a fresh node; kept for safety).
         self.resync();
+        let mut check = tokio::time::interval(UNREACHABLE_CHECK_INTERVAL);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = check.tick() => self.forget_unreachable(),
                 event = events.recv() => match event {
                     Some(NodeEvent::Up(peer)) => self.node_up(&peer),
                     Some(NodeEvent::Down(peer)) => self.node_down(&peer),
@@ -342,6 +352,24 @@ impl Server {
             if !tracked {
                 self.node_up(&peer);
             }
+        }
+    }
+
+    /// Forgets the known nodes that are neither connected nor being dialed: their dial failed
+    /// (see [`UNREACHABLE_CHECK_INTERVAL`]). A node that goes down after it was up is
+    /// forgotten at its `Down` event.
+    fn forget_unreachable(&self) {
+        let manager = self.node.manager();
+        let gone: Vec<String> = self
+            .lock()
+            .known
+            .iter()
+            .filter(|n| !manager.knows(n))
+            .cloned()
+            .collect();
+        for peer in gone {
+            tracing::info!(node = %crate::etf::text::name(&peer), "global: a known node cannot be reached; forgotten");
+            self.node_down(&peer);
         }
     }
 
