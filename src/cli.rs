@@ -154,6 +154,13 @@ pub struct Cli {
     #[arg(long, default_value_t = crate::node::services::global::DEFAULT_MAX_GLOBAL_NAMES, value_name = "N")]
     pub max_global_names: usize,
 
+    /// Most bytes the `:global` names a visible kvnode keeps may take (each name and its
+    /// resolve method, in external format: a peer sends them, a closure's environment
+    /// included); a registration beyond it is answered but not kept, with a warning
+    /// (e.g. `--max-global-name-bytes 268435456`).
+    #[arg(long, default_value_t = crate::node::services::global::DEFAULT_MAX_GLOBAL_NAME_BYTES, value_name = "BYTES")]
+    pub max_global_name_bytes: usize,
+
     /// Join the KV server to `:pg` group GROUP of scope SCOPE (atoms); repeatable. kvnode
     /// serves the scope under its name, so `:pg.get_members(SCOPE, GROUP)` on nodes running
     /// that scope lists the KV server (e.g. `--pg kvscope:kvgroup`). Needs --visible.
@@ -577,6 +584,7 @@ impl Cli {
         config.global_name = self.global_name;
         config.pg_groups = self.pg;
         config.max_global_names = self.max_global_names.max(1);
+        config.max_global_name_bytes = self.max_global_name_bytes.max(1);
         config.max_connections = self.max_connections.max(1);
         config.max_terms_per_message = self.max_terms_per_message.max(1);
         // Admission (issue 10).

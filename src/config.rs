@@ -82,6 +82,9 @@ pub struct Config {
     pub pg_groups: Vec<(String, String)>,
     /// `--max-global-names`: most `global` names a visible node keeps.
     pub max_global_names: usize,
+    /// `--max-global-name-bytes`: most bytes (external format of each name and its resolve
+    /// method) the `global` names a visible node keeps may take.
+    pub max_global_name_bytes: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -115,6 +118,7 @@ impl std::fmt::Debug for Config {
             .field("global_name", &self.global_name)
             .field("pg_groups", &self.pg_groups)
             .field("max_global_names", &self.max_global_names)
+            .field("max_global_name_bytes", &self.max_global_name_bytes)
             .finish()
     }
 }
@@ -176,6 +180,7 @@ impl Config {
             global_name: None,
             pg_groups: Vec::new(),
             max_global_names: crate::node::services::global::DEFAULT_MAX_GLOBAL_NAMES,
+            max_global_name_bytes: crate::node::services::global::DEFAULT_MAX_GLOBAL_NAME_BYTES,
         }
     }
 

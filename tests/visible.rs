@@ -431,3 +431,59 @@ end
     elixir(&kv, &unique("vis_c"), "vis", script);
     kv.wait_log("too many names", Duration::from_secs(30));
 }
+
+/// A node kvnode learns of (`new_nodes`, `resolved`) but cannot reach is forgotten, as OTP's
+/// `global` forgets it (`sync_other/2` fails, `extra_nodedown`). Otherwise it stays in kvnode's
+/// known set for good: kvnode lists it to every node that joins (which then tries to reach it),
+/// casts `new_nodes` to it on every handshake, and a peer sending names of nodes that do not
+/// exist fills the set (`MAX_KNOWN_NODES`) until real nodes are no longer learned (their
+/// `:global.sync()` then blocks).
+#[test]
+fn unreachable_known_nodes_are_forgotten() {
+    let (_epmd_guard, epmd) = start_epmd();
+    let kv = visible_kv(&unique("vis_kv"), epmd, &[]);
+    let ghost = format!("{}@127.0.0.1", unique("vis_ghost"));
+    let script = format!(
+        r#"
+kv = String.to_atom(System.get_env("KV_NODE"))
+ghost = :"{ghost}"
+true = Node.connect(kv)
+:ok = :global.sync()
+# As a BEAM node's global tells the nodes it knows about a node that joined it.
+GenServer.cast({{:global_name_server, kv}}, {{:new_nodes, node(), [], [], [{{ghost, 8}}], [{{:vsn, 8}}]}})
+TestWait.until(fn -> not (ghost in GenServer.call({{:global_name_server, kv}}, :get_known)) end, 30_000)
+true = node() in GenServer.call({{:global_name_server, kv}}, :get_known)
+"#
+    );
+    elixir(&kv, &unique("vis_c"), "vis", &script);
+    kv.wait_log("cannot be reached; forgotten", Duration::from_secs(30));
+}
+
+/// `--max-global-name-bytes` bounds the bytes of kvnode's copy of the name table, not only the
+/// count (`--max-global-names`): a name's resolve method comes from the peer (a closure with
+/// its environment), so 100,000 names of up to a message's size each could take any memory.
+/// Registrations beyond it are still answered (`:yes` at once) but not kept.
+#[test]
+fn global_name_bytes_are_bounded() {
+    let (_epmd_guard, epmd) = start_epmd();
+    let kv = visible_kv(
+        &unique("vis_kv"),
+        epmd,
+        &["--max-global-name-bytes", "100000"],
+    );
+    let script = r#"
+kv = String.to_atom(System.get_env("KV_NODE"))
+true = Node.connect(kv)
+:ok = :global.sync()
+for i <- 1..10 do
+  p = spawn(fn -> receive do _ -> :ok end end)
+  # A resolve method carrying 64 KB: far over the budget after two names.
+  big = :binary.copy(<<i>>, 64_000)
+  method = fn name, p1, p2 -> byte_size(big) > 0 and :global.random_exit_name(name, p1, p2) end
+  :yes = :global.register_name({:big, i}, p, method)
+end
+10 = length(for {:big, _} = n <- :global.registered_names(), do: n)
+"#;
+    elixir(&kv, &unique("vis_c"), "vis", script);
+    kv.wait_log("names are at their byte limit", Duration::from_secs(30));
+}

@@ -119,6 +119,8 @@ pub struct Limits {
     pub max_mailbox_bytes: usize,
     /// Most `global` names a visible node keeps (`--max-global-names`).
     pub max_global_names: usize,
+    /// Most bytes the `global` names a visible node keeps may take (`--max-global-name-bytes`).
+    pub max_global_name_bytes: usize,
 }
 
 impl Default for Limits {
@@ -141,6 +143,7 @@ impl Limits {
             max_monitors_per_peer: c.max_monitors_per_peer,
             max_mailbox_bytes: c.max_mailbox_bytes,
             max_global_names: c.max_global_names,
+            max_global_name_bytes: c.max_global_name_bytes,
         }
     }
 
@@ -156,6 +159,7 @@ impl Limits {
         c.max_monitors_per_peer = self.max_monitors_per_peer;
         c.max_mailbox_bytes = self.max_mailbox_bytes;
         c.max_global_names = self.max_global_names;
+        c.max_global_name_bytes = self.max_global_name_bytes;
     }
 }
 
@@ -423,7 +427,7 @@ fn check(c: &Config) -> Result<(), StartError> {
     if c.cookie.is_empty() {
         return Err(StartError::EmptyCookie);
     }
-    let positive: [(&'static str, usize); 10] = [
+    let positive: [(&'static str, usize); 11] = [
         ("max_message_size", c.max_message_size),
         ("max_terms_per_message", c.max_terms_per_message),
         ("max_connections", c.max_connections),
@@ -433,6 +437,7 @@ fn check(c: &Config) -> Result<(), StartError> {
         ("max_monitors_per_peer", c.max_monitors_per_peer),
         ("max_mailbox_bytes", c.max_mailbox_bytes),
         ("max_global_names", c.max_global_names),
+        ("max_global_name_bytes", c.max_global_name_bytes),
         ("threads", c.threads),
     ];
     for (setting, value) in positive {

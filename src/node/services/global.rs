@@ -57,6 +57,19 @@ pub const PROTOCOL_VERSION: i32 = 8;
 /// kvnode only.
 pub const DEFAULT_MAX_GLOBAL_NAMES: usize = 100_000;
 
+/// Default `--max-global-name-bytes`: most bytes the names kvnode keeps may take, counted as
+/// the external format of each name and its resolve method (both come from peers, a closure's
+/// environment included; a BEAM registration costs ~100-300 bytes). A registration beyond it
+/// is treated as one beyond `--max-global-names` (answered, not kept, a warning). Without it
+/// `--max-global-names` names of up to a message's size each could take any memory.
+pub const DEFAULT_MAX_GLOBAL_NAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// Most bytes the locks kvnode keeps may take (the external format of each lock's resource and
+/// requester id, which peers choose). A `set_lock` of a new lock beyond it is refused
+/// (`false`), as one beyond [`MAX_GLOBAL_LOCK_HOLDERS`]. OTP's own locks take a few dozen
+/// bytes each, and a cluster holds few at a time.
+pub const MAX_GLOBAL_LOCK_BYTES: usize = 64 * 1024 * 1024;
+
 /// Most lock holders (a pid holding a resource; one lock may have several holders with the same
 /// requester id) kvnode keeps. A `set_lock` beyond it is refused (`false`): the requester
 /// retries, as it does for a lock held by another requester.
@@ -74,6 +87,13 @@ pub const REGISTER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often kvnode's registrar tries to register a name before it waits for the next change
 /// (a node joining or leaving, a name going away).
 pub const REGISTER_ATTEMPTS: u32 = 20;
+
+/// How often the server forgets known nodes it cannot reach: a node learned from `new_nodes`
+/// or `resolved` is dialed (kvnode's `in_sync` to it); when that dial fails (or `--max-dials`
+/// refuses it) the node is dropped from the known set, as OTP's `sync_other/2` does
+/// (`extra_nodedown`). A known node kvnode never reaches would otherwise stay for good: listed
+/// to every joining node, sent `new_nodes` on every handshake, and filling [`MAX_KNOWN_NODES`].
+pub const UNREACHABLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The most one retry of the registrar sleeps (a random time up to this, growing with the
 /// attempts, as `global:random_sleep/1`).
@@ -146,6 +166,8 @@ struct NameEntry {
     pid: Pid,
     method: Term,
     monitor: Option<Reference>,
+    /// What it counts against `--max-global-name-bytes`.
+    bytes: usize,
 }
 
 /// A lock: the requester id and its holders with their monitors.
@@ -153,6 +175,8 @@ struct Lock {
     resource: Term,
     req_id: Term,
     holders: Vec<(Pid, Reference)>,
+    /// What it counts against [`MAX_GLOBAL_LOCK_BYTES`].
+    bytes: usize,
 }
 
 /// A handshake in progress with one peer.
@@ -179,6 +203,10 @@ struct State {
     names: HashMap<Vec<u8>, NameEntry>,
     locks: HashMap<Vec<u8>, Lock>,
     holders: usize,
+    /// Bytes of `names` (their `bytes`).
+    name_bytes: usize,
+    /// Bytes of `locks` (their `bytes`).
+    lock_bytes: usize,
     /// Our registrations: name key -> (name, pid).
     wanted: HashMap<Vec<u8>, (Term, Pid)>,
     /// What each of our monitors watches (a DOWN finds its lock or name at once).
@@ -280,8 +308,11 @@ impl Server {
     async fn run(self, mut events: crate::node::NodeEvents) {
         // Peers connected before the subscription (none on a fresh node; kept for safety).
         self.resync();
+        let mut check = tokio::time::interval(UNREACHABLE_CHECK_INTERVAL);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = check.tick() => self.forget_unreachable(),
                 event = events.recv() => match event {
                     Some(NodeEvent::Up(peer)) => self.node_up(&peer),
                     Some(NodeEvent::Down(peer)) => self.node_down(&peer),
@@ -342,6 +373,24 @@ impl Server {
             if !tracked {
                 self.node_up(&peer);
             }
+        }
+    }
+
+    /// Forgets the known nodes that are neither connected nor being dialed: their dial failed
+    /// (see [`UNREACHABLE_CHECK_INTERVAL`]). A node that goes down after it was up is
+    /// forgotten at its `Down` event.
+    fn forget_unreachable(&self) {
+        let manager = self.node.manager();
+        let gone: Vec<String> = self
+            .lock()
+            .known
+            .iter()
+            .filter(|n| !manager.knows(n))
+            .cloned()
+            .collect();
+        for peer in gone {
+            tracing::info!(node = %crate::etf::text::name(&peer), "global: a known node cannot be reached; forgotten");
+            self.node_down(&peer);
         }
     }
 
@@ -563,15 +612,29 @@ impl Server {
             );
             return "false";
         }
+        let lock_bytes = k.len() + key(req_id).map_or(0, |r| r.len());
+        let new_lock = !st.locks.contains_key(&k);
+        if new_lock && st.lock_bytes + lock_bytes > MAX_GLOBAL_LOCK_BYTES {
+            tracing::warn!(
+                limit = MAX_GLOBAL_LOCK_BYTES,
+                bytes = lock_bytes,
+                "global: locks are at their byte limit; set_lock refused"
+            );
+            return "false";
+        }
         let mref = self.process.monitor(from.clone());
         st.holders += 1;
         st.watched.insert(mref.clone(), Watched::Lock(k.clone()));
+        if new_lock {
+            st.lock_bytes += lock_bytes;
+        }
         st.locks
             .entry(k)
             .or_insert_with(|| Lock {
                 resource: resource.clone(),
                 req_id: req_id.clone(),
                 holders: Vec::new(),
+                bytes: lock_bytes,
             })
             .holders
             .push((from.clone(), mref));
@@ -595,8 +658,8 @@ impl Server {
             removed = Some(lock.holders.swap_remove(i).1);
         }
         let empty = lock.holders.is_empty();
-        if empty {
-            st.locks.remove(&k);
+        if empty && let Some(lock) = st.locks.remove(&k) {
+            st.lock_bytes -= lock.bytes;
         }
         if let Some(mref) = removed {
             st.holders -= 1;
@@ -638,7 +701,15 @@ impl Server {
             tracing::warn!(limit, name = %crate::etf::summary(name), "global: too many names; this one is not kept");
             return;
         }
+        let bytes = k.len() + key(method).map_or(0, |m| m.len());
+        let byte_limit = self.node.config().max_global_name_bytes;
+        let replaced = st.names.get(&k).map_or(0, |e| e.bytes);
+        if st.name_bytes - replaced + bytes > byte_limit {
+            tracing::warn!(limit = byte_limit, bytes, name = %crate::etf::summary(name), "global: names are at their byte limit (--max-global-name-bytes); this one is not kept");
+            return;
+        }
         let old = st.names.remove(&k);
+        st.name_bytes = st.name_bytes - replaced + bytes;
         if let Some(m) = old.as_ref().and_then(|o| o.monitor.as_ref()) {
             st.watched.remove(m);
         }
@@ -653,6 +724,7 @@ impl Server {
                 pid: pid.clone(),
                 method: method.clone(),
                 monitor: None,
+                bytes,
             },
         );
         drop(st);
@@ -685,6 +757,7 @@ impl Server {
         let removed = {
             let mut st = self.lock();
             let removed = st.names.remove(&k);
+            st.name_bytes -= removed.as_ref().map_or(0, |e| e.bytes);
             if let Some(m) = removed.as_ref().and_then(|e| e.monitor.as_ref()) {
                 st.watched.remove(m);
             }
@@ -711,8 +784,10 @@ impl Server {
                 };
                 let (pid, _) = lock.holders.swap_remove(i);
                 tracing::debug!(resource = %crate::etf::summary(&lock.resource), holder = %pid_text(&pid), "global: lock holder gone; released");
-                if lock.holders.is_empty() {
-                    st.locks.remove(&k);
+                if lock.holders.is_empty()
+                    && let Some(lock) = st.locks.remove(&k)
+                {
+                    st.lock_bytes -= lock.bytes;
                 }
                 st.holders -= 1;
             }
@@ -722,7 +797,9 @@ impl Server {
                     .get(&k)
                     .is_some_and(|e| e.monitor.as_ref() == Some(reference)) =>
             {
-                st.names.remove(&k);
+                if let Some(e) = st.names.remove(&k) {
+                    st.name_bytes -= e.bytes;
+                }
                 drop(st);
                 self.global.changed.notify_one();
             }
