@@ -174,7 +174,9 @@ struct NameEntry {
 struct Lock {
     resource: Term,
     req_id: Term,
-    holders: Vec<(Pid, Reference)>,
+    /// Keyed by pid: `set_lock`, `del_lock` and a DOWN are O(1) however many holders a peer
+    /// piles on one lock.
+    holders: HashMap<Pid, Reference>,
     /// What it counts against [`MAX_GLOBAL_LOCK_BYTES`].
     bytes: usize,
 }
@@ -215,8 +217,8 @@ struct State {
 
 /// What a monitor of the server watches.
 enum Watched {
-    /// A holder of the lock with this resource key.
-    Lock(Vec<u8>),
+    /// A holder (this pid) of the lock with this resource key.
+    Lock(Vec<u8>, Pid),
     /// The owner of the name with this key.
     Name(Vec<u8>),
 }
@@ -602,7 +604,7 @@ impl Server {
         }
         match st.locks.get(&k) {
             Some(lock) if lock.req_id != *req_id => return "false",
-            Some(lock) if lock.holders.iter().any(|(p, _)| p == from) => return "true",
+            Some(lock) if lock.holders.contains_key(from) => return "true",
             _ => {}
         }
         if st.holders >= MAX_GLOBAL_LOCK_HOLDERS {
@@ -624,7 +626,8 @@ impl Server {
         }
         let mref = self.process.monitor(from.clone());
         st.holders += 1;
-        st.watched.insert(mref.clone(), Watched::Lock(k.clone()));
+        st.watched
+            .insert(mref.clone(), Watched::Lock(k.clone(), from.clone()));
         if new_lock {
             st.lock_bytes += lock_bytes;
         }
@@ -633,11 +636,11 @@ impl Server {
             .or_insert_with(|| Lock {
                 resource: resource.clone(),
                 req_id: req_id.clone(),
-                holders: Vec::new(),
+                holders: HashMap::new(),
                 bytes: lock_bytes,
             })
             .holders
-            .push((from.clone(), mref));
+            .insert(from.clone(), mref);
         "true"
     }
 
@@ -654,8 +657,8 @@ impl Server {
             return;
         }
         let mut removed = None;
-        if let Some(i) = lock.holders.iter().position(|(p, _)| p == from) {
-            removed = Some(lock.holders.swap_remove(i).1);
+        if let Some(mref) = lock.holders.remove(from) {
+            removed = Some(mref);
         }
         let empty = lock.holders.is_empty();
         if empty && let Some(lock) = st.locks.remove(&k) {
@@ -676,7 +679,7 @@ impl Server {
             return true;
         };
         match st.locks.get(&k) {
-            Some(lock) => lock.holders.iter().any(|(p, _)| p == from),
+            Some(lock) => lock.holders.contains_key(from),
             None => true,
         }
     }
@@ -775,14 +778,14 @@ impl Server {
     fn down(&self, reference: &Reference) {
         let mut st = self.lock();
         match st.watched.remove(reference) {
-            Some(Watched::Lock(k)) => {
+            Some(Watched::Lock(k, pid)) => {
                 let Some(lock) = st.locks.get_mut(&k) else {
                     return;
                 };
-                let Some(i) = lock.holders.iter().position(|(_, r)| r == reference) else {
+                if lock.holders.get(&pid) != Some(reference) {
                     return;
-                };
-                let (pid, _) = lock.holders.swap_remove(i);
+                }
+                lock.holders.remove(&pid);
                 tracing::debug!(resource = %crate::etf::summary(&lock.resource), holder = %pid_text(&pid), "global: lock holder gone; released");
                 if lock.holders.is_empty()
                     && let Some(lock) = st.locks.remove(&k)
