@@ -961,6 +961,10 @@ impl<S: GenServer> Host<S> {
 
 impl<S: GenServer> Host<S> {
     fn dispatch_one(&self, ctx: &mut Ctx, server: &mut S, signal: Signal) -> Flow {
+        if let Signal::Raw(raw) = signal {
+            self.raw(ctx, server, &raw);
+            return Flow::Continue;
+        }
         if let Signal::Message(term) = signal {
             return match classify(term) {
                 Incoming::System(from, request) => self.system(ctx, server, &from, request),
@@ -1334,6 +1338,80 @@ impl<S: GenServer> Dispatch for Host<S> {
 }
 
 impl<S: GenServer> Host<S> {
+    /// A message kept as bytes because eetf cannot hold it unchanged ([`Signal::Raw`]), now
+    /// that its turn has come (it waited while the server was busy or suspended): a call or
+    /// cast is served from its bytes, as the fast path serves it; anything else (an info or
+    /// system message, which handlers take as a term) is dropped with a `warn`.
+    fn raw(&self, ctx: &mut Ctx, server: &mut S, raw: &node::RawOwned) {
+        let limits = &raw.limits;
+        match protocol::parse(&raw.message, limits) {
+            Some(protocol::Envelope::Call { from, request }) => {
+                let Some(caller) = Caller::from_bytes(&from, limits) else {
+                    tracing::warn!(peer = %raw.peer, "a call kvnode cannot decode unchanged, from a caller that does not decode: dropped");
+                    return;
+                };
+                self.stats.count_in();
+                let result = server.handle_call(ctx, &caller, Request::from_bytes(request, limits));
+                if self.answer_raw(ctx, raw, &from, &caller, result) {
+                    self.stats.count_out();
+                }
+                crate::metrics::settle_kv_reply();
+            }
+            Some(protocol::Envelope::Cast { request }) => {
+                self.stats.count_in();
+                server.handle_cast(ctx, Request::from_bytes(request, limits));
+            }
+            _ => tracing::warn!(
+                peer = %raw.peer,
+                name = self.name.as_deref().unwrap_or(""),
+                message = %crate::etf::excerpt(&raw.message),
+                "a message kvnode cannot decode unchanged (an OTP 29 record, or 0.0 and -0.0 map keys) that is not a call or cast: dropped"
+            ),
+        }
+    }
+
+    /// Sends what `handle_call` answered to a call served from [`Signal::Raw`] bytes: an
+    /// encoded reply (which may hold a term eetf cannot, such as a stored record) is written
+    /// as bytes into a frame for the peer the call came from; anything else as [`answer`]
+    /// sends it. True if a reply went out.
+    fn answer_raw(
+        &self,
+        ctx: &Ctx,
+        raw: &node::RawOwned,
+        from: &protocol::From<'_>,
+        caller: &Caller,
+        result: CallResult<'_>,
+    ) -> bool {
+        let CallResult::Encoded(bytes) = result else {
+            return answer(ctx, caller, result);
+        };
+        let flags = ctx.node.manager().peer_flags(&raw.peer);
+        let (Some(flags), Some(true)) = (
+            flags,
+            protocol::pid_node(from.pid).map(|n| n == raw.peer.as_bytes()),
+        ) else {
+            return answer(ctx, caller, CallResult::Encoded(bytes));
+        };
+        if self.pid_etf.is_empty() {
+            return answer(ctx, caller, CallResult::Encoded(bytes));
+        }
+        let route = protocol::Route::for_flags(from, flags, &raw.limits);
+        let mut frame = Vec::with_capacity(protocol::reply_frame_len(
+            &self.pid_etf,
+            route,
+            from.tag,
+            bytes.len(),
+        ));
+        if !protocol::reply_frame(&mut frame, &self.pid_etf, route, from.tag, |out| {
+            out.extend_from_slice(bytes);
+            true
+        }) {
+            return false;
+        }
+        ctx.node.manager().send(&raw.peer, frame);
+        true
+    }
+
     /// Sends what `handle_call` answered on the fast path: written straight into the outbox
     /// of the connection the call came in on (by ALIAS_SEND when the tag is an alias and the
     /// peer negotiated ALIAS, else SEND to the caller's pid), when the caller lives on that
@@ -1432,6 +1510,8 @@ fn dispatch<S: GenServer>(ctx: &mut Ctx, server: &mut S, signal: Signal) {
             pid,
             reason,
         } => server.handle_down(ctx, reference, pid, reason),
+        // Reaches here only from [`Host::dispatch_one`], which serves it.
+        Signal::Raw(_) => {}
         Signal::Call { request, reply } => {
             let caller = Caller {
                 who: Who::Term {
