@@ -49,6 +49,7 @@ end
 /// answered, the connection stays up and nothing stored changes.
 const SIGNALS: &str = r##"
 :ok = GenServer.call(store, {:put, :before, 1})
+alive.("start")
 for {bad, i} <- Enum.with_index(bads) do
   keys = GenServer.call(store, :keys) |> Enum.sort()
   # A call in flight on this connection while the bad signals arrive.
