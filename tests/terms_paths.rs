@@ -183,3 +183,68 @@ fn kvnode_call_of_an_unrepresentable_reply_says_so() {
         assert!(!run.stderr.contains("noconnection"), "{run:?}");
     }
 }
+
+/// Boot code for a BEAM node whose `Bad.get/0` returns an unrepresentable term (a native
+/// record on OTP 29+, a signed-zero map on 27 and 28, `:plain` before) and whose
+/// `:bad_server` answers every call with it.
+const BAD_BOOT: &str = r##"
+otp = :erlang.system_info(:otp_release) |> List.to_integer()
+nz = :erlang.binary_to_term(<<131, 70, 128, 0, 0, 0, 0, 0, 0, 0>>)
+bad =
+  cond do
+    otp >= 29 -> :records.create(:geo, :pt, [x: 1, y: 2.5], %{is_exported: true})
+    otp >= 27 -> %{0.0 => :pos, nz => :neg}
+    true -> :plain
+  end
+:persistent_term.put(:bad, bad)
+defmodule Bad do
+  def get(), do: :persistent_term.get(:bad)
+  def loop() do
+    receive do
+      {:"$gen_call", from, _} -> GenServer.reply(from, get())
+      _ -> :ok
+    end
+    loop()
+  end
+end
+Process.register(spawn(&Bad.loop/0), :bad_server)
+"##;
+
+/// Replies to kvnode's own calls holding such a term, from a real BEAM node: `kvnode call`
+/// (a GenServer reply), `kvnode rpc` (erpc: the spawned process's DOWN reason) and `kvnode
+/// rpc --rex` all exit 5 with a clear message, promptly, instead of losing the connection.
+#[test]
+fn kvnode_call_and_rpc_of_a_beam_node_answering_such_a_term_say_so() {
+    let kv = KvNode::fresh("kv_paths_epmd");
+    let cookie = unique("cookie");
+    let beam = BeamNode::start(&unique("bad_beam"), &cookie, kv.epmd_port, BAD_BOOT);
+    let port = kv.epmd_port.to_string();
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--cookie", &cookie, "--epmd-port", &port]);
+        kvnode_client(&all)
+    };
+    wait_for("bad_server registered", std::time::Duration::from_secs(60), || {
+        let r = run(&["rpc", &beam.name, "erlang", "whereis", "[bad_server]"]);
+        (r.status == Some(0) && r.stdout.starts_with('<')).then_some(())
+    });
+    let r = run(&["rpc", &beam.name, "erlang", "system_info", "[otp_release]"]);
+    let otp: u32 = r.stdout.trim().trim_matches('"').parse().expect("otp release");
+    let cases: [&[&str]; 3] = [
+        &["call", &beam.name, "bad_server", "get"],
+        &["rpc", &beam.name, "Elixir.Bad", "get", "[]"],
+        &["rpc", &beam.name, "--rex", "Elixir.Bad", "get", "[]"],
+    ];
+    for args in cases {
+        let started = std::time::Instant::now();
+        let r = run(args);
+        eprintln!("OTP {otp} {args:?}: {:?} in {:?}", r, started.elapsed());
+        if otp >= 27 {
+            assert_eq!(r.status, Some(5), "{args:?}: {r:?}");
+            assert!(r.stderr.contains("kvnode cannot print"), "{args:?}: {r:?}");
+        } else {
+            assert_eq!(r.status, Some(0), "{args:?}: {r:?}");
+            assert_eq!(r.stdout.trim(), "plain", "{args:?}: {r:?}");
+        }
+    }
+}

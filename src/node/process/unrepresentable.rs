@@ -8,7 +8,8 @@
 //! |---|---|
 //! | SPAWN_REQUEST (`:erpc.call`, `:rpc.call`, `Node.spawn`) with such an argument | SPAWN_REPLY error `unrepresentable`: `:erpc.call` raises `{:erpc, :unrepresentable}`, `:rpc.call` returns `{:badrpc, {:EXIT, :unrepresentable}}` |
 //! | a message (SEND, REG_SEND, ALIAS_SEND and their `_TT` forms) to a kvnode process | delivered as bytes ([`Signal::Raw`]): a GenServer serves a call or cast of it from the bytes (the KV server's raw lane, `rex` answers `{:badrpc, {:EXIT, :unrepresentable}}`), a [`crate::Process`] gets a reply to its call as [`crate::CallError::Unrepresentable`]; anything else is dropped with a `warn` |
-//! | any other control message holding one (an exit reason, say) | dropped with a `warn` |
+//! | an exit signal or a DOWN (PAYLOAD_EXIT, PAYLOAD_EXIT2, PAYLOAD_MONITOR_P_EXIT) whose reason is one | delivered (the link or monitor fires) with the reason kept as its bytes: `{unrepresentable, Bytes}`, `erlang:binary_to_term(Bytes)` being the reason |
+//! | any other control message holding one | dropped with a `warn` |
 //!
 //! The control message itself is decoded alone (it holds no such term in any signal OTP
 //! sends); if it cannot be, the frame is dropped with a `warn`. Malformed terms (the
@@ -18,7 +19,7 @@ use super::{Node, RawOwned, Signal};
 use crate::etf::{self, Limits, TermError};
 use crate::node::transport::altact;
 use erl_dist::message::Message;
-use erl_dist::term::{Atom, FixInteger, PidOrAtom, Term};
+use erl_dist::term::{Atom, Binary, FixInteger, PidOrAtom, Term, Tuple};
 
 /// The reason a SPAWN_REQUEST whose arguments kvnode cannot hold unchanged is refused with
 /// (`{:erpc, :unrepresentable}` for `:erpc.call`), and what `rex` answers inside
@@ -43,6 +44,11 @@ mod op {
     pub const SEND_SENDER_TT: i32 = 23;
     pub const SPAWN_REQUEST: i32 = 29;
     pub const SPAWN_REQUEST_TT: i32 = 30;
+    pub const PAYLOAD_EXIT: i32 = 24;
+    pub const PAYLOAD_EXIT_TT: i32 = 25;
+    pub const PAYLOAD_EXIT2: i32 = 26;
+    pub const PAYLOAD_EXIT2_TT: i32 = 27;
+    pub const PAYLOAD_MONITOR_P_EXIT: i32 = 28;
     pub const ALIAS_SEND: i32 = 33;
     pub const ALIAS_SEND_TT: i32 = 34;
     pub const ALTACT_SIG_SEND: i32 = super::altact::OP as i32;
@@ -93,6 +99,43 @@ pub fn handle_frame(
         (op::ALIAS_SEND | op::ALIAS_SEND_TT, [_, _, Term::Reference(alias), ..]) => {
             node.alias_target(alias)
         }
+        // Exit signals and DOWNs whose reason is such a term still take effect (a link or
+        // monitor that never fired would leave its watcher waiting), with the reason kept
+        // whole as its bytes: `{unrepresentable, <<Reason in external format>>}`.
+        (op::PAYLOAD_EXIT | op::PAYLOAD_EXIT_TT | op::PAYLOAD_EXIT2 | op::PAYLOAD_EXIT2_TT, [_, Term::Pid(from), Term::Pid(to), ..])
+            if !payload.is_empty() =>
+        {
+            let reason = wrapped_reason(payload);
+            tracing::warn!(%peer, %error, operation, "an exit signal whose reason kvnode cannot decode unchanged: delivered with the reason as {{unrepresentable, Bytes}}");
+            let message = if matches!(operation, op::PAYLOAD_EXIT | op::PAYLOAD_EXIT_TT) {
+                Message::payload_exit(from.clone(), to.clone(), reason)
+            } else {
+                Message::payload_exit2(from.clone(), to.clone(), reason)
+            };
+            super::router::handle(node, peer, message);
+            return;
+        }
+        (op::PAYLOAD_MONITOR_P_EXIT, [_, from, Term::Pid(to), Term::Reference(reference), ..])
+            if !payload.is_empty() =>
+        {
+            let from = match from {
+                Term::Pid(p) => PidOrAtom::Pid(p.clone()),
+                Term::Atom(a) => PidOrAtom::Atom(a.clone()),
+                _ => {
+                    tracing::warn!(%peer, %error, "a malformed MONITOR_P_EXIT holding a term kvnode cannot decode unchanged: dropped");
+                    return;
+                }
+            };
+            tracing::warn!(%peer, %error, "a DOWN whose reason kvnode cannot decode unchanged: delivered with the reason as {{unrepresentable, Bytes}}");
+            let message = Message::payload_monitor_p_exit(
+                from,
+                to.clone(),
+                (**reference).clone(),
+                wrapped_reason(payload),
+            );
+            super::router::handle(node, peer, message);
+            return;
+        }
         // ALTACT_SIG_SEND (OTP 28+) of a message, not of an exit signal.
         (op::ALTACT_SIG_SEND, [_, Term::FixInteger(FixInteger { value: flags }), _, to, ..])
             if flags & i32::from(altact::FLAG_EXIT) == 0 =>
@@ -124,6 +167,28 @@ pub fn handle_frame(
             operation,
             "message to a process that does not exist here: dropped"
         ),
+    }
+}
+
+/// An exit reason kvnode cannot decode unchanged (`payload`: the reason in external format,
+/// version byte included), kept whole: `{unrepresentable, Bytes}`, where
+/// `erlang:binary_to_term(Bytes)` is the reason.
+pub fn wrapped_reason(payload: &[u8]) -> Term {
+    Tuple::from(vec![
+        Atom::from(REASON).into(),
+        Binary::from(payload.to_vec()).into(),
+    ])
+    .into()
+}
+
+/// Whether `reason` is a reason [`wrapped_reason`] made; its bytes if so.
+pub fn unwrapped_reason(reason: &Term) -> Option<&[u8]> {
+    match reason {
+        Term::Tuple(t) => match t.elements.as_slice() {
+            [Term::Atom(a), Term::Binary(b)] if a.name == REASON => Some(&b.bytes),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
