@@ -224,12 +224,21 @@ fn kvnode_call_and_rpc_of_a_beam_node_answering_such_a_term_say_so() {
         all.extend_from_slice(&["--cookie", &cookie, "--epmd-port", &port]);
         kvnode_client(&all)
     };
-    wait_for("bad_server registered", std::time::Duration::from_secs(60), || {
-        let r = run(&["rpc", &beam.name, "erlang", "whereis", "[bad_server]"]);
-        (r.status == Some(0) && r.stdout.starts_with('<')).then_some(())
-    });
+    wait_for(
+        "bad_server registered",
+        std::time::Duration::from_secs(60),
+        || {
+            let r = run(&["rpc", &beam.name, "erlang", "whereis", "[bad_server]"]);
+            (r.status == Some(0) && r.stdout.starts_with('<')).then_some(())
+        },
+    );
     let r = run(&["rpc", &beam.name, "erlang", "system_info", "[otp_release]"]);
-    let otp: u32 = r.stdout.trim().trim_matches('"').parse().expect("otp release");
+    let otp: u32 = r
+        .stdout
+        .trim()
+        .trim_matches('"')
+        .parse()
+        .expect("otp release");
     let cases: [&[&str]; 3] = [
         &["call", &beam.name, "bad_server", "get"],
         &["rpc", &beam.name, "Elixir.Bad", "get", "[]"],

@@ -82,8 +82,7 @@ pub(super) fn call_failure(error: &CallError, client: &Client, opts: &ClientOpts
         CallError::Unrepresentable { dest, reply } => Failure::new(
             Status::Remote,
             format!(
-                "{dest} answered with a term kvnode cannot print (an OTP 29 native record, or a map with both 0.0 and -0.0 as keys); the reply is {} bytes in external format: {}",
-                reply.len(),
+                "{dest} answered with a term kvnode cannot print (an OTP 29 native record, or a map with both 0.0 and -0.0 as keys); the reply in external format is {}",
                 crate::etf::excerpt(reply)
             ),
         ),

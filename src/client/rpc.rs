@@ -163,8 +163,7 @@ fn erpc_result(
         return Err(Failure::new(
             Status::Remote,
             format!(
-                "the result holds a term kvnode cannot print (an OTP 29 native record, or a map with both 0.0 and -0.0 as keys); the process exited with a reason of {} bytes in external format: {}",
-                bytes.len(),
+                "the result holds a term kvnode cannot print (an OTP 29 native record, or a map with both 0.0 and -0.0 as keys); its exit reason in external format is {}",
                 crate::etf::excerpt(bytes)
             ),
         ));

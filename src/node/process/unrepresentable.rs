@@ -8,11 +8,12 @@
 //! |---|---|
 //! | SPAWN_REQUEST (`:erpc.call`, `:rpc.call`, `Node.spawn`) with such an argument | SPAWN_REPLY error `unrepresentable`: `:erpc.call` raises `{:erpc, :unrepresentable}`, `:rpc.call` returns `{:badrpc, {:EXIT, :unrepresentable}}` |
 //! | a message (SEND, REG_SEND, ALIAS_SEND and their `_TT` forms) to a kvnode process | delivered as bytes ([`Signal::Raw`]): a GenServer serves a call or cast of it from the bytes (the KV server's raw lane, `rex` answers `{:badrpc, {:EXIT, :unrepresentable}}`), a [`crate::Process`] gets a reply to its call as [`crate::CallError::Unrepresentable`]; anything else is dropped with a `warn` |
-//! | an exit signal or a DOWN (PAYLOAD_EXIT, PAYLOAD_EXIT2, PAYLOAD_MONITOR_P_EXIT) whose reason is one | delivered (the link or monitor fires) with the reason kept as its bytes: `{unrepresentable, Bytes}`, `erlang:binary_to_term(Bytes)` being the reason |
+//! | an exit signal or a DOWN (EXIT, EXIT2, MONITOR_P_EXIT, their PAYLOAD_ and `_TT` forms) whose reason is one | delivered (the link or monitor fires) with the reason kept as its bytes: `{unrepresentable, Bytes}`, `erlang:binary_to_term(Bytes)` being the reason |
 //! | any other control message holding one | dropped with a `warn` |
 //!
-//! The control message itself is decoded alone (it holds no such term in any signal OTP
-//! sends); if it cannot be, the frame is dropped with a `warn`. Malformed terms (the
+//! The control message is decoded alone; when it holds the term itself (an exit reason
+//! without DFLAG_EXIT_PAYLOAD) its other elements are, and the reason is kept as bytes. A
+//! frame that fits none of these is dropped with a `warn`. Malformed terms (the
 //! validator fails) still close the connection, as before.
 
 use super::{Node, RawOwned, Signal};
@@ -37,6 +38,11 @@ pub fn is_unrepresentable(error: &TermError) -> bool {
 /// Distribution operations (erl_dist_protocol): the ones handled here.
 mod op {
     pub const SEND: i32 = 2;
+    pub const EXIT: i32 = 3;
+    pub const EXIT2: i32 = 8;
+    pub const EXIT_TT: i32 = 13;
+    pub const EXIT2_TT: i32 = 18;
+    pub const MONITOR_P_EXIT: i32 = 21;
     pub const REG_SEND: i32 = 6;
     pub const SEND_TT: i32 = 12;
     pub const REG_SEND_TT: i32 = 16;
@@ -69,7 +75,11 @@ pub fn handle_frame(
     let elements = match etf::decode(control, limits) {
         Ok((Term::Tuple(t), _)) => t.elements,
         Ok(_) | Err(_) => {
-            tracing::warn!(%peer, %error, control = %etf::excerpt(control), "a control message kvnode cannot decode unchanged: dropped");
+            // An exit signal or DOWN without a payload carries its reason in the control
+            // message (a peer without DFLAG_EXIT_PAYLOAD gets those): still delivered.
+            if !exit_in_control(node, peer, control, limits, error) {
+                tracing::warn!(%peer, %error, control = %etf::excerpt(control), "a control message kvnode cannot decode unchanged: dropped");
+            }
             return;
         }
     };
@@ -79,7 +89,10 @@ pub fn handle_frame(
     };
     let operation = *operation;
     let target = match (operation, elements.as_slice()) {
-        (op::SPAWN_REQUEST | op::SPAWN_REQUEST_TT, [_, Term::Reference(req_id), Term::Pid(from), _, mfa, ..]) => {
+        (
+            op::SPAWN_REQUEST | op::SPAWN_REQUEST_TT,
+            [_, Term::Reference(req_id), Term::Pid(from), _, mfa, ..],
+        ) => {
             tracing::warn!(%peer, %error, mfa = %etf::summary(mfa), "a spawn request whose arguments kvnode cannot decode unchanged: refused with SPAWN_REPLY error unrepresentable");
             node.send_to_node(
                 peer,
@@ -92,19 +105,23 @@ pub fn handle_frame(
             );
             return;
         }
-        (op::REG_SEND | op::REG_SEND_TT, [_, _, _, Term::Atom(name), ..]) => node.whereis(&name.name),
-        (op::SEND | op::SEND_TT | op::SEND_SENDER | op::SEND_SENDER_TT, [_, _, Term::Pid(to), ..]) => {
-            node.lookup_pid(to)
+        (op::REG_SEND | op::REG_SEND_TT, [_, _, _, Term::Atom(name), ..]) => {
+            node.whereis(&name.name)
         }
+        (
+            op::SEND | op::SEND_TT | op::SEND_SENDER | op::SEND_SENDER_TT,
+            [_, _, Term::Pid(to), ..],
+        ) => node.lookup_pid(to),
         (op::ALIAS_SEND | op::ALIAS_SEND_TT, [_, _, Term::Reference(alias), ..]) => {
             node.alias_target(alias)
         }
         // Exit signals and DOWNs whose reason is such a term still take effect (a link or
         // monitor that never fired would leave its watcher waiting), with the reason kept
         // whole as its bytes: `{unrepresentable, <<Reason in external format>>}`.
-        (op::PAYLOAD_EXIT | op::PAYLOAD_EXIT_TT | op::PAYLOAD_EXIT2 | op::PAYLOAD_EXIT2_TT, [_, Term::Pid(from), Term::Pid(to), ..])
-            if !payload.is_empty() =>
-        {
+        (
+            op::PAYLOAD_EXIT | op::PAYLOAD_EXIT_TT | op::PAYLOAD_EXIT2 | op::PAYLOAD_EXIT2_TT,
+            [_, Term::Pid(from), Term::Pid(to), ..],
+        ) if !payload.is_empty() => {
             let reason = wrapped_reason(payload);
             tracing::warn!(%peer, %error, operation, "an exit signal whose reason kvnode cannot decode unchanged: delivered with the reason as {{unrepresentable, Bytes}}");
             let message = if matches!(operation, op::PAYLOAD_EXIT | op::PAYLOAD_EXIT_TT) {
@@ -168,6 +185,99 @@ pub fn handle_frame(
             "message to a process that does not exist here: dropped"
         ),
     }
+}
+
+/// EXIT, EXIT2, their `_TT` forms and MONITOR_P_EXIT, whose reason (the control tuple's
+/// last element) kvnode cannot decode unchanged: routed with the reason kept as its bytes
+/// ([`wrapped_reason`]). False for any other control message.
+fn exit_in_control(
+    node: &Node,
+    peer: &str,
+    control: &[u8],
+    limits: &Limits,
+    error: &TermError,
+) -> bool {
+    let Some(body) = control.strip_prefix(&[etf::VERSION_MAGIC]) else {
+        return false;
+    };
+    let [etf::SMALL_TUPLE_EXT, arity, ref rest @ ..] = *body else {
+        return false;
+    };
+    // Each element's bytes (validated with the frame).
+    let mut parts = Vec::with_capacity(usize::from(arity));
+    let mut at = 0;
+    for _ in 0..arity {
+        let Some(len) = rest
+            .get(at..)
+            .and_then(|r| etf::validate_term(r, limits).ok())
+        else {
+            return false;
+        };
+        parts.push(&rest[at..at + len]);
+        at += len;
+    }
+    let Some((reason, head)) = parts.split_last() else {
+        return false;
+    };
+    let mut decoded = Vec::with_capacity(head.len());
+    for part in head {
+        let mut v = Vec::with_capacity(part.len() + 1);
+        v.push(etf::VERSION_MAGIC);
+        v.extend_from_slice(part);
+        match etf::decode_exact(&v, limits) {
+            Ok(term) => decoded.push(term),
+            Err(_) => return false,
+        }
+    }
+    let mut reason_bytes = Vec::with_capacity(reason.len() + 1);
+    reason_bytes.push(etf::VERSION_MAGIC);
+    reason_bytes.extend_from_slice(reason);
+    let reason = wrapped_reason(&reason_bytes);
+    let message = match decoded.as_slice() {
+        [
+            Term::FixInteger(FixInteger { value: op::EXIT }),
+            Term::Pid(from),
+            Term::Pid(to),
+        ]
+        | [
+            Term::FixInteger(FixInteger { value: op::EXIT_TT }),
+            Term::Pid(from),
+            Term::Pid(to),
+            _,
+        ] => Message::exit(from.clone(), to.clone(), reason),
+        [
+            Term::FixInteger(FixInteger { value: op::EXIT2 }),
+            Term::Pid(from),
+            Term::Pid(to),
+        ]
+        | [
+            Term::FixInteger(FixInteger {
+                value: op::EXIT2_TT,
+            }),
+            Term::Pid(from),
+            Term::Pid(to),
+            _,
+        ] => Message::exit2(from.clone(), to.clone(), reason),
+        [
+            Term::FixInteger(FixInteger {
+                value: op::MONITOR_P_EXIT,
+            }),
+            from,
+            Term::Pid(to),
+            Term::Reference(reference),
+        ] => {
+            let from = match from {
+                Term::Pid(p) => PidOrAtom::Pid(p.clone()),
+                Term::Atom(a) => PidOrAtom::Atom(a.clone()),
+                _ => return false,
+            };
+            Message::monitor_p_exit(from, to.clone(), (**reference).clone(), reason)
+        }
+        _ => return false,
+    };
+    tracing::warn!(%peer, %error, "an exit signal or DOWN whose reason kvnode cannot decode unchanged: delivered with the reason as {{unrepresentable, Bytes}}");
+    super::router::handle(node, peer, message);
+    true
 }
 
 /// An exit reason kvnode cannot decode unchanged (`payload`: the reason in external format,
