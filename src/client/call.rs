@@ -76,6 +76,16 @@ pub(super) fn call_failure(error: &CallError, client: &Client, opts: &ClientOpts
                 terms::render_error(reason, opts)
             ),
         ),
+        // The call was answered, but with a term no kvnode term can hold (the printers work
+        // on terms): said clearly, with the start of the reply's bytes; exit status 5 as for
+        // the other answers kvnode cannot show as a result.
+        CallError::Unrepresentable { dest, reply } => Failure::new(
+            Status::Remote,
+            format!(
+                "{dest} answered with a term kvnode cannot print (an OTP 29 native record, or a map with both 0.0 and -0.0 as keys); the reply in external format is {}",
+                crate::etf::excerpt(reply)
+            ),
+        ),
         other => Failure::new(Status::Remote, format!("remote error: {other}")),
     }
 }

@@ -158,6 +158,16 @@ fn erpc_result(
             format!("{}: noconnection", client.peer),
         ));
     }
+    if let Some(bytes) = crate::node::unrepresentable::unwrapped_reason(&reason) {
+        // The result (or the exception) holds a term kvnode cannot hold or print.
+        return Err(Failure::new(
+            Status::Remote,
+            format!(
+                "the result holds a term kvnode cannot print (an OTP 29 native record, or a map with both 0.0 and -0.0 as keys); its exit reason in external format is {}",
+                crate::etf::excerpt(bytes)
+            ),
+        ));
+    }
     if let Term::Tuple(t) = &reason {
         match t.elements.as_slice() {
             [r, kind, value] if ours(r) && is_atom(kind, "return") => return Ok(value.clone()),

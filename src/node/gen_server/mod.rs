@@ -12,10 +12,14 @@
 //! ([`Request::decode`]). A reply given at once ([`CallResult::Reply`], or
 //! [`CallResult::Encoded`] bytes copied as they are) is written straight into the outbox of
 //! the connection the call came in on; if that outbox is over its bound, the host closes the
-//! connection (a peer that does not read costs only its own connection). Everything else
-//! (a busy or suspended server, system messages, info messages) is decoded and queued as
-//! before, and answered through a [`Replier`]. So any server gets the fast path; a server
-//! that reads [`Request::bytes`] also skips the decoding.
+//! connection (a peer that does not read costs only its own connection). A call or cast
+//! from a peer that cannot run at once (the server is busy in another thread, has signals
+//! queued, is suspended or keeps `:sys.statistics`) waits in the mailbox as its bytes and is
+//! served from them when its turn comes, exactly as the fast path serves it (so a request
+//! holding a term eetf cannot hold, such as an OTP 29 native record, is served the same
+//! whether the server was idle or not); an encoded reply then goes out as bytes too.
+//! System and info messages are decoded and queued. So any server gets the fast path; a
+//! server that reads [`Request::bytes`] also skips the decoding.
 //!
 //! System messages (`{:system, from, request}`, what `:sys` and `GenServer.stop` send) are
 //! answered by the host for every server, as `sys.erl` answers them for a gen_server:
@@ -961,6 +965,10 @@ impl<S: GenServer> Host<S> {
 
 impl<S: GenServer> Host<S> {
     fn dispatch_one(&self, ctx: &mut Ctx, server: &mut S, signal: Signal) -> Flow {
+        if let Signal::Raw(raw) = signal {
+            self.raw(ctx, server, &raw);
+            return Flow::Continue;
+        }
         if let Signal::Message(term) = signal {
             return match classify(term) {
                 Incoming::System(from, request) => self.system(ctx, server, &from, request),
@@ -1282,7 +1290,9 @@ impl<S: GenServer> Dispatch for Host<S> {
         let mut server = match self.server.try_lock() {
             Ok(guard) => guard,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return false,
+            // Busy in another thread: the message waits as its bytes, and that thread
+            // serves it from them before it lets go.
+            Err(std::sync::TryLockError::WouldBlock) => return self.queue_raw(node, raw),
         };
         // One look at the mailbox (suspension and death change only under the server lock,
         // which we hold).
@@ -1294,16 +1304,12 @@ impl<S: GenServer> Dispatch for Host<S> {
             // Dropped, as a message to a dead pid.
             return true;
         }
-        // Signals queued earlier go first: run them, and leave this one to the decoding path.
-        if queued {
+        // Signals queued earlier go first; suspended, the message waits with the others.
+        // Either way it waits as its bytes ([`Signal::Raw`]) and is served from them, as
+        // here, when its turn comes (statistics count it then).
+        if queued || held {
             drop(server);
-            self.run_pending(node);
-            return false;
-        }
-        // Suspended: the message waits with the others (decoded). Statistics count what the
-        // decoding path handles.
-        if held {
-            return false;
+            return self.queue_raw(node, raw);
         }
         let mut ctx = Ctx {
             node,
@@ -1334,6 +1340,91 @@ impl<S: GenServer> Dispatch for Host<S> {
 }
 
 impl<S: GenServer> Host<S> {
+    /// Queues a call or cast from a peer that cannot run now as its bytes, then runs what
+    /// is pending (if the server is free) as [`Dispatch::dispatch_weighted`] does.
+    fn queue_raw(&self, node: &Node, raw: &RawMessage) -> bool {
+        let owned = node::RawOwned::new(raw.peer, raw.message, raw.limits);
+        self.push(Signal::Raw(owned), raw.message.len().max(MIN_SIGNAL_WEIGHT));
+        self.run_pending(node);
+        self.report_pressure();
+        true
+    }
+
+    /// A message kept as bytes ([`Signal::Raw`]: a call or cast that waited while the
+    /// server was busy or suspended, or a message eetf cannot hold unchanged), now that its
+    /// turn has come: a call or cast is served from its bytes, as the fast path serves it;
+    /// anything else (an info or system message, which handlers take as a term, holding a
+    /// term eetf cannot hold) is dropped with a `warn`.
+    fn raw(&self, ctx: &mut Ctx, server: &mut S, raw: &node::RawOwned) {
+        let limits = &raw.limits;
+        match protocol::parse(&raw.message, limits) {
+            Some(protocol::Envelope::Call { from, request }) => {
+                let Some(caller) = Caller::from_bytes(&from, limits) else {
+                    tracing::warn!(peer = %raw.peer, "a call kvnode cannot decode unchanged, from a caller that does not decode: dropped");
+                    return;
+                };
+                self.stats.count_in();
+                let result = server.handle_call(ctx, &caller, Request::from_bytes(request, limits));
+                if self.answer_raw(ctx, raw, &from, &caller, result) {
+                    self.stats.count_out();
+                }
+                crate::metrics::settle_kv_reply();
+            }
+            Some(protocol::Envelope::Cast { request }) => {
+                self.stats.count_in();
+                server.handle_cast(ctx, Request::from_bytes(request, limits));
+            }
+            _ => tracing::warn!(
+                peer = %raw.peer,
+                name = self.name.as_deref().unwrap_or(""),
+                message = %crate::etf::excerpt(&raw.message),
+                "a message kvnode cannot decode unchanged (an OTP 29 record, or 0.0 and -0.0 map keys) that is not a call or cast: dropped"
+            ),
+        }
+    }
+
+    /// Sends what `handle_call` answered to a call served from [`Signal::Raw`] bytes: an
+    /// encoded reply (which may hold a term eetf cannot, such as a stored record) is written
+    /// as bytes into a frame for the peer the call came from; anything else as [`answer`]
+    /// sends it. True if a reply went out.
+    fn answer_raw(
+        &self,
+        ctx: &Ctx,
+        raw: &node::RawOwned,
+        from: &protocol::From<'_>,
+        caller: &Caller,
+        result: CallResult<'_>,
+    ) -> bool {
+        let CallResult::Encoded(bytes) = result else {
+            return answer(ctx, caller, result);
+        };
+        let flags = ctx.node.manager().peer_flags(&raw.peer);
+        let (Some(flags), Some(true)) = (
+            flags,
+            protocol::pid_node(from.pid).map(|n| n == raw.peer.as_bytes()),
+        ) else {
+            return answer(ctx, caller, CallResult::Encoded(bytes));
+        };
+        if self.pid_etf.is_empty() {
+            return answer(ctx, caller, CallResult::Encoded(bytes));
+        }
+        let route = protocol::Route::for_flags(from, flags, &raw.limits);
+        let mut frame = Vec::with_capacity(protocol::reply_frame_len(
+            &self.pid_etf,
+            route,
+            from.tag,
+            bytes.len(),
+        ));
+        if !protocol::reply_frame(&mut frame, &self.pid_etf, route, from.tag, |out| {
+            out.extend_from_slice(bytes);
+            true
+        }) {
+            return false;
+        }
+        ctx.node.manager().send(&raw.peer, frame);
+        true
+    }
+
     /// Sends what `handle_call` answered on the fast path: written straight into the outbox
     /// of the connection the call came in on (by ALIAS_SEND when the tag is an alias and the
     /// peer negotiated ALIAS, else SEND to the caller's pid), when the caller lives on that
@@ -1432,6 +1523,8 @@ fn dispatch<S: GenServer>(ctx: &mut Ctx, server: &mut S, signal: Signal) {
             pid,
             reason,
         } => server.handle_down(ctx, reference, pid, reason),
+        // Reaches here only from [`Host::dispatch_one`], which serves it.
+        Signal::Raw(_) => {}
         Signal::Call { request, reply } => {
             let caller = Caller {
                 who: Who::Term {

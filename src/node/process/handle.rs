@@ -123,6 +123,21 @@ pub enum CallError {
         /// The exit reason.
         reason: Term,
     },
+    /// The reply holds a term kvnode cannot decode unchanged (an OTP 29 native record, or a
+    /// map with both `0.0` and `-0.0` as keys, which eetf would merge): `reply` is the
+    /// reply in external format, version byte included, exactly as the peer sent it (print
+    /// it with `erlang:binary_to_term/1` on a BEAM node, or keep it as bytes). The connection
+    /// stays up.
+    #[error(
+        "the reply from {dest} holds a term kvnode cannot decode unchanged (an OTP 29 record, or 0.0 and -0.0 map keys; {} bytes)",
+        reply.len()
+    )]
+    Unrepresentable {
+        /// Whom the call went to.
+        dest: Dest,
+        /// The reply, in external format (version byte included).
+        reply: Vec<u8>,
+    },
 }
 
 /// A monitor this process holds.
@@ -143,6 +158,10 @@ struct State {
     /// Calls in progress, by their monitor reference (which is also their alias): their
     /// replies and `DOWN`s are for the call, not for [`Process::recv`].
     calls: HashMap<RefKey, Term, foldhash::fast::RandomState>,
+    /// Replies to calls in progress that eetf cannot hold unchanged, in external format
+    /// (version byte included), by call: their queued message is a placeholder `{tag,
+    /// undefined}` that [`Process::call`] turns into [`CallError::Unrepresentable`].
+    unrepresentable: HashMap<RefKey, Vec<u8>, foldhash::fast::RandomState>,
     monitors: HashMap<RefKey, Held, foldhash::fast::RandomState>,
 }
 
@@ -309,6 +328,35 @@ impl Dispatch for Shared {
                     })
                 });
             }
+            Signal::Raw(raw) => {
+                // A message eetf cannot hold unchanged: a reply to a call of ours fails that
+                // call with the reply's bytes; anything else is dropped.
+                let parts = super::unrepresentable::reply_parts(&raw.message, &raw.limits);
+                let key = parts.as_ref().and_then(|(tag, _)| {
+                    let alias = crate::node::gen_server::alias_of(tag)?;
+                    (alias.node.name == self.node_name)
+                        .then(|| RefKey::of(alias))
+                        .flatten()
+                });
+                let (Some((tag, reply)), Some(key)) = (parts, key) else {
+                    tracing::warn!(
+                        peer = %raw.peer,
+                        message = %crate::etf::excerpt(&raw.message),
+                        "a message kvnode cannot decode unchanged (an OTP 29 record, or 0.0 and -0.0 map keys): dropped"
+                    );
+                    return;
+                };
+                self.push_with(bytes, |st| {
+                    if !st.calls.contains_key(&key) {
+                        tracing::debug!("reply to a call that has ended: dropped");
+                        return None;
+                    }
+                    st.unrepresentable.insert(key, reply);
+                    Some(Received::Message(
+                        Tuple::from(vec![tag, atom("undefined")]).into(),
+                    ))
+                });
+            }
             Signal::Call { .. } => {
                 // An in-node call made for a GenServer (rpc): a Rust process answers none;
                 // dropping the reply sender fails that call at once.
@@ -402,7 +450,11 @@ impl Drop for CallEnd<'_> {
     fn drop(&mut self) {
         let p = self.process;
         p.node.deactivate_alias(self.reference);
-        p.shared.lock().calls.remove(&self.key);
+        {
+            let mut st = p.shared.lock();
+            st.calls.remove(&self.key);
+            st.unrepresentable.remove(&self.key);
+        }
         p.demonitor(self.reference);
         let tag = self.tag;
         while p
@@ -592,6 +644,9 @@ impl Process {
             .await;
         match got {
             Some(Received::Message(Term::Tuple(t))) => {
+                if let Some(reply) = self.shared.lock().unrepresentable.remove(&key) {
+                    return Err(CallError::Unrepresentable { dest, reply });
+                }
                 let mut elements = t.elements.into_iter();
                 Ok(elements.nth(1).unwrap_or_else(|| atom("undefined")))
             }

@@ -29,6 +29,7 @@ pub mod handle;
 pub mod monitors;
 pub mod router;
 pub mod spawn;
+pub mod unrepresentable;
 
 pub use dest::Dest;
 pub use events::{ConnectError, NodeEvent, NodeEvents};
@@ -70,6 +71,33 @@ pub enum Signal {
         /// Where the reply goes.
         reply: oneshot::Sender<Term>,
     },
+    /// A message from a peer that eetf cannot hold unchanged (an OTP 29 native record, a map
+    /// with both `0.0` and `-0.0` as keys), kept in external format: a GenServer serves a
+    /// call or cast of it as bytes ([`crate::Request::bytes`]), a [`Process`] gets a call
+    /// reply of it as [`CallError::Unrepresentable`]; anything else is dropped with a `warn`.
+    Raw(Box<RawOwned>),
+}
+
+/// A message kept as the bytes it arrived as ([`Signal::Raw`]).
+#[derive(Debug)]
+pub struct RawOwned {
+    /// The peer node it came from.
+    pub peer: String,
+    /// The message, version byte included (validated with `limits`).
+    pub message: Vec<u8>,
+    /// The limits it was validated with.
+    pub limits: crate::etf::Limits,
+}
+
+impl RawOwned {
+    /// Keeps a validated message that arrived from `peer`.
+    pub fn new(peer: &str, message: &[u8], limits: &crate::etf::Limits) -> Box<Self> {
+        Box::new(RawOwned {
+            peer: peer.to_owned(),
+            message: message.to_vec(),
+            limits: *limits,
+        })
+    }
 }
 
 /// Runs signals for one process. Implemented by [`crate::node::gen_server`]'s host, which runs the

@@ -18,7 +18,9 @@
 //! `{badrpc, {'EXIT', Reason}}` after an exit, `{badrpc, {'EXIT', {Reason, Stack}}}` after an
 //! error (`{badrpc, {'EXIT', {undef, [{M, F, A, []}]}}}` for a function kvnode does not have).
 //! Functions come from the one [`super::functions`] table SPAWN_REQUEST uses. The group
-//! leader is ignored: kvnode's functions do no I/O. `erlang:halt` gets no reply (the node is
+//! leader is ignored: kvnode's functions do no I/O. A call whose arguments kvnode cannot decode
+//! unchanged (an OTP 29 native record, a map with both `0.0` and `-0.0` as keys) is answered
+//! `{badrpc, {'EXIT', unrepresentable}}` at once. `erlang:halt` gets no reply (the node is
 //! gone, as on BEAM: `erl_call -q` then exits 0).
 
 use super::functions::{self, Finished, Outcome, atom, tuple};
@@ -84,6 +86,19 @@ fn mfa_request(request: &Term, tag: &str) -> Option<(Term, Term, Term)> {
     }
 }
 
+/// Whether `bytes` (one term, no version byte) is a 5-tuple starting with the atom `call` or
+/// `block_call`.
+fn is_mfa_call(bytes: &[u8]) -> bool {
+    const SMALL_TUPLE_EXT: u8 = 104;
+    match bytes {
+        [SMALL_TUPLE_EXT, 5, rest @ ..] => matches!(
+            crate::etf::skip::atom(rest),
+            Some((b"call" | b"block_call", _))
+        ),
+        _ => false,
+    }
+}
+
 fn send(node: &Node, to: &Pid, message: Term) {
     gen_server::send(node, to, message);
 }
@@ -101,8 +116,24 @@ impl GenServer for Rex {
         from: &Caller,
         request: Request<'_>,
     ) -> CallResult<'_> {
-        let Ok(request) = request.decode() else {
-            return CallResult::NoReply;
+        let bytes = request.bytes();
+        let request = match request.decode() {
+            Ok(request) => request,
+            Err(error) => {
+                // A call whose arguments kvnode cannot decode unchanged (an OTP 29 record, a
+                // map with 0.0 and -0.0 keys) is answered at once, not left to time out.
+                if bytes.is_some_and(is_mfa_call) {
+                    tracing::warn!(from = %crate::etf::text::name(&from.pid().node.name), %error, "rex: a call kvnode cannot decode unchanged: answered badrpc unrepresentable");
+                    return CallResult::Reply(tuple(vec![
+                        atom("badrpc"),
+                        tuple(vec![
+                            atom("EXIT"),
+                            atom(crate::node::unrepresentable::REASON),
+                        ]),
+                    ]));
+                }
+                return CallResult::NoReply;
+            }
         };
         if let Some((m, f, a)) =
             mfa_request(&request, "call").or_else(|| mfa_request(&request, "block_call"))

@@ -12,7 +12,8 @@ use super::manager::ConnHandle;
 use super::outbox::{self, Outbox};
 use super::stream::RawStream;
 use crate::etf::{self, Limits};
-use crate::node::{Node, RawMessage, Signal, router};
+use crate::node::unrepresentable;
+use crate::node::{Node, RawMessage, RawOwned, Signal, router};
 use erl_dist::DistributionFlags;
 use erl_dist::message::Message;
 use std::sync::Arc;
@@ -351,12 +352,11 @@ fn handle_frame(
                 let message = match etf::decode(message, limits) {
                     Ok((message, _)) => message,
                     // A valid term eetf cannot hold (an OTP 29 native record, a map with
-                    // 0.0 and -0.0 keys): refused, never delivered changed; the peer is fine.
-                    Err(
-                        error @ (etf::TermError::NativeRecord { .. }
-                        | etf::TermError::MapKeysMerged),
-                    ) => {
-                        tracing::warn!(%peer, name = %etf::text::name(name), %error, "a message kvnode cannot decode unchanged: dropped");
+                    // 0.0 and -0.0 keys): delivered as its bytes, never changed (a busy
+                    // GenServer serves it from them when its turn comes); the peer is fine.
+                    Err(error) if unrepresentable::is_unrepresentable(&error) => {
+                        let raw = RawOwned::new(peer, message, limits);
+                        target.dispatch_weighted(node, Signal::Raw(raw), bytes);
                         return Ok(());
                     }
                     Err(error) => return Err(error.into()),
@@ -367,12 +367,24 @@ fn handle_frame(
         }
         _ => {
             // ALTACT_SIG_SEND (op 37), which erl_dist does not know.
-            if let Some(signal) = super::altact::parse(rest, ctrl_len, limits)? {
-                crate::metrics::ALTACT_IN.inc();
-                router::handle_altact(node, peer, signal);
-                return Ok(());
+            let decoded = super::altact::parse(rest, ctrl_len, limits).and_then(|altact| {
+                Ok(match altact {
+                    Some(signal) => Err(signal),
+                    None => Ok(decode_message(rest, ctrl_len, limits)?),
+                })
+            });
+            match decoded {
+                Ok(Err(signal)) => {
+                    crate::metrics::ALTACT_IN.inc();
+                    router::handle_altact(node, peer, signal);
+                }
+                Ok(Ok(message)) => router::handle(node, peer, message),
+                // A valid term eetf cannot hold unchanged: the signal costs only itself.
+                Err(Error::Term(error)) if unrepresentable::is_unrepresentable(&error) => {
+                    unrepresentable::handle_frame(node, peer, rest, ctrl_len, limits, &error)
+                }
+                Err(error) => return Err(error),
             }
-            router::handle(node, peer, decode_message(rest, ctrl_len, limits)?);
             Ok(())
         }
     }
