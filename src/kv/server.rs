@@ -776,6 +776,9 @@ impl GenServer for KvServer {
         Some(KvServer {
             store: std::mem::take(&mut self.store),
             durable: self.durable.take(),
+            // The store may still hold terms eetf cannot hold: without this, `get`, `cas`
+            // and `:keys` would decode them into `{:error, :unrepresentable}`.
+            has_raw: self.has_raw,
             ..Self::default()
         })
     }

@@ -1,0 +1,197 @@
+//! Terms eetf cannot hold (an OTP 29 native record here) stored through the raw lane must come
+//! back as the bytes they came as after `GenServer.stop` too: the fresh KV process takes over
+//! the store, and with it the knowledge that it may hold such terms (`has_raw`). Without it,
+//! with `--data-dir` a `get` of a record value answered `{:error, :unrepresentable}` as if
+//! that were the value, and `:keys` listed that term in place of a record key.
+//!
+//! The peer is a raw distribution connection (a real handshake with kvnode over TCP) so the
+//! test runs on every OTP row, OTP 25 included, which cannot build native records itself;
+//! the bytes it sends are what OTP 29's `term_to_binary` writes for `#geo:pt{x = 1}`.
+
+mod common;
+
+use common::*;
+use erl_dist::term::{Atom, FixInteger, Pid, Reference, Term, Tuple};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// `#geo:pt{x = 1}`, exported, as OTP 29 writes it (no version byte).
+const RECORD: &[u8] = &[
+    67, 0, 0, 0, 1, 1, 119, 3, b'g', b'e', b'o', 119, 2, b'p', b't', 119, 1, b'x', 97, 1,
+];
+
+/// Completes a real handshake with kvnode as a fake node and returns the socket and the
+/// fake node's name.
+fn handshaken(port: u16, cookie: &str) -> (TcpStream, String) {
+    let cookie = cookie.to_owned();
+    let name = format!("{}@127.0.0.1", unique("rawpeer"));
+    let me: erl_dist::node::NodeName = name.parse().expect("name");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stream = rt.block_on(async move {
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let (s, _) = kvnode::internals::transport::handshake::connect(
+            s,
+            &me,
+            7,
+            &cookie,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("handshake");
+        s.into_std().expect("into_std")
+    });
+    stream.set_nonblocking(false).expect("blocking");
+    (stream, name)
+}
+
+fn encoded(t: &Term) -> Vec<u8> {
+    let mut v = Vec::new();
+    kvnode::etf::encode::encode(t, &mut v).expect("encode");
+    v
+}
+
+fn atom_bytes(name: &str) -> Vec<u8> {
+    encoded(&Atom::from(name).into())[1..].to_vec()
+}
+
+/// A raw peer calling the KV server with requests written as bytes.
+struct Peer {
+    s: TcpStream,
+    from: Pid,
+    next: u32,
+}
+
+impl Peer {
+    /// `GenServer.call(KVStore, request)` with `request` given as external-format bytes (no
+    /// version byte); returns the reply frame's body.
+    fn call(&mut self, request: &[u8]) -> Vec<u8> {
+        self.next += 1;
+        let tag: Term = Reference {
+            node: Atom::from(self.from.node.name.as_str()),
+            id: vec![self.next, 77, 99],
+            creation: 7,
+        }
+        .into();
+        let control = Tuple::from(vec![
+            FixInteger::from(6).into(),
+            self.from.clone().into(),
+            Atom::from("").into(),
+            Atom::from("Elixir.DistributedExample.KVStore").into(),
+        ]);
+        let mut body = vec![112];
+        body.extend(encoded(&control.into()));
+        body.extend_from_slice(&[131, 104, 3]);
+        body.extend(atom_bytes("$gen_call"));
+        let from_tag = Tuple::from(vec![self.from.clone().into(), tag.clone()]);
+        body.extend_from_slice(&encoded(&from_tag.into())[1..]);
+        body.extend_from_slice(request);
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend(body);
+        self.s.write_all(&frame).expect("write");
+        // The reply is the frame carrying our tag (ticks and anything else skipped).
+        let tag_bytes = encoded(&tag)[1..].to_vec();
+        self.s.set_read_timeout(Some(LONG)).expect("timeout");
+        loop {
+            let mut len = [0u8; 4];
+            self.s.read_exact(&mut len).expect("a frame length");
+            let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+            self.s.read_exact(&mut body).expect("a frame body");
+            if contains(&body, &tag_bytes) {
+                return body;
+            }
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `{op, args...}` as bytes.
+fn request(op: &str, args: &[&[u8]]) -> Vec<u8> {
+    let mut v = vec![104, 1 + args.len() as u8];
+    v.extend(atom_bytes(op));
+    for a in args {
+        v.extend_from_slice(a);
+    }
+    v
+}
+
+#[test]
+fn raw_values_and_keys_survive_genserver_stop() {
+    let dir = std::env::temp_dir().join(unique("kvnode_rawstop"));
+    let _ = std::fs::remove_dir_all(&dir);
+    struct DirGuard(std::path::PathBuf);
+    impl Drop for DirGuard {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = DirGuard(dir.clone());
+    let dir_arg = dir.to_str().expect("utf-8 path").to_owned();
+    let kv = KvNode::fresh_with("kv_rawstop", &["--data-dir", &dir_arg]);
+    let (s, name) = handshaken(kv.dist_port(), &kv.cookie);
+    let mut peer = Peer {
+        s,
+        from: Pid::new(name.as_str(), 1, 0, 7),
+        next: 0,
+    };
+    let ok = atom_bytes("ok");
+    let unrepresentable = atom_bytes("unrepresentable");
+    let value_key = atom_bytes("rec_value");
+    let one = [97u8, 1];
+
+    // A record as a value and as a key, through the raw lane.
+    let reply = peer.call(&request("put", &[&value_key, RECORD]));
+    assert!(contains(&reply, &ok), "put of a record value: {reply:?}");
+    let reply = peer.call(&request("put", &[RECORD, &one]));
+    assert!(contains(&reply, &ok), "put of a record key: {reply:?}");
+    let reply = peer.call(&request("get", &[&value_key]));
+    assert!(contains(&reply, RECORD), "get before the stop: {reply:?}");
+
+    // A fresh process takes the name and the store.
+    kv.script(
+        "rawstop",
+        r#"
+old = :rpc.call(kv, :erlang, :whereis, [DistributedExample.KVStore])
+:ok = GenServer.stop(store, :normal)
+new = :rpc.call(kv, :erlang, :whereis, [DistributedExample.KVStore])
+true = is_pid(new) and new != old
+"#,
+    );
+
+    let mut checks = Scenarios::new();
+    checks.check("get of a record value after the stop", || {
+        let reply = peer.call(&request("get", &[&value_key]));
+        assert!(
+            contains(&reply, RECORD) && !contains(&reply, &unrepresentable),
+            "the record's bytes, not another term: {reply:?}"
+        );
+    });
+    checks.check("get by a record key after the stop", || {
+        let reply = peer.call(&request("get", &[RECORD]));
+        assert!(contains(&reply, &one), "{reply:?}");
+    });
+    checks.check(":keys after the stop", || {
+        let reply = peer.call(&atom_bytes("keys"));
+        assert!(
+            contains(&reply, RECORD) && contains(&reply, &value_key),
+            "both keys as stored: {reply:?}"
+        );
+        assert!(!contains(&reply, &unrepresentable), "{reply:?}");
+    });
+    checks.check("cas mismatch after the stop shows the record", || {
+        let reply = peer.call(&request("cas", &[&value_key, &ok, &one]));
+        assert!(contains(&reply, RECORD), "{reply:?}");
+        assert!(!contains(&reply, &unrepresentable), "{reply:?}");
+    });
+    checks.finish();
+}
