@@ -590,12 +590,19 @@ impl KvServer {
         if let Some(view) = self.byte_view(&request) {
             metrics::kv_request(true, byte_kind(&view));
             self.note_raw(&view);
+            let view_key = view.key();
             let decode = |k: &[u8]| request.decode_part(k).ok();
             return match apply_bytes(&mut self.store, &mut self.default_reply, view, decode) {
                 Some(reply) => CallResult::Encoded(reply),
+                // The key was validated on arrival: it has no canonical form only when it
+                // holds a term eetf cannot hold nested too deep, or too costly, to read (see
+                // `key::canonical_from_etf`). Refused with a reply, as the raw lane does.
                 None => {
-                    tracing::debug!("undecodable key in a call");
-                    CallResult::NoReply
+                    tracing::warn!(
+                        key = %crate::etf::excerpt(view_key),
+                        "a key with no canonical form (a term eetf cannot hold, nested too deep or too costly to read): refused"
+                    );
+                    CallResult::Reply(unrepresentable())
                 }
             };
         }

@@ -1,5 +1,7 @@
-//! Terms eetf cannot hold (an OTP 29 native record here) stored through the raw lane must come
-//! back as the bytes they came as after `GenServer.stop` too: the fresh KV process takes over
+//! The KV raw lane (terms eetf cannot hold, an OTP 29 native record here) against a raw peer.
+//!
+//! Terms stored through the raw lane must come back as the bytes they came as after
+//! `GenServer.stop` too: the fresh KV process takes over
 //! the store, and with it the knowledge that it may hold such terms (`has_raw`). Without it,
 //! with `--data-dir` a `get` of a record value answered `{:error, :unrepresentable}` as if
 //! that were the value, and `:keys` listed that term in place of a record key.
@@ -223,5 +225,64 @@ fn raw_values_on_the_queued_path() {
     assert!(
         contains(&reply, RECORD) && !contains(&reply, &atom_bytes("unrepresentable")),
         "the record's bytes on the queued path too: {reply:?}"
+    );
+}
+
+/// `[[[ ... [n small integers, record] ... ]]]`, `depth` lists deep (no version byte).
+fn nested_lists(depth: usize, n: usize) -> Vec<u8> {
+    let mut t = vec![108];
+    t.extend_from_slice(&((n + 1) as u32).to_be_bytes());
+    for _ in 0..n {
+        t.extend_from_slice(&[97, 1]);
+    }
+    t.extend_from_slice(RECORD);
+    t.push(106);
+    for _ in 0..depth {
+        let mut o = vec![108, 0, 0, 0, 1];
+        o.extend_from_slice(&t);
+        o.push(106);
+        t = o;
+    }
+    t
+}
+
+/// A key holding a native record, nested 1,990 lists deep around a 200,000-element list
+/// (400 KB): reading its canonical form from the bytes cost depth times size (each level
+/// validated its whole subtree again; about a minute of KV server time in a debug build,
+/// every other client waiting). Now refused at once, and the node serves on. A key nested
+/// deeper than `MAX_FULL_DEPTH` around a record is refused with a reply too.
+#[test]
+fn a_deep_key_around_a_big_list_is_refused_quickly() {
+    let kv = KvNode::fresh("kv_rawcost");
+    let (s, name) = handshaken(kv.dist_port(), &kv.cookie);
+    let mut peer = Peer {
+        s,
+        from: Pid::new(name.as_str(), 1, 0, 7),
+        next: 0,
+    };
+    // Deeper than MAX_FULL_DEPTH around a record: refused with a reply (in memory, the
+    // byte lane left such a call unanswered).
+    let reply = peer.call(&request("put", &[&nested_lists(2_010, 1), &[97, 1]]));
+    assert!(
+        contains(&reply, &atom_bytes("unrepresentable")),
+        "refused: {:?}",
+        &reply[reply.len().saturating_sub(40)..]
+    );
+    let key = nested_lists(1_990, 200_000);
+    let started = std::time::Instant::now();
+    // The peer's read times out after LONG (30 s): the old walk took longer.
+    let reply = peer.call(&request("put", &[&key, &[97, 1]]));
+    eprintln!("answered in {:?}", started.elapsed());
+    assert!(
+        contains(&reply, &atom_bytes("unrepresentable")),
+        "refused: {:?}",
+        &reply[reply.len().saturating_sub(40)..]
+    );
+    kv.script(
+        "rawcost",
+        r#"
+:ok = GenServer.call(store, {:put, :alive, true})
+true = GenServer.call(store, {:get, :alive})
+"#,
     );
 }
