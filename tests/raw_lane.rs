@@ -286,3 +286,45 @@ true = GenServer.call(store, {:get, :alive})
 "#,
     );
 }
+
+/// With subscribers, a request that changes nothing is answered as without them: a `cas`
+/// mismatch against a stored native record shows the record (it showed
+/// `{:error, :unrepresentable}` as the current value), a `put_new` of one on a present key
+/// is `{:error, :exists}` (it was refused as a change). A real change is still refused.
+#[test]
+fn requests_that_change_nothing_are_answered_with_subscribers() {
+    let kv = KvNode::fresh("kv_rawsub");
+    let (s, name) = handshaken(kv.dist_port(), &kv.cookie);
+    let mut peer = Peer {
+        s,
+        from: Pid::new(name.as_str(), 1, 0, 7),
+        next: 0,
+    };
+    let (ok, unrepresentable) = (atom_bytes("ok"), atom_bytes("unrepresentable"));
+    let value_key = atom_bytes("rec_value");
+    let reply = peer.call(&request("put", &[&value_key, RECORD]));
+    assert!(contains(&reply, &ok), "{reply:?}");
+    let reply = peer.call(&request("subscribe", &[&atom_bytes("all")]));
+    assert!(contains(&reply, &ok), "subscribed: {reply:?}");
+    let mut checks = Scenarios::new();
+    checks.check("cas mismatch shows the record", || {
+        let reply = peer.call(&request(
+            "cas",
+            &[&value_key, &atom_bytes("nope"), &[97, 1]],
+        ));
+        assert!(contains(&reply, &atom_bytes("mismatch")), "{reply:?}");
+        assert!(contains(&reply, RECORD), "{reply:?}");
+        assert!(!contains(&reply, &unrepresentable), "{reply:?}");
+    });
+    checks.check("put_new on a present key", || {
+        let reply = peer.call(&request("put_new", &[&value_key, RECORD]));
+        assert!(contains(&reply, &atom_bytes("exists")), "{reply:?}");
+    });
+    checks.check("a change is still refused", || {
+        let reply = peer.call(&request("put", &[&atom_bytes("other"), RECORD]));
+        assert!(contains(&reply, &unrepresentable), "{reply:?}");
+        let reply = peer.call(&request("cas", &[&value_key, RECORD, &[97, 1]]));
+        assert!(contains(&reply, &unrepresentable), "{reply:?}");
+    });
+    checks.finish();
+}
