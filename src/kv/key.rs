@@ -438,7 +438,8 @@ pub fn encode_etf_into(etf: &[u8], out: &mut Vec<u8>) -> bool {
 /// encoded ([`encode_into`]), else, for terms no `eetf::Term` can hold (native records, maps
 /// whose keys differ only in the sign of a zero float), read from the bytes container by
 /// container ([`encode_etf_full`]). False, with `out` as it was, when the bytes are not
-/// one valid term or are nested deeper than [`MAX_FULL_DEPTH`] around such a term.
+/// one valid term, or are nested deeper than [`MAX_FULL_DEPTH`] around such a term, or
+/// would cost that reader more than its work budget ([`FULL_WORK_PER_BYTE`]).
 pub fn canonical_from_etf(etf: &[u8], out: &mut Vec<u8>) -> bool {
     if encode_etf_into(etf, out) {
         return true;
@@ -454,7 +455,13 @@ pub fn canonical_from_etf(etf: &[u8], out: &mut Vec<u8>) -> bool {
         }
         Err(crate::etf::TermError::NativeRecord { .. } | crate::etf::TermError::MapKeysMerged) => {
             let start = out.len();
-            let ok = encode_etf_full(etf, out, 0) == Some(etf.len());
+            let mut walk = Walk {
+                budget: etf
+                    .len()
+                    .saturating_mul(FULL_WORK_PER_BYTE)
+                    .saturating_add(FULL_WORK_FLOOR),
+            };
+            let ok = encode_etf_full(etf, out, 0, &mut walk) == Some(etf.len());
             if !ok {
                 out.truncate(start);
             }
@@ -469,26 +476,51 @@ pub fn canonical_from_etf(etf: &[u8], out: &mut Vec<u8>) -> bool {
 /// operand, never stored changed).
 pub const MAX_FULL_DEPTH: u32 = 2_000;
 
-/// The length of the valid term at the start of `b`.
-fn term_len(b: &[u8]) -> Option<usize> {
-    crate::etf::validate_term(b, &crate::kv::durable::recovery_limits()).ok()
+/// The work budget of [`encode_etf_full`], in bytes it reads or copies per byte of the term
+/// (plus [`FULL_WORK_FLOOR`]). A list or map level builds its canonical bytes apart (a
+/// list's length and a map's order are known only once its elements are read) and copies
+/// them into its parent, so a term nested `d` levels deep costs up to `d` times its size:
+/// without a bound, one 2 MB key nested 2,000 lists deep held the KV server for minutes.
+/// Flat terms cost 2 to 3 bytes per byte; a term over budget has no canonical key (refused
+/// like one nested deeper than [`MAX_FULL_DEPTH`]).
+pub const FULL_WORK_PER_BYTE: usize = 16;
+
+/// Work every [`encode_etf_full`] walk may spend whatever the term's size (see
+/// [`FULL_WORK_PER_BYTE`]): enough for a small key nested [`MAX_FULL_DEPTH`] levels deep
+/// (about 12 MB for 2,000 one-element lists around a record).
+pub const FULL_WORK_FLOOR: usize = 32 << 20;
+
+/// What an [`encode_etf_full`] walk may still spend (bytes read or copied).
+struct Walk {
+    budget: usize,
+}
+
+impl Walk {
+    /// Spends `n`; None once the budget is exhausted.
+    fn spend(&mut self, n: usize) -> Option<()> {
+        self.budget = self.budget.checked_sub(n)?;
+        Some(())
+    }
 }
 
 /// One leaf term (no map or record inside it), decoded and encoded canonically.
-fn encode_leaf(b: &[u8], out: &mut Vec<u8>) -> Option<usize> {
-    let len = term_len(b)?;
+fn encode_leaf(b: &[u8], out: &mut Vec<u8>, walk: &mut Walk) -> Option<usize> {
+    let limits = crate::kv::durable::recovery_limits();
+    let len = crate::etf::validate_term(b, &limits).ok()?;
+    walk.spend(len)?;
     let mut versioned = Vec::with_capacity(len + 1);
     versioned.push(crate::etf::VERSION_MAGIC);
     versioned.extend_from_slice(&b[..len]);
-    let term = crate::etf::decode_exact(&versioned, &crate::kv::durable::recovery_limits()).ok()?;
+    let term = crate::etf::decode_exact(&versioned, &limits).ok()?;
     encode_into(&term, out);
     Some(len)
 }
 
 /// The canonical bytes of the term at the start of `b` (see [`canonical_from_etf`]), read
-/// container by container; returns its length. The output equals [`Key::from_term`]'s for
-/// every term eetf can hold (the test `full_reader_agrees_with_from_term` checks the zoo).
-fn encode_etf_full(b: &[u8], out: &mut Vec<u8>, depth: u32) -> Option<usize> {
+/// container by container; returns its length. Each element is read once; what it costs
+/// comes out of `walk`. The output equals [`Key::from_term`]'s for every term eetf can hold
+/// (the test `full_reader_agrees_with_from_term` checks the zoo).
+fn encode_etf_full(b: &[u8], out: &mut Vec<u8>, depth: u32, walk: &mut Walk) -> Option<usize> {
     use crate::etf::{
         LARGE_TUPLE_EXT, LIST_EXT, MAP_EXT, NIL_EXT, RECORD_EXT, SMALL_TUPLE_EXT, STRING_EXT,
     };
@@ -509,17 +541,15 @@ fn encode_etf_full(b: &[u8], out: &mut Vec<u8>, depth: u32) -> Option<usize> {
             out.push(tag::TUPLE);
             put_varint(out, arity as u64);
             for _ in 0..arity {
-                pos += encode_etf_full(b.get(pos..)?, out, depth + 1)?;
+                pos += encode_etf_full(b.get(pos..)?, out, depth + 1, walk)?;
             }
             Some(pos)
         }
         NIL_EXT | STRING_EXT | LIST_EXT => {
-            // Gather the cells through chained list tails, then write them as from_term does.
-            enum Cell<'a> {
-                Term(&'a [u8]),
-                Byte(u8),
-            }
+            // The cells through chained list tails, each read once into `cells`, then
+            // written as from_term does (the count first).
             let mut cells = Vec::new();
+            let mut count: u64 = 0;
             let mut pos = 0;
             let tail = loop {
                 let here = b.get(pos..)?;
@@ -530,7 +560,10 @@ fn encode_etf_full(b: &[u8], out: &mut Vec<u8>, depth: u32) -> Option<usize> {
                     }
                     STRING_EXT => {
                         let n = usize::from(u16::from_be_bytes([*here.get(1)?, *here.get(2)?]));
-                        cells.extend(here.get(3..3 + n)?.iter().map(|&c| Cell::Byte(c)));
+                        for &c in here.get(3..3 + n)? {
+                            put_i64(&mut cells, i64::from(c));
+                        }
+                        count += n as u64;
                         pos += 3 + n;
                         break None;
                     }
@@ -538,43 +571,26 @@ fn encode_etf_full(b: &[u8], out: &mut Vec<u8>, depth: u32) -> Option<usize> {
                         let n = u32::from_be_bytes(here.get(1..5)?.try_into().ok()?) as usize;
                         pos += 5;
                         for _ in 0..n {
-                            let len = term_len(b.get(pos..)?)?;
-                            cells.push(Cell::Term(&b[pos..pos + len]));
-                            pos += len;
+                            pos += encode_etf_full(b.get(pos..)?, &mut cells, depth + 1, walk)?;
+                            count += 1;
                         }
                     }
                     _ => {
-                        let len = term_len(here)?;
-                        let t = &b[pos..pos + len];
-                        pos += len;
+                        let mut t = Vec::new();
+                        pos += encode_etf_full(here, &mut t, depth + 1, walk)?;
                         break Some(t);
                     }
                 }
             };
-            if cells.is_empty() {
-                match tail {
-                    None => out.push(tag::NIL),
-                    Some(t) => {
-                        encode_etf_full(t, out, depth + 1)?;
-                    }
-                }
-                return Some(pos);
-            }
-            out.push(tag::LIST);
-            put_varint(out, cells.len() as u64);
-            for cell in cells {
-                match cell {
-                    Cell::Byte(c) => put_i64(out, i64::from(c)),
-                    Cell::Term(t) => {
-                        encode_etf_full(t, out, depth + 1)?;
-                    }
-                }
+            walk.spend(cells.len() + tail.as_ref().map_or(0, Vec::len))?;
+            if count > 0 {
+                out.push(tag::LIST);
+                put_varint(out, count);
+                out.extend_from_slice(&cells);
             }
             match tail {
                 None => out.push(tag::NIL),
-                Some(t) => {
-                    encode_etf_full(t, out, depth + 1)?;
-                }
+                Some(t) => out.extend_from_slice(&t),
             }
             Some(pos)
         }
@@ -584,9 +600,10 @@ fn encode_etf_full(b: &[u8], out: &mut Vec<u8>, depth: u32) -> Option<usize> {
             let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(pairs.min(1 << 16));
             for _ in 0..pairs {
                 let mut k = Vec::new();
-                pos += encode_etf_full(b.get(pos..)?, &mut k, depth + 1)?;
+                pos += encode_etf_full(b.get(pos..)?, &mut k, depth + 1, walk)?;
                 let mut v = Vec::new();
-                pos += encode_etf_full(b.get(pos..)?, &mut v, depth + 1)?;
+                pos += encode_etf_full(b.get(pos..)?, &mut v, depth + 1, walk)?;
+                walk.spend(k.len() + v.len())?;
                 entries.push((k, v));
             }
             // By key; equal keys (a malformed map) by value too, as `put_map` does.
@@ -608,11 +625,11 @@ fn encode_etf_full(b: &[u8], out: &mut Vec<u8>, depth: u32) -> Option<usize> {
             // Module and name, then the field names, then the values: all in order, since
             // OTP 29 `=:=` compares records field by field in declaration order.
             for _ in 0..2 + 2 * arity {
-                pos += encode_etf_full(b.get(pos..)?, out, depth + 1)?;
+                pos += encode_etf_full(b.get(pos..)?, out, depth + 1, walk)?;
             }
             Some(pos)
         }
-        _ => encode_leaf(b, out),
+        _ => encode_leaf(b, out, walk),
     }
 }
 
@@ -1118,7 +1135,7 @@ mod bytes_tests {
             let bytes = etf(&term);
             let mut out = Vec::new();
             assert_eq!(
-                encode_etf_full(&bytes, &mut out, 0),
+                encode_etf_full(&bytes, &mut out, 0, &mut Walk { budget: usize::MAX }),
                 Some(bytes.len()),
                 "{term}"
             );
@@ -1216,5 +1233,115 @@ mod bytes_tests {
         assert!(canon(&map).is_some());
         // Truncated: no key.
         assert_eq!(canon(&xy[..xy.len() - 1]), None);
+    }
+}
+
+#[cfg(test)]
+mod full_work_tests {
+    use super::*;
+    use crate::etf::{LIST_EXT, MAP_EXT, NIL_EXT};
+
+    /// A native record `#m:n{}` (OTP 29 bytes): what sends a key to the full reader.
+    const RECORD: [u8; 12] = [67, 0, 0, 0, 0, 1, 119, 1, b'm', 119, 1, b'n'];
+
+    /// `[[[ ... [<<n small integers>>, record] ... ]]]`, `depth` lists deep.
+    fn nested_lists(depth: usize, n: usize) -> Vec<u8> {
+        let mut t = vec![LIST_EXT];
+        t.extend_from_slice(&((n + 1) as u32).to_be_bytes());
+        for _ in 0..n {
+            t.extend_from_slice(&[crate::etf::SMALL_INTEGER_EXT, 1]);
+        }
+        t.extend_from_slice(&RECORD);
+        t.push(NIL_EXT);
+        for _ in 0..depth {
+            let mut o = vec![LIST_EXT, 0, 0, 0, 1];
+            o.extend_from_slice(&t);
+            o.push(NIL_EXT);
+            t = o;
+        }
+        t
+    }
+
+    /// `%{a: %{a: ... {record, <<bytes>>} ...}}`, `depth` maps deep.
+    fn nested_maps(depth: usize, bytes: usize) -> Vec<u8> {
+        let mut t = vec![crate::etf::SMALL_TUPLE_EXT, 2];
+        t.extend_from_slice(&RECORD);
+        t.push(crate::etf::BINARY_EXT);
+        t.extend_from_slice(&(bytes as u32).to_be_bytes());
+        t.resize(t.len() + bytes, 0);
+        for _ in 0..depth {
+            let mut o = vec![
+                MAP_EXT,
+                0,
+                0,
+                0,
+                1,
+                crate::etf::SMALL_ATOM_UTF8_EXT,
+                1,
+                b'a',
+            ];
+            o.extend_from_slice(&t);
+            t = o;
+        }
+        t
+    }
+
+    /// A key holding a native record, nested deep around a big list (or a big binary under
+    /// nested maps), used to cost its depth times its size: each list level validated its
+    /// whole subtree again, each map level copied it (minutes of KV server time for one
+    /// 2 MB request). Now refused once over budget, in time linear in its size.
+    /// Runs `f` on a thread with the stack kvnode's threads get for terms this deep (the
+    /// full reader recurses once a level).
+    fn deep_stack(f: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new()
+            .stack_size(crate::etf::stack_size_for_depth(
+                MAX_FULL_DEPTH as usize + 10,
+            ))
+            .spawn(f)
+            .expect("thread")
+            .join()
+            .expect("no panic");
+    }
+
+    #[test]
+    fn deep_keys_around_big_terms_are_refused_not_walked_quadratically() {
+        deep_stack(refused);
+    }
+
+    fn refused() {
+        let mut out = Vec::new();
+        let lists = nested_lists(1_990, 20_000);
+        let started = std::time::Instant::now();
+        assert!(
+            !canonical_from_etf(&lists, &mut out),
+            "nested lists refused"
+        );
+        assert!(out.is_empty());
+        let maps = nested_maps(1_990, 64 << 10);
+        assert!(!canonical_from_etf(&maps, &mut out), "nested maps refused");
+        assert!(out.is_empty());
+        eprintln!("both refused in {:?}", started.elapsed());
+    }
+
+    /// Keys as deep as [`MAX_FULL_DEPTH`] allows (the record and its atoms are two levels
+    /// more) around small terms, and big flat ones, keep
+    /// their canonical key (the budget's floor and factor cover them).
+    #[test]
+    fn deep_small_keys_and_big_flat_keys_keep_their_key() {
+        deep_stack(kept);
+    }
+
+    fn kept() {
+        let mut out = Vec::new();
+        assert!(canonical_from_etf(&nested_lists(1_997, 1), &mut out));
+        out.clear();
+        assert!(canonical_from_etf(&nested_maps(1_997, 8), &mut out));
+        out.clear();
+        assert!(canonical_from_etf(&nested_lists(1, 2_000_000), &mut out));
+        out.clear();
+        assert!(canonical_from_etf(&nested_maps(1, 64 << 20), &mut out));
+        // Deeper than MAX_FULL_DEPTH: refused as before.
+        out.clear();
+        assert!(!canonical_from_etf(&nested_lists(2_001, 1), &mut out));
     }
 }

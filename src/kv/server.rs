@@ -413,6 +413,13 @@ impl KvServer {
         }
     }
 
+    /// Whether the value under the canonical key `canon` is one eetf cannot hold.
+    fn current_undecodable(&self, canon: &[u8]) -> bool {
+        self.store.get_encoded(canon).is_some_and(|v| {
+            may_be_raw(v) && crate::etf::decode_exact(v, &durable::recovery_limits()).is_err()
+        })
+    }
+
     /// Whether a change of the key whose canonical bytes are `canon` has subscribers.
     fn notifies(&self, canon: &[u8]) -> bool {
         self.subscriptions > 0 && (!self.all.is_empty() || self.by_key.contains_key(canon))
@@ -433,13 +440,16 @@ impl KvServer {
             );
             return RawReply::Term(unrepresentable());
         }
-        if view.mutates() && self.notifies(&canon) {
+        // A change subscribers would need an event term for is refused; a request that
+        // changes nothing (a `put_new` that finds the key, a `cas` mismatch) is answered.
+        let watched = view.mutates() && self.notifies(&canon);
+        let refused = |key: &[u8]| {
             tracing::warn!(
-                key = %crate::etf::excerpt(view.key()),
+                key = %crate::etf::excerpt(key),
                 "a change holding a term eetf cannot hold has subscribers, who could not be told: refused"
             );
-            return RawReply::Term(unrepresentable());
-        }
+            RawReply::Term(unrepresentable())
+        };
         let versioned = |b: &[u8]| {
             let mut v = Vec::with_capacity(b.len() + 1);
             v.push(crate::etf::VERSION_MAGIC);
@@ -453,6 +463,9 @@ impl KvServer {
                 return self.answer_bytes(caller, answer.to_vec());
             }
             ByteRequest::Delete { key } => {
+                if watched && self.store.get_encoded(&canon).is_some() {
+                    return refused(key);
+                }
                 if self.store.delete_encoded(&canon) {
                     store_gauges(&self.store);
                     self.has_raw = true;
@@ -465,10 +478,14 @@ impl KvServer {
                 }
                 return self.answer_term(caller, protocol::ok());
             }
+            ByteRequest::Put { key, .. } if watched => return refused(key),
             ByteRequest::Put { key, value } => (key, value),
             ByteRequest::PutNew { key, value } => {
                 if self.store.get_encoded(&canon).is_some() {
                     return self.answer_term(caller, protocol::exists());
+                }
+                if watched {
+                    return refused(key);
                 }
                 (key, value)
             }
@@ -489,6 +506,9 @@ impl KvServer {
                     let mut reply = Vec::new();
                     mismatch_bytes(current.unwrap_or(protocol::NIL_BYTES), &mut reply);
                     return self.answer_bytes(caller, reply);
+                }
+                if watched {
+                    return refused(key);
                 }
                 (key, new)
             }
@@ -567,8 +587,11 @@ impl KvServer {
         };
         match view {
             ByteRequest::Get { .. } => Some(view),
+            // With subscribers on the key, the decoding lane answers (and tells them of a
+            // change), unless the current value has no decoded form: then only the raw lane
+            // can show it in a mismatch (a match would need an event for it: refused).
             ByteRequest::Cas { key, .. } => match canon_ok(key) {
-                Some(c) if !self.notifies(&c) => Some(view),
+                Some(c) if !self.notifies(&c) || self.current_undecodable(&c) => Some(view),
                 _ => None,
             },
             _ => None,
@@ -590,12 +613,19 @@ impl KvServer {
         if let Some(view) = self.byte_view(&request) {
             metrics::kv_request(true, byte_kind(&view));
             self.note_raw(&view);
+            let view_key = view.key();
             let decode = |k: &[u8]| request.decode_part(k).ok();
             return match apply_bytes(&mut self.store, &mut self.default_reply, view, decode) {
                 Some(reply) => CallResult::Encoded(reply),
+                // The key was validated on arrival: it has no canonical form only when it
+                // holds a term eetf cannot hold nested too deep, or too costly, to read (see
+                // `key::canonical_from_etf`). Refused with a reply, as the raw lane does.
                 None => {
-                    tracing::debug!("undecodable key in a call");
-                    CallResult::NoReply
+                    tracing::warn!(
+                        key = %crate::etf::excerpt(view_key),
+                        "a key with no canonical form (a term eetf cannot hold, nested too deep or too costly to read): refused"
+                    );
+                    CallResult::Reply(unrepresentable())
                 }
             };
         }
@@ -776,6 +806,9 @@ impl GenServer for KvServer {
         Some(KvServer {
             store: std::mem::take(&mut self.store),
             durable: self.durable.take(),
+            // The store may still hold terms eetf cannot hold: without this, `get`, `cas`
+            // and `:keys` would decode them into `{:error, :unrepresentable}`.
+            has_raw: self.has_raw,
             ..Self::default()
         })
     }
