@@ -205,10 +205,8 @@ true = is_pid(new) and new != old
 /// bytes that the queued path decodes with plain eetf, so it is not answered at all.
 /// `:sys.statistics` forces that path deterministically.
 ///
-/// Ignored: the queued path can carry only terms (`answer` in src/node/gen_server/mod.rs
-/// decodes an `Encoded` reply with eetf); the fix belongs there (helper `rawmsg`).
+/// The queued path keeps a call's bytes and writes an encoded reply as bytes.
 #[test]
-#[ignore = "known defect: the queued path cannot carry a raw value (src/node/gen_server)"]
 fn raw_values_on_the_queued_path() {
     let kv = KvNode::fresh("kv_rawq");
     let (s, name) = handshaken(kv.dist_port(), &kv.cookie);
