@@ -28,7 +28,7 @@ use crate::storage::{Op, Storage};
 use crate::{Caller, Congestion, Ctx, Replier};
 use erl_dist::term::{Atom, Term, Tuple};
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// `{:error, :storage_unavailable}`.
 pub fn storage_unavailable() -> Term {
@@ -118,6 +118,8 @@ struct Progress {
 pub struct Durable {
     storage: Arc<Storage>,
     progress: Arc<Mutex<Progress>>,
+    /// Notified whenever `durable` moves (for [`Durable::wait_pending`]).
+    moved: Arc<Condvar>,
     replier: Replier,
     congestion: Congestion,
     max_queued: usize,
@@ -130,6 +132,7 @@ impl Durable {
         Durable {
             storage: Arc::new(storage),
             progress: Arc::new(Mutex::new(Progress::default())),
+            moved: Arc::new(Condvar::new()),
             replier: ctx.replier().kv_timed(),
             congestion: ctx.congestion(),
             max_queued: max_queued.max(1),
@@ -162,6 +165,7 @@ impl Durable {
             p.submitted
         };
         let progress = self.progress.clone();
+        let moved = self.moved.clone();
         let replier = self.replier.clone();
         let congestion = self.congestion.clone();
         let low = self.max_queued / 2;
@@ -197,6 +201,8 @@ impl Durable {
                 for (caller, reply) in released {
                     replier.reply(&caller, reply);
                 }
+                // After the replies: a raw reply waiting in `wait_pending` goes out behind them.
+                moved.notify_all();
             }),
         );
     }
@@ -213,6 +219,27 @@ impl Durable {
             }
         }
         self.replier.reply(caller, reply);
+    }
+
+    /// Blocks until every write submitted so far is durable (or failed), for a reply that
+    /// cannot wait in the queue as a term (one eetf cannot hold, sent as its bytes by the
+    /// caller): no reply shows a value a crash could take back. False when `timeout` passed
+    /// first (the storage thread is stuck): the caller answers `storage_unavailable`.
+    pub fn wait_pending(&self, timeout: std::time::Duration) -> bool {
+        let start = std::time::Instant::now();
+        let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = p.submitted;
+        while p.durable < seq {
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return false;
+            }
+            p = match self.moved.wait_timeout(p, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        true
     }
 }
 

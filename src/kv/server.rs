@@ -348,6 +348,12 @@ impl KvServer {
     }
 }
 
+/// How long a reply eetf cannot hold (sent as bytes, so it cannot wait in the durability
+/// queue) waits for the writes submitted before it to become durable, the KV server
+/// blocked, before it is refused with `{:error, :storage_unavailable}` (the storage thread
+/// is stuck; an `fdatasync` takes milliseconds).
+const RAW_REPLY_DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Whether an external term (version byte first) may be one eetf cannot hold: it holds a
 /// native record's tag byte or a map's (a cheap, conservative scan: false positives only
 /// cost the raw lane for `get` and `cas`).
@@ -561,13 +567,19 @@ impl KvServer {
     }
 
     /// A reply given as bytes. With `--data-dir` it waits for pending writes as a term when
-    /// it decodes to itself; one eetf cannot hold is answered as its bytes at once.
+    /// it decodes to itself; one eetf cannot hold is answered as its bytes once every write
+    /// submitted before it is durable (the server waits: such replies are rare), so no reply
+    /// shows a value a crash could take back.
     fn answer_bytes(&mut self, caller: Option<&Caller>, reply: Vec<u8>) -> RawReply {
-        if self.durable.is_some() {
+        if let Some(durable) = &self.durable {
             let mut versioned = vec![crate::etf::VERSION_MAGIC];
             versioned.extend_from_slice(&reply);
             if let Ok(term) = crate::etf::decode_exact(&versioned, &durable::recovery_limits()) {
                 return self.answer_term(caller, term);
+            }
+            if !durable.wait_pending(RAW_REPLY_DURABLE_WAIT) {
+                tracing::warn!("earlier writes not durable in time: a raw reply refused");
+                return RawReply::Term(durable::storage_unavailable());
             }
         }
         self.default_reply = reply;

@@ -904,3 +904,24 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A fresh directory under the temp dir (for `--data-dir`), removed when the guard drops.
+pub struct TempDataDir(pub std::path::PathBuf);
+
+impl TempDataDir {
+    pub fn new(tag: &str) -> TempDataDir {
+        let d = std::env::temp_dir().join(unique(tag));
+        let _ = std::fs::remove_dir_all(&d);
+        TempDataDir(d)
+    }
+
+    pub fn arg(&self) -> String {
+        self.0.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempDataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1486,7 +1486,15 @@ fn answer(ctx: &Ctx, caller: &Caller, result: CallResult<'_>) -> bool {
             let mut with_version = Vec::with_capacity(bytes.len() + 1);
             with_version.push(crate::etf::VERSION_MAGIC);
             with_version.extend_from_slice(bytes);
-            match Term::decode(with_version.as_slice()) {
+            // Checked: bytes eetf would change (a native record, 0.0 and -0.0 map keys) are
+            // refused here rather than sent changed.
+            let limits = crate::etf::Limits {
+                max_terms: usize::MAX,
+                max_atoms: usize::MAX,
+                max_depth: crate::etf::configured_depth(),
+                ..crate::etf::Limits::default()
+            };
+            match crate::etf::decode_exact(&with_version, &limits) {
                 Ok(term) => {
                     ctx.reply(caller, term);
                     true
