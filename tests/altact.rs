@@ -322,30 +322,7 @@ fn handshaken(kv: &KvNode) -> (TcpStream, String) {
 
 /// [`handshaken`] to the node listening on `port` (call it off any tokio runtime).
 fn handshaken_to(port: u16, cookie: &str) -> (TcpStream, String) {
-    let cookie = cookie.to_owned();
-    let name = format!("{}@127.0.0.1", unique("fake"));
-    let me: erl_dist::node::NodeName = name.parse().expect("name");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let stream = rt.block_on(async move {
-        let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect");
-        let (s, _) = kvnode::internals::transport::handshake::connect(
-            s,
-            &me,
-            7,
-            &cookie,
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("handshake");
-        s.into_std().expect("into_std")
-    });
-    stream.set_nonblocking(false).expect("blocking");
-    (stream, name)
+    common::raw_handshake(port, cookie, "fake")
 }
 
 /// A frame: length, pass-through, the control tuple and the payload, if any.

@@ -10,19 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-fn data_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(unique(tag));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-struct DirGuard(PathBuf);
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn start(alive: &str, cookie: &str, epmd: u16, dir: &Path) -> KvNode {
     KvNode::start_with(
         alive,
@@ -84,8 +71,8 @@ fn acknowledged_writes_survive_sigkill_at_different_moments() {
     let cookie = unique("cookie");
     let epmd = free_port();
     let alive = unique("kv_crash");
-    let dir = data_dir("kvnode_crash");
-    let _cleanup = DirGuard(dir.clone());
+    let tmp = TempDataDir::new("kvnode_crash");
+    let dir = tmp.0.clone();
     // Per round and caller: the last acknowledged put's sequence number.
     let mut puts: Vec<HashMap<u32, i64>> = Vec::new();
     // Per caller: acknowledged incrs over all rounds.
@@ -259,8 +246,8 @@ fn a_torn_tail_is_cut_and_everything_before_it_kept() {
     let cookie = unique("cookie");
     let epmd = free_port();
     let alive = unique("kv_torn");
-    let dir = data_dir("kvnode_torn");
-    let _cleanup = DirGuard(dir.clone());
+    let tmp = TempDataDir::new("kvnode_torn");
+    let dir = tmp.0.clone();
     fill(
         &alive,
         &cookie,
@@ -326,8 +313,8 @@ fn corruption_in_the_middle_is_a_startup_error() {
     let cookie = unique("cookie");
     let epmd = free_port();
     let alive = unique("kv_corrupt");
-    let dir = data_dir("kvnode_corrupt");
-    let _cleanup = DirGuard(dir.clone());
+    let tmp = TempDataDir::new("kvnode_corrupt");
+    let dir = tmp.0.clone();
     fill(&alive, &cookie, epmd, &dir, 100, "i");
     let seg = newest_segment(&dir);
     let mut bytes = std::fs::read(&seg).expect("read");
@@ -342,8 +329,8 @@ fn corruption_in_the_middle_is_a_startup_error() {
 fn a_second_kvnode_on_the_same_directory_is_refused() {
     let cookie = unique("cookie");
     let epmd = free_port();
-    let dir = data_dir("kvnode_lock");
-    let _cleanup = DirGuard(dir.clone());
+    let tmp = TempDataDir::new("kvnode_lock");
+    let dir = tmp.0.clone();
     let _kv = start(&unique("kv_lock1"), &cookie, epmd, &dir);
     let err = refused_start(&unique("kv_lock2"), &cookie, epmd, &dir);
     assert!(err.contains("lock") || err.contains("in use"), "{err}");
@@ -491,8 +478,8 @@ fn map_keys_overwritten_and_deleted_stay_so_after_sigkill() {
     let cookie = unique("cookie");
     let epmd = free_port();
     let alive = unique("kv_mapzoo");
-    let dir = data_dir("kvnode_mapzoo");
-    let _cleanup = DirGuard(dir.clone());
+    let tmp = TempDataDir::new("kvnode_mapzoo");
+    let dir = tmp.0.clone();
     {
         let mut kv = start(&alive, &cookie, epmd, &dir);
         let out = elixir(
@@ -552,8 +539,8 @@ fn fsyncs_are_observed_and_refused_writes_stay_refused_after_sigkill() {
     let cookie = unique("cookie");
     let epmd = free_port();
     let alive = unique("kv_syncs");
-    let dir = data_dir("kvnode_syncs");
-    let _cleanup = DirGuard(dir.clone());
+    let tmp = TempDataDir::new("kvnode_syncs");
+    let dir = tmp.0.clone();
     {
         let mem = KvNode::start(&unique("kv_mem"), &cookie, epmd);
         let out = elixir(
@@ -654,8 +641,8 @@ fn a_data_dir_written_by_the_previous_release_recovers_exactly() {
     let hex: String = expected.iter().map(|b| format!("{b:02x}")).collect();
     let cookie = unique("cookie");
     let epmd = free_port();
-    let dir = data_dir("kvnode_oldformat");
-    let _cleanup = DirGuard(dir.clone());
+    let tmp = TempDataDir::new("kvnode_oldformat");
+    let dir = tmp.0.clone();
     copy_dir(&fixture.join("data"), &dir);
     let kv = start(&unique("kv_old"), &cookie, epmd, &dir);
     kv.wait_log("recovered", Duration::from_secs(10));

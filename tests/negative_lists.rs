@@ -24,23 +24,10 @@ zoo = [
 ]
 "#;
 
-fn data_dir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(unique(tag));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-struct DirGuard(std::path::PathBuf);
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn negative_small_integer_lists_survive_every_path_and_a_restart() {
-    let dir = data_dir("kvnode_neglists");
-    let _cleanup = DirGuard(dir.clone());
+    let tmp = TempDataDir::new("kvnode_neglists");
+    let dir = tmp.0.clone();
     let dir_arg = dir.to_str().expect("utf-8 path").to_owned();
     let alive = unique("kv_neg");
     let cookie = unique("cookie");

@@ -28,30 +28,7 @@ const RECORD: &[u8] = &[
 /// Completes a real handshake with kvnode as a fake node and returns the socket and the
 /// fake node's name.
 fn handshaken(port: u16, cookie: &str) -> (TcpStream, String) {
-    let cookie = cookie.to_owned();
-    let name = format!("{}@127.0.0.1", unique("rawpeer"));
-    let me: erl_dist::node::NodeName = name.parse().expect("name");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let stream = rt.block_on(async move {
-        let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect");
-        let (s, _) = kvnode::internals::transport::handshake::connect(
-            s,
-            &me,
-            7,
-            &cookie,
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("handshake");
-        s.into_std().expect("into_std")
-    });
-    stream.set_nonblocking(false).expect("blocking");
-    (stream, name)
+    raw_handshake(port, cookie, "rawpeer")
 }
 
 fn encoded(t: &Term) -> Vec<u8> {

@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use erl_dist::node::NodeName;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -50,32 +49,7 @@ true = GenServer.call(store, {:get, :alive})
 
 /// Completes a real handshake with kvnode as a fake node and returns the raw socket.
 fn handshaken(kv: &KvNode) -> TcpStream {
-    let port = kv.dist_port();
-    let cookie = kv.cookie.clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let stream = rt.block_on(async move {
-        let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect");
-        let me: NodeName = format!("{}@127.0.0.1", unique("fake"))
-            .parse()
-            .expect("name");
-        let (s, _) = kvnode::internals::transport::handshake::connect(
-            s,
-            &me,
-            7,
-            &cookie,
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("handshake");
-        s.into_std().expect("into_std")
-    });
-    stream.set_nonblocking(false).expect("blocking");
-    stream
+    raw_handshake(kv.dist_port(), &kv.cookie, "fake").0
 }
 
 fn frame(body: &[u8]) -> Vec<u8> {

@@ -69,18 +69,10 @@ if has_records do
 end
 "##;
 
-struct DirGuard(std::path::PathBuf);
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn native_records_as_values_and_keys_survive_every_path_and_a_restart() {
-    let dir = std::env::temp_dir().join(unique("kvnode_records"));
-    let _ = std::fs::remove_dir_all(&dir);
-    let _cleanup = DirGuard(dir.clone());
+    let tmp = TempDataDir::new("kvnode_records");
+    let dir = tmp.0.clone();
     let dir_arg = dir.to_str().expect("utf-8 path").to_owned();
     let alive = unique("kv_rec");
     let cookie = unique("cookie");

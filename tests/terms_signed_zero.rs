@@ -36,19 +36,6 @@ check = fn label, got, want ->
 end
 "##;
 
-fn data_dir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(unique(tag));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-struct DirGuard(std::path::PathBuf);
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 const WRITES: &str = r##"
 # A byte-lane put first, then requests answered with what it stored.
 :ok = GenServer.call(store, {:put, :first, m})
@@ -106,8 +93,8 @@ end
 
 #[test]
 fn maps_with_both_signed_zeros_survive_every_write_path_and_a_restart() {
-    let dir = data_dir("kvnode_zero");
-    let _cleanup = DirGuard(dir.clone());
+    let tmp = TempDataDir::new("kvnode_zero");
+    let dir = tmp.0.clone();
     let dir_arg = dir.to_str().expect("utf-8 path").to_owned();
     let alive = unique("kv_zero");
     let cookie = unique("cookie");

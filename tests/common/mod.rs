@@ -925,3 +925,33 @@ impl Drop for TempDataDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Completes a real distribution handshake with the node listening on `port` as a fake node
+/// (`<prefix>_N@127.0.0.1`, creation 7) and returns the raw blocking socket and the fake
+/// node's name. Call it off any tokio runtime (it runs its own).
+pub fn raw_handshake(port: u16, cookie: &str, prefix: &str) -> (std::net::TcpStream, String) {
+    let cookie = cookie.to_owned();
+    let name = format!("{}@127.0.0.1", unique(prefix));
+    let me: erl_dist::node::NodeName = name.parse().expect("name");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stream = rt.block_on(async move {
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let (s, _) = kvnode::internals::transport::handshake::connect(
+            s,
+            &me,
+            7,
+            &cookie,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("handshake");
+        s.into_std().expect("into_std")
+    });
+    stream.set_nonblocking(false).expect("blocking");
+    (stream, name)
+}
