@@ -316,14 +316,7 @@ impl KvServer {
                     },
                 };
                 durable.write(vec![op], caller.map(|c| (c.clone(), reply)));
-                if durable.storage().wants_compaction() {
-                    let live = self
-                        .store
-                        .iter_encoded()
-                        .map(|(k, v)| (k.to_vec(), v.to_vec()))
-                        .collect();
-                    durable.storage().compact(live);
-                }
+                compact_if_wanted(durable, &self.store);
             }
             None => {
                 if let Some(caller) = caller {
@@ -360,6 +353,17 @@ const RAW_REPLY_DURABLE_WAIT: std::time::Duration = std::time::Duration::from_se
 fn may_be_raw(etf: &[u8]) -> bool {
     etf.iter()
         .any(|&b| b == crate::etf::RECORD_EXT || b == crate::etf::MAP_EXT)
+}
+
+/// Compacts the log from the store's live entries when the storage asks for it.
+fn compact_if_wanted(durable: &durable::Durable, store: &Store) {
+    if durable.storage().wants_compaction() {
+        let live = store
+            .iter_encoded()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        durable.storage().compact(live);
+    }
 }
 
 /// Publishes the store's size gauges (a relaxed store each; read at scrape time).
@@ -544,14 +548,7 @@ impl KvServer {
             return RawReply::Term(protocol::ok());
         };
         durable.write(vec![op], caller.map(|c| (c.clone(), protocol::ok())));
-        if durable.storage().wants_compaction() {
-            let live = self
-                .store
-                .iter_encoded()
-                .map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .collect();
-            durable.storage().compact(live);
-        }
+        compact_if_wanted(durable, &self.store);
         RawReply::Later
     }
 
