@@ -1455,7 +1455,7 @@ impl ActiveLocker {
                 }
             };
             if sent {
-                tracing::debug!(peer = %self.peer, "global: locker: lock set; lock_set sent");
+                tracing::info!(peer = %self.peer, "global: locker: lock set on both partitions' nodes; lock_set sent (kvnode's locker first)");
                 // Hold the lock until the session ends, or the peer refuses.
                 loop {
                     match self.phase() {
