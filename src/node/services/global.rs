@@ -923,7 +923,14 @@ impl Server {
     }
 
     /// Starts the active locker of the session with `peer` (see [`ActiveLocker`]).
-    fn spawn_locker(&self, peer: &str, my_tag: i32, his_tag: Term, his_locker: Pid, wake: Arc<Notify>) {
+    fn spawn_locker(
+        &self,
+        peer: &str,
+        my_tag: i32,
+        his_tag: Term,
+        his_locker: Pid,
+        wake: Arc<Notify>,
+    ) {
         let process = match self.node.process(None) {
             Ok(p) => p,
             Err(error) => {
@@ -1421,8 +1428,8 @@ impl ActiveLocker {
             if self.phase() != Phase::Open {
                 return;
             }
-            let global_set = key(&atom("global"))
-                .is_some_and(|k| self.global.lock().locks.contains_key(&k));
+            let global_set =
+                key(&atom("global")).is_some_and(|k| self.global.lock().locks.contains_key(&k));
             if global_set {
                 continue; // someone is locking kvnode's partition: wait again
             }
@@ -1509,10 +1516,9 @@ impl ActiveLocker {
         let mut locked: Vec<String> = Vec::new();
         for group in groups {
             let request = tuple(vec![atom("set_lock"), lock_id.clone()]);
-            let replies = futures::future::join_all(
-                group.iter().map(|n| self.call(n, request.clone())),
-            )
-            .await;
+            let replies =
+                futures::future::join_all(group.iter().map(|n| self.call(n, request.clone())))
+                    .await;
             let mut ok = true;
             for (n, reply) in group.iter().zip(replies) {
                 if reply.as_ref().is_some_and(|r| is_atom(r, "true")) {
