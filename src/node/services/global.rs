@@ -898,10 +898,15 @@ impl Server {
         let mut start_locker = None;
         if let Some(s) = st.sessions.get_mut(peer) {
             if s.his_tag.is_some() {
-                // A new attempt from the peer: its old session is void.
+                // A new attempt from the peer: its old session is void. A `lock_set` our
+                // locker sent carries its old tag (the peer drops it): release and retry.
                 s.exchanged = false;
                 s.ops = None;
                 s.his = None;
+                s.lock_sent = false;
+                if let Some(w) = &s.locker {
+                    w.notify_one();
+                }
             }
             s.his_tag = Some(his_tag.clone());
             // OTP's `his_the_locker`: both init_connects are in; kvnode's locker may now
@@ -1325,6 +1330,13 @@ pub const LOCKER_WAIT_PER_KNOWN: Duration = Duration::from_millis(100);
 /// See [`LOCKER_BASE_WAIT`].
 pub const LOCKER_MAX_WAIT: Duration = Duration::from_millis(3000);
 
+/// How long kvnode's locker holds the lock after its `lock_set` without the peer's answer
+/// before it releases and retries (OTP waits for a `cancel` from its own server instead). A
+/// peer drops a `lock_set` whose tag is no longer its session's; without this bound kvnode
+/// would hold `global` on itself and the peer's nodes for good, and every `:global.sync()`
+/// in the cluster would block.
+pub const LOCKER_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Erlang's term order of two pids: serial, number, node name, creation.
 fn pid_order(a: &Pid, b: &Pid) -> std::cmp::Ordering {
     (a.serial, a.id, a.node.name.as_str(), a.creation).cmp(&(
@@ -1442,6 +1454,8 @@ impl ActiveLocker {
                 let known: Vec<Term> = st.known.iter().map(|n| atom(n)).collect();
                 match st.sessions.get_mut(&self.peer) {
                     Some(s) if s.my_tag == self.my_tag && !s.exchanged => {
+                        // The peer's latest tag (a new init_connect of its replaces it).
+                        let his_tag = s.his_tag.clone().unwrap_or_else(|| self.his_tag.clone());
                         s.lock_sent = true;
                         s.lock_id = Some(lock_id.clone());
                         // Cast while the table is held: the server's passive answer to a
@@ -1453,7 +1467,7 @@ impl ActiveLocker {
                                 self.server.clone().into(),
                                 atom("true"),
                                 list(known),
-                                self.his_tag.clone(),
+                                his_tag,
                             ]),
                         );
                         true
@@ -1463,11 +1477,30 @@ impl ActiveLocker {
             };
             if sent {
                 tracing::info!(peer = %self.peer, "global: locker: lock set on both partitions' nodes; lock_set sent (kvnode's locker first)");
-                // Hold the lock until the session ends, or the peer refuses.
+                // Hold the lock until the session ends, or the peer refuses. A peer that
+                // does not answer (it dropped our `lock_set`: its session moved on) within
+                // LOCKER_ANSWER_TIMEOUT counts as one that refused.
+                let deadline = tokio::time::Instant::now() + LOCKER_ANSWER_TIMEOUT;
                 loop {
                     match self.phase() {
                         Phase::Gone | Phase::Open => break,
-                        Phase::Sent | Phase::Exchanging => self.wake.notified().await,
+                        Phase::Exchanging => self.wake.notified().await,
+                        Phase::Sent => {
+                            if tokio::time::timeout_at(deadline, self.wake.notified())
+                                .await
+                                .is_err()
+                            {
+                                let mut st = self.global.lock();
+                                if let Some(s) = st.sessions.get_mut(&self.peer)
+                                    && s.my_tag == self.my_tag
+                                    && !s.exchanged
+                                {
+                                    s.lock_sent = false;
+                                }
+                                drop(st);
+                                tracing::info!(peer = %self.peer, "global: locker: no answer to our lock_set; releasing and retrying");
+                            }
+                        }
                     }
                 }
             }
@@ -1538,6 +1571,13 @@ impl ActiveLocker {
     /// `delete_global_lock/2`: the boss (the first locked) last.
     async fn release(&self, lock_id: &Term, locked: &[String]) {
         let request = tuple(vec![atom("del_lock"), lock_id.clone()]);
+        // A node that went down released our lock with it; calling it would dial it again.
+        let manager = self.process.node().manager();
+        let locked: Vec<String> = locked
+            .iter()
+            .filter(|n| **n == self.me || manager.is_up(n))
+            .cloned()
+            .collect();
         if let Some((boss, rest)) = locked.split_first() {
             futures::future::join_all(rest.iter().map(|n| self.call(n, request.clone()))).await;
             let _ = self.call(boss, request).await;
