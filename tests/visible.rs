@@ -535,5 +535,10 @@ IO.puts("JOINED")
         first,
         "kvnode's locker took the lock with {c} (kvnode knew no node, {c} knew one):\n{logs}"
     );
+    // The peer's locker locked its side with the same lock id (Erlang's pid order) and answered.
+    let answered = logs[before..]
+        .lines()
+        .any(|l| l.contains("the peer's locker answered our lock_set") && l.contains(&c));
+    assert!(answered, "{c}'s locker answered kvnode's lock_set:\n{logs}");
     drop(b);
 }

@@ -1006,7 +1006,7 @@ impl Server {
         if lock_sent {
             // Our active locker locked first and sent its `lock_set`; this is the peer's
             // answer (OTP's `lock_is_set`): only our names go.
-            tracing::debug!(%peer, "global: the peer's locker answered our lock_set");
+            tracing::info!(%peer, "global: the peer's locker answered our lock_set (both partitions locked)");
         } else {
             // We are a passive locker: our side is "locked" at once. Then our names.
             self.cast(
