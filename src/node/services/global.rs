@@ -5,8 +5,10 @@
 //!
 //! What kvnode does, as `global.erl` does it (see /work/shared/VISIBLE-NODE.md §2):
 //! - **Connection handshake.** On nodeup of a visible peer not yet known, kvnode casts
-//!   `{init_connect, {8, MyTag}, Me, {locker, no_longer_a_pid, #{}, MyPid}}` and takes part as a
-//!   passive locker: it grants the peer's `set_lock`, answers its `lock_set` with its own
+//!   `{init_connect, {8, MyTag}, Me, {locker, no_longer_a_pid, #{}, MyPid}}`. Its locker is
+//!   active, as OTP's (`ActiveLocker`: after 200 ms when kvnode knows no node, else OTP's
+//!   longer wait, it locks both sides and sends `lock_set` itself); when the peer's locker is
+//!   first, kvnode grants the peer's `set_lock`, answers its `lock_set` with its own
 //!   `lock_set` and `exchange` (kvnode's names), answers the peer's `exchange` with `resolved`
 //!   (name clashes resolved as `exchange_names/4` does), and once both sides' `resolved` are in,
 //!   applies the name operations, tells its known nodes with `new_nodes` and adds the peer (and
