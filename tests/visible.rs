@@ -487,3 +487,58 @@ end
     elixir(&kv, &unique("vis_c"), "vis", script);
     kv.wait_log("names are at their byte limit", Duration::from_secs(30));
 }
+
+/// kvnode's locker is active, as OTP's: a node that knows others waits ~1.1 s before its
+/// locker locks a newcomer, one that knows none ~200 ms. First, BEAM newcomers join a kvnode
+/// that knows no node: both lockers lock at once with the same lock id, and the handshakes
+/// still finish, round after round. Then kvnode (knowing none) joins a BEAM node that knows
+/// another: kvnode's locker must take the lock (its `lock_set` first), not wait for the BEAM
+/// locker's longer wait as the passive locker it was did.
+#[test]
+fn kvnode_locker_locks_first_when_it_knows_fewer_nodes() {
+    let (_epmd_guard, epmd) = start_epmd();
+    let kv = visible_kv(&unique("vis_kv"), epmd, &[]);
+    let round = r#"
+kv = String.to_atom(System.get_env("KV_NODE"))
+true = Node.connect(kv)
+:ok = :global.sync()
+true = kv in GenServer.call(:global_name_server, :get_known)
+IO.puts("ROUND_OK")
+"#;
+    for _ in 0..3 {
+        let out = elixir(&kv, &unique("vis_d"), "vis", round);
+        assert!(out.contains("ROUND_OK"), "{out}");
+    }
+    let b = BeamNode::start(&unique("vis_b"), "vis", epmd, "");
+    let c = unique("vis_c");
+    let script = format!(
+        r#"
+kv = String.to_atom(System.get_env("KV_NODE"))
+b = :"{b}"
+TestWait.until(fn -> Node.connect(b) end, 60_000)
+:ok = :global.sync()
+true = Node.connect(kv)
+:ok = :global.sync()
+true = kv in GenServer.call(:global_name_server, :get_known)
+IO.puts("JOINED")
+"#,
+        b = b.name
+    );
+    let before = kv.logs().len();
+    let out = elixir(&kv, &c, "vis", &script);
+    assert!(out.contains("JOINED"), "{out}");
+    let logs = kv.logs();
+    let first = logs[before..]
+        .lines()
+        .any(|l| l.contains("lock_set sent (kvnode's locker first)") && l.contains(&c));
+    assert!(
+        first,
+        "kvnode's locker took the lock with {c} (kvnode knew no node, {c} knew one):\n{logs}"
+    );
+    // The peer's locker locked its side with the same lock id (Erlang's pid order) and answered.
+    let answered = logs[before..]
+        .lines()
+        .any(|l| l.contains("the peer's locker answered our lock_set") && l.contains(&c));
+    assert!(answered, "{c}'s locker answered kvnode's lock_set:\n{logs}");
+    drop(b);
+}

@@ -5,8 +5,10 @@
 //!
 //! What kvnode does, as `global.erl` does it (see /work/shared/VISIBLE-NODE.md §2):
 //! - **Connection handshake.** On nodeup of a visible peer not yet known, kvnode casts
-//!   `{init_connect, {8, MyTag}, Me, {locker, no_longer_a_pid, #{}, MyPid}}` and takes part as a
-//!   passive locker: it grants the peer's `set_lock`, answers its `lock_set` with its own
+//!   `{init_connect, {8, MyTag}, Me, {locker, no_longer_a_pid, #{}, MyPid}}`. Its locker is
+//!   active, as OTP's (`ActiveLocker`: after 200 ms when kvnode knows no node, else OTP's
+//!   longer wait, it locks both sides and sends `lock_set` itself); when the peer's locker is
+//!   first, kvnode grants the peer's `set_lock`, answers its `lock_set` with its own
 //!   `lock_set` and `exchange` (kvnode's names), answers the peer's `exchange` with `resolved`
 //!   (name clashes resolved as `exchange_names/4` does), and once both sides' `resolved` are in,
 //!   applies the name operations, tells its known nodes with `new_nodes` and adds the peer (and
@@ -194,6 +196,22 @@ struct Session {
     his: Option<(Vec<Term>, Vec<Term>)>,
     /// The lock id the peer's locker took on us (`{global, [Lockers]}`), for `new_nodes`.
     lock_id: Option<Term>,
+    /// The peer's locker (the last element of its `init_connect`), once its `init_connect` came.
+    his_locker: Option<Pid>,
+    /// kvnode's active locker took the lock for this session and sent its `lock_set`; the
+    /// peer's `lock_set true` then only starts the exchange (no second `lock_set`).
+    lock_sent: bool,
+    /// Wakes this session's active locker (see [`ActiveLocker`]) on any change: the
+    /// session's end (dropped), a refused `lock_set`, the peer locking first.
+    locker: Option<Arc<Notify>>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(n) = &self.locker {
+            n.notify_one();
+        }
+    }
 }
 
 /// What the server and the registrar share.
@@ -213,6 +231,9 @@ struct State {
     wanted: HashMap<Vec<u8>, (Term, Pid)>,
     /// What each of our monitors watches (a DOWN finds its lock or name at once).
     watched: HashMap<Reference, Watched>,
+    /// A handshake just finished: the next active locker takes the lock at once (OTP's
+    /// `just_synced`, "no reason to wait after success").
+    just_synced: bool,
 }
 
 /// What a monitor of the server watches.
@@ -417,13 +438,9 @@ impl Server {
 
     fn start_session(&self, peer: &str) {
         let my_tag = rand::random_range(1..i32::MAX);
-        self.lock().sessions.insert(
-            peer.to_owned(),
-            Session {
-                my_tag,
-                ..Session::default()
-            },
-        );
+        let mut session = Session::default();
+        session.my_tag = my_tag;
+        self.lock().sessions.insert(peer.to_owned(), session);
         tracing::debug!(%peer, my_tag, "global: init_connect");
         let locker = tuple(vec![
             atom("locker"),
@@ -823,8 +840,8 @@ impl Server {
             return;
         };
         match parts {
-            [t, vsn, Term::Atom(node), _init] if is_atom(t, "init_connect") => {
-                self.init_connect(&node.name, vsn)
+            [t, vsn, Term::Atom(node), init] if is_atom(t, "init_connect") => {
+                self.init_connect(&node.name, vsn, init)
             }
             [t, Term::Pid(locker), set, _his_known, tag] if is_atom(t, "lock_set") => {
                 self.lock_set(&locker.node.name, set, tag)
@@ -845,7 +862,7 @@ impl Server {
         }
     }
 
-    fn init_connect(&self, peer: &str, vsn: &Term) {
+    fn init_connect(&self, peer: &str, vsn: &Term, init: &Term) {
         // {Vsn, Tag} (or a longer tuple from a future version).
         let Some([_his_vsn, his_tag, ..]) = elements(vsn) else {
             tracing::info!(
@@ -874,23 +891,104 @@ impl Server {
             // Its init_connect came before our nodeup event.
             self.start_session(peer);
         }
+        // {locker, no_longer_a_pid, HisKnown, HisTheLocker}
+        let his_locker = match elements(init) {
+            Some([t, _, _, Term::Pid(pid)]) if is_atom(t, "locker") => Some(pid.clone()),
+            _ => None,
+        };
         let mut st = self.lock();
+        let mut start_locker = None;
         if let Some(s) = st.sessions.get_mut(peer) {
             if s.his_tag.is_some() {
-                // A new attempt from the peer: its old session is void.
+                // A new attempt from the peer: its old session is void. A `lock_set` our
+                // locker sent carries its old tag (the peer drops it): release and retry.
                 s.exchanged = false;
                 s.ops = None;
                 s.his = None;
+                s.lock_sent = false;
+                if let Some(w) = &s.locker {
+                    w.notify_one();
+                }
             }
             s.his_tag = Some(his_tag.clone());
+            // OTP's `his_the_locker`: both init_connects are in; kvnode's locker may now
+            // lock this pair (one active locker per session).
+            if let Some(his_locker) = his_locker
+                && s.locker.is_none()
+                && his_locker.node.name == peer
+            {
+                let wake = Arc::new(Notify::new());
+                s.locker = Some(wake.clone());
+                s.his_locker = Some(his_locker.clone());
+                start_locker = Some((s.my_tag, his_tag.clone(), his_locker, wake));
+            }
+        }
+        drop(st);
+        if let Some((my_tag, his_tag, his_locker, wake)) = start_locker {
+            self.spawn_locker(peer, my_tag, his_tag, his_locker, wake);
         }
     }
 
+    /// Starts the active locker of the session with `peer` (see [`ActiveLocker`]).
+    fn spawn_locker(
+        &self,
+        peer: &str,
+        my_tag: i32,
+        his_tag: Term,
+        his_locker: Pid,
+        wake: Arc<Notify>,
+    ) {
+        let process = match self.node.process(None) {
+            Ok(p) => p,
+            Err(error) => {
+                tracing::warn!(%error, "global: cannot start an active locker; the peer's locker will lock");
+                return;
+            }
+        };
+        let locker = ActiveLocker {
+            me: self.me.clone(),
+            peer: peer.to_owned(),
+            my_tag,
+            his_tag,
+            his_locker,
+            server: self.process.pid().clone(),
+            process,
+            global: self.global.clone(),
+            wake,
+        };
+        let shutdown = self.node.shutdown_token().clone();
+        self.node.tracker().spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = locker.run() => {}
+            }
+        });
+    }
+
     fn lock_set(&self, peer: &str, set: &Term, tag: &Term) {
-        if !is_atom(set, "true") || !self.session_tag_matches(peer, tag) {
-            return; // false: its locker retries
+        if !is_atom(set, "true") {
+            // The peer's locker could not lock its side for our `lock_set` (tag 0: it did not
+            // know the session yet): our active locker releases and retries later.
+            let zero = Term::from(FixInteger::from(0)) == *tag;
+            if zero || self.session_tag_matches(peer, tag) {
+                let mut st = self.lock();
+                if let Some(s) = st.sessions.get_mut(peer)
+                    && s.lock_sent
+                    && !s.exchanged
+                {
+                    s.lock_sent = false;
+                    if let Some(w) = &s.locker {
+                        w.notify_one();
+                    }
+                    tracing::debug!(%peer, "global: the peer's locker refused our lock_set; retrying later");
+                }
+            }
+            return;
         }
-        let his_tag = {
+        if !self.session_tag_matches(peer, tag) {
+            return;
+        }
+        let (his_tag, lock_sent) = {
             let mut st = self.lock();
             let Some(s) = st.sessions.get_mut(peer) else {
                 return;
@@ -902,19 +1000,28 @@ impl Server {
                 return;
             };
             s.exchanged = true;
-            his_tag
+            if let Some(w) = &s.locker {
+                w.notify_one();
+            }
+            (his_tag, s.lock_sent)
         };
-        // We are a passive locker: our side is "locked" at once. Then our names.
-        self.cast(
-            peer,
-            tuple(vec![
-                atom("lock_set"),
-                self.self_pid(),
-                atom("true"),
-                list(vec![]),
-                his_tag.clone(),
-            ]),
-        );
+        if lock_sent {
+            // Our active locker locked first and sent its `lock_set`; this is the peer's
+            // answer (OTP's `lock_is_set`): only our names go.
+            tracing::info!(%peer, "global: the peer's locker answered our lock_set (both partitions locked)");
+        } else {
+            // We are a passive locker: our side is "locked" at once. Then our names.
+            self.cast(
+                peer,
+                tuple(vec![
+                    atom("lock_set"),
+                    self.self_pid(),
+                    atom("true"),
+                    list(vec![]),
+                    his_tag.clone(),
+                ]),
+            );
+        }
         let names: Vec<Term> = self
             .lock()
             .names
@@ -1070,8 +1177,9 @@ impl Server {
         let Some(session) = self.lock().sessions.remove(peer) else {
             return;
         };
-        let mut ops = session.ops.unwrap_or_default();
-        let (his_ops, his_known) = session.his.unwrap_or_default();
+        let mut session = session;
+        let mut ops = session.ops.take().unwrap_or_default();
+        let (his_ops, his_known) = session.his.take().unwrap_or_default();
         ops.extend(his_ops);
         self.do_ops(&ops);
         let his_known_nodes: Vec<String> = his_known.iter().filter_map(node_of_vsn).collect();
@@ -1087,6 +1195,7 @@ impl Server {
                 atom("lock"),
                 session
                     .lock_id
+                    .take()
                     .unwrap_or_else(|| tuple(vec![atom("global"), list(vec![])])),
             ]),
         ]);
@@ -1111,6 +1220,7 @@ impl Server {
                 }
             }
             st.synced.insert(peer.to_owned());
+            st.just_synced = true;
         }
         tracing::info!(%peer, "global: in sync");
         self.sync_others(&his_known_nodes);
@@ -1204,6 +1314,288 @@ fn node_of_vsn(term: &Term) -> Option<String> {
             _ => None,
         },
         _ => None,
+    }
+}
+
+/// How long kvnode's active locker waits before locking when it knows no node (OTP's
+/// `loop_the_locker/1`: "just to get started").
+pub const LOCKER_NEWCOMER_WAIT: Duration = Duration::from_millis(200);
+
+/// The active locker's wait when kvnode knows nodes: this plus [`LOCKER_WAIT_PER_KNOWN`] per
+/// known node, at most [`LOCKER_MAX_WAIT`] (OTP's `min(1000 + 100 * length(Known), 3000)`).
+/// The wait gives the peer's locker a chance to lock first; a refused lock waits it again.
+pub const LOCKER_BASE_WAIT: Duration = Duration::from_millis(1000);
+
+/// See [`LOCKER_BASE_WAIT`].
+pub const LOCKER_WAIT_PER_KNOWN: Duration = Duration::from_millis(100);
+
+/// See [`LOCKER_BASE_WAIT`].
+pub const LOCKER_MAX_WAIT: Duration = Duration::from_millis(3000);
+
+/// How long kvnode's locker holds the lock after its `lock_set` without the peer's answer
+/// before it releases and retries (OTP waits for a `cancel` from its own server instead). A
+/// peer drops a `lock_set` whose tag is no longer its session's; without this bound kvnode
+/// would hold `global` on itself and the peer's nodes for good, and every `:global.sync()`
+/// in the cluster would block.
+pub const LOCKER_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Erlang's term order of two pids: serial, number, node name, creation.
+fn pid_order(a: &Pid, b: &Pid) -> std::cmp::Ordering {
+    (a.serial, a.id, a.node.name.as_str(), a.creation).cmp(&(
+        b.serial,
+        b.id,
+        b.node.name.as_str(),
+        b.creation,
+    ))
+}
+
+/// Where a session stands for its active locker.
+#[derive(PartialEq)]
+enum Phase {
+    /// Gone (finished, cancelled, the peer down) or replaced by a newer handshake.
+    Gone,
+    /// The lock is to be taken (nobody locked yet).
+    Open,
+    /// Our `lock_set` went; waiting for the peer's answer and the exchange.
+    Sent,
+    /// The exchange is under way (the peer's `lock_set true` came).
+    Exchanging,
+}
+
+/// kvnode's locker for one handshake, as OTP's `loop_the_locker/1` and `select_node/1`: once
+/// both `init_connect`s are in, it waits ([`LOCKER_NEWCOMER_WAIT`], or the known-nodes wait,
+/// or nothing right after a handshake finished), then, when `global` is not locked on kvnode,
+/// takes `{global, lists:sort([MyLocker, HisLocker])}` as `lock_nodes_safely/3` (the boss,
+/// then kvnode and the peer, then kvnode's other known nodes) and sends `lock_set` to the
+/// peer. The peer's locker locks its side and answers `lock_set true`, and the exchange runs
+/// as when the peer locks first. A refused lock (here, or the peer's `lock_set false`) is
+/// released and retried after the wait. Both lockers may lock at once: the lock id is the
+/// same on both sides, so both succeed. kvnode's locker pid is its `global_name_server`'s (as
+/// sent in `init_connect`); the locks are held by this task's process and released (the boss
+/// last) when the session ends.
+struct ActiveLocker {
+    me: String,
+    peer: String,
+    my_tag: i32,
+    his_tag: Term,
+    his_locker: Pid,
+    /// kvnode's `global_name_server`: its locker pid.
+    server: Pid,
+    process: Process,
+    global: Global,
+    wake: Arc<Notify>,
+}
+
+impl ActiveLocker {
+    fn phase(&self) -> Phase {
+        let st = self.global.lock();
+        match st.sessions.get(&self.peer) {
+            Some(s) if s.my_tag == self.my_tag => {
+                if s.exchanged {
+                    Phase::Exchanging
+                } else if s.lock_sent {
+                    Phase::Sent
+                } else {
+                    Phase::Open
+                }
+            }
+            _ => Phase::Gone,
+        }
+    }
+
+    fn lock_id(&self) -> Term {
+        let mut lockers = [self.server.clone(), self.his_locker.clone()];
+        lockers.sort_by(pid_order);
+        tuple(vec![
+            atom("global"),
+            list(lockers.into_iter().map(Term::from).collect()),
+        ])
+    }
+
+    async fn run(self) {
+        let lock_id = self.lock_id();
+        loop {
+            let wait = {
+                let mut st = self.global.lock();
+                if std::mem::take(&mut st.just_synced) {
+                    Duration::ZERO
+                } else if st.known.is_empty() {
+                    LOCKER_NEWCOMER_WAIT
+                } else {
+                    let n = u32::try_from(st.known.len()).unwrap_or(u32::MAX);
+                    (LOCKER_BASE_WAIT + LOCKER_WAIT_PER_KNOWN.saturating_mul(n))
+                        .min(LOCKER_MAX_WAIT)
+                }
+            };
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                if self.phase() != Phase::Open {
+                    return; // gone, or the peer's locker locked first: the exchange runs
+                }
+                if tokio::time::timeout_at(deadline, self.wake.notified())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            if self.phase() != Phase::Open {
+                return;
+            }
+            let global_set =
+                key(&atom("global")).is_some_and(|k| self.global.lock().locks.contains_key(&k));
+            if global_set {
+                continue; // someone is locking kvnode's partition: wait again
+            }
+            let Some(locked) = self.lock_nodes_safely(&lock_id).await else {
+                tracing::debug!(peer = %self.peer, "global: locker: lock refused; retrying later");
+                continue;
+            };
+            let sent = {
+                let mut st = self.global.lock();
+                let known: Vec<Term> = st.known.iter().map(|n| atom(n)).collect();
+                match st.sessions.get_mut(&self.peer) {
+                    Some(s) if s.my_tag == self.my_tag && !s.exchanged => {
+                        // The peer's latest tag (a new init_connect of its replaces it).
+                        let his_tag = s.his_tag.clone().unwrap_or_else(|| self.his_tag.clone());
+                        s.lock_sent = true;
+                        s.lock_id = Some(lock_id.clone());
+                        // Cast while the table is held: the server's passive answer to a
+                        // `lock_set` of the peer cannot slip in between.
+                        self.process.cast(
+                            (NAME, self.peer.as_str()),
+                            tuple(vec![
+                                atom("lock_set"),
+                                self.server.clone().into(),
+                                atom("true"),
+                                list(known),
+                                his_tag,
+                            ]),
+                        );
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if sent {
+                tracing::info!(peer = %self.peer, "global: locker: lock set on both partitions' nodes; lock_set sent (kvnode's locker first)");
+                // Hold the lock until the session ends, or the peer refuses. A peer that
+                // does not answer (it dropped our `lock_set`: its session moved on) within
+                // LOCKER_ANSWER_TIMEOUT counts as one that refused.
+                let deadline = tokio::time::Instant::now() + LOCKER_ANSWER_TIMEOUT;
+                loop {
+                    match self.phase() {
+                        Phase::Gone | Phase::Open => break,
+                        Phase::Exchanging => self.wake.notified().await,
+                        Phase::Sent => {
+                            if tokio::time::timeout_at(deadline, self.wake.notified())
+                                .await
+                                .is_err()
+                            {
+                                let mut st = self.global.lock();
+                                if let Some(s) = st.sessions.get_mut(&self.peer)
+                                    && s.my_tag == self.my_tag
+                                    && !s.exchanged
+                                {
+                                    s.lock_sent = false;
+                                }
+                                drop(st);
+                                tracing::info!(peer = %self.peer, "global: locker: no answer to our lock_set; releasing and retrying");
+                            }
+                        }
+                    }
+                }
+            }
+            self.release(&lock_id, &locked).await;
+            if self.phase() == Phase::Gone || !sent {
+                return;
+            }
+        }
+    }
+
+    /// `lock_nodes_safely/3`: the boss first, then kvnode and the peer, then kvnode's other
+    /// known nodes; all or nothing. Returns the nodes locked (the boss first).
+    async fn lock_nodes_safely(&self, lock_id: &Term) -> Option<Vec<String>> {
+        let (known, local_free) = {
+            let st = self.global.lock();
+            let manager = self.process.node().manager();
+            let known: Vec<String> = st
+                .known
+                .iter()
+                .filter(|n| **n != self.peer && **n != self.me && manager.is_up(n))
+                .cloned()
+                .collect();
+            let req_id = elements(lock_id).and_then(|e| e.get(1));
+            let local_free = key(&atom("global"))
+                .and_then(|k| st.locks.get(&k))
+                .is_none_or(|l| Some(&l.req_id) == req_id);
+            (known, local_free)
+        };
+        let boss = known
+            .iter()
+            .chain([&self.me, &self.peer])
+            .max()
+            .cloned()
+            .unwrap_or_else(|| self.me.clone());
+        if boss != self.me && !local_free {
+            return None;
+        }
+        let mut groups = vec![vec![boss.clone()]];
+        groups.push(
+            [self.me.clone(), self.peer.clone()]
+                .into_iter()
+                .filter(|n| *n != boss)
+                .collect(),
+        );
+        groups.push(known.into_iter().filter(|n| *n != boss).collect());
+        let mut locked: Vec<String> = Vec::new();
+        for group in groups {
+            let request = tuple(vec![atom("set_lock"), lock_id.clone()]);
+            let replies =
+                futures::future::join_all(group.iter().map(|n| self.call(n, request.clone())))
+                    .await;
+            let mut ok = true;
+            for (n, reply) in group.iter().zip(replies) {
+                if reply.as_ref().is_some_and(|r| is_atom(r, "true")) {
+                    locked.push(n.clone());
+                } else {
+                    ok = false;
+                }
+            }
+            if !ok {
+                self.release(lock_id, &locked).await;
+                return None;
+            }
+        }
+        Some(locked)
+    }
+
+    /// `delete_global_lock/2`: the boss (the first locked) last.
+    async fn release(&self, lock_id: &Term, locked: &[String]) {
+        let request = tuple(vec![atom("del_lock"), lock_id.clone()]);
+        // A node that went down released our lock with it; calling it would dial it again.
+        let manager = self.process.node().manager();
+        let locked: Vec<String> = locked
+            .iter()
+            .filter(|n| **n == self.me || manager.is_up(n))
+            .cloned()
+            .collect();
+        if let Some((boss, rest)) = locked.split_first() {
+            futures::future::join_all(rest.iter().map(|n| self.call(n, request.clone()))).await;
+            let _ = self.call(boss, request).await;
+        }
+    }
+
+    async fn call(&self, node: &str, request: Term) -> Option<Term> {
+        let dest: Dest = if node == self.me {
+            Dest::Name(NAME.to_owned())
+        } else {
+            (NAME, node).into()
+        };
+        self.process
+            .call(dest, request, REGISTER_CALL_TIMEOUT)
+            .await
+            .ok()
     }
 }
 
