@@ -276,6 +276,20 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// How many queued items [`Process::recv`] can take (those of calls in progress are not).
+    fn receivable(&self) -> usize {
+        let st = self.lock();
+        if st.calls.is_empty() {
+            return st.queue.len();
+        }
+        st.queue
+            .iter()
+            .filter(|(r, _)| !for_a_call(self, r, &st))
+            .count()
+    }
+}
+
 /// Whether `item` belongs to a call in progress (its reply or its `DOWN`).
 fn for_a_call(shared: &Shared, item: &Received, st: &State) -> bool {
     let key = match item {
@@ -930,7 +944,8 @@ impl Process {
             .await
     }
 
-    /// How many items wait in the mailbox.
+    /// How many items wait in the mailbox for [`Process::recv`]. A reply or `DOWN` of a call in
+    /// progress (from another task) belongs to that call and is not counted.
     ///
     /// ```no_run
     /// # fn f(node: kvnode::Node) -> Result<(), kvnode::SpawnError> {
@@ -939,7 +954,7 @@ impl Process {
     /// # Ok(()) }
     /// ```
     pub fn queued(&self) -> usize {
-        self.shared.lock().queue.len()
+        self.shared.receivable()
     }
 
     /// Ends the process with `reason` (what dropping it does with `normal`): monitors on it
@@ -989,5 +1004,63 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.end(atom("normal"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        Shared {
+            node_name: "me@h".to_owned(),
+            state: Mutex::new(State::default()),
+            arrived: Notify::new(),
+            pressure: Arc::new(Pressure::default()),
+            max_bytes: 1 << 20,
+        }
+    }
+
+    fn reference(id: u32) -> Reference {
+        Reference {
+            node: Atom::from("me@h"),
+            id: vec![id, 0, 0],
+            creation: 1,
+        }
+    }
+
+    /// `{[alias | Ref], Reply}`: a reply to the call whose alias is `r`.
+    fn reply_to(r: &Reference) -> Term {
+        let tag =
+            ImproperList::from((vec![Term::from(Atom::from("alias"))], Term::from(r.clone())));
+        Tuple::from(vec![tag.into(), atom("ok")]).into()
+    }
+
+    #[test]
+    fn queued_leaves_out_what_belongs_to_a_call_in_progress() {
+        let s = shared();
+        let call = reference(7);
+        let key = RefKey::of(&call).expect("a 3-word reference");
+        s.lock().calls.insert(key, atom("target"));
+        s.push(Received::Message(atom("hello")), 1);
+        s.push(Received::Message(reply_to(&call)), 1);
+        s.push(
+            Received::Down {
+                reference: call.clone(),
+                object: Dest::Name("target".into()),
+                reason: atom("normal"),
+            },
+            1,
+        );
+        // Another call's (ended) reply shape, and a DOWN of an ordinary monitor: for recv.
+        s.push(Received::Message(reply_to(&reference(8))), 1);
+        assert_eq!(s.lock().queue.len(), 4);
+        assert_eq!(
+            s.receivable(),
+            2,
+            "the call's reply and DOWN are the call's"
+        );
+        s.lock().calls.clear();
+        assert_eq!(s.receivable(), 4, "no call in progress: every item counts");
     }
 }

@@ -182,14 +182,16 @@ impl Process {
         args: Vec<Term>,
     ) -> Result<SpawnRequest, SpawnRequestError> {
         let node = self.node();
+        // Subscribed before the connection is checked: a node-down after the check is then
+        // seen by `next` (subscribed after it, one between the two would be missed and the
+        // request would wait out its caller's deadline).
+        let node_events = node.monitor_nodes();
         let Some(flags) = node.manager().peer_flags(peer) else {
             return Err(SpawnRequestError::NotConnected(peer.to_owned()));
         };
         if !flags.contains(DistributionFlags::SPAWN) {
             return Err(SpawnRequestError::NotSupported(peer.to_owned()));
         }
-        // Subscribed before the request goes, so a node-down after it is seen.
-        let node_events = node.monitor_nodes();
         let req_id = node.new_ref();
         let (tx, events) = mpsc::channel(EVENTS_PER_REQUEST);
         pending().insert(
