@@ -5,36 +5,9 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-/// Reads until EOF (the peer closed) or the deadline; true if closed.
-fn closed_by_peer(stream: &mut TcpStream, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        stream
-            .set_read_timeout(Some(left.min(Duration::from_millis(200))))
-            .expect("timeout");
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue, // ticks and the like
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                continue;
-            }
-            Err(_) => return true,
-        }
-    }
-}
 
 /// A real Elixir node is served after whatever the test did.
 fn still_serves(kv: &KvNode) {
