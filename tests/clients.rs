@@ -103,23 +103,23 @@ fn run_bounded(mut cmd: std::process::Command, what: &str, timeout: Duration) ->
     }
 }
 
-/// `erl_call -a <apply>`: its output, failing the test when it does not exit 0 in time.
-fn erl_call_apply(epmd_port: u16, node: &str, cookie: &str, apply: &str) -> String {
-    let r = erl_call(
-        epmd_port,
-        node,
-        cookie,
-        &["-a", apply],
-        Duration::from_secs(30),
-    );
+/// `erl_call <args>` against `node`: its output (trimmed), failing the test when it does not
+/// exit 0 within 30 s.
+fn erl_call_ok(epmd_port: u16, node: &str, cookie: &str, args: &[&str]) -> String {
+    let r = erl_call(epmd_port, node, cookie, args, Duration::from_secs(30));
     assert!(
         r.status.is_some_and(|s| s.success()),
-        "erl_call -n {node} -a '{apply}' did not succeed ({:?}; hangs forever without rex)\nstdout: {}\nstderr: {}",
+        "erl_call -n {node} {args:?} did not succeed ({:?}; hangs forever without rex)\nstdout: {}\nstderr: {}",
         r.status,
         r.stdout,
         r.stderr
     );
     r.stdout.trim().to_owned()
+}
+
+/// `erl_call -a <apply>`: its output, failing the test when it does not exit 0 in time.
+fn erl_call_apply(epmd_port: u16, node: &str, cookie: &str, apply: &str) -> String {
+    erl_call_ok(epmd_port, node, cookie, &["-a", apply])
 }
 
 #[test]
@@ -218,20 +218,7 @@ for i <- 1..500, do: GenServer.cast(store, {:put, {:cast, i}, i})
 "#,
     );
 
-    let r = erl_call(
-        epmd_port,
-        &kv.name,
-        &cookie,
-        &["-q"],
-        Duration::from_secs(30),
-    );
-    assert!(
-        r.status.is_some_and(|s| s.success()),
-        "erl_call -q: {:?}\n{}\n{}",
-        r.status,
-        r.stdout,
-        r.stderr
-    );
+    erl_call_ok(epmd_port, &kv.name, &cookie, &["-q"]);
     let status = wait_exit(&mut kv, Duration::from_secs(30));
     assert!(status.success(), "kvnode exit status {status}");
     let logs = kv.logs();
@@ -259,14 +246,7 @@ for i <- 1..500, do: ^i = GenServer.call(store, {:get, {:cast, i}})
             ))
             .then_some(())
     });
-    let r = erl_call(
-        epmd_port,
-        &beam.name,
-        &cookie,
-        &["-q"],
-        Duration::from_secs(30),
-    );
-    assert!(r.status.is_some_and(|s| s.success()), "{:?}", r.status);
+    erl_call_ok(epmd_port, &beam.name, &cookie, &["-q"]);
     wait_for("the BEAM node to halt", Duration::from_secs(30), || {
         beam.guard.child.try_wait().ok().flatten().map(|_| ())
     });

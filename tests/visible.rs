@@ -65,7 +65,6 @@ fn visible_node_global_and_pg_with_three_elixir_nodes() {
     let kv_args = ["--global-name", "kv_store", "--pg", "kvscope:kvgroup"];
     // a (with the kvscope scope), b, and c: the node that takes a lock and dies.
     let mut cluster = visible_cluster(3, &kv_args, |i, kv| boot(kv, i == 0));
-    let epmd = cluster.epmd_port;
     let [a, b, locker] = [0, 1, 2].map(|i| cluster.beams[i].name.clone());
     let kv = cluster.kv();
     let script = format!(
@@ -183,20 +182,7 @@ true = b in :erpc.call(a, Node, :list, [])
 "#,
         kv = kv_name,
     );
-    let out = elixir_raw(
-        &kv_name,
-        epmd,
-        &unique("vis_e"),
-        "vis",
-        &after,
-        Duration::from_secs(120),
-    );
-    assert!(
-        out.status.success(),
-        "after kvnode died:\n{}\n{}",
-        out.stdout,
-        out.stderr
-    );
+    elixir(cluster.kv(), &unique("vis_e"), "vis", &after);
 
     // Restarted, and dialed by one node only: global pulls the others in (new_nodes), and
     // the name and the pg membership come back everywhere.
