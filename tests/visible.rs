@@ -376,18 +376,30 @@ fn visible_flags_are_checked() {
 fn global_names_are_bounded() {
     let cluster = visible_kv(&["--max-global-names", "3"]);
     let kv = cluster.kv();
-    let script = r#"
+    register_ten(
+        kv,
+        "bounded",
+        ":yes = :global.register_name({:bounded, i}, p)",
+    );
+    kv.wait_log("too many names", Duration::from_secs(30));
+}
+
+/// From a fresh Elixir node synced with kvnode: 10 global names `{:<tag>, i}`, each registered
+/// by `register` (which sees `i` and a fresh process `p`), are all in `registered_names()`.
+fn register_ten(kv: &KvNode, tag: &str, register: &str) {
+    let script = format!(
+        r#"
 kv = String.to_atom(System.get_env("KV_NODE"))
 true = Node.connect(kv)
 :ok = :global.sync()
 for i <- 1..10 do
   p = spawn(fn -> receive do _ -> :ok end end)
-  :yes = :global.register_name({:bounded, i}, p)
+  {register}
 end
-10 = length(for {:bounded, _} = n <- :global.registered_names(), do: n)
-"#;
-    elixir(kv, &unique("vis_c"), "vis", script);
-    kv.wait_log("too many names", Duration::from_secs(30));
+10 = length(for {{:{tag}, _}} = n <- :global.registered_names(), do: n)
+"#
+    );
+    elixir(kv, &unique("vis_c"), "vis", &script);
 }
 
 /// A node kvnode learns of (`new_nodes`, `resolved`) but cannot reach is forgotten, as OTP's
@@ -425,20 +437,13 @@ true = node() in GenServer.call({{:global_name_server, kv}}, :get_known)
 fn global_name_bytes_are_bounded() {
     let cluster = visible_kv(&["--max-global-name-bytes", "100000"]);
     let kv = cluster.kv();
-    let script = r#"
-kv = String.to_atom(System.get_env("KV_NODE"))
-true = Node.connect(kv)
-:ok = :global.sync()
-for i <- 1..10 do
-  p = spawn(fn -> receive do _ -> :ok end end)
-  # A resolve method carrying 64 KB: far over the budget after two names.
-  big = :binary.copy(<<i>>, 64_000)
-  method = fn name, p1, p2 -> byte_size(big) > 0 and :global.random_exit_name(name, p1, p2) end
-  :yes = :global.register_name({:big, i}, p, method)
-end
-10 = length(for {:big, _} = n <- :global.registered_names(), do: n)
+    // A resolve method carrying 64 KB: far over the budget after two names.
+    let register = r#"
+big = :binary.copy(<<i>>, 64_000)
+method = fn name, p1, p2 -> byte_size(big) > 0 and :global.random_exit_name(name, p1, p2) end
+:yes = :global.register_name({:big, i}, p, method)
 "#;
-    elixir(kv, &unique("vis_c"), "vis", script);
+    register_ten(kv, "big", register);
     kv.wait_log("names are at their byte limit", Duration::from_secs(30));
 }
 
