@@ -293,32 +293,21 @@ end, 30_000)
 /// of `global`'s synced set, and `:global.sync()` would block on them.
 #[test]
 fn remove_connection_is_honoured() {
-    let cluster = visible_cluster(1, &[], |_, _| String::new());
-    let (kv, a) = (cluster.kv(), &cluster.beams[0].name);
-    let script = format!(
-        r#"
-kv = String.to_atom(System.get_env("KV_NODE"))
-a = :"{a}"
-TestWait.until(fn -> Node.connect(a) end, 60_000)
-true = Node.connect(kv)
-true = :erpc.call(a, Node, :connect, [kv])
-:ok = :global.sync()
-:ok = :erpc.call(a, :global, :sync, [], 60_000)
+    let (out, logs) = in_full_mesh(
+        r##"
 true = kv in Node.list()
 # a loses kvnode (only): we are asked to drop it and ask kvnode to drop us.
 true = :erpc.call(a, :erlang, :disconnect_node, [kv])
 TestWait.until(fn -> not (kv in Node.list()) end, 30_000)
-{{us, :ok}} = :timer.tc(:global, :sync, [])
-IO.puts("SYNC_AFTER_US #{{us}}")
+{us, :ok} = :timer.tc(:global, :sync, [])
+IO.puts("SYNC_AFTER_US #{us}")
 true = a in Node.list()
-"#
+"##,
     );
-    let out = elixir(kv, &unique("vis_c"), "vis", &script);
     assert!(out.contains("SYNC_AFTER_US"), "{out}");
     assert!(
-        kv.logs().contains("remove_connection"),
-        "kvnode logs the disconnect it was asked for:\n{}",
-        kv.logs()
+        logs.contains("remove_connection"),
+        "kvnode logs the disconnect it was asked for:\n{logs}"
     );
 }
 
@@ -328,6 +317,23 @@ true = a in Node.list()
 /// bridging both partitions.
 #[test]
 fn lost_connection_makes_kvnode_leave_the_other_partition() {
+    let (_, logs) = in_full_mesh(
+        r#"
+# We lose a: kvnode hears it from both sides and leaves both partitions.
+true = :erlang.disconnect_node(a)
+TestWait.until(fn -> not (kv in Node.list()) end, 30_000)
+:ok = :global.sync()
+"#,
+    );
+    assert!(
+        logs.contains("lost_connection"),
+        "kvnode logs the disconnect it requested:\n{logs}"
+    );
+}
+
+/// kvnode, one BEAM node `a` and the script node, all connected to each other and synced; then
+/// `scenario` (it sees `kv` and `a`). Returns the script's stdout and kvnode's logs.
+fn in_full_mesh(scenario: &str) -> (String, String) {
     let cluster = visible_cluster(1, &[], |_, _| String::new());
     let (kv, a) = (cluster.kv(), &cluster.beams[0].name);
     let script = format!(
@@ -339,18 +345,11 @@ true = Node.connect(kv)
 true = :erpc.call(a, Node, :connect, [kv])
 :ok = :global.sync()
 :ok = :erpc.call(a, :global, :sync, [], 60_000)
-# We lose a: kvnode hears it from both sides and leaves both partitions.
-true = :erlang.disconnect_node(a)
-TestWait.until(fn -> not (kv in Node.list()) end, 30_000)
-:ok = :global.sync()
+{scenario}
 "#
     );
-    elixir(kv, &unique("vis_c"), "vis", &script);
-    assert!(
-        kv.logs().contains("lost_connection"),
-        "kvnode logs the disconnect it requested:\n{}",
-        kv.logs()
-    );
+    let out = elixir(kv, &unique("vis_c"), "vis", &script);
+    (out, kv.logs())
 }
 
 /// The visible-only flags are refused without `--visible`, and malformed values with a clear
