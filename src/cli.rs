@@ -238,21 +238,9 @@ pub struct Cli {
     #[arg(long, default_value_t = crate::node::monitors::DEFAULT_MAX_MONITORS_PER_PEER, value_name = "N")]
     pub max_monitors_per_peer: usize,
 
-    /// TLS distribution, as OTP's `-proto_dist inet_tls`: this node's certificate, PEM
-    /// (e.g. `--tls-cert kv.pem`). Needs --tls-key and --tls-cacert; every peer must then use
-    /// TLS too.
-    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_cacert"])]
-    pub tls_cert: Option<PathBuf>,
-
-    /// The private key of --tls-cert, PEM (e.g. `--tls-key kv-key.pem`).
-    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_cacert"])]
-    pub tls_key: Option<PathBuf>,
-
-    /// CA certificate(s), PEM, that peers' certificates must chain to: always checked when
-    /// kvnode dials a peer (with the host of its node name), and for inbound peers with
-    /// --tls-verify-peer (e.g. `--tls-cacert ca.pem`).
-    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
-    pub tls_cacert: Option<PathBuf>,
+    /// --tls-cert, --tls-key, --tls-cacert.
+    #[command(flatten)]
+    pub tls: TlsFiles,
 
     /// Require every inbound peer to present a certificate signed by --tls-cacert, as OTP's
     /// `{verify, verify_peer}, {fail_if_no_peer_cert, true}`; others are refused.
@@ -403,6 +391,13 @@ pub enum Command {
 
 /// Flags every client command that talks to a node has.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    mut_arg("tls_cert", |a| a.help(
+        "TLS distribution: this client's certificate, PEM. Needs --tls-key and --tls-cacert"
+    )),
+    mut_arg("tls_key", |a| a.help("The private key of --tls-cert, PEM")),
+    mut_arg("tls_cacert", |a| a.help("CA certificate(s), PEM, NODE's certificate must chain to"))
+)]
 pub struct ClientOpts {
     /// This client's own node name, `name@host`. Default: a unique hidden name
     /// `kvnode_cli_<pid>_<n>@<host of NODE>`. The client never registers with EPMD.
@@ -433,15 +428,41 @@ pub struct ClientOpts {
     /// Print the result as one JSON document (see the README for the mapping).
     #[arg(long)]
     pub json: bool,
-    /// TLS distribution: this client's certificate, PEM. Needs --tls-key and --tls-cacert.
+    /// --tls-cert, --tls-key, --tls-cacert (with the client's help texts, see above).
+    #[command(flatten)]
+    pub tls: TlsFiles,
+}
+
+/// The TLS distribution files (`-proto_dist inet_tls`), declared once for the server (in
+/// [`Cli`]) and the client commands (in [`ClientOpts`]): all three or none. The help texts
+/// here are the server's; [`ClientOpts`] replaces them with its own (`mut_arg`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsFiles {
+    /// TLS distribution, as OTP's `-proto_dist inet_tls`: this node's certificate, PEM
+    /// (e.g. `--tls-cert kv.pem`). Needs --tls-key and --tls-cacert; every peer must then use
+    /// TLS too.
     #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_cacert"])]
     pub tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert, PEM.
+
+    /// The private key of --tls-cert, PEM (e.g. `--tls-key kv-key.pem`).
     #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_cacert"])]
     pub tls_key: Option<PathBuf>,
-    /// CA certificate(s), PEM, NODE's certificate must chain to.
+
+    /// CA certificate(s), PEM, that peers' certificates must chain to: always checked when
+    /// kvnode dials a peer (with the host of its node name), and for inbound peers with
+    /// --tls-verify-peer (e.g. `--tls-cacert ca.pem`).
     #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
     pub tls_cacert: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// The certificate, key and CA files when all three are given (clap refuses only some).
+    pub fn all(&self) -> Option<(&PathBuf, &PathBuf, &PathBuf)> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_cacert) {
+            (Some(cert), Some(key), Some(cacert)) => Some((cert, key, cacert)),
+            _ => None,
+        }
+    }
 }
 
 /// Resolves the cookie exactly as the server does: `flag`, else `ERLANG_COOKIE`, else
@@ -595,14 +616,12 @@ impl Cli {
         config.max_monitors_per_peer = self.max_monitors_per_peer.max(1);
         config.max_mailbox_bytes = self.max_mailbox_bytes.max(1);
         config.max_term_depth = self.max_term_depth as usize;
-        if let (Some(cert), Some(key), Some(cacert)) =
-            (self.tls_cert, self.tls_key, self.tls_cacert)
-        {
+        if let Some((cert, key, cacert)) = self.tls.all() {
             config.tls = Some(crate::node::transport::tls::Tls::load(
                 &crate::node::transport::tls::TlsOptions {
-                    cert,
-                    key,
-                    cacert,
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    cacert: cacert.clone(),
                     verify_peer: self.tls_verify_peer,
                 },
             )?);

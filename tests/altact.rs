@@ -11,9 +11,9 @@
 
 mod common;
 
-use common::{BeamNode, KvNode, PidGuard, free_port, unique, wait_for};
+use common::{BeamNode, KvNode, PidGuard, closed_by_peer, free_port, rust_node, unique, wait_for};
 use erl_dist::term::{Atom, Term, Tuple};
-use kvnode::{Limits, Node, NodeBuilder, Received};
+use kvnode::{Limits, Node, Received};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -234,11 +234,7 @@ end
 "#;
 
 async fn start_node(alive: &str, cookie: &str, epmd_port: u16) -> Node {
-    NodeBuilder::new(format!("{alive}@127.0.0.1"))
-        .cookie(cookie)
-        .epmd_port(epmd_port)
-        .bind([127, 0, 0, 1].into())
-        .threads(1)
+    rust_node(alive, cookie, epmd_port)
         .handshake_timeout(Duration::from_secs(5))
         .limits(Limits::default())
         .start()
@@ -335,33 +331,6 @@ fn op37_frame(control: Vec<Term>, payload: Option<Term>) -> Vec<u8> {
     let mut f = (body.len() as u32).to_be_bytes().to_vec();
     f.extend_from_slice(&body);
     f
-}
-
-/// Reads until EOF or `within` passes; true if the peer closed.
-fn closed_by_peer(stream: &mut TcpStream, within: Duration) -> bool {
-    let deadline = std::time::Instant::now() + within;
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        stream
-            .set_read_timeout(Some(left.min(Duration::from_millis(200))))
-            .expect("timeout");
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                continue;
-            }
-            Err(_) => return true,
-        }
-    }
 }
 
 /// A peer's op 37 to a name (with and without a seq-trace token) is delivered; malformed

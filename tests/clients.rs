@@ -103,23 +103,23 @@ fn run_bounded(mut cmd: std::process::Command, what: &str, timeout: Duration) ->
     }
 }
 
-/// `erl_call -a <apply>`: its output, failing the test when it does not exit 0 in time.
-fn erl_call_apply(epmd_port: u16, node: &str, cookie: &str, apply: &str) -> String {
-    let r = erl_call(
-        epmd_port,
-        node,
-        cookie,
-        &["-a", apply],
-        Duration::from_secs(30),
-    );
+/// `erl_call <args>` against `node`: its output (trimmed), failing the test when it does not
+/// exit 0 within 30 s.
+fn erl_call_ok(epmd_port: u16, node: &str, cookie: &str, args: &[&str]) -> String {
+    let r = erl_call(epmd_port, node, cookie, args, Duration::from_secs(30));
     assert!(
         r.status.is_some_and(|s| s.success()),
-        "erl_call -n {node} -a '{apply}' did not succeed ({:?}; hangs forever without rex)\nstdout: {}\nstderr: {}",
+        "erl_call -n {node} {args:?} did not succeed ({:?}; hangs forever without rex)\nstdout: {}\nstderr: {}",
         r.status,
         r.stdout,
         r.stderr
     );
     r.stdout.trim().to_owned()
+}
+
+/// `erl_call -a <apply>`: its output, failing the test when it does not exit 0 in time.
+fn erl_call_apply(epmd_port: u16, node: &str, cookie: &str, apply: &str) -> String {
+    erl_call_ok(epmd_port, node, cookie, &["-a", apply])
 }
 
 #[test]
@@ -173,29 +173,6 @@ fn erl_call_apply_answers_as_a_beam_node_does() {
     assert!(got.starts_with('{') && got.ends_with('}'), "{got}");
 }
 
-/// An EPMD daemon of our own (so kvnode registers as a client and its name can be seen to
-/// go), killed on drop.
-fn start_epmd() -> (ChildGuard, u16) {
-    let port = free_port();
-    let child = beam_command("epmd")
-        .args(["-port", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn epmd");
-    let guard = ChildGuard {
-        child,
-        what: "epmd".into(),
-    };
-    wait_for("epmd to listen", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .map(|_| ())
-    });
-    (guard, port)
-}
-
 /// The names `epmd -names` lists on `port`.
 fn epmd_names(port: u16) -> String {
     let out = beam_command("epmd")
@@ -221,21 +198,13 @@ fn wait_exit(kv: &mut KvNode, timeout: Duration) -> ExitStatus {
     }
 }
 
-struct DirGuard(PathBuf);
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn erl_call_q_stops_kvnode_in_order_and_keeps_the_data() {
     let cookie = unique("cookie");
     let (_epmd, epmd_port) = start_epmd();
-    let dir = std::env::temp_dir().join(unique("kvnode_halt"));
-    let _cleanup = DirGuard(dir.clone());
+    let dir = TempDataDir::new("kvnode_halt");
     let alive = unique("kv_halt");
-    let data_dir = ["--data-dir", dir.to_str().expect("utf-8 path")];
+    let data_dir = ["--data-dir", &dir.arg()];
     let mut kv = KvNode::start_with(&alive, &cookie, epmd_port, &data_dir);
     assert!(epmd_names(epmd_port).contains(&format!("name {alive} at")));
     // Acknowledged writes, and casts that are applied but need not be durable yet: the
@@ -249,20 +218,7 @@ for i <- 1..500, do: GenServer.cast(store, {:put, {:cast, i}, i})
 "#,
     );
 
-    let r = erl_call(
-        epmd_port,
-        &kv.name,
-        &cookie,
-        &["-q"],
-        Duration::from_secs(30),
-    );
-    assert!(
-        r.status.is_some_and(|s| s.success()),
-        "erl_call -q: {:?}\n{}\n{}",
-        r.status,
-        r.stdout,
-        r.stderr
-    );
+    erl_call_ok(epmd_port, &kv.name, &cookie, &["-q"]);
     let status = wait_exit(&mut kv, Duration::from_secs(30));
     assert!(status.success(), "kvnode exit status {status}");
     let logs = kv.logs();
@@ -290,14 +246,7 @@ for i <- 1..500, do: ^i = GenServer.call(store, {:get, {:cast, i}})
             ))
             .then_some(())
     });
-    let r = erl_call(
-        epmd_port,
-        &beam.name,
-        &cookie,
-        &["-q"],
-        Duration::from_secs(30),
-    );
-    assert!(r.status.is_some_and(|s| s.success()), "{:?}", r.status);
+    erl_call_ok(epmd_port, &beam.name, &cookie, &["-q"]);
     wait_for("the BEAM node to halt", Duration::from_secs(30), || {
         beam.guard.child.try_wait().ok().flatten().map(|_| ())
     });
@@ -506,9 +455,9 @@ fn jinterface_send_rpc_answers_as_a_beam_node_does() {
     });
     let kv = KvNode::fresh("kv_jinterface");
     let beam = reference_node(&kv.cookie, kv.epmd_port);
-    let dir = std::env::temp_dir().join(unique("kvnode_java"));
+    let tmp = TempDataDir::new("kvnode_java");
+    let dir = tmp.0.clone();
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let _cleanup = DirGuard(dir.clone());
     std::fs::write(dir.join("Rpc.java"), JAVA_RPC).expect("write Rpc.java");
     // The reference node is up once its KV server is registered.
     let probe = format!(

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{ChildGuard, elixir_raw, free_port, unique, wait_for};
+use common::{ChildGuard, elixir_ok, free_port, unique, wait_for};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -95,22 +95,14 @@ impl RustServer {
     /// Runs `script` on a fresh Elixir node; `stack` in the script is `{:stack, node}`.
     fn elixir(&self, script: &str) -> String {
         let script = format!("stack = {{:stack, :\"{}\"}}\n{script}", self.name);
-        let out = elixir_raw(
+        elixir_ok(
             &self.name,
             self.epmd_port,
             &unique("ex_client"),
             &self.cookie,
             &script,
             Duration::from_secs(120),
-        );
-        assert!(
-            out.status.success(),
-            "elixir script failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-            out.status,
-            out.stdout,
-            out.stderr
-        );
-        out.stdout
+        )
     }
 }
 

@@ -7,9 +7,7 @@
 mod common;
 
 use kvnode::term::{Atom, FixInteger, List, Term};
-use kvnode::{
-    CallError, CallResult, Caller, Congestion, Ctx, GenServer, Node, NodeBuilder, Outcome, Request,
-};
+use kvnode::{CallError, CallResult, Caller, Congestion, Ctx, GenServer, Node, Outcome, Request};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,11 +18,7 @@ fn atom(name: &str) -> Term {
 }
 
 async fn start_node(alive: &str, cookie: &str, epmd_port: u16) -> Node {
-    NodeBuilder::new(format!("{alive}@127.0.0.1"))
-        .cookie(cookie)
-        .epmd_port(epmd_port)
-        .bind([127, 0, 0, 1].into())
-        .threads(1)
+    common::rust_node(alive, cookie, epmd_port)
         .start()
         .await
         .expect("start the Rust node")
@@ -34,24 +28,12 @@ async fn start_node(alive: &str, cookie: &str, epmd_port: u16) -> Node {
 async fn elixir(node: &Node, epmd_port: u16, tag: &str, cookie: &str, script: &str) -> String {
     let kv_name = node.name().name.clone();
     let alive = common::unique(tag);
-    let script = script.to_owned();
-    let cookie = cookie_static(cookie);
-    let out = tokio::task::spawn_blocking(move || {
-        common::elixir_raw(&kv_name, epmd_port, &alive, cookie, &script, LONG)
-    });
-    let out = out.await.expect("script thread");
-    assert!(
-        out.status.success(),
-        "script failed: {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        out.stdout,
-        out.stderr
-    );
-    out.stdout
-}
-
-fn cookie_static(cookie: &str) -> &'static str {
-    Box::leak(cookie.to_owned().into_boxed_str())
+    let (cookie, script) = (cookie.to_owned(), script.to_owned());
+    tokio::task::spawn_blocking(move || {
+        common::elixir_ok(&kv_name, epmd_port, &alive, &cookie, &script, LONG)
+    })
+    .await
+    .expect("script thread")
 }
 
 fn register_calc(node: &Node) {

@@ -11,15 +11,10 @@ mod common;
 
 use common::*;
 
+/// After [`TERM_CHECKS`]: binds `has_records` (exactly on OTP 29 and later).
 const PRELUDE: &str = r##"
-otp = :erlang.system_info(:otp_release) |> List.to_integer()
-IO.puts("OTP #{otp}")
 has_records = Code.ensure_loaded?(:records) and function_exported?(:records, :create, 4)
 if has_records != (otp >= 29), do: raise("native records on OTP #{otp}: #{has_records}")
-show = fn t -> :io_lib.format(~c"~p", [t]) |> IO.iodata_to_binary() end
-check = fn label, got, want ->
-  if got !== want, do: raise("#{label}: got #{show.(got)}, want #{show.(want)}")
-end
 "##;
 
 const WRITES: &str = r##"
@@ -71,27 +66,21 @@ end
 
 #[test]
 fn native_records_as_values_and_keys_survive_every_path_and_a_restart() {
-    let tmp = TempDataDir::new("kvnode_records");
-    let dir = tmp.0.clone();
-    let dir_arg = dir.to_str().expect("utf-8 path").to_owned();
-    let alive = unique("kv_rec");
-    let cookie = unique("cookie");
-    let epmd = free_port();
-    {
-        let mut kv = KvNode::start_with(&alive, &cookie, epmd, &["--data-dir", &dir_arg]);
-        let out = kv.script("rec_w", &format!("{PRELUDE}\n{ZOO_IF}\n{WRITES}"));
-        eprintln!("{out}");
-        kv.guard.child.kill().expect("SIGKILL kvnode");
-        let _ = kv.guard.child.wait();
-    }
-    let kv = KvNode::start_with(&alive, &cookie, epmd, &["--data-dir", &dir_arg]);
-    kv.script("rec_r", &format!("{PRELUDE}\n{ZOO_IF}\n{READS}"));
+    let (out, _) = kv_script_with_restart(
+        "rec",
+        &format!("{TERM_CHECKS}\n{PRELUDE}\n{ZOO_IF}\n{WRITES}"),
+        &format!("{TERM_CHECKS}\n{PRELUDE}\n{ZOO_IF}\n{READS}"),
+    );
+    eprintln!("{out}");
 }
 
 #[test]
 fn native_records_in_memory() {
     let kv = KvNode::fresh("kv_rec_mem");
-    let out = kv.script("rec_mem", &format!("{PRELUDE}\n{ZOO_IF}\n{WRITES}"));
+    let out = kv.script(
+        "rec_mem",
+        &format!("{TERM_CHECKS}\n{PRELUDE}\n{ZOO_IF}\n{WRITES}"),
+    );
     eprintln!("{out}");
     // `kvnode call` answered with a record: no term can hold it, so a clear error (never a
     // panic, exit 101) rather than something printed wrong.

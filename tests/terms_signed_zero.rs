@@ -13,15 +13,14 @@ mod common;
 
 use common::*;
 
-/// Binds `nz` (`-0.0`, built from its bytes so no compiler folds it), `m` (the map), the
-/// values `zoo` holding it in various places, and `check`/`show`.
+/// After [`TERM_CHECKS`]: binds `nz` (`-0.0`, built from its bytes so no compiler folds it),
+/// `m` (the map) and the values `zoo` holding it in various places.
 const PRELUDE: &str = r##"
 nz = :erlang.binary_to_term(<<131, 70, 128, 0, 0, 0, 0, 0, 0, 0>>)
 m = %{0.0 => :pos, nz => :neg}
-otp = :erlang.system_info(:otp_release) |> List.to_integer()
 # The feature under test: two keys from OTP 27 on, one before.
 if otp >= 27, do: (2 = map_size(m)), else: (1 = map_size(m))
-IO.puts("OTP #{otp}: map_size #{map_size(m)}")
+IO.puts("map_size #{map_size(m)}")
 zoo = [
   m,
   [m, {m}],
@@ -30,10 +29,6 @@ zoo = [
   [0.0, nz],
   {0.0, nz}
 ]
-show = fn t -> :io_lib.format(~c"~p", [t]) |> IO.iodata_to_binary() end
-check = fn label, got, want ->
-  if got !== want, do: raise("#{label}: got #{show.(got)}, want #{show.(want)}")
-end
 "##;
 
 const WRITES: &str = r##"
@@ -93,27 +88,21 @@ end
 
 #[test]
 fn maps_with_both_signed_zeros_survive_every_write_path_and_a_restart() {
-    let tmp = TempDataDir::new("kvnode_zero");
-    let dir = tmp.0.clone();
-    let dir_arg = dir.to_str().expect("utf-8 path").to_owned();
-    let alive = unique("kv_zero");
-    let cookie = unique("cookie");
-    let epmd = free_port();
-    {
-        let mut kv = KvNode::start_with(&alive, &cookie, epmd, &["--data-dir", &dir_arg]);
-        let out = kv.script("zero_w", &format!("{PRELUDE}\n{WRITES}"));
-        eprintln!("{out}");
-        kv.guard.child.kill().expect("SIGKILL kvnode");
-        let _ = kv.guard.child.wait();
-    }
-    let kv = KvNode::start_with(&alive, &cookie, epmd, &["--data-dir", &dir_arg]);
-    kv.script("zero_r", &format!("{PRELUDE}\n{READS}"));
+    let (out, _) = kv_script_with_restart(
+        "zero",
+        &format!("{TERM_CHECKS}\n{PRELUDE}\n{WRITES}"),
+        &format!("{TERM_CHECKS}\n{PRELUDE}\n{READS}"),
+    );
+    eprintln!("{out}");
 }
 
 #[test]
 fn maps_with_both_signed_zeros_in_memory() {
     // Without --data-dir, `put` and `get` take the byte view and the rest the decoding path.
     let kv = KvNode::fresh("kv_zero_mem");
-    let out = kv.script("zero_mem", &format!("{PRELUDE}\n{WRITES}\n{READS}"));
+    let out = kv.script(
+        "zero_mem",
+        &format!("{TERM_CHECKS}\n{PRELUDE}\n{WRITES}\n{READS}"),
+    );
     eprintln!("{out}");
 }

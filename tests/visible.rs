@@ -4,37 +4,14 @@
 //! (`--pg SCOPE:GROUP`); all of it goes when kvnode dies. Three Elixir nodes (two long-running
 //! ones and the script node), plus short-lived ones for locks and name clashes.
 //!
-//! kvnode's name (`vis_kv_…`) sorts after the cluster's (`vis_a_…`, `vis_b_…`, `vis_c_…`), so it
-//! is global's boss: every global lock in the cluster is taken on kvnode first, and kvnode's
+//! kvnode's name (`vis_kv_…`) sorts after the cluster's (`vis_a_…` to `vis_f_…`, see
+//! [`common::ClusterOpts::prefix`]), so it is global's boss: every global lock in the cluster is taken on kvnode first, and kvnode's
 //! refusal is what keeps a lock exclusive.
 
 mod common;
 
 use common::*;
-use std::process::Stdio;
 use std::time::Duration;
-
-/// An EPMD daemon of our own (kvnode's embedded one would die with it), killed on drop.
-fn start_epmd() -> (ChildGuard, u16) {
-    let port = free_port();
-    let child = beam_command("epmd")
-        .args(["-port", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn epmd");
-    let guard = ChildGuard {
-        child,
-        what: "epmd".into(),
-    };
-    wait_for("epmd to listen", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .map(|_| ())
-    });
-    (guard, port)
-}
 
 /// Boot code of a long-running cluster node: the `:kvscope` pg scope when `scope`, and a
 /// registered `:d_ctl` process that, on `{:go, from}`, connects to kvnode, takes the global
@@ -67,22 +44,29 @@ end
     )
 }
 
-/// Starts a kvnode with `args` and waits for its ready file.
-fn visible_kv(alive: &str, epmd: u16, args: &[&str]) -> KvNode {
-    let mut all = vec!["--visible"];
-    all.extend_from_slice(args);
-    KvNode::start_with(alive, "vis", epmd, &all)
+/// A cluster with a `--visible` kvnode (`args` added) and `n` BEAM nodes booting with `boot`,
+/// cookie `vis`, names `vis_…`.
+fn visible_cluster(n: usize, args: &[&str], boot: impl Fn(usize, &str) -> String) -> BeamCluster {
+    let opts = ClusterOpts {
+        prefix: "vis",
+        cookie: Some("vis"),
+        visible_kv: Some(args),
+    };
+    beam_cluster(n, opts, boot)
+}
+
+/// [`visible_cluster`] of kvnode alone.
+fn visible_kv(args: &[&str]) -> BeamCluster {
+    visible_cluster(0, args, |_, _| String::new())
 }
 
 #[test]
 fn visible_node_global_and_pg_with_three_elixir_nodes() {
-    let (_epmd_guard, epmd) = start_epmd();
-    let kv_alive = unique("vis_kv");
     let kv_args = ["--global-name", "kv_store", "--pg", "kvscope:kvgroup"];
-    let mut kv = visible_kv(&kv_alive, epmd, &kv_args);
-    let a = BeamNode::start(&unique("vis_a"), "vis", epmd, &boot(&kv.name, true));
-    let b = BeamNode::start(&unique("vis_b"), "vis", epmd, &boot(&kv.name, false));
-    let locker = BeamNode::start(&unique("vis_d"), "vis", epmd, &boot(&kv.name, false));
+    // a (with the kvscope scope), b, and c: the node that takes a lock and dies.
+    let mut cluster = visible_cluster(3, &kv_args, |i, kv| boot(kv, i == 0));
+    let [a, b, locker] = [0, 1, 2].map(|i| cluster.beams[i].name.clone());
+    let kv = cluster.kv();
     let script = format!(
         r#"
 kv = String.to_atom(System.get_env("KV_NODE"))
@@ -165,11 +149,9 @@ end)
 TestCheck.finish()
 IO.puts("KVPID #{{inspect(kvpid)}}")
 "#,
-        a = a.name,
-        b = b.name,
-        d = locker.name,
+        d = locker,
     );
-    let out = elixir(&kv, &unique("vis_c"), "vis", &script);
+    let out = elixir(kv, &unique("vis_d"), "vis", &script);
     let syncs: Vec<u64> = out
         .lines()
         .filter_map(|l| l.strip_prefix("SYNC_US ")?.trim().parse().ok())
@@ -181,8 +163,8 @@ IO.puts("KVPID #{{inspect(kvpid)}}")
     }
 
     // kvnode dies: its name and pg membership go, the BEAM nodes stay connected and in sync.
-    let _ = kv.guard.child.kill();
-    let _ = kv.guard.child.wait();
+    let kv_name = kv.name.clone();
+    cluster.kill_kv();
     let after = format!(
         r#"
 kv = :"{kv}"
@@ -198,28 +180,13 @@ for n <- [a, b] do
 end
 true = b in :erpc.call(a, Node, :list, [])
 "#,
-        kv = kv.name,
-        a = a.name,
-        b = b.name,
+        kv = kv_name,
     );
-    let out = elixir_raw(
-        &kv.name,
-        epmd,
-        &unique("vis_e"),
-        "vis",
-        &after,
-        Duration::from_secs(120),
-    );
-    assert!(
-        out.status.success(),
-        "after kvnode died:\n{}\n{}",
-        out.stdout,
-        out.stderr
-    );
+    elixir(cluster.kv(), &unique("vis_e"), "vis", &after);
 
     // Restarted, and dialed by one node only: global pulls the others in (new_nodes), and
     // the name and the pg membership come back everywhere.
-    let kv = visible_kv(&kv_alive, epmd, &kv_args);
+    let kv = cluster.start_kv();
     let back = format!(
         r#"
 kv = String.to_atom(System.get_env("KV_NODE"))
@@ -238,12 +205,9 @@ for n <- [a, b] do
   end, 30_000)
   TestWait.until(fn -> match?([p] when node(p) == kv, :erpc.call(n, :pg, :get_members, [:kvscope, :kvgroup])) end, 30_000)
 end
-"#,
-        a = a.name,
-        b = b.name,
+"#
     );
-    elixir(&kv, &unique("vis_f"), "vis", &back);
-    drop((a, b));
+    elixir(kv, &unique("vis_f"), "vis", &back);
 }
 
 /// A hidden kvnode (the default) stays out of `Node.list()` and gets no global traffic.
@@ -269,8 +233,8 @@ true = kv in Node.list(:hidden)
 /// it again once the name is free.
 #[test]
 fn name_clash_resolved_as_random_exit_name() {
-    let (_epmd_guard, epmd) = start_epmd();
-    let kv = visible_kv(&unique("vis_kv"), epmd, &["--global-name", "clash_name"]);
+    let cluster = visible_kv(&["--global-name", "clash_name"]);
+    let kv = cluster.kv();
     // Registers `clash_name` before connecting (its own partition), then joins kvnode's.
     let clash = |check: &str| {
         format!(
@@ -305,9 +269,9 @@ true = is_integer(n)
 true = Process.alive?(p)
 "#;
     // A node whose name sorts after kvnode's: kvnode resolves, its own pid wins.
-    elixir(&kv, &unique("zz_clash"), "vis", &clash(kvnode_wins));
+    elixir(kv, &unique("zz_clash"), "vis", &clash(kvnode_wins));
     // One whose name sorts before: it resolves and its pid wins; kvnode loses the name.
-    elixir(&kv, &unique("aa_clash"), "vis", &clash(beam_wins));
+    elixir(kv, &unique("aa_clash"), "vis", &clash(beam_wins));
     kv.wait_log("lost its global name", Duration::from_secs(30));
     // That node is gone: kvnode registers the name again.
     kv.script(
@@ -329,36 +293,22 @@ end, 30_000)
 /// of `global`'s synced set, and `:global.sync()` would block on them.
 #[test]
 fn remove_connection_is_honoured() {
-    let (_epmd_guard, epmd) = start_epmd();
-    let kv = visible_kv(&unique("vis_kv"), epmd, &[]);
-    let a = BeamNode::start(&unique("vis_a"), "vis", epmd, "");
-    let script = format!(
-        r#"
-kv = String.to_atom(System.get_env("KV_NODE"))
-a = :"{a}"
-TestWait.until(fn -> Node.connect(a) end, 60_000)
-true = Node.connect(kv)
-true = :erpc.call(a, Node, :connect, [kv])
-:ok = :global.sync()
-:ok = :erpc.call(a, :global, :sync, [], 60_000)
+    let (out, logs) = in_full_mesh(
+        r##"
 true = kv in Node.list()
 # a loses kvnode (only): we are asked to drop it and ask kvnode to drop us.
 true = :erpc.call(a, :erlang, :disconnect_node, [kv])
 TestWait.until(fn -> not (kv in Node.list()) end, 30_000)
-{{us, :ok}} = :timer.tc(:global, :sync, [])
-IO.puts("SYNC_AFTER_US #{{us}}")
+{us, :ok} = :timer.tc(:global, :sync, [])
+IO.puts("SYNC_AFTER_US #{us}")
 true = a in Node.list()
-"#,
-        a = a.name
+"##,
     );
-    let out = elixir(&kv, &unique("vis_c"), "vis", &script);
     assert!(out.contains("SYNC_AFTER_US"), "{out}");
     assert!(
-        kv.logs().contains("remove_connection"),
-        "kvnode logs the disconnect it was asked for:\n{}",
-        kv.logs()
+        logs.contains("remove_connection"),
+        "kvnode logs the disconnect it was asked for:\n{logs}"
     );
-    drop(a);
 }
 
 /// prevent_overlapping_partitions, kvnode's side: when two BEAM nodes lose their link,
@@ -367,9 +317,25 @@ true = a in Node.list()
 /// bridging both partitions.
 #[test]
 fn lost_connection_makes_kvnode_leave_the_other_partition() {
-    let (_epmd_guard, epmd) = start_epmd();
-    let kv = visible_kv(&unique("vis_kv"), epmd, &[]);
-    let a = BeamNode::start(&unique("vis_a"), "vis", epmd, "");
+    let (_, logs) = in_full_mesh(
+        r#"
+# We lose a: kvnode hears it from both sides and leaves both partitions.
+true = :erlang.disconnect_node(a)
+TestWait.until(fn -> not (kv in Node.list()) end, 30_000)
+:ok = :global.sync()
+"#,
+    );
+    assert!(
+        logs.contains("lost_connection"),
+        "kvnode logs the disconnect it requested:\n{logs}"
+    );
+}
+
+/// kvnode, one BEAM node `a` and the script node, all connected to each other and synced; then
+/// `scenario` (it sees `kv` and `a`). Returns the script's stdout and kvnode's logs.
+fn in_full_mesh(scenario: &str) -> (String, String) {
+    let cluster = visible_cluster(1, &[], |_, _| String::new());
+    let (kv, a) = (cluster.kv(), &cluster.beams[0].name);
     let script = format!(
         r#"
 kv = String.to_atom(System.get_env("KV_NODE"))
@@ -379,20 +345,11 @@ true = Node.connect(kv)
 true = :erpc.call(a, Node, :connect, [kv])
 :ok = :global.sync()
 :ok = :erpc.call(a, :global, :sync, [], 60_000)
-# We lose a: kvnode hears it from both sides and leaves both partitions.
-true = :erlang.disconnect_node(a)
-TestWait.until(fn -> not (kv in Node.list()) end, 30_000)
-:ok = :global.sync()
-"#,
-        a = a.name
+{scenario}
+"#
     );
-    elixir(&kv, &unique("vis_c"), "vis", &script);
-    assert!(
-        kv.logs().contains("lost_connection"),
-        "kvnode logs the disconnect it requested:\n{}",
-        kv.logs()
-    );
-    drop(a);
+    let out = elixir(kv, &unique("vis_c"), "vis", &script);
+    (out, kv.logs())
 }
 
 /// The visible-only flags are refused without `--visible`, and malformed values with a clear
@@ -416,20 +373,32 @@ fn visible_flags_are_checked() {
 /// still answered (the BEAM node's `register_name` returns `:yes` at once) but not kept.
 #[test]
 fn global_names_are_bounded() {
-    let (_epmd_guard, epmd) = start_epmd();
-    let kv = visible_kv(&unique("vis_kv"), epmd, &["--max-global-names", "3"]);
-    let script = r#"
+    let cluster = visible_kv(&["--max-global-names", "3"]);
+    let kv = cluster.kv();
+    register_ten(
+        kv,
+        "bounded",
+        ":yes = :global.register_name({:bounded, i}, p)",
+    );
+    kv.wait_log("too many names", Duration::from_secs(30));
+}
+
+/// From a fresh Elixir node synced with kvnode: 10 global names `{:<tag>, i}`, each registered
+/// by `register` (which sees `i` and a fresh process `p`), are all in `registered_names()`.
+fn register_ten(kv: &KvNode, tag: &str, register: &str) {
+    let script = format!(
+        r#"
 kv = String.to_atom(System.get_env("KV_NODE"))
 true = Node.connect(kv)
 :ok = :global.sync()
 for i <- 1..10 do
   p = spawn(fn -> receive do _ -> :ok end end)
-  :yes = :global.register_name({:bounded, i}, p)
+  {register}
 end
-10 = length(for {:bounded, _} = n <- :global.registered_names(), do: n)
-"#;
-    elixir(&kv, &unique("vis_c"), "vis", script);
-    kv.wait_log("too many names", Duration::from_secs(30));
+10 = length(for {{:{tag}, _}} = n <- :global.registered_names(), do: n)
+"#
+    );
+    elixir(kv, &unique("vis_c"), "vis", &script);
 }
 
 /// A node kvnode learns of (`new_nodes`, `resolved`) but cannot reach is forgotten, as OTP's
@@ -440,8 +409,8 @@ end
 /// `:global.sync()` then blocks).
 #[test]
 fn unreachable_known_nodes_are_forgotten() {
-    let (_epmd_guard, epmd) = start_epmd();
-    let kv = visible_kv(&unique("vis_kv"), epmd, &[]);
+    let cluster = visible_kv(&[]);
+    let kv = cluster.kv();
     let ghost = format!("{}@127.0.0.1", unique("vis_ghost"));
     let script = format!(
         r#"
@@ -455,7 +424,7 @@ TestWait.until(fn -> not (ghost in GenServer.call({{:global_name_server, kv}}, :
 true = node() in GenServer.call({{:global_name_server, kv}}, :get_known)
 "#
     );
-    elixir(&kv, &unique("vis_c"), "vis", &script);
+    elixir(kv, &unique("vis_c"), "vis", &script);
     kv.wait_log("cannot be reached; forgotten", Duration::from_secs(30));
 }
 
@@ -465,26 +434,15 @@ true = node() in GenServer.call({{:global_name_server, kv}}, :get_known)
 /// Registrations beyond it are still answered (`:yes` at once) but not kept.
 #[test]
 fn global_name_bytes_are_bounded() {
-    let (_epmd_guard, epmd) = start_epmd();
-    let kv = visible_kv(
-        &unique("vis_kv"),
-        epmd,
-        &["--max-global-name-bytes", "100000"],
-    );
-    let script = r#"
-kv = String.to_atom(System.get_env("KV_NODE"))
-true = Node.connect(kv)
-:ok = :global.sync()
-for i <- 1..10 do
-  p = spawn(fn -> receive do _ -> :ok end end)
-  # A resolve method carrying 64 KB: far over the budget after two names.
-  big = :binary.copy(<<i>>, 64_000)
-  method = fn name, p1, p2 -> byte_size(big) > 0 and :global.random_exit_name(name, p1, p2) end
-  :yes = :global.register_name({:big, i}, p, method)
-end
-10 = length(for {:big, _} = n <- :global.registered_names(), do: n)
+    let cluster = visible_kv(&["--max-global-name-bytes", "100000"]);
+    let kv = cluster.kv();
+    // A resolve method carrying 64 KB: far over the budget after two names.
+    let register = r#"
+big = :binary.copy(<<i>>, 64_000)
+method = fn name, p1, p2 -> byte_size(big) > 0 and :global.random_exit_name(name, p1, p2) end
+:yes = :global.register_name({:big, i}, p, method)
 "#;
-    elixir(&kv, &unique("vis_c"), "vis", script);
+    register_ten(kv, "big", register);
     kv.wait_log("names are at their byte limit", Duration::from_secs(30));
 }
 
@@ -496,8 +454,7 @@ end
 /// locker's longer wait as the passive locker it was did.
 #[test]
 fn kvnode_locker_locks_first_when_it_knows_fewer_nodes() {
-    let (_epmd_guard, epmd) = start_epmd();
-    let kv = visible_kv(&unique("vis_kv"), epmd, &[]);
+    let mut cluster = visible_kv(&[]);
     let round = r#"
 kv = String.to_atom(System.get_env("KV_NODE"))
 true = Node.connect(kv)
@@ -506,10 +463,11 @@ true = kv in GenServer.call(:global_name_server, :get_known)
 IO.puts("ROUND_OK")
 "#;
     for _ in 0..3 {
-        let out = elixir(&kv, &unique("vis_d"), "vis", round);
+        let out = elixir(cluster.kv(), &unique("vis_d"), "vis", round);
         assert!(out.contains("ROUND_OK"), "{out}");
     }
-    let b = BeamNode::start(&unique("vis_b"), "vis", epmd, "");
+    let b = cluster.add_beam("").name.clone();
+    let kv = cluster.kv();
     let c = unique("vis_c");
     let script = format!(
         r#"
@@ -521,11 +479,10 @@ true = Node.connect(kv)
 :ok = :global.sync()
 true = kv in GenServer.call(:global_name_server, :get_known)
 IO.puts("JOINED")
-"#,
-        b = b.name
+"#
     );
     let before = kv.logs().len();
-    let out = elixir(&kv, &c, "vis", &script);
+    let out = elixir(kv, &c, "vis", &script);
     assert!(out.contains("JOINED"), "{out}");
     let logs = kv.logs();
     let first = logs[before..]
@@ -540,5 +497,4 @@ IO.puts("JOINED")
         .lines()
         .any(|l| l.contains("the peer's locker answered our lock_set") && l.contains(&c));
     assert!(answered, "{c}'s locker answered kvnode's lock_set:\n{logs}");
-    drop(b);
 }

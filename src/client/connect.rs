@@ -88,8 +88,7 @@ pub async fn connect(opts: &ClientOpts, peer: &str) -> Result<Client, Failure> {
         .register_with_epmd(false)
         .threads(1)
         .handshake_timeout(timeout);
-    if let (Some(cert), Some(key), Some(cacert)) = (&opts.tls_cert, &opts.tls_key, &opts.tls_cacert)
-    {
+    if let Some((cert, key, cacert)) = opts.tls.all() {
         builder = builder.tls(cert, key, cacert, false);
     }
     let node = builder

@@ -955,3 +955,241 @@ pub fn raw_handshake(port: u16, cookie: &str, prefix: &str) -> (std::net::TcpStr
     stream.set_nonblocking(false).expect("blocking");
     (stream, name)
 }
+
+/// An EPMD daemon of our own on a free port (kvnode's embedded EPMD would die with kvnode;
+/// this one outlives any node registered with it), killed on Drop. Returns once it listens.
+pub fn start_epmd() -> (ChildGuard, u16) {
+    let port = free_port();
+    let child = beam_command("epmd")
+        .args(["-port", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn epmd");
+    let guard = ChildGuard {
+        child,
+        what: "epmd".into(),
+    };
+    wait_for("epmd to listen", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(|_| ())
+    });
+    (guard, port)
+}
+
+/// What [`beam_cluster`] starts besides its BEAM nodes; `ClusterOpts::default()` is a cluster
+/// of BEAM nodes only, with a cookie of its own, named `cl_…`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClusterOpts<'a> {
+    /// Prefix of every alive name (default `cl`): kvnode is `<prefix>_kv_<pid>_<n>`, BEAM node
+    /// `i` is `<prefix>_<letter i>_<pid>_<n>` (`a`, `b`, `c`, ...), so with up to 10 BEAM nodes
+    /// kvnode's name sorts after theirs (it is `global`'s boss). Script nodes a test adds sort
+    /// before kvnode too when named `<prefix>_<a..j>`.
+    pub prefix: &'a str,
+    /// The cookie of every node (default: a unique one).
+    pub cookie: Option<&'a str>,
+    /// Start a kvnode first, with `--visible` and these extra flags; `None`: no kvnode.
+    pub visible_kv: Option<&'a [&'a str]>,
+}
+
+/// BEAM nodes (and optionally a visible kvnode) started by [`beam_cluster`], sharing one
+/// cookie and one EPMD daemon of their own. Every process is killed by its own pid when this is
+/// dropped (kvnode first, EPMD last), also when the test fails.
+pub struct BeamCluster {
+    /// The kvnode ([`ClusterOpts::visible_kv`]); see [`BeamCluster::kv`].
+    pub kv: Option<KvNode>,
+    /// The BEAM nodes, in start order (each `elixir --no-halt -e <boot>`).
+    pub beams: Vec<BeamNode>,
+    /// The cookie every node uses.
+    pub cookie: String,
+    /// The port of the cluster's EPMD.
+    pub epmd_port: u16,
+    prefix: String,
+    kv_alive: String,
+    kv_args: Vec<String>,
+    // Declared last: dropped after every node registered with it.
+    _epmd: ChildGuard,
+}
+
+/// Starts an EPMD of its own, then (with [`ClusterOpts::visible_kv`]) a `--visible` kvnode
+/// waiting for its ready file, then `n` long-running Elixir nodes (`--no-halt`), node `i`
+/// booting with `boot(i, kv)` where `kv` is kvnode's node name (`""` without kvnode). The BEAM
+/// nodes are only started, not waited for: a script reaches them with
+/// `TestWait.until(fn -> Node.connect(n) end, 60_000)`. Names are unique to the test
+/// (see [`ClusterOpts::prefix`]).
+///
+/// ```ignore
+/// let kv_args = ["--global-name", "kv_store"];
+/// let opts = ClusterOpts { prefix: "vis", cookie: Some("vis"), visible_kv: Some(&kv_args) };
+/// let cluster = beam_cluster(2, opts, |_, _| String::new());
+/// let (kv, a) = (cluster.kv(), &cluster.beams[0].name);
+/// elixir(kv, &unique("vis_d"), &cluster.cookie, &format!("a = :\"{a}\" ..."));
+/// ```
+pub fn beam_cluster(
+    n: usize,
+    opts: ClusterOpts<'_>,
+    boot: impl Fn(usize, &str) -> String,
+) -> BeamCluster {
+    assert!(n <= 26, "beam_cluster names nodes a..z: {n} nodes");
+    let (epmd, epmd_port) = start_epmd();
+    let prefix = if opts.prefix.is_empty() {
+        "cl"
+    } else {
+        opts.prefix
+    };
+    let mut cluster = BeamCluster {
+        kv: None,
+        beams: Vec::with_capacity(n),
+        cookie: opts.cookie.map_or_else(|| unique("cookie"), str::to_owned),
+        epmd_port,
+        prefix: prefix.to_owned(),
+        kv_alive: unique(&format!("{prefix}_kv")),
+        kv_args: opts
+            .visible_kv
+            .unwrap_or_default()
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect(),
+        _epmd: epmd,
+    };
+    if opts.visible_kv.is_some() {
+        cluster.start_kv();
+    }
+    let kv_name = cluster.kv.as_ref().map(|kv| kv.name.clone());
+    for i in 0..n {
+        cluster.add_beam(&boot(i, kv_name.as_deref().unwrap_or("")));
+    }
+    cluster
+}
+
+impl BeamCluster {
+    /// The kvnode (panics when the cluster was started without one).
+    pub fn kv(&self) -> &KvNode {
+        self.kv.as_ref().expect("a beam_cluster with visible_kv")
+    }
+
+    /// The BEAM nodes' names, in start order.
+    pub fn names(&self) -> Vec<String> {
+        self.beams.iter().map(|b| b.name.clone()).collect()
+    }
+
+    /// Starts one more BEAM node (the next letter) booting with `boot`.
+    pub fn add_beam(&mut self, boot: &str) -> &BeamNode {
+        let i = self.beams.len();
+        let letter = char::from(b'a' + u8::try_from(i).expect("few nodes"));
+        let alive = unique(&format!("{}_{letter}", self.prefix));
+        let node = BeamNode::start(&alive, &self.cookie, self.epmd_port, boot);
+        self.beams.push(node);
+        &self.beams[i]
+    }
+
+    /// SIGKILLs kvnode and waits for it to exit; `kv` keeps its name and logs.
+    pub fn kill_kv(&mut self) {
+        let kv = self.kv.as_mut().expect("a beam_cluster with visible_kv");
+        let _ = kv.guard.child.kill();
+        let _ = kv.guard.child.wait();
+    }
+
+    /// Starts kvnode (again: same name, cookie, EPMD and flags) and waits for its ready file.
+    pub fn start_kv(&mut self) -> &KvNode {
+        let mut args = vec!["--visible"];
+        args.extend(self.kv_args.iter().map(String::as_str));
+        let kv = KvNode::start_with(&self.kv_alive, &self.cookie, self.epmd_port, &args);
+        self.kv.insert(kv)
+    }
+}
+
+/// Reads `stream` until EOF or `within` passes (data is read and dropped: ticks and the like);
+/// true if the peer closed (EOF or reset), false if it kept the connection open.
+pub fn closed_by_peer(stream: &mut std::net::TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        stream
+            .set_read_timeout(Some(left.min(Duration::from_millis(200))))
+            .expect("timeout");
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                continue;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// A Rust node (the library's [`kvnode::NodeBuilder`]) as `<alive>@127.0.0.1` on loopback
+/// with `cookie`, registering with the EPMD on `epmd_port`, one runtime thread: add what a
+/// test needs, then `.start().await`.
+pub fn rust_node(alive: &str, cookie: &str, epmd_port: u16) -> kvnode::NodeBuilder {
+    kvnode::NodeBuilder::new(format!("{alive}@127.0.0.1"))
+        .cookie(cookie)
+        .epmd_port(epmd_port)
+        .bind([127, 0, 0, 1].into())
+        .threads(1)
+}
+
+/// [`elixir_raw`] that fails the test (with the script's output) unless it exits 0; its
+/// stdout. For nodes that are not a [`KvNode`] (Rust nodes, examples).
+pub fn elixir_ok(
+    node_name: &str,
+    epmd_port: u16,
+    alive: &str,
+    cookie: &str,
+    script: &str,
+    timeout: Duration,
+) -> String {
+    let out = elixir_raw(node_name, epmd_port, alive, cookie, script, timeout);
+    assert!(
+        out.status.success(),
+        "elixir script failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    out.stdout
+}
+
+/// Elixir check helpers for term tests: binds `otp` (the release, an integer; printed as
+/// `OTP <n>`), `show.(term)` (`~p` as a binary) and `check.(label, got, want)` (raises, showing
+/// both, unless `got === want`).
+pub const TERM_CHECKS: &str = r##"
+otp = :erlang.system_info(:otp_release) |> List.to_integer()
+IO.puts("OTP #{otp}")
+show = fn t -> :io_lib.format(~c"~p", [t]) |> IO.iodata_to_binary() end
+check = fn label, got, want ->
+  if got !== want, do: raise("#{label}: got #{show.(got)}, want #{show.(want)}")
+end
+"##;
+
+/// Durability check: starts a kvnode (`kv_<tag>_…`) with a fresh `--data-dir`, runs `writes`
+/// (a [`KvNode::script`] body), SIGKILLs kvnode, starts it again on the same directory (same
+/// name, cookie and EPMD port) and runs `reads`. Returns both scripts' stdout.
+pub fn kv_script_with_restart(tag: &str, writes: &str, reads: &str) -> (String, String) {
+    let tmp = TempDataDir::new(&format!("kvnode_{tag}"));
+    let dir = tmp.arg();
+    let alive = unique(&format!("kv_{tag}"));
+    let cookie = unique("cookie");
+    let epmd = free_port();
+    let written = {
+        let mut kv = KvNode::start_with(&alive, &cookie, epmd, &["--data-dir", &dir]);
+        let out = kv.script(&format!("{tag}_w"), writes);
+        kv.guard.child.kill().expect("SIGKILL kvnode");
+        let _ = kv.guard.child.wait();
+        out
+    };
+    let kv = KvNode::start_with(&alive, &cookie, epmd, &["--data-dir", &dir]);
+    let read = kv.script(&format!("{tag}_r"), reads);
+    (written, read)
+}

@@ -20,10 +20,7 @@
 
 use super::connection::Error;
 use crate::etf::{self, Limits};
-use erl_dist::message::{
-    AliasSend, AliasSendTt, Message, PayloadExit2, PayloadExit2Tt, RegSend, RegSendTt, SendSender,
-    SendSenderTt,
-};
+use erl_dist::message::Message;
 use erl_dist::term::{Atom, FixInteger, Pid, Reference, Term, Tuple};
 
 /// The operation number of ALTACT_SIG_SEND.
@@ -83,56 +80,20 @@ impl Signal {
             token,
             payload,
         } = self;
-        let from_pid = from;
-        Ok(match (flags & FLAG_EXIT != 0, to, token) {
-            (false, To::Pid(to_pid), None) => Message::SendSender(SendSender {
-                from_pid,
-                to_pid,
-                message: payload,
-            }),
-            (false, To::Pid(to_pid), Some(trace_token)) => Message::SendSenderTt(SendSenderTt {
-                from_pid,
-                to_pid,
-                trace_token,
-                message: payload,
-            }),
-            (false, To::Alias(alias), None) => Message::AliasSend(AliasSend {
-                from_pid,
-                alias,
-                message: payload,
-            }),
-            (false, To::Alias(alias), Some(trace_token)) => Message::AliasSendTt(AliasSendTt {
-                from_pid,
-                alias,
-                trace_token,
-                message: payload,
-            }),
-            (false, To::Name(to_name), None) => Message::RegSend(RegSend {
-                from_pid,
-                to_name,
-                message: payload,
-            }),
-            (false, To::Name(to_name), Some(trace_token)) => Message::RegSendTt(RegSendTt {
-                from_pid,
-                to_name,
-                trace_token,
-                message: payload,
-            }),
-            (true, To::Pid(to_pid), None) => Message::PayloadExit2(PayloadExit2 {
-                from_pid,
-                to_pid,
-                reason: payload,
-            }),
-            (true, To::Pid(to_pid), Some(trace_token)) => Message::PayloadExit2Tt(PayloadExit2Tt {
-                from_pid,
-                to_pid,
-                trace_token,
-                reason: payload,
-            }),
+        let exit = flags & FLAG_EXIT != 0;
+        Ok(match (exit, to, token) {
+            (false, To::Pid(to), None) => Message::send_sender(from, to, payload),
+            (false, To::Pid(to), Some(t)) => Message::send_sender_tt(from, to, payload, t),
+            (false, To::Alias(alias), None) => Message::alias_send(from, alias, payload),
+            (false, To::Alias(alias), Some(t)) => Message::alias_send_tt(from, alias, payload, t),
+            (false, To::Name(name), None) => Message::reg_send(from, name, payload),
+            (false, To::Name(name), Some(t)) => Message::reg_send_tt(from, name, payload, t),
+            (true, To::Pid(to), None) => Message::payload_exit2(from, to, payload),
+            (true, To::Pid(to), Some(t)) => Message::payload_exit2_tt(from, to, payload, t),
             (true, to, token) => {
                 return Err(Box::new(Signal {
                     flags,
-                    from: from_pid,
+                    from,
                     to,
                     token,
                     payload,
