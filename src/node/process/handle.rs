@@ -473,7 +473,10 @@ enum Place<'a> {
     LocalPid(&'a Pid),
     LocalName(&'a str),
     RemotePid(&'a Pid),
-    RemoteName { name: &'a str, node: &'a str },
+    RemoteName {
+        name: &'a str,
+        node: &'a str,
+    },
     /// A global name nobody holds.
     Nowhere,
 }

@@ -194,9 +194,13 @@ impl Resolve {
         if f.module.name != "global" || f.arity != 3 {
             return None;
         }
-        [Resolve::RandomExit, Resolve::RandomNotify, Resolve::NotifyAll]
-            .into_iter()
-            .find(|r| r.function() == f.function.name)
+        [
+            Resolve::RandomExit,
+            Resolve::RandomNotify,
+            Resolve::NotifyAll,
+        ]
+        .into_iter()
+        .find(|r| r.function() == f.function.name)
     }
 }
 
@@ -924,9 +928,7 @@ impl Server {
             [t, Term::Atom(node), names, _ext, tag] if is_atom(t, "exchange") => {
                 self.exchange(&node.name, names, tag)
             }
-            [t, Term::Atom(node), resolved, known, _unused, ext, tag]
-                if is_atom(t, "resolved") =>
-            {
+            [t, Term::Atom(node), resolved, known, _unused, ext, tag] if is_atom(t, "resolved") => {
                 self.resolved(&node.name, resolved, known, ext, tag)
             }
             [t, Term::Atom(node), ops, ext, nodes, _extra] if is_atom(t, "new_nodes") => {
@@ -1976,7 +1978,11 @@ pub enum GlobalError {
         chars: usize,
     },
     /// The name is registered already (`no` from `:global.register_name/2`).
-    #[error("the global name {} is taken by {}", crate::etf::text::name(name), pid_text(pid))]
+    #[error(
+        "the global name {} is taken by {}",
+        crate::etf::text::name(name),
+        pid_text(pid)
+    )]
     Taken {
         /// The name.
         name: String,
@@ -1985,7 +1991,11 @@ pub enum GlobalError {
     },
     /// The pid holds another global name already (`no` from `:global.register_name/2`,
     /// OTP's `check_dupname`).
-    #[error("{} already holds the global name {}", pid_text(pid), crate::etf::summary(other))]
+    #[error(
+        "{} already holds the global name {}",
+        pid_text(pid),
+        crate::etf::summary(other)
+    )]
     Duplicate {
         /// The pid.
         pid: Pid,
