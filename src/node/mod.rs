@@ -20,8 +20,7 @@ pub mod transport;
 
 pub use process::*;
 
-/// Erlang's `global` for Rust programs (a visible node: [`builder::NodeBuilder::visible`]);
-/// see [`services::global`].
+/// Erlang's `global` for Rust programs (a visible node: [`builder::NodeBuilder::visible`]).
 impl Node {
     /// Registers the local process `pid` under the cluster-wide name `name` (an atom), as
     /// `:global.register_name/2`: takes the global lock on every known node, registers the

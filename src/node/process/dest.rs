@@ -15,7 +15,7 @@ use erl_dist::term::{Atom, Pid, Term, Tuple};
 /// assert_eq!(local, Dest::Name("my_server".into()));
 /// // `{:global, :leader}` in Elixir: resolved when the message goes.
 /// let global = Dest::Global("leader".into());
-/// assert_eq!(global.to_string(), "{global, leader}");
+/// assert_eq!(global.to_string(), "{global, 'leader'}");
 /// ```
 ///
 /// A [`Dest::Global`] is looked up in the node's `global` table each time a message goes

@@ -24,17 +24,26 @@
 //! - `cancel_connect` restarts the handshake; prevent_overlapping_partitions as OTP's `global`:
 //!   `remove_connection` closes the link to its sender, and `lost_connection` (NodeA lost
 //!   NodeB) makes kvnode ask the node now in another partition to disconnect.
-//! - [`register`]: a name for a local process, registered as `global:register_name/2` does it:
-//!   `set_lock {global, RegPid}` on every known node (the boss first), `register` on each,
-//!   `del_lock`; retried with a random sleep when a lock is refused, and again whenever the
-//!   name is free again.
+//! - [`register`] (`--global-name`, `Node::global_keep_registered`): a name for a local
+//!   process, registered as `global:register_name/2` does it: `set_lock {global, RegPid}` on
+//!   every known node (the boss first), `register` on each, `del_lock`; retried with a random
+//!   sleep when a lock is refused, and again whenever the name is free again.
+//! - The Rust API (`Node::global_register`, `global_unregister`, `global_whereis`,
+//!   `global_names`, `Dest::Global`): one locked attempt as above (`Trans`), retried at most
+//!   [`REGISTER_ATTEMPTS`] times, with the result returned (`Taken`/`Duplicate` as `no` in
+//!   Erlang); lookups read the table.
+//! - Calls are answered as gen_server does: by the alias in the caller's tag (ALIAS_SEND), so
+//!   a reply that comes after the caller gave up is dropped, not left in its mailbox.
+//! - `register_ext` (`global:register_name_external/2,3`) names keep their registering node
+//!   and are handed on in `resolved` and `new_nodes` as OTP's `global_names_ext`.
 //!
 //! Name clashes: where kvnode resolves (its node name is the smaller one) and the clashing name
-//! is held by a kvnode process, it runs `global:random_exit_name/3` (the only method kvnode
-//! registers with): the pid on the node with the smaller name keeps the name and the other one
-//! gets `exit(Pid, kill)`. A name kvnode's process loses is dropped from the table and logged;
-//! kvnode's processes ignore the kill (built-in processes trap exits), so the KV server keeps
-//! serving under its local name. Everything a peer can make kvnode hold is bounded:
+//! is held by a kvnode process, it runs the entry's method as OTP's `resolve_it/4`: one of
+//! `global`'s `random_exit_name/3` (the pid on the node with the smaller name keeps the name,
+//! the other gets `exit(Pid, kill)`), `random_notify_name/3` or `notify_all_name/3`; a method
+//! kvnode cannot run (a closure) counts as OTP's badrpc (the peer's entry is taken). A name
+//! kvnode's process loses is dropped from the table and logged; kvnode's processes ignore the
+//! kill (built-in processes trap exits), so the KV server keeps serving under its local name. Everything a peer can make kvnode hold is bounded:
 //! `--max-global-names` ([`DEFAULT_MAX_GLOBAL_NAMES`]), [`MAX_GLOBAL_LOCK_HOLDERS`],
 //! [`MAX_KNOWN_NODES`].
 
@@ -87,7 +96,9 @@ pub const MAX_KNOWN_NODES: usize = 10_000;
 pub const REGISTER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often kvnode's registrar tries to register a name before it waits for the next change
-/// (a node joining or leaving, a name going away).
+/// (a node joining or leaving, a name going away); also how often `Node::global_register`
+/// and `Node::global_unregister` try to take the global lock before they fail with
+/// `GlobalError::Busy` (whose doc states this value).
 pub const REGISTER_ATTEMPTS: u32 = 20;
 
 /// How often the server forgets known nodes it cannot reach: a node learned from `new_nodes`
@@ -2014,9 +2025,9 @@ pub enum GlobalError {
         /// The pid.
         pid: Pid,
     },
-    /// The cluster's global lock could not be taken in [`REGISTER_ATTEMPTS`] attempts
-    /// (other registrations, or a node that does not answer within
-    /// [`REGISTER_CALL_TIMEOUT`]). Nothing was registered; try again.
+    /// The cluster's global lock could not be taken in 20 attempts with random sleeps
+    /// between them (other registrations hold it, or a node does not answer within 10 s).
+    /// Nothing was registered; try again.
     #[error("the global lock was busy; {attempts} attempts failed")]
     Busy {
         /// The attempts made.
