@@ -154,9 +154,12 @@ async fn rust_and_elixir_global_names_work_both_ways_across_two_beam_nodes() {
     let run = spawn_script(&node, epmd, "gapia", cookie, script);
 
     let script_pid = expect(&ctl, "ready", |m| tagged_pid(m, "ready")).await;
+    let started = std::time::Instant::now();
     node.global_register("rust_echo", &echo)
         .await
         .expect("register rust_echo");
+    // A figure for the report, not an assertion.
+    eprintln!("global_register over 3 nodes took {:?}", started.elapsed());
     assert_eq!(node.global_whereis("rust_echo"), Some(echo.clone()));
     ctl.send(
         script_pid.clone(),
@@ -174,10 +177,15 @@ async fn rust_and_elixir_global_names_work_both_ways_across_two_beam_nodes() {
         names.contains(&"elixir_srv".to_owned()) && names.contains(&"rust_echo".to_owned()),
         "{names:?}"
     );
+    let started = std::time::Instant::now();
     let reply = ctl
         .call(Dest::Global("elixir_srv".into()), atom("from_rust"), LONG)
         .await
         .expect("call {global, elixir_srv}");
+    eprintln!(
+        "call to {{global, elixir_srv}} took {:?}",
+        started.elapsed()
+    );
     assert_eq!(
         reply,
         Tuple::from(vec![atom("elixir_got"), atom("from_rust")]).into()
