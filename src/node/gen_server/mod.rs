@@ -525,6 +525,16 @@ impl std::fmt::Debug for Replier {
 }
 
 impl Replier {
+    /// A replier for `server`, a process that reads its own `$gen_call`s (the `global`
+    /// server).
+    pub(crate) fn new(node: &Node, server: &Pid) -> Self {
+        Replier {
+            node: node.clone(),
+            server: server.clone(),
+            kv_timed: false,
+        }
+    }
+
     /// Sends `{tag, reply}` to the caller: by ALIAS_SEND when the tag is an alias and the peer
     /// supports it (a late reply is then dropped by the caller's runtime), else to its pid.
     pub fn reply(&self, to: &Caller, reply: Term) {

@@ -1,10 +1,11 @@
 //! [`Dest`]: where a [`super::Process`] sends, casts, calls and monitors: a pid, a name
-//! registered on this node, or a name registered on another node (Erlang's `Pid`, `Name`
-//! and `{Name, Node}`).
+//! registered on this node, a name registered on another node, or a `global` name (Erlang's
+//! `Pid`, `Name`, `{Name, Node}` and `{global, Name}`).
 
 use erl_dist::term::{Atom, Pid, Term, Tuple};
 
-/// A process to talk to: a pid, a locally registered name, or a name on a node.
+/// A process to talk to: a pid, a locally registered name, a name on a node, or a `global`
+/// name.
 ///
 /// ```
 /// use kvnode::Dest;
@@ -12,6 +13,27 @@ use erl_dist::term::{Atom, Pid, Term, Tuple};
 /// let remote: Dest = ("Elixir.MyApp.Server", "app@127.0.0.1").into();
 /// assert_eq!(remote, Dest::Remote { name: "Elixir.MyApp.Server".into(), node: "app@127.0.0.1".into() });
 /// assert_eq!(local, Dest::Name("my_server".into()));
+/// // `{:global, :leader}` in Elixir: resolved when the message goes.
+/// let global = Dest::Global("leader".into());
+/// assert_eq!(global.to_string(), "{global, 'leader'}");
+/// ```
+///
+/// A [`Dest::Global`] is looked up in the node's `global` table each time a message goes
+/// (as `:global.send/2`; only a visible node has one, see [`crate::Node::global_whereis`]):
+/// [`crate::Process::call`] to a name nobody holds fails at once with
+/// [`crate::CallError::NoProc`], [`crate::Process::send`] and [`crate::Process::cast`] drop
+/// the message, and [`crate::Process::monitor`] fires `noproc` at once; a monitor or call
+/// watches the pid the name had when it was placed.
+///
+/// ```no_run
+/// # async fn f(p: kvnode::Process) -> Result<(), kvnode::CallError> {
+/// use kvnode::Dest;
+/// use kvnode::term::Atom;
+/// use std::time::Duration;
+/// let reply = p
+///     .call(Dest::Global("leader".into()), Atom::from("ping").into(), Duration::from_secs(5))
+///     .await?;
+/// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -27,10 +49,14 @@ pub enum Dest {
         /// The node's full name, `name@host`.
         node: String,
     },
+    /// A name registered with `global` (`{:global, name}` in Elixir), on whichever node of
+    /// the cluster holds it.
+    Global(String),
 }
 
 impl Dest {
-    /// The node this destination is on, given the local node's name.
+    /// The node this destination is on, given the local node's name (for a
+    /// [`Dest::Global`], which names no node, the local node's).
     ///
     /// ```
     /// use kvnode::Dest;
@@ -41,12 +67,13 @@ impl Dest {
     pub fn node_of<'a>(&'a self, local: &'a str) -> &'a str {
         match self {
             Dest::Pid(pid) => &pid.node.name,
-            Dest::Name(_) => local,
+            Dest::Name(_) | Dest::Global(_) => local,
             Dest::Remote { node, .. } => node,
         }
     }
 
-    /// The destination as a term, as `erlang:send/2` takes it (`pid`, `name`, `{name, node}`).
+    /// The destination as a term, as `erlang:send/2` takes it (`pid`, `name`, `{name, node}`;
+    /// `{global, name}` for a global name, as `GenServer.call/3` takes it).
     ///
     /// ```
     /// use kvnode::Dest;
@@ -60,6 +87,11 @@ impl Dest {
             Dest::Remote { name, node } => Tuple::from(vec![
                 Atom::from(name.as_str()).into(),
                 Atom::from(node.as_str()).into(),
+            ])
+            .into(),
+            Dest::Global(name) => Tuple::from(vec![
+                Atom::from("global").into(),
+                Atom::from(name.as_str()).into(),
             ])
             .into(),
         }
@@ -84,6 +116,7 @@ impl std::fmt::Display for Dest {
                 crate::etf::text::name(name),
                 crate::etf::text::name(node)
             ),
+            Dest::Global(name) => write!(f, "{{global, {}}}", crate::etf::text::name(name)),
         }
     }
 }

@@ -487,7 +487,12 @@ enum Place<'a> {
     LocalPid(&'a Pid),
     LocalName(&'a str),
     RemotePid(&'a Pid),
-    RemoteName { name: &'a str, node: &'a str },
+    RemoteName {
+        name: &'a str,
+        node: &'a str,
+    },
+    /// A global name nobody holds.
+    Nowhere,
 }
 
 impl Process {
@@ -523,6 +528,20 @@ impl Process {
             Dest::Name(name) => Place::LocalName(name),
             Dest::Remote { name, node } if node == own => Place::LocalName(name),
             Dest::Remote { name, node } => Place::RemoteName { name, node },
+            // Resolved by `resolve` first; one still here is held by nobody.
+            Dest::Global(_) => Place::Nowhere,
+        }
+    }
+
+    /// A [`Dest::Global`] as the pid that holds the name now (as `:global.send/2` looks it
+    /// up); anything else (and a global name nobody holds) as it is.
+    fn resolve<'a>(&self, dest: &'a Dest) -> std::borrow::Cow<'a, Dest> {
+        match dest {
+            Dest::Global(name) => match self.node.global_whereis(name) {
+                Some(pid) => std::borrow::Cow::Owned(Dest::Pid(pid)),
+                None => std::borrow::Cow::Borrowed(dest),
+            },
+            _ => std::borrow::Cow::Borrowed(dest),
         }
     }
 
@@ -539,8 +558,9 @@ impl Process {
     /// ```
     pub fn send(&self, dest: impl Into<Dest>, message: Term) {
         let dest = dest.into();
+        let target = self.resolve(&dest);
         let node = &self.node;
-        match self.place(&dest) {
+        match self.place(&target) {
             Place::LocalPid(pid) => match node.lookup_pid(pid) {
                 Some(mb) => mb.deliver(node, Signal::Message(message)),
                 None => tracing::debug!(id = pid.id, "send to a local pid that is gone: dropped"),
@@ -558,6 +578,10 @@ impl Process {
             Place::RemoteName { name, node: peer } => node.send_to_node(
                 peer,
                 Message::reg_send(self.pid.clone(), Atom::from(name), message),
+            ),
+            Place::Nowhere => tracing::debug!(
+                dest = %dest,
+                "send to a global name nobody holds: dropped"
             ),
         }
         // A local receiver that got congested matters to connection readers, not to us.
@@ -606,10 +630,13 @@ impl Process {
         timeout: Duration,
     ) -> Result<Term, CallError> {
         let dest = dest.into();
-        let calling_self = match self.place(&dest) {
+        let target = self.resolve(&dest).into_owned();
+        let calling_self = match self.place(&target) {
             Place::LocalPid(pid) => *pid == self.pid,
             Place::LocalName(name) => self.node.whereis(name).is_some_and(|m| m.pid == self.pid),
             Place::RemotePid(_) | Place::RemoteName { .. } => false,
+            // A global name nobody holds: `noproc` at once (`:global.send/2` exits).
+            Place::Nowhere => return Err(CallError::NoProc { dest }),
         };
         if calling_self {
             return Err(CallError::CallingSelf);
@@ -626,7 +653,7 @@ impl Process {
             ImproperList::from((vec![atom("alias")], Term::from(reference.clone()))).into();
         self.shared.lock().calls.insert(key, tag.clone());
         self.node.activate_alias(&reference, &self.pid);
-        self.place_monitor(&dest, reference.clone());
+        self.place_monitor(&dest, &target, reference.clone());
         // Ends the call however this future ends (also when it is dropped mid-wait).
         let _ending = CallEnd {
             process: self,
@@ -635,7 +662,7 @@ impl Process {
             tag: &tag,
         };
         self.send(
-            dest.clone(),
+            target.clone(),
             Tuple::from(vec![
                 atom("$gen_call"),
                 Tuple::from(vec![self.pid.clone().into(), tag.clone()]).into(),
@@ -667,7 +694,7 @@ impl Process {
             Some(Received::Down { reason, .. }) => Err(match &reason {
                 Term::Atom(a) if a.name == "noproc" => CallError::NoProc { dest },
                 Term::Atom(a) if a.name == "noconnection" => CallError::NoConnection {
-                    node: dest.node_of(&self.node.name().name).to_owned(),
+                    node: target.node_of(&self.node.name().name).to_owned(),
                 },
                 _ => CallError::Exit { dest, reason },
             }),
@@ -678,14 +705,15 @@ impl Process {
         }
     }
 
-    /// Places a monitor with `reference` on `dest` (recorded before it can fire).
-    fn place_monitor(&self, dest: &Dest, reference: Reference) {
+    /// Places a monitor with `reference` on `target` (recorded before it can fire), reported
+    /// as a monitor of `dest` (the global name `target` was resolved from, or `target`).
+    fn place_monitor(&self, dest: &Dest, target: &Dest, reference: Reference) {
         let Some(key) = RefKey::of(&reference) else {
             return;
         };
         let own = self.node.name().name.clone();
-        let peer = match self.place(dest) {
-            Place::LocalPid(_) | Place::LocalName(_) => None,
+        let peer = match self.place(target) {
+            Place::LocalPid(_) | Place::LocalName(_) | Place::Nowhere => None,
             Place::RemotePid(pid) => Some(pid.node.name.clone()),
             Place::RemoteName { node, .. } => Some(node.to_owned()),
         };
@@ -701,7 +729,7 @@ impl Process {
             serial: self.pid.serial,
             creation: self.pid.creation,
         };
-        let placed = match self.place(dest) {
+        let placed = match self.place(target) {
             Place::LocalPid(pid) => {
                 self.node
                     .monitor_incoming(&own, MonitorTarget::Pid(pid), key, watcher, None)
@@ -728,6 +756,7 @@ impl Process {
                 );
                 true
             }
+            Place::Nowhere => false,
         };
         if !placed {
             // No such local process: DOWN with `noproc` at once, as BEAM does.
@@ -758,7 +787,9 @@ impl Process {
     /// ```
     pub fn monitor(&self, dest: impl Into<Dest>) -> Reference {
         let reference = self.node.new_ref();
-        self.place_monitor(&dest.into(), reference.clone());
+        let dest = dest.into();
+        let target = self.resolve(&dest).into_owned();
+        self.place_monitor(&dest, &target, reference.clone());
         reference
     }
 

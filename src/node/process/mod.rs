@@ -408,6 +408,8 @@ struct Inner {
     aliases: Mutex<HashMap<monitors::RefKey, Pid, foldhash::fast::RandomState>>,
     /// Node up/down events for [`Node::monitor_nodes`].
     events: events::Hub,
+    /// The `global` server of a visible node, once started.
+    global: std::sync::OnceLock<crate::node::services::global::Global>,
 }
 
 impl Node {
@@ -441,7 +443,18 @@ impl Node {
             stop_request: Default::default(),
             aliases: Mutex::new(HashMap::default()),
             events: events::Hub::default(),
+            global: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// The node's `global` server (a visible node once started; None on a hidden node).
+    pub(crate) fn global_server(&self) -> Option<&crate::node::services::global::Global> {
+        self.0.global.get()
+    }
+
+    /// Records the node's `global` server (once).
+    pub(crate) fn set_global_server(&self, global: crate::node::services::global::Global) {
+        let _ = self.0.global.set(global);
     }
 
     /// Where a peer's `init:stop`/`erlang:halt` lands (see [`Node::stop_requested`]).

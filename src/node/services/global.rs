@@ -24,17 +24,26 @@
 //! - `cancel_connect` restarts the handshake; prevent_overlapping_partitions as OTP's `global`:
 //!   `remove_connection` closes the link to its sender, and `lost_connection` (NodeA lost
 //!   NodeB) makes kvnode ask the node now in another partition to disconnect.
-//! - [`register`]: a name for a local process, registered as `global:register_name/2` does it:
-//!   `set_lock {global, RegPid}` on every known node (the boss first), `register` on each,
-//!   `del_lock`; retried with a random sleep when a lock is refused, and again whenever the
-//!   name is free again.
+//! - [`register`] (`--global-name`, `Node::global_keep_registered`): a name for a local
+//!   process, registered as `global:register_name/2` does it: `set_lock {global, RegPid}` on
+//!   every known node (the boss first), `register` on each, `del_lock`; retried with a random
+//!   sleep when a lock is refused, and again whenever the name is free again.
+//! - The Rust API (`Node::global_register`, `global_unregister`, `global_whereis`,
+//!   `global_names`, `Dest::Global`): one locked attempt as above (`Trans`), retried at most
+//!   [`REGISTER_ATTEMPTS`] times, with the result returned (`Taken`/`Duplicate` as `no` in
+//!   Erlang); lookups read the table.
+//! - Calls are answered as gen_server does: by the alias in the caller's tag (ALIAS_SEND), so
+//!   a reply that comes after the caller gave up is dropped, not left in its mailbox.
+//! - `register_ext` (`global:register_name_external/2,3`) names keep their registering node
+//!   and are handed on in `resolved` and `new_nodes` as OTP's `global_names_ext`.
 //!
 //! Name clashes: where kvnode resolves (its node name is the smaller one) and the clashing name
-//! is held by a kvnode process, it runs `global:random_exit_name/3` (the only method kvnode
-//! registers with): the pid on the node with the smaller name keeps the name and the other one
-//! gets `exit(Pid, kill)`. A name kvnode's process loses is dropped from the table and logged;
-//! kvnode's processes ignore the kill (built-in processes trap exits), so the KV server keeps
-//! serving under its local name. Everything a peer can make kvnode hold is bounded:
+//! is held by a kvnode process, it runs the entry's method as OTP's `resolve_it/4`: one of
+//! `global`'s `random_exit_name/3` (the pid on the node with the smaller name keeps the name,
+//! the other gets `exit(Pid, kill)`), `random_notify_name/3` or `notify_all_name/3`; a method
+//! kvnode cannot run (a closure) counts as OTP's badrpc (the peer's entry is taken). A name
+//! kvnode's process loses is dropped from the table and logged; kvnode's processes ignore the
+//! kill (built-in processes trap exits), so the KV server keeps serving under its local name. Everything a peer can make kvnode hold is bounded:
 //! `--max-global-names` ([`DEFAULT_MAX_GLOBAL_NAMES`]), [`MAX_GLOBAL_LOCK_HOLDERS`],
 //! [`MAX_KNOWN_NODES`].
 
@@ -87,7 +96,9 @@ pub const MAX_KNOWN_NODES: usize = 10_000;
 pub const REGISTER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often kvnode's registrar tries to register a name before it waits for the next change
-/// (a node joining or leaving, a name going away).
+/// (a node joining or leaving, a name going away); also how often `Node::global_register`
+/// and `Node::global_unregister` try to take the global lock before they fail with
+/// `GlobalError::Busy` (whose doc states this value).
 pub const REGISTER_ATTEMPTS: u32 = 20;
 
 /// How often the server forgets known nodes it cannot reach: a node learned from `new_nodes`
@@ -147,9 +158,66 @@ fn key(term: &Term) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// `fun global:random_exit_name/3`, the method kvnode registers its names with.
+/// How a name clash is resolved when two partitions that both hold a name meet (the
+/// `Method` of Erlang's `global:register_name/3`). kvnode runs it as OTP does when its own
+/// table holds the kvnode process's entry and kvnode is the node that resolves (the one with
+/// the smaller node name); otherwise the other node runs it.
+///
+/// ```
+/// use kvnode::GlobalResolve;
+/// assert_eq!(GlobalResolve::default(), GlobalResolve::RandomExit);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Resolve {
+    /// `global:random_exit_name/3` (Erlang's default): the pid on the node with the smaller
+    /// name keeps the name, the other gets `exit(Pid, kill)` (a Rust process receives it as
+    /// an exit signal).
+    #[default]
+    RandomExit,
+    /// `global:random_notify_name/3`: the pid on the node with the smaller name keeps the
+    /// name, the other is sent `{global_name_conflict, Name}`.
+    RandomNotify,
+    /// `global:notify_all_name/3`: the name is unregistered and both pids are sent
+    /// `{global_name_conflict, Name, OtherPid}`.
+    NotifyAll,
+}
+
+impl Resolve {
+    fn function(self) -> &'static str {
+        match self {
+            Resolve::RandomExit => "random_exit_name",
+            Resolve::RandomNotify => "random_notify_name",
+            Resolve::NotifyAll => "notify_all_name",
+        }
+    }
+
+    /// The method as `global` keeps it: `fun global:F/3`.
+    fn method(self) -> Term {
+        ExternalFun::from(("global", self.function(), 3)).into()
+    }
+
+    /// The method a table entry holds, when it is one of the three of `global`.
+    fn of(method: &Term) -> Option<Resolve> {
+        let Term::ExternalFun(f) = method else {
+            return None;
+        };
+        if f.module.name != "global" || f.arity != 3 {
+            return None;
+        }
+        [
+            Resolve::RandomExit,
+            Resolve::RandomNotify,
+            Resolve::NotifyAll,
+        ]
+        .into_iter()
+        .find(|r| r.function() == f.function.name)
+    }
+}
+
+/// `fun global:random_exit_name/3`, the method of `--global-name`.
 fn random_exit_name() -> Term {
-    ExternalFun::from(("global", "random_exit_name", 3)).into()
+    Resolve::RandomExit.method()
 }
 
 /// A pid for a log line: its node's name bounded and escaped (`crate::etf::text::name`).
@@ -167,6 +235,10 @@ struct NameEntry {
     name: Term,
     pid: Pid,
     method: Term,
+    /// The node that registered it for a pid of another (non-BEAM) node
+    /// (`global:register_name_external/3`, `{register_ext, ...}`): OTP keeps these in
+    /// `global_names_ext` and hands them on in `resolved` and `new_nodes`.
+    reg_node: Option<Term>,
     monitor: Option<Reference>,
     /// What it counts against `--max-global-name-bytes`.
     bytes: usize,
@@ -192,8 +264,8 @@ struct Session {
     exchanged: bool,
     /// Our ops from `exchange_names`, once we answered the peer's `exchange`.
     ops: Option<Vec<Term>>,
-    /// The peer's `resolved`: its ops for us and the nodes it knows.
-    his: Option<(Vec<Term>, Vec<Term>)>,
+    /// The peer's `resolved`: its ops for us, the nodes it knows and its `global_names_ext`.
+    his: Option<(Vec<Term>, Vec<Term>, Vec<Term>)>,
     /// The lock id the peer's locker took on us (`{global, [Lockers]}`), for `new_nodes`.
     lock_id: Option<Term>,
     /// The peer's locker (the last element of its `init_connect`), once its `init_connect` came.
@@ -278,6 +350,7 @@ pub fn start(node: &Node) -> Option<Global> {
         state: Arc::new(Mutex::new(State::default())),
         changed: Arc::new(Notify::new()),
     };
+    node.set_global_server(global.clone());
     let events = node.monitor_nodes();
     let server = Server {
         node: node.clone(),
@@ -496,8 +569,12 @@ impl Server {
                     return;
                 };
                 if let Some(reply) = self.handle_call(pid, request) {
-                    let reply = tuple(vec![tag.clone(), reply]);
-                    self.process.send(pid.clone(), reply);
+                    // As gen_server: by the alias in the tag when there is one (a reply
+                    // that comes after the caller gave up is dropped by its runtime, not
+                    // left in its mailbox), else to the pid.
+                    let caller = crate::node::gen_server::Caller::new(pid.clone(), tag.clone());
+                    crate::node::gen_server::Replier::new(&self.node, self.process.pid())
+                        .reply(&caller, reply);
                 }
             }
             [t, Term::Atom(node), tag] if is_atom(t, "cancel_connect") => {
@@ -583,11 +660,14 @@ impl Server {
                 Some(atom("true"))
             }
             [t, name, Term::Pid(pid), method] if is_atom(t, "register") => {
-                self.register_call(name, pid, method, from);
+                self.register_call(name, pid, method, None, from);
                 Some(atom("yes"))
             }
-            [t, name, Term::Pid(pid), method, _reg_node] if is_atom(t, "register_ext") => {
-                self.register_call(name, pid, method, from);
+            [t, name, Term::Pid(pid), method, reg_node @ Term::Atom(_)]
+                if is_atom(t, "register_ext") =>
+            {
+                // As `register`, and the name is one of `global_names_ext` (see NameEntry).
+                self.register_call(name, pid, method, Some(reg_node), from);
                 Some(atom("yes"))
             }
             [t, name] if is_atom(t, "unregister") => {
@@ -701,19 +781,26 @@ impl Server {
         }
     }
 
-    fn register_call(&self, name: &Term, pid: &Pid, method: &Term, from: &Pid) {
+    fn register_call(
+        &self,
+        name: &Term,
+        pid: &Pid,
+        method: &Term,
+        reg_node: Option<&Term>,
+        from: &Pid,
+    ) {
         let still_set = {
             let st = self.lock();
             self.lock_still_set(&st, from)
         };
         if still_set {
-            self.insert_name(name, pid, method);
+            self.insert_name(name, pid, method, reg_node);
         } else {
             tracing::debug!(name = %crate::etf::summary(name), "global: register without the global lock ignored");
         }
     }
 
-    fn insert_name(&self, name: &Term, pid: &Pid, method: &Term) {
+    fn insert_name(&self, name: &Term, pid: &Pid, method: &Term, reg_node: Option<&Term>) {
         let Some(k) = key(name) else { return };
         let mut st = self.lock();
         let limit = self.node.config().max_global_names;
@@ -721,7 +808,9 @@ impl Server {
             tracing::warn!(limit, name = %crate::etf::summary(name), "global: too many names; this one is not kept");
             return;
         }
-        let bytes = k.len() + key(method).map_or(0, |m| m.len());
+        let bytes = k.len()
+            + key(method).map_or(0, |m| m.len())
+            + reg_node.and_then(key).map_or(0, |r| r.len());
         let byte_limit = self.node.config().max_global_name_bytes;
         let replaced = st.names.get(&k).map_or(0, |e| e.bytes);
         if st.name_bytes - replaced + bytes > byte_limit {
@@ -743,6 +832,7 @@ impl Server {
                 name: name.clone(),
                 pid: pid.clone(),
                 method: method.clone(),
+                reg_node: reg_node.cloned(),
                 monitor: None,
                 bytes,
             },
@@ -849,13 +939,11 @@ impl Server {
             [t, Term::Atom(node), names, _ext, tag] if is_atom(t, "exchange") => {
                 self.exchange(&node.name, names, tag)
             }
-            [t, Term::Atom(node), resolved, known, _unused, _ext, tag]
-                if is_atom(t, "resolved") =>
-            {
-                self.resolved(&node.name, resolved, known, tag)
+            [t, Term::Atom(node), resolved, known, _unused, ext, tag] if is_atom(t, "resolved") => {
+                self.resolved(&node.name, resolved, known, ext, tag)
             }
-            [t, Term::Atom(node), ops, _ext, nodes, _extra] if is_atom(t, "new_nodes") => {
-                self.new_nodes(&node.name, ops, nodes)
+            [t, Term::Atom(node), ops, ext, nodes, _extra] if is_atom(t, "new_nodes") => {
+                self.new_nodes(&node.name, ops, ext, nodes)
             }
             [t, Term::Atom(node), _is_known] if is_atom(t, "in_sync") => self.in_sync(&node.name),
             _ => tracing::debug!(request = %crate::etf::summary(request), "global: cast ignored"),
@@ -1066,18 +1154,59 @@ impl Server {
                         ops.push(insert(item));
                         continue;
                     }
-                    // random_exit_name/3: the pid on the node with the smaller name wins,
-                    // the other is killed.
-                    let (keep, kill) = if pid2.node.name < pid.node.name {
+                    // Our entry's method decides, as OTP's `resolve_it/4` run on our node.
+                    let Some(resolve) = Resolve::of(&method2) else {
+                        // A closure (or another function) kvnode cannot run: as OTP on a
+                        // badrpc, take the peer's entry.
+                        tracing::info!(name = %crate::etf::summary(name), method = %crate::etf::summary(&method2), "global: name clash with a resolve method kvnode cannot run: taking the peer's entry");
+                        ops.push(insert(item));
+                        continue;
+                    };
+                    // The pid on the node with the smaller name is `keep` (OTP's minmax/2).
+                    let (keep, lose) = if pid2.node.name < pid.node.name {
                         (pid2.clone(), pid.clone())
                     } else {
                         (pid.clone(), pid2.clone())
                     };
-                    tracing::warn!(name = %crate::etf::summary(name), kept = %pid_text(&keep), killed = %pid_text(&kill), "global: name clash resolved (random_exit_name)");
-                    self.node.send_to_node(
-                        &kill.node.name,
-                        Message::exit2(self.process.pid().clone(), kill.clone(), atom("kill")),
-                    );
+                    match resolve {
+                        Resolve::NotifyAll => {
+                            // notify_all_name/3: both are told, the name goes everywhere.
+                            tracing::warn!(name = %crate::etf::summary(name), "global: name clash resolved (notify_all_name): name removed, both pids notified");
+                            let conflict = |other: &Pid| {
+                                tuple(vec![
+                                    atom("global_name_conflict"),
+                                    name.clone(),
+                                    other.clone().into(),
+                                ])
+                            };
+                            self.process.send(pid.clone(), conflict(&pid2));
+                            self.process.send(pid2.clone(), conflict(pid));
+                            let delete = tuple(vec![atom("delete"), name.clone()]);
+                            ops.push(delete.clone());
+                            res.push(delete);
+                            continue;
+                        }
+                        Resolve::RandomNotify => {
+                            // random_notify_name/3: the loser is told.
+                            tracing::warn!(name = %crate::etf::summary(name), kept = %pid_text(&keep), notified = %pid_text(&lose), "global: name clash resolved (random_notify_name)");
+                            self.process.send(
+                                lose.clone(),
+                                tuple(vec![atom("global_name_conflict"), name.clone()]),
+                            );
+                        }
+                        Resolve::RandomExit => {
+                            // random_exit_name/3: the loser is killed.
+                            tracing::warn!(name = %crate::etf::summary(name), kept = %pid_text(&keep), killed = %pid_text(&lose), "global: name clash resolved (random_exit_name)");
+                            self.node.send_to_node(
+                                &lose.node.name,
+                                Message::exit2(
+                                    self.process.pid().clone(),
+                                    lose.clone(),
+                                    atom("kill"),
+                                ),
+                            );
+                        }
+                    }
                     if keep == *pid {
                         ops.push(insert(item));
                     } else {
@@ -1130,7 +1259,7 @@ impl Server {
                 list(res),
                 self.known_list(peer),
                 atom("unused"),
-                list(vec![]),
+                self.names_ext(),
                 his_tag,
             ]),
         );
@@ -1149,7 +1278,7 @@ impl Server {
         }
     }
 
-    fn resolved(&self, peer: &str, resolved: &Term, known: &Term, tag: &Term) {
+    fn resolved(&self, peer: &str, resolved: &Term, known: &Term, ext: &Term, tag: &Term) {
         if !self.session_tag_matches(peer, tag) {
             return;
         }
@@ -1157,11 +1286,12 @@ impl Server {
             .map(<[Term]>::to_vec)
             .unwrap_or_default();
         let his_known = list_items(known).map(<[Term]>::to_vec).unwrap_or_default();
+        let his_ext = list_items(ext).map(<[Term]>::to_vec).unwrap_or_default();
         let ready = {
             let mut st = self.lock();
             match st.sessions.get_mut(peer) {
                 Some(s) => {
-                    s.his = Some((his_ops, his_known));
+                    s.his = Some((his_ops, his_known, his_ext));
                     s.ops.is_some()
                 }
                 None => false,
@@ -1179,9 +1309,9 @@ impl Server {
         };
         let mut session = session;
         let mut ops = session.ops.take().unwrap_or_default();
-        let (his_ops, his_known) = session.his.take().unwrap_or_default();
+        let (his_ops, his_known, his_ext) = session.his.take().unwrap_or_default();
         ops.extend(his_ops);
-        self.do_ops(&ops);
+        self.do_ops(&ops, &his_ext);
         let his_known_nodes: Vec<String> = his_known.iter().filter_map(node_of_vsn).collect();
         // Tell the nodes we knew before about the peer and the nodes it knows.
         let mut new_nodes = vec![tuple(vec![
@@ -1203,7 +1333,7 @@ impl Server {
             atom("new_nodes"),
             self.me_term(),
             list(ops),
-            list(vec![]),
+            list(his_ext),
             list(new_nodes),
             extra,
         ]);
@@ -1240,13 +1370,40 @@ impl Server {
         }
     }
 
-    /// `do_ops/5`: inserts and deletes, in order.
-    fn do_ops(&self, ops: &[Term]) {
+    /// Our `global_names_ext`: `[{Name, Pid, RegNode}]` (sent in `resolved`, as OTP).
+    fn names_ext(&self) -> Term {
+        let st = self.lock();
+        list(
+            st.names
+                .values()
+                .filter_map(|e| {
+                    let reg_node = e.reg_node.clone()?;
+                    Some(tuple(vec![e.name.clone(), e.pid.clone().into(), reg_node]))
+                })
+                .collect(),
+        )
+    }
+
+    /// `do_ops/5`: inserts and deletes, in order. An insert whose name and pid are in `ext`
+    /// (`[{Name, Pid, RegNode}]`, a peer's `global_names_ext`) is kept as an external name.
+    fn do_ops(&self, ops: &[Term], ext: &[Term]) {
+        // Keyed (not searched per op): a peer's lists may be long.
+        let ext: HashMap<(Vec<u8>, &Pid), &Term> = ext
+            .iter()
+            .filter_map(|e| match elements(e) {
+                Some([n, Term::Pid(p), r @ Term::Atom(_)]) => Some(((key(n)?, p), r)),
+                _ => None,
+            })
+            .collect();
+        let reg_node_of = |name: &Term, pid: &Pid| {
+            let k = key(name)?;
+            ext.get(&(k, pid)).copied()
+        };
         for op in ops {
             match elements(op) {
                 Some([t, item]) if is_atom(t, "insert") => {
                     if let Some([name, Term::Pid(pid), method]) = elements(item) {
-                        self.insert_name(name, pid, method);
+                        self.insert_name(name, pid, method, reg_node_of(name, pid));
                     }
                 }
                 Some([t, name]) if is_atom(t, "delete") => self.delete_name(name),
@@ -1255,7 +1412,7 @@ impl Server {
         }
     }
 
-    fn new_nodes(&self, _from: &str, ops: &Term, nodes: &Term) {
+    fn new_nodes(&self, _from: &str, ops: &Term, ext: &Term, nodes: &Term) {
         let nodes: Vec<String> = list_items(nodes)
             .unwrap_or_default()
             .iter()
@@ -1274,7 +1431,7 @@ impl Server {
         }
         self.sync_others(&added);
         if let Some(ops) = list_items(ops) {
-            self.do_ops(ops);
+            self.do_ops(ops, list_items(ext).unwrap_or_default());
         }
         self.global.changed.notify_one();
     }
@@ -1637,19 +1794,60 @@ impl Registrar {
                     }
                     None => {}
                 }
-                if self.try_register(&name, &pid).await {
-                    tracing::info!(name = %crate::etf::summary(&name), pid = %pid_text(&pid), "global: name registered");
-                    break;
+                let trans = Trans {
+                    me: &self.me,
+                    process: &self.process,
+                    global: &self.global,
+                };
+                match trans.register(&name, &pid, random_exit_name(), false).await {
+                    Attempt::Done => {
+                        tracing::info!(name = %crate::etf::summary(&name), pid = %pid_text(&pid), "global: name registered");
+                        break;
+                    }
+                    Attempt::Taken(_) | Attempt::Duplicate(_) => break,
+                    Attempt::LockRefused => random_sleep(attempt).await,
                 }
-                let cap = (REGISTER_MAX_SLEEP.as_millis() as u64).min(250 * u64::from(attempt));
-                let sleep = Duration::from_millis(rand::random_range(0..=cap));
-                tokio::time::sleep(sleep).await;
             }
         }
     }
+}
 
-    /// One attempt: lock on every node (the boss first), register, unlock.
-    async fn try_register(&self, name: &Term, pid: &Pid) -> bool {
+/// `global:random_sleep/1`: a random time growing with the attempts, at most
+/// [`REGISTER_MAX_SLEEP`].
+async fn random_sleep(attempt: u32) {
+    let cap = (REGISTER_MAX_SLEEP.as_millis() as u64).min(250 * u64::from(attempt));
+    tokio::time::sleep(Duration::from_millis(rand::random_range(0..=cap))).await;
+}
+
+/// What one locked attempt did.
+enum Attempt {
+    /// Registered (or unregistered) on every node.
+    Done,
+    /// The global lock was refused on some node: retry later.
+    LockRefused,
+    /// The name is held by this pid.
+    Taken(Pid),
+    /// The pid already holds this other name.
+    Duplicate(Term),
+}
+
+/// `trans_all_known/1` for one process: it takes `{global, Pid}` on every known node (the
+/// boss first), acts, and releases the lock. The same process is the lock requester and the
+/// caller of `register` (a registration is kept only while its caller holds the lock).
+struct Trans<'a> {
+    me: &'a str,
+    process: &'a Process,
+    global: &'a Global,
+}
+
+impl Trans<'_> {
+    fn lock_id(&self) -> Term {
+        tuple(vec![atom("global"), self.process.pid().clone().into()])
+    }
+
+    /// Locks every known node that is up, the boss (the greatest name) first. Returns the
+    /// nodes and the ones locked; all were locked when both are the same length.
+    async fn lock_all(&self) -> (Vec<String>, Vec<String>) {
         let mut nodes: Vec<String> = {
             let st = self.global.lock();
             st.known
@@ -1658,14 +1856,12 @@ impl Registrar {
                 .cloned()
                 .collect()
         };
-        nodes.push(self.me.clone());
+        nodes.push(self.me.to_owned());
         nodes.sort();
         nodes.dedup();
-        // The boss (the greatest name) first, as global's lock order.
         nodes.reverse();
-        let lock_id = tuple(vec![atom("global"), self.process.pid().clone().into()]);
+        let lock_id = self.lock_id();
         let mut locked = Vec::new();
-        let mut ok = true;
         for n in &nodes {
             let reply = self
                 .call(n, tuple(vec![atom("set_lock"), lock_id.clone()]))
@@ -1673,31 +1869,84 @@ impl Registrar {
             if reply.as_ref().is_some_and(|r| is_atom(r, "true")) {
                 locked.push(n.clone());
             } else {
-                ok = false;
                 break;
             }
         }
-        if ok {
-            // Still free? (checked locally, as register_name's `where(Name)`)
-            let free = key(name).is_some_and(|k| !self.global.lock().names.contains_key(&k));
-            if free {
-                let request = tuple(vec![
-                    atom("register"),
-                    name.clone(),
-                    pid.clone().into(),
-                    random_exit_name(),
-                ]);
-                for n in &nodes {
-                    let _ = self.call(n, request.clone()).await;
+        (nodes, locked)
+    }
+
+    async fn unlock(&self, locked: &[String]) {
+        let request = tuple(vec![atom("del_lock"), self.lock_id()]);
+        for n in locked {
+            let _ = self.call(n, request.clone()).await;
+        }
+    }
+
+    /// One attempt of `register_name/3`: under the lock, when the name is free (and, with
+    /// `dupname`, the pid has no other name: OTP's `check_dupname/2`), `register` on every
+    /// node.
+    async fn register(&self, name: &Term, pid: &Pid, method: Term, dupname: bool) -> Attempt {
+        let (nodes, locked) = self.lock_all().await;
+        let outcome = if locked.len() < nodes.len() {
+            Attempt::LockRefused
+        } else {
+            let (holder, other) = {
+                let st = self.global.lock();
+                let holder = key(name)
+                    .and_then(|k| st.names.get(&k))
+                    .map(|e| e.pid.clone())
+                    .filter(|p| self.alive(p));
+                let other = dupname
+                    .then(|| {
+                        st.names
+                            .values()
+                            .find(|e| e.pid == *pid && e.name != *name)
+                            .map(|e| e.name.clone())
+                    })
+                    .flatten();
+                (holder, other)
+            };
+            match (holder, other) {
+                (Some(holder), _) => Attempt::Taken(holder),
+                (None, Some(other)) => Attempt::Duplicate(other),
+                (None, None) => {
+                    let request = tuple(vec![
+                        atom("register"),
+                        name.clone(),
+                        pid.clone().into(),
+                        method,
+                    ]);
+                    self.multi_call(&nodes, request).await;
+                    Attempt::Done
                 }
             }
-        }
-        for n in &locked {
-            let _ = self
-                .call(n, tuple(vec![atom("del_lock"), lock_id.clone()]))
+        };
+        self.unlock(&locked).await;
+        outcome
+    }
+
+    /// One attempt of `unregister_name/1`: under the lock, `unregister` on every node.
+    async fn unregister(&self, name: &Term) -> Attempt {
+        let (nodes, locked) = self.lock_all().await;
+        let outcome = if locked.len() < nodes.len() {
+            Attempt::LockRefused
+        } else {
+            self.multi_call(&nodes, tuple(vec![atom("unregister"), name.clone()]))
                 .await;
-        }
-        ok
+            Attempt::Done
+        };
+        self.unlock(&locked).await;
+        outcome
+    }
+
+    /// OTP's `where/1`: a local pid counts only while it is alive.
+    fn alive(&self, pid: &Pid) -> bool {
+        let node = self.process.node();
+        !node.is_local(pid) || node.lookup_pid(pid).is_some()
+    }
+
+    async fn multi_call(&self, nodes: &[String], request: Term) {
+        futures::future::join_all(nodes.iter().map(|n| self.call(n, request.clone()))).await;
     }
 
     async fn call(&self, node: &str, request: Term) -> Option<Term> {
@@ -1711,4 +1960,207 @@ impl Registrar {
             .await
             .ok()
     }
+}
+
+/// Why a `global` operation of the Rust API failed ([`crate::Node::global_register`] and
+/// the other `global_*` methods).
+///
+/// ```no_run
+/// # async fn f(node: kvnode::Node, pid: kvnode::term::Pid) {
+/// use kvnode::GlobalError;
+/// match node.global_register("my_service", &pid).await {
+///     Ok(()) => println!("registered"),
+///     Err(GlobalError::Taken { pid: holder, .. }) => println!("held by {holder:?}"),
+///     Err(other) => println!("{other}"),
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GlobalError {
+    /// The node is hidden (the default): `global` runs on visible nodes only
+    /// ([`crate::NodeBuilder::visible`], `--visible`).
+    #[error("global names need a visible node (NodeBuilder::visible(true), --visible)")]
+    NotVisible,
+    /// The name is not an atom (more than 255 characters).
+    #[error("a global name is an atom: at most 255 characters ({chars} given)")]
+    BadName {
+        /// How many characters the name has.
+        chars: usize,
+    },
+    /// The name is registered already (`no` from `:global.register_name/2`).
+    #[error(
+        "the global name {} is taken by {}",
+        crate::etf::text::name(name),
+        pid_text(pid)
+    )]
+    Taken {
+        /// The name.
+        name: String,
+        /// Its holder.
+        pid: Pid,
+    },
+    /// The pid holds another global name already (`no` from `:global.register_name/2`,
+    /// OTP's `check_dupname`).
+    #[error(
+        "{} already holds the global name {}",
+        pid_text(pid),
+        crate::etf::summary(other)
+    )]
+    Duplicate {
+        /// The pid.
+        pid: Pid,
+        /// The name it holds.
+        other: Term,
+    },
+    /// The pid is not a process of this node (kvnode registers its own processes).
+    #[error("{} is not a process of this node", pid_text(pid))]
+    NotLocal {
+        /// The pid.
+        pid: Pid,
+    },
+    /// The pid is a process of this node that is not alive.
+    #[error("{} is not alive", pid_text(pid))]
+    NoProc {
+        /// The pid.
+        pid: Pid,
+    },
+    /// The cluster's global lock could not be taken in 20 attempts with random sleeps
+    /// between them (other registrations hold it, or a node does not answer within 10 s).
+    /// Nothing was registered; try again.
+    #[error("the global lock was busy; {attempts} attempts failed")]
+    Busy {
+        /// The attempts made.
+        attempts: u32,
+    },
+    /// The node is stopping (no process could be started for the operation).
+    #[error("the node cannot start the registrar process: {0}")]
+    Spawn(#[from] crate::node::SpawnError),
+}
+
+/// The global name as an atom, or [`GlobalError::BadName`].
+fn name_term(name: &str) -> Result<Term, GlobalError> {
+    let chars = name.chars().count();
+    if chars > 255 {
+        return Err(GlobalError::BadName { chars });
+    }
+    Ok(atom(name))
+}
+
+fn server(node: &Node) -> Result<&Global, GlobalError> {
+    node.global_server().ok_or(GlobalError::NotVisible)
+}
+
+/// [`crate::Node::global_register_with`].
+pub(crate) async fn register_name(
+    node: &Node,
+    name: &str,
+    pid: &Pid,
+    resolve: Resolve,
+) -> Result<(), GlobalError> {
+    let name_t = name_term(name)?;
+    let global = server(node)?;
+    if !node.is_local(pid) {
+        return Err(GlobalError::NotLocal { pid: pid.clone() });
+    }
+    if node.lookup_pid(pid).is_none() {
+        return Err(GlobalError::NoProc { pid: pid.clone() });
+    }
+    let process = node.process(None)?;
+    let me = node.name().name.clone();
+    let trans = Trans {
+        me: &me,
+        process: &process,
+        global,
+    };
+    for attempt in 1..=REGISTER_ATTEMPTS {
+        match trans.register(&name_t, pid, resolve.method(), true).await {
+            Attempt::Done => {
+                tracing::info!(name = %crate::etf::text::name(name), pid = %pid_text(pid), "global: name registered");
+                return Ok(());
+            }
+            Attempt::Taken(holder) => {
+                return Err(GlobalError::Taken {
+                    name: name.to_owned(),
+                    pid: holder,
+                });
+            }
+            Attempt::Duplicate(other) => {
+                return Err(GlobalError::Duplicate {
+                    pid: pid.clone(),
+                    other,
+                });
+            }
+            Attempt::LockRefused => random_sleep(attempt).await,
+        }
+    }
+    Err(GlobalError::Busy {
+        attempts: REGISTER_ATTEMPTS,
+    })
+}
+
+/// [`crate::Node::global_keep_registered`].
+pub(crate) fn keep_registered(node: &Node, name: &str, pid: &Pid) -> Result<(), GlobalError> {
+    name_term(name)?;
+    let global = server(node)?;
+    if !node.is_local(pid) {
+        return Err(GlobalError::NotLocal { pid: pid.clone() });
+    }
+    register(global, name, pid.clone());
+    Ok(())
+}
+
+/// [`crate::Node::global_unregister`].
+pub(crate) async fn unregister_name(node: &Node, name: &str) -> Result<(), GlobalError> {
+    let name_t = name_term(name)?;
+    let global = server(node)?;
+    if let Some(k) = key(&name_t) {
+        global.lock().wanted.remove(&k);
+    }
+    if whereis_name(node, name).is_none() {
+        return Ok(());
+    }
+    let process = node.process(None)?;
+    let me = node.name().name.clone();
+    let trans = Trans {
+        me: &me,
+        process: &process,
+        global,
+    };
+    for attempt in 1..=REGISTER_ATTEMPTS {
+        match trans.unregister(&name_t).await {
+            Attempt::LockRefused => random_sleep(attempt).await,
+            _ => {
+                tracing::info!(name = %crate::etf::text::name(name), "global: name unregistered");
+                return Ok(());
+            }
+        }
+    }
+    Err(GlobalError::Busy {
+        attempts: REGISTER_ATTEMPTS,
+    })
+}
+
+/// [`crate::Node::global_whereis`]: OTP's `where/1` on kvnode's table.
+pub(crate) fn whereis_name(node: &Node, name: &str) -> Option<Pid> {
+    let name_t = name_term(name).ok()?;
+    let global = node.global_server()?;
+    let k = key(&name_t)?;
+    let pid = global.lock().names.get(&k)?.pid.clone();
+    (!node.is_local(&pid) || node.lookup_pid(&pid).is_some()).then_some(pid)
+}
+
+/// [`crate::Node::global_names`].
+pub(crate) fn registered_names(node: &Node) -> Vec<String> {
+    let Some(global) = node.global_server() else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = global
+        .lock()
+        .names
+        .values()
+        .filter_map(|e| atom_name(&e.name).map(str::to_owned))
+        .collect();
+    names.sort();
+    names
 }
