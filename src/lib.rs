@@ -140,6 +140,7 @@ pub use node::gen_server::{
     CallResult, Caller, Congestion, Ctx, DecodeError, GenServer, Replier, Request,
 };
 pub use node::services::functions::Outcome;
+pub use node::services::pg::{PgError, PgEvent, PgEvents, PgGroup, PgOptions, PgScope};
 pub use node::{
     CallError, ConnectError, Dest, Node, NodeEvent, NodeEvents, Process, Received, SpawnError,
 };
