@@ -512,7 +512,9 @@ impl PgScope {
         let mut all: HashMap<PgGroup, Vec<Pid>> = st.local_groups.clone();
         for peer in st.peers.values() {
             for (g, pids) in &peer.groups {
-                all.entry(g.clone()).or_default().extend(pids.iter().cloned());
+                all.entry(g.clone())
+                    .or_default()
+                    .extend(pids.iter().cloned());
             }
         }
         (PgEvents { rx, group: None }, all)
@@ -833,14 +835,39 @@ impl Inner {
             st.members -= pids.len();
             st.group_bytes -= g.bytes();
         }
+        // Two passes: the members we already held first, then the new ones. At a limit the
+        // kept set then stays the same across repeated syncs (each side sends `discover` on
+        // nodeup and again on first contact, so a peer's sync often comes twice), and a
+        // member's later `leave` frees the room it took.
+        let mut carried = old.clone();
+        let mut fresh_pids: Vec<(PgGroup, Vec<Pid>)> = Vec::new();
         let mut new: HashMap<PgGroup, Vec<Pid>> = HashMap::new();
         for (g, pids) in groups {
+            let (mut prior, mut rest) = (Vec::new(), Vec::new());
+            for pid in pids {
+                if remove_once(&mut carried, &g, &pid) {
+                    prior.push(pid);
+                } else {
+                    rest.push(pid);
+                }
+            }
+            let fresh = !new.contains_key(&g);
+            let kept = self.admit(st, &g, fresh, prior.len(), &peer.node.name);
+            prior.truncate(kept);
+            if !prior.is_empty() {
+                new.entry(g.clone()).or_default().extend(prior);
+            }
+            if !rest.is_empty() {
+                fresh_pids.push((g, rest));
+            }
+        }
+        for (g, mut pids) in fresh_pids {
             let fresh = !new.contains_key(&g);
             let kept = self.admit(st, &g, fresh, pids.len(), &peer.node.name);
-            if kept == 0 {
-                continue;
+            pids.truncate(kept);
+            if !pids.is_empty() {
+                new.entry(g).or_default().extend(pids);
             }
-            new.entry(g).or_default().extend(pids.into_iter().take(kept));
         }
         // Events: what changed against the old view.
         if self.events.receiver_count() > 0 {
@@ -912,7 +939,10 @@ impl Inner {
     fn update(&self, peer: &Pid, ops: Vec<(PgGroup, Vec<Pid>, Vec<Pid>)>) {
         let mut st = self.lock();
         let st = &mut *st;
-        let Some(mut groups) = st.peers.get_mut(peer).map(|p| std::mem::take(&mut p.groups))
+        let Some(mut groups) = st
+            .peers
+            .get_mut(peer)
+            .map(|p| std::mem::take(&mut p.groups))
         else {
             return;
         };
