@@ -150,9 +150,17 @@ impl std::hash::Hash for PgGroup {
     }
 }
 
+/// Groups up to this size (external format) are displayed whole, bigger ones as a bounded
+/// summary (groups come from peers and end up in log lines).
+const DISPLAY_WHOLE_BYTES: usize = 64;
+
 impl std::fmt::Display for PgGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", crate::etf::summary(&self.term))
+        if self.key.len() <= DISPLAY_WHOLE_BYTES {
+            write!(f, "{}", self.term)
+        } else {
+            write!(f, "{}", crate::etf::summary(&self.term))
+        }
     }
 }
 
@@ -664,10 +672,10 @@ impl Inner {
                     });
                 }
             }
-        } else if st.peers.get(pid).is_some_and(|p| p.monitor == *reference) {
-            if let Some(peer) = st.peers.remove(pid) {
-                self.forget(st, peer.groups);
-            }
+        } else if st.peers.get(pid).is_some_and(|p| p.monitor == *reference)
+            && let Some(peer) = st.peers.remove(pid)
+        {
+            self.forget(st, peer.groups);
         }
     }
 
