@@ -167,6 +167,19 @@ pub struct Cli {
     #[arg(long = "pg", value_name = "SCOPE:GROUP", requires = "visible", value_parser = parse_pg_group)]
     pub pg: Vec<(String, String)>,
 
+    /// Most memberships of peers' pids a `:pg` scope on a visible kvnode remembers (a pid in
+    /// a group, once per join, over all peers; about 100 bytes each); a peer's join beyond it
+    /// is dropped with a warning, the connection stays (e.g. `--pg-max-members 5000000`).
+    #[arg(long, default_value_t = crate::node::services::pg::DEFAULT_PG_MAX_MEMBERS, value_name = "N")]
+    pub pg_max_members: usize,
+
+    /// Most bytes the peers' `:pg` group names a scope remembers may take (each group's
+    /// external format, once per peer announcing it: groups are any term a peer chooses); a
+    /// join to a new group beyond it is dropped with a warning (e.g. `--pg-max-group-bytes
+    /// 268435456`).
+    #[arg(long, default_value_t = crate::node::services::pg::DEFAULT_PG_MAX_GROUP_BYTES, value_name = "BYTES")]
+    pub pg_max_group_bytes: usize,
+
     /// Most terms (list elements, tuple elements, map keys and values, atoms, ...) in one
     /// message from a peer; more closes only that peer's connection. Bounds the memory one
     /// decoded message takes: each term costs ~56 bytes once decoded, so a 128 MiB message
@@ -604,6 +617,8 @@ impl Cli {
         config.visible = self.visible;
         config.global_name = self.global_name;
         config.pg_groups = self.pg;
+        config.pg_max_members = self.pg_max_members.max(1);
+        config.pg_max_group_bytes = self.pg_max_group_bytes.max(1);
         config.max_global_names = self.max_global_names.max(1);
         config.max_global_name_bytes = self.max_global_name_bytes.max(1);
         config.max_connections = self.max_connections.max(1);

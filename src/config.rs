@@ -85,6 +85,10 @@ pub struct Config {
     /// `--max-global-name-bytes`: most bytes (external format of each name and its resolve
     /// method) the `global` names a visible node keeps may take.
     pub max_global_name_bytes: usize,
+    /// `--pg-max-members`: most peers' memberships a `pg` scope remembers.
+    pub pg_max_members: usize,
+    /// `--pg-max-group-bytes`: most bytes of peers' group names a `pg` scope remembers.
+    pub pg_max_group_bytes: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -119,6 +123,8 @@ impl std::fmt::Debug for Config {
             .field("pg_groups", &self.pg_groups)
             .field("max_global_names", &self.max_global_names)
             .field("max_global_name_bytes", &self.max_global_name_bytes)
+            .field("pg_max_members", &self.pg_max_members)
+            .field("pg_max_group_bytes", &self.pg_max_group_bytes)
             .finish()
     }
 }
@@ -181,6 +187,8 @@ impl Config {
             pg_groups: Vec::new(),
             max_global_names: crate::node::services::global::DEFAULT_MAX_GLOBAL_NAMES,
             max_global_name_bytes: crate::node::services::global::DEFAULT_MAX_GLOBAL_NAME_BYTES,
+            pg_max_members: crate::node::services::pg::DEFAULT_PG_MAX_MEMBERS,
+            pg_max_group_bytes: crate::node::services::pg::DEFAULT_PG_MAX_GROUP_BYTES,
         }
     }
 

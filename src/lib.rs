@@ -141,6 +141,10 @@ pub use node::gen_server::{
 };
 pub use node::services::functions::Outcome;
 pub use node::services::global::{GlobalError, Resolve as GlobalResolve};
+pub use node::services::pg::{
+    DEFAULT_PG_MAX_GROUP_BYTES, DEFAULT_PG_MAX_MEMBERS, MAX_PG_PEERS, PG_EVENTS_CAPACITY, PgError,
+    PgEvent, PgEvents, PgGroup, PgOptions, PgScope,
+};
 pub use node::{
     CallError, ConnectError, Dest, Node, NodeEvent, NodeEvents, Process, Received, SpawnError,
 };

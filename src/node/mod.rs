@@ -19,6 +19,7 @@ pub mod services;
 pub mod transport;
 
 pub use process::*;
+use services::pg::{PgError, PgOptions, PgScope};
 
 /// Erlang's `global` for Rust programs (a visible node: [`builder::NodeBuilder::visible`]).
 impl Node {
@@ -127,5 +128,43 @@ impl Node {
     /// ```
     pub fn global_names(&self) -> Vec<String> {
         services::global::registered_names(self)
+    }
+}
+
+// `pg` process groups (services::pg).
+impl Node {
+    /// Starts `pg` scope `scope` on this node (`:pg.start(scope)`): a process registered as
+    /// `scope` that meets the scope's processes on every visible peer, so local pids can join
+    /// groups seen cluster-wide and the peers' members are known here. Limits from
+    /// `--pg-max-members`/`--pg-max-group-bytes` (defaults [`PgOptions::default`]).
+    /// [`PgError::NotVisible`] on a hidden node; [`PgError::Spawn`] when the name is taken.
+    ///
+    /// ```no_run
+    /// # async fn f(node: kvnode::Node) -> Result<(), Box<dyn std::error::Error>> {
+    /// let scope = node.pg_start_scope("chat")?;
+    /// let me = node.process(None)?;
+    /// scope.join(kvnode::PgGroup::atom("lobby"), me.pid())?;
+    /// println!("{:?}", scope.get_members(&kvnode::PgGroup::atom("lobby")));
+    /// # Ok(()) }
+    /// ```
+    pub fn pg_start_scope(&self, scope: &str) -> Result<PgScope, PgError> {
+        let options = PgOptions {
+            max_members: self.config().pg_max_members,
+            max_group_bytes: self.config().pg_max_group_bytes,
+        };
+        self.pg_start(scope, options)
+    }
+
+    /// [`Node::pg_start_scope`] with its own limits.
+    ///
+    /// ```no_run
+    /// # fn f(node: kvnode::Node) -> Result<(), kvnode::PgError> {
+    /// let mut options = kvnode::PgOptions::default();
+    /// options.max_members = 10_000;
+    /// let scope = node.pg_start_scope_with("small", options)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn pg_start_scope_with(&self, scope: &str, options: PgOptions) -> Result<PgScope, PgError> {
+        self.pg_start(scope, options)
     }
 }
