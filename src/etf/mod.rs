@@ -477,7 +477,7 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<(eetf::Term, usize), TermEr
         }
         eetf::Term::decode(latin1_to_utf8(&buf[..len], &traits.latin1).as_slice())?
     };
-    if traits.map_pairs > 0 && map_entries(&term) < traits.map_pairs {
+    if traits.needs_bytes(Some(&term)) {
         return Err(TermError::MapKeysMerged);
     }
     Ok((term, len))
@@ -510,7 +510,7 @@ pub fn checked_for_eetf<'b>(
                 offset: at + traits.latin1[0],
             });
         }
-        if traits.map_pairs > 0 {
+        if traits.key_may_merge && traits.map_pairs > 0 {
             // Decoded once more only to count: maps are where eetf may merge keys.
             decode(rest, limits)?;
         }
@@ -582,6 +582,43 @@ fn map_entries(term: &eetf::Term) -> u64 {
     count
 }
 
+/// Whether the version-prefixed term at the start of `buf` is one eetf cannot hold as it is
+/// (so [`decode`] refuses it with [`TermError::NativeRecord`] or
+/// [`TermError::MapKeysMerged`]): it holds an OTP 29 native record, or a map whose keys eetf
+/// would merge. Exact, and cheap for everything else: the validator's walk, plus a decode
+/// only when a map key holds a `-0.0`, an old `FLOAT_EXT` or a non-ASCII Latin-1 atom.
+pub fn needs_bytes(buf: &[u8], limits: &Limits) -> Result<bool, TermError> {
+    match buf.first() {
+        None => Err(TermError::Truncated {
+            offset: 0,
+            needed: 1,
+        }),
+        Some(&VERSION_MAGIC) => needs_bytes_at(buf, 1, limits),
+        Some(&found) => Err(TermError::BadVersion { found }),
+    }
+}
+
+/// [`needs_bytes`] for a term without its version byte (as it sits inside a message).
+pub fn term_needs_bytes(buf: &[u8], limits: &Limits) -> Result<bool, TermError> {
+    needs_bytes_at(buf, 0, limits)
+}
+
+fn needs_bytes_at(buf: &[u8], start: usize, limits: &Limits) -> Result<bool, TermError> {
+    let (len, _, traits) = Validator::new(buf, start, limits, 0).run_keep()?;
+    if traits.record.is_some() || !traits.needs_bytes(None) {
+        return Ok(traits.record.is_some());
+    }
+    // A map key may merge: decode to find out (rare: see `Traits::key_may_merge`).
+    let mut versioned = Vec::with_capacity(len + 1 - start);
+    versioned.push(VERSION_MAGIC);
+    versioned.extend_from_slice(&buf[start..len]);
+    match decode(&versioned, limits) {
+        Ok(_) => Ok(false),
+        Err(TermError::MapKeysMerged | TermError::NativeRecord { .. }) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
 /// Like [`decode`], but the term must fill `buf` exactly.
 pub fn decode_exact(buf: &[u8], limits: &Limits) -> Result<eetf::Term, TermError> {
     let (term, len) = decode(buf, limits)?;
@@ -619,6 +656,8 @@ struct Validator<'a> {
     stack: Vec<Frame>,
     /// What decoding this term with eetf must take care of.
     traits: Traits,
+    /// Whether the term being read sits inside a map key.
+    in_key: bool,
 }
 
 /// What the validator noticed that matters for decoding with eetf (see [`decode`]).
@@ -634,6 +673,25 @@ pub(crate) struct Traits {
     pub(crate) latin1_in_fun: bool,
     /// Map entries the bytes declare, summed over every map.
     pub(crate) map_pairs: u64,
+    /// Whether some map key holds what can make two different keys one to eetf (whose
+    /// `HashMap` then keeps only one of them): a `-0.0` (eetf's `Float` equates `0.0` and
+    /// `-0.0`; OTP 27+ does not), an old `FLOAT_EXT` (eetf parses it as an `f32`, so close
+    /// values coincide) or a non-ASCII Latin-1 atom (rewritten to UTF-8, it may meet its
+    /// UTF-8 twin). Without any of these, no map can lose entries, and [`decode`] skips
+    /// counting them.
+    pub(crate) key_may_merge: bool,
+}
+
+impl Traits {
+    /// Whether eetf cannot hold the validated term as it is: it holds a native record, or a
+    /// map whose keys eetf merges (`decoded`, when given, settles the latter; without it a
+    /// map key that [`Traits::key_may_merge`] is enough).
+    pub(crate) fn needs_bytes(&self, decoded: Option<&eetf::Term>) -> bool {
+        self.record.is_some()
+            || (self.key_may_merge
+                && self.map_pairs > 0
+                && decoded.is_none_or(|t| map_entries(t) < self.map_pairs))
+    }
 }
 
 impl<'a> Validator<'a> {
@@ -646,6 +704,7 @@ impl<'a> Validator<'a> {
             terms,
             stack: Vec::new(),
             traits: Traits::default(),
+            in_key: false,
         }
     }
 
@@ -793,15 +852,23 @@ impl<'a> Validator<'a> {
     /// variables are pushed on the stack instead of recursing.
     fn term(&mut self, depth: usize, keys: usize) -> Result<(), TermError> {
         let (offset, tag) = self.tag(depth)?;
+        self.in_key = keys > 0;
         let inner = depth + 1;
         let nested = (inner, keys);
         match tag {
             NEW_FLOAT_EXT => {
-                if !f64::from_be_bytes(self.array()?).is_finite() {
+                let value = f64::from_be_bytes(self.array()?);
+                if !value.is_finite() {
                     return Err(TermError::BadFloat { offset });
                 }
+                if self.in_key && value == 0.0 && value.is_sign_negative() {
+                    self.traits.key_may_merge = true;
+                }
             }
-            FLOAT_EXT => self.float_ext(offset)?,
+            FLOAT_EXT => {
+                self.float_ext(offset)?;
+                self.traits.key_may_merge |= self.in_key;
+            }
             BIT_BINARY_EXT => {
                 let size = self.u32()?;
                 let bits = self.u8()?;
@@ -973,6 +1040,7 @@ impl<'a> Validator<'a> {
                 if !name.is_ascii() {
                     // Each byte is its code point: valid as it is, rewritten for eetf.
                     self.traits.latin1.push(offset);
+                    self.traits.key_may_merge |= self.in_key;
                     if self.stack.iter().any(|f| matches!(f, Frame::FunEnd { .. })) {
                         self.traits.latin1_in_fun = true;
                     }
