@@ -61,10 +61,37 @@ pub fn render(term: &Term, opts: &ClientOpts) -> String {
     }
 }
 
+/// A term given as external term format (version byte first), as [`render`] prints it:
+/// also the terms no decoded term can hold (OTP 29 native records, maps with both `0.0` and
+/// `-0.0` as keys), printed straight from the bytes ([`syntax::print_bytes`]).
+pub fn render_bytes(etf: &[u8], opts: &ClientOpts) -> Result<String, crate::etf::TermError> {
+    if opts.json {
+        syntax::json_bytes(etf)
+    } else {
+        syntax::print_bytes(etf, syntax_of(opts))
+    }
+}
+
+/// [`render_error`] for a term given as external term format; an excerpt of the bytes if
+/// they are not one term.
+pub fn render_error_bytes(etf: &[u8], opts: &ClientOpts) -> String {
+    match syntax::print_bytes(etf, syntax_of(opts)) {
+        Ok(text) => cut_error(text),
+        Err(error) => format!(
+            "(a term that does not print: {error}; in external format {})",
+            crate::etf::excerpt(etf)
+        ),
+    }
+}
+
 /// A term in an error message: in the chosen syntax (JSON is for results only), at most
 /// [`MAX_ERROR_TERM`] characters.
 pub fn render_error(term: &Term, opts: &ClientOpts) -> String {
-    let text = syntax::print(term, syntax_of(opts));
+    cut_error(syntax::print(term, syntax_of(opts)))
+}
+
+/// `text` cut at [`MAX_ERROR_TERM`] characters.
+fn cut_error(text: String) -> String {
     if text.chars().count() > MAX_ERROR_TERM {
         let cut: String = text.chars().take(MAX_ERROR_TERM).collect();
         format!("{cut}... (cut at {MAX_ERROR_TERM} characters)")

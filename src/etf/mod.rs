@@ -477,7 +477,9 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<(eetf::Term, usize), TermEr
         }
         eetf::Term::decode(latin1_to_utf8(&buf[..len], &traits.latin1).as_slice())?
     };
-    if traits.needs_bytes(Some(&term)) {
+    // Every map is counted, not only those `key_may_merge` points at: bytes holding one key
+    // twice (which `binary_to_term` refuses) are merged by eetf too.
+    if traits.map_pairs > 0 && map_entries(&term) < traits.map_pairs {
         return Err(TermError::MapKeysMerged);
     }
     Ok((term, len))
@@ -510,7 +512,7 @@ pub fn checked_for_eetf<'b>(
                 offset: at + traits.latin1[0],
             });
         }
-        if traits.key_may_merge && traits.map_pairs > 0 {
+        if traits.map_pairs > 0 {
             // Decoded once more only to count: maps are where eetf may merge keys.
             decode(rest, limits)?;
         }
@@ -583,10 +585,12 @@ fn map_entries(term: &eetf::Term) -> u64 {
 }
 
 /// Whether the version-prefixed term at the start of `buf` is one eetf cannot hold as it is
-/// (so [`decode`] refuses it with [`TermError::NativeRecord`] or
-/// [`TermError::MapKeysMerged`]): it holds an OTP 29 native record, or a map whose keys eetf
-/// would merge. Exact, and cheap for everything else: the validator's walk, plus a decode
-/// only when a map key holds a `-0.0`, an old `FLOAT_EXT` or a non-ASCII Latin-1 atom.
+/// as the BEAM means it: it holds an OTP 29 native record, or a map two of whose different
+/// keys eetf would merge (`0.0` and `-0.0`, or terms holding them). Cheap for everything
+/// else: the validator's walk, plus a decode only when a map key holds a `-0.0`, an old
+/// `FLOAT_EXT` or a non-ASCII Latin-1 atom. Not looked for: a map that holds the same key
+/// twice, which no BEAM sends and `binary_to_term` refuses ([`decode`] refuses it too, with
+/// [`TermError::MapKeysMerged`]).
 pub fn needs_bytes(buf: &[u8], limits: &Limits) -> Result<bool, TermError> {
     match buf.first() {
         None => Err(TermError::Truncated {
@@ -598,6 +602,14 @@ pub fn needs_bytes(buf: &[u8], limits: &Limits) -> Result<bool, TermError> {
     }
 }
 
+/// The length of the term at the start of `buf` (no version byte), validated, and whether
+/// it holds a `-0.0`, an old `FLOAT_EXT` or a non-ASCII Latin-1 atom (what can make map keys
+/// merge in eetf).
+pub(crate) fn measure_term(buf: &[u8], limits: &Limits) -> Result<(usize, bool), TermError> {
+    let (len, _, traits) = Validator::new(buf, 0, limits, 0).run_keep()?;
+    Ok((len, traits.merge_risk))
+}
+
 /// [`needs_bytes`] for a term without its version byte (as it sits inside a message).
 pub fn term_needs_bytes(buf: &[u8], limits: &Limits) -> Result<bool, TermError> {
     needs_bytes_at(buf, 0, limits)
@@ -605,7 +617,7 @@ pub fn term_needs_bytes(buf: &[u8], limits: &Limits) -> Result<bool, TermError> 
 
 fn needs_bytes_at(buf: &[u8], start: usize, limits: &Limits) -> Result<bool, TermError> {
     let (len, _, traits) = Validator::new(buf, start, limits, 0).run_keep()?;
-    if traits.record.is_some() || !traits.needs_bytes(None) {
+    if traits.record.is_some() || !traits.may_need_bytes() {
         return Ok(traits.record.is_some());
     }
     // A map key may merge: decode to find out (rare: see `Traits::key_may_merge`).
@@ -677,20 +689,19 @@ pub(crate) struct Traits {
     /// `HashMap` then keeps only one of them): a `-0.0` (eetf's `Float` equates `0.0` and
     /// `-0.0`; OTP 27+ does not), an old `FLOAT_EXT` (eetf parses it as an `f32`, so close
     /// values coincide) or a non-ASCII Latin-1 atom (rewritten to UTF-8, it may meet its
-    /// UTF-8 twin). Without any of these, no map can lose entries, and [`decode`] skips
-    /// counting them.
+    /// UTF-8 twin). Without any of these, no two *different* keys are one to eetf (a key
+    /// written twice still is: [`decode`] counts every map's entries).
     pub(crate) key_may_merge: bool,
+    /// Whether the term holds any of what [`Traits::key_may_merge`] looks for in map keys,
+    /// anywhere (it may become a map key: see `syntax::print_bytes`).
+    pub(crate) merge_risk: bool,
 }
 
 impl Traits {
-    /// Whether eetf cannot hold the validated term as it is: it holds a native record, or a
-    /// map whose keys eetf merges (`decoded`, when given, settles the latter; without it a
-    /// map key that [`Traits::key_may_merge`] is enough).
-    pub(crate) fn needs_bytes(&self, decoded: Option<&eetf::Term>) -> bool {
-        self.record.is_some()
-            || (self.key_may_merge
-                && self.map_pairs > 0
-                && decoded.is_none_or(|t| map_entries(t) < self.map_pairs))
+    /// Whether eetf may be unable to hold the validated term as it is: it holds a native
+    /// record, or a map key that [`Traits::key_may_merge`] (a decode settles that).
+    pub(crate) fn may_need_bytes(&self) -> bool {
+        self.record.is_some() || (self.key_may_merge && self.map_pairs > 0)
     }
 }
 
@@ -861,13 +872,16 @@ impl<'a> Validator<'a> {
                 if !value.is_finite() {
                     return Err(TermError::BadFloat { offset });
                 }
-                if self.in_key && value == 0.0 && value.is_sign_negative() {
-                    self.traits.key_may_merge = true;
+                if value == 0.0 && value.is_sign_negative() {
+                    self.traits.key_may_merge |= self.in_key;
+                    self.traits.merge_risk = true;
+                    self.traits.merge_risk = true;
                 }
             }
             FLOAT_EXT => {
                 self.float_ext(offset)?;
                 self.traits.key_may_merge |= self.in_key;
+                self.traits.merge_risk = true;
             }
             BIT_BINARY_EXT => {
                 let size = self.u32()?;
@@ -1041,6 +1055,7 @@ impl<'a> Validator<'a> {
                     // Each byte is its code point: valid as it is, rewritten for eetf.
                     self.traits.latin1.push(offset);
                     self.traits.key_may_merge |= self.in_key;
+                    self.traits.merge_risk = true;
                     if self.stack.iter().any(|f| matches!(f, Frame::FunEnd { .. })) {
                         self.traits.latin1_in_fun = true;
                     }

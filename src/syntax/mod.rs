@@ -106,6 +106,7 @@ mod lex;
 mod order;
 mod parse;
 mod print;
+mod raw;
 #[cfg(test)]
 mod tests;
 
@@ -193,6 +194,22 @@ pub fn parse_pid(text: &str) -> Result<eetf::Pid, SyntaxError> {
 /// ports and funs print in their `<...>`/`#Ref<...>`/`#Fun<...>` forms, which only pids parse).
 pub fn print(term: &Term, syntax: Syntax) -> String {
     print::print(term, syntax)
+}
+
+/// Prints the term in `etf` (external term format, version byte first, exactly one term),
+/// as [`print()`] prints it, straight from the bytes: also terms no `eetf::Term` can hold,
+/// OTP 29 native records (`#geo:pt{x = 1,y = 2.5}`, in both syntaxes, as OTP 29 and Elixir
+/// 1.20 print them) and maps with both `0.0` and `-0.0` as keys. A term eetf can hold
+/// prints exactly as [`print()`] prints it decoded. Errors: the bytes are not one valid term.
+pub fn print_bytes(etf: &[u8], syntax: Syntax) -> Result<String, crate::etf::TermError> {
+    raw::print_bytes(etf, syntax)
+}
+
+/// [`to_json()`] straight from external term format, as [`print_bytes()`]; a native record is
+/// `{"$record": {"module": "geo", "name": "pt", "exported": true, "fields": {"x": 1, "y":
+/// 2.5}}}` (fields in the record's order).
+pub fn json_bytes(etf: &[u8]) -> Result<String, crate::etf::TermError> {
+    raw::json_bytes(etf)
 }
 
 /// `term` as one JSON document, by the mapping in the module docs ("JSON mapping").
