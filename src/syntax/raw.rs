@@ -8,8 +8,8 @@
 //! records above a record or a merging map become arena nodes, printed here by the same
 //! rules. A term eetf can hold is therefore one leaf and prints exactly as the decoded term
 //! does. Map keys are sorted by Erlang's term order extended to records (after tuples,
-//! before maps; by module, name, arity, exported flag, field names, then values, as OTP 29
-//! compares them).
+//! before maps; by module, name, exported flag (not exported first), arity, field names,
+//! then values, as OTP 29 compares them).
 //!
 //! Nothing here recurses with the depth of the term, except comparing map keys, as deep as
 //! maps nest inside map keys (bounded by the validator).
@@ -587,8 +587,8 @@ impl<'a> Order<'a> {
                     let o = pm
                         .cmp(qm)
                         .then_with(|| pn.cmp(qn))
-                        .then(pf.len().cmp(&qf.len()))
                         .then(pe.cmp(qe))
+                        .then(pf.len().cmp(&qf.len()))
                         .then_with(|| pf.iter().map(|f| &f.0).cmp(qf.iter().map(|f| &f.0)));
                     if o == Ordering::Equal {
                         stack.extend(
