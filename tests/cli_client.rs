@@ -488,7 +488,12 @@ fn replies_only_bytes_can_hold_are_printed() {
         assert_eq!(ok(&call(&["--json"], "{get, zeros}")), json);
         assert_eq!(ok(&rpc(&[], "maps", "from_list", zeros_args)), erl);
         assert_eq!(
-            ok(&rpc(&["--elixir"], ":maps", "from_list", zeros_args)),
+            ok(&rpc(
+                &["--elixir"],
+                ":maps",
+                "from_list",
+                "[[{0.0, :pos}, {-0.0, :neg}]]"
+            )),
             ex
         );
         assert_eq!(ok(&rpc(&["--json"], "maps", "from_list", zeros_args)), json);
@@ -518,7 +523,12 @@ fn replies_only_bytes_can_hold_are_printed() {
         );
         assert_eq!(ok(&rpc(&[], "records", "create", rec_args)), rec);
         assert_eq!(
-            ok(&rpc(&["--elixir"], ":records", "create", rec_args)),
+            ok(&rpc(
+                &["--elixir"],
+                ":records",
+                "create",
+                "[:geo, :pt, [x: 1, y: 2.5], %{is_exported: true}]"
+            )),
             rec
         );
         // An exception whose reason holds a record: exit 5, the record in the message.
