@@ -468,10 +468,14 @@ fn replies_only_bytes_can_hold_are_printed() {
     };
     // A BEAM node to rpc: the result comes back in a DOWN reason, as bytes.
     let beam = BeamNode::start(&unique("cli_raw_beam"), cookie, epmd, "");
-    wait_for("the Elixir node answers ping", Duration::from_secs(60), || {
-        let r = run("ping", &beam.name, &["--timeout", "2000"], cookie, epmd);
-        (r.status == Some(0) && r.stdout.trim() == "pong").then_some(())
-    });
+    wait_for(
+        "the Elixir node answers ping",
+        Duration::from_secs(60),
+        || {
+            let r = run("ping", &beam.name, &["--timeout", "2000"], cookie, epmd);
+            (r.status == Some(0) && r.stdout.trim() == "pong").then_some(())
+        },
+    );
     let rpc = |flags: &[&str], m: &str, f: &str, args: &str| {
         let mut rest: Vec<&str> = flags.to_vec();
         rest.extend([m, f, args]);
@@ -500,7 +504,12 @@ fn replies_only_bytes_can_hold_are_printed() {
     } else {
         // One key: the BEAM of OTP 26 and before does not tell 0.0 from -0.0.
         assert_eq!(ok(&call(&[], "{get, zeros}")).matches("=>").count(), 1);
-        assert_eq!(ok(&rpc(&[], "maps", "from_list", zeros_args)).matches("=>").count(), 1);
+        assert_eq!(
+            ok(&rpc(&[], "maps", "from_list", zeros_args))
+                .matches("=>")
+                .count(),
+            1
+        );
     }
 
     let rec_args = "[geo, pt, [{x, 1}, {y, 2.5}], #{is_exported => true}]";
@@ -531,6 +540,7 @@ fn replies_only_bytes_can_hold_are_printed() {
             )),
             rec
         );
+        assert_eq!(ok(&rpc(&["--rex"], "records", "create", rec_args)), rec);
         // An exception whose reason holds a record: exit 5, the record in the message.
         let thrown = rpc(
             &[],
@@ -539,7 +549,12 @@ fn replies_only_bytes_can_hold_are_printed() {
             r#"[<<"throw({:oops, :records.create(:geo, :pt, [x: 1, y: 2.5], %{is_exported: true})})">>]"#,
         );
         status(&thrown, 5);
-        assert!(thrown.stderr.contains("throw: {oops,#geo:pt{x = 1,y = 2.5}}"), "{thrown:?}");
+        assert!(
+            thrown
+                .stderr
+                .contains("throw: {oops,#geo:pt{x = 1,y = 2.5}}"),
+            "{thrown:?}"
+        );
     } else {
         status(&rpc(&[], "records", "create", rec_args), 5);
     }

@@ -48,19 +48,21 @@ async fn once(
         }
         // A reply no decoded term can hold (an OTP 29 native record, a map with both 0.0 and
         // -0.0 as keys): printed from its bytes.
-        Err(CallError::Unrepresentable { dest, reply }) => match terms::render_bytes(&reply, opts) {
-            Ok(text) => {
-                println!("{text}");
-                Ok(())
+        Err(CallError::Unrepresentable { dest, reply }) => {
+            match terms::render_bytes(&reply, opts) {
+                Ok(text) => {
+                    println!("{text}");
+                    Ok(())
+                }
+                Err(error) => Err(Failure::new(
+                    Status::Remote,
+                    format!(
+                        "{dest} answered with a term kvnode cannot print ({error}); the reply in external format is {}",
+                        crate::etf::excerpt(&reply)
+                    ),
+                )),
             }
-            Err(error) => Err(Failure::new(
-                Status::Remote,
-                format!(
-                    "{dest} answered with a term kvnode cannot print ({error}); the reply in external format is {}",
-                    crate::etf::excerpt(&reply)
-                ),
-            )),
-        },
+        }
         Err(error) => Err(call_failure(&error, client, opts)),
     }
 }

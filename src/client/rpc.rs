@@ -129,7 +129,7 @@ pub(crate) async fn call_answer(
         .process(None)
         .map_err(|e| Failure::new(Status::Usage, format!("cannot start a process: {e}")))?;
     if use_rex {
-        return rex(client, &me, module, function, args, opts).await.map(Answer::Term);
+        return rex(client, &me, module, function, args, opts).await;
     }
     let tag = client.node.new_ref();
     let erpc_args = vec![
@@ -141,7 +141,7 @@ pub(crate) async fn call_answer(
     let mut request = match me.spawn_request(&client.peer, "erpc", "execute_call", erpc_args) {
         Ok(request) => request,
         Err(SpawnRequestError::NotSupported(_)) => {
-            return rex(client, &me, module, function, args, opts).await.map(Answer::Term);
+            return rex(client, &me, module, function, args, opts).await;
         }
         Err(SpawnRequestError::NotConnected(node)) => {
             return Err(Failure::new(
@@ -272,9 +272,7 @@ fn erpc_bytes(tag: &Reference, reason: &[u8], opts: &ClientOpts) -> Result<Answe
         }
         (at == rest.len()).then_some(out)
     };
-    let ours = |part: &[u8]| {
-        matches!(crate::etf::decode_exact(part, &limits), Ok(Term::Reference(r)) if *r == *tag)
-    };
+    let ours = |part: &[u8]| matches!(crate::etf::decode_exact(part, &limits), Ok(Term::Reference(r)) if *r == *tag);
     let kind = |part: &[u8]| match crate::etf::decode_exact(part, &limits) {
         Ok(Term::Atom(a)) => Some(a.name),
         _ => None,
@@ -302,6 +300,30 @@ fn erpc_bytes(tag: &Reference, reason: &[u8], opts: &ClientOpts) -> Result<Answe
     Err(remote(format!("exit signal: {}", shown(reason))))
 }
 
+/// A `rex` answer no decoded term can hold: `{badrpc, Reason}` is an error (shown from the
+/// bytes), anything else the result.
+fn rex_bytes(reply: Vec<u8>, opts: &ClientOpts) -> Result<Answer, Failure> {
+    let badrpc = [
+        &[crate::etf::VERSION_MAGIC, crate::etf::SMALL_TUPLE_EXT, 2][..],
+        &[crate::etf::SMALL_ATOM_UTF8_EXT, 6][..],
+        b"badrpc",
+    ]
+    .concat();
+    match reply.strip_prefix(badrpc.as_slice()) {
+        Some(reason) => Err(Failure::new(
+            Status::Remote,
+            format!(
+                "remote error: badrpc: {}",
+                terms::render_error_bytes(
+                    &[&[crate::etf::VERSION_MAGIC][..], reason].concat(),
+                    opts
+                )
+            ),
+        )),
+        None => Ok(Answer::Bytes(reply)),
+    }
+}
+
 /// `rpc:call`'s way: `{call, M, F, A, user}` to the peer's `rex`.
 async fn rex(
     client: &Client,
@@ -310,7 +332,7 @@ async fn rex(
     function: &str,
     args: Vec<Term>,
     opts: &ClientOpts,
-) -> Result<Term, Failure> {
+) -> Result<Answer, Failure> {
     let request = tuple(vec![
         atom("call"),
         atom(module),
@@ -327,7 +349,9 @@ async fn rex(
                 format!("remote error: {}", terms::render_error(&reply, opts)),
             ))
         }
-        Ok(value) => Ok(value),
+        Ok(value) => Ok(Answer::Term(value)),
+        // The value, or a `{badrpc, Reason}` holding such a term: shown from the bytes.
+        Err(crate::CallError::Unrepresentable { reply, .. }) => rex_bytes(reply, opts),
         Err(error) => Err(super::call::call_failure(&error, client, opts)),
     }
 }

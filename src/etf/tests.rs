@@ -956,22 +956,53 @@ fn needs_bytes_flags_exactly_what_eetf_cannot_hold() {
         );
     };
     let ordinary = vec![
-        ("floats in a list", Term::from(List::from(vec![float(0.0), float(-0.0), float(1.5)]))),
+        (
+            "floats in a list",
+            Term::from(List::from(vec![float(0.0), float(-0.0), float(1.5)])),
+        ),
         ("a map with one float key", map(vec![(float(2.5), int(1))])),
-        ("a map with 0.0 as a key", map(vec![(float(0.0), int(1)), (int(0), int(2))])),
-        ("a map with -0.0 as a key", map(vec![(float(-0.0), int(1)), (int(0), int(2))])),
-        ("a map with {-0.0} as a key", map(vec![(Term::from(Tuple::from(vec![float(-0.0)])), int(1))])),
-        ("-0.0 as a value", map(vec![(float(0.0), float(-0.0)), (atom("a"), float(0.0))])),
-        ("a binary with bytes 67 and 116", Term::from(Binary::from(vec![67, 116, 0]))),
+        (
+            "a map with 0.0 as a key",
+            map(vec![(float(0.0), int(1)), (int(0), int(2))]),
+        ),
+        (
+            "a map with -0.0 as a key",
+            map(vec![(float(-0.0), int(1)), (int(0), int(2))]),
+        ),
+        (
+            "a map with {-0.0} as a key",
+            map(vec![(Term::from(Tuple::from(vec![float(-0.0)])), int(1))]),
+        ),
+        (
+            "-0.0 as a value",
+            map(vec![(float(0.0), float(-0.0)), (atom("a"), float(0.0))]),
+        ),
+        (
+            "a binary with bytes 67 and 116",
+            Term::from(Binary::from(vec![67, 116, 0])),
+        ),
         ("an atom with C and t", atom("Ct")),
-        ("nested maps", map(vec![(atom("m"), map(vec![(int(116), map(vec![]))]))])),
-        ("a map as a key", map(vec![(map(vec![(int(67), int(1))]), int(2))])),
+        (
+            "nested maps",
+            map(vec![(atom("m"), map(vec![(int(116), map(vec![]))]))]),
+        ),
+        (
+            "a map as a key",
+            map(vec![(map(vec![(int(67), int(1))]), int(2))]),
+        ),
     ];
-    for (what, t) in ordinary.iter().cloned().chain(samples().into_iter().map(|t| ("sample", t))) {
+    for (what, t) in ordinary
+        .iter()
+        .cloned()
+        .chain(samples().into_iter().map(|t| ("sample", t)))
+    {
         let bytes = encode(&t);
         check(what, &bytes, false);
     }
-    let flagged_by_old = ordinary.iter().filter(|(_, t)| old_scan(&encode(t))).count();
+    let flagged_by_old = ordinary
+        .iter()
+        .filter(|(_, t)| old_scan(&encode(t)))
+        .count();
     assert!(flagged_by_old >= 8, "the old scan flagged {flagged_by_old}");
 
     let e = |t: Term| encode(&t);
@@ -994,8 +1025,27 @@ fn needs_bytes_flags_exactly_what_eetf_cannot_hold() {
     ]);
     // records:create(geo, pt, [{x, 1}], #{is_exported => true}), as OTP 29 encodes it.
     let record = vec![
-        VERSION_MAGIC, RECORD_EXT, 0, 0, 0, 1, 1, 119, 3, b'g', b'e', b'o', 119, 2, b'p', b't',
-        119, 1, b'x', 97, 1,
+        VERSION_MAGIC,
+        RECORD_EXT,
+        0,
+        0,
+        0,
+        1,
+        1,
+        119,
+        3,
+        b'g',
+        b'e',
+        b'o',
+        119,
+        2,
+        b'p',
+        b't',
+        119,
+        1,
+        b'x',
+        97,
+        1,
     ];
     let in_list = |inner: &[u8]| {
         let mut b = vec![VERSION_MAGIC, LIST_EXT, 0, 0, 0, 2, SMALL_INTEGER_EXT, 1];

@@ -14,10 +14,10 @@
 //! Nothing here recurses with the depth of the term, except comparing map keys, as deep as
 //! maps nest inside map keys (bounded by the validator).
 
+use super::Syntax;
 use super::json::{atom_key, json_str, to_json, utf8_key};
 use super::order::{Sorter, rank2};
 use super::print::{print, write_atom, write_kw};
-use super::Syntax;
 use crate::etf::{self, Limits, TermError};
 use eetf::Term;
 use std::cell::RefCell;
@@ -50,18 +50,31 @@ enum Node {
 /// merge in eetf (see `etf::Traits::key_may_merge`).
 #[derive(Clone, Copy)]
 enum Child {
-    Plain { start: usize, end: usize, risk: bool },
+    Plain {
+        start: usize,
+        end: usize,
+        risk: bool,
+    },
     Node(Id, bool),
 }
 
 enum Kind {
     Tuple,
     /// `tail`: the tail is being read (the elements are done).
-    List { tail: bool },
+    List {
+        tail: bool,
+    },
     Map,
-    Record { module: String, name: String, exported: bool, arity: usize },
+    Record {
+        module: String,
+        name: String,
+        exported: bool,
+        arity: usize,
+    },
     /// A fun's free variables; the bytes of the fun without them are `stripped`.
-    Fun { stripped: Vec<u8> },
+    Fun {
+        stripped: Vec<u8>,
+    },
 }
 
 struct Frame {
@@ -70,6 +83,13 @@ struct Frame {
     left: u64,
     children: Vec<Child>,
 }
+
+/// What [`Reader::open`] found: a finished child and the position after it, or a frame
+/// opened and the position of its first child.
+type Opened = Result<(Child, usize), (Frame, usize)>;
+
+/// A map's entries, keys in term order.
+type Sorted = Rc<[(Id, Id)]>;
 
 struct Arena {
     nodes: Vec<Node>,
@@ -141,7 +161,7 @@ impl<'b> Reader<'b> {
     }
 
     /// Starts the term at `at`: a finished child and the position after it, or a frame.
-    fn open(&mut self, at: usize) -> Result<Result<(Child, usize), (Frame, usize)>, TermError> {
+    fn open(&mut self, at: usize) -> Result<Opened, TermError> {
         let tag = *self.buf.get(at).ok_or(trunc(at))?;
         let frame = |kind, left, next| {
             Ok(Err((
@@ -434,7 +454,7 @@ impl Sh<'_> {
 struct Order<'a> {
     arena: &'a Arena,
     sorter: Sorter<'a>,
-    sorted: RefCell<HashMap<Id, Rc<[(Id, Id)]>>>,
+    sorted: RefCell<HashMap<Id, Sorted>>,
 }
 
 impl<'a> Order<'a> {
@@ -446,7 +466,7 @@ impl<'a> Order<'a> {
         }
     }
 
-    fn entries(&self, id: Id) -> Rc<[(Id, Id)]> {
+    fn entries(&self, id: Id) -> Sorted {
         if let Some(e) = self.sorted.borrow().get(&id) {
             return e.clone();
         }
@@ -455,7 +475,7 @@ impl<'a> Order<'a> {
             _ => Vec::new(),
         };
         v.sort_by(|a, b| self.compare(V::N(a.0), V::N(b.0)));
-        let e: Rc<[(Id, Id)]> = v.into();
+        let e: Sorted = v.into();
         self.sorted.borrow_mut().insert(id, e.clone());
         e
     }
@@ -591,12 +611,7 @@ impl<'a> Order<'a> {
                         .then(pf.len().cmp(&qf.len()))
                         .then_with(|| pf.iter().map(|f| &f.0).cmp(qf.iter().map(|f| &f.0)));
                     if o == Ordering::Equal {
-                        stack.extend(
-                            pf.iter()
-                                .zip(qf)
-                                .rev()
-                                .map(|(a, b)| (V::N(a.1), V::N(b.1))),
-                        );
+                        stack.extend(pf.iter().zip(qf).rev().map(|(a, b)| (V::N(a.1), V::N(b.1))));
                     }
                     o
                 }
@@ -662,7 +677,11 @@ fn item_term<'a>(arena: &'a Arena, item: &Item<'a>) -> Option<&'a Term> {
 
 /// The elements of a list with every tail that is a list spliced in (`parse::cons`), and
 /// the tail that is not.
-fn flatten<'a>(arena: &'a Arena, e: &'a [Id], tail: Option<Id>) -> (Vec<Item<'a>>, Option<Item<'a>>) {
+fn flatten<'a>(
+    arena: &'a Arena,
+    e: &'a [Id],
+    tail: Option<Id>,
+) -> (Vec<Item<'a>>, Option<Item<'a>>) {
     let mut items: Vec<Item<'a>> = e.iter().map(|&i| Item::N(i)).collect();
     let mut tail = tail.map(Item::N);
     while let Some(t) = tail {
@@ -672,7 +691,9 @@ fn flatten<'a>(arena: &'a Arena, e: &'a [Id], tail: Option<Id>) -> (Vec<Item<'a>
                     items.extend(e.iter().map(|&i| Item::N(i)));
                     tail = t.map(Item::N);
                 }
-                Node::Leaf(l) if matches!(l, Term::List(_) | Term::ByteList(_) | Term::ImproperList(_)) => {
+                Node::Leaf(l)
+                    if matches!(l, Term::List(_) | Term::ByteList(_) | Term::ImproperList(_)) =>
+                {
                     tail = Some(Item::T(l));
                 }
                 _ => break,
@@ -727,7 +748,11 @@ fn leaf_atom(arena: &Arena, id: Id) -> Option<&str> {
 }
 
 /// Pushes `items` to be printed in order, separated by `sep`.
-fn seq<'a>(jobs: &mut Vec<Job<'a>>, items: impl DoubleEndedIterator<Item = Job<'a>> + ExactSizeIterator, sep: &'static str) {
+fn seq<'a>(
+    jobs: &mut Vec<Job<'a>>,
+    items: impl DoubleEndedIterator<Item = Job<'a>> + ExactSizeIterator,
+    sep: &'static str,
+) {
     let n = items.len();
     for (i, j) in items.rev().enumerate() {
         jobs.push(j);
@@ -785,9 +810,15 @@ fn print_arena<'a>(arena: &'a Arena, syntax: Syntax) -> String {
                     ([], None) => out.push_str("[]"),
                     ([], Some(t)) => jobs.push(job(&t)),
                     // Only integers (a charlist, maybe): as the term printer prints them.
-                    (_, None) if items.iter().all(|i| matches!(item_term(arena, i), Some(Term::FixInteger(_)))) => {
-                        let ints: Vec<Term> =
-                            items.iter().filter_map(|i| item_term(arena, i).cloned()).collect();
+                    (_, None)
+                        if items
+                            .iter()
+                            .all(|i| matches!(item_term(arena, i), Some(Term::FixInteger(_)))) =>
+                    {
+                        let ints: Vec<Term> = items
+                            .iter()
+                            .filter_map(|i| item_term(arena, i).cloned())
+                            .collect();
                         out.push_str(&print(&Term::from(eetf::List::from(ints)), syntax));
                     }
                     (_, None) if !erlang && items.iter().all(|i| keyword(arena, i).is_some()) => {
@@ -918,11 +949,21 @@ fn json_arena(arena: &Arena) -> String {
                         entries.sort_by(|a, b| utf8(a.0).cmp(&utf8(b.0)));
                         out.push('{');
                         jobs.push(Job::S("}"));
-                        Some(entries.iter().map(|&(k, v)| (utf8(k).unwrap_or_default(), v)).collect())
+                        Some(
+                            entries
+                                .iter()
+                                .map(|&(k, v)| (utf8(k).unwrap_or_default(), v))
+                                .collect(),
+                        )
                     } else if entries.iter().all(|&(k, _)| atom(k).is_some()) {
                         out.push_str("{\"$atom_keys\":{");
                         jobs.push(Job::S("}}"));
-                        Some(entries.iter().map(|&(k, v)| (atom(k).unwrap_or_default(), v)).collect())
+                        Some(
+                            entries
+                                .iter()
+                                .map(|&(k, v)| (atom(k).unwrap_or_default(), v))
+                                .collect(),
+                        )
                     } else {
                         None
                     };

@@ -1085,7 +1085,11 @@ fn extra_zoo() -> Vec<Term> {
         map((0..40).map(|i| (bin(&format!("k{i}")), int(i))).collect()),
         map((0..40).map(|i| (atom(&format!("k{i}")), int(i))).collect()),
         map(vec![(bin("$x"), int(1)), (bin("y"), int(2))]),
-        list(vec![bytelist(b"hi"), list(vec![int(104), int(105)]), bytelist(&[1, 200])]),
+        list(vec![
+            bytelist(b"hi"),
+            list(vec![int(104), int(105)]),
+            bytelist(&[1, 200]),
+        ]),
         atom("Ã©"),
     ]
 }
@@ -1114,7 +1118,11 @@ fn bytes_printers_agree_with_the_term_printers() {
         };
         for s in [Erlang, Elixir] {
             let want = print(&d, s);
-            assert_eq!(super::print_bytes(&bytes, s).unwrap(), want, "case {i} {s:?}");
+            assert_eq!(
+                super::print_bytes(&bytes, s).unwrap(),
+                want,
+                "case {i} {s:?}"
+            );
             assert_eq!(
                 super::raw::print_all_nodes(&bytes, Some(s)).unwrap(),
                 want,
@@ -1171,8 +1179,8 @@ fn native_records_print_as_otp_29_does() {
     // term_to_binary(records:create(geo, pt, [{x, 1}, {y, 2.5}], #{is_exported => true})),
     // as OTP 29 wrote it.
     let pt: Vec<u8> = vec![
-        131, 67, 0, 0, 0, 2, 1, 119, 3, 103, 101, 111, 119, 2, 112, 116, 119, 1, 120, 119, 1,
-        121, 97, 1, 70, 64, 4, 0, 0, 0, 0, 0, 0,
+        131, 67, 0, 0, 0, 2, 1, 119, 3, 103, 101, 111, 119, 2, 112, 116, 119, 1, 120, 119, 1, 121,
+        97, 1, 70, 64, 4, 0, 0, 0, 0, 0, 0,
     ];
     let shown = "#geo:pt{x = 1,y = 2.5}";
     for s in [Erlang, Elixir] {
@@ -1182,7 +1190,12 @@ fn native_records_print_as_otp_29_does() {
         super::json_bytes(&pt).unwrap(),
         r#"{"$record":{"module":"geo","name":"pt","exported":true,"fields":{"x":1,"y":2.5}}}"#
     );
-    let pt2 = record("geo", "pt", false, &[("y", inner(&float(2.5))), ("x", inner(&int(1)))]);
+    let pt2 = record(
+        "geo",
+        "pt",
+        false,
+        &[("y", inner(&float(2.5))), ("x", inner(&int(1)))],
+    );
     let odd = record(
         "Mod X",
         "n-1",
@@ -1206,7 +1219,12 @@ fn native_records_print_as_otp_29_does() {
             "#m:'if'{'end' = 1}",
         ),
         (
-            record("Elixir.Foo.Bar", "r", true, &[("b", inner(&bytelist(b"ab")))]),
+            record(
+                "Elixir.Foo.Bar",
+                "r",
+                true,
+                &[("b", inner(&bytelist(b"ab")))],
+            ),
             "#'Elixir.Foo.Bar':r{b = \"ab\"}",
             "#'Elixir.Foo.Bar':r{b = \"ab\"}",
         ),
@@ -1266,7 +1284,15 @@ fn record_keys_sort_in_otp_29_order() {
     };
     // Sorted as OTP 29 sorts them (ascending).
     let keys: Vec<Vec<u8>> = vec![
-        inner(&tuple(vec![int(1), int(2), int(3), int(4), int(5), int(6), int(7)])),
+        inner(&tuple(vec![
+            int(1),
+            int(2),
+            int(3),
+            int(4),
+            int(5),
+            int(6),
+            int(7),
+        ])),
         r("a", "a", false, &[]),
         r("a", "a", true, &[]),
         r("a", "b", true, &[("x", 1)]),
@@ -1316,9 +1342,18 @@ fn maps_with_both_zeros_print_every_key() {
     };
     let flat = m(&[float(0.0), float(-0.0)]);
     assert!(crate::etf::decode_exact(&flat, &crate::etf::Limits::default()).is_err());
-    assert_eq!(super::print_bytes(&flat, Erlang).unwrap(), "#{-0.0 => 1,0.0 => 0}");
-    assert_eq!(super::print_bytes(&flat, Elixir).unwrap(), "%{-0.0 => 1, 0.0 => 0}");
-    assert_eq!(super::json_bytes(&flat).unwrap(), r#"{"$map":[[-0.0,1],[0.0,0]]}"#);
+    assert_eq!(
+        super::print_bytes(&flat, Erlang).unwrap(),
+        "#{-0.0 => 1,0.0 => 0}"
+    );
+    assert_eq!(
+        super::print_bytes(&flat, Elixir).unwrap(),
+        "%{-0.0 => 1, 0.0 => 0}"
+    );
+    assert_eq!(
+        super::json_bytes(&flat).unwrap(),
+        r#"{"$map":[[-0.0,1],[0.0,0]]}"#
+    );
     let nested = m(&[tuple(vec![float(-0.0)]), tuple(vec![float(0.0)]), atom("a")]);
     assert_eq!(
         super::print_bytes(&nested, Erlang).unwrap(),
