@@ -441,6 +441,8 @@ if Code.ensure_loaded?(:records) do
   r = :records.create(:geo, :pt, [x: 1, y: 2.5], %{is_exported: true})
   :ok = GenServer.call(store, {:put, :rec, r})
   :ok = GenServer.call(store, {:put, :nested, [r, %{k: r, zeros: zeros}]})
+  deep = Enum.reduce(1..50_000, :bottom, fn _, acc -> [acc] end)
+  :ok = GenServer.call(store, {:put, :deep, [r, deep]})
   if GenServer.call(store, {:get, :rec}) !== r, do: raise("record changed")
 end
 "##;
@@ -529,6 +531,17 @@ fn replies_only_bytes_can_hold_are_printed() {
         assert_eq!(
             ok(&call(&["--elixir"], "{:get, :nested}")),
             format!("[{rec}, %{{k: {rec}, zeros: %{{-0.0 => :neg, 0.0 => :pos}}}}]")
+        );
+        // Next to a record, a list 50,000 deep: decoded whole (eetf recurses), on a thread
+        // with the stack such a term needs, not the client's main thread.
+        let deep = call(&[], "{get, deep}");
+        let text = ok(&deep);
+        let want = format!("[{rec},{}bottom{}]", "[".repeat(50_000), "]".repeat(50_000));
+        assert!(
+            text == want,
+            "{} bytes: {}",
+            text.len(),
+            &text[..text.len().min(200)]
         );
         assert_eq!(ok(&rpc(&[], "records", "create", rec_args)), rec);
         assert_eq!(
