@@ -177,8 +177,8 @@ pub mod internals {
     pub mod syntax {
         pub use crate::syntax::{
             MAX_ATOM_CHARS, MAX_DEPTH, MAX_JSON_DEPTH, MAX_JSON_SAFE_INTEGER, MAX_MAP_KEY_NESTING,
-            MAX_SEGMENT_BITS, Syntax, SyntaxError, compare, exact_eq, from_json, parse, parse_pid,
-            print, to_json,
+            MAX_SEGMENT_BITS, Syntax, SyntaxError, compare, exact_eq, from_json, json_bytes, parse,
+            parse_pid, print, print_bytes, to_json,
         };
     }
 

@@ -427,3 +427,148 @@ fn a_stand_alone_epmd_outlives_the_nodes_registered_with_it() {
     status(&names(), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Stores, in kvnode, terms no decoded term can hold where the BEAM has them: an OTP 29
+/// native record (alone and nested) and a map with both `0.0` and `-0.0` as keys (OTP 27+
+/// tells them apart). Prints `OTP n`.
+const RAW_TERMS: &str = r##"
+otp = :erlang.system_info(:otp_release) |> List.to_integer()
+IO.puts("OTP #{otp}")
+zeros = :maps.from_list([{0.0, :pos}, {-0.0, :neg}])
+:ok = GenServer.call(store, {:put, :zeros, zeros})
+if otp >= 27 and map_size(GenServer.call(store, {:get, :zeros})) != 2, do: raise("zeros merged")
+if Code.ensure_loaded?(:records) do
+  r = :records.create(:geo, :pt, [x: 1, y: 2.5], %{is_exported: true})
+  :ok = GenServer.call(store, {:put, :rec, r})
+  :ok = GenServer.call(store, {:put, :nested, [r, %{k: r, zeros: zeros}]})
+  deep = Enum.reduce(1..50_000, :bottom, fn _, acc -> [acc] end)
+  :ok = GenServer.call(store, {:put, :deep, [r, deep]})
+  if GenServer.call(store, {:get, :rec}) !== r, do: raise("record changed")
+end
+"##;
+
+/// `kvnode call` and `kvnode rpc` print replies that hold an OTP 29 native record or a map
+/// with both `0.0` and `-0.0` as keys (exit 0), in both syntaxes and as JSON, straight from
+/// the reply's bytes; before, they said they could not print them and exited 5. On OTP 25
+/// (no records, one zero key) everything still answers normally. Run on the sid row (OTP 29)
+/// for the records: `bash /work/notes/rowtest.sh sid cli_client`.
+#[test]
+fn replies_only_bytes_can_hold_are_printed() {
+    let kv = KvNode::fresh("cli_raw");
+    let out = kv.script("cli_raw", RAW_TERMS);
+    let otp: u32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("OTP ")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no OTP line in {out}"));
+    eprintln!("OTP {otp}");
+    let (node, cookie, epmd) = (kv.name.as_str(), kv.cookie.as_str(), kv.epmd_port);
+    let store = "Elixir.DistributedExample.KVStore";
+    let call = |flags: &[&str], request: &str| {
+        let mut rest: Vec<&str> = flags.to_vec();
+        rest.extend([store, request]);
+        run("call", node, &rest, cookie, epmd)
+    };
+    // A BEAM node to rpc: the result comes back in a DOWN reason, as bytes.
+    let beam = BeamNode::start(&unique("cli_raw_beam"), cookie, epmd, "");
+    wait_for(
+        "the Elixir node answers ping",
+        Duration::from_secs(60),
+        || {
+            let r = run("ping", &beam.name, &["--timeout", "2000"], cookie, epmd);
+            (r.status == Some(0) && r.stdout.trim() == "pong").then_some(())
+        },
+    );
+    let rpc = |flags: &[&str], m: &str, f: &str, args: &str| {
+        let mut rest: Vec<&str> = flags.to_vec();
+        rest.extend([m, f, args]);
+        run("rpc", &beam.name, &rest, cookie, epmd)
+    };
+    let zeros_args = "[[{0.0, pos}, {-0.0, neg}]]";
+
+    if otp >= 27 {
+        let erl = "#{-0.0 => neg,0.0 => pos}";
+        let ex = "%{-0.0 => :neg, 0.0 => :pos}";
+        let json = r#"{"$map":[[-0.0,{"$atom":"neg"}],[0.0,{"$atom":"pos"}]]}"#;
+        assert_eq!(ok(&call(&[], "{get, zeros}")), erl);
+        assert_eq!(ok(&call(&["--elixir"], "{:get, :zeros}")), ex);
+        assert_eq!(ok(&call(&["--json"], "{get, zeros}")), json);
+        assert_eq!(ok(&rpc(&[], "maps", "from_list", zeros_args)), erl);
+        assert_eq!(
+            ok(&rpc(
+                &["--elixir"],
+                ":maps",
+                "from_list",
+                "[[{0.0, :pos}, {-0.0, :neg}]]"
+            )),
+            ex
+        );
+        assert_eq!(ok(&rpc(&["--json"], "maps", "from_list", zeros_args)), json);
+    } else {
+        // One key: the BEAM of OTP 26 and before does not tell 0.0 from -0.0.
+        assert_eq!(ok(&call(&[], "{get, zeros}")).matches("=>").count(), 1);
+        assert_eq!(
+            ok(&rpc(&[], "maps", "from_list", zeros_args))
+                .matches("=>")
+                .count(),
+            1
+        );
+    }
+
+    let rec_args = "[geo, pt, [{x, 1}, {y, 2.5}], #{is_exported => true}]";
+    if otp >= 29 {
+        // As OTP 29's io_lib prints it; Elixir 1.20's inspect prints records the same way.
+        let rec = "#geo:pt{x = 1,y = 2.5}";
+        assert_eq!(ok(&call(&[], "{get, rec}")), rec);
+        assert_eq!(ok(&call(&["--elixir"], "{:get, :rec}")), rec);
+        assert_eq!(
+            ok(&call(&["--json"], "{get, rec}")),
+            r#"{"$record":{"module":"geo","name":"pt","exported":true,"fields":{"x":1,"y":2.5}}}"#
+        );
+        assert_eq!(
+            ok(&call(&[], "{get, nested}")),
+            format!("[{rec},#{{k => {rec},zeros => #{{-0.0 => neg,0.0 => pos}}}}]")
+        );
+        assert_eq!(
+            ok(&call(&["--elixir"], "{:get, :nested}")),
+            format!("[{rec}, %{{k: {rec}, zeros: %{{-0.0 => :neg, 0.0 => :pos}}}}]")
+        );
+        // Next to a record, a list 50,000 deep: decoded whole (eetf recurses), on a thread
+        // with the stack such a term needs, not the client's main thread.
+        let deep = call(&[], "{get, deep}");
+        let text = ok(&deep);
+        let want = format!("[{rec},{}bottom{}]", "[".repeat(50_000), "]".repeat(50_000));
+        assert!(
+            text == want,
+            "{} bytes: {}",
+            text.len(),
+            &text[..text.len().min(200)]
+        );
+        assert_eq!(ok(&rpc(&[], "records", "create", rec_args)), rec);
+        assert_eq!(
+            ok(&rpc(
+                &["--elixir"],
+                ":records",
+                "create",
+                "[:geo, :pt, [x: 1, y: 2.5], %{is_exported: true}]"
+            )),
+            rec
+        );
+        assert_eq!(ok(&rpc(&["--rex"], "records", "create", rec_args)), rec);
+        // An exception whose reason holds a record: exit 5, the record in the message.
+        let thrown = rpc(
+            &[],
+            "Elixir.Code",
+            "eval_string",
+            r#"[<<"throw({:oops, :records.create(:geo, :pt, [x: 1, y: 2.5], %{is_exported: true})})">>]"#,
+        );
+        status(&thrown, 5);
+        assert!(
+            thrown
+                .stderr
+                .contains("throw: {oops,#geo:pt{x = 1,y = 2.5}}"),
+            "{thrown:?}"
+        );
+    } else {
+        status(&rpc(&[], "records", "create", rec_args), 5);
+    }
+}

@@ -46,6 +46,23 @@ async fn once(
             println!("{}", terms::render(&reply, opts));
             Ok(())
         }
+        // A reply no decoded term can hold (an OTP 29 native record, a map with both 0.0 and
+        // -0.0 as keys): printed from its bytes.
+        Err(CallError::Unrepresentable { dest, reply }) => {
+            match terms::render_bytes(&reply, opts) {
+                Ok(text) => {
+                    println!("{text}");
+                    Ok(())
+                }
+                Err(error) => Err(Failure::new(
+                    Status::Remote,
+                    format!(
+                        "{dest} answered with a term kvnode cannot print ({error}); the reply in external format is {}",
+                        crate::etf::excerpt(&reply)
+                    ),
+                )),
+            }
+        }
         Err(error) => Err(call_failure(&error, client, opts)),
     }
 }
@@ -125,7 +142,10 @@ async fn repeated(
             while next.fetch_add(1, Ordering::Relaxed) < n {
                 let t = Instant::now();
                 match me.call(dest.clone(), request.clone(), client.timeout).await {
-                    Ok(_) => tally.latencies.push(t.elapsed()),
+                    // A reply only bytes can hold is an answer too.
+                    Ok(_) | Err(CallError::Unrepresentable { .. }) => {
+                        tally.latencies.push(t.elapsed())
+                    }
                     Err(error) => {
                         tally.failed += 1;
                         if tally.first_failure.is_none() {

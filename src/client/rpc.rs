@@ -63,15 +63,37 @@ pub async fn rpc(
         }
     };
     let client = connect(opts, node).await?;
-    let result = call(&client, &module, &function, args, opts, use_rex).await;
+    let result = call_answer(&client, &module, &function, args, opts, use_rex).await;
     client.stop().await;
-    let value = result?;
-    println!("{}", terms::render(&value, opts));
+    match result? {
+        Answer::Term(value) => println!("{}", terms::render(&value, opts)),
+        // A result no decoded term can hold (an OTP 29 native record, a map with both 0.0
+        // and -0.0 as keys): printed from its bytes.
+        Answer::Bytes(value) => match terms::render_bytes(&value, opts) {
+            Ok(text) => println!("{text}"),
+            Err(error) => {
+                return Err(Failure::new(
+                    Status::Remote,
+                    format!(
+                        "the result is a term kvnode cannot print ({error}); in external format {}",
+                        crate::etf::excerpt(&value)
+                    ),
+                ));
+            }
+        },
+    }
     Ok(())
 }
 
-/// Calls `module:function(args)` on the client's peer (erpc, or `rex` when asked or when
-/// the peer has no spawn support); used by `rpc` and `top`.
+/// What an rpc returned: a term, or (when no decoded term can hold it) its external format,
+/// version byte first.
+pub(crate) enum Answer {
+    Term(Term),
+    Bytes(Vec<u8>),
+}
+
+/// [`call_answer`] for callers that need a term (`top`): a result only bytes can hold is an
+/// error (exit status 5).
 pub(crate) async fn call(
     client: &Client,
     module: &str,
@@ -80,6 +102,28 @@ pub(crate) async fn call(
     opts: &ClientOpts,
     use_rex: bool,
 ) -> Result<Term, Failure> {
+    match call_answer(client, module, function, args, opts, use_rex).await? {
+        Answer::Term(t) => Ok(t),
+        Answer::Bytes(bytes) => Err(Failure::new(
+            Status::Remote,
+            format!(
+                "the result holds a term kvnode cannot hold (an OTP 29 native record, or a map with both 0.0 and -0.0 as keys): {}",
+                terms::render_error_bytes(&bytes, opts)
+            ),
+        )),
+    }
+}
+
+/// Calls `module:function(args)` on the client's peer (erpc, or `rex` when asked or when
+/// the peer has no spawn support); used by `rpc` and `top`.
+pub(crate) async fn call_answer(
+    client: &Client,
+    module: &str,
+    function: &str,
+    args: Vec<Term>,
+    opts: &ClientOpts,
+    use_rex: bool,
+) -> Result<Answer, Failure> {
     let me = client
         .node
         .process(None)
@@ -149,7 +193,7 @@ fn erpc_result(
     reason: Term,
     client: &Client,
     opts: &ClientOpts,
-) -> Result<Term, Failure> {
+) -> Result<Answer, Failure> {
     let remote = |what: String| Failure::new(Status::Remote, format!("remote error: {what}"));
     let ours = |t: &Term| matches!(t, Term::Reference(r) if **r == *tag);
     if is_atom(&reason, "noconnection") {
@@ -159,18 +203,15 @@ fn erpc_result(
         ));
     }
     if let Some(bytes) = crate::node::unrepresentable::unwrapped_reason(&reason) {
-        // The result (or the exception) holds a term kvnode cannot hold or print.
-        return Err(Failure::new(
-            Status::Remote,
-            format!(
-                "the result holds a term kvnode cannot print (an OTP 29 native record, or a map with both 0.0 and -0.0 as keys); its exit reason in external format is {}",
-                crate::etf::excerpt(bytes)
-            ),
-        ));
+        // The result (or the exception) holds a term no decoded term can hold: read from
+        // the bytes of the reason.
+        return erpc_bytes(tag, bytes, opts);
     }
     if let Term::Tuple(t) = &reason {
         match t.elements.as_slice() {
-            [r, kind, value] if ours(r) && is_atom(kind, "return") => return Ok(value.clone()),
+            [r, kind, value] if ours(r) && is_atom(kind, "return") => {
+                return Ok(Answer::Term(value.clone()));
+            }
             [r, kind, value] if ours(r) && is_atom(kind, "throw") => {
                 return Err(remote(format!(
                     "throw: {}",
@@ -206,6 +247,83 @@ fn erpc_result(
     )))
 }
 
+/// [`erpc_result`] for a `DOWN` reason given as external format (version byte first):
+/// `{Ref, Kind, Value}` or `{Ref, error, Reason, Stack}` read from the bytes, the value
+/// returned as bytes.
+fn erpc_bytes(tag: &Reference, reason: &[u8], opts: &ClientOpts) -> Result<Answer, Failure> {
+    let remote = |what: String| Failure::new(Status::Remote, format!("remote error: {what}"));
+    let limits = crate::etf::Limits {
+        max_terms: usize::MAX,
+        ..crate::etf::Limits::default()
+    };
+    let versioned = |part: &[u8]| [&[crate::etf::VERSION_MAGIC][..], part].concat();
+    // The parts of a small tuple: each as versioned bytes.
+    let parts = || -> Option<Vec<Vec<u8>>> {
+        let body = reason.strip_prefix(&[crate::etf::VERSION_MAGIC])?;
+        let [crate::etf::SMALL_TUPLE_EXT, arity, ref rest @ ..] = *body else {
+            return None;
+        };
+        let mut at = 0;
+        let mut out = Vec::new();
+        for _ in 0..arity {
+            let len = crate::etf::validate_term(rest.get(at..)?, &limits).ok()?;
+            out.push(versioned(rest.get(at..at + len)?));
+            at += len;
+        }
+        (at == rest.len()).then_some(out)
+    };
+    let ours = |part: &[u8]| matches!(crate::etf::decode_exact(part, &limits), Ok(Term::Reference(r)) if *r == *tag);
+    let kind = |part: &[u8]| match crate::etf::decode_exact(part, &limits) {
+        Ok(Term::Atom(a)) => Some(a.name),
+        _ => None,
+    };
+    let shown = |part: &[u8]| terms::render_error_bytes(part, opts);
+    if let Some(parts) = parts()
+        && let [first, k, rest @ ..] = &parts[..]
+        && ours(first)
+    {
+        match (kind(k).as_deref(), rest) {
+            (Some("return"), [value]) => return Ok(Answer::Bytes(value.clone())),
+            (Some(k @ ("throw" | "exit" | "error")), [value]) => {
+                return Err(remote(format!("{k}: {}", shown(value))));
+            }
+            (Some("error"), [value, stack]) => {
+                return Err(remote(format!(
+                    "error: {}\n  stack: {}",
+                    shown(value),
+                    shown(stack)
+                )));
+            }
+            _ => {}
+        }
+    }
+    Err(remote(format!("exit signal: {}", shown(reason))))
+}
+
+/// A `rex` answer no decoded term can hold: `{badrpc, Reason}` is an error (shown from the
+/// bytes), anything else the result.
+fn rex_bytes(reply: Vec<u8>, opts: &ClientOpts) -> Result<Answer, Failure> {
+    let badrpc = [
+        &[crate::etf::VERSION_MAGIC, crate::etf::SMALL_TUPLE_EXT, 2][..],
+        &[crate::etf::SMALL_ATOM_UTF8_EXT, 6][..],
+        b"badrpc",
+    ]
+    .concat();
+    match reply.strip_prefix(badrpc.as_slice()) {
+        Some(reason) => Err(Failure::new(
+            Status::Remote,
+            format!(
+                "remote error: badrpc: {}",
+                terms::render_error_bytes(
+                    &[&[crate::etf::VERSION_MAGIC][..], reason].concat(),
+                    opts
+                )
+            ),
+        )),
+        None => Ok(Answer::Bytes(reply)),
+    }
+}
+
 /// `rpc:call`'s way: `{call, M, F, A, user}` to the peer's `rex`.
 async fn rex(
     client: &Client,
@@ -214,7 +332,7 @@ async fn rex(
     function: &str,
     args: Vec<Term>,
     opts: &ClientOpts,
-) -> Result<Term, Failure> {
+) -> Result<Answer, Failure> {
     let request = tuple(vec![
         atom("call"),
         atom(module),
@@ -231,7 +349,9 @@ async fn rex(
                 format!("remote error: {}", terms::render_error(&reply, opts)),
             ))
         }
-        Ok(value) => Ok(value),
+        Ok(value) => Ok(Answer::Term(value)),
+        // The value, or a `{badrpc, Reason}` holding such a term: shown from the bytes.
+        Err(crate::CallError::Unrepresentable { reply, .. }) => rex_bytes(reply, opts),
         Err(error) => Err(super::call::call_failure(&error, client, opts)),
     }
 }

@@ -61,10 +61,69 @@ pub fn render(term: &Term, opts: &ClientOpts) -> String {
     }
 }
 
+/// A term given as external term format (version byte first), as [`render`] prints it:
+/// also the terms no decoded term can hold (OTP 29 native records, maps with both `0.0` and
+/// `-0.0` as keys), printed straight from the bytes ([`syntax::print_bytes`]).
+/// Errors: why the bytes do not print.
+pub fn render_bytes(etf: &[u8], opts: &ClientOpts) -> Result<String, String> {
+    let (json, syntax) = (opts.json, syntax_of(opts));
+    let printed = on_term_stack(move || {
+        if json {
+            syntax::json_bytes(etf)
+        } else {
+            syntax::print_bytes(etf, syntax)
+        }
+    });
+    match printed {
+        Some(result) => result.map_err(|e| e.to_string()),
+        None => Err("the printer failed".to_owned()),
+    }
+}
+
+/// Runs `f` on a thread with the stack a term `--max-term-depth` deep needs
+/// (`etf::thread_stack_size`): the bytes printers decode the parts eetf can hold with eetf,
+/// whose decoder and `Drop` recurse, and the client runs on the main thread (`ulimit -s`).
+/// Inline if no thread can be started; `None` if it panicked.
+fn on_term_stack<T: Send>(f: impl FnOnce() -> T + Send) -> Option<T> {
+    let f = std::sync::Mutex::new(Some(f));
+    let run = || f.lock().ok().and_then(|mut f| f.take()).map(|f| f());
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("kvnode-print".into())
+            .stack_size(crate::etf::thread_stack_size())
+            .spawn_scoped(s, run)
+            .ok()
+            .and_then(|t| t.join().ok())
+            .flatten()
+    })
+    .or_else(run)
+}
+
+/// [`render_error`] for a term given as external term format; an excerpt of the bytes if
+/// they are not one term.
+pub fn render_error_bytes(etf: &[u8], opts: &ClientOpts) -> String {
+    let syntax = syntax_of(opts);
+    match on_term_stack(move || syntax::print_bytes(etf, syntax)) {
+        Some(Ok(text)) => cut_error(text),
+        None => format!(
+            "(a term that does not print; in external format {})",
+            crate::etf::excerpt(etf)
+        ),
+        Some(Err(error)) => format!(
+            "(a term that does not print: {error}; in external format {})",
+            crate::etf::excerpt(etf)
+        ),
+    }
+}
+
 /// A term in an error message: in the chosen syntax (JSON is for results only), at most
 /// [`MAX_ERROR_TERM`] characters.
 pub fn render_error(term: &Term, opts: &ClientOpts) -> String {
-    let text = syntax::print(term, syntax_of(opts));
+    cut_error(syntax::print(term, syntax_of(opts)))
+}
+
+/// `text` cut at [`MAX_ERROR_TERM`] characters.
+fn cut_error(text: String) -> String {
     if text.chars().count() > MAX_ERROR_TERM {
         let cut: String = text.chars().take(MAX_ERROR_TERM).collect();
         format!("{cut}... (cut at {MAX_ERROR_TERM} characters)")

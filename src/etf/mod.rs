@@ -477,6 +477,8 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<(eetf::Term, usize), TermEr
         }
         eetf::Term::decode(latin1_to_utf8(&buf[..len], &traits.latin1).as_slice())?
     };
+    // Every map is counted, not only those `key_may_merge` points at: bytes holding one key
+    // twice (which `binary_to_term` refuses) are merged by eetf too.
     if traits.map_pairs > 0 && map_entries(&term) < traits.map_pairs {
         return Err(TermError::MapKeysMerged);
     }
@@ -582,6 +584,53 @@ fn map_entries(term: &eetf::Term) -> u64 {
     count
 }
 
+/// Whether the version-prefixed term at the start of `buf` is one eetf cannot hold as it is
+/// as the BEAM means it: it holds an OTP 29 native record, or a map two of whose different
+/// keys eetf would merge (`0.0` and `-0.0`, or terms holding them). Cheap for everything
+/// else: the validator's walk, plus a decode only when a map key holds a `-0.0`, an old
+/// `FLOAT_EXT` or a non-ASCII Latin-1 atom. Not looked for: a map that holds the same key
+/// twice, which no BEAM sends and `binary_to_term` refuses ([`decode`] refuses it too, with
+/// [`TermError::MapKeysMerged`]).
+pub fn needs_bytes(buf: &[u8], limits: &Limits) -> Result<bool, TermError> {
+    match buf.first() {
+        None => Err(TermError::Truncated {
+            offset: 0,
+            needed: 1,
+        }),
+        Some(&VERSION_MAGIC) => needs_bytes_at(buf, 1, limits),
+        Some(&found) => Err(TermError::BadVersion { found }),
+    }
+}
+
+/// The length of the term at the start of `buf` (no version byte), validated, and whether
+/// it holds a `-0.0`, an old `FLOAT_EXT` or a non-ASCII Latin-1 atom (what can make map keys
+/// merge in eetf).
+pub(crate) fn measure_term(buf: &[u8], limits: &Limits) -> Result<(usize, bool), TermError> {
+    let (len, _, traits) = Validator::new(buf, 0, limits, 0).run_keep()?;
+    Ok((len, traits.merge_risk))
+}
+
+/// [`needs_bytes`] for a term without its version byte (as it sits inside a message).
+pub fn term_needs_bytes(buf: &[u8], limits: &Limits) -> Result<bool, TermError> {
+    needs_bytes_at(buf, 0, limits)
+}
+
+fn needs_bytes_at(buf: &[u8], start: usize, limits: &Limits) -> Result<bool, TermError> {
+    let (len, _, traits) = Validator::new(buf, start, limits, 0).run_keep()?;
+    if traits.record.is_some() || !traits.may_need_bytes() {
+        return Ok(traits.record.is_some());
+    }
+    // A map key may merge: decode to find out (rare: see `Traits::key_may_merge`).
+    let mut versioned = Vec::with_capacity(len + 1 - start);
+    versioned.push(VERSION_MAGIC);
+    versioned.extend_from_slice(&buf[start..len]);
+    match decode(&versioned, limits) {
+        Ok(_) => Ok(false),
+        Err(TermError::MapKeysMerged | TermError::NativeRecord { .. }) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
 /// Like [`decode`], but the term must fill `buf` exactly.
 pub fn decode_exact(buf: &[u8], limits: &Limits) -> Result<eetf::Term, TermError> {
     let (term, len) = decode(buf, limits)?;
@@ -619,6 +668,8 @@ struct Validator<'a> {
     stack: Vec<Frame>,
     /// What decoding this term with eetf must take care of.
     traits: Traits,
+    /// Whether the term being read sits inside a map key.
+    in_key: bool,
 }
 
 /// What the validator noticed that matters for decoding with eetf (see [`decode`]).
@@ -634,6 +685,24 @@ pub(crate) struct Traits {
     pub(crate) latin1_in_fun: bool,
     /// Map entries the bytes declare, summed over every map.
     pub(crate) map_pairs: u64,
+    /// Whether some map key holds what can make two different keys one to eetf (whose
+    /// `HashMap` then keeps only one of them): a `-0.0` (eetf's `Float` equates `0.0` and
+    /// `-0.0`; OTP 27+ does not), an old `FLOAT_EXT` (eetf parses it as an `f32`, so close
+    /// values coincide) or a non-ASCII Latin-1 atom (rewritten to UTF-8, it may meet its
+    /// UTF-8 twin). Without any of these, no two *different* keys are one to eetf (a key
+    /// written twice still is: [`decode`] counts every map's entries).
+    pub(crate) key_may_merge: bool,
+    /// Whether the term holds any of what [`Traits::key_may_merge`] looks for in map keys,
+    /// anywhere (it may become a map key: see `syntax::print_bytes`).
+    pub(crate) merge_risk: bool,
+}
+
+impl Traits {
+    /// Whether eetf may be unable to hold the validated term as it is: it holds a native
+    /// record, or a map key that [`Traits::key_may_merge`] (a decode settles that).
+    pub(crate) fn may_need_bytes(&self) -> bool {
+        self.record.is_some() || (self.key_may_merge && self.map_pairs > 0)
+    }
 }
 
 impl<'a> Validator<'a> {
@@ -646,6 +715,7 @@ impl<'a> Validator<'a> {
             terms,
             stack: Vec::new(),
             traits: Traits::default(),
+            in_key: false,
         }
     }
 
@@ -793,15 +863,26 @@ impl<'a> Validator<'a> {
     /// variables are pushed on the stack instead of recursing.
     fn term(&mut self, depth: usize, keys: usize) -> Result<(), TermError> {
         let (offset, tag) = self.tag(depth)?;
+        self.in_key = keys > 0;
         let inner = depth + 1;
         let nested = (inner, keys);
         match tag {
             NEW_FLOAT_EXT => {
-                if !f64::from_be_bytes(self.array()?).is_finite() {
+                let value = f64::from_be_bytes(self.array()?);
+                if !value.is_finite() {
                     return Err(TermError::BadFloat { offset });
                 }
+                if value == 0.0 && value.is_sign_negative() {
+                    self.traits.key_may_merge |= self.in_key;
+                    self.traits.merge_risk = true;
+                    self.traits.merge_risk = true;
+                }
             }
-            FLOAT_EXT => self.float_ext(offset)?,
+            FLOAT_EXT => {
+                self.float_ext(offset)?;
+                self.traits.key_may_merge |= self.in_key;
+                self.traits.merge_risk = true;
+            }
             BIT_BINARY_EXT => {
                 let size = self.u32()?;
                 let bits = self.u8()?;
@@ -973,6 +1054,8 @@ impl<'a> Validator<'a> {
                 if !name.is_ascii() {
                     // Each byte is its code point: valid as it is, rewritten for eetf.
                     self.traits.latin1.push(offset);
+                    self.traits.key_may_merge |= self.in_key;
+                    self.traits.merge_risk = true;
                     if self.stack.iter().any(|f| matches!(f, Frame::FunEnd { .. })) {
                         self.traits.latin1_in_fun = true;
                     }

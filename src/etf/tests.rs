@@ -923,3 +923,149 @@ fn terms_eetf_cannot_hold_are_refused_not_changed() {
     let checked = checked_for_eetf(&frame, &limits).expect("valid");
     assert_eq!(&checked[..], &[131, 97, 1, 131, 118, 0, 2, 0xc3, 0xa9]);
 }
+
+/// `needs_bytes` (the KV server's `may_be_raw`) flags exactly the terms eetf cannot hold:
+/// ordinary values, maps with floats among their keys included, are not flagged (the old
+/// byte scan for tags 67 and 116 flagged every one of them); every term with a native
+/// record or a map whose keys eetf merges is, with or without its version byte.
+#[test]
+fn needs_bytes_flags_exactly_what_eetf_cannot_hold() {
+    let float = |v: f64| Term::from(Float { value: v });
+    let map = |entries: Vec<(Term, Term)>| {
+        Term::from(Map {
+            map: entries.into_iter().collect(),
+        })
+    };
+    let map_bytes = |entries: &[(Vec<u8>, Vec<u8>)]| {
+        let mut b = vec![VERSION_MAGIC, MAP_EXT];
+        b.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+        for (k, v) in entries {
+            b.extend_from_slice(&k[1..]);
+            b.extend_from_slice(&v[1..]);
+        }
+        b
+    };
+    let old_scan = |b: &[u8]| b.iter().any(|&x| x == RECORD_EXT || x == MAP_EXT);
+    let limits = Limits::default();
+    let check = |what: &str, bytes: &[u8], want: bool| {
+        assert_eq!(needs_bytes(bytes, &limits).unwrap(), want, "{what}");
+        assert_eq!(
+            term_needs_bytes(&bytes[1..], &limits).unwrap(),
+            want,
+            "{what}, no version byte"
+        );
+    };
+    let ordinary = vec![
+        (
+            "floats in a list",
+            Term::from(List::from(vec![float(0.0), float(-0.0), float(1.5)])),
+        ),
+        ("a map with one float key", map(vec![(float(2.5), int(1))])),
+        (
+            "a map with 0.0 as a key",
+            map(vec![(float(0.0), int(1)), (int(0), int(2))]),
+        ),
+        (
+            "a map with -0.0 as a key",
+            map(vec![(float(-0.0), int(1)), (int(0), int(2))]),
+        ),
+        (
+            "a map with {-0.0} as a key",
+            map(vec![(Term::from(Tuple::from(vec![float(-0.0)])), int(1))]),
+        ),
+        (
+            "-0.0 as a value",
+            map(vec![(float(0.0), float(-0.0)), (atom("a"), float(0.0))]),
+        ),
+        (
+            "a binary with bytes 67 and 116",
+            Term::from(Binary::from(vec![67, 116, 0])),
+        ),
+        ("an atom with C and t", atom("Ct")),
+        (
+            "nested maps",
+            map(vec![(atom("m"), map(vec![(int(116), map(vec![]))]))]),
+        ),
+        (
+            "a map as a key",
+            map(vec![(map(vec![(int(67), int(1))]), int(2))]),
+        ),
+    ];
+    for (what, t) in ordinary
+        .iter()
+        .cloned()
+        .chain(samples().into_iter().map(|t| ("sample", t)))
+    {
+        let bytes = encode(&t);
+        check(what, &bytes, false);
+    }
+    let flagged_by_old = ordinary
+        .iter()
+        .filter(|(_, t)| old_scan(&encode(t)))
+        .count();
+    assert!(flagged_by_old >= 8, "the old scan flagged {flagged_by_old}");
+
+    let e = |t: Term| encode(&t);
+    let zeros = map_bytes(&[(e(float(0.0)), e(int(1))), (e(float(-0.0)), e(int(2)))]);
+    let tuple_zeros = map_bytes(&[
+        (e(Term::from(Tuple::from(vec![float(0.0)]))), e(int(1))),
+        (e(Term::from(Tuple::from(vec![float(-0.0)]))), e(int(2))),
+    ]);
+    // FLOAT_EXT keys that eetf's f32 parse makes one.
+    let float_ext = |text: &str| {
+        let mut b = vec![VERSION_MAGIC, FLOAT_EXT];
+        let mut digits = text.as_bytes().to_vec();
+        digits.resize(FLOAT_EXT_LEN, 0);
+        b.extend_from_slice(&digits);
+        b
+    };
+    let old_floats = map_bytes(&[
+        (float_ext("1.00000000000000000000e-01"), e(int(1))),
+        (float_ext("1.00000000100000000000e-01"), e(int(2))),
+    ]);
+    // records:create(geo, pt, [{x, 1}], #{is_exported => true}), as OTP 29 encodes it.
+    let record = vec![
+        VERSION_MAGIC,
+        RECORD_EXT,
+        0,
+        0,
+        0,
+        1,
+        1,
+        119,
+        3,
+        b'g',
+        b'e',
+        b'o',
+        119,
+        2,
+        b'p',
+        b't',
+        119,
+        1,
+        b'x',
+        97,
+        1,
+    ];
+    let in_list = |inner: &[u8]| {
+        let mut b = vec![VERSION_MAGIC, LIST_EXT, 0, 0, 0, 2, SMALL_INTEGER_EXT, 1];
+        b.extend_from_slice(&inner[1..]);
+        b.push(NIL_EXT);
+        b
+    };
+    let as_key = |inner: &[u8]| map_bytes(&[(inner.to_vec(), e(atom("v")))]);
+    let needs = vec![
+        ("0.0 and -0.0 keys", zeros.clone()),
+        ("{0.0} and {-0.0} keys", tuple_zeros.clone()),
+        ("old floats eetf makes one", old_floats),
+        ("a record", record.clone()),
+        ("a record in a list", in_list(&record)),
+        ("a record as a map key", as_key(&record)),
+        ("merging keys in a list", in_list(&zeros)),
+        ("merging keys in a map key", as_key(&tuple_zeros)),
+    ];
+    for (what, bytes) in &needs {
+        check(what, bytes, true);
+        assert!(decode(bytes, &limits).is_err(), "{what}: decode refuses it");
+    }
+}

@@ -347,12 +347,18 @@ impl KvServer {
 /// is stuck; an `fdatasync` takes milliseconds).
 const RAW_REPLY_DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Whether an external term (version byte first) may be one eetf cannot hold: it holds a
-/// native record's tag byte or a map's (a cheap, conservative scan: false positives only
-/// cost the raw lane for `get` and `cas`).
+/// Whether an external term (with or without its version byte) is one eetf cannot hold: it holds a native
+/// record or a map whose keys eetf would merge ([`crate::etf::needs_bytes`]: exact, the
+/// validator's walk, which measures a binary without reading it). A term the walk refuses
+/// (it passed the node's own limits, which may exceed the recovery limits) counts as raw:
+/// a false positive only costs the raw lane for `get` and `cas`.
 fn may_be_raw(etf: &[u8]) -> bool {
-    etf.iter()
-        .any(|&b| b == crate::etf::RECORD_EXT || b == crate::etf::MAP_EXT)
+    let limits = durable::recovery_limits();
+    match etf.first() {
+        Some(&crate::etf::VERSION_MAGIC) => crate::etf::needs_bytes(etf, &limits),
+        _ => crate::etf::term_needs_bytes(etf, &limits),
+    }
+    .unwrap_or(true)
 }
 
 /// Compacts the log from the store's live entries when the storage asks for it.

@@ -57,7 +57,7 @@ fn unbase64(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn json_str(out: &mut String, s: &str) {
+pub(super) fn json_str(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -82,7 +82,7 @@ enum Job<'a> {
     Key(&'a str),
 }
 
-fn utf8_key(t: &Term) -> Option<&str> {
+pub(super) fn utf8_key(t: &Term) -> Option<&str> {
     match t {
         Term::Binary(b) => std::str::from_utf8(&b.bytes)
             .ok()
@@ -91,7 +91,7 @@ fn utf8_key(t: &Term) -> Option<&str> {
     }
 }
 
-fn atom_key(t: &Term) -> Option<&str> {
+pub(super) fn atom_key(t: &Term) -> Option<&str> {
     match t {
         Term::Atom(a) if !a.name.starts_with('$') => Some(&a.name),
         _ => None,

@@ -69,6 +69,16 @@
 //!   `#Fun<m.I.U>` / `#Function<I.U/1 in :m>`: these do not parse back (pids do, without
 //!   their node).
 //!
+//! ## From external term format
+//!
+//! [`print_bytes()`] and [`json_bytes()`] print from the bytes, so also terms no `eetf::Term`
+//! can hold: OTP 29 native records print as OTP 29 prints them, `#geo:pt{x = 1,y = 2.5}`
+//! (in both syntaxes: Elixir 1.20's `inspect` prints records that way, fields in Erlang
+//! syntax), and maps with both `0.0` and `-0.0` as keys with every key. A term eetf can
+//! hold prints exactly as [`print()`] / [`to_json()`] print it decoded (it is decoded whole
+//! and printed by them). Map keys sort in OTP 29's order, records between tuples and maps.
+//! Iterative, as the other printers.
+//!
 //! ## JSON mapping
 //!
 //! [`to_json()`] writes one JSON document; [`from_json()`] reads it back to an exactly equal term
@@ -97,6 +107,7 @@
 //! | reference | `{"$ref": {"node": "a@host", "id": [1, 2, 3], "creation": 3}}` (id words in wire order) |
 //! | external fun | `{"$fun": {"module": "lists", "function": "map", "arity": 2}}` |
 //! | internal fun | `{"$fun": {"module": "erl_eval", "index": 42, "uniq": 1234, "arity": 1}}` (not read back) |
+//! | OTP 29 native record ([`json_bytes()`] only) | `{"$record": {"module": "geo", "name": "pt", "exported": true, "fields": {"x": 1, "y": 2.5}}}` (fields in the record's order; not read back) |
 //!
 //! Reading: integers of any size are accepted as plain numbers too; an object with keys that
 //! start with `$` other than one known tag is an error; duplicate keys keep the last.
@@ -106,6 +117,7 @@ mod lex;
 mod order;
 mod parse;
 mod print;
+mod raw;
 #[cfg(test)]
 mod tests;
 
@@ -193,6 +205,22 @@ pub fn parse_pid(text: &str) -> Result<eetf::Pid, SyntaxError> {
 /// ports and funs print in their `<...>`/`#Ref<...>`/`#Fun<...>` forms, which only pids parse).
 pub fn print(term: &Term, syntax: Syntax) -> String {
     print::print(term, syntax)
+}
+
+/// Prints the term in `etf` (external term format, version byte first, exactly one term),
+/// as [`print()`] prints it, straight from the bytes: also terms no `eetf::Term` can hold,
+/// OTP 29 native records (`#geo:pt{x = 1,y = 2.5}`, in both syntaxes, as OTP 29 and Elixir
+/// 1.20 print them) and maps with both `0.0` and `-0.0` as keys. A term eetf can hold
+/// prints exactly as [`print()`] prints it decoded. Errors: the bytes are not one valid term.
+pub fn print_bytes(etf: &[u8], syntax: Syntax) -> Result<String, crate::etf::TermError> {
+    raw::print_bytes(etf, syntax)
+}
+
+/// [`to_json()`] straight from external term format, as [`print_bytes()`]; a native record is
+/// `{"$record": {"module": "geo", "name": "pt", "exported": true, "fields": {"x": 1, "y":
+/// 2.5}}}` (fields in the record's order).
+pub fn json_bytes(etf: &[u8]) -> Result<String, crate::etf::TermError> {
+    raw::json_bytes(etf)
 }
 
 /// `term` as one JSON document, by the mapping in the module docs ("JSON mapping").

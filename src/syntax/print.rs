@@ -130,7 +130,7 @@ fn is_alias(name: &str) -> bool {
         })
 }
 
-fn write_atom(out: &mut String, name: &str, syntax: Syntax) {
+pub(super) fn write_atom(out: &mut String, name: &str, syntax: Syntax) {
     match syntax {
         Syntax::Erlang if is_erlang_bare(name) => out.push_str(name),
         Syntax::Erlang => quote(out, name.chars(), '\'', syntax),
@@ -150,7 +150,7 @@ fn write_atom(out: &mut String, name: &str, syntax: Syntax) {
     }
 }
 
-fn write_kw(out: &mut String, name: &str) {
+pub(super) fn write_kw(out: &mut String, name: &str) {
     if is_elixir_identifier(name) {
         out.push_str(name);
     } else {

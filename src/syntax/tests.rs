@@ -1044,3 +1044,364 @@ fn map_keys_nested_in_map_keys_print_in_near_linear_work() {
         assert!(text.len() > terms as usize, "{what}: {} bytes", text.len());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Printing straight from external term format (`print_bytes`, `json_bytes`).
+
+fn encoded(t: &Term) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    crate::etf::encode::encode(t, &mut bytes).expect("encodes");
+    bytes
+}
+
+/// Terms for the Elixir forms the bytes printers must also get right: keyword lists and
+/// maps with atom keys, maps as keys, Latin-1 atoms.
+fn extra_zoo() -> Vec<Term> {
+    let kw = list(vec![
+        tuple(vec![atom("a"), int(1)]),
+        tuple(vec![atom("b c"), tuple(vec![atom("x"), list(vec![])])]),
+    ]);
+    vec![
+        kw.clone(),
+        map(vec![(atom("a"), kw.clone()), (atom("b"), map(vec![]))]),
+        map(vec![(atom("a"), int(1)), (int(1), atom("a"))]),
+        map(vec![
+            (float(0.0), atom("pos")),
+            (int(0), atom("int")),
+            (float(1.0), int(1)),
+            (int(1), int(2)),
+        ]),
+        map(vec![
+            (map(vec![(int(1), int(2))]), int(1)),
+            (map(vec![(int(1), int(1))]), int(2)),
+            (map(vec![(atom("z"), int(0))]), int(3)),
+            (tuple(vec![int(1)]), int(4)),
+            (list(vec![int(1), atom("x")]), int(5)),
+            (bytelist(b"ab"), int(6)),
+            (list(vec![int(97), int(97)]), int(7)),
+            (improper(vec![int(97)], int(3)), int(8)),
+            (bin("ab"), int(9)),
+        ]),
+        map((0..40).map(|i| (bin(&format!("k{i}")), int(i))).collect()),
+        map((0..40).map(|i| (atom(&format!("k{i}")), int(i))).collect()),
+        map(vec![(bin("$x"), int(1)), (bin("y"), int(2))]),
+        list(vec![
+            bytelist(b"hi"),
+            list(vec![int(104), int(105)]),
+            bytelist(&[1, 200]),
+        ]),
+        atom("Ã©"),
+    ]
+}
+
+/// The bytes printers print every term eetf can hold exactly as the term printers print the
+/// decoded term: as one leaf (the CLI's path), and with every tuple, list and map an arena
+/// node (the path of terms around a native record), in both syntaxes and JSON.
+#[test]
+fn bytes_printers_agree_with_the_term_printers() {
+    let zoo: Vec<Term> = zoo().into_iter().chain(extra_zoo()).collect();
+    let mut rng = StdRng::seed_from_u64(21);
+    let randoms: Vec<Term> = (0..3000)
+        .map(|_| random_term(&mut rng, &printable_zoo(), 4))
+        .collect();
+    for (i, t) in zoo.iter().chain(&randoms).enumerate() {
+        let bytes = encoded(t);
+        let d = match crate::etf::decode_exact(&bytes, &crate::etf::Limits::default()) {
+            Ok(d) => d,
+            // A map holding one key twice (`"abc"` as a string and as a list encode alike):
+            // refused, as `binary_to_term` refuses it.
+            Err(crate::etf::TermError::MapKeysMerged) => {
+                assert!(super::print_bytes(&bytes, Erlang).is_err(), "case {i}");
+                continue;
+            }
+            Err(e) => panic!("case {i}: {e}"),
+        };
+        for s in [Erlang, Elixir] {
+            let want = print(&d, s);
+            assert_eq!(
+                super::print_bytes(&bytes, s).unwrap(),
+                want,
+                "case {i} {s:?}"
+            );
+            assert_eq!(
+                super::raw::print_all_nodes(&bytes, Some(s)).unwrap(),
+                want,
+                "case {i} {s:?}, all nodes"
+            );
+        }
+        let want = to_json(&d);
+        assert_eq!(super::json_bytes(&bytes).unwrap(), want, "case {i} json");
+        assert_eq!(
+            super::raw::print_all_nodes(&bytes, None).unwrap(),
+            want,
+            "case {i} json, all nodes"
+        );
+    }
+}
+
+/// `RECORD_EXT` bytes (version byte first): `fields` as (name, encoded value without its
+/// version byte).
+fn record(module: &str, name: &str, exported: bool, fields: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let atom = |out: &mut Vec<u8>, a: &str| {
+        out.push(119);
+        out.push(a.len() as u8);
+        out.extend_from_slice(a.as_bytes());
+    };
+    let mut out = vec![131, 67];
+    out.extend_from_slice(&(fields.len() as u32).to_be_bytes());
+    out.push(u8::from(exported));
+    atom(&mut out, module);
+    atom(&mut out, name);
+    for (f, _) in fields {
+        atom(&mut out, f);
+    }
+    for (_, v) in fields {
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+/// A term's encoding without its version byte.
+fn inner(t: &Term) -> Vec<u8> {
+    encoded(t)[1..].to_vec()
+}
+
+fn versioned(parts: &[u8]) -> Vec<u8> {
+    let mut v = vec![131];
+    v.extend_from_slice(parts);
+    v
+}
+
+/// Native records print as OTP 29 prints them (the expected texts are what OTP 29's `~p`
+/// printed for the same terms), in Elixir as Elixir 1.20's `inspect` does; JSON tags them.
+#[test]
+fn native_records_print_as_otp_29_does() {
+    // term_to_binary(records:create(geo, pt, [{x, 1}, {y, 2.5}], #{is_exported => true})),
+    // as OTP 29 wrote it.
+    let pt: Vec<u8> = vec![
+        131, 67, 0, 0, 0, 2, 1, 119, 3, 103, 101, 111, 119, 2, 112, 116, 119, 1, 120, 119, 1, 121,
+        97, 1, 70, 64, 4, 0, 0, 0, 0, 0, 0,
+    ];
+    let shown = "#geo:pt{x = 1,y = 2.5}";
+    for s in [Erlang, Elixir] {
+        assert_eq!(super::print_bytes(&pt, s).unwrap(), shown);
+    }
+    assert_eq!(
+        super::json_bytes(&pt).unwrap(),
+        r#"{"$record":{"module":"geo","name":"pt","exported":true,"fields":{"x":1,"y":2.5}}}"#
+    );
+    let pt2 = record(
+        "geo",
+        "pt",
+        false,
+        &[("y", inner(&float(2.5))), ("x", inner(&int(1)))],
+    );
+    let odd = record(
+        "Mod X",
+        "n-1",
+        true,
+        &[
+            ("Fa", inner(&bin("s"))),
+            ("b", inner(&list(vec![int(1), int(2)]))),
+            ("c", pt[1..].to_vec()),
+        ],
+    );
+    let cases: Vec<(Vec<u8>, &str, &str)> = vec![
+        (
+            odd.clone(),
+            r#"#'Mod X':'n-1'{'Fa' = <<"s">>,b = [1,2],c = #geo:pt{x = 1,y = 2.5}}"#,
+            r#"#'Mod X':'n-1'{'Fa' = <<"s">>,b = [1,2],c = #geo:pt{x = 1,y = 2.5}}"#,
+        ),
+        (record("m", "empty", true, &[]), "#m:empty{}", "#m:empty{}"),
+        (
+            record("m", "if", false, &[("end", inner(&int(1)))]),
+            "#m:'if'{'end' = 1}",
+            "#m:'if'{'end' = 1}",
+        ),
+        (
+            record(
+                "Elixir.Foo.Bar",
+                "r",
+                true,
+                &[("b", inner(&bytelist(b"ab")))],
+            ),
+            "#'Elixir.Foo.Bar':r{b = \"ab\"}",
+            "#'Elixir.Foo.Bar':r{b = \"ab\"}",
+        ),
+        // {R}, [R|R2], #{R => 1, a => R}, [a: R]: OTP 29 and Elixir 1.20 print these so.
+        (
+            versioned(&[&[104, 1][..], &pt[1..]].concat()),
+            "{#geo:pt{x = 1,y = 2.5}}",
+            "{#geo:pt{x = 1,y = 2.5}}",
+        ),
+        (
+            versioned(&[&[108, 0, 0, 0, 1][..], &pt[1..], &pt2[1..]].concat()),
+            "[#geo:pt{x = 1,y = 2.5}|#geo:pt{y = 2.5,x = 1}]",
+            "[#geo:pt{x = 1,y = 2.5} | #geo:pt{y = 2.5,x = 1}]",
+        ),
+        (
+            versioned(
+                &[
+                    &[116, 0, 0, 0, 2][..],
+                    &pt[1..],
+                    &inner(&int(1)),
+                    &inner(&atom("a")),
+                    &pt[1..],
+                ]
+                .concat(),
+            ),
+            "#{a => #geo:pt{x = 1,y = 2.5},#geo:pt{x = 1,y = 2.5} => 1}",
+            "%{:a => #geo:pt{x = 1,y = 2.5}, #geo:pt{x = 1,y = 2.5} => 1}",
+        ),
+        (
+            versioned(
+                &[
+                    &[108, 0, 0, 0, 1, 104, 2][..],
+                    &inner(&atom("a")),
+                    &pt[1..],
+                    &[106],
+                ]
+                .concat(),
+            ),
+            "[{a,#geo:pt{x = 1,y = 2.5}}]",
+            "[a: #geo:pt{x = 1,y = 2.5}]",
+        ),
+    ];
+    for (i, (bytes, erl, ex)) in cases.iter().enumerate() {
+        assert_eq!(super::print_bytes(bytes, Erlang).unwrap(), *erl, "case {i}");
+        assert_eq!(super::print_bytes(bytes, Elixir).unwrap(), *ex, "case {i}");
+        assert!(super::json_bytes(bytes).is_ok(), "case {i}");
+    }
+}
+
+/// Map keys sort in OTP 29's order with records among them: after tuples, before maps; by
+/// module, name, exported flag, arity, field names, then values (as OTP 29 compared them).
+#[test]
+fn record_keys_sort_in_otp_29_order() {
+    let r = |m: &str, n: &str, e: bool, f: &[(&str, i32)]| {
+        let fields: Vec<(&str, Vec<u8>)> = f.iter().map(|&(k, v)| (k, inner(&int(v)))).collect();
+        record(m, n, e, &fields)[1..].to_vec()
+    };
+    // Sorted as OTP 29 sorts them (ascending).
+    let keys: Vec<Vec<u8>> = vec![
+        inner(&tuple(vec![
+            int(1),
+            int(2),
+            int(3),
+            int(4),
+            int(5),
+            int(6),
+            int(7),
+        ])),
+        r("a", "a", false, &[]),
+        r("a", "a", true, &[]),
+        r("a", "b", true, &[("x", 1)]),
+        r("a", "z", false, &[("x", 2)]),
+        r("a", "z", false, &[("x", 1), ("y", 2)]),
+        r("a", "z", true, &[("x", 1)]),
+        r("a", "z", true, &[("x", 1), ("y", 2)]),
+        r("a", "z", true, &[("x", 2), ("y", 1)]),
+        r("a", "z", true, &[("y", 1), ("x", 1)]),
+        r("b", "a", true, &[]),
+        inner(&map(vec![])),
+        inner(&list(vec![])),
+    ];
+    // The map holds them in reverse; printing sorts them.
+    let mut bytes = vec![131, 116];
+    bytes.extend_from_slice(&(keys.len() as u32).to_be_bytes());
+    for (i, k) in keys.iter().enumerate().rev() {
+        bytes.extend_from_slice(k);
+        bytes.extend_from_slice(&inner(&int(i as i32)));
+    }
+    let text = super::print_bytes(&bytes, Erlang).unwrap();
+    let values: Vec<i32> = text
+        .split(" => ")
+        .skip(1)
+        .map(|s| {
+            s.split([',', '}'])
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(-1)
+        })
+        .collect();
+    assert_eq!(values, (0..keys.len() as i32).collect::<Vec<_>>(), "{text}");
+}
+
+/// A map with both 0.0 and -0.0 as keys (eetf would merge them) prints both, in term order;
+/// so does one whose keys differ only inside (`{0.0}`, `{-0.0}`).
+#[test]
+fn maps_with_both_zeros_print_every_key() {
+    let m = |keys: &[Term]| {
+        let mut b = vec![131, 116];
+        b.extend_from_slice(&(keys.len() as u32).to_be_bytes());
+        for (i, k) in keys.iter().enumerate() {
+            b.extend_from_slice(&inner(k));
+            b.extend_from_slice(&inner(&int(i as i32)));
+        }
+        b
+    };
+    let flat = m(&[float(0.0), float(-0.0)]);
+    assert!(crate::etf::decode_exact(&flat, &crate::etf::Limits::default()).is_err());
+    assert_eq!(
+        super::print_bytes(&flat, Erlang).unwrap(),
+        "#{-0.0 => 1,0.0 => 0}"
+    );
+    assert_eq!(
+        super::print_bytes(&flat, Elixir).unwrap(),
+        "%{-0.0 => 1, 0.0 => 0}"
+    );
+    assert_eq!(
+        super::json_bytes(&flat).unwrap(),
+        r#"{"$map":[[-0.0,1],[0.0,0]]}"#
+    );
+    let nested = m(&[tuple(vec![float(-0.0)]), tuple(vec![float(0.0)]), atom("a")]);
+    assert_eq!(
+        super::print_bytes(&nested, Erlang).unwrap(),
+        "#{a => 2,{-0.0} => 0,{0.0} => 1}"
+    );
+    // Inside a list inside a map value: the rest prints as the term printer would.
+    let mut outer = vec![131, 108, 0, 0, 0, 2];
+    outer.extend_from_slice(&inner(&atom("x")));
+    outer.extend_from_slice(&flat[1..]);
+    outer.push(106);
+    assert_eq!(
+        super::print_bytes(&outer, Elixir).unwrap(),
+        "[:x, %{-0.0 => 1, 0.0 => 0}]"
+    );
+}
+
+/// A record under 100 000 levels of lists and tuples prints on a test thread's small stack:
+/// nothing recurses with the depth.
+#[test]
+fn deep_terms_around_a_record_print_without_recursion() {
+    let depth = 100_000 - 2;
+    let rec = record("m", "r", true, &[("f", inner(&int(1)))]);
+    let mut bytes = vec![131];
+    for i in 0..depth {
+        if i % 2 == 0 {
+            bytes.extend_from_slice(&[108, 0, 0, 0, 1]);
+        } else {
+            bytes.extend_from_slice(&[104, 1]);
+        }
+    }
+    bytes.extend_from_slice(&rec[1..]);
+    for i in (0..depth).rev() {
+        if i % 2 == 0 {
+            bytes.push(106);
+        }
+    }
+    let text = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || super::print_bytes(&bytes, Elixir).map(|t| t.len()))
+        .expect("spawn")
+        .join()
+        .expect("no stack overflow");
+    assert_eq!(text.unwrap(), depth + depth + "#m:r{f = 1}".len());
+    // One level too deep is refused, not printed.
+    let mut too_deep = vec![131];
+    for _ in 0..crate::etf::configured_depth() {
+        too_deep.extend_from_slice(&[104, 1]);
+    }
+    too_deep.extend_from_slice(&rec[1..]);
+    assert!(super::print_bytes(&too_deep, Erlang).is_err());
+}
