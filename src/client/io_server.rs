@@ -277,16 +277,24 @@ impl<'a> IoServer<'a> {
         let Some(Term::Atom(kind)) = elements.first() else {
             return self.bad(from, request, "not an io request", "request");
         };
-        let latin1 = atom("latin1");
+        // The forms without an encoding are what a peer's io.erl sends to a group leader on
+        // a node without DFLAG_UNICODE_IO (kvnode does not set it): the encoding is dropped,
+        // the characters kept, except that a list that fits Latin-1 is sent as a Latin-1
+        // binary. So a binary there is Latin-1, anything else Unicode characters.
+        let unicode = atom("unicode");
+        let old = |chars: &Term| match chars {
+            Term::Binary(_) => atom("latin1"),
+            _ => atom("unicode"),
+        };
         match (kind.name.as_str(), &elements[1..]) {
             ("put_chars", [enc, chars]) => self.put_chars(from, request, enc, chars, out, cut),
-            ("put_chars", [chars]) => self.put_chars(from, request, &latin1, chars, out, cut),
+            ("put_chars", [chars]) => self.put_chars(from, request, &old(chars), chars, out, cut),
             ("put_chars", [enc, m, f, a]) => {
                 self.put_chars_mfa(from, request, enc, m, f, a, out, cut)
                     .await
             }
             ("put_chars", [m, f, a]) => {
-                self.put_chars_mfa(from, request, &latin1, m, f, a, out, cut)
+                self.put_chars_mfa(from, request, &unicode, m, f, a, out, cut)
                     .await
             }
             ("get_line", [enc, prompt])
@@ -297,7 +305,7 @@ impl<'a> IoServer<'a> {
             ("get_line", [prompt])
             | ("get_chars", [prompt, _])
             | ("get_until", [prompt, _, _, _]) => {
-                self.input(from, request, &latin1, prompt, out, cut).await
+                self.input(from, request, &unicode, prompt, out, cut).await
             }
             ("get_password", _) | ("get_geometry", [_]) => error("enotsup"),
             ("setopts", [options]) => self.setopts(options),
@@ -436,9 +444,7 @@ impl<'a> IoServer<'a> {
                 Term::Atom(a) if a.name == "binary" => binary = true,
                 Term::Atom(a) if a.name == "list" => binary = false,
                 Term::Tuple(t) => match t.elements.as_slice() {
-                    [k, Term::Atom(v)] if is_atom(k, "binary") && v.name == "true" => {
-                        binary = true
-                    }
+                    [k, Term::Atom(v)] if is_atom(k, "binary") && v.name == "true" => binary = true,
                     [k, Term::Atom(v)] if is_atom(k, "binary") && v.name == "false" => {
                         binary = false
                     }
