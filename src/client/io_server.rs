@@ -484,7 +484,8 @@ impl<'a> IoServer<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use erl_dist::term::{Binary, ByteList, ImproperList};
+    use eetf::ByteList;
+    use erl_dist::term::{Binary, ImproperList};
 
     fn text(t: &Term, unicode: bool) -> Result<String, String> {
         let (mut out, mut cut) = (Vec::new(), false);
@@ -499,7 +500,7 @@ mod tests {
         // The same two bytes as Latin-1 are two characters.
         assert_eq!(text(&e_acute, false).as_deref(), Ok("Ã©"));
         let deep = Term::from(List::from(vec![
-            Term::from(ByteList::from("ab".as_bytes())),
+            Term::from(ByteList::from(b"ab".to_vec())),
             Term::from(List::from(vec![FixInteger::from(0x3bb).into()])),
             Term::from(ImproperList::from((
                 vec![FixInteger::from(233).into()],
