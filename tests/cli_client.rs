@@ -321,8 +321,7 @@ fn every_command_against_an_elixir_node() {
         &cookie,
         epmd,
     );
-    assert_eq!(ok(&printed), "ok");
-    assert!(printed.stderr.contains("hello from beam"), "{printed:?}");
+    assert_eq!(ok(&printed), "hello from beam\nok");
 
     // ping and names.
     assert_eq!(ok(&run("ping", node, &[], &cookie, epmd)), "pong");
@@ -571,4 +570,163 @@ fn replies_only_bytes_can_hold_are_printed() {
     } else {
         status(&rpc(&[], "records", "create", rec_args), 5);
     }
+}
+
+/// Functions whose output (io requests to the client, their group leader) `kvnode rpc`
+/// prints: in order, with output from a process the function spawned (it inherits the group
+/// leader), and io requests that are not valid, sent by hand, whose replies are returned.
+const IO_FUNS: &str = r#"
+defmodule IoFuns do
+  def order do
+    IO.puts("one")
+    :io.format("~p~n", [{:two, 2}])
+    me = self()
+    spawn(fn -> IO.puts("three"); send(me, :printed) end)
+    receive do
+      :printed -> :ok
+    end
+    :io.put_chars("four\n")
+    :done
+  end
+
+  # ~ts prints the characters; ~p a binary's bytes as Latin-1, as io_lib:format does.
+  def unicode, do: :io.format("~ts ~p~n", ["λ → é", "λ"])
+
+  def raw(request) do
+    ref = make_ref()
+    send(Process.group_leader(), {:io_request, self(), ref, request})
+    receive do
+      {:io_reply, ^ref, reply} -> reply
+    after
+      10_000 -> :no_reply
+    end
+  end
+end
+"#;
+
+/// `kvnode rpc` prints what the remote function prints exactly as the BEAM prints it, on
+/// stdout before the result: `io:format` (formatted by the peer's `io_lib`), `IO.puts`,
+/// `IO.inspect`, `io:put_chars` of binaries and Unicode, output in order; input requests
+/// print their prompt and get `eof` (no hang); io requests that are not valid get an error
+/// reply and a note on stderr.
+#[test]
+fn rpc_prints_remote_io_as_the_beam_does() {
+    let (epmd, _daemon) = epmd_daemon(None);
+    let cookie = unique("cookie");
+    let beam = BeamNode::start(&unique("cli_io"), &cookie, epmd, IO_FUNS);
+    let node = beam.name.as_str();
+    wait_for(
+        "IoFuns is loaded on the Elixir node",
+        Duration::from_secs(60),
+        || {
+            let r = run(
+                "rpc",
+                node,
+                &[
+                    "--timeout",
+                    "2000",
+                    "code",
+                    "is_loaded",
+                    "['Elixir.IoFuns']",
+                ],
+                &cookie,
+                epmd,
+            );
+            (r.status == Some(0) && r.stdout.contains("{file,")).then_some(())
+        },
+    );
+    let rpc = |args: &[&str]| run("rpc", node, args, &cookie, epmd);
+    // stdout of a run that must succeed.
+    let printed = |args: &[&str]| {
+        let r = rpc(args);
+        assert_eq!(r.status, Some(0), "{args:?}: {r:?}");
+        r.stdout
+    };
+
+    // io:format: the text, not the io_lib:format call; then the result.
+    let format = rpc(&["io", "format", r#"["~p and ~s~n", [[1,2], "x"]]"#]);
+    assert_eq!(format.stdout, "[1,2] and x\nok\n", "{format:?}");
+    assert!(!format.stderr.contains("io_lib"), "{format:?}");
+    // Elixir's IO.puts and IO.inspect (its map printed by Elixir, the result by kvnode).
+    assert_eq!(printed(&["Elixir.IO", "puts", r#"["hi"]"#]), "hi\nok\n");
+    let inspect = rpc(&["Elixir.IO", "inspect", "[#{a => 1, b => [1, 2]}]"]);
+    // The map's order is the node's (OTP 26+ need not sort atom keys): as Kernel.inspect
+    // makes it there.
+    let shown = printed(&["--elixir", "Kernel", "inspect", "[%{a: 1, b: [1, 2]}]"]);
+    let shown = shown.trim().trim_matches('"');
+    assert!(
+        shown.contains("a: 1") && shown.contains("b: [1, 2]"),
+        "{shown}"
+    );
+    assert_eq!(
+        inspect.stdout,
+        format!("{shown}\n#{{a => 1,b => [1,2]}}\n"),
+        "{inspect:?}"
+    );
+    // put_chars of a binary, of a UTF-8 binary, of a list of code points, of Latin-1.
+    assert_eq!(
+        printed(&["io", "put_chars", r#"[<<"bin\n">>]"#]),
+        "bin\nok\n"
+    );
+    assert_eq!(
+        printed(&["io", "put_chars", r#"[<<"λ é\n"/utf8>>]"#]),
+        "λ é\nok\n"
+    );
+    assert_eq!(
+        printed(&["io", "put_chars", "[[955, 32, 8594, 10]]"]),
+        "λ →\nok\n"
+    );
+    assert_eq!(
+        printed(&[
+            "io",
+            "request",
+            r#"[standard_io, {put_chars, latin1, <<"caf", 233, "\n">>}]"#
+        ]),
+        "café\nok\n"
+    );
+    assert_eq!(
+        printed(&["Elixir.IoFuns", "unicode", "[]"]),
+        "λ → é <<\"Î»\">>\nok\n"
+    );
+    // Order: every line before the result, a spawned process's line in its place.
+    let order = rpc(&["Elixir.IoFuns", "order", "[]"]);
+    assert_eq!(
+        order.stdout, "one\n{two,2}\nthree\nfour\ndone\n",
+        "{order:?}"
+    );
+    // --json: stdout is the one JSON document, the output goes to stderr.
+    let json = rpc(&["--json", "Elixir.IO", "puts", r#"["to stderr"]"#]);
+    assert_eq!(json.stdout.trim(), r#"{"$atom":"ok"}"#, "{json:?}");
+    assert!(json.stderr.contains("to stderr"), "{json:?}");
+
+    // Input: the prompt is printed and the answer is eof, well within the timeout.
+    let started = std::time::Instant::now();
+    let line = rpc(&["--timeout", "20000", "io", "get_line", r#"["name? "]"#]);
+    assert_eq!(line.stdout, "name? eof\n", "{line:?}");
+    assert!(started.elapsed() < Duration::from_secs(15), "{line:?}");
+    assert_eq!(
+        printed(&["--elixir", "IO", "gets", r#"["more? "]"#]),
+        "more? :eof\n"
+    );
+    assert_eq!(
+        printed(&["io", "getopts", "[]"]),
+        "[{binary,false},{encoding,unicode}]\n"
+    );
+    assert_eq!(printed(&["io", "columns", "[]"]), "{error,enotsup}\n");
+
+    // Bad requests: an error reply to the sender (never a hang), a note on stderr.
+    let not_chars = rpc(&["Elixir.IoFuns", "raw", "[{put_chars, unicode, not_chars}]"]);
+    assert_eq!(not_chars.stdout, "{error,put_chars}\n", "{not_chars:?}");
+    assert!(
+        not_chars.stderr.contains("bad io request") && not_chars.stderr.contains("not_chars"),
+        "{not_chars:?}"
+    );
+    let unknown = rpc(&["Elixir.IoFuns", "raw", "[{frobnicate, 1}]"]);
+    assert_eq!(unknown.stdout, "{error,request}\n", "{unknown:?}");
+    let bad_utf8 = rpc(&["Elixir.IoFuns", "raw", "[{put_chars, unicode, <<255>>}]"]);
+    assert_eq!(bad_utf8.stdout, "{error,put_chars}\n", "{bad_utf8:?}");
+    // A format that does not match its arguments: io:format raises badarg, as on the BEAM.
+    let badarg = rpc(&["io", "format", r#"["~p ~p~n", [1]]"#]);
+    status(&badarg, 5);
+    assert!(badarg.stderr.contains("badarg"), "{badarg:?}");
 }

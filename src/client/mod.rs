@@ -8,12 +8,14 @@
 //! - [`terms`]: terms from the command line (Erlang or Elixir syntax) and to stdout (or JSON);
 //! - [`call`]: `call` (and `--repeat`), `cast`, `send`;
 //! - [`rpc`]: `rpc` (erpc through a spawn request, `rex` as a fallback) and `ping`;
+//! - [`io_server`]: the Erlang I/O protocol, served to the function `rpc` runs (its group leader);
 //! - [`epmd`]: `names` and the stand-alone EPMD server (`epmd [--daemon]`);
 //! - [`top`]: `top`, a refreshing summary of `kvnode:info/0`.
 
 pub mod call;
 pub mod connect;
 pub mod epmd;
+pub mod io_server;
 pub mod rpc;
 pub mod terms;
 pub mod top;

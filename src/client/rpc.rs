@@ -6,22 +6,19 @@
 //! Peers without spawn support get `rpc:call`'s older way: a GenServer call to their `rex`
 //! with `{call, M, F, A, user}`, answered with the value or `{badrpc, Reason}`.
 //!
-//! The client's process is the spawned function's group leader: its output (`io:format`)
-//! arrives as io requests, printed on stderr (stdout carries only the result) and answered,
-//! so the function never waits for an io reply; input requests are answered
-//! `{error, enotsup}`.
+//! The client's process is the spawned function's group leader: its output (`io:format`,
+//! `IO.puts`) arrives as io requests, served by [`super::io_server`]: printed on stdout
+//! before the result, exactly as the BEAM prints it, and always answered, so the function
+//! never waits for an io reply.
 
 use super::connect::{Client, connect};
+use super::io_server::{IoOutput, IoServer};
 use super::terms;
 use super::{Failure, Status};
 use crate::Received;
 use crate::cli::ClientOpts;
 use crate::node::process::spawn::{SpawnEvent, SpawnRequestError};
-use erl_dist::term::{Atom, Binary, List, Pid, Reference, Term, Tuple};
-use std::io::Write;
-
-/// Most bytes of one io request's output printed (the rest is dropped, with a note).
-pub const MAX_IO_OUTPUT: usize = 1 << 20;
+use erl_dist::term::{Atom, List, Reference, Term, Tuple};
 
 fn atom(name: &str) -> Term {
     Atom::from(name).into()
@@ -63,7 +60,14 @@ pub async fn rpc(
         }
     };
     let client = connect(opts, node).await?;
-    let result = call_answer(&client, &module, &function, args, opts, use_rex).await;
+    // The function's output goes to stdout in order with the result; with --json stdout is
+    // one JSON document, so it goes to stderr.
+    let output = if opts.json {
+        IoOutput::Stderr
+    } else {
+        IoOutput::Stdout
+    };
+    let result = call_answer(&client, &module, &function, args, opts, use_rex, output).await;
     client.stop().await;
     match result? {
         Answer::Term(value) => println!("{}", terms::render(&value, opts)),
@@ -93,7 +97,7 @@ pub(crate) enum Answer {
 }
 
 /// [`call_answer`] for callers that need a term (`top`): a result only bytes can hold is an
-/// error (exit status 5).
+/// error (exit status 5). The function's output goes to stderr.
 pub(crate) async fn call(
     client: &Client,
     module: &str,
@@ -102,7 +106,17 @@ pub(crate) async fn call(
     opts: &ClientOpts,
     use_rex: bool,
 ) -> Result<Term, Failure> {
-    match call_answer(client, module, function, args, opts, use_rex).await? {
+    match call_answer(
+        client,
+        module,
+        function,
+        args,
+        opts,
+        use_rex,
+        IoOutput::Stderr,
+    )
+    .await?
+    {
         Answer::Term(t) => Ok(t),
         Answer::Bytes(bytes) => Err(Failure::new(
             Status::Remote,
@@ -115,7 +129,9 @@ pub(crate) async fn call(
 }
 
 /// Calls `module:function(args)` on the client's peer (erpc, or `rex` when asked or when
-/// the peer has no spawn support); used by `rpc` and `top`.
+/// the peer has no spawn support); used by `rpc` and `top`, and by the io server to run
+/// `io_lib:format` for an `io:format`. The client's process is the function's group leader:
+/// its io requests are served with `output` ([`IoServer`]).
 pub(crate) async fn call_answer(
     client: &Client,
     module: &str,
@@ -123,6 +139,7 @@ pub(crate) async fn call_answer(
     args: Vec<Term>,
     opts: &ClientOpts,
     use_rex: bool,
+    output: IoOutput,
 ) -> Result<Answer, Failure> {
     let me = client
         .node
@@ -151,6 +168,7 @@ pub(crate) async fn call_answer(
         }
     };
     let deadline = client.deadline;
+    let mut io = IoServer::new(client, opts, output);
     loop {
         tokio::select! {
             event = request.next() => match event {
@@ -177,7 +195,7 @@ pub(crate) async fn call_answer(
             },
             received = me.recv() => {
                 if let Received::Message(message) = received {
-                    io_request(&me, message);
+                    io.message(&me, message).await;
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
@@ -353,103 +371,6 @@ async fn rex(
         // The value, or a `{badrpc, Reason}` holding such a term: shown from the bytes.
         Err(crate::CallError::Unrepresentable { reply, .. }) => rex_bytes(reply, opts),
         Err(error) => Err(super::call::call_failure(&error, client, opts)),
-    }
-}
-
-/// Answers an io request (`{io_request, From, ReplyAs, Request}`) sent to the client's
-/// process as the spawned function's group leader; anything else is ignored.
-fn io_request(me: &crate::Process, message: Term) {
-    let Term::Tuple(t) = message else { return };
-    let [tag, Term::Pid(from), reply_as, request] = t.elements.as_slice() else {
-        return;
-    };
-    if !is_atom(tag, "io_request") {
-        return;
-    }
-    let reply = io_reply(request);
-    let from: Pid = from.clone();
-    me.send(from, tuple(vec![atom("io_reply"), reply_as.clone(), reply]));
-}
-
-fn io_reply(request: &Term) -> Term {
-    let Term::Tuple(t) = request else {
-        // Not an io request shape; answer rather than leave the caller waiting.
-        return tuple(vec![atom("error"), atom("request")]);
-    };
-    match t.elements.as_slice() {
-        [kind, _encoding, chars] if is_atom(kind, "put_chars") => put_chars(chars),
-        [kind, chars] if is_atom(kind, "put_chars") => put_chars(chars),
-        // Output to be made by a function (`io:format` sends io_lib:format and its
-        // arguments; without DFLAG_UNICODE_IO, no encoding). The function is the peer's:
-        // the call is shown as it was asked for.
-        [kind, _, m, f, a] | [kind, m, f, a] if is_atom(kind, "put_chars") => {
-            let call = format!(
-                "[{}:{}({})]\n",
-                crate::syntax::print(m, crate::syntax::Syntax::Erlang),
-                crate::syntax::print(f, crate::syntax::Syntax::Erlang),
-                crate::syntax::print(a, crate::syntax::Syntax::Erlang)
-            );
-            let mut err = std::io::stderr().lock();
-            let _ = err.write_all(&call.as_bytes()[..call.len().min(MAX_IO_OUTPUT)]);
-            atom("ok")
-        }
-        [kind, requests] if is_atom(kind, "requests") => {
-            if let Term::List(list) = requests {
-                for r in &list.elements {
-                    let reply = io_reply(r);
-                    if !is_atom(&reply, "ok") {
-                        return reply;
-                    }
-                }
-            }
-            atom("ok")
-        }
-        _ => tuple(vec![atom("error"), atom("enotsup")]),
-    }
-}
-
-/// Prints characters (a binary or a deep list of character codes and binaries) on stderr.
-fn put_chars(chars: &Term) -> Term {
-    let mut out = Vec::new();
-    if !collect_chars(chars, &mut out, 0) {
-        return tuple(vec![atom("error"), atom("put_chars")]);
-    }
-    let cut = out.len() > MAX_IO_OUTPUT;
-    out.truncate(MAX_IO_OUTPUT);
-    let mut err = std::io::stderr().lock();
-    let _ = err.write_all(&out);
-    if cut {
-        let _ = writeln!(err, "\n[output cut at {MAX_IO_OUTPUT} bytes]");
-    }
-    atom("ok")
-}
-
-/// Deepest nesting of a character list walked (a term from the peer).
-const MAX_CHARS_DEPTH: usize = 100;
-
-fn collect_chars(term: &Term, out: &mut Vec<u8>, depth: usize) -> bool {
-    if depth > MAX_CHARS_DEPTH || out.len() > MAX_IO_OUTPUT {
-        return out.len() > MAX_IO_OUTPUT;
-    }
-    match term {
-        Term::Binary(Binary { bytes }) => {
-            out.extend_from_slice(bytes);
-            true
-        }
-        Term::ByteList(l) => {
-            out.extend_from_slice(&l.bytes);
-            true
-        }
-        Term::List(l) => l.elements.iter().all(|e| collect_chars(e, out, depth + 1)),
-        Term::FixInteger(i) => match u32::try_from(i.value).ok().and_then(char::from_u32) {
-            Some(c) => {
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                true
-            }
-            None => false,
-        },
-        _ => false,
     }
 }
 
