@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -87,21 +87,26 @@ impl Example {
     }
 
     /// Waits (at most [`LONG`]) for a line equal to `want`; fails, showing every line, when
-    /// the example exits first or the time passes.
-    fn wait_line(&mut self, want: &str) {
-        let what = format!("the example's line {want:?}");
-        let lines = self.lines.clone();
-        let child = &mut self.guard.child;
-        wait_for(&what, LONG, || {
-            let got = lines.lock().unwrap_or_else(|e| e.into_inner());
-            if got.iter().any(|l| l == want) {
-                return Some(());
+    /// the example exits first or the time passes. `meanwhile` runs at each poll (it may fail
+    /// the test itself: a script that ended early).
+    fn wait_line(&mut self, want: &str, mut meanwhile: impl FnMut()) {
+        let deadline = Instant::now() + LONG;
+        loop {
+            {
+                let got = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+                if got.iter().any(|l| l == want) {
+                    return;
+                }
+                if let Ok(Some(status)) = self.guard.child.try_wait() {
+                    panic!("the example exited ({status}) before {want:?}; it printed:\n{got:#?}");
+                }
+                if Instant::now() > deadline {
+                    panic!("no line {want:?} from the example within {LONG:?}; it printed:\n{got:#?}");
+                }
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("the example exited ({status}) before {want:?}; it printed:\n{got:#?}");
-            }
-            None
-        });
+            meanwhile();
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
     }
 }
 
@@ -140,7 +145,7 @@ fn elixir_and_a_visible_rust_node_meet_by_global_name_and_pg_group() {
 
     let mut example = Example::start(&unique("vc_rust"), &cluster.cookie, cluster.epmd_port, &app);
     let rust = example.name.clone();
-    example.wait_line("ready");
+    example.wait_line("ready", || {});
 
     // The example's own account: it reached the Elixir global server and saw its pg member.
     let got = example.lines();
@@ -207,11 +212,25 @@ IO.puts("VISIBLE-OK")
     let elixir = std::thread::spawn(move || {
         elixir_ok(&rust2, epmd_port, &script_alive, &cookie, &script, LONG * 2)
     });
-    example.wait_line(&format!("pg join workers: {script_node} x1"));
+    // (A script that fails ends the wait at once, with its output.)
+    let mut elixir = Some(elixir);
+    let finished = |elixir: &mut Option<std::thread::JoinHandle<String>>| {
+        if elixir.as_ref().is_some_and(|e| e.is_finished()) {
+            match elixir.take().map(|e| e.join()) {
+                Some(Err(panic)) => std::panic::resume_unwind(panic),
+                Some(Ok(out)) => panic!("the script ended before its go flag:\n{out}"),
+                None => {}
+            }
+        }
+    };
+    example.wait_line(&format!("pg join 'workers': {script_node} x1"), || {
+        finished(&mut elixir)
+    });
     std::fs::write(&go, "go").expect("write the go flag");
-    let out = match elixir.join() {
-        Ok(out) => out,
-        Err(panic) => std::panic::resume_unwind(panic),
+    let out = match elixir.take().map(|e| e.join()) {
+        Some(Ok(out)) => out,
+        Some(Err(panic)) => std::panic::resume_unwind(panic),
+        None => panic!("the script's thread was joined already"),
     };
     let _ = std::fs::remove_file(&go);
     assert!(
@@ -219,7 +238,7 @@ IO.puts("VISIBLE-OK")
         "{out}"
     );
     // The script's node went down: its member left the group.
-    example.wait_line(&format!("pg leave workers: {script_node} x1"));
+    example.wait_line(&format!("pg leave 'workers': {script_node} x1"), || {});
     drop(example);
     drop(cluster);
 }
