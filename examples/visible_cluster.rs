@@ -96,7 +96,11 @@ impl GenServer for Counter {
             Term::Atom(a) if a.name == "incr" => {
                 self.n = self.n.saturating_add(1);
                 let node = ctx.node().name().name.clone();
-                tuple(vec![atom("ok"), FixInteger::from(self.n).into(), atom(&node)])
+                tuple(vec![
+                    atom("ok"),
+                    FixInteger::from(self.n).into(),
+                    atom(&node),
+                ])
             }
             Term::Atom(a) if a.name == "value" => FixInteger::from(self.n).into(),
             _ => tuple(vec![atom("error"), atom("unknown")]),
@@ -153,7 +157,9 @@ async fn members_with_peers(
             // Fell behind: read the members again.
             Ok(Some(_)) => members = scope.get_members(group),
             Ok(None) => return Err("the pg scope stopped".into()),
-            Err(_) => return Err(format!("no member of {group} on a peer within {TIMEOUT:?}").into()),
+            Err(_) => {
+                return Err(format!("no member of {group} on a peer within {TIMEOUT:?}").into());
+            }
         }
     }
     Ok((members, events))

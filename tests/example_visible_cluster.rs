@@ -39,7 +39,10 @@ fn example_bin() -> PathBuf {
             let status = cmd
                 .status()
                 .expect("run cargo build --example visible_cluster");
-            assert!(status.success(), "cargo build --example visible_cluster failed");
+            assert!(
+                status.success(),
+                "cargo build --example visible_cluster failed"
+            );
             profile_dir.join("examples").join("visible_cluster")
         })
         .clone()
@@ -101,7 +104,9 @@ impl Example {
                     panic!("the example exited ({status}) before {want:?}; it printed:\n{got:#?}");
                 }
                 if Instant::now() > deadline {
-                    panic!("no line {want:?} from the example within {LONG:?}; it printed:\n{got:#?}");
+                    panic!(
+                        "no line {want:?} from the example within {LONG:?}; it printed:\n{got:#?}"
+                    );
                 }
             }
             meanwhile();
@@ -152,10 +157,7 @@ fn elixir_and_a_visible_rust_node_meet_by_global_name_and_pg_group() {
     let pid_prefix = format!("global whereis elixir_echo -> <'{app}'.");
     let mut nodes = [app.as_str(), rust.as_str()];
     nodes.sort_unstable();
-    let members = format!(
-        "pg members workers -> 2: {} x1, {} x1",
-        nodes[0], nodes[1]
-    );
+    let members = format!("pg members workers -> 2: {} x1, {} x1", nodes[0], nodes[1]);
     let want = vec![
         format!("node {rust} visible, connected to {app}"),
         "global register rust_counter -> ok".to_owned(),
@@ -169,7 +171,10 @@ fn elixir_and_a_visible_rust_node_meet_by_global_name_and_pg_group() {
     assert_eq!(got.len(), want.len(), "the example printed:\n{got:#?}");
     for (g, w) in got.iter().zip(&want) {
         if w == &pid_prefix {
-            assert!(g.starts_with(w), "{g:?} should start with {w:?}; all:\n{got:#?}");
+            assert!(
+                g.starts_with(w),
+                "{g:?} should start with {w:?}; all:\n{got:#?}"
+            );
         } else {
             assert_eq!(g, w, "the example printed:\n{got:#?}");
         }
