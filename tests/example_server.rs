@@ -15,26 +15,7 @@ use std::time::Duration;
 fn example_bin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            // This test runs as TARGET/PROFILE/deps/example_server-HASH.
-            let exe = std::env::current_exe().expect("test executable path");
-            let profile_dir = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .expect("TARGET/PROFILE/deps");
-            let target_dir = profile_dir.parent().expect("TARGET");
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "--example", "rust_server", "--manifest-path"])
-                .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-                .arg("--target-dir")
-                .arg(target_dir);
-            if profile_dir.file_name().is_some_and(|p| p == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("run cargo build --example rust_server");
-            assert!(status.success(), "cargo build --example rust_server failed");
-            profile_dir.join("examples").join("rust_server")
-        })
+        .get_or_init(|| common::build_example("rust_server"))
         .clone()
 }
 

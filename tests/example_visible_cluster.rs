@@ -20,41 +20,7 @@ const LONG: Duration = Duration::from_secs(60);
 fn example_bin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            // This test runs as TARGET/PROFILE/deps/example_visible_cluster-HASH.
-            let exe = std::env::current_exe().expect("test executable path");
-            let profile_dir = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .expect("TARGET/PROFILE/deps");
-            let target_dir = profile_dir.parent().expect("TARGET");
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "--example", "visible_cluster", "--manifest-path"])
-                .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-                .arg("--target-dir")
-                .arg(target_dir);
-            // Cargo sets CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ... for the test; ring's build
-            // tracks some of them, so a nested build that inherits them rebuilds ring and
-            // kvnode (and `cargo test`'s next build rebuilds them back): ~35 s a run.
-            for (key, _) in std::env::vars_os() {
-                if key.to_str().is_some_and(|k| {
-                    k.starts_with("CARGO_") && !matches!(k, "CARGO_HOME" | "CARGO_TARGET_DIR")
-                }) {
-                    cmd.env_remove(key);
-                }
-            }
-            if profile_dir.file_name().is_some_and(|p| p == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd
-                .status()
-                .expect("run cargo build --example visible_cluster");
-            assert!(
-                status.success(),
-                "cargo build --example visible_cluster failed"
-            );
-            profile_dir.join("examples").join("visible_cluster")
-        })
+        .get_or_init(|| common::build_example("visible_cluster"))
         .clone()
 }
 

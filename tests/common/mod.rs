@@ -1193,3 +1193,39 @@ pub fn kv_script_with_restart(tag: &str, writes: &str, reads: &str) -> (String, 
     let read = kv.script(&format!("{tag}_r"), reads);
     (written, read)
 }
+
+/// Builds `examples/NAME.rs` with the profile this test runs under and returns the binary's
+/// path. The nested `cargo build` drops the `CARGO_*` variables cargo set for the test (but
+/// `CARGO_HOME`/`CARGO_TARGET_DIR`): ring's build script tracks some of them, so a build that
+/// inherits them rebuilds ring and kvnode, and `cargo test`'s next build rebuilds them back
+/// (about 35 s a run). Callers cache the path (one build per test binary).
+#[allow(dead_code)]
+pub fn build_example(name: &str) -> PathBuf {
+    // A test runs as TARGET/PROFILE/deps/TEST-HASH.
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("TARGET/PROFILE/deps");
+    let target_dir = profile_dir.parent().expect("TARGET");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--example", name, "--manifest-path"])
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir);
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| {
+            k.starts_with("CARGO_") && !matches!(k, "CARGO_HOME" | "CARGO_TARGET_DIR")
+        }) {
+            cmd.env_remove(key);
+        }
+    }
+    if profile_dir.file_name().is_some_and(|p| p == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("run cargo build --example {name}: {e}"));
+    assert!(status.success(), "cargo build --example {name} failed");
+    profile_dir.join("examples").join(name)
+}
