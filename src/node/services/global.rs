@@ -1442,13 +1442,18 @@ impl Server {
     /// our own `in_sync`, which ends the handshake it started with us) when a `resolved` or
     /// `new_nodes` lists it.
     fn in_sync(&self, peer: &str) {
-        // OTP's global gets `in_sync` from the node itself, so it is connected; a cast naming
-        // any other node (a peer may name any atom) would grow `synced` without bound.
-        if !self.node.manager().is_up(peer) {
-            tracing::debug!(node = %crate::etf::text::name(peer), "global: in_sync for a node not connected ignored");
+        // OTP's global gets `in_sync` from the node itself, so it is connected (or being
+        // dialed, or one kvnode knows); a cast naming any other node (a peer may name any
+        // atom) would grow `synced` without bound.
+        let mut st = self.lock();
+        let plausible = self.node.manager().knows(peer)
+            || st.known.contains(peer)
+            || st.sessions.contains_key(peer);
+        if !plausible {
+            drop(st);
+            tracing::debug!(node = %crate::etf::text::name(peer), "global: in_sync for a node kvnode neither knows nor is connected to ignored");
             return;
         }
-        let mut st = self.lock();
         st.sessions.remove(peer);
         if st.synced.len() >= MAX_KNOWN_NODES && !st.synced.contains(peer) {
             tracing::warn!(limit = MAX_KNOWN_NODES, node = %crate::etf::text::name(peer), "global: too many synced nodes; in_sync not recorded");
