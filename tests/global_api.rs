@@ -452,3 +452,39 @@ async fn a_clash_kvnode_resolves_uses_the_entrys_own_method() {
     assert_eq!(node.global_whereis("clash"), None);
     node.stop().await;
 }
+
+/// `{in_sync, Node, true}` is what a node's own `global_name_server` casts; kvnode records
+/// only nodes it is connected to: a peer casting it for any atom it likes must not grow
+/// kvnode's synced set (it grew one entry per cast, without bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_sync_for_unconnected_nodes_is_not_kept() {
+    let epmd = common::free_port();
+    let cookie = "gscookie";
+    let node = start_node(&common::unique("gsync"), cookie, epmd, true).await;
+    let out = spawn_script(
+        &node,
+        epmd,
+        "gsyncb",
+        cookie,
+        r##"
+        kv = String.to_atom(System.fetch_env!("KV_NODE"))
+        true = Node.connect(kv)
+        :ok = :global.sync()
+        for i <- 1..2000 do
+          :gen_server.cast({:global_name_server, kv}, {:in_sync, :"ghost#{i}@nowhere", true})
+        end
+        # Same sender, same destination: the call is handled after the casts.
+        synced = :gen_server.call({:global_name_server, kv}, :get_synced)
+        ghosts = Enum.count(synced, &String.starts_with?(Atom.to_string(&1), "ghost"))
+        IO.puts("ghosts #{ghosts}")
+        IO.puts("me_synced #{node() in synced}")
+        true = kv in Node.list()
+        "##
+        .to_owned(),
+    )
+    .await
+    .expect("script");
+    assert_eq!(line(&out, "ghosts"), "0", "{out}");
+    assert_eq!(line(&out, "me_synced"), "true", "{out}");
+    node.stop().await;
+}

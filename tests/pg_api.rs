@@ -83,10 +83,22 @@ async fn elixir(
     cookie: &'static str,
     script: String,
 ) -> String {
+    elixir_within(node, epmd_port, tag, cookie, script, LONG).await
+}
+
+/// [`elixir`] with its own time limit for the whole script.
+async fn elixir_within(
+    node: &Node,
+    epmd_port: u16,
+    tag: &str,
+    cookie: &'static str,
+    script: String,
+    limit: Duration,
+) -> String {
     let kv_name = node.name().name.clone();
     let alive = common::unique(tag);
     let out = tokio::task::spawn_blocking(move || {
-        common::elixir_raw(&kv_name, epmd_port, &alive, cookie, &script, LONG)
+        common::elixir_raw(&kv_name, epmd_port, &alive, cookie, &script, limit)
     });
     let out = out.await.expect("script thread");
     assert!(
@@ -431,5 +443,141 @@ async fn a_hidden_node_has_no_pg() {
     let epmd = common::free_port();
     let node = start_node(&common::unique("pghid"), "pghidden", epmd, false).await;
     assert!(matches!(node.pg_start_scope("s"), Err(PgError::NotVisible)));
+    node.stop().await;
+}
+
+/// A peer's big group (200 000 memberships of one pid, in one join) costs the Rust side
+/// time linear in its size when the peer syncs it again and when it leaves at once (it cost
+/// their square: a search per pid). The Rust scope has an event subscriber, so the events'
+/// diff of a re-sync is exercised too. The deadlines are generous: a linear pass takes well
+/// under a second; a quadratic one takes minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_group_resyncs_and_leaves_in_linear_time() {
+    let epmd = common::free_port();
+    let cookie = "pgbigcookie";
+    let node = start_node(&common::unique("pgbig"), cookie, epmd, true).await;
+    let scope_name = common::unique("bigs");
+    let scope = node.pg_start_scope(&scope_name).expect("start the scope");
+    let procs: Arc<Mutex<Vec<Process>>> = Arc::default();
+    register_pgt(&node, &scope, &procs);
+    let s = scope.clone();
+    node.register_function("pgt", "count", 1, move |_, args| {
+        let n = s.get_members(&group_arg(&args)).len();
+        async move { Outcome::Return(FixInteger::from(n as i32).into()) }
+    });
+    let (mut events, _) = scope.monitor_scope();
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            if let PgEvent::Join { pids, .. } | PgEvent::Leave { pids, .. } = event {
+                counter.fetch_add(pids.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    let script = format!(
+        r##"
+rust = String.to_atom(System.fetch_env!("KV_NODE"))
+s = :"{scope_name}"
+{{:ok, _}} = :pg.start(s)
+TestWait.until(fn -> Node.connect(rust) end, 60_000)
+spawn_one = fn -> spawn(fn -> receive do :stop -> :ok end end) end
+probe = spawn_one.()
+:ok = :pg.join(s, :probe, probe)
+TestWait.until(fn -> :erpc.call(rust, :pgt, :members, [:probe]) == [probe] end, 30_000)
+p = spawn_one.()
+many = List.duplicate(p, 200_000)
+
+t0 = System.monotonic_time(:millisecond)
+ms = fn -> System.monotonic_time(:millisecond) - t0 end
+TestCheck.run("200 000 memberships in one join reach the Rust side", fn ->
+  :ok = :pg.join(s, :many, many)
+  TestWait.until(fn -> :erpc.call(rust, :pgt, :count, [:many]) == 200_000 end, 60_000)
+  IO.puts("joined_ms #{{ms.()}}")
+end)
+
+TestCheck.run("a re-sync of the big group is handled at once", fn ->
+  send(s, {{:discover, :erpc.call(rust, :pgt, :scope, [])}})
+  # Handled in order: the next join is seen only after the sync.
+  q = spawn_one.()
+  :ok = :pg.join(s, :after_sync, q)
+  TestWait.until(fn -> :erpc.call(rust, :pgt, :members, [:after_sync]) == [q] end, 30_000)
+  200_000 = :erpc.call(rust, :pgt, :count, [:many])
+  IO.puts("resynced_ms #{{ms.()}}")
+end)
+
+TestCheck.run("a leave of all 200 000 at once is handled at once", fn ->
+  :ok = :pg.leave(s, :many, many)
+  r = spawn_one.()
+  :ok = :pg.join(s, :after_leave, r)
+  TestWait.until(fn -> :erpc.call(rust, :pgt, :members, [:after_leave]) == [r] end, 30_000)
+  0 = :erpc.call(rust, :pgt, :count, [:many])
+  IO.puts("left_ms #{{ms.()}}")
+end)
+
+TestCheck.finish()
+IO.puts("PG_BIG_OK")
+"##
+    );
+    // The whole test took ~70 s against OTP 29 (in its chroot), ~4 s against OTP 25: a
+    // generous limit for the script. Each deadline above starts once the BEAM's own `:pg`
+    // call has returned, so it waits for the Rust side only.
+    let out = elixir_within(&node, epmd, "pgbigb", cookie, script, LONG * 3).await;
+    assert!(out.contains("PG_BIG_OK"), "{out}");
+    // Timings (from the script's start), for the record.
+    eprintln!(
+        "{}",
+        out.lines()
+            .filter(|l| l.ends_with("ms") || l.contains("_ms "))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    // The join's and the leave's events (the re-sync changed nothing: no events).
+    common::wait_for_async("the events of the join and the leave", LONG, || {
+        let n = seen.load(std::sync::atomic::Ordering::Relaxed);
+        async move { (n >= 400_000).then_some(()) }
+    })
+    .await;
+    node.stop().await;
+}
+
+/// A group that cannot be encoded (an atom over 255 characters) is refused at `join`: kept,
+/// it broke every `sync` of the scope (one message for all groups), so a peer meeting the
+/// scope learned none of its members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unencodable_group_is_refused_and_the_sync_still_goes() {
+    let epmd = common::free_port();
+    let cookie = "pgbadcookie";
+    let node = start_node(&common::unique("pgbad"), cookie, epmd, true).await;
+    let scope_name = common::unique("bads");
+    let scope = node.pg_start_scope(&scope_name).expect("start the scope");
+    let procs: Arc<Mutex<Vec<Process>>> = Arc::default();
+    register_pgt(&node, &scope, &procs);
+    let member = node.process(None).expect("process");
+    assert_eq!(
+        scope.join(PgGroup::atom(&"x".repeat(300)), member.pid()),
+        Err(PgError::BadGroup)
+    );
+    // Joined before the peer connects: the peer learns it from the scope's `sync`.
+    scope
+        .join(PgGroup::atom("good"), member.pid())
+        .expect("join good");
+    let script = format!(
+        r##"
+rust = String.to_atom(System.fetch_env!("KV_NODE"))
+s = :"{scope_name}"
+{{:ok, _}} = :pg.start(s)
+TestWait.until(fn -> Node.connect(rust) end, 60_000)
+TestCheck.run("the Rust member is learned from the sync", fn ->
+  [m] = :erpc.call(rust, :pgt, :local_members, [:good])
+  TestWait.until(fn -> :pg.get_members(s, :good) == [m] end, 30_000)
+end)
+TestCheck.finish()
+IO.puts("PG_BADGROUP_OK")
+"##
+    );
+    let out = elixir(&node, epmd, "pgbadb", cookie, script).await;
+    assert!(out.contains("PG_BADGROUP_OK"), "{out}");
+    drop(member);
     node.stop().await;
 }

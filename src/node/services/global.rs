@@ -1162,11 +1162,12 @@ impl Server {
                         ops.push(insert(item));
                         continue;
                     };
-                    // The pid on the node with the smaller name is `keep` (OTP's minmax/2).
-                    let (keep, lose) = if pid2.node.name < pid.node.name {
-                        (pid2.clone(), pid.clone())
-                    } else {
+                    // The pid on the node with the smaller name is `keep`, as OTP's
+                    // `minmax(Pid, Pid2)` (Pid the peer's entry): a tie keeps ours.
+                    let (keep, lose) = if pid.node.name < pid2.node.name {
                         (pid.clone(), pid2.clone())
+                    } else {
+                        (pid2.clone(), pid.clone())
                     };
                     match resolve {
                         Resolve::NotifyAll => {
@@ -1441,8 +1442,23 @@ impl Server {
     /// our own `in_sync`, which ends the handshake it started with us) when a `resolved` or
     /// `new_nodes` lists it.
     fn in_sync(&self, peer: &str) {
+        // OTP's global gets `in_sync` from the node itself, so it is connected (or being
+        // dialed, or one kvnode knows); a cast naming any other node (a peer may name any
+        // atom) would grow `synced` without bound.
         let mut st = self.lock();
+        let plausible = self.node.manager().knows(peer)
+            || st.known.contains(peer)
+            || st.sessions.contains_key(peer);
+        if !plausible {
+            drop(st);
+            tracing::debug!(node = %crate::etf::text::name(peer), "global: in_sync for a node kvnode neither knows nor is connected to ignored");
+            return;
+        }
         st.sessions.remove(peer);
+        if st.synced.len() >= MAX_KNOWN_NODES && !st.synced.contains(peer) {
+            tracing::warn!(limit = MAX_KNOWN_NODES, node = %crate::etf::text::name(peer), "global: too many synced nodes; in_sync not recorded");
+            return;
+        }
         st.synced.insert(peer.to_owned());
         drop(st);
         tracing::debug!(%peer, "global: in_sync");

@@ -93,10 +93,14 @@ pub struct PgGroup {
     term: Term,
     /// The term's external format: the identity (terms are not `Eq`/`Hash`, floats).
     key: Arc<[u8]>,
+    /// False for a term that cannot be encoded (an over-long atom from [`PgGroup::atom`]):
+    /// such a group cannot be joined (no peer could be told of it).
+    encodable: bool,
 }
 
 impl PgGroup {
-    /// An atom group (`:name` in Elixir, `name` in Erlang).
+    /// An atom group (`:name` in Elixir, `name` in Erlang). A name over 255 characters is
+    /// not an atom: [`PgScope::join`] then fails with [`PgError::BadGroup`].
     pub fn atom(name: &str) -> PgGroup {
         Self::make(atom(name))
     }
@@ -106,14 +110,19 @@ impl PgGroup {
         Self::make(Binary::from(bytes.as_ref()).into())
     }
 
-    /// A group that is any term. Fails only on a term that cannot be encoded (an atom over
-    /// 255 characters, for instance).
+    /// A group that is any term. Fails only on a term that cannot be encoded or that no
+    /// BEAM node can decode (an atom over 255 characters: a peer's runtime would drop the
+    /// connection on it).
     pub fn from_term(term: Term) -> Result<PgGroup, PgError> {
+        if !atoms_fit(&term) {
+            return Err(PgError::BadGroup);
+        }
         let mut key = Vec::new();
         crate::etf::encode::encode(&term, &mut key).map_err(|_| PgError::BadGroup)?;
         Ok(PgGroup {
             term,
             key: key.into(),
+            encodable: true,
         })
     }
 
@@ -122,6 +131,7 @@ impl PgGroup {
             // Unencodable (an over-long atom): a group no peer can name, kept local.
             key: format!("{term}").into_bytes().into(),
             term,
+            encodable: false,
         })
     }
 
@@ -148,6 +158,68 @@ impl std::hash::Hash for PgGroup {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.key.hash(state);
     }
+}
+
+/// Whether every atom in `term` is one a BEAM node can decode (at most 255 characters;
+/// eetf writes longer ones, which a peer's runtime refuses by closing the connection).
+/// Walks the term without recursion.
+fn atoms_fit(term: &Term) -> bool {
+    let fits = |a: &Atom| a.name.len() <= 255 || a.name.chars().count() <= 255;
+    let mut stack = vec![term];
+    while let Some(t) = stack.pop() {
+        let ok = match t {
+            Term::Atom(a) => fits(a),
+            Term::Pid(p) => fits(&p.node),
+            Term::Port(p) => fits(&p.node),
+            Term::Reference(r) => fits(&r.node),
+            Term::ExternalFun(f) => fits(&f.module) && fits(&f.function),
+            Term::InternalFun(f) => match f.as_ref() {
+                eetf::InternalFun::Old {
+                    module,
+                    pid,
+                    free_vars,
+                    ..
+                } => {
+                    stack.extend(free_vars.iter());
+                    fits(module) && fits(&pid.node)
+                }
+                eetf::InternalFun::New {
+                    module,
+                    pid,
+                    free_vars,
+                    ..
+                } => {
+                    stack.extend(free_vars.iter());
+                    fits(module) && fits(&pid.node)
+                }
+            },
+            Term::List(l) => {
+                stack.extend(l.elements.iter());
+                true
+            }
+            Term::ImproperList(l) => {
+                stack.extend(l.elements.iter());
+                stack.push(&l.last);
+                true
+            }
+            Term::Tuple(x) => {
+                stack.extend(x.elements.iter());
+                true
+            }
+            Term::Map(m) => {
+                for (k, v) in &m.map {
+                    stack.push(k);
+                    stack.push(v);
+                }
+                true
+            }
+            _ => true,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
 }
 
 /// Groups up to this size (external format) are displayed whole, bigger ones as a bounded
@@ -393,9 +465,15 @@ impl PgScope {
     }
 
     /// Several local pids join `group` at once (`pg:join/3` with a list): one message to
-    /// each peer.
+    /// each peer. [`PgError::BadGroup`] for a group that cannot be encoded (an atom over 255
+    /// characters): no peer could be told of it.
     pub fn join_many(&self, group: PgGroup, pids: &[Pid]) -> Result<(), PgError> {
         let inner = &self.0;
+        if !group.encodable {
+            // Kept, it would also break every `sync` of this scope (one message for all
+            // groups): no peer would learn any member.
+            return Err(PgError::BadGroup);
+        }
         if let Some(bad) = pids.iter().find(|p| !inner.node.is_local(p)) {
             return Err(PgError::NotLocal(bad.clone()));
         }
@@ -847,16 +925,22 @@ impl Inner {
         // kept set then stays the same across repeated syncs (each side sends `discover` on
         // nodeup and again on first contact, so a peer's sync often comes twice), and a
         // member's later `leave` frees the room it took.
-        let mut carried = old.clone();
+        // Counted, not searched per pid: a peer's group may hold a million pids, and a
+        // search per pid would make one sync cost their square.
+        let mut carried: HashMap<&PgGroup, HashMap<&Pid, usize>> =
+            old.iter().map(|(g, pids)| (g, counts(pids))).collect();
         let mut fresh_pids: Vec<(PgGroup, Vec<Pid>)> = Vec::new();
         let mut new: HashMap<PgGroup, Vec<Pid>> = HashMap::new();
         for (g, pids) in groups {
             let (mut prior, mut rest) = (Vec::new(), Vec::new());
+            let mut held = carried.get_mut(&g);
             for pid in pids {
-                if remove_once(&mut carried, &g, &pid) {
-                    prior.push(pid);
-                } else {
-                    rest.push(pid);
+                match held.as_mut().and_then(|h| h.get_mut(&pid)) {
+                    Some(n) if *n > 0 => {
+                        *n -= 1;
+                        prior.push(pid);
+                    }
+                    _ => rest.push(pid),
                 }
             }
             let fresh = !new.contains_key(&g);
@@ -970,16 +1054,15 @@ impl Inner {
                     });
                 }
             }
-            if !remove.is_empty() {
-                let mut gone = Vec::new();
-                for pid in &remove {
-                    if remove_once(&mut groups, &g, pid) {
-                        st.members -= 1;
-                        gone.push(pid.clone());
-                        if !groups.contains_key(&g) {
-                            st.group_bytes -= g.bytes();
-                        }
-                    }
+            if !remove.is_empty()
+                && let Some(members) = groups.get_mut(&g)
+            {
+                // One pass over the group (a leave may list many pids of a big group).
+                let gone = remove_each(members, &remove);
+                st.members -= gone.len();
+                if members.is_empty() {
+                    groups.remove(&g);
+                    st.group_bytes -= g.bytes();
                 }
                 if !gone.is_empty() {
                     self.notify(PgEvent::Leave {
@@ -995,15 +1078,37 @@ impl Inner {
     }
 }
 
-/// `a -- b` (each element of `b` removes one occurrence from `a`).
+/// How often each pid occurs in `pids`.
+fn counts(pids: &[Pid]) -> HashMap<&Pid, usize> {
+    let mut counts: HashMap<&Pid, usize> = HashMap::with_capacity(pids.len());
+    for p in pids {
+        *counts.entry(p).or_default() += 1;
+    }
+    counts
+}
+
+/// `a -- b` (each element of `b` removes one occurrence from `a`, the first), in time
+/// linear in both (`a` and `b` come from peers and may be long).
 fn minus(a: &[Pid], b: &[Pid]) -> Vec<Pid> {
     let mut out = a.to_vec();
-    for p in b {
-        if let Some(at) = out.iter().position(|x| x == p) {
-            out.remove(at);
-        }
-    }
+    remove_each(&mut out, b);
     out
+}
+
+/// Removes from `members` one occurrence (the first) of each element of `remove`, in one
+/// pass; the pids removed, in `members`' order.
+fn remove_each(members: &mut Vec<Pid>, remove: &[Pid]) -> Vec<Pid> {
+    let mut left = counts(remove);
+    let mut gone = Vec::new();
+    members.retain(|p| match left.get_mut(p) {
+        Some(n) if *n > 0 => {
+            *n -= 1;
+            gone.push(p.clone());
+            false
+        }
+        _ => true,
+    });
+    gone
 }
 
 /// `--pg SCOPE:GROUP`: starts `scope` on `node` with `pid` a member of each of `groups`
