@@ -1760,16 +1760,22 @@ impl ActiveLocker {
     }
 
     async fn call(&self, node: &str, request: Term) -> Option<Term> {
-        let dest: Dest = if node == self.me {
-            Dest::Name(NAME.to_owned())
-        } else {
-            (NAME, node).into()
-        };
-        self.process
-            .call(dest, request, REGISTER_CALL_TIMEOUT)
-            .await
-            .ok()
+        call_server(&self.process, &self.me, node, request).await
     }
+}
+
+/// Calls `global_name_server` on `node` (this node's own when `node` is `me`) from `process`,
+/// at most [`REGISTER_CALL_TIMEOUT`]; None on any failure (no answer, node down, refused).
+async fn call_server(process: &Process, me: &str, node: &str, request: Term) -> Option<Term> {
+    let dest: Dest = if node == me {
+        Dest::Name(NAME.to_owned())
+    } else {
+        (NAME, node).into()
+    };
+    process
+        .call(dest, request, REGISTER_CALL_TIMEOUT)
+        .await
+        .ok()
 }
 
 /// Registers kvnode's wanted names, as `global:register_name/2` and `trans_all_known/1` do.
@@ -1966,15 +1972,7 @@ impl Trans<'_> {
     }
 
     async fn call(&self, node: &str, request: Term) -> Option<Term> {
-        let dest: Dest = if node == self.me {
-            Dest::Name(NAME.to_owned())
-        } else {
-            (NAME, node).into()
-        };
-        self.process
-            .call(dest, request, REGISTER_CALL_TIMEOUT)
-            .await
-            .ok()
+        call_server(self.process, self.me, node, request).await
     }
 }
 

@@ -173,26 +173,22 @@ fn atoms_fit(term: &Term) -> bool {
             Term::Port(p) => fits(&p.node),
             Term::Reference(r) => fits(&r.node),
             Term::ExternalFun(f) => fits(&f.module) && fits(&f.function),
-            Term::InternalFun(f) => match f.as_ref() {
-                eetf::InternalFun::Old {
+            Term::InternalFun(f) => {
+                let (eetf::InternalFun::Old {
                     module,
                     pid,
                     free_vars,
                     ..
-                } => {
-                    stack.extend(free_vars.iter());
-                    fits(module) && fits(&pid.node)
                 }
-                eetf::InternalFun::New {
+                | eetf::InternalFun::New {
                     module,
                     pid,
                     free_vars,
                     ..
-                } => {
-                    stack.extend(free_vars.iter());
-                    fits(module) && fits(&pid.node)
-                }
-            },
+                }) = f.as_ref();
+                stack.extend(free_vars.iter());
+                fits(module) && fits(&pid.node)
+            }
             Term::List(l) => {
                 stack.extend(l.elements.iter());
                 true
